@@ -1,0 +1,222 @@
+"""The agent's configuration: one TOML file, validated, with environment overrides.
+
+Every section is a pydantic model with ``extra="forbid"``, so a typo in the file
+is an error naming the key instead of a silently ignored line. Environment
+variables ``EDGE_AGENT__<SECTION>__<KEY>`` override the file (values are parsed
+as TOML scalars when they parse, else taken as strings).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on JetPack 6
+    import tomli as tomllib
+
+__all__ = [
+    "ENV_PREFIX",
+    "AgentConfig",
+    "Config",
+    "ConfigError",
+    "load_config",
+]
+
+ENV_PREFIX = "EDGE_AGENT__"
+ENV_SEPARATOR = "__"
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentSection(Section):
+    device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    groups: tuple[str, ...] = ()
+    state_dir: Path = Path("/var/lib/edge-agent")
+    """Holds the engine store, the command-id journal and the outbox."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+    """Upper bound for a clean stop after SIGTERM/SIGINT."""
+
+    @field_validator("device_id", "groups")
+    @classmethod
+    def _topic_safe(cls, value: Any) -> Any:
+        for name in (value,) if isinstance(value, str) else value:
+            if any(c in name for c in "/+#\0") or not name.strip():
+                raise ValueError(f"{name!r} must not be empty or contain '/', '+', '#'")
+        return value
+
+
+class MqttSection(Section):
+    url: str = "embedded"
+    """``embedded`` (a mosquitto child process on loopback), ``mqtt://host:port`` or ``mqtts://host:port``."""
+    prefix: str = "edge"
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password_file: Path | None = None
+    """Read at connect time; ``$CREDENTIALS_DIRECTORY/mqtt-password`` is used when unset and present."""
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    embedded_binary: Path = Path("/usr/sbin/mosquitto")
+    embedded_port: int = Field(default=0, ge=0, le=65535)
+    """0 picks a free port on loopback."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(
+                f"{value!r} is not 'embedded' nor a mqtt://host[:port] or mqtts://host[:port] URL"
+            )
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/"):
+            raise ValueError(f"{value!r} is not a usable topic prefix")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttSection:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class SourceSection(Section):
+    uri: str = "0"
+    """A V4L2 index ("0"), a file path, an rtsp:// or http(s):// URL, or a GStreamer pipeline (contains '!')."""
+    loop: bool = True
+    """Files only: start again at the end instead of reporting the source as ended."""
+    pace: Literal["native", "none"] = "native"
+    """Files only: ``native`` reads at the file's own frame rate like a camera; ``none`` as fast as decoded."""
+    reopen_min_s: float = Field(default=0.5, gt=0)
+    reopen_max_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=5.0, gt=0)
+    """A source that delivers no frame for this long is reopened."""
+    name: str = "camera0"
+    """The slice name of this source in telemetry."""
+
+
+class ModelSection(Section):
+    name: str = "text-det"
+    """Which model of the store to serve (its ``current`` version)."""
+    runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    threads: int = Field(default=2, ge=1, le=256)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    keep_versions: int = Field(default=3, ge=2, le=100)
+
+
+class TelemetrySection(Section):
+    health_period_s: float = Field(default=10.0, gt=0)
+    latency_period_s: float = Field(default=5.0, gt=0)
+    latency_window: int = Field(default=600, ge=10, le=100_000)
+    """Frames kept for the latency percentiles."""
+
+
+class WatchdogSection(Section):
+    stall_s: float = Field(default=10.0, gt=0)
+    """No processed frame for this long stops the systemd watchdog pings."""
+
+
+class AgentConfig(Section):
+    agent: AgentSection = AgentSection()
+    mqtt: MqttSection = MqttSection()
+    source: SourceSection = SourceSection()
+    model: ModelSection = ModelSection()
+    telemetry: TelemetrySection = TelemetrySection()
+    watchdog: WatchdogSection = WatchdogSection()
+
+    @property
+    def store_dir(self) -> Path:
+        return self.agent.state_dir / "engines"
+
+
+Config = AgentConfig
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``EDGE_AGENT__SECTION__KEY=value`` variables onto the parsed file."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
+        if len(path) != 2 or not all(path):
+            raise ConfigError(f"{key}: overrides must look like {ENV_PREFIX}SECTION__KEY")
+        section, name = path
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{key}: [{section}] is not a section")
+        target[name] = _parse_scalar(value)
+    return merged
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not a setting of this section)"
+        lines.append(f"{origin}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(
+    text: str, origin: str = "<config>", environ: Mapping[str, str] | None = None
+) -> AgentConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    data = apply_env(data, os.environ if environ is None else environ)
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from exc
+    if not config.agent.state_dir.is_absolute() and origin not in ("<config>",):
+        base = Path(origin).resolve().parent
+        config = config.model_copy(
+            update={"agent": config.agent.model_copy(update={"state_dir": base / config.agent.state_dir})}
+        )
+    return config
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read, override and validate a config file; relative paths are taken from its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_config(text, str(path), environ)

@@ -1,0 +1,197 @@
+"""The on-disk model store: ``<root>/<name>/<version>/`` with ``current`` and ``previous`` links.
+
+Every change is atomic so that a kill -9 at any moment leaves a store the agent
+can start from: a version is unpacked into a temporary folder, fsynced and renamed
+into place; ``current``/``previous`` are symlinks replaced with ``rename(2)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .manifest import MANIFEST_FILE, Manifest, ManifestError, check_name
+
+__all__ = ["InstalledModel", "ModelStore", "StoreError"]
+
+CURRENT = "current"
+PREVIOUS = "previous"
+TMP_PREFIX = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked (missing version, bad folder, disk full)."""
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    manifest: Manifest
+    path: Path
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ModelStore:
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root = Path(root)
+        self.keep = keep
+
+    def _dir(self, name: str) -> Path:
+        return self.root / check_name(name, "name")
+
+    def clean_partial(self) -> list[Path]:
+        """Remove temporary folders left by an install that was interrupted."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for model_dir in self.root.iterdir():
+            if not model_dir.is_dir():
+                continue
+            for entry in model_dir.iterdir():
+                if entry.name.startswith(TMP_PREFIX):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed
+
+    def install(self, source: Path, *, activate: bool = True) -> InstalledModel:
+        """Copy a folder holding ``manifest.json`` and the model into the store.
+
+        With ``activate`` the new version becomes ``current`` and the old
+        ``current`` becomes ``previous``. Installing a version that exists with
+        the same files is a no-op; with other files it is an error.
+        """
+        manifest = Manifest.read(source / MANIFEST_FILE)
+        if manifest.files:
+            manifest.verify_files(source)
+        else:
+            manifest = manifest.with_hashes(source)
+        if not (source / manifest.model_file).is_file():
+            raise StoreError(f"{source}: model file {manifest.model_file!r} is missing")
+        model_dir = self._dir(manifest.name)
+        target = model_dir / manifest.version
+        if target.exists():
+            existing = Manifest.read(target / MANIFEST_FILE)
+            if existing.with_hashes(target).files != manifest.files:
+                raise StoreError(
+                    f"{manifest.name} {manifest.version} is installed already with other files"
+                )
+        else:
+            model_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_dir))
+            try:
+                for item in source.iterdir():
+                    if item.name == MANIFEST_FILE:
+                        continue
+                    copy = shutil.copytree if item.is_dir() else shutil.copy2
+                    copy(item, tmp / item.name)
+                manifest.write(tmp / MANIFEST_FILE)
+                _fsync_tree(tmp)
+                tmp.rename(target)
+                _fsync_dir(model_dir)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StoreError(f"installing {manifest.name} {manifest.version}: {exc}") from exc
+        if activate:
+            self.activate(manifest.name, manifest.version)
+        return InstalledModel(manifest, target)
+
+    def _link(self, name: str, which: str) -> str | None:
+        link = self._dir(name) / which
+        try:
+            return os.readlink(link)
+        except OSError:
+            return None
+
+    def _set_link(self, name: str, which: str, version: str) -> None:
+        model_dir = self._dir(name)
+        tmp = model_dir / f"{TMP_PREFIX}{which}-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(version, tmp)
+        os.replace(tmp, model_dir / which)
+        _fsync_dir(model_dir)
+
+    def activate(self, name: str, version: str) -> None:
+        """Make ``version`` current; the old current becomes previous."""
+        self.get(name, version)
+        old = self._link(name, CURRENT)
+        if old == version:
+            return
+        if old is not None:
+            self._set_link(name, PREVIOUS, old)
+        self._set_link(name, CURRENT, version)
+        self.prune(name)
+
+    def current_version(self, name: str) -> str | None:
+        return self._link(name, CURRENT)
+
+    def previous_version(self, name: str) -> str | None:
+        return self._link(name, PREVIOUS)
+
+    def get(self, name: str, version: str) -> InstalledModel:
+        folder = self._dir(name) / check_name(version, "version")
+        if not folder.is_dir():
+            raise StoreError(f"{name} {version} is not installed")
+        try:
+            manifest = Manifest.read(folder / MANIFEST_FILE)
+        except ManifestError as exc:
+            raise StoreError(str(exc)) from exc
+        return InstalledModel(manifest, folder)
+
+    def current(self, name: str) -> InstalledModel:
+        version = self.current_version(name)
+        if version is None:
+            raise StoreError(f"no current version of {name!r} in {self.root}")
+        return self.get(name, version)
+
+    def previous(self, name: str) -> InstalledModel:
+        version = self.previous_version(name)
+        if version is None:
+            raise StoreError(f"no previous version of {name!r} in {self.root}")
+        return self.get(name, version)
+
+    def versions(self, name: str) -> list[str]:
+        """Installed versions, oldest first by install time."""
+        model_dir = self._dir(name)
+        if not model_dir.is_dir():
+            return []
+        entries = [
+            p for p in model_dir.iterdir()
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(TMP_PREFIX)
+        ]
+        return [p.name for p in sorted(entries, key=lambda p: p.stat().st_mtime)]
+
+    def prune(self, name: str) -> list[str]:
+        """Keep the newest ``keep`` versions, never current or previous."""
+        pinned = {self._link(name, CURRENT), self._link(name, PREVIOUS)}
+        versions = self.versions(name)
+        removable = [v for v in versions if v not in pinned]
+        excess = max(0, len(versions) - self.keep)
+        removed = removable[:excess]
+        for version in removed:
+            shutil.rmtree(self._dir(name) / version, ignore_errors=True)
+        return removed
