@@ -127,6 +127,10 @@ class ModelSection(Section):
     threads: int = Field(default=2, ge=1, le=256)
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     keep_versions: int = Field(default=3, ge=2, le=100)
+    store: Path | None = None
+    """The engine store; default ``<state_dir>/engines``."""
+    fuse_preprocessing: bool = True
+    """Fold normalisation into the ONNX graph so the frame goes in as uint8 (ONNX Runtime)."""
 
 
 class TelemetrySection(Section):
@@ -151,7 +155,22 @@ class AgentConfig(Section):
 
     @property
     def store_dir(self) -> Path:
-        return self.agent.state_dir / "engines"
+        return self.model.store if self.model.store is not None else self.agent.state_dir / "engines"
+
+    def relative_to(self, base: Path) -> AgentConfig:
+        """Paths in the file are taken from the file's folder, as a person reading it expects."""
+        def resolve(path: Path | None) -> Path | None:
+            return path if path is None or path.is_absolute() else base / path
+
+        source = self.source
+        kind_is_file = not source.uri.isdigit() and "://" not in source.uri and "!" not in source.uri
+        if kind_is_file and not Path(source.uri).is_absolute():
+            source = source.model_copy(update={"uri": str(base / source.uri)})
+        return self.model_copy(update={
+            "agent": self.agent.model_copy(update={"state_dir": resolve(self.agent.state_dir)}),
+            "model": self.model.model_copy(update={"store": resolve(self.model.store)}),
+            "source": source,
+        })
 
 
 Config = AgentConfig
@@ -204,11 +223,6 @@ def parse_config(
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from exc
-    if not config.agent.state_dir.is_absolute() and origin not in ("<config>",):
-        base = Path(origin).resolve().parent
-        config = config.model_copy(
-            update={"agent": config.agent.model_copy(update={"state_dir": base / config.agent.state_dir})}
-        )
     return config
 
 
@@ -219,4 +233,4 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> A
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_config(text, str(path), environ)
+    return parse_config(text, str(path), environ).relative_to(path.resolve().parent)

@@ -1,0 +1,91 @@
+"""The ``edge-agent`` command: run the daemon, check a config, print schemas, talk to a fleet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _config_or_exit(path: Path) -> object:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"edge-agent: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import StartupError, run_agent
+    from .log import configure_logging
+
+    config = _config_or_exit(args.config)
+    configure_logging(config.agent.log_level)  # type: ignore[attr-defined]
+    try:
+        return run_agent(config)  # type: ignore[arg-type]
+    except StartupError as exc:
+        import structlog
+
+        structlog.get_logger("agent").error("startup_failed", error=str(exc))
+        print(f"edge-agent: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config_or_exit(args.config)
+    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url})")  # type: ignore[attr-defined]
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .mqtt.schema import json_schemas
+
+    schemas = json_schemas()
+    if args.name:
+        if args.name not in schemas:
+            print(f"edge-agent: no schema named {args.name!r}; known: {', '.join(sorted(schemas))}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        schemas = {args.name: schemas[args.name]}
+    json.dump(schemas, sys.stdout, indent=2, sort_keys=True)
+    print()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
+    run.add_argument("--config", type=Path, default=Path("/etc/edge-agent/config.toml"))
+    run.set_defaults(handler=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", type=Path)
+    check.set_defaults(handler=cmd_check_config)
+
+    schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
+    schema.add_argument("name", nargs="?", help="one payload's schema")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_repo_config_is_valid_and_needs_no_external_service():
+    config = load_config(REPO / "config.toml", environ={})
+    assert config.mqtt.url == "embedded"
+    assert config.store_dir == REPO / "engines"
+    assert Path(config.source.uri) == REPO / "demo" / "video.mp4"
+
+
+def test_defaults_name_the_hostname_as_device_id():
+    import socket
+
+    assert parse_config("", environ={}).agent.device_id == socket.gethostname()
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"mqtt\.urll: unknown key"):
+        parse_config('[mqtt]\nurll = "mqtt://x"\n', environ={})
+
+
+def test_bad_value_is_named_with_the_reason():
+    with pytest.raises(ConfigError, match=r"mqtt\.url: .*'ftp://x' is not 'embedded'"):
+        parse_config('[mqtt]\nurl = "ftp://x"\n', environ={})
+
+
+def test_device_id_with_topic_characters_is_refused():
+    with pytest.raises(ConfigError, match=r"agent\.device_id"):
+        parse_config('[agent]\ndevice_id = "a/b"\n', environ={})
+
+
+def test_broken_toml_is_reported():
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("[agent\n", environ={})
+
+
+def test_environment_overrides_the_file():
+    config = parse_config(
+        '[mqtt]\nurl = "embedded"\n',
+        environ={"EDGE_AGENT__MQTT__URL": "mqtts://broker:8883", "EDGE_AGENT__MODEL__THREADS": "4"},
+    )
+    assert config.mqtt.url == "mqtts://broker:8883"
+    assert config.model.threads == 4
+
+
+def test_environment_override_of_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"model\.thread: unknown key"):
+        parse_config("", environ={"EDGE_AGENT__MODEL__THREAD": "4"})
+
+
+def test_malformed_override_name_is_refused():
+    with pytest.raises(ConfigError, match="EDGE_AGENT__MODEL"):
+        parse_config("", environ={"EDGE_AGENT__MODEL": "4"})
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")

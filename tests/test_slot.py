@@ -1,0 +1,76 @@
+import threading
+
+import numpy as np
+import pytest
+
+from agent.runtime.base import TensorSpec
+from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
+
+
+class CountingEngine:
+    """A stand-in engine that records close(); the slot's logic does not depend on inference."""
+
+    runtime = "test"
+    inputs = (TensorSpec("x", (1,), np.dtype(np.float32)),)
+    outputs = inputs
+
+    def __init__(self):
+        self.closed = 0
+
+    def infer(self, feeds):
+        return dict(feeds)
+
+    def close(self):
+        self.closed += 1
+
+
+def _serving(version):
+    return Serving(engine=CountingEngine(), name="m", version=version, sha256="", manifest=None)
+
+
+def test_empty_slot_refuses_a_lease():
+    with pytest.raises(SlotEmptyError), EngineSlot().lease():
+        pass
+
+
+def test_swap_without_frames_in_flight_closes_old_engine_at_once():
+    slot = EngineSlot()
+    a, b = _serving("a"), _serving("b")
+    slot.swap(a)
+    slot.swap(b)
+    assert a.engine.closed == 1 and b.engine.closed == 0
+    assert slot.serving is b
+
+
+def test_old_engine_finishes_its_frame_then_closes_exactly_once():
+    slot = EngineSlot()
+    a, b = _serving("a"), _serving("b")
+    slot.swap(a)
+    in_frame, swapped = threading.Event(), threading.Event()
+    seen = []
+
+    def worker():
+        with slot.lease() as serving:
+            in_frame.set()
+            swapped.wait(5)
+            seen.append((serving.version, serving.engine.closed))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    in_frame.wait(5)
+    slot.swap(b)
+    assert a.engine.closed == 0  # still leased by the frame in flight
+    with slot.lease() as serving:
+        assert serving is b  # the next frame already gets the new engine
+    swapped.set()
+    thread.join(5)
+    assert seen == [("a", 0)]
+    assert a.engine.closed == 1
+
+
+def test_clear_closes_the_last_engine():
+    slot = EngineSlot()
+    a = _serving("a")
+    slot.swap(a)
+    slot.clear()
+    assert a.engine.closed == 1 and slot.serving is None

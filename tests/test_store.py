@@ -1,0 +1,79 @@
+import os
+import shutil
+
+import pytest
+
+from agent.models.manifest import Manifest, ManifestError, check_name
+from agent.models.store import ModelStore, StoreError
+
+
+@pytest.fixture
+def v4(demo_dir):
+    return demo_dir / "models" / "text-det-v4"
+
+
+def _version_of(src, tmp_path, version):
+    folder = tmp_path / f"src-{version}"
+    shutil.copytree(src, folder)
+    manifest = Manifest.read(folder / "manifest.json").model_copy(update={"version": version, "files": {}})
+    manifest.write(folder / "manifest.json")
+    return folder
+
+
+def test_install_activates_and_keeps_previous(tmp_path, v4):
+    store = ModelStore(tmp_path / "engines", keep=3)
+    store.install(_version_of(v4, tmp_path, "a"))
+    store.install(_version_of(v4, tmp_path, "b"))
+    assert store.current_version("text-det") == "b"
+    assert store.previous_version("text-det") == "a"
+    assert store.current("text-det").model_path.is_file()
+
+
+def test_old_versions_are_pruned_but_never_current_or_previous(tmp_path, v4):
+    store = ModelStore(tmp_path / "engines", keep=2)
+    for version in ("a", "b", "c", "d"):
+        store.install(_version_of(v4, tmp_path, version))
+    assert store.versions("text-det") == ["c", "d"]
+    assert store.previous_version("text-det") == "c"
+
+
+def test_tampered_source_is_refused(tmp_path, v4):
+    folder = _version_of(v4, tmp_path, "a")
+    manifest = Manifest.read(folder / "manifest.json").with_hashes(folder)
+    manifest.write(folder / "manifest.json")
+    with (folder / "model.onnx").open("ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(ManifestError, match="model.onnx: sha256"):
+        ModelStore(tmp_path / "engines").install(folder)
+
+
+def test_interrupted_install_leaves_no_partial_version(tmp_path, v4):
+    store = ModelStore(tmp_path / "engines")
+    store.install(_version_of(v4, tmp_path, "a"))
+    partial = tmp_path / "engines" / "text-det" / ".tmp-crashed"
+    partial.mkdir()
+    (partial / "model.onnx").write_bytes(b"half")
+    assert store.clean_partial() == [partial]
+    assert store.versions("text-det") == ["a"]
+
+
+def test_links_are_replaced_atomically(tmp_path, v4):
+    store = ModelStore(tmp_path / "engines")
+    store.install(_version_of(v4, tmp_path, "a"))
+    link = tmp_path / "engines" / "text-det" / "current"
+    assert os.readlink(link) == "a"
+    store.install(_version_of(v4, tmp_path, "b"))
+    assert os.readlink(link) == "b"
+    leftovers = [p.name for p in link.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert leftovers == []
+
+
+def test_unknown_version_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="text-det x is not installed"):
+        ModelStore(tmp_path).get("text-det", "x")
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "..", "", ".hidden", "a" * 65, "x\0"])
+def test_names_that_could_escape_the_store_are_refused(bad):
+    with pytest.raises(ValueError, match="must be 1-64"):
+        check_name(bad)
