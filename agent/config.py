@@ -145,6 +145,26 @@ class WatchdogSection(Section):
     """No processed frame for this long stops the systemd watchdog pings."""
 
 
+class DeploySection(Section):
+    allowed_schemes: tuple[Literal["http", "https", "file"], ...] = ("https", "http", "file")
+    max_artifact_mb: float = Field(default=512.0, gt=0)
+    public_key_file: Path | None = None
+    """ed25519 public key (PEM); when set, unsigned or wrongly signed artifacts are refused."""
+    warmup_runs: int = Field(default=3, ge=1, le=100)
+    latency_budget_ms: float = Field(default=1000.0, gt=0)
+    """A model whose warm inference takes longer than this is refused."""
+    load_nice: int = Field(default=19, ge=0, le=19)
+    """Niceness of the thread that loads and warms a new model beside the serving one."""
+    probation_s: float = Field(default=30.0, ge=0)
+    max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    max_nonfinite: int = Field(default=0, ge=0)
+    max_latency_ratio: float = Field(default=1.5, gt=0)
+    """Probation fails when the new model's p95 latency exceeds the old one's by this factor."""
+    min_probation_frames: int = Field(default=10, ge=1)
+    journal_size: int = Field(default=1000, ge=10, le=1_000_000)
+    """Command ids remembered (across restarts) to answer repeats without redoing them."""
+
+
 class AgentConfig(Section):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
@@ -152,6 +172,7 @@ class AgentConfig(Section):
     model: ModelSection = ModelSection()
     telemetry: TelemetrySection = TelemetrySection()
     watchdog: WatchdogSection = WatchdogSection()
+    deploy: DeploySection = DeploySection()
 
     @property
     def store_dir(self) -> Path:
@@ -170,6 +191,7 @@ class AgentConfig(Section):
             "agent": self.agent.model_copy(update={"state_dir": resolve(self.agent.state_dir)}),
             "model": self.model.model_copy(update={"store": resolve(self.model.store)}),
             "source": source,
+            "deploy": self.deploy.model_copy(update={"public_key_file": resolve(self.deploy.public_key_file)}),
         })
 
 

@@ -1,4 +1,4 @@
-"""The agent: wires capture, inference, MQTT and telemetry into one asyncio TaskGroup.
+"""The agent: wires capture, inference, MQTT, deployments and telemetry into one asyncio TaskGroup.
 
 Start: load the store's ``current`` model (``previous`` when current does not
 load), open the source, start the frame worker, connect to the broker, and tell
@@ -12,18 +12,24 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from . import __version__
+from .commands import CommandJournal, CommandRouter, Outcome
 from .config import AgentConfig
+from .handlers import CommandHandlers
 from .log import bind_context
+from .models.fetch import load_public_key
 from .models.loader import EngineOptions, load_serving
+from .models.manager import DeploymentManager, DeploymentStatus
 from .models.store import ModelStore, StoreError
+from .monitor import health
 from .monitor.latency import LatencyRecorder
 from .monitor.telemetry import Telemetry
 from .mqtt.broker import EmbeddedBroker
-from .mqtt.schema import ModelPayload, StatusPayload
+from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
@@ -38,13 +44,15 @@ try:  # Python 3.10 (JetPack 6) has no asyncio.TaskGroup
 except ImportError:  # pragma: no cover
     from taskgroup import TaskGroup  # type: ignore[no-redef]
 
-__all__ = ["Agent", "StartupError"]
+__all__ = ["Agent", "StartupError", "run_agent"]
 
 log = structlog.get_logger(__name__)
 
 FIRST_FRAME_TIMEOUT_S = 120.0
 """READY=1 waits this long for the first inferred frame before giving up."""
-WATCHDOG_MIN_PERIOD_S = 1.0
+WATCHDOG_DEFAULT_PERIOD_S = 2.0
+"""How often frame progress is checked when systemd set no watchdog interval."""
+JOURNAL_FILE = "commands.json"
 
 
 class StartupError(RuntimeError):
@@ -54,25 +62,33 @@ class StartupError(RuntimeError):
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.topics = Topics(config.mqtt.prefix, config.agent.device_id)
+        self.device_id = config.agent.device_id
+        self.topics = Topics(config.mqtt.prefix, self.device_id)
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
         self.source = FrameSource(config.source)
         self.pipeline = Pipeline(self.source, self.slot, self.recorder)
         self.notifier = Notifier()
+        self.telemetry = Telemetry(self.topics, self.device_id, __version__)
+        self.sampler = health.ProcessSampler()
         self.started_at = time.time()
+        try:
+            runtime = select_runtime(config.model.runtime)
+        except EngineError as exc:
+            raise StartupError(str(exc)) from exc
         self.engine_options = EngineOptions(
-            runtime=select_runtime(config.model.runtime),
-            threads=config.model.threads,
-            providers=config.model.providers,
+            runtime=runtime, threads=config.model.threads, providers=config.model.providers,
             fuse_preprocessing=config.model.fuse_preprocessing,
         )
         self.previous_model: dict[str, str] | None = None
+        self.fallback_reason: str | None = None
+        self.deployment: DeploymentStatus | None = None
         self._stop = asyncio.Event()
         self._broker: EmbeddedBroker | None = None
         self.session: MqttSession | None = None
-        self.telemetry: Telemetry | None = None
+        self.manager: DeploymentManager | None = None
+        self.router: CommandRouter | None = None
 
     # ----- start -------------------------------------------------------------------------
     def load_initial(self) -> Serving:
@@ -90,8 +106,8 @@ class Agent:
                 continue
             if which == "previous":
                 self.store.activate(name, installed.version)
-                log.warning("fell_back_to_previous", model=name, version=installed.version,
-                            reason=failures[0])
+                self.fallback_reason = failures[0]
+                log.warning("fell_back_to_previous", model=name, version=installed.version, reason=failures[0])
             return serving
         raise StartupError(f"no loadable version of model {name!r}: " + "; ".join(failures))
 
@@ -107,37 +123,81 @@ class Agent:
     def status_payload(self, state: str) -> StatusPayload:
         return self.telemetry.status(state, started_at=self.started_at, groups=self.config.agent.groups)
 
-    def model_payload(self) -> ModelPayload:
-        serving = self.slot.serving
-        assert serving is not None and self.telemetry is not None
-        return self.telemetry.model(serving, previous=self.previous_model)
-
     async def _on_connect(self) -> None:
-        """Birth: retained online status and serving model, on every (re)connect."""
-        assert self.telemetry is not None
+        """Birth, on every (re)connect: retained online status, serving model, latest deployment."""
         await self.telemetry.publish_state(self.topics.status, self.status_payload("online"))
-        await self.telemetry.publish_state(self.topics.model, self.model_payload())
+        await self.publish_model()
+        if self.deployment is not None:
+            await self.publish_deployment(self.deployment)
 
-    async def _on_message(self, topic: str, payload: bytes) -> None:
-        log.debug("message_ignored", topic=topic, size=len(payload))
+    async def publish_model(self) -> None:
+        serving = self.slot.serving
+        if serving is not None:
+            await self.telemetry.publish_state(self.topics.model, self.telemetry.model(serving, self.previous_model))
+
+    async def publish_deployment(self, status: DeploymentStatus) -> None:
+        self.deployment = status
+        payload = self.telemetry.deployment(
+            deployment_id=status.deployment_id, name=status.name, version=status.version,
+            state=status.state.value, step=status.step.value, progress=status.progress,
+            error=status.error,
+        )
+        await self.telemetry.publish_state(self.topics.deployment, payload)
+        if status.state.value in ("committed", "failed", "rolled_back"):
+            severity = "info" if status.state.value == "committed" else "warning"
+            message = f"deployment {status.deployment_id} of {status.name} {status.version}: {status.state.value}"
+            if status.error:
+                message += f" ({status.error['message']})"
+            await self.event(f"deployment_{status.state.value}", severity, message,
+                             {"deployment_id": status.deployment_id, "step": status.step.value,
+                              "error": status.error, **(status.detail or {})})
+
+    async def event(self, kind: str, severity: str, message: str, data: dict | None = None) -> None:  # type: ignore[type-arg]
+        await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
+
+    async def _swapped(self, new: Serving, old: Serving | None, reason: str) -> None:
+        self.previous_model = {"name": old.name, "version": old.version} if old else None
+        bind_context(device_id=self.device_id, model_version=new.version)
+        await self.publish_model()
+        await self.event("engine_swapped", "info", f"now serving {new.name} {new.version} ({reason})",
+                         {"from_version": old.version if old else None, "to_version": new.version,
+                          "reason": reason})
+
+    async def _reply(self, command_id: str, outcome: Outcome) -> None:
+        payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
+        await self.telemetry.publish(self.topics.reply, payload)
+
+    async def _rejected(self, name: str, error: CommandError) -> None:
+        await self.event("command_rejected", "warning", f"command {name!r} rejected: {error.message}",
+                         {"command": name, "code": error.code})
+
+    def _build_control(self) -> None:
+        deploy = self.config.deploy
+        public_key = load_public_key(deploy.public_key_file) if deploy.public_key_file else None
+        self.manager = DeploymentManager(
+            store=self.store, slot=self.slot, options=self.engine_options, settings=deploy,
+            public_key=public_key, feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
+            report=self.publish_deployment, swapped=self._swapped,
+        )
+        handlers = CommandHandlers(self)
+        journal = CommandJournal(self.config.agent.state_dir / JOURNAL_FILE, deploy.journal_size)
+        self.router = CommandRouter(self.topics, journal, handlers.table(), self._reply, self._rejected)
 
     # ----- run ---------------------------------------------------------------------------
     async def run(self) -> int:
         serving = self.load_initial()
         self.slot.swap(serving)
-        bind_context(device_id=self.config.agent.device_id, model_version=serving.version)
+        bind_context(device_id=self.device_id, model_version=serving.version)
+        self._build_control()
+        assert self.router is not None
         self.source.start()
         self.pipeline.start()
         url = self._mqtt_url()
-        self.telemetry = Telemetry(self.topics, self.config.agent.device_id, __version__)
         self.session = MqttSession(
-            self.config.mqtt,
-            url=url,
-            client_id=f"edge-agent-{self.config.agent.device_id}",
+            self.config.mqtt, url=url, client_id=f"edge-agent-{self.device_id}",
             will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
-            on_message=self._on_message,
-            on_connect=self._on_connect,
+            on_message=self.router.on_message, on_connect=self._on_connect,
         )
         self.telemetry.attach(self.session)
         self._install_signals()
@@ -145,9 +205,12 @@ class Agent:
             async with TaskGroup() as tasks:
                 tasks.create_task(self.session.run(), name="mqtt")
                 tasks.create_task(self._ready_when_first_frame(), name="ready")
-                tasks.create_task(self._every(self.config.telemetry.latency_period_s, self._publish_latency))
-                tasks.create_task(self._every(self.config.telemetry.health_period_s, self._publish_health))
+                tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
+                tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
+                if self.fallback_reason:
+                    tasks.create_task(self.event("fell_back_to_previous", "alarm",
+                                                 f"current model did not load: {self.fallback_reason}"))
                 await self._stop.wait()
                 await self._shutdown()
         finally:
@@ -177,25 +240,51 @@ class Agent:
         self.notifier.status(f"serving {serving.name} {serving.version}" if serving else "serving")
         log.info("agent_ready", model=serving.name if serving else None)
 
-    async def _every(self, period: float, action) -> None:  # type: ignore[no-untyped-def]
+    async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
-                await action()
+                try:
+                    await action()
+                except Exception:  # telemetry must never take the agent down
+                    log.exception("telemetry_failed", action=getattr(action, "__name__", "?"))
 
-    async def _publish_latency(self) -> None:
-        assert self.telemetry is not None
-        await self.telemetry.publish_latency(self.recorder.snapshot(), self.pipeline, self.source.stats())
+    async def publish_latency(self) -> None:
+        stats = self.source.stats()
+        payload = self.telemetry.latency(self.recorder.snapshot(), self.pipeline.counters.frames_processed,
+                                         stats.frames_dropped)
+        await self.telemetry.publish(self.topics.telemetry("latency"), payload)
 
-    async def _publish_health(self) -> None:
-        assert self.telemetry is not None
-        await self.telemetry.publish_health(self)
+    def health_fields(self) -> dict:  # type: ignore[type-arg]
+        stats = self.source.stats()
+        session = self.session.status() if self.session is not None else None
+        serving = self.slot.serving
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "camera": {"state": stats.state.name.lower(), "reopens": stats.reopens,
+                       "last_error": stats.last_error, "fps": round(stats.fps, 2)},
+            "broker": {"state": session.state.name.lower() if session else "disconnected",
+                       "reconnects": session.reconnects if session else 0},
+            "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
+            if serving else None,
+            "cpu_percent": self.sampler.cpu_percent(),
+            "memory_rss_bytes": health.rss_bytes(),
+            "memory_available_bytes": health.memory_available_bytes() or 0,
+            "temperatures_c": health.read_temperatures(),
+            "gpu_load": health.read_gpu_load(),
+            "disk_free_bytes": health.disk_free_bytes(self.store.root) or 0,
+            "outbox_depth": session.outbox_depth if session else 0,
+            "frames_processed": self.pipeline.counters.frames_processed,
+        }
+
+    async def publish_health(self) -> None:
+        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**self.health_fields()))
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
-        period = max(WATCHDOG_MIN_PERIOD_S, interval) if interval else 2.0
+        period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
@@ -204,10 +293,10 @@ class Agent:
             if feeder.should_ping(self.pipeline.last_progress, time.monotonic()):
                 if interval:
                     self.notifier.watchdog()
-                snapshot = self.recorder.snapshot()
                 serving = self.slot.serving
                 if serving is not None:
-                    self.notifier.status(f"serving {serving.name} {serving.version} at {snapshot.fps:.1f} fps")
+                    fps = self.recorder.snapshot().fps
+                    self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
             else:
                 log.error("frame_loop_stalled", stalled_s=round(time.monotonic() - self.pipeline.last_progress, 1))
 
@@ -215,21 +304,22 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         bound = self.config.agent.stop_timeout_s
+        if self.manager is not None:
+            self.manager.close()
+        if self.router is not None:
+            await self.router.drain()
         finished = await asyncio.to_thread(self.pipeline.stop, bound / 2)
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
         await asyncio.to_thread(self.source.stop, bound / 4)
-        assert self.session is not None and self.telemetry is not None
+        assert self.session is not None
         try:
             await asyncio.wait_for(
-                self.telemetry.publish_state(self.topics.status, self.status_payload("offline")),
-                timeout=bound / 4,
-            )
+                self.telemetry.publish_state(self.topics.status, self.status_payload("offline")), timeout=bound / 4)
             await asyncio.wait_for(self.session.stop(), timeout=bound / 4)
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)
         self.slot.clear()
-
 
 
 def run_agent(config: AgentConfig) -> int:

@@ -60,4 +60,5 @@ def load_serving(installed: InstalledModel, options: EngineOptions) -> Serving:
         "engine_loaded", model=manifest.name, version=manifest.version,
         runtime=engine.runtime, fused_preprocessing=options.fuse_preprocessing,
     )
-    return Serving(engine=engine, name=manifest.name, version=manifest.version, sha256=sha256, manifest=manifest)
+    return Serving(engine=engine, name=manifest.name, version=manifest.version, sha256=sha256,
+                   manifest=manifest, folder=installed.path)

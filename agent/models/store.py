@@ -185,6 +185,12 @@ class ModelStore:
         ]
         return [p.name for p in sorted(entries, key=lambda p: p.stat().st_mtime)]
 
+    def remove(self, name: str, version: str) -> None:
+        """Delete an installed version that is neither current nor previous."""
+        if version in (self._link(name, CURRENT), self._link(name, PREVIOUS)):
+            raise StoreError(f"{name} {version} is current or previous and cannot be removed")
+        shutil.rmtree(self._dir(name) / check_name(version, "version"), ignore_errors=True)
+
     def prune(self, name: str) -> list[str]:
         """Keep the newest ``keep`` versions, never current or previous."""
         pinned = {self._link(name, CURRENT), self._link(name, PREVIOUS)}

@@ -39,6 +39,8 @@ class Serving:
     sha256: str
     manifest: Any
     since: float = field(default_factory=time.time)
+    folder: Any = None
+    """Where the model's files are (golden inputs, manifest), when it came from a store."""
     _leases: int = field(default=0, repr=False)
     _retired: bool = field(default=False, repr=False)
     _closed: bool = field(default=False, repr=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,16 +49,34 @@ class FrameResult:
 Observer = Callable[[FrameResult], None]
 
 
+VERSION_LATENCY_WINDOW = 256
+"""Inference times kept per model version, for probation's latency comparison."""
+
+
 @dataclass
 class PipelineCounters:
     frames_processed: int = 0
     errors: int = 0
     nonfinite: int = 0
     by_version: dict[str, dict[str, int]] = field(default_factory=dict)
+    infer_ms: dict[str, deque[float]] = field(default_factory=dict)
 
     def count(self, version: str, key: str) -> None:
         per = self.by_version.setdefault(version, {"frames": 0, "errors": 0, "nonfinite": 0})
         per[key] += 1
+
+    def record_infer(self, version: str, ms: float) -> None:
+        window = self.infer_ms.get(version)
+        if window is None:
+            window = self.infer_ms[version] = deque(maxlen=VERSION_LATENCY_WINDOW)
+        window.append(ms)
+
+    def stats(self, version: str) -> dict[str, Any]:
+        """Frames, errors, non-finite outputs and inference p95 of one model version."""
+        per = dict(self.by_version.get(version, {"frames": 0, "errors": 0, "nonfinite": 0}))
+        times = list(self.infer_ms.get(version, ()))
+        per["p95_ms"] = round(float(np.percentile(times, 95)), 3) if times else None
+        return per
 
 
 class _Prepared:
@@ -175,6 +194,7 @@ class Pipeline:
         }
         if error is None:
             self.recorder.record(timings)
+            self.counters.record_infer(version, timings["infer"])
         self.last_progress = time.monotonic()
         self.first_frame.set()
         if error is not None:
@@ -191,6 +211,15 @@ class Pipeline:
         elif not finite:
             counters.nonfinite += 1
             counters.count(version, "nonfinite")
+
+    def feeds_for(self, serving: Serving) -> dict[str, np.ndarray]:
+        """Inputs for ``serving`` made from the newest real frame (to warm a model up before a swap)."""
+        result = self.last_result
+        if result is None:
+            raise RuntimeError("no frame has been processed yet to warm the model up with")
+        prepared = _Prepared(serving)
+        tensor, _ = prepared.preprocessor.prep(result.frame.image)
+        return {prepared.input_name: tensor}
 
     def info(self) -> dict[str, Any]:
         serving = self.slot.serving

@@ -1,0 +1,77 @@
+"""What each command does: ping, status, deploy, rollback."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .commands import CommandFailed
+from .models.manager import DeployFailed, DeployRequest
+from .models.probation import Probation
+from .mqtt.schema import DeployCommand, PingCommand, RollbackCommand, StatusCommand
+
+if TYPE_CHECKING:
+    from .daemon import Agent
+
+__all__ = ["CommandHandlers"]
+
+
+class CommandHandlers:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def table(self) -> dict[str, Any]:
+        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback}
+
+    async def ping(self, command: PingCommand) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def status(self, command: StatusCommand) -> dict[str, Any]:
+        agent = self.agent
+        serving = agent.slot.serving
+        store = agent.store
+        name = agent.config.model.name
+        deployment = agent.deployment
+        return {
+            "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
+            if serving else None,
+            "store": {"current": store.current_version(name), "previous": store.previous_version(name),
+                      "versions": store.versions(name)},
+            "deployment": None if deployment is None else {
+                "deployment_id": deployment.deployment_id, "version": deployment.version,
+                "state": deployment.state.value, "step": deployment.step.value,
+            },
+            "health": agent.health_fields(),
+        }
+
+    def _probation(self, command: DeployCommand) -> Probation | None:
+        if command.probation is None:
+            return None
+        base = self.agent.manager.default_probation()  # type: ignore[union-attr]
+        spec = command.probation
+        return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
+                         base.min_frames)
+
+    async def deploy(self, command: DeployCommand) -> dict[str, Any]:
+        manager = self.agent.manager
+        assert manager is not None
+        request = DeployRequest(
+            name=command.name, version=command.version, url=command.url, sha256=command.sha256,
+            signature=command.signature, format=command.format, probation=self._probation(command),
+            deployment_id=command.id,
+        )
+        try:
+            serving = await manager.deploy(request)
+        except DeployFailed as exc:
+            raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}",
+                                {"deployment_id": request.deployment_id, "step": exc.step.value}) from exc
+        return {"deployment_id": request.deployment_id, "name": serving.name, "version": serving.version,
+                "state": "active"}
+
+    async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
+        manager = self.agent.manager
+        assert manager is not None
+        try:
+            serving = await manager.rollback(command.reason or "rollback command")
+        except DeployFailed as exc:
+            raise CommandFailed(exc.code, exc.message) from exc
+        return {"name": serving.name, "version": serving.version}

@@ -1,0 +1,393 @@
+"""The deployment state machine: fetch, verify, load, warm, validate, swap, watch, commit or roll back.
+
+    received -> downloading -> verifying -> (building) -> loading -> warming ->
+    validating -> active -> committed            or  failed / rolled_back
+
+All heavy work runs on one dedicated loader thread at a low CPU priority, so the
+serving engine keeps its frame rate while the new one is prepared beside it. The
+swap is ``slot.swap()``: a reference switch between two frames. The old engine is
+closed after its last frame. During probation the new model's errors,
+non-finite outputs and latency are compared with the old model's; past the
+bounds it swaps back by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from ..runtime.base import EngineError
+from ..runtime.slot import EngineSlot, Serving
+from .bundle import BundleError, stage_bare_model, unpack_bundle
+from .fetch import FetchError, fetch_artifact, verify_artifact
+from .graph import check_fits_head
+from .loader import EngineOptions, load_serving
+from .priority import lower_thread_priority, restore_thread_priority
+from .probation import Probation, ProbationVerdict, judge
+from .store import ModelStore, StoreError
+
+__all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus", "Step"]
+
+log = structlog.get_logger(__name__)
+
+PROBATION_POLL_S = 0.5
+PROBATION_GIVE_UP = 3.0
+"""Commit (with a note) when the window has passed this many times over without enough frames."""
+
+
+class Step(str, Enum):
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    BUILDING = "building"
+    LOADING = "loading"
+    WARMING = "warming"
+    VALIDATING = "validating"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+class DeployFailed(Exception):
+    """A deployment step failed; the old model keeps serving."""
+
+    def __init__(self, step: Step, code: str, message: str) -> None:
+        super().__init__(f"{step.value}: {message}")
+        self.step = step
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    name: str
+    version: str
+    url: str
+    sha256: str
+    signature: str | None = None
+    format: str = "onnx"
+    probation: Probation | None = None
+    deployment_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    deployment_id: str
+    name: str
+    version: str
+    state: Step
+    step: Step
+    progress: float
+    error: dict[str, str] | None = None
+    detail: dict[str, Any] | None = None
+
+
+Report = Callable[[DeploymentStatus], Awaitable[None]]
+Swapped = Callable[[Serving, Serving | None, str], Awaitable[None]]
+FeedsFor = Callable[[Serving], dict[str, np.ndarray]]
+
+
+class DeploymentManager:
+    def __init__(
+        self,
+        *,
+        store: ModelStore,
+        slot: EngineSlot,
+        options: EngineOptions,
+        settings: Any,
+        public_key: Any,
+        feeds_for: FeedsFor,
+        stats: Callable[[str], dict[str, Any]],
+        report: Report,
+        swapped: Swapped,
+    ) -> None:
+        self.store = store
+        self.slot = slot
+        self.options = options
+        self.settings = settings
+        self.public_key = public_key
+        self.feeds_for = feeds_for
+        self.stats = stats
+        self.report = report
+        self.swapped = swapped
+        self.current: DeploymentStatus | None = None
+        self._lock = asyncio.Lock()
+        self._probation: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="model-loader",
+            initializer=lower_thread_priority, initargs=(settings.load_nice,),
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def default_probation(self) -> Probation:
+        s = self.settings
+        return Probation(s.probation_s, s.max_error_rate, s.max_nonfinite, s.max_latency_ratio,
+                         s.min_probation_frames)
+
+    async def _step(self, req: DeployRequest, step: Step, progress: float, **detail: Any) -> None:
+        self.current = DeploymentStatus(req.deployment_id, req.name, req.version, step, step,
+                                        progress, detail=detail or None)
+        await self.report(self.current)
+
+    async def _in_loader(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ----- deploy ---------------------------------------------------------------------------
+    async def deploy(self, req: DeployRequest) -> Serving:
+        """Run one deployment to ``active``; raises DeployFailed (old model still serving)."""
+        if self._lock.locked():
+            raise DeployFailed(Step.RECEIVED, "busy", "another deployment or rollback is in progress; retry when it ends")
+        async with self._lock:
+            await self._cancel_probation(commit=True)
+            await self._step(req, Step.RECEIVED, 0.0, url=req.url)
+            work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self._work_root()))
+            try:
+                new = await self._prepare(req, work)
+            except DeployFailed as exc:
+                self.current = DeploymentStatus(req.deployment_id, req.name, req.version, Step.FAILED,
+                                                exc.step, 0.0, {"code": exc.code, "message": exc.message})
+                await self.report(self.current)
+                log.warning("deployment_failed", deployment=req.deployment_id, step=exc.step.value,
+                            code=exc.code, error=exc.message)
+                raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            old = await self._swap_in(new, req.name)
+            await self._step(req, Step.ACTIVE, 1.0)
+            probation = req.probation or self.default_probation()
+            self._probation = asyncio.create_task(self._watch(req, new, old, probation))
+            return new
+
+    def _work_root(self) -> Path:
+        root = self.store.root / ".work"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    async def _prepare(self, req: DeployRequest, work: Path) -> Serving:
+        serving = self.slot.serving
+        if serving is not None and serving.name != req.name:
+            raise DeployFailed(Step.RECEIVED, "wrong_model",
+                               f"this agent serves {serving.name!r}; a deploy of {req.name!r} does not fit it")
+        if req.version in self.store.versions(req.name) and self.store.current_version(req.name) == req.version:
+            raise DeployFailed(Step.RECEIVED, "already_serving", f"{req.name} {req.version} is already serving")
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int | None) -> None:
+            fraction = done / total if total else 0.0
+            asyncio.run_coroutine_threadsafe(
+                self._step(req, Step.DOWNLOADING, round(0.4 * fraction, 3), bytes=done, total=total), loop)
+
+        await self._step(req, Step.DOWNLOADING, 0.0)
+        max_bytes = int(self.settings.max_artifact_mb * 1024 * 1024)
+        try:
+            fetched = await self._in_loader(lambda: fetch_artifact(
+                req.url, dest_dir=work, max_bytes=max_bytes,
+                allowed_schemes=tuple(self.settings.allowed_schemes), progress=progress))
+        except FetchError as exc:
+            raise DeployFailed(Step.DOWNLOADING, exc.code, exc.message) from exc
+        await self._step(req, Step.VERIFYING, 0.45, size=fetched.size)
+        try:
+            verify_artifact(fetched, sha256=req.sha256, public_key=self.public_key, signature=req.signature)
+            folder = await self._in_loader(self._stage, req, fetched.path, work)
+        except FetchError as exc:
+            raise DeployFailed(Step.VERIFYING, exc.code, exc.message) from exc
+        except BundleError as exc:
+            raise DeployFailed(Step.VERIFYING, "bad_bundle", str(exc)) from exc
+        await self._step(req, Step.LOADING, 0.55)
+        installed_here = req.version not in self.store.versions(req.name)
+        try:
+            installed = await self._in_loader(lambda: self.store.install(folder, activate=False))
+            new = await self._in_loader(load_serving, installed, self.options)
+        except (StoreError, EngineError, ValueError, OSError) as exc:
+            if installed_here:
+                self.store.remove(req.name, req.version)
+            code = "disk_full" if getattr(exc, "errno", None) == 28 or "No space" in str(exc) else "load_failed"
+            raise DeployFailed(Step.LOADING, code, str(exc)) from exc
+        try:
+            await self._validate(req, new)
+        except DeployFailed:
+            new.engine.close()
+            if installed_here:
+                self.store.remove(req.name, req.version)
+            raise
+        return new
+
+    def _stage(self, req: DeployRequest, artifact: Path, work: Path) -> Path:
+        folder = work / "model"
+        if req.format == "bundle":
+            manifest = unpack_bundle(artifact, folder)
+            if (manifest.name, manifest.version) != (req.name, req.version):
+                raise BundleError(
+                    f"bundle holds {manifest.name} {manifest.version}, the deploy said {req.name} {req.version}")
+            return folder
+        serving = self.slot.serving
+        if serving is None:
+            raise BundleError("a bare model needs a serving model's manifest to inherit; deploy a bundle")
+        stage_bare_model(artifact, folder, serving.manifest, req.name, req.version)
+        return folder
+
+    async def _validate(self, req: DeployRequest, new: Serving) -> None:
+        try:
+            check_fits_head(new.engine.inputs, new.engine.outputs, new.manifest.head)
+        except ValueError as exc:
+            raise DeployFailed(Step.VALIDATING, "does_not_fit_head", str(exc)) from exc
+        await self._step(req, Step.WARMING, 0.7)
+        try:
+            feeds = self.feeds_for(new)
+            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs)
+        except DeployFailed:
+            raise
+        except Exception as exc:  # the new engine failed on a real frame
+            raise DeployFailed(Step.WARMING, "inference_failed", f"{type(exc).__name__}: {exc}") from exc
+        await self._step(req, Step.VALIDATING, 0.85, warm_ms=round(float(np.median(timings)), 2))
+        warm = float(np.median(timings[1:] if len(timings) > 1 else timings))
+        if warm > self.settings.latency_budget_ms:
+            raise DeployFailed(Step.VALIDATING, "over_latency_budget",
+                               f"warm inference takes {warm:.1f} ms, the budget is {self.settings.latency_budget_ms:.1f} ms")
+        try:
+            await self._in_loader(self._golden, new)
+        except DeployFailed:
+            raise
+        except Exception as exc:
+            raise DeployFailed(Step.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+        timings = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            outputs = new.engine.infer(feeds)
+            timings.append((time.perf_counter() - start) * 1000.0)
+            for name, value in outputs.items():
+                if value.dtype.kind == "f" and not np.isfinite(value).all():
+                    raise DeployFailed(Step.WARMING, "non_finite_output",
+                                       f"output {name!r} holds NaN or infinity on a real frame")
+        return timings
+
+    @staticmethod
+    def _golden(new: Serving) -> None:
+        manifest = new.manifest
+        folder = new.folder
+        for golden in manifest.golden:
+            inputs = np.load(folder / golden.input_file)
+            expected = np.load(folder / golden.output_file)
+            name = manifest.preprocess.input_name or new.engine.inputs[0].name
+            if new.engine.inputs[0].dtype == np.uint8 and inputs.dtype != np.uint8:
+                continue  # golden tensors are for the unfused graph; the fused engine takes frames
+            output = next(iter(new.engine.infer({name: inputs}).values()))
+            if not np.isfinite(output).all():
+                raise DeployFailed(Step.VALIDATING, "non_finite_output", f"golden input {golden.input_file} gives NaN/inf")
+            if output.shape != expected.shape or not np.allclose(output, expected, rtol=golden.rtol, atol=golden.atol):
+                raise DeployFailed(Step.VALIDATING, "golden_mismatch",
+                                   f"output for {golden.input_file} differs from {golden.output_file}")
+
+    async def _swap_in(self, new: Serving, name: str) -> Serving | None:
+        old = self.slot.swap(new)
+        await self._in_loader(restore_thread_priority)
+        self.store.activate(name, new.version)
+        await self.swapped(new, old, "deploy")
+        log.info("engine_swapped", model=name, from_version=old.version if old else None, to_version=new.version)
+        return old
+
+    # ----- probation and rollback -----------------------------------------------------------
+    async def _watch(self, req: DeployRequest, new: Serving, old: Serving | None, probation: Probation) -> None:
+        baseline = self.stats(old.version) if old is not None else None
+        started = time.monotonic()
+        verdict = ProbationVerdict(ok=True, reason="")
+        while True:
+            await asyncio.sleep(PROBATION_POLL_S)
+            elapsed = time.monotonic() - started
+            verdict = judge(probation, self.stats(new.version), baseline, final=elapsed >= probation.window_s)
+            if not verdict.ok or (elapsed >= probation.window_s and verdict.final):
+                break
+            if elapsed >= PROBATION_GIVE_UP * max(probation.window_s, PROBATION_POLL_S):
+                verdict = ProbationVerdict(ok=True, reason="", detail={"note": "too few frames to judge"})
+                break
+        if verdict.ok:
+            verdict.detail.setdefault("frames", self.stats(new.version)["frames"])
+            await self._step(req, Step.COMMITTED, 1.0, **verdict.detail)
+            log.info("deployment_committed", deployment=req.deployment_id, version=new.version)
+            return
+        async with self._lock:
+            log.warning("probation_failed", deployment=req.deployment_id, reason=verdict.reason)
+            try:
+                await self._rollback_to_previous(req.name, f"probation: {verdict.reason}")
+            except DeployFailed as exc:
+                log.error("rollback_failed", error=exc.message)
+            self.current = DeploymentStatus(req.deployment_id, req.name, req.version, Step.ROLLED_BACK,
+                                            Step.ACTIVE, 1.0, {"code": "probation_failed", "message": verdict.reason},
+                                            verdict.detail)
+            await self.report(self.current)
+
+    async def _cancel_probation(self, commit: bool) -> None:
+        task, self._probation = self._probation, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            if commit and self.current is not None and self.current.state == Step.ACTIVE:
+                self.current = replace(self.current, state=Step.COMMITTED, step=Step.COMMITTED,
+                                       detail={"note": "committed early by a newer command"})
+                await self.report(self.current)
+
+    async def rollback(self, reason: str) -> Serving:
+        """Swap back to the store's ``previous`` version (by command)."""
+        if self._lock.locked():
+            raise DeployFailed(Step.RECEIVED, "busy", "a deployment or rollback is in progress; retry when it ends")
+        async with self._lock:
+            await self._cancel_probation(commit=False)
+            serving = await self._rollback_to_previous(self._serving_name(), reason)
+            if self.current is not None and self.current.state == Step.ACTIVE:
+                self.current = replace(self.current, state=Step.ROLLED_BACK,
+                                       error={"code": "rolled_back_by_command", "message": reason})
+                await self.report(self.current)
+            return serving
+
+    def _serving_name(self) -> str:
+        serving = self.slot.serving
+        if serving is None:
+            raise DeployFailed(Step.RECEIVED, "no_model", "nothing is serving")
+        return serving.name
+
+    async def _rollback_to_previous(self, name: str, reason: str) -> Serving:
+        try:
+            previous = self.store.previous(name)
+        except StoreError as exc:
+            raise DeployFailed(Step.LOADING, "no_previous", str(exc)) from exc
+        try:
+            restored = await self._in_loader(load_serving, previous, self.options)
+            feeds = self.feeds_for(restored)
+            await self._in_loader(self._warm, restored, feeds, 1)
+        except (EngineError, DeployFailed, ValueError) as exc:
+            raise DeployFailed(Step.LOADING, "rollback_load_failed", str(exc)) from exc
+        old = self.slot.swap(restored)
+        await self._in_loader(restore_thread_priority)
+        self.store.activate(name, restored.version)
+        await self.swapped(restored, old, reason)
+        log.warning("rolled_back", model=name, from_version=old.version if old else None,
+                    to_version=restored.version, reason=reason)
+        return restored
+
+    def close(self) -> None:
+        if self._probation is not None:
+            self._probation.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+

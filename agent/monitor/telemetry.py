@@ -1,0 +1,105 @@
+"""Builds the agent's payloads (envelope, sequence numbers) and publishes them through the session.
+
+Every outgoing payload is a pydantic model of agent.mqtt.schema, validated on
+construction, so nothing leaves the device that is not in the schema.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..mqtt.schema import (
+    BrokerHealth,
+    CameraHealth,
+    DeploymentPayload,
+    EventPayload,
+    HealthPayload,
+    LatencyPayload,
+    ModelBrief,
+    ModelPayload,
+    ModelRef,
+    ReplyPayload,
+    Sequencer,
+    StageLatency,
+    StatusPayload,
+    encode_payload,
+)
+from ..mqtt.topics import Topics
+from .latency import LatencySnapshot
+
+__all__ = ["Telemetry"]
+
+QOS_STATE = 1
+QOS_TELEMETRY = 1
+
+
+class Telemetry:
+    def __init__(self, topics: Topics, device_id: str, agent_version: str,
+                 sequencer: Sequencer | None = None) -> None:
+        self.topics = topics
+        self.device_id = device_id
+        self.agent_version = agent_version
+        self.sequencer = sequencer or Sequencer()
+        self._session: Any = None
+
+    def attach(self, session: Any) -> None:
+        self._session = session
+
+    def envelope(self, key: str) -> dict[str, Any]:
+        return {"device_id": self.device_id, "ts": time.time(), "seq": self.sequencer.next(key)}
+
+    @staticmethod
+    def encode(payload: BaseModel) -> bytes:
+        return encode_payload(payload)
+
+    # ----- builders -----------------------------------------------------------------------
+    def status(self, state: str, *, started_at: float, groups: tuple[str, ...]) -> StatusPayload:
+        return StatusPayload(**self.envelope("status"), state=state, agent_version=self.agent_version,
+                             started_at=started_at, groups=tuple(groups))
+
+    def model(self, serving: Any, previous: dict[str, str] | None) -> ModelPayload:
+        return ModelPayload(
+            **self.envelope("model"), name=serving.name, version=serving.version, sha256=serving.sha256,
+            runtime=serving.runtime, since=serving.since,
+            previous=ModelRef(**previous) if previous else None,
+        )
+
+    def latency(self, snapshot: LatencySnapshot, frames_processed: int, frames_dropped: int) -> LatencyPayload:
+        stages = {
+            name: StageLatency(p50_ms=s.p50_ms, p95_ms=s.p95_ms, p99_ms=s.p99_ms, max_ms=s.max_ms, count=s.count)
+            for name, s in snapshot.stages.items()
+        }
+        return LatencyPayload(**self.envelope("telemetry/latency"), window_frames=snapshot.window_frames,
+                              fps=snapshot.fps, frames_processed=frames_processed,
+                              frames_dropped=frames_dropped, stages=stages)
+
+    def health(self, **fields: Any) -> HealthPayload:
+        fields["camera"] = CameraHealth(**fields["camera"])
+        fields["broker"] = BrokerHealth(**fields["broker"])
+        if fields.get("model") is not None:
+            fields["model"] = ModelBrief(**fields["model"])
+        return HealthPayload(**self.envelope("telemetry/health"), **fields)
+
+    def deployment(self, **fields: Any) -> DeploymentPayload:
+        return DeploymentPayload(**self.envelope("deployment"), updated=time.time(), **fields)
+
+    def event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> EventPayload:
+        return EventPayload(**self.envelope("events"), kind=kind, severity=severity, message=message,
+                            data=data or {})
+
+    def reply(self, command_id: str, command: str, ok: bool, error: dict[str, str] | None,
+              result: dict[str, Any] | None) -> ReplyPayload:
+        return ReplyPayload(**self.envelope("reply"), id=command_id, command=command, ok=ok,
+                            error=error, result=result)
+
+    # ----- publishing ---------------------------------------------------------------------
+    async def publish_state(self, topic: str, payload: BaseModel) -> None:
+        """Retained state (status, model, deployment): QoS 1, re-sent on every reconnect."""
+        await self._session.publish(topic, self.encode(payload), qos=QOS_STATE, retain=True)
+
+    async def publish(self, topic: str, payload: BaseModel) -> None:
+        """Telemetry, events and replies: QoS 1, queued while the broker is away."""
+        await self._session.publish(topic, self.encode(payload), qos=QOS_TELEMETRY, retain=False)
