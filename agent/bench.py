@@ -1,0 +1,248 @@
+"""``make bench``: side-by-side measurements on the demo model and video, printed as ratios.
+
+1. pipeline: frames/s of the whole agent pipeline (capture thread decoding the
+   demo video, preprocessing, inference, postprocessing) against a bare ONNX
+   Runtime loop on the same model, same threads, pre-made input tensors.
+   Rounds alternate (bare, pipeline, bare, ...) so machine noise hits both.
+2. swap: N hot-swaps between two real models (PP-OCRv4 and PP-OCRv6 text
+   detectors) through the real deployment manager while the pipeline runs at
+   full rate: skipped frames, the worst gap between processed frames around a
+   swap against the median gap, and RSS growth over the swaps.
+
+Numbers only; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import DeploySection, SourceSection
+from .models.bundle import pack_bundle
+from .models.loader import EngineOptions, load_serving
+from .models.manager import DeploymentManager, DeployRequest
+from .models.manifest import sha256_file
+from .models.probation import Probation
+from .models.store import ModelStore
+from .monitor.health import rss_bytes
+from .monitor.latency import LatencyRecorder
+from .runtime.onnxrt import OnnxRuntimeEngine
+from .runtime.slot import EngineSlot
+from .vision.pipeline import FrameResult, Pipeline
+from .vision.sources import FrameSource
+from .vision.transforms import Preprocessor
+
+__all__ = ["main"]
+
+THREADS = 2
+WARMUP_FRAMES = 10
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def bare_fps(model: Path, tensor: np.ndarray, frames: int, threads: int) -> float:
+    engine = OnnxRuntimeEngine.load(model, threads=threads)
+    name = engine.inputs[0].name
+    for _ in range(WARMUP_FRAMES):
+        engine.infer({name: tensor})
+    start = time.perf_counter()
+    for _ in range(frames):
+        engine.infer({name: tensor})
+    elapsed = time.perf_counter() - start
+    engine.close()
+    return frames / elapsed
+
+
+def _source(video: Path) -> FrameSource:
+    return FrameSource(SourceSection(uri=str(video), loop=True, pace="none", name="bench"))
+
+
+def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
+                 fuse: bool) -> tuple[float, LatencyRecorder]:
+    slot = EngineSlot()
+    slot.swap(load_serving(store.current("text-det"), EngineOptions(threads=threads, fuse_preprocessing=fuse)))
+    recorder = LatencyRecorder(window=frames)
+    source = _source(video)
+    pipeline = Pipeline(source, slot, recorder)
+    source.start()
+    for _ in range(WARMUP_FRAMES):
+        frame = source.get(10.0)
+        if frame is not None:
+            pipeline.process(frame)
+    recorder = pipeline.recorder = LatencyRecorder(window=frames)
+    done = pipeline.counters.frames_processed + frames
+    start = time.perf_counter()
+    pipeline.start()
+    while pipeline.counters.frames_processed < done:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    pipeline.stop(10.0)
+    source.stop()
+    slot.clear()
+    return (pipeline.counters.frames_processed - done + frames) / elapsed, recorder
+
+
+def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+    import cv2
+
+    installed = store.current("text-det")
+    capture = cv2.VideoCapture(str(demo / "video.mp4"))
+    ok, image = capture.read()
+    capture.release()
+    engine = OnnxRuntimeEngine.load(installed.model_path, threads=THREADS)
+    tensor, _ = Preprocessor(installed.manifest.preprocess, engine.inputs[0]).prep(image)
+    engine.close()
+    _say(f"\n== pipeline vs bare ONNX Runtime ({installed.manifest.name} {installed.manifest.version}, "
+         f"{THREADS} threads, {frames} frames x {rounds} rounds, 640x480) ==")
+    bare, piped, unfused = [], [], []
+    recorder = None
+    for i in range(rounds):
+        bare.append(bare_fps(installed.model_path, tensor, frames, THREADS))
+        fps, recorder = pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True)
+        piped.append(fps)
+        unfused.append(pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=False)[0])
+        _say(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} fps "
+             f"| pipeline without fused preprocessing {unfused[-1]:.2f} fps")
+    b, p, u = statistics.median(bare), statistics.median(piped), statistics.median(unfused)
+    _say(f"bare loop            {b:7.2f} fps (median)")
+    _say(f"agent pipeline       {p:7.2f} fps  ratio {p / b:.3f}  (goal >= 0.95)")
+    _say(f"  unfused preprocess {u:7.2f} fps  ratio {u / b:.3f}  (for comparison)")
+    if recorder is not None:
+        snap = recorder.snapshot()
+        for stage, s in snap.stages.items():
+            _say(f"  {stage:<13} p50 {s.p50_ms:8.2f} ms   p99 {s.p99_ms:8.2f} ms")
+
+
+class GapRecorder:
+    """Observer: the time and engine version of every processed frame."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.versions: list[str] = []
+        self.indices: list[int] = []
+
+    def __call__(self, result: FrameResult) -> None:
+        self.times.append(time.perf_counter())
+        self.versions.append(result.version)
+        self.indices.append(result.frame.index)
+
+
+def _bundle(demo: Path, version: str, out_dir: Path) -> tuple[Path, str]:
+    folder = demo / "models" / f"text-det-{version}"
+    out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
+    return out, sha256_file(out)
+
+
+async def _swaps(demo: Path, root: Path, swaps: int) -> dict[str, Any]:
+    store = ModelStore(root / "engines", keep=3)
+    store.install(demo / "models" / "text-det-v4")
+    bundles = {v: _bundle(demo, v, root) for v in ("v4", "v6")}
+    slot = EngineSlot()
+    options = EngineOptions(threads=THREADS)
+    slot.swap(load_serving(store.current("text-det"), options))
+    source = _source(demo / "video.mp4")
+    gaps = GapRecorder()
+    pipeline = Pipeline(source, slot, LatencyRecorder(600), observers=[gaps])
+    settings = DeploySection(allowed_schemes=("file",), latency_budget_ms=5000.0)
+    swap_spans: list[tuple[float, float]] = []
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    manager = DeploymentManager(
+        store=store, slot=slot, options=options, settings=settings, public_key=None,
+        feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats, report=nothing, swapped=nothing,
+    )
+    source.start()
+    pipeline.start()
+    while not pipeline.first_frame.is_set():
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    rss: list[int] = []
+    for i in range(swaps):
+        version = "v6" if i % 2 == 0 else "v4"
+        path, digest = bundles[version]
+        began = time.perf_counter()
+        await manager.deploy(DeployRequest(
+            name="text-det", version=version, url=path.as_uri(), sha256=digest, format="bundle",
+            probation=Probation(3600.0, 1.0, 0, 100.0), deployment_id=f"bench-{i}"))
+        swap_spans.append((began, time.perf_counter()))
+        await asyncio.sleep(0.3)
+        rss.append(rss_bytes())
+        if (i + 1) % 10 == 0:
+            _say(f"  {i + 1}/{swaps} swaps, RSS {rss[-1] / 1e6:.1f} MB")
+    await asyncio.sleep(0.5)
+    pipeline.stop(10.0)
+    source.stop()
+    manager.close()
+    slot.clear()
+    return {"gaps": gaps, "spans": swap_spans, "rss": rss, "dropped": source.stats().frames_dropped}
+
+
+def _theil_sen(values: list[float]) -> float:
+    slopes = [(values[j] - values[i]) / (j - i) for i in range(len(values)) for j in range(i + 1, len(values))]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def bench_swaps(demo: Path, swaps: int) -> None:
+    _say(f"\n== hot swap: {swaps} swaps between text-det v4 and v6 at full rate (pace=none) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = asyncio.run(_swaps(demo, Path(tmp), swaps))
+    gaps: GapRecorder = out["gaps"]
+    times = np.array(gaps.times)
+    deltas = np.diff(times)
+    versions = gaps.versions
+    medians = {v: float(np.median([d for d, ver in zip(deltas, versions[1:]) if ver == v])) for v in set(versions)}
+    skipped = int(sum(b - a - 1 for a, b in zip(gaps.indices, gaps.indices[1:]) if b > a + 1))
+    worst_switch, worst_window = 0.0, 0.0
+    for k in range(1, len(versions)):
+        if versions[k] != versions[k - 1]:
+            ref = max(medians[versions[k]], medians[versions[k - 1]])
+            worst_switch = max(worst_switch, deltas[k - 1] / ref)
+    for began, ended in out["spans"]:
+        inside = [(d, versions[k + 1]) for k, d in enumerate(deltas) if began <= times[k + 1] <= ended + 0.2]
+        for d, v in inside:
+            worst_window = max(worst_window, d / medians[v])
+    rss = out["rss"]
+    _say(f"frames processed {len(times)}, frames skipped across swaps {skipped}, "
+         f"source overwrites {out['dropped']} (goal 0)")
+    _say(f"median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
+    _say(f"largest gap at a swap / median gap of the slower model: {worst_switch:.2f} (goal <= 2)")
+    _say(f"largest gap while a new model loads and warms / median gap: {worst_window:.2f}")
+    if rss:
+        _say(f"RSS after first swap {rss[0] / 1e6:.1f} MB, after {len(rss)} swaps {rss[-1] / 1e6:.1f} MB, "
+             f"growth {(rss[-1] - rss[0]) / 1e6:.1f} MB (goal < 10 MB); "
+             f"Theil-Sen slope over the last half {_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo"))
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--swaps", type=int, default=100)
+    parser.add_argument("--only", choices=("pipeline", "swap"), default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(Path(tmp) / "engines")
+        store.install(args.demo / "models" / "text-det-v4")
+        if args.only in (None, "pipeline"):
+            bench_pipeline(args.demo, store, args.frames, args.rounds)
+    if args.only in (None, "swap"):
+        bench_swaps(args.demo, args.swaps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
