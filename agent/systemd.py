@@ -5,20 +5,20 @@ socket, a path or an ``@`` abstract name) without libsystemd. When the variable 
 unset (a terminal, a container, a test) every call is a quiet no-op. A failed send
 never raises: it is logged once per run of failures and the agent carries on.
 
-``WatchdogFeeder`` decides whether systemd's watchdog may be fed: the frame loop
-reports progress, and when it has made none for ``stall_s`` the pings stop, so
-systemd (``WatchdogSec=``) kills and restarts a hung agent.
+``WatchdogFeeder`` decides whether systemd's watchdog may be fed: when the frame
+loop has made no progress for ``stall_s`` the pings stop, so systemd
+(``WatchdogSec=``) kills and restarts a hung agent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -32,7 +32,6 @@ __all__ = [
     "WatchdogFeeder",
     "parse_notify_address",
     "parse_watchdog_timeout",
-    "run_watchdog",
 ]
 
 log = structlog.get_logger(__name__)
@@ -106,49 +105,36 @@ def _field(name: str, value: str) -> str:
 
 
 class Notifier:
-    """Sends sd_notify messages to systemd; a no-op when no socket was given.
+    """Sends sd_notify messages to systemd; a no-op when ``$NOTIFY_SOCKET`` is unset.
 
+    Reads ``$NOTIFY_SOCKET``/``$WATCHDOG_USEC``/``$WATCHDOG_PID`` from ``environ``
+    (default ``os.environ``). With ``unset`` they are removed afterwards, so that
+    children (the embedded broker, GStreamer helpers) do not inherit systemd's socket.
     Thread-safe: the event loop and the frame worker may both send.
     """
 
     def __init__(
-        self, address: str | bytes | None = None, *, watchdog_timeout_s: float | None = None
-    ) -> None:
-        if watchdog_timeout_s is not None and not (
-            math.isfinite(watchdog_timeout_s) and watchdog_timeout_s > 0
-        ):
-            raise SystemdError(f"watchdog_timeout_s={watchdog_timeout_s!r}: must be finite and > 0")
-        self._address = address
-        self._watchdog_timeout_s = watchdog_timeout_s
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._failing = False
-
-    @classmethod
-    def from_environ(
-        cls,
+        self,
         environ: MutableMapping[str, str] | None = None,
         *,
         unset: bool = True,
         pid: int | None = None,
-    ) -> Notifier:
-        """Read ``$NOTIFY_SOCKET``/``$WATCHDOG_USEC``/``$WATCHDOG_PID``.
-
-        With ``unset`` the variables are removed afterwards, so children (the
-        embedded broker, GStreamer helpers) do not inherit systemd's socket.
-        """
+    ) -> None:
         env = os.environ if environ is None else environ
         value = env.get(NOTIFY_SOCKET_ENV)
-        address = parse_notify_address(value) if value else None
+        self._address = parse_notify_address(value) if value else None
         timeout = parse_watchdog_timeout(
             env.get(WATCHDOG_USEC_ENV),
             env.get(WATCHDOG_PID_ENV),
             os.getpid() if pid is None else pid,
         )
+        self._watchdog_timeout_s = timeout if self._address is not None else None
         if unset:
             for name in NOTIFY_ENV_VARS:
                 env.pop(name, None)
-        return cls(address, watchdog_timeout_s=timeout if address is not None else None)
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -236,70 +222,25 @@ class Notifier:
         return () if status is None else (("STATUS", status),)
 
 
+@dataclass(frozen=True)
 class WatchdogFeeder:
-    """Feeds systemd's watchdog only while the frame loop makes progress.
+    """Decides whether systemd's watchdog may be fed, from the frame loop's progress.
 
-    The frame loop calls ``progress()`` after every processed frame, and also after
-    a wait for a frame that came back empty (camera away), so that only a hung loop
-    (stuck in inference, a deadlock) stops the pings; a missing camera is a health
-    signal, not a reason for systemd to restart the agent.
-    ``progress()`` may be called from any thread.
+    ``last_progress`` is the monotonic time the frame loop last moved on: a
+    processed frame, and also a wait for a frame that came back empty (camera
+    away), so that only a hung loop (stuck in inference, a deadlock) stops the
+    pings; a missing camera is a health signal, not a reason to restart the agent.
     """
 
-    def __init__(self, stall_s: float, *, now: float | None = None) -> None:
-        if not (math.isfinite(stall_s) and stall_s > 0):
-            raise ValueError(f"stall_s={stall_s!r}: must be finite and > 0")
-        self.stall_s = stall_s
-        self._last_progress = time.monotonic() if now is None else now
-        self._stalled = False
+    stall_s: float
 
-    @property
-    def last_progress(self) -> float:
-        return self._last_progress
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.stall_s) and self.stall_s > 0):
+            raise ValueError(f"stall_s={self.stall_s!r}: must be finite and > 0")
 
-    def progress(self, at: float | None = None) -> None:
-        """The frame loop moved on at monotonic time ``at`` (default: now)."""
-        self._last_progress = time.monotonic() if at is None else at
+    def stalled_for(self, last_progress: float, now: float) -> float:
+        """Seconds without progress (0 when the progress is newer than ``now``)."""
+        return max(0.0, now - last_progress)
 
-    def stalled_for(self, now: float) -> float:
-        """Seconds since the last progress (0 when progress is newer than ``now``)."""
-        return max(0.0, now - self._last_progress)
-
-    def should_ping(self, now: float) -> bool:
-        return self.stalled_for(now) <= self.stall_s
-
-    def ping_if_alive(self, notifier: Notifier, now: float) -> bool:
-        """Send ``WATCHDOG=1`` unless stalled; log when the loop stalls and recovers."""
-        if not self.should_ping(now):
-            if not self._stalled:
-                self._stalled = True
-                log.error(
-                    "frame_loop_stalled",
-                    stalled_for_s=round(self.stalled_for(now), 3),
-                    stall_s=self.stall_s,
-                    watchdog_timeout_s=notifier.watchdog_timeout_s,
-                )
-            return False
-        if self._stalled:
-            self._stalled = False
-            log.warning("frame_loop_resumed")
-        return notifier.watchdog()
-
-
-async def run_watchdog(
-    notifier: Notifier,
-    feeder: WatchdogFeeder,
-    *,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Ping every ``notifier.watchdog_interval()`` while ``feeder`` says the loop is alive.
-
-    Returns at once when systemd set no watchdog; otherwise runs until cancelled.
-    """
-    interval = notifier.watchdog_interval()
-    if interval is None:
-        return
-    log.info("watchdog_armed", interval_s=interval, stall_s=feeder.stall_s)
-    while True:
-        feeder.ping_if_alive(notifier, clock())
-        await asyncio.sleep(interval)
+    def should_ping(self, last_progress: float, now: float) -> bool:
+        return self.stalled_for(last_progress, now) <= self.stall_s

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import select
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,9 +26,9 @@ from agent.systemd import (
     WatchdogFeeder,
     parse_notify_address,
     parse_watchdog_timeout,
-    run_watchdog,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 RECEIVE_GUARD_S = 10.0
 """Only bounds a hang: every datagram is already queued when sendto() returns."""
 
@@ -65,7 +66,7 @@ def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
 
 
 def notifier_for(bound: NotifySocket, **extra: str) -> Notifier:
-    return Notifier.from_environ({NOTIFY_SOCKET_ENV: bound.name, **extra})
+    return Notifier({NOTIFY_SOCKET_ENV: bound.name, **extra})
 
 
 def test_ready_status_watchdog_stopping_arrive_exactly(notify_socket: NotifySocket) -> None:
@@ -128,7 +129,7 @@ def test_a_multi_line_status_is_rejected_before_anything_is_sent(
 
 
 def test_without_notify_socket_every_call_is_a_quiet_noop() -> None:
-    notifier = Notifier.from_environ({})
+    notifier = Notifier({})
     assert not notifier.enabled
     assert notifier.watchdog_interval() is None
     with structlog.testing.capture_logs() as logs:
@@ -164,7 +165,7 @@ def test_a_send_failure_never_raises_and_is_logged_once_per_run_of_failures() ->
         notifier.close()
 
 
-def test_from_environ_removes_the_variables_so_children_do_not_inherit_them(
+def test_reading_the_environment_removes_the_variables_so_children_do_not_inherit_them(
     notify_socket: NotifySocket,
 ) -> None:
     environ = {
@@ -173,11 +174,11 @@ def test_from_environ_removes_the_variables_so_children_do_not_inherit_them(
         WATCHDOG_PID_ENV: str(os.getpid()),
         "PATH": "/usr/bin",
     }
-    notifier = Notifier.from_environ(environ)
+    notifier = Notifier(environ)
     assert environ == {"PATH": "/usr/bin"}
     assert notifier.watchdog_timeout_s == 30.0
     kept = {NOTIFY_SOCKET_ENV: notify_socket.name}
-    Notifier.from_environ(kept, unset=False)
+    Notifier(kept, unset=False)
     assert kept == {NOTIFY_SOCKET_ENV: notify_socket.name}
     notifier.close()
 
@@ -195,12 +196,12 @@ def test_a_malformed_notify_socket_is_an_error_naming_the_variable(
     value: str, problem: str
 ) -> None:
     with pytest.raises(SystemdError, match=NOTIFY_SOCKET_ENV) as caught:
-        Notifier.from_environ({NOTIFY_SOCKET_ENV: value})
+        Notifier({NOTIFY_SOCKET_ENV: value})
     assert problem in str(caught.value)
 
 
 def test_watchdog_usec_gives_the_timeout_and_a_ping_interval_of_half_of_it() -> None:
-    notifier = Notifier.from_environ(
+    notifier = Notifier(
         {NOTIFY_SOCKET_ENV: "/run/systemd/notify", WATCHDOG_USEC_ENV: "30000000"}
     )
     assert notifier.watchdog_timeout_s == 30.0
@@ -213,7 +214,7 @@ def test_watchdog_meant_for_our_pid_is_used() -> None:
         WATCHDOG_USEC_ENV: "20000000",
         WATCHDOG_PID_ENV: "4242",
     }
-    assert Notifier.from_environ(dict(environ), pid=4242).watchdog_interval() == 10.0
+    assert Notifier(dict(environ), pid=4242).watchdog_interval() == 10.0
 
 
 def test_watchdog_meant_for_another_pid_is_ignored() -> None:
@@ -222,7 +223,7 @@ def test_watchdog_meant_for_another_pid_is_ignored() -> None:
         WATCHDOG_USEC_ENV: "20000000",
         WATCHDOG_PID_ENV: "4242",
     }
-    notifier = Notifier.from_environ(environ, pid=4243)
+    notifier = Notifier(environ, pid=4243)
     assert notifier.watchdog_timeout_s is None
     assert notifier.watchdog_interval() is None
 
@@ -230,7 +231,7 @@ def test_watchdog_meant_for_another_pid_is_ignored() -> None:
 def test_no_watchdog_without_watchdog_usec_or_without_a_socket() -> None:
     assert parse_watchdog_timeout(None, None, 1) is None
     assert parse_watchdog_timeout("", None, 1) is None
-    assert Notifier.from_environ({WATCHDOG_USEC_ENV: "30000000"}).watchdog_interval() is None
+    assert Notifier({WATCHDOG_USEC_ENV: "30000000"}).watchdog_interval() is None
 
 
 @pytest.mark.parametrize(
@@ -251,22 +252,20 @@ def test_malformed_watchdog_variables_are_errors_naming_the_variable(
 
 
 def test_feeder_pings_while_the_frame_loop_progresses_and_stops_when_it_stalls() -> None:
-    feeder = WatchdogFeeder(stall_s=10.0, now=100.0)
-    assert feeder.should_ping(100.0)
-    assert feeder.should_ping(110.0)  # the bound itself still counts as alive
-    assert not feeder.should_ping(110.001)
-    feeder.progress(at=150.0)
-    assert feeder.should_ping(155.0)
-    assert feeder.stalled_for(155.0) == 5.0
-    assert not feeder.should_ping(160.5)
+    feeder = WatchdogFeeder(stall_s=10.0)
+    assert feeder.should_ping(last_progress=100.0, now=100.0)
+    assert feeder.should_ping(last_progress=100.0, now=110.0)  # the bound itself is still alive
+    assert not feeder.should_ping(last_progress=100.0, now=110.001)
+    assert feeder.should_ping(last_progress=150.0, now=155.0)
+    assert feeder.stalled_for(last_progress=150.0, now=155.0) == 5.0
+    assert not feeder.should_ping(last_progress=150.0, now=160.5)
 
 
 def test_progress_newer_than_the_clock_reading_counts_as_no_stall() -> None:
     # The frame thread may report progress between the loop reading the clock and asking.
-    feeder = WatchdogFeeder(stall_s=1.0, now=50.0)
-    feeder.progress(at=50.2)
-    assert feeder.stalled_for(50.1) == 0.0
-    assert feeder.should_ping(50.1)
+    feeder = WatchdogFeeder(stall_s=1.0)
+    assert feeder.stalled_for(last_progress=50.2, now=50.1) == 0.0
+    assert feeder.should_ping(last_progress=50.2, now=50.1)
 
 
 @pytest.mark.parametrize("stall_s", [0.0, -1.0, float("nan"), float("inf")])
@@ -279,55 +278,43 @@ def test_the_configured_stall_bound_makes_a_valid_feeder() -> None:
     assert WatchdogFeeder(WatchdogSection().stall_s).stall_s == WatchdogSection().stall_s
 
 
-def test_a_stalled_loop_sends_no_ping_and_a_resumed_one_does_again(
-    notify_socket: NotifySocket,
-) -> None:
-    notifier = notifier_for(notify_socket)
-    feeder = WatchdogFeeder(stall_s=5.0, now=0.0)
-    with structlog.testing.capture_logs() as logs:
-        assert feeder.ping_if_alive(notifier, now=1.0)
-        assert notify_socket.receive() == "WATCHDOG=1"
-        assert not feeder.ping_if_alive(notifier, now=6.0)
-        assert not feeder.ping_if_alive(notifier, now=20.0)
-        assert notify_socket.nothing_queued()
-        feeder.progress(at=21.0)
-        assert feeder.ping_if_alive(notifier, now=21.5)
-        assert notify_socket.receive() == "WATCHDOG=1"
-    assert [(e["event"], e["log_level"]) for e in logs] == [
-        ("frame_loop_stalled", "error"),
-        ("frame_loop_resumed", "warning"),
-    ]
-    assert logs[0]["stalled_for_s"] == 6.0
-    notifier.close()
-
-
-def test_run_watchdog_pings_at_the_interval_systemd_asked_for(notify_socket: NotifySocket) -> None:
-    notifier = notifier_for(notify_socket, **{WATCHDOG_USEC_ENV: "20000"})  # ping every 10 ms
-    feeder = WatchdogFeeder(stall_s=3600.0)
-    notify_socket.sock.setblocking(False)
-
-    async def three_pings() -> list[str]:
-        task = asyncio.create_task(run_watchdog(notifier, feeder))
-        loop = asyncio.get_running_loop()
-        try:
-            return [
-                (await asyncio.wait_for(loop.sock_recv(notify_socket.sock, 64), RECEIVE_GUARD_S))
-                .decode()
-                for _ in range(3)
-            ]
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    assert asyncio.run(three_pings()) == ["WATCHDOG=1"] * 3
-    notifier.close()
-
-
-def test_run_watchdog_returns_at_once_when_systemd_set_no_watchdog(
-    notify_socket: NotifySocket,
-) -> None:
-    notifier = notifier_for(notify_socket)
-    asyncio.run(asyncio.wait_for(run_watchdog(notifier, WatchdogFeeder(1.0)), RECEIVE_GUARD_S))
+def test_a_hung_frame_loop_starves_the_watchdog_socket(notify_socket: NotifySocket) -> None:
+    # The daemon's loop: ping only while the feeder says the frame loop is alive.
+    notifier = notifier_for(notify_socket, **{WATCHDOG_USEC_ENV: "30000000"})
+    feeder = WatchdogFeeder(stall_s=10.0)
+    last_progress = 1000.0
+    for now in (1000.0, 1015.0, 1030.0, 1045.0):
+        if feeder.should_ping(last_progress, now):
+            notifier.watchdog()
+    assert notify_socket.receive() == "WATCHDOG=1"
     assert notify_socket.nothing_queued()
     notifier.close()
+
+
+def test_a_service_started_as_systemd_does_gets_its_watchdog_and_hides_the_socket_from_children(
+    notify_socket: NotifySocket,
+) -> None:
+    # systemd sets WATCHDOG_PID to the pid it forked; `exec` keeps the shell's pid ($$).
+    script = (
+        "import os, subprocess, sys\n"
+        "from agent.systemd import Notifier\n"
+        "notifier = Notifier()\n"
+        "child = [sys.executable, '-c', 'import os; print(os.environ.get(\"NOTIFY_SOCKET\"))']\n"
+        "inherited = subprocess.run(child, capture_output=True, text=True).stdout.strip()\n"
+        "notifier.status(f'interval={notifier.watchdog_interval()} child_sees={inherited}')\n"
+        "notifier.ready()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), NOTIFY_SOCKET=notify_socket.name)
+    env[WATCHDOG_USEC_ENV] = "8000000"
+    done = subprocess.run(
+        ["sh", "-c", f'WATCHDOG_PID=$$ exec "{sys.executable}" -c "$0"', script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RECEIVE_GUARD_S * 6,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert notify_socket.receive() == "STATUS=interval=4.0 child_sees=None"
+    assert notify_socket.receive() == "READY=1"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentSection, WatchdogSection
+from agent.cli import EXIT_USAGE
+from agent.config import AgentSection, WatchdogSection, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT_DIR = REPO / "systemd"
@@ -129,6 +130,26 @@ def test_the_frame_stall_bound_and_stop_timeout_fit_inside_systemds_limits(
     assert WatchdogSection().stall_s < float(one(service, "WatchdogSec"))
     assert AgentSection().stop_timeout_s < float(one(service, "TimeoutStopSec"))
     assert str(AgentSection().state_dir) == "/var/lib/" + one(service, "StateDirectory")
+
+
+def test_the_unit_puts_state_and_store_where_systemd_lets_the_agent_write(
+    service: dict[str, list[str]], tmp_path: Path
+) -> None:
+    # The shipped config.toml uses relative paths (next to the file, for `make run`);
+    # under the unit they would land in read-only /etc/edge-agent.
+    environ = dict(value.partition("=")[::2] for value in service["Environment"])
+    config_file = tmp_path / "config.toml"
+    shutil.copy(REPO / "config.toml", config_file)
+    config = load_config(config_file, environ=environ)
+    state = Path("/var/lib") / one(service, "StateDirectory")
+    assert config.agent.state_dir == state
+    assert config.store_dir == state / "engines"
+
+
+def test_an_invalid_configuration_is_not_restarted_over_and_over(
+    service: dict[str, list[str]],
+) -> None:
+    assert one(service, "RestartPreventExitStatus") == str(EXIT_USAGE)
 
 
 def test_the_cpu_only_drop_in_closes_devices_to_v4l2_and_denies_wx_memory() -> None:
