@@ -248,3 +248,45 @@ def test_sysusers_and_tmpfiles_lay_out_a_fresh_root(tmp_path: Path) -> None:
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o750), folder
     info = password.stat()
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+
+
+W_X_PROBE = """
+import ctypes, mmap, sys
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(3)  # the kernel predates PR_SET_MDWE (Linux 6.3)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("a writable+executable mapping was allowed: W^X is not enforced")
+except PermissionError:
+    pass
+import cv2, numpy as np, onnxruntime as ort
+demo = sys.argv[1]
+capture = cv2.VideoCapture(demo + "/video.mp4")
+ok, frame = capture.read()
+assert ok and frame.shape == (480, 640, 3)
+for model, shape in (("text-det-v4", (1, 3, 320, 320)), ("orientation-0.0.11", (1, 3, 224, 224))):
+    session = ort.InferenceSession(demo + f"/models/{model}/model.onnx",
+                                   providers=["CPUExecutionProvider"])
+    (out, *_) = session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)})
+    assert np.isfinite(out).all()
+print("ok")
+"""
+
+
+def test_the_cpu_path_runs_with_writable_executable_memory_denied(demo_dir: Path) -> None:
+    # What cpu-only.conf's MemoryDenyWriteExecute=yes relies on: ONNX Runtime on the CPU,
+    # OpenCV decoding and numpy never need a W+X mapping. The kernel's PR_SET_MDWE refuses
+    # the same mappings systemd's filter does.
+    done = subprocess.run(
+        [sys.executable, "-c", W_X_PROBE, str(demo_dir)],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S * 2,
+        check=False,
+    )
+    if done.returncode == 3:
+        pytest.skip("the kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
