@@ -226,10 +226,10 @@ class Notifier:
 class WatchdogFeeder:
     """Decides whether systemd's watchdog may be fed, from the frame loop's progress.
 
-    ``last_progress`` is the monotonic time the frame loop last moved on: a
-    processed frame, and also a wait for a frame that came back empty (camera
-    away), so that only a hung loop (stuck in inference, a deadlock) stops the
-    pings; a missing camera is a health signal, not a reason to restart the agent.
+    ``last_progress`` is the monotonic time the frame loop last moved on. What the
+    caller counts as progress decides what gets the agent restarted: processed
+    frames only (then a camera that stays away longer than ``stall_s`` does too),
+    or also a wait for a frame that came back empty (then only a hung loop does).
     """
 
     stall_s: float
