@@ -35,7 +35,7 @@ from .mqtt.topics import Topics
 from .runtime.base import EngineError
 from .runtime.select import select_runtime
 from .runtime.slot import EngineSlot, Serving
-from .systemd import Notifier, WatchdogFeeder
+from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
 from .vision.sources import FrameSource
 
@@ -69,7 +69,10 @@ class Agent:
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
         self.source = FrameSource(config.source)
         self.pipeline = Pipeline(self.source, self.slot, self.recorder)
-        self.notifier = Notifier()
+        try:
+            self.notifier = Notifier()
+        except SystemdError as exc:
+            raise StartupError(str(exc)) from exc
         self.telemetry = Telemetry(self.topics, self.device_id, __version__)
         self.sampler = health.ProcessSampler()
         self.started_at = time.time()
@@ -285,20 +288,26 @@ class Agent:
         interval = self.notifier.watchdog_interval()
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
         period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
+        stalled = False
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 pass
-            if feeder.should_ping(self.pipeline.last_progress, time.monotonic()):
+            alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
+            if alive == stalled:
+                stalled = not alive
+                if stalled:
+                    log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
+                else:
+                    log.info("frame_loop_resumed")
+            if alive:
                 if interval:
                     self.notifier.watchdog()
                 serving = self.slot.serving
                 if serving is not None:
                     fps = self.recorder.snapshot().fps
                     self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
-            else:
-                log.error("frame_loop_stalled", stalled_s=round(time.monotonic() - self.pipeline.last_progress, 1))
 
     # ----- stop --------------------------------------------------------------------------
     async def _shutdown(self) -> None:
