@@ -1,0 +1,36 @@
+"""Shared fixtures: a real mosquitto per test and a subscriber watching it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mosquitto import MOSQUITTO, Mosquitto, MqttProbe
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A running anonymous mosquitto on a free loopback port, stopped after the test."""
+    if not MOSQUITTO.exists():
+        pytest.fail(f"{MOSQUITTO} is missing: install mosquitto to run the MQTT tests")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture
+def mqtt_probe() -> Iterator[Callable[..., MqttProbe]]:
+    """Make probes: ``mqtt_probe(port, filters, persistent=False)``; all closed after the test."""
+    probes: list[MqttProbe] = []
+
+    def make(port: int, filters: list[str], **options: object) -> MqttProbe:
+        probe = MqttProbe(port, filters, **options)  # type: ignore[arg-type]
+        probes.append(probe)
+        return probe
+
+    yield make
+    for probe in probes:
+        probe.close()
