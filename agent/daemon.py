@@ -166,7 +166,7 @@ class Agent:
                          {"from_version": old.version if old else None, "to_version": new.version,
                           "reason": reason})
 
-    async def _reply(self, command_id: str, outcome: Outcome) -> None:
+    async def _reply(self, command_id: str | None, outcome: Outcome) -> None:
         payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
         await self.telemetry.publish(self.topics.reply, payload)
 
