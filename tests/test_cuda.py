@@ -12,10 +12,18 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from agent.runtime.base import EngineLoadError
-from agent.runtime.cuda import GpuInfo, device_memory, gpu_available, gpu_probe
+from agent.runtime.cuda import (
+    CudaError,
+    CudaPythonMemory,
+    GpuInfo,
+    device_memory,
+    gpu_available,
+    gpu_probe,
+)
 from agent.runtime.tensorrt import TensorRTEngine, select_runtime
 
 
@@ -53,6 +61,21 @@ def test_cuda_python_reports_no_gpu_without_raising():
     assert reason.startswith("cuda-python: ")
     assert gpu_available() is None
     assert device_memory() is None
+
+
+@no_gpu_here
+@pytest.mark.skipif(CUDA_PYTHON is None, reason="cuda-python is not installed "
+                    "(pip install cuda-python)")
+def test_cuda_python_memory_turns_failed_calls_into_named_errors():
+    memory = CudaPythonMemory(importlib.import_module(CUDA_PYTHON))
+    with pytest.raises(CudaError, match=r"cudaMalloc failed: cudaError\w+"):
+        memory.device_alloc(1024)
+    with pytest.raises(CudaError, match=r"cudaMallocHost failed"):
+        memory.pinned_empty((1, 3, 8, 8), np.dtype(np.float32))
+    with pytest.raises(CudaError, match=r"cudaMemGetInfo failed"):
+        memory.mem_info()
+    with pytest.raises(CudaError, match="not one of ours"):
+        memory.free_pinned(np.zeros(4, np.float32))
 
 
 @no_gpu_here

@@ -308,7 +308,7 @@ class ICudaEngine:
         self._entry(name)
         return False
 
-    def create_execution_context(self) -> IExecutionContext:
+    def create_execution_context(self, strategy: object = None) -> IExecutionContext:
         return IExecutionContext(self)
 
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import onnx
 import structlog
@@ -69,7 +69,7 @@ QUEUE_POLL_S = 0.5
 """How often the parent looks at the worker while no progress arrives."""
 WORKER_JOIN_S = 10.0
 """Time a finished worker gets to exit before it is killed."""
-SPAWN = "spawn"
+SPAWN: Final = "spawn"
 """A fresh interpreter: no CUDA context or threads inherited from the agent."""
 
 
@@ -133,7 +133,7 @@ def _progress_monitor(trt: Any, emit: Emit) -> Any | None:
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)
+            super().__init__()
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             emit(BuildProgress(phase_name, "start", 0, num_steps, parent_phase))
@@ -354,8 +354,9 @@ def _spec_record(spec: BuildSpec) -> dict[str, Any]:
 
 def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``build`` to a ``model`` sub-command group; it runs :func:`build_main`."""
-    parser = subparsers.add_parser("build", help="build (or fetch from the cache) the TensorRT "
-                                   "engine of an ONNX model on this device")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "build", help="build (or fetch from the cache) the TensorRT engine of an ONNX model "
+        "on this device")
     _add_arguments(parser)
     return parser
 

@@ -25,7 +25,9 @@ from .base import EngineError, EngineLoadError
 __all__ = [
     "CudaError",
     "CudaMemory",
+    "CudaPythonMemory",
     "GpuInfo",
+    "PyCudaMemory",
     "device_memory",
     "gpu_available",
     "gpu_probe",
@@ -196,11 +198,11 @@ class CudaPythonMemory:
         return values[0] if len(values) == 1 else tuple(values)
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = max(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, MIN_ALLOCATION)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = max(size, MIN_ALLOCATION)
         address = int(self._check(self._rt.cudaMallocHost(nbytes), "cudaMallocHost"))
         raw = (ctypes.c_ubyte * nbytes).from_address(address)
-        count = int(np.prod(shape, dtype=np.int64))
-        array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+        array: np.ndarray = np.ctypeslib.as_array(raw)[:size].view(dtype).reshape(shape)
         self._pinned[id(array)] = (array, address)
         return array
 
@@ -275,14 +277,16 @@ class PyCudaMemory:
             self._cuda.Context.pop()
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        array = self._run("pagelocked_empty", self._cuda.pagelocked_empty, shape, dtype)
+        array: np.ndarray = self._run("pagelocked_empty", self._cuda.pagelocked_empty, shape,
+                                      dtype)
         self._pinned[id(array)] = array
         return array
 
     def free_pinned(self, array: np.ndarray) -> None:
         if self._pinned.pop(id(array), None) is None:
             raise CudaError("pinned buffer is not one of ours or freed already")
-        self._run("free pinned", array.base.free)
+        allocation: Any = array.base
+        self._run("free pinned", allocation.free)
 
     def device_alloc(self, nbytes: int) -> int:
         allocation = self._run("mem_alloc", self._cuda.mem_alloc, max(nbytes, MIN_ALLOCATION))
