@@ -341,6 +341,7 @@ class TensorRTEngine:
                                   "this runtime serves only shapes known before execution")
             out_shapes[spec.name] = shape
         self._shapes = None
+        self._memory.stream_synchronize(self._stream)
         self._buffers.free()
         for spec in self.inputs:
             self._buffers.allocate(spec.name, arrays[spec.name].shape, spec.dtype)
@@ -359,6 +360,7 @@ class TensorRTEngine:
             np.copyto(host[spec.name], arrays[spec.name])
             self._memory.copy_htod_async(device[spec.name], host[spec.name], self._stream)
         if not self._context.execute_async_v3(self._stream):
+            self._memory.stream_synchronize(self._stream)
             raise EngineError(f"{self.path}: execute_async_v3 failed: {self._logger.take_errors()}")
         for spec in self.outputs:
             self._memory.copy_dtoh_async(host[spec.name], device[spec.name], self._stream)
