@@ -192,3 +192,29 @@ def test_a_plan_tensorrt_cannot_read_is_a_load_error_with_its_message(tmp_path, 
 def test_a_missing_engine_file_is_a_load_error(tmp_path, device):
     with pytest.raises(EngineLoadError, match="cannot read engine"):
         TensorRTEngine.load(tmp_path / "nope.engine", tensorrt=trt_double, memory=device)
+
+
+class FailingContext(trt_double.IExecutionContext):
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        return self._error("IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime "
+                           "(an illegal memory access was encountered)")
+
+
+class FailingRuntime(trt_double.Runtime):
+    def deserialize_cuda_engine(self, serialized_engine: bytes) -> trt_double.ICudaEngine | None:
+        engine = super().deserialize_cuda_engine(serialized_engine)
+        assert engine is not None
+        engine.create_execution_context = lambda strategy=None: FailingContext(engine)
+        return engine
+
+
+def test_a_failed_enqueue_reports_tensorrts_message_and_leaves_no_work_behind(tmp_path, device):
+    trt = trt_double.flavour(trt_double.__version__)
+    trt.Runtime = FailingRuntime
+    engine = TensorRTEngine.load(write_plan(tmp_path, TEXT_DET, TEXT_PROFILE, "text"),
+                                 tensorrt=trt, memory=device)
+    with pytest.raises(EngineError, match=r"execute_async_v3 failed: .*illegal memory access"):
+        engine.infer({"x": frame(64, 96)})
+    assert all(work == [] for work in device.streams.values())
+    engine.close()
+    assert device.allocations == {} and device.pinned == {} and device.streams == {}
