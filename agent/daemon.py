@@ -33,7 +33,7 @@ from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
-from .runtime.select import select_runtime
+from .runtime.tensorrt import select_runtime
 from .runtime.slot import EngineSlot, Serving
 from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
