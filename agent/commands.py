@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from .mqtt.authority import CommandAuthority
 from .mqtt.schema import CommandError, parse_command
 from .mqtt.topics import Topics
 
@@ -110,13 +111,17 @@ Rejected = Callable[[str, CommandError], Awaitable[None]]
 
 
 class CommandRouter:
+    """Parses, authorises (when ``authority`` is set), deduplicates, runs and answers commands."""
+
     def __init__(self, topics: Topics, journal: CommandJournal, handlers: dict[str, Handler],
-                 reply: Reply, rejected: Rejected) -> None:
+                 reply: Reply, rejected: Rejected,
+                 authority: CommandAuthority | None = None) -> None:
         self.topics = topics
         self.journal = journal
         self.handlers = handlers
         self.reply = reply
         self.rejected = rejected
+        self.authority = authority
         self._running: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,12 +130,14 @@ class CommandRouter:
         name = self.topics.command_name(topic)
         if name is None:
             return
-        task = asyncio.create_task(self._handle(name, payload))
+        task = asyncio.create_task(self._handle(topic, name, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, name: str, payload: bytes) -> None:
+    async def _handle(self, topic: str, name: str, payload: bytes) -> None:
         try:
+            if self.authority is not None:  # before anything else reads the command
+                self.authority.admit(topic, payload)
             command = parse_command(name, payload)
         except CommandError as exc:
             log.warning("command_rejected", command=name, code=exc.code, error=exc.message)
