@@ -120,7 +120,6 @@ class Agent:
             return mqtt.url
         self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port)
         self._broker.start()
-        log.info("embedded_broker_started", url=self._broker.url)
         return self._broker.url
 
     def status_payload(self, state: str) -> StatusPayload:
@@ -282,7 +281,11 @@ class Agent:
         }
 
     async def publish_health(self) -> None:
-        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**self.health_fields()))
+        fields = self.health_fields()
+        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**fields))
+        log.info("health", frames_processed=fields["frames_processed"], fps=self.recorder.snapshot().fps,
+                 camera=fields["camera"]["state"], broker=fields["broker"]["state"],
+                 rss_mb=round(fields["memory_rss_bytes"] / 1e6, 1))
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()

@@ -36,7 +36,7 @@ __all__ = [
     "generate_keypair",
     "load_private_key",
     "load_public_key",
-    "sign_file",
+    "sign_bytes",
     "verify_signature",
     "fetch_artifact",
     "verify_artifact",
@@ -185,5 +185,5 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
     public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
 
 
-def sign_file(private_key: Ed25519PrivateKey, path: Path) -> str:
-    return base64.b64encode(private_key.sign(path.read_bytes())).decode("ascii")
+def sign_bytes(private_key: Ed25519PrivateKey, data: bytes) -> str:
+    return base64.b64encode(private_key.sign(data)).decode("ascii")

@@ -149,6 +149,9 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=log_file,
+                # Its own session: a Ctrl-C at the terminal reaches the agent, which
+                # publishes `offline` through the broker before it stops it.
+                start_new_session=True,
             )
         deadline = time.monotonic() + BROKER_START_TIMEOUT_S
         while not _answers_mqtt(LOOPBACK, port):
