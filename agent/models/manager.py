@@ -156,7 +156,7 @@ class DeploymentManager:
         async with self._lock:
             await self._cancel_probation(commit=True)
             await self._step(req, Step.RECEIVED, 0.0, url=req.url)
-            work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self._work_root()))
+            work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self.store.work_dir()))
             try:
                 new = await self._prepare(req, work)
             except DeployFailed as exc:
@@ -173,11 +173,6 @@ class DeploymentManager:
             probation = req.probation or self.default_probation()
             self._probation = asyncio.create_task(self._watch(req, new, old, probation))
             return new
-
-    def _work_root(self) -> Path:
-        root = self.store.root / ".work"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
 
     async def _prepare(self, req: DeployRequest, work: Path) -> Serving:
         serving = self.slot.serving
