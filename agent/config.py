@@ -153,8 +153,8 @@ class DeploySection(Section):
     warmup_runs: int = Field(default=3, ge=1, le=100)
     latency_budget_ms: float = Field(default=1000.0, gt=0)
     """A model whose warm inference takes longer than this is refused."""
-    load_nice: int = Field(default=19, ge=0, le=19)
-    """Niceness of the thread that loads and warms a new model beside the serving one."""
+    load_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness while a new model's session is created and warmed beside the serving one (0: off)."""
     probation_s: float = Field(default=30.0, ge=0)
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     max_nonfinite: int = Field(default=0, ge=0)

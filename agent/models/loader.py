@@ -12,6 +12,7 @@ from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..runtime.slot import Serving
 from .graph import fuse_preprocessing
 from .manifest import Manifest
+from .priority import lowered_priority
 from .store import InstalledModel
 
 __all__ = ["EngineOptions", "load_serving"]
@@ -26,6 +27,8 @@ class EngineOptions:
     threads: int = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     fuse_preprocessing: bool = True
+    load_nice: int | None = None
+    """Niceness while the session is created (GIL-free work); None keeps the caller's."""
 
 
 def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
@@ -33,15 +36,15 @@ def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
     if manifest.format != "onnx":
         raise EngineLoadError(f"{manifest.name} {manifest.version}: a {manifest.format} file needs TensorRT")
     if not options.fuse_preprocessing:
-        return OnnxRuntimeEngine.load(installed.model_path, threads=options.threads, providers=options.providers)
+        with lowered_priority(options.load_nice):
+            return OnnxRuntimeEngine.load(installed.model_path, threads=options.threads, providers=options.providers)
     try:
         model = onnx.load(str(installed.model_path))
     except Exception as exc:  # onnx raises DecodeError and friends for files that are not ONNX
         raise EngineLoadError(f"{installed.model_path}: not an ONNX model: {exc}") from exc
-    fused = fuse_preprocessing(model, manifest.preprocess)
-    return OnnxRuntimeEngine.load(
-        fused.SerializeToString(), threads=options.threads, providers=options.providers
-    )
+    fused = fuse_preprocessing(model, manifest.preprocess).SerializeToString()
+    with lowered_priority(options.load_nice):
+        return OnnxRuntimeEngine.load(fused, threads=options.threads, providers=options.providers)
 
 
 def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:

@@ -34,7 +34,7 @@ from .bundle import BundleError, stage_bare_model, unpack_bundle
 from .fetch import FetchError, fetch_artifact, verify_artifact
 from .graph import check_fits_head
 from .loader import EngineOptions, load_serving
-from .priority import lower_thread_priority, restore_thread_priority
+from .priority import lowered_priority, restore_thread_priority
 from .probation import Probation, ProbationVerdict, judge
 from .store import ModelStore, StoreError
 
@@ -126,10 +126,8 @@ class DeploymentManager:
         self.current: DeploymentStatus | None = None
         self._lock = asyncio.Lock()
         self._probation: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="model-loader",
-            initializer=lower_thread_priority, initargs=(settings.load_nice,),
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self.load_options = replace(options, load_nice=settings.load_nice)
 
     @property
     def busy(self) -> bool:
@@ -213,7 +211,7 @@ class DeploymentManager:
         installed_here = req.version not in self.store.versions(req.name)
         try:
             installed = await self._in_loader(lambda: self.store.install(folder, activate=False))
-            new = await self._in_loader(load_serving, installed, self.options)
+            new = await self._in_loader(load_serving, installed, self.load_options)
         except (StoreError, EngineError, ValueError, OSError) as exc:
             if installed_here:
                 self.store.remove(req.name, req.version)
@@ -250,7 +248,7 @@ class DeploymentManager:
         await self._step(req, Step.WARMING, 0.7)
         try:
             feeds = self.feeds_for(new)
-            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs)
+            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice)
         except DeployFailed:
             raise
         except Exception as exc:  # the new engine failed on a real frame
@@ -268,11 +266,12 @@ class DeploymentManager:
             raise DeployFailed(Step.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None) -> list[float]:
         timings = []
         for _ in range(runs):
             start = time.perf_counter()
-            outputs = new.engine.infer(feeds)
+            with lowered_priority(nice):
+                outputs = new.engine.infer(feeds)
             timings.append((time.perf_counter() - start) * 1000.0)
             for name, value in outputs.items():
                 if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -373,9 +372,9 @@ class DeploymentManager:
         except StoreError as exc:
             raise DeployFailed(Step.LOADING, "no_previous", str(exc)) from exc
         try:
-            restored = await self._in_loader(load_serving, previous, self.options)
+            restored = await self._in_loader(load_serving, previous, self.load_options)
             feeds = self.feeds_for(restored)
-            await self._in_loader(self._warm, restored, feeds, 1)
+            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(Step.LOADING, "rollback_load_failed", str(exc)) from exc
         old = self.slot.swap(restored)
