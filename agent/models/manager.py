@@ -32,7 +32,7 @@ from ..runtime.base import EngineError
 from ..runtime.slot import EngineSlot, Serving
 from .bundle import BundleError, stage_bare_model, unpack_bundle
 from .fetch import FetchError, fetch_artifact, verify_artifact
-from .graph import check_fits_head
+from .graph import check_fits_head, check_fits_input
 from .loader import EngineOptions, load_serving
 from .priority import lowered_priority, restore_thread_priority
 from .probation import Probation, ProbationVerdict, judge
@@ -154,6 +154,9 @@ class DeploymentManager:
         async with self._lock:
             await self._cancel_probation(commit=True)
             await self._step(req, Step.RECEIVED, 0.0, url=req.url)
+            serving = self.slot.serving
+            # The old model's figures before anything else loads beside it: the baseline.
+            baseline = self.stats(serving.version) if serving is not None else None
             work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self._work_root()))
             try:
                 new = await self._prepare(req, work)
@@ -166,10 +169,10 @@ class DeploymentManager:
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            old = await self._swap_in(new, req.name)
+            await self._swap_in(new, req.name)
             await self._step(req, Step.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
-            self._probation = asyncio.create_task(self._watch(req, new, old, probation))
+            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
             return new
 
     def _work_root(self) -> Path:
@@ -242,7 +245,8 @@ class DeploymentManager:
 
     async def _validate(self, req: DeployRequest, new: Serving) -> None:
         try:
-            check_fits_head(new.engine.inputs, new.engine.outputs, new.manifest.head)
+            check_fits_input(new.manifest.preprocess, new.engine.inputs)
+            check_fits_head(new.engine.outputs, new.manifest.head)
         except ValueError as exc:
             raise DeployFailed(Step.VALIDATING, "does_not_fit_head", str(exc)) from exc
         await self._step(req, Step.WARMING, 0.7)
@@ -305,8 +309,8 @@ class DeploymentManager:
         return old
 
     # ----- probation and rollback -----------------------------------------------------------
-    async def _watch(self, req: DeployRequest, new: Serving, old: Serving | None, probation: Probation) -> None:
-        baseline = self.stats(old.version) if old is not None else None
+    async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
+                     probation: Probation) -> None:
         started = time.monotonic()
         verdict = ProbationVerdict(ok=True, reason="")
         while True:
