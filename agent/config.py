@@ -151,8 +151,9 @@ class DeploySection(Section):
     public_key_file: Path | None = None
     """ed25519 public key (PEM); when set, unsigned or wrongly signed artifacts are refused."""
     warmup_runs: int = Field(default=3, ge=1, le=100)
-    latency_budget_ms: float = Field(default=1000.0, gt=0)
-    """A model whose warm inference takes longer than this is refused."""
+    latency_budget_ms: float = Field(default=2000.0, gt=0)
+    """A model whose warm inference takes longer than this is refused. It is measured beside the
+    serving model at the loader's niceness, so it is an upper bound of the model's own latency."""
     load_nice: int = Field(default=10, ge=0, le=19)
     """Niceness while a new model's session is created and warmed beside the serving one (0: off)."""
     probation_s: float = Field(default=30.0, ge=0)
