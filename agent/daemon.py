@@ -33,8 +33,8 @@ from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
-from .runtime.tensorrt import select_runtime
 from .runtime.slot import EngineSlot, Serving
+from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
 from .vision.sources import FrameSource

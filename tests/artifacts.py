@@ -21,10 +21,10 @@ class ArtifactHandler(http.server.SimpleHTTPRequestHandler):
     """Serves the directory; /truncated/<f> sends half of f under the full Content-Length,
     /slow/<f> trickles f out (for kills during a download)."""
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         return
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         for prefix in ("/truncated/", "/slow/"):
             if self.path.startswith(prefix):
                 path = Path(self.directory) / self.path[len(prefix):]
