@@ -332,6 +332,7 @@ class Agent:
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)
         self.slot.clear()
+        self.slot.drain(bound / 4)
 
 
 def run_agent(config: AgentConfig) -> int:
