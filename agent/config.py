@@ -148,7 +148,14 @@ class ModelSection(Section):
     store: Path | None = None
     """The engine store; default ``<state_dir>/engines``."""
     fuse_preprocessing: bool = True
-    """Fold normalisation into the ONNX graph so the frame goes in as uint8 (ONNX Runtime)."""
+    """Fold normalisation into the ONNX graph so the frame goes in as uint8 (both runtimes)."""
+    tensorrt_shapes: tuple[str, ...] = ()
+    """TensorRT optimization profiles of dynamic inputs, ``name:MIN:OPT:MAX`` (dims joined by 'x'); with
+    fused preprocessing the image input is uint8 NHWC, e.g. ``x:1x480x640x3`` for a 640x480 camera."""
+    tensorrt_precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    """``auto``: the precision the ONNX model carries (explicit Q/DQ INT8, FP16 weights, else FP32)."""
+    workspace_mb: int = Field(default=1024, ge=1, le=65536)
+    """TensorRT builder workspace."""
 
 
 class TelemetrySection(Section):

@@ -83,6 +83,8 @@ class Agent:
         self.engine_options = EngineOptions(
             runtime=runtime, threads=config.model.threads, providers=config.model.providers,
             fuse_preprocessing=config.model.fuse_preprocessing,
+            tensorrt_shapes=config.model.tensorrt_shapes, tensorrt_precision=config.model.tensorrt_precision,
+            workspace_mb=config.model.workspace_mb,
         )
         self.previous_model: dict[str, str] | None = None
         self.fallback_reason: str | None = None

@@ -210,6 +210,9 @@ class DeploymentManager:
             raise DeployFailed(Step.VERIFYING, exc.code, exc.message) from exc
         except BundleError as exc:
             raise DeployFailed(Step.VERIFYING, "bad_bundle", str(exc)) from exc
+        if self.options.runtime == "tensorrt" and req.format != "engine":
+            # The engine is built (or found in the engine cache) inside the load, in a worker process.
+            await self._step(req, Step.BUILDING, 0.5)
         await self._step(req, Step.LOADING, 0.55)
         installed_here = req.version not in self.store.versions(req.name)
         try:
