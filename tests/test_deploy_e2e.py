@@ -156,6 +156,9 @@ def test_deploy_v6_swaps_then_a_repeat_is_answered_from_the_journal_then_rollbac
 
 def test_status_and_ping_answer(rig):
     assert _send(rig, "ping", {"id": "p1"}).result == {"pong": True}
+    client = ControlClient(rig["broker"].url)
+    group = asyncio.run(client.send("ping", {"id": "p-group"}, group="lab", expect=1, timeout_s=60))
+    assert group[0].device_id == DEVICE and group[0].payload.ok
     status = _send(rig, "status", {"id": "s1"}).result
     assert status["model"]["name"] == "text-det"
     assert "v4" in status["store"]["versions"]
@@ -173,6 +176,11 @@ def test_restart_serves_current_and_falls_back_to_previous_when_current_does_not
     agent = AgentProcess(config)
     probe.wait_for(lambda m: m.topic.endswith("/model") and json.loads(m.payload)["version"] == "v6",
                    what="serving current (v6)")
+    client = ControlClient(mosquitto.url)
+    failed = asyncio.run(client.send("deploy", {"id": "once", "name": "text-det", "version": "v9",
+                                                "url": "http://127.0.0.1:9/x.tar", "sha256": "0" * 64},
+                                     device="dev-restart", timeout_s=120))[0].payload
+    assert failed.error.code == "unreachable"
     assert agent.terminate() == 0
     (tmp_path / "engines" / "text-det" / "v6" / "model.onnx").write_bytes(b"corrupted by a bad disk")
     agent = AgentProcess(config)
@@ -182,6 +190,12 @@ def test_restart_serves_current_and_falls_back_to_previous_when_current_does_not
         event = probe.wait_for(lambda m: m.topic.endswith("/events")
                                and json.loads(m.payload)["kind"] == "fell_back_to_previous", what="fallback event")
         assert "current" in json.loads(event.payload)["message"]
+        deployments = len(probe.snapshot("edge/dev-restart/deployment"))
+        again = asyncio.run(client.send("deploy", {"id": "once", "name": "text-det", "version": "v9",
+                                                   "url": "http://127.0.0.1:9/x.tar", "sha256": "0" * 64},
+                                        device="dev-restart", timeout_s=120))[0].payload
+        assert (again.id, again.ok, again.error) == ("once", False, failed.error), "the journal survives restarts"
+        assert len(probe.snapshot("edge/dev-restart/deployment")) == deployments, "a repeated id did work twice"
     finally:
         assert agent.terminate() == 0
     assert store.current_version("text-det") == "v4"
