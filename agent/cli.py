@@ -32,10 +32,11 @@ def _config_or_exit(path: Path) -> object:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import StartupError, run_agent
-    from .log import configure_logging
+    from .log import bind_context, configure_logging
 
     config = _config_or_exit(args.config)
     configure_logging(config.agent.log_level)  # type: ignore[attr-defined]
+    bind_context(device_id=config.agent.device_id, model_version=None)  # type: ignore[attr-defined]
     try:
         return run_agent(config)  # type: ignore[arg-type]
     except StartupError as exc:

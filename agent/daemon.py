@@ -35,8 +35,8 @@ from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
-from .runtime.tensorrt import select_runtime
 from .runtime.slot import EngineSlot, Serving
+from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
 from .vision.sources import FrameSource
@@ -96,6 +96,8 @@ class Agent:
         self.engine_options = EngineOptions(
             runtime=runtime, threads=config.model.threads, providers=config.model.providers,
             fuse_preprocessing=config.model.fuse_preprocessing,
+            tensorrt_shapes=config.model.tensorrt_shapes, tensorrt_precision=config.model.tensorrt_precision,
+            workspace_mb=config.model.workspace_mb,
         )
         self.previous_model: dict[str, str] | None = None
         self.fallback_reason: str | None = None
@@ -363,6 +365,7 @@ class Agent:
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)
         self.slot.clear()
+        self.slot.drain(bound / 4)
 
 
 def run_agent(config: AgentConfig) -> int:

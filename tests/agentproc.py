@@ -71,7 +71,7 @@ class NotifyListener:
         while True:
             try:
                 self.messages.append(self.sock.recv(4096).decode())
-            except (TimeoutError, socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 return self.messages
 
     def wait_for(self, line: str, timeout: float = WAIT_S) -> None:

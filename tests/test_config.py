@@ -88,3 +88,18 @@ def test_outbox_and_command_signing_settings_have_defaults_and_bounds(tmp_path):
     path.write_text('[commands]\npublic_key_file = "keys/control.pem"\n')
     loaded = load_config(path, environ={})
     assert loaded.commands.public_key_file == tmp_path / "keys" / "control.pem"
+
+
+def test_configuration_page_is_generated_from_the_code():
+    from agent.config_doc import render_markdown
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert page == render_markdown(), "run: python -m agent.config_doc > docs/configuration.md"
+
+
+def test_every_setting_has_a_meaning_in_the_docs():
+    from agent.config import AgentConfig
+
+    for name, section in AgentConfig.model_fields.items():
+        for key, field in section.annotation.model_fields.items():
+            assert field.description or key == "device_id", f"[{name}] {key} has no docstring"
