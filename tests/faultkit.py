@@ -132,7 +132,7 @@ class ArtifactServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 path = server.folder / self.path.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
@@ -151,7 +151,7 @@ class ArtifactServer:
                 except (BrokenPipeError, ConnectionResetError):
                     return
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
