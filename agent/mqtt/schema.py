@@ -50,6 +50,7 @@ __all__ = [
     "StageLatency",
     "StatusCommand",
     "StatusPayload",
+    "clip_text",
     "decode_payload",
     "encode_payload",
     "json_schemas",
@@ -385,12 +386,35 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's ``\\ud800`` escapes decode to lone surrogates, which are not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_id(document: object) -> str | None:
     if isinstance(document, dict):
         value = document.get("id")
-        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and _is_text(value):
             return value
     return None
+
+
+def clip_text(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """``text`` made fit for a free-text field: at most ``limit`` characters, valid UTF-8.
+
+    Error messages name what was wrong, and what was wrong may be huge (a payload with
+    thousands of unknown fields) or not text at all; the message must still go out.
+    """
+    if not _is_text(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    marker = f" ... ({len(text) - limit} more characters)"
+    return text[: limit - len(marker)] + marker
 
 
 def parse_command(name: str, payload: bytes) -> Command:
