@@ -126,8 +126,9 @@ Generated levels hold no control characters, surrogates or non-characters: the b
 refuses such topic names (malformed packet), so they never reach an agent."""
 FIELDS = ("id", "name", "version", "url", "sha256", "signature", "format", "probation", "reason",
           "ts", "nonce", "command_signature", "extra")
-NESTED = 100_000
-"""A payload nested this deep: deeper than any recursive parser can follow."""
+NESTED = 30_000
+"""A payload nested this deep: deeper than any recursive parser can follow, yet under the
+64 KiB limit, so that it is parsed rather than refused unread."""
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
