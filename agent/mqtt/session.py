@@ -358,10 +358,16 @@ class MqttSession:
                 log.exception("mqtt_message_handler_failed", topic=topic)
 
     async def _send(self, client: aiomqtt.Client) -> None:
-        """The only writer: retained state first, then the outbox in order."""
+        """The only writer: retained state first, then the outbox in order.
+
+        Retained state changed while it was being sent is sent again before the next
+        outbox batch, so a state published before a message (a deployment's ``failed``
+        before the reply that says so) reaches the broker first.
+        """
         while True:
             self._wake.clear()
-            await self._send_retained(client)
+            while self._unsent_retained:
+                await self._send_retained(client)
             if await self._send_outbox_batch(client) or self._unsent_retained:
                 continue
             if self._stop_requested.is_set():
