@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,18 @@ def in_order(probe: MqttProbe, topic: str) -> list[dict[str, Any]]:
     return [body(copies[0]) for _, copies in sorted(payloads_by_seq(probe.snapshot(topic)).items())]
 
 
-def test_five_broker_outages_lose_no_telemetry_and_never_stop_the_frames(tmp_path, demo_dir, mqtt_probe):
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto that saves sessions and queues when stopped (SIGTERM); killed after the test."""
     broker = Mosquitto(tmp_path / "broker", persistence=True)
     broker.start()
+    yield broker
+    broker.kill()
+
+
+def test_five_broker_outages_lose_no_telemetry_and_never_stop_the_frames(tmp_path, demo_dir, mqtt_probe,
+                                                                         persistent_broker):
+    broker = persistent_broker
     filters = [f"edge/{DEVICE}/telemetry/#", f"edge/{DEVICE}/events", f"edge/{DEVICE}/reply"]
     probe = mqtt_probe(broker.port, filters, persistent=True)
     config = agent_config(tmp_path, demo_dir, broker.url,
@@ -134,7 +144,6 @@ def test_five_broker_outages_lose_no_telemetry_and_never_stop_the_frames(tmp_pat
     assert health[-1]["broker"]["reconnects"] == OUTAGES
     states = {h["broker"]["state"] for h in health}
     assert "connected" in states and states & {"backing_off", "connecting", "disconnected"}
-    broker.kill()
 
 
 # --- the agent process dies ------------------------------------------------------------------
@@ -145,10 +154,9 @@ def start_agent(config: Path, run: int) -> AgentProcess:
 
 
 def test_agent_killed_with_telemetry_queued_keeps_it_and_continues_the_numbers(
-    tmp_path, demo_dir, mqtt_probe
+    tmp_path, demo_dir, mqtt_probe, persistent_broker
 ):
-    broker = Mosquitto(tmp_path / "broker", persistence=True)
-    broker.start()
+    broker = persistent_broker
     probe = mqtt_probe(broker.port, [f"edge/{DEVICE}/telemetry/#", f"edge/{DEVICE}/events",
                                      f"edge/{DEVICE}/reply"], persistent=True)
     config = agent_config(tmp_path, demo_dir, broker.url)
@@ -181,7 +189,6 @@ def test_agent_killed_with_telemetry_queued_keeps_it_and_continues_the_numbers(
         code = second.terminate()
     assert code == 0, second.log()[-3000:]
     assert_every_seq_arrived_once(probe, outbox)
-    broker.kill()
 
 
 DEPLOY_ID = "deploy-v6"
