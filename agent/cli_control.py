@@ -34,7 +34,8 @@ def _artifact_bytes(url: str) -> bytes:
 
 def _client(args: argparse.Namespace) -> ControlClient:
     password = Path(args.password_file).read_text().strip() if args.password_file else None
-    return ControlClient(args.broker, args.prefix, username=args.username, password=password)
+    key = load_private_key(args.sign_commands) if args.sign_commands else None
+    return ControlClient(args.broker, args.prefix, username=args.username, password=password, signing_key=key)
 
 
 def _target(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,6 +101,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--device", help="one device id")
     target.add_argument("--group", help="a device group (replies are collected until --timeout)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for replies")
+    parser.add_argument("--sign-commands", type=Path, metavar="KEY",
+                        help="ed25519 private key (PEM) of the control plane: sign the command itself")
 
 
 def add_control_parsers(sub: Any) -> None:

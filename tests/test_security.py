@@ -9,6 +9,7 @@ import os
 import pwd
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.mqtt.authority import sign_command
@@ -215,6 +216,14 @@ def test_signed_commands_are_done_and_every_other_is_refused_with_its_code(
                 {"id": "x"}, key, topic=topic), "id": "forged"}).encode())["error"]["code"],
         }
         assert codes == {code: code for code in codes}
+        # The control-plane CLI signs with its key file.
+        key_file = tmp_path / "control.key"
+        key_file.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        cli = subprocess.run([sys.executable, "-m", "agent", "ping", "--broker", mosquitto.url, "--device", "dev1",
+                              "--sign-commands", str(key_file), "--timeout", "60"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["ok"] is True
         probe.wait_for(lambda m: m.topic == "edge/dev1/events"
                        and body(m)["kind"] == "command_rejected"
                        and body(m)["data"]["code"] == "bad_signature",

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..mqtt.authority import sign_command
 from ..mqtt.schema import DeploymentPayload, ReplyPayload, decode_payload
 from ..mqtt.settings import parse_broker_url
 
@@ -43,7 +46,8 @@ class ControlClient:
     """One MQTT connection for the control plane (anonymous or user/password, mqtt:// or mqtts://)."""
 
     def __init__(self, url: str, prefix: str = "edge", *, username: str | None = None,
-                 password: str | None = None, client_id: str | None = None) -> None:
+                 password: str | None = None, client_id: str | None = None,
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
         if url == "embedded":
             raise ControlError("the control plane needs the broker's URL (mqtt://host:port), not 'embedded'")
         self.address = parse_broker_url(url)
@@ -52,6 +56,8 @@ class ControlClient:
         self.password = password
         self.client_id = client_id or f"edge-control-{uuid.uuid4().hex[:8]}"
         self._url = url
+        self.signing_key = signing_key
+        """Sign every command (agents configured with ``[commands] public_key_file`` require it)."""
 
     def _client(self) -> aiomqtt.Client:
         tls = aiomqtt.TLSParameters() if urlsplit(self._url).scheme == "mqtts" else None
@@ -83,6 +89,8 @@ class ControlClient:
         body = dict(body)
         body.setdefault("id", new_command_id())
         topic = self.command_topic(name, device=device, group=group)
+        if self.signing_key is not None:
+            body = sign_command(body, self.signing_key, topic=topic)
         replies: list[Reply] = []
         try:
             async with self._client() as client:
