@@ -10,7 +10,7 @@ DEMO   := demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cv,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cv,dev,trt-check]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -19,11 +19,12 @@ DEFAULT_JITTER = 0.1
 
 
 class Backoff:
-    """Delays ``min_s, min_s*factor, ...`` capped at ``max_s``, each plus up to ``jitter`` more.
+    """Delays ``min_s, min_s*factor, ...`` capped at ``max_s``, each shortened by up to ``jitter``.
 
     ``rng`` returns a number in ``[0, 1)`` and picks the share of the jitter
     (``random.random`` by default; a constant in tests). A delay lies in
-    ``[base, base * (1 + jitter)]`` where ``base`` is the capped exponential.
+    ``[base * (1 - jitter), base]`` where ``base`` is the capped exponential, so
+    no wait ever exceeds ``max_s`` and a fleet does not retry in lockstep.
     """
 
     def __init__(
@@ -41,8 +42,8 @@ class Backoff:
             raise ValueError(f"max_s must be >= min_s ({min_s!r}), got {max_s!r}")
         if not factor >= 1:
             raise ValueError(f"factor must be >= 1, got {factor!r}")
-        if not 0 <= jitter <= 1:
-            raise ValueError(f"jitter must be within [0, 1], got {jitter!r}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be within [0, 1), got {jitter!r}")
         self.min_s = min_s
         self.max_s = max_s
         self.factor = factor
@@ -61,7 +62,7 @@ class Backoff:
         share = self._rng()
         if not 0 <= share <= 1:
             raise ValueError(f"rng must return a number within [0, 1], got {share!r}")
-        delay = self._base * (1 + self.jitter * share)
+        delay = self._base * (1 - self.jitter * share)
         self._base = min(self._base * self.factor, self.max_s)
         self._attempts += 1
         return delay

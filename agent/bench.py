@@ -216,7 +216,7 @@ def bench_swaps(demo: Path, swaps: int) -> None:
     rss = out["rss"]
     _say(f"frames processed {len(times)}, frames skipped across swaps {skipped}, "
          f"source overwrites {out['dropped']} (goal 0)")
-    _say(f"median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
+    _say("median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
     _say(f"largest gap at a swap / median gap of the slower model: {worst_switch:.2f} (goal <= 2)")
     _say(f"largest gap while a new model loads and warms / median gap: {worst_window:.2f}")
     if rss:

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_control import add_control_parsers, add_key_parsers
 from .config import ConfigError, load_config
+from .models.build import add_build_parser
 
 __all__ = ["main"]
 
@@ -30,10 +32,11 @@ def _config_or_exit(path: Path) -> object:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import StartupError, run_agent
-    from .log import configure_logging
+    from .log import bind_context, configure_logging
 
     config = _config_or_exit(args.config)
     configure_logging(config.agent.log_level)  # type: ignore[attr-defined]
+    bind_context(device_id=config.agent.device_id, model_version=None)  # type: ignore[attr-defined]
     try:
         return run_agent(config)  # type: ignore[arg-type]
     except StartupError as exc:
@@ -78,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(handler=cmd_check_config)
 
+    add_control_parsers(sub)
+    model = sub.add_parser("model", help="model tools: keys, signing, engine builds")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    add_key_parsers(model_sub)
+    add_build_parser(model_sub)
+
     schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
     schema.add_argument("name", nargs="?", help="one payload's schema")
     schema.set_defaults(handler=cmd_schema)
@@ -87,5 +96,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Handler = args.handler
+    handler: Handler = getattr(args, "handler", None) or args.func
     return handler(args)

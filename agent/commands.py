@@ -105,7 +105,7 @@ class CommandJournal:
 
 
 Handler = Callable[[Any], Awaitable[dict[str, Any] | None]]
-Reply = Callable[[str, Outcome], Awaitable[None]]
+Reply = Callable[[str | None, Outcome], Awaitable[None]]
 Rejected = Callable[[str, CommandError], Awaitable[None]]
 
 
@@ -134,8 +134,8 @@ class CommandRouter:
             command = parse_command(name, payload)
         except CommandError as exc:
             log.warning("command_rejected", command=name, code=exc.code, error=exc.message)
-            if exc.command_id is not None:
-                await self.reply(exc.command_id, Outcome(name, False, {"code": exc.code, "message": exc.message}))
+            # The reply carries the command's id when it could be read, else a null id.
+            await self.reply(exc.command_id, Outcome(name, False, {"code": exc.code, "message": exc.message}))
             await self.rejected(name, exc)
             return
         command_id = command.id

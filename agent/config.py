@@ -40,15 +40,17 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class AgentSection(Section):
     device_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     groups: tuple[str, ...] = ()
+    """Groups this device belongs to: it also obeys ``<prefix>/group/<g>/cmd/...``."""
     state_dir: Path = Path("/var/lib/edge-agent")
     """Holds the engine store, the command-id journal and the outbox."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged (JSON lines off a TTY, console lines on one)."""
     stop_timeout_s: float = Field(default=10.0, gt=0)
     """Upper bound for a clean stop after SIGTERM/SIGINT."""
 
@@ -65,17 +67,27 @@ class MqttSection(Section):
     url: str = "embedded"
     """``embedded`` (a mosquitto child process on loopback), ``mqtt://host:port`` or ``mqtts://host:port``."""
     prefix: str = "edge"
+    """First topic level of every topic."""
     protocol: Literal["3.1.1", "5"] = "5"
+    """MQTT protocol version; the contract works on both (ids live in the payloads)."""
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    """MQTT keepalive; the broker publishes the ``lost`` will about 1.5x this after a silent death."""
     username: str | None = None
+    """Broker user name; the password never goes in this file (see ``password_file``)."""
     password_file: Path | None = None
     """Read at connect time; ``$CREDENTIALS_DIRECTORY/mqtt-password`` is used when unset and present."""
     ca_file: Path | None = None
+    """CA bundle that signed the broker's certificate (mqtts://)."""
     cert_file: Path | None = None
+    """Client certificate for mutual TLS."""
     key_file: Path | None = None
+    """Private key of the client certificate."""
     reconnect_min_s: float = Field(default=0.5, gt=0)
+    """First reconnect delay; it doubles (with jitter) up to ``reconnect_max_s``."""
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    """Cap of the reconnect delay."""
     embedded_binary: Path = Path("/usr/sbin/mosquitto")
+    """The mosquitto binary that ``url = "embedded"`` starts."""
     embedded_port: int = Field(default=0, ge=0, le=65535)
     """0 picks a free port on loopback."""
 
@@ -113,7 +125,9 @@ class SourceSection(Section):
     pace: Literal["native", "none"] = "native"
     """Files only: ``native`` reads at the file's own frame rate like a camera; ``none`` as fast as decoded."""
     reopen_min_s: float = Field(default=0.5, gt=0)
+    """First delay before reopening a failed source; doubles up to ``reopen_max_s``."""
     reopen_max_s: float = Field(default=10.0, gt=0)
+    """Cap of the reopen delay."""
     read_timeout_s: float = Field(default=5.0, gt=0)
     """A source that delivers no frame for this long is reopened."""
     name: str = "camera0"
@@ -124,18 +138,31 @@ class ModelSection(Section):
     name: str = "text-det"
     """Which model of the store to serve (its ``current`` version)."""
     runtime: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    """``auto``: TensorRT where a GPU and TensorRT are present, else ONNX Runtime."""
     threads: int = Field(default=2, ge=1, le=256)
+    """ONNX Runtime intra-op threads."""
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    """ONNX Runtime execution providers, in order of preference."""
     keep_versions: int = Field(default=3, ge=2, le=100)
+    """Installed versions kept per model (current and previous are never removed)."""
     store: Path | None = None
     """The engine store; default ``<state_dir>/engines``."""
     fuse_preprocessing: bool = True
-    """Fold normalisation into the ONNX graph so the frame goes in as uint8 (ONNX Runtime)."""
+    """Fold normalisation into the ONNX graph so the frame goes in as uint8 (both runtimes)."""
+    tensorrt_shapes: tuple[str, ...] = ()
+    """TensorRT optimization profiles of dynamic inputs, ``name:MIN:OPT:MAX`` (dims joined by 'x'); with
+    fused preprocessing the image input is uint8 NHWC, e.g. ``x:1x480x640x3`` for a 640x480 camera."""
+    tensorrt_precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    """``auto``: the precision the ONNX model carries (explicit Q/DQ INT8, FP16 weights, else FP32)."""
+    workspace_mb: int = Field(default=1024, ge=1, le=65536)
+    """TensorRT builder workspace."""
 
 
 class TelemetrySection(Section):
     health_period_s: float = Field(default=10.0, gt=0)
+    """Seconds between ``telemetry/health`` messages."""
     latency_period_s: float = Field(default=5.0, gt=0)
+    """Seconds between ``telemetry/latency`` messages."""
     latency_window: int = Field(default=600, ge=10, le=100_000)
     """Frames kept for the latency percentiles."""
 
@@ -147,20 +174,28 @@ class WatchdogSection(Section):
 
 class DeploySection(Section):
     allowed_schemes: tuple[Literal["http", "https", "file"], ...] = ("https", "http", "file")
+    """URL schemes a deploy may fetch from."""
     max_artifact_mb: float = Field(default=512.0, gt=0)
+    """Downloads larger than this are refused (checked while streaming)."""
     public_key_file: Path | None = None
     """ed25519 public key (PEM); when set, unsigned or wrongly signed artifacts are refused."""
     warmup_runs: int = Field(default=3, ge=1, le=100)
-    latency_budget_ms: float = Field(default=1000.0, gt=0)
-    """A model whose warm inference takes longer than this is refused."""
-    load_nice: int = Field(default=19, ge=0, le=19)
-    """Niceness of the thread that loads and warms a new model beside the serving one."""
+    """Inferences on a real frame before a new model may serve."""
+    latency_budget_ms: float = Field(default=2000.0, gt=0)
+    """A model whose warm inference takes longer than this is refused. It is measured beside the
+    serving model at the loader's niceness, so it is an upper bound of the model's own latency."""
+    load_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness while a new model's session is created and warmed beside the serving one (0: off)."""
     probation_s: float = Field(default=30.0, ge=0)
+    """How long a new model is watched after the swap (a deploy may set its own)."""
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
+    """Probation fails when more frames than this share fail to infer."""
     max_nonfinite: int = Field(default=0, ge=0)
+    """Probation fails when more frames than this give NaN/inf outputs."""
     max_latency_ratio: float = Field(default=1.5, gt=0)
     """Probation fails when the new model's p95 latency exceeds the old one's by this factor."""
     min_probation_frames: int = Field(default=10, ge=1)
+    """Frames needed before probation judges error rate and latency."""
     journal_size: int = Field(default=1000, ge=10, le=1_000_000)
     """Command ids remembered (across restarts) to answer repeats without redoing them."""
 

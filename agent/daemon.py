@@ -33,9 +33,9 @@ from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
-from .runtime.select import select_runtime
 from .runtime.slot import EngineSlot, Serving
-from .systemd import Notifier, WatchdogFeeder
+from .runtime.tensorrt import select_runtime
+from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
 from .vision.sources import FrameSource
 
@@ -69,7 +69,10 @@ class Agent:
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
         self.source = FrameSource(config.source)
         self.pipeline = Pipeline(self.source, self.slot, self.recorder)
-        self.notifier = Notifier()
+        try:
+            self.notifier = Notifier()
+        except SystemdError as exc:
+            raise StartupError(str(exc)) from exc
         self.telemetry = Telemetry(self.topics, self.device_id, __version__)
         self.sampler = health.ProcessSampler()
         self.started_at = time.time()
@@ -80,6 +83,8 @@ class Agent:
         self.engine_options = EngineOptions(
             runtime=runtime, threads=config.model.threads, providers=config.model.providers,
             fuse_preprocessing=config.model.fuse_preprocessing,
+            tensorrt_shapes=config.model.tensorrt_shapes, tensorrt_precision=config.model.tensorrt_precision,
+            workspace_mb=config.model.workspace_mb,
         )
         self.previous_model: dict[str, str] | None = None
         self.fallback_reason: str | None = None
@@ -117,7 +122,6 @@ class Agent:
             return mqtt.url
         self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port)
         self._broker.start()
-        log.info("embedded_broker_started", url=self._broker.url)
         return self._broker.url
 
     def status_payload(self, state: str) -> StatusPayload:
@@ -163,7 +167,7 @@ class Agent:
                          {"from_version": old.version if old else None, "to_version": new.version,
                           "reason": reason})
 
-    async def _reply(self, command_id: str, outcome: Outcome) -> None:
+    async def _reply(self, command_id: str | None, outcome: Outcome) -> None:
         payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
         await self.telemetry.publish(self.topics.reply, payload)
 
@@ -279,26 +283,36 @@ class Agent:
         }
 
     async def publish_health(self) -> None:
-        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**self.health_fields()))
+        fields = self.health_fields()
+        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**fields))
+        log.info("health", frames_processed=fields["frames_processed"], fps=self.recorder.snapshot().fps,
+                 camera=fields["camera"]["state"], broker=fields["broker"]["state"],
+                 rss_mb=round(fields["memory_rss_bytes"] / 1e6, 1))
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
         period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
+        stalled = False
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 pass
-            if feeder.should_ping(self.pipeline.last_progress, time.monotonic()):
+            alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
+            if alive == stalled:
+                stalled = not alive
+                if stalled:
+                    log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
+                else:
+                    log.info("frame_loop_resumed")
+            if alive:
                 if interval:
                     self.notifier.watchdog()
                 serving = self.slot.serving
                 if serving is not None:
                     fps = self.recorder.snapshot().fps
                     self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
-            else:
-                log.error("frame_loop_stalled", stalled_s=round(time.monotonic() - self.pipeline.last_progress, 1))
 
     # ----- stop --------------------------------------------------------------------------
     async def _shutdown(self) -> None:
@@ -320,6 +334,7 @@ class Agent:
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)
         self.slot.clear()
+        self.slot.drain(bound / 4)
 
 
 def run_agent(config: AgentConfig) -> int:

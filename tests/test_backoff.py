@@ -23,10 +23,10 @@ def test_reset_starts_again_at_min() -> None:
     assert delays(backoff, 2) == [0.5, 1.0]
 
 
-def test_jitter_adds_the_drawn_share_of_the_base_delay() -> None:
-    draws = iter([0.0, 0.5, 1.0])
+def test_jitter_takes_the_drawn_share_off_the_base_delay_and_never_passes_the_cap() -> None:
+    draws = iter([0.0, 0.5, 1.0, 0.0])
     backoff = Backoff(1.0, 4.0, factor=2.0, jitter=0.2, rng=lambda: next(draws))
-    assert delays(backoff, 3) == pytest.approx([1.0, 2.0 * 1.1, 4.0 * 1.2])
+    assert delays(backoff, 4) == pytest.approx([1.0, 2.0 * 0.9, 4.0 * 0.8, 4.0])
 
 
 def test_rng_outside_unit_interval_is_rejected() -> None:
@@ -42,7 +42,7 @@ def test_rng_outside_unit_interval_is_rejected() -> None:
         ({"min_s": -1.0, "max_s": 1.0}, "min_s"),
         ({"min_s": 2.0, "max_s": 1.0}, "max_s"),
         ({"min_s": 1.0, "max_s": 2.0, "factor": 0.5}, "factor"),
-        ({"min_s": 1.0, "max_s": 2.0, "jitter": 1.5}, "jitter"),
+        ({"min_s": 1.0, "max_s": 2.0, "jitter": 1.0}, "jitter"),
         ({"min_s": 1.0, "max_s": 2.0, "jitter": -0.1}, "jitter"),
     ],
 )
@@ -55,10 +55,10 @@ def test_bad_settings_are_rejected_by_name(kwargs: dict[str, float], names: str)
     min_s=st.floats(0.001, 5.0),
     spread=st.floats(1.0, 100.0),
     factor=st.floats(1.0, 4.0),
-    jitter=st.floats(0.0, 1.0),
+    jitter=st.floats(0.0, 0.99),
     draws=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40),
 )
-def test_every_delay_lies_between_min_and_jittered_max_and_bases_never_shrink(
+def test_every_delay_lies_within_the_cap_and_bases_never_shrink(
     min_s: float, spread: float, factor: float, jitter: float, draws: list[float]
 ) -> None:
     max_s = min_s * spread
@@ -67,7 +67,8 @@ def test_every_delay_lies_between_min_and_jittered_max_and_bases_never_shrink(
     previous_base = 0.0
     for share in draws:
         delay = backoff.next_delay()
-        base = delay / (1 + jitter * share)
+        assert delay <= max_s * (1 + 1e-9)
+        base = delay / (1 - jitter * share)
         assert min_s * (1 - 1e-9) <= base <= max_s * (1 + 1e-9)
         assert base >= previous_base * (1 - 1e-9)
         previous_base = base

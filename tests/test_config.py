@@ -62,3 +62,18 @@ def test_malformed_override_name_is_refused():
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_configuration_page_is_generated_from_the_code():
+    from agent.config_doc import render_markdown
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert page == render_markdown(), "run: python -m agent.config_doc > docs/configuration.md"
+
+
+def test_every_setting_has_a_meaning_in_the_docs():
+    from agent.config import AgentConfig
+
+    for name, section in AgentConfig.model_fields.items():
+        for key, field in section.annotation.model_fields.items():
+            assert field.description or key == "device_id", f"[{name}] {key} has no docstring"

@@ -38,6 +38,7 @@ def test_swap_without_frames_in_flight_closes_old_engine_at_once():
     a, b = _serving("a"), _serving("b")
     slot.swap(a)
     slot.swap(b)
+    assert slot.drain()
     assert a.engine.closed == 1 and b.engine.closed == 0
     assert slot.serving is b
 
@@ -59,11 +60,13 @@ def test_old_engine_finishes_its_frame_then_closes_exactly_once():
     thread.start()
     in_frame.wait(5)
     slot.swap(b)
+    slot.drain()
     assert a.engine.closed == 0  # still leased by the frame in flight
     with slot.lease() as serving:
         assert serving is b  # the next frame already gets the new engine
     swapped.set()
     thread.join(5)
+    assert slot.drain()
     assert seen == [("a", 0)]
     assert a.engine.closed == 1
 
@@ -73,4 +76,5 @@ def test_clear_closes_the_last_engine():
     a = _serving("a")
     slot.swap(a)
     slot.clear()
+    assert slot.drain()
     assert a.engine.closed == 1 and slot.serving is None

@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives.serialization import (
 __all__ = [
     "FetchError",
     "Fetched",
+    "fetch_artifact",
     "generate_keypair",
     "load_private_key",
     "load_public_key",
-    "sign_file",
-    "verify_signature",
-    "fetch_artifact",
+    "sign_bytes",
     "verify_artifact",
+    "verify_signature",
 ]
 
 CHUNK = 256 * 1024
@@ -78,7 +78,7 @@ def _open(url: str, allowed: tuple[str, ...]) -> tuple[object, int | None]:
             raise FetchError("unreachable", f"{path}: {exc.strerror}") from exc
         return handle, path.stat().st_size
     try:
-        response = urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S)  # noqa: S310 - scheme checked above
+        response = urllib.request.urlopen(url, timeout=CONNECT_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
         raise FetchError("http_error", f"{url}: HTTP {exc.code} {exc.reason}") from exc
     except (urllib.error.URLError, OSError) as exc:
@@ -185,5 +185,5 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
     public_path.write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
 
 
-def sign_file(private_key: Ed25519PrivateKey, path: Path) -> str:
-    return base64.b64encode(private_key.sign(path.read_bytes())).decode("ascii")
+def sign_bytes(private_key: Ed25519PrivateKey, data: bytes) -> str:
+    return base64.b64encode(private_key.sign(data)).decode("ascii")

@@ -12,6 +12,7 @@ from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..runtime.slot import Serving
 from .graph import fuse_preprocessing
 from .manifest import Manifest
+from .priority import lowered_priority
 from .store import InstalledModel
 
 __all__ = ["EngineOptions", "load_serving"]
@@ -26,6 +27,14 @@ class EngineOptions:
     threads: int = 2
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     fuse_preprocessing: bool = True
+    load_nice: int | None = None
+    """Niceness while the session is created (GIL-free work); None keeps the caller's."""
+    tensorrt_shapes: tuple[str, ...] = ()
+    """Optimization profiles of dynamic inputs for TensorRT builds (``name:MIN:OPT:MAX``)."""
+    tensorrt_precision: str = "auto"
+    workspace_mb: int = 1024
+    tensorrt_module: str = "tensorrt"
+    """The Python module that provides TensorRT (its builder runs in a worker process)."""
 
 
 def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
@@ -33,21 +42,44 @@ def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
     if manifest.format != "onnx":
         raise EngineLoadError(f"{manifest.name} {manifest.version}: a {manifest.format} file needs TensorRT")
     if not options.fuse_preprocessing:
-        return OnnxRuntimeEngine.load(installed.model_path, threads=options.threads, providers=options.providers)
+        with lowered_priority(options.load_nice):
+            return OnnxRuntimeEngine.load(installed.model_path, threads=options.threads, providers=options.providers)
     try:
         model = onnx.load(str(installed.model_path))
     except Exception as exc:  # onnx raises DecodeError and friends for files that are not ONNX
         raise EngineLoadError(f"{installed.model_path}: not an ONNX model: {exc}") from exc
-    fused = fuse_preprocessing(model, manifest.preprocess)
-    return OnnxRuntimeEngine.load(
-        fused.SerializeToString(), threads=options.threads, providers=options.providers
-    )
+    fused = fuse_preprocessing(model, manifest.preprocess).SerializeToString()
+    with lowered_priority(options.load_nice):
+        return OnnxRuntimeEngine.load(fused, threads=options.threads, providers=options.providers)
 
 
 def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
+    """A prebuilt engine made for this device, or the ONNX model built (or found in the cache)."""
     from ..runtime.tensorrt import TensorRTEngine
+    from .build import ensure_engine
+    from .build_spec import BuildSpec, parse_shape
+    from .engine_cache import EngineCache, Platform, check_prebuilt
 
-    return TensorRTEngine.load(installed.model_path)
+    manifest = installed.manifest
+    if manifest.format == "engine":
+        check_prebuilt(manifest, Platform.current(options.tensorrt_module))
+        return TensorRTEngine.load(installed.model_path)
+    cache = EngineCache.in_store(installed.path.parent.parent)
+    onnx_path = installed.model_path
+    if options.fuse_preprocessing:
+        # The engine takes uint8 frames too: normalisation runs on the GPU.
+        fused = cache.root / f"{manifest.files.get(manifest.model_file, manifest.version)}.fused.onnx"
+        if not fused.exists():
+            fused.parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(fuse_preprocessing(onnx.load(str(onnx_path)), manifest.preprocess), str(fused))
+        onnx_path = fused
+    spec = BuildSpec(precision=options.tensorrt_precision,  # type: ignore[arg-type]
+                     shapes=dict(parse_shape(s) for s in options.tensorrt_shapes),
+                     workspace_mb=options.workspace_mb)
+    built = ensure_engine(onnx_path, spec, cache, tensorrt_module=options.tensorrt_module,
+                          on_progress=lambda p: log.info("engine_build_progress", model=manifest.name,
+                                                         version=manifest.version, progress=str(p)))
+    return TensorRTEngine.load(built.path)
 
 
 def load_serving(installed: InstalledModel, options: EngineOptions) -> Serving:

@@ -32,9 +32,9 @@ from ..runtime.base import EngineError
 from ..runtime.slot import EngineSlot, Serving
 from .bundle import BundleError, stage_bare_model, unpack_bundle
 from .fetch import FetchError, fetch_artifact, verify_artifact
-from .graph import check_fits_head
+from .graph import check_fits_head, check_fits_input
 from .loader import EngineOptions, load_serving
-from .priority import lower_thread_priority, restore_thread_priority
+from .priority import lowered_priority, restore_thread_priority
 from .probation import Probation, ProbationVerdict, judge
 from .store import ModelStore, StoreError
 
@@ -126,10 +126,8 @@ class DeploymentManager:
         self.current: DeploymentStatus | None = None
         self._lock = asyncio.Lock()
         self._probation: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="model-loader",
-            initializer=lower_thread_priority, initargs=(settings.load_nice,),
-        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self.load_options = replace(options, load_nice=settings.load_nice)
 
     @property
     def busy(self) -> bool:
@@ -156,6 +154,9 @@ class DeploymentManager:
         async with self._lock:
             await self._cancel_probation(commit=True)
             await self._step(req, Step.RECEIVED, 0.0, url=req.url)
+            serving = self.slot.serving
+            # The old model's figures before anything else loads beside it: the baseline.
+            baseline = self.stats(serving.version) if serving is not None else None
             work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self._work_root()))
             try:
                 new = await self._prepare(req, work)
@@ -168,10 +169,10 @@ class DeploymentManager:
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            old = await self._swap_in(new, req.name)
+            await self._swap_in(new, req.name)
             await self._step(req, Step.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
-            self._probation = asyncio.create_task(self._watch(req, new, old, probation))
+            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
             return new
 
     def _work_root(self) -> Path:
@@ -209,11 +210,14 @@ class DeploymentManager:
             raise DeployFailed(Step.VERIFYING, exc.code, exc.message) from exc
         except BundleError as exc:
             raise DeployFailed(Step.VERIFYING, "bad_bundle", str(exc)) from exc
+        if self.options.runtime == "tensorrt" and req.format != "engine":
+            # The engine is built (or found in the engine cache) inside the load, in a worker process.
+            await self._step(req, Step.BUILDING, 0.5)
         await self._step(req, Step.LOADING, 0.55)
         installed_here = req.version not in self.store.versions(req.name)
         try:
             installed = await self._in_loader(lambda: self.store.install(folder, activate=False))
-            new = await self._in_loader(load_serving, installed, self.options)
+            new = await self._in_loader(load_serving, installed, self.load_options)
         except (StoreError, EngineError, ValueError, OSError) as exc:
             if installed_here:
                 self.store.remove(req.name, req.version)
@@ -244,13 +248,14 @@ class DeploymentManager:
 
     async def _validate(self, req: DeployRequest, new: Serving) -> None:
         try:
-            check_fits_head(new.engine.inputs, new.engine.outputs, new.manifest.head)
+            check_fits_input(new.manifest.preprocess, new.engine.inputs)
+            check_fits_head(new.engine.outputs, new.manifest.head)
         except ValueError as exc:
             raise DeployFailed(Step.VALIDATING, "does_not_fit_head", str(exc)) from exc
         await self._step(req, Step.WARMING, 0.7)
         try:
             feeds = self.feeds_for(new)
-            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs)
+            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice)
         except DeployFailed:
             raise
         except Exception as exc:  # the new engine failed on a real frame
@@ -268,11 +273,12 @@ class DeploymentManager:
             raise DeployFailed(Step.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None) -> list[float]:
         timings = []
         for _ in range(runs):
             start = time.perf_counter()
-            outputs = new.engine.infer(feeds)
+            with lowered_priority(nice):
+                outputs = new.engine.infer(feeds)
             timings.append((time.perf_counter() - start) * 1000.0)
             for name, value in outputs.items():
                 if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -306,8 +312,8 @@ class DeploymentManager:
         return old
 
     # ----- probation and rollback -----------------------------------------------------------
-    async def _watch(self, req: DeployRequest, new: Serving, old: Serving | None, probation: Probation) -> None:
-        baseline = self.stats(old.version) if old is not None else None
+    async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
+                     probation: Probation) -> None:
         started = time.monotonic()
         verdict = ProbationVerdict(ok=True, reason="")
         while True:
@@ -373,9 +379,9 @@ class DeploymentManager:
         except StoreError as exc:
             raise DeployFailed(Step.LOADING, "no_previous", str(exc)) from exc
         try:
-            restored = await self._in_loader(load_serving, previous, self.options)
+            restored = await self._in_loader(load_serving, previous, self.load_options)
             feeds = self.feeds_for(restored)
-            await self._in_loader(self._warm, restored, feeds, 1)
+            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(Step.LOADING, "rollback_load_failed", str(exc)) from exc
         old = self.slot.swap(restored)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..names import NAME_PATTERN, check_name
 
 __all__ = [
     "MANIFEST_FILE",
@@ -30,22 +31,11 @@ __all__ = [
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HASH_CHUNK = 1 << 20
 
 
 class ManifestError(ValueError):
     """A manifest is missing, unreadable or invalid."""
-
-
-def check_name(value: str, what: str = "name") -> str:
-    """Names and versions become path components: no separators, no '..', no surprises."""
-    if not NAME_PATTERN.match(value) or ".." in value:
-        raise ValueError(
-            f"{what} {value!r} must be 1-64 letters, digits, '.', '_' or '-', "
-            "start with a letter or digit, and contain no '..' or path separator"
-        )
-    return value
 
 
 def sha256_file(path: Path) -> str:

@@ -90,7 +90,7 @@ class Telemetry:
         return EventPayload(**self.envelope("events"), kind=kind, severity=severity, message=message,
                             data=data or {})
 
-    def reply(self, command_id: str, command: str, ok: bool, error: dict[str, str] | None,
+    def reply(self, command_id: str | None, command: str, ok: bool, error: dict[str, str] | None,
               result: dict[str, Any] | None) -> ReplyPayload:
         return ReplyPayload(**self.envelope("reply"), id=command_id, command=command, ok=ok,
                             error=error, result=result)

@@ -3,8 +3,10 @@
 The frame worker leases the serving entry for one frame (``with slot.lease() as
 serving``). ``swap()`` is a reference switch under a lock, so the next lease gets
 the new entry while a frame in flight finishes on the old one; the old engine is
-closed by whoever releases its last lease (or at once when none is out), which
-gives its memory back without ever pulling an engine from under a frame.
+closed once its last lease is released (or at once when none is out), which
+gives its memory back without ever pulling an engine from under a frame. The
+close itself runs on a short-lived thread, so freeing a session's memory never
+delays the frame worker that released the last lease.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class EngineSlot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._serving: Serving | None = None
+        self._closers: list[threading.Thread] = []
         self.swaps = 0
 
     @property
@@ -105,8 +108,19 @@ class EngineSlot:
             self._close(old)
         return old
 
+    def _close(self, serving: Serving) -> None:
+        thread = threading.Thread(target=self._close_now, args=(serving,), name="engine-close", daemon=True)
+        self._closers = [t for t in self._closers if t.is_alive()] + [thread]
+        thread.start()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait for engines being closed; True when all closes finished."""
+        for thread in list(self._closers):
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._closers)
+
     @staticmethod
-    def _close(serving: Serving) -> None:
+    def _close_now(serving: Serving) -> None:
         try:
             serving.engine.close()
         except Exception as exc:  # a failing close must not take the frame loop down

@@ -118,6 +118,9 @@ class Pipeline:
         self.counters = PipelineCounters()
         self.first_frame = threading.Event()
         self.last_progress = time.monotonic()
+        """When the last frame was processed."""
+        self.last_heartbeat = time.monotonic()
+        """When the worker loop last went round, with or without a frame (the watchdog's signal)."""
         self.last_result: FrameResult | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,6 +144,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.last_heartbeat = time.monotonic()
             waited = time.perf_counter()
             frame = self.source.get(GET_TIMEOUT_S)
             if frame is None:

@@ -1,0 +1,418 @@
+"""The wire contract: every payload the agent publishes and every command it accepts.
+
+All payloads are JSON objects validated by the pydantic models below
+(``extra="forbid"``, strict types, no NaN/Infinity). What the agent publishes
+carries an envelope: ``schema_version``, ``device_id``, ``ts`` (device unix time,
+seconds) and ``seq`` (per topic, increasing by one per message; see ``Sequencer``).
+docs/mqtt.md describes the same contract for the people on the other side.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.names import check_name
+
+__all__ = [
+    "COMMANDS",
+    "MAX_COMMAND_BYTES",
+    "PAYLOADS",
+    "SCHEMA_VERSION",
+    "BrokerHealth",
+    "CameraHealth",
+    "Command",
+    "CommandBase",
+    "CommandError",
+    "DeployCommand",
+    "DeploymentPayload",
+    "Envelope",
+    "ErrorInfo",
+    "EventPayload",
+    "HealthPayload",
+    "LatencyPayload",
+    "ModelBrief",
+    "ModelPayload",
+    "ModelRef",
+    "PayloadError",
+    "PingCommand",
+    "ProbationSpec",
+    "ReplyPayload",
+    "RollbackCommand",
+    "Sequencer",
+    "StageLatency",
+    "StatusCommand",
+    "StatusPayload",
+    "decode_payload",
+    "encode_payload",
+    "json_schemas",
+    "parse_command",
+]
+
+SCHEMA_VERSION = 1
+MAX_COMMAND_BYTES = 64 * 1024
+"""Larger command payloads are refused before they are parsed."""
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 1024
+MAX_URL_LENGTH = 2048
+SIGNATURE_BYTES = 64
+"""An ed25519 signature."""
+ARTIFACT_URL_SCHEMES = ("http", "https", "file")
+ERROR_CODE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+ErrorCode = Literal["bad_json", "bad_payload", "unknown_command", "payload_too_large"]
+DeploymentState = Literal[
+    "received",
+    "downloading",
+    "verifying",
+    "building",
+    "loading",
+    "warming",
+    "validating",
+    "active",
+    "committed",
+    "failed",
+    "rolled_back",
+]
+
+
+class PayloadError(ValueError):
+    """A payload is not valid JSON or does not match its model; the message names the field."""
+
+
+class CommandError(ValueError):
+    """A command cannot be accepted; ``code`` is machine-readable, ``message`` names the field."""
+
+    def __init__(self, code: ErrorCode, message: str, command_id: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code: ErrorCode = code
+        self.message = message
+        self.command_id = command_id
+        """The command's ``id`` when it could be read, so that the reply can echo it."""
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# --- what the agent publishes -------------------------------------------------------------
+
+
+class Envelope(_Wire):
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+    device_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    ts: float = Field(ge=0, description="device unix time of the message, seconds")
+    seq: int = Field(ge=0, description="per topic, +1 per message; a gap means lost messages")
+
+
+class ErrorInfo(_Wire):
+    code: str = Field(pattern=ERROR_CODE_PATTERN)
+    message: str = Field(max_length=MAX_TEXT_LENGTH)
+
+
+class ModelRef(_Wire):
+    name: str
+    version: str
+
+
+class StatusPayload(Envelope):
+    state: Literal["online", "offline", "lost"]
+    agent_version: str
+    started_at: float = Field(ge=0, description="unix time the agent process started, seconds")
+    groups: tuple[str, ...] = ()
+
+
+class ModelPayload(Envelope):
+    name: str
+    version: str
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    runtime: str = Field(description="onnxruntime or tensorrt, with the execution provider")
+    since: float = Field(ge=0, description="unix time this model started serving, seconds")
+    previous: ModelRef | None = None
+
+
+class DeploymentPayload(Envelope):
+    deployment_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    name: str
+    version: str
+    state: DeploymentState
+    step: str = Field(max_length=MAX_TEXT_LENGTH, description="what the agent is doing now")
+    progress: float = Field(ge=0, le=1)
+    error: ErrorInfo | None = None
+    updated: float = Field(ge=0, description="unix time of this state, seconds")
+
+
+class ReplyPayload(Envelope):
+    id: str | None = Field(
+        min_length=1, max_length=MAX_ID_LENGTH, description="null: the command's id was unreadable"
+    )
+    ok: bool
+    command: str
+    error: ErrorInfo | None = None
+    result: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _error_iff_not_ok(self) -> ReplyPayload:
+        if self.ok == (self.error is not None):
+            raise ValueError("a reply carries an error exactly when ok is false")
+        if self.ok and self.id is None:
+            raise ValueError("a successful reply echoes the command's id")
+        return self
+
+
+class EventPayload(Envelope):
+    kind: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    severity: Literal["info", "warning", "alarm"]
+    message: str = Field(max_length=MAX_TEXT_LENGTH)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class CameraHealth(_Wire):
+    state: str
+    reopens: int = Field(ge=0)
+    last_error: str | None = None
+    fps: float = Field(ge=0)
+
+
+class BrokerHealth(_Wire):
+    state: str
+    reconnects: int = Field(ge=0)
+
+
+class ModelBrief(_Wire):
+    name: str
+    version: str
+    runtime: str
+
+
+class HealthPayload(Envelope):
+    uptime_s: float = Field(ge=0)
+    camera: CameraHealth
+    broker: BrokerHealth
+    model: ModelBrief | None
+    cpu_percent: float = Field(ge=0, description="process CPU, percent of one core")
+    memory_rss_bytes: int = Field(ge=0)
+    memory_available_bytes: int = Field(ge=0)
+    temperatures_c: dict[str, float] = Field(default_factory=dict)
+    gpu_load: float | None = Field(default=None, ge=0, le=1, description="fraction busy")
+    disk_free_bytes: int = Field(ge=0)
+    outbox_depth: int = Field(ge=0)
+    frames_processed: int = Field(ge=0)
+
+
+class StageLatency(_Wire):
+    p50_ms: float = Field(ge=0)
+    p95_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+    max_ms: float = Field(ge=0)
+    count: int = Field(ge=0)
+
+
+class LatencyPayload(Envelope):
+    window_frames: int = Field(ge=0)
+    fps: float = Field(ge=0)
+    frames_processed: int = Field(ge=0)
+    frames_dropped: int = Field(ge=0)
+    stages: dict[str, StageLatency]
+
+
+PAYLOADS: dict[str, type[Envelope]] = {
+    "status": StatusPayload,
+    "model": ModelPayload,
+    "deployment": DeploymentPayload,
+    "reply": ReplyPayload,
+    "events": EventPayload,
+    "telemetry/health": HealthPayload,
+    "telemetry/latency": LatencyPayload,
+}
+"""Payload model by topic suffix (what follows ``<prefix>/<device>/``)."""
+
+
+class Sequencer:
+    """Hands out per-topic sequence numbers: 1, 2, 3, ... for each key (a topic suffix).
+
+    ``snapshot()`` gives the last number handed out per key; a Sequencer built from a
+    saved snapshot continues after it, so sequences survive a restart. Thread-safe.
+    """
+
+    def __init__(self, state: Mapping[str, int] | None = None) -> None:
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for key, value in (state or {}).items():
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"sequence of {key!r} must be an integer >= 0, got {value!r}")
+            self._last[key] = value
+
+    def next(self, key: str) -> int:
+        with self._lock:
+            value = self._last.get(key, 0) + 1
+            self._last[key] = value
+            return value
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._last)
+
+
+# --- what the agent accepts ---------------------------------------------------------------
+
+
+class CommandBase(_Wire):
+    command_name: ClassVar[str]
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+
+
+class PingCommand(CommandBase):
+    command_name: ClassVar[str] = "ping"
+
+
+class StatusCommand(CommandBase):
+    command_name: ClassVar[str] = "status"
+
+
+class ProbationSpec(_Wire):
+    window_s: float = Field(gt=0, description="how long the new model is watched, seconds")
+    max_error_rate: float = Field(ge=0, le=1, description="failed frames / frames")
+    max_latency_ratio: float = Field(ge=1, description="new p95 latency / old p95 latency")
+
+
+class DeployCommand(CommandBase):
+    command_name: ClassVar[str] = "deploy"
+    name: str
+    version: str
+    url: str = Field(max_length=MAX_URL_LENGTH)
+    sha256: str
+    signature: str | None = Field(default=None, description="base64 ed25519 over the artifact")
+    format: Literal["onnx", "bundle", "engine"] = "onnx"
+    probation: ProbationSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value, "name")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        return check_name(value, "version")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ARTIFACT_URL_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(ARTIFACT_URL_SCHEMES)}")
+        if parts.scheme != "file" and not parts.hostname:
+            raise ValueError("an http(s) URL needs a host")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str) -> str:
+        if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError("must be 64 hexadecimal digits")
+        return value.lower()
+
+    @field_validator("signature")
+    @classmethod
+    def _signature(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64") from None
+        if len(raw) != SIGNATURE_BYTES:
+            raise ValueError(f"must decode to {SIGNATURE_BYTES} bytes, got {len(raw)}")
+        return value
+
+
+class RollbackCommand(CommandBase):
+    command_name: ClassVar[str] = "rollback"
+    reason: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+
+
+Command = PingCommand | StatusCommand | DeployCommand | RollbackCommand
+COMMANDS: dict[str, type[Command]] = {
+    cls.command_name: cls for cls in (PingCommand, StatusCommand, DeployCommand, RollbackCommand)
+}
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        parts.append(f"field '{where}': {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _read_id(document: object) -> str | None:
+    if isinstance(document, dict):
+        value = document.get("id")
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+            return value
+    return None
+
+
+def parse_command(name: str, payload: bytes) -> Command:
+    """Validate the payload of command ``name``; raises CommandError naming what is wrong."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(
+            "payload_too_large", f"{len(payload)} bytes, at most {MAX_COMMAND_BYTES} accepted"
+        )
+    try:
+        document = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError("bad_json", f"not valid JSON: {exc}") from None
+    command_id = _read_id(document)
+    model = COMMANDS.get(name)
+    if model is None:
+        known = ", ".join(sorted(COMMANDS))
+        raise CommandError("unknown_command", f"{name!r} is not one of {known}", command_id)
+    if not isinstance(document, dict):
+        kind = type(document).__name__
+        raise CommandError("bad_payload", f"must be a JSON object, got {kind}", command_id)
+    try:
+        command = model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise CommandError("bad_payload", f"{name}: {_describe(exc)}", command_id) from None
+    return command
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode_payload(payload: BaseModel) -> bytes:
+    """The JSON bytes of a payload, field names as on the wire."""
+    return payload.model_dump_json(by_alias=True).encode()
+
+
+def decode_payload(model: type[M], data: bytes) -> M:
+    """Read a payload of ``model`` (the consumer side); raises PayloadError naming the field."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        if any(item["type"] == "json_invalid" for item in exc.errors()):
+            raise PayloadError(f"{model.__name__}: not valid JSON") from None
+        raise PayloadError(f"{model.__name__}: {_describe(exc)}") from None
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every payload by topic suffix: ``status``, ..., ``cmd/deploy``."""
+    schemas = {suffix: model.model_json_schema(by_alias=True) for suffix, model in PAYLOADS.items()}
+    for name, command in COMMANDS.items():
+        schemas[f"cmd/{name}"] = command.model_json_schema(by_alias=True)
+    return schemas

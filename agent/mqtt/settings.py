@@ -1,0 +1,116 @@
+"""From the ``[mqtt]`` config section to what a connection needs: address, TLS, credentials.
+
+Pure apart from reading the password and checking that certificate files exist,
+so that a wrong setting is an error naming it before any connection is tried.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiomqtt import TLSParameters
+
+from agent.config import MqttSection
+
+__all__ = [
+    "CREDENTIAL_NAME",
+    "DEFAULT_PORTS",
+    "BrokerAddress",
+    "SessionConfigError",
+    "parse_broker_url",
+    "read_password",
+    "tls_parameters",
+]
+
+CREDENTIAL_NAME = "mqtt-password"
+"""The file name looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+class SessionConfigError(ValueError):
+    """The MQTT settings cannot make a connection; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]``; credentials never go in the URL."""
+    if url == "embedded":
+        raise SessionConfigError(
+            "url 'embedded' must be resolved to the embedded broker's address first"
+        )
+    parts = urlsplit(url)
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise SessionConfigError(f"url {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+    if parts.username is not None or parts.password is not None:
+        raise SessionConfigError(
+            f"url {url!r} holds credentials: use [mqtt] username and password_file"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise SessionConfigError(f"url {url!r} must not have a path, query or fragment")
+    try:
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise SessionConfigError(f"url {url!r} has an invalid port") from None
+    return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts")
+
+
+def read_password(settings: MqttSection, environ: Mapping[str, str] | None = None) -> str | None:
+    """The password from ``password_file``, else ``$CREDENTIALS_DIRECTORY/mqtt-password``.
+
+    None when neither is configured or present. A trailing newline is not part of it.
+    """
+    environ = os.environ if environ is None else environ
+    path = settings.password_file
+    if path is None:
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory or not (Path(directory) / CREDENTIAL_NAME).is_file():
+            return None
+        path = Path(directory) / CREDENTIAL_NAME
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SessionConfigError(f"password file {path}: cannot read: {exc}") from None
+    if not password:
+        raise SessionConfigError(f"password file {path}: is empty")
+    if settings.username is None:
+        raise SessionConfigError(f"password file {path} is set but [mqtt] username is not")
+    return password
+
+
+def tls_parameters(settings: MqttSection, address: BrokerAddress) -> TLSParameters | None:
+    """TLS for ``mqtts://``: ca_file (else the system CAs) and an optional client certificate."""
+    files = {
+        "ca_file": settings.ca_file,
+        "cert_file": settings.cert_file,
+        "key_file": settings.key_file,
+    }
+    given = {key: path for key, path in files.items() if path is not None}
+    if not address.tls:
+        if given:
+            names = ", ".join(sorted(given))
+            raise SessionConfigError(f"{names} set but url is mqtt://: use mqtts:// for TLS")
+        return None
+    for key, path in given.items():
+        if not path.is_file():
+            raise SessionConfigError(f"{key} {path}: no such file")
+    if settings.key_file is not None and settings.cert_file is None:
+        raise SessionConfigError("key_file is set but cert_file is not")
+    return TLSParameters(
+        ca_certs=str(settings.ca_file) if settings.ca_file else None,
+        certfile=str(settings.cert_file) if settings.cert_file else None,
+        keyfile=str(settings.key_file) if settings.key_file else None,
+    )

@@ -1,0 +1,19 @@
+"""Model names and versions: they become path components and topic values, so they are strict."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["NAME_PATTERN", "check_name"]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """Names and versions become path components: no separators, no '..', no surprises."""
+    if not NAME_PATTERN.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "start with a letter or digit, and contain no '..' or path separator"
+        )
+    return value

@@ -1,0 +1,398 @@
+"""TensorRT 10/11 engine: deserialize a plan, bind named tensors, run on one CUDA stream.
+
+Only the name-based I/O API of TensorRT 10 and 11 is used (``num_io_tensors``,
+``get_tensor_name``, ``set_input_shape``, ``set_tensor_address``,
+``execute_async_v3``). Device memory goes through :mod:`agent.runtime.cuda`.
+Buffers are allocated once per set of input shapes: a frame with the same shapes
+as the previous one reuses them, a new shape frees them and allocates anew, and
+``close`` frees everything, once, so that a swapped-out engine gives its device
+memory back. TensorRT itself is imported only when an engine is loaded, after the
+GPU has been found, so this module imports on any machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import structlog
+
+from .base import EngineError, EngineLoadError, TensorSpec
+from .cuda import CudaError, CudaMemory, gpu_probe, open_cuda_memory
+
+__all__ = [
+    "RUNTIME_CHOICES",
+    "ShapeProfile",
+    "TensorRTEngine",
+    "import_tensorrt",
+    "make_logger",
+    "select_runtime",
+]
+
+log = structlog.get_logger(__name__)
+
+RUNTIME = "tensorrt"
+RUNTIME_CHOICES = ("auto", "onnxruntime", "tensorrt")
+TENSORRT_MODULES = ("tensorrt", "tensorrt_lean")
+"""The full package first; the lean runtime only runs version-compatible plans."""
+BUILDER_MODULE = "tensorrt"
+PROFILE_INDEX = 0
+KEPT_LOG_ERRORS = 8
+"""TensorRT error messages kept to explain a failed call."""
+
+
+def import_tensorrt(names: tuple[str, ...] = TENSORRT_MODULES) -> ModuleType:
+    """The TensorRT Python module, or EngineLoadError naming what was tried."""
+    failures = []
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            failures.append(f"{name}: {exc}")
+    raise EngineLoadError("TensorRT Python package not importable (" + "; ".join(failures) + ")")
+
+
+def select_runtime(requested: str) -> str:
+    """Resolve the configured runtime to the one that will serve.
+
+    ``auto`` is ``tensorrt`` only where a GPU answers and the full TensorRT package
+    (with its builder) is installed, else ``onnxruntime``. An explicit ``tensorrt``
+    without a GPU or without TensorRT is an EngineLoadError that says which is missing.
+    """
+    if requested not in RUNTIME_CHOICES:
+        raise ValueError(f"runtime {requested!r} is not one of {', '.join(RUNTIME_CHOICES)}")
+    if requested == "onnxruntime":
+        return requested
+    gpu = gpu_probe()
+    has_trt = importlib.util.find_spec(BUILDER_MODULE) is not None
+    if requested == "auto":
+        chosen = RUNTIME if (not isinstance(gpu, str) and has_trt) else "onnxruntime"
+        log.info("runtime_selected", requested=requested, runtime=chosen,
+                 gpu=gpu if isinstance(gpu, str) else gpu.name, tensorrt=has_trt)
+        return chosen
+    if isinstance(gpu, str):
+        raise EngineLoadError(f"runtime 'tensorrt' needs an NVIDIA GPU with a working driver: "
+                              f"{gpu}")
+    if not has_trt:
+        raise EngineLoadError(
+            "runtime 'tensorrt' needs the TensorRT Python package; on JetPack it comes with "
+            "the system (python3-libnvinfer), seen through a venv made with --system-site-packages"
+        )
+    return RUNTIME
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """The shapes one dynamic input accepts: TensorRT's optimization profile min/opt/max."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"profile ranks differ: min {self.min}, opt {self.opt}, "
+                             f"max {self.max}")
+        for axis, (low, mid, high) in enumerate(zip(self.min, self.opt, self.max, strict=True)):
+            if not 0 <= low <= mid <= high:
+                raise ValueError(f"profile dim {axis}: need 0 <= min <= opt <= max, got "
+                                 f"{low}, {mid}, {high}")
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """Raise EngineError naming the first dimension of ``shape`` outside the profile."""
+        if len(shape) != len(self.min):
+            raise EngineError(f"input {name!r}: rank {len(shape)}, the engine wants "
+                              f"{len(self.min)}")
+        for axis, (got, low, high) in enumerate(zip(shape, self.min, self.max, strict=True)):
+            if not low <= got <= high:
+                raise EngineError(
+                    f"input {name!r} shape {shape} is outside the engine's optimization profile: "
+                    f"dim {axis} = {got}, allowed {low}..{high} "
+                    f"(min {self.min}, max {self.max}); rebuild the engine with a wider profile"
+                )
+
+
+def _dims(dims: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in dims)
+
+
+def make_logger(trt: ModuleType) -> Any:
+    """An ILogger that forwards TensorRT's messages to structlog and keeps the last errors."""
+
+    severity = trt.ILogger.Severity
+    errors = (severity.INTERNAL_ERROR, severity.ERROR)
+
+    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: deque[str] = deque(maxlen=KEPT_LOG_ERRORS)
+
+        def log(self, level: Any, msg: str) -> None:
+            if level in errors:
+                self.errors.append(msg)
+                log.error("tensorrt_error", message=msg)
+            elif level == severity.WARNING:
+                log.warning("tensorrt_warning", message=msg)
+
+        def take_errors(self) -> str:
+            text = " | ".join(self.errors) or "no message from TensorRT"
+            self.errors.clear()
+            return text
+
+    return _Logger()
+
+
+class _Buffers:
+    """Pinned host and device buffers for one set of input shapes."""
+
+    def __init__(self, memory: CudaMemory) -> None:
+        self._memory = memory
+        self.host: dict[str, np.ndarray] = {}
+        self.device: dict[str, int] = {}
+        self.nbytes = 0
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.host[name] = self._memory.pinned_empty(shape, dtype)
+        self.device[name] = self._memory.device_alloc(self.host[name].nbytes)
+        self.nbytes += self.host[name].nbytes
+
+    def free(self) -> None:
+        """Free every buffer; each is forgotten before it is freed, so never twice.
+
+        A failing free does not stop the others; the first failure is raised at the end.
+        """
+        failures: list[CudaError] = []
+        while self.device:
+            _, address = self.device.popitem()
+            _attempt(failures, self._memory.device_free, address)
+        while self.host:
+            _, array = self.host.popitem()
+            _attempt(failures, self._memory.free_pinned, array)
+        self.nbytes = 0
+        if failures:
+            raise failures[0]
+
+
+def _attempt(failures: list[CudaError], call: Any, *args: Any) -> None:
+    try:
+        call(*args)
+    except CudaError as exc:
+        failures.append(exc)
+
+
+class TensorRTEngine:
+    """A deserialized TensorRT engine serving one frame at a time on its own CUDA stream."""
+
+    runtime = RUNTIME
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        memory: CudaMemory,
+        logger: Any,
+        trt_runtime: Any,
+        engine: Any,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        profiles: Mapping[str, ShapeProfile],
+    ) -> None:
+        self.path = path
+        self.inputs = inputs
+        self.outputs = outputs
+        self.profiles = dict(profiles)
+        self._memory = memory
+        self._logger = logger
+        self._runtime = trt_runtime
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise EngineLoadError(f"{path}: cannot create an execution context: "
+                                  f"{logger.take_errors()}")
+        self._stream = memory.stream_create()
+        self._buffers = _Buffers(memory)
+        self._shapes: tuple[tuple[int, ...], ...] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        dla_core: int | None = None,
+        tensorrt: ModuleType | None = None,
+        memory: CudaMemory | None = None,
+    ) -> TensorRTEngine:
+        """Deserialize the plan at ``path``.
+
+        The GPU is looked for before any TensorRT object exists; ``tensorrt`` and
+        ``memory`` replace the real module and CUDA layer (tests pass doubles).
+        """
+        path = Path(path)
+        try:
+            plan = path.read_bytes()
+        except OSError as exc:
+            raise EngineLoadError(f"{path}: cannot read engine: {exc.strerror}") from exc
+        memory = memory if memory is not None else open_cuda_memory()
+        trt = tensorrt if tensorrt is not None else import_tensorrt()
+        logger = make_logger(trt)
+        trt_runtime = trt.Runtime(logger)
+        if dla_core is not None:
+            trt_runtime.DLA_core = dla_core
+        engine = trt_runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise EngineLoadError(
+                f"{path}: TensorRT {trt.__version__} could not deserialize the engine "
+                f"(built by another TensorRT version or for another GPU?): {logger.take_errors()}"
+            )
+        inputs, outputs, profiles = _describe(trt, engine, path)
+        loaded = cls(path=path, memory=memory, logger=logger, trt_runtime=trt_runtime,
+                     engine=engine, inputs=inputs, outputs=outputs, profiles=profiles)
+        log.info("engine_loaded", runtime=RUNTIME, path=str(path), backend=memory.backend,
+                 tensorrt=trt.__version__, inputs=[s.name for s in inputs],
+                 outputs=[s.name for s in outputs])
+        return loaded
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of I/O buffers held on the device now (and as many pinned on the host)."""
+        return self._buffers.nbytes
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            if self._closed:
+                raise EngineError(f"{self.path}: engine is closed")
+            arrays = self._check_feeds(feeds)
+            shapes = tuple(arrays[spec.name].shape for spec in self.inputs)
+            if shapes != self._shapes:
+                self._bind(arrays)
+                self._shapes = shapes
+            return self._run(arrays)
+
+    def close(self) -> None:
+        """Free buffers, stream, context and engine; a second call does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            failures: list[CudaError] = []
+            _attempt(failures, self._memory.stream_synchronize, self._stream)
+            _attempt(failures, self._buffers.free)
+            _attempt(failures, self._memory.stream_destroy, self._stream)
+            self._context = None
+            self._engine = None
+            self._runtime = None
+            self._shapes = None
+            if failures:
+                log.error("engine_close_failed", runtime=RUNTIME, path=str(self.path),
+                          errors=[str(f) for f in failures])
+            else:
+                log.info("engine_closed", runtime=RUNTIME, path=str(self.path))
+
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        wanted = {spec.name for spec in self.inputs}
+        missing = sorted(wanted - set(feeds))
+        unknown = sorted(set(feeds) - wanted)
+        if missing or unknown:
+            raise EngineError(f"feeds must be exactly {sorted(wanted)}: missing {missing}, "
+                              f"unknown {unknown}")
+        arrays = {}
+        for spec in self.inputs:
+            array = np.asarray(feeds[spec.name])
+            if array.dtype != spec.dtype:
+                raise EngineError(f"input {spec.name!r}: dtype {array.dtype}, the engine wants "
+                                  f"{spec.dtype}")
+            if array.ndim != len(spec.shape):
+                raise EngineError(f"input {spec.name!r}: rank {array.ndim} {array.shape}, the "
+                                  f"engine wants {spec.shape}")
+            for axis, (want, got) in enumerate(zip(spec.shape, array.shape, strict=True)):
+                if want is not None and want != got:
+                    raise EngineError(f"input {spec.name!r}: dim {axis} is {got}, the engine "
+                                      f"wants {want} (shape {spec.shape})")
+            if spec.name in self.profiles:
+                self.profiles[spec.name].check(spec.name, array.shape)
+            arrays[spec.name] = array
+        return arrays
+
+    def _bind(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Set the input shapes, then (re)allocate and bind every I/O buffer."""
+        for spec in self.inputs:
+            if not self._context.set_input_shape(spec.name, arrays[spec.name].shape):
+                raise EngineError(f"input {spec.name!r}: TensorRT refused shape "
+                                  f"{arrays[spec.name].shape}: {self._logger.take_errors()}")
+        out_shapes = {}
+        for spec in self.outputs:
+            shape = _dims(self._context.get_tensor_shape(spec.name))
+            if any(d < 0 for d in shape):
+                raise EngineError(f"output {spec.name!r} has a data-dependent shape {shape}; "
+                                  "this runtime serves only shapes known before execution")
+            out_shapes[spec.name] = shape
+        self._shapes = None
+        self._memory.stream_synchronize(self._stream)
+        self._buffers.free()
+        for spec in self.inputs:
+            self._buffers.allocate(spec.name, arrays[spec.name].shape, spec.dtype)
+        for spec in self.outputs:
+            self._buffers.allocate(spec.name, out_shapes[spec.name], spec.dtype)
+        for name, address in self._buffers.device.items():
+            if not self._context.set_tensor_address(name, address):
+                raise EngineError(f"tensor {name!r}: TensorRT refused its address: "
+                                  f"{self._logger.take_errors()}")
+        log.debug("engine_buffers_bound", path=str(self.path), nbytes=self._buffers.nbytes,
+                  shapes={name: list(a.shape) for name, a in self._buffers.host.items()})
+
+    def _run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        host, device = self._buffers.host, self._buffers.device
+        for spec in self.inputs:
+            np.copyto(host[spec.name], arrays[spec.name])
+            self._memory.copy_htod_async(device[spec.name], host[spec.name], self._stream)
+        if not self._context.execute_async_v3(self._stream):
+            self._memory.stream_synchronize(self._stream)
+            raise EngineError(f"{self.path}: execute_async_v3 failed: {self._logger.take_errors()}")
+        for spec in self.outputs:
+            self._memory.copy_dtoh_async(host[spec.name], device[spec.name], self._stream)
+        self._memory.stream_synchronize(self._stream)
+        return {spec.name: host[spec.name].copy() for spec in self.outputs}
+
+
+def _describe(
+    trt: ModuleType, engine: Any, path: Path
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict[str, ShapeProfile]]:
+    """The engine's inputs, outputs and the profile of each dynamic input."""
+    inputs, outputs, profiles = [], [], {}
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        if engine.is_shape_inference_io(name):
+            raise EngineLoadError(f"{path}: tensor {name!r} is a shape tensor; not supported")
+        trt_dtype = engine.get_tensor_dtype(name)
+        try:
+            dtype = np.dtype(trt.nptype(trt_dtype))
+        except TypeError as exc:
+            raise EngineLoadError(f"{path}: tensor {name!r} has TensorRT type {trt_dtype}, "
+                                  "which has no numpy equivalent") from exc
+        dims = _dims(engine.get_tensor_shape(name))
+        spec = TensorSpec(name, tuple(None if d < 0 else d for d in dims), dtype)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            inputs.append(spec)
+            if any(d < 0 for d in dims):
+                low, mid, high = engine.get_tensor_profile_shape(name, PROFILE_INDEX)
+                profiles[name] = ShapeProfile(_dims(low), _dims(mid), _dims(high))
+        else:
+            outputs.append(spec)
+    if not inputs or not outputs:
+        raise EngineLoadError(f"{path}: engine has {len(inputs)} inputs and {len(outputs)} "
+                              "outputs; need at least one of each")
+    return tuple(inputs), tuple(outputs), profiles
