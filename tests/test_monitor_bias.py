@@ -5,16 +5,6 @@ import time
 import cv2
 import numpy as np
 import pytest
-from monitor_support import (
-    TEXT_DET,
-    Classification,
-    Detection,
-    Prediction,
-    cached_predictor,
-    frames,
-    result_of,
-    results,
-)
 from pydantic import ValidationError
 
 from agent.monitor.bias import (
@@ -27,9 +17,20 @@ from agent.monitor.bias import (
 )
 from agent.monitor.feedback import FeedbackCommand
 from agent.monitor.payloads import BiasPayload
+from tests.monitor_support import (
+    TEXT_DET,
+    Classification,
+    Detection,
+    Prediction,
+    cached_predictor,
+    frames,
+    result_of,
+    results,
+)
 
-ROBUST_SCENES = tuple(i for i in range(0, 270, 2) if 45 <= i < 90 or 135 <= i < 225)
-"""Page, coffee and chelsea: scenes where the real detector finds the same text when darkened."""
+ROBUST_SCENES = tuple(i for i in range(0, 270, 2) if 45 <= i < 90 or 180 <= i < 225)
+"""The page and chelsea scenes, whose text the real detector finds as well when darkened (it loses
+the faint text of the other scenes in the dark: a real effect, which this test is not about)."""
 BANDS = (90.0, 230.0)
 """Darkened (x0.4) frames of those scenes are all below 90 luma, the originals within."""
 ENVELOPE = {"device_id": "dev1", "ts": 1.0, "seq": 1}

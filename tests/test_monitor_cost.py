@@ -4,11 +4,11 @@ import math
 from dataclasses import asdict
 
 import pytest
-from monitor_support import TEXT_DET, VIDEO, model_results
 
 from agent.monitor.cost import measure_monitor_cost, time_monitors
 from agent.monitor.features import summarize
 from agent.monitor.reference import ReferenceBuilder
+from tests.monitor_support import TEXT_DET, VIDEO, model_results
 
 
 def test_time_monitors_replays_real_results_through_every_monitor():
@@ -30,6 +30,5 @@ def test_time_monitors_needs_results():
 
 
 def test_measure_monitor_cost_on_the_demo_model_and_video():
-    pytest.importorskip("agent.vision.transforms", reason="the pipeline's transforms are absent")
     cost = measure_monitor_cost(VIDEO, TEXT_DET, frames=40)
     assert cost.frames == 40 and cost.per_frame_us_median > 0

@@ -2,34 +2,19 @@
 
 import base64
 import json
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import pytest
-from monitor_support import video
-from pydantic import BaseModel, ConfigDict, Field
 
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
 from agent.monitor.payloads import MONITOR_PAYLOADS, DriftPayload
-
-
-class EventPayload(BaseModel):
-    """Stands in for agent.mqtt.schema.EventPayload (same fields): free-form ``data``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-    schema_version: int = 1
-    device_id: str
-    ts: float
-    seq: int
-    kind: str
-    severity: Literal["info", "warning", "alarm"]
-    message: str
-    data: dict[str, Any] = Field(default_factory=dict)
-
+from agent.mqtt.schema import PAYLOADS
+from tests.monitor_support import video
 
 ENVELOPE = {"device_id": "dev1", "ts": 1.0, "seq": 1}
-MODELS = {**MONITOR_PAYLOADS, "events": EventPayload}
+MODELS = {**PAYLOADS, **MONITOR_PAYLOADS}
 
 
 @pytest.fixture

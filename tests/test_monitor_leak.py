@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import pytest
-from monitor_support import ORIENTATION, orientation_tensor, video
 
 from agent.monitor.egress import EgressGuard
 from agent.monitor.leak import (
@@ -23,6 +22,8 @@ from agent.monitor.leak import (
 from agent.monitor.payloads import MONITOR_PAYLOADS, LeakPayload
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.runtime.slot import EngineSlot, Serving
+from agent.vision.transforms import Preprocessor
+from tests.monitor_support import ORIENTATION, open_model, video
 
 MB = 1024 * 1024
 MINUTE = 60.0
@@ -122,13 +123,18 @@ def test_an_engine_leaking_a_buffer_per_frame_raises_the_rss_alarm_and_a_sound_o
         leak_bytes, expected):
     engine = LeakyEngine(OnnxRuntimeEngine.load(ORIENTATION / "model.onnx", threads=1), leak_bytes)
     name = engine.inputs[0].name
+    preprocessor = Preprocessor(open_model(ORIENTATION).manifest.preprocess, engine.inputs[0])
     images = itertools.cycle(video()[::9])
+
+    def tensor():
+        return preprocessor.prep(next(images))[0]
+
     for _ in range(5):
-        engine.infer({name: orientation_tensor(next(images))})
+        engine.infer({name: tensor()})
     leak = LeakMonitor(SETTINGS, sampler=ResourceSampler(clock=FakeClock(MINUTE), nvmap_path=None))
     states = []
     for n in range(1, 61):
-        engine.infer({name: orientation_tensor(next(images))})
+        engine.infer({name: tensor()})
         leak.sample()
         if n % 5 == 0:
             states.append(leak.snapshot()["resources"]["rss"]["state"])

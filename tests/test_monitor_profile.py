@@ -1,30 +1,26 @@
 """``edge-agent model profile`` through the real frame pipeline, on the demo models and video."""
 
 import argparse
+import os
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
-
-pytest.importorskip("agent.vision.transforms", reason="the frame pipeline's transforms are absent")
-
-from monitor_support import DEMO, ORIENTATION, TEXT_DET, VIDEO, darken
 
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest
 from agent.models.store import InstalledModel
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.latency import LatencyRecorder
-from agent.monitor.profile import (
-    ProfileError,
-    add_profile_parser,
-    profile,
-    video_frames,
-)
+from agent.monitor.profile import ProfileError, profile, video_frames
+from agent.monitor.profile_cli import add_profile_parser
 from agent.monitor.reference import Reference
 from agent.runtime.slot import EngineSlot
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import Frame
+from tests.monitor_support import DEMO, ORIENTATION, REPO, TEXT_DET, VIDEO, darken
 
 PROFILE_FRAMES = 30
 
@@ -51,6 +47,15 @@ def test_profile_writes_the_reference_into_the_manifest_and_the_hashes_stay_vali
     assert reference.source == VIDEO.name
     assert sum(reference.outputs.count.counts) == PROFILE_FRAMES
     assert "wrote the reference" in capsys.readouterr().out
+
+
+def test_edge_agent_model_profile_runs_as_a_command(text_det):
+    completed = subprocess.run(
+        [sys.executable, "-m", "agent", "model", "profile", str(text_det), "--video", str(VIDEO), "--frames", "5"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert Reference.parse(Manifest.read(text_det / MANIFEST_FILE).reference).samples == 5
 
 
 def test_profile_of_the_classifier_from_an_image_folder(tmp_path):

@@ -3,7 +3,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-from monitor_support import blur, darken, video
 
 from agent.monitor.alarms import Judge
 from agent.monitor.stats import (
@@ -18,6 +17,7 @@ from agent.monitor.stats import (
     quantile_edges,
     theil_sen,
 )
+from tests.monitor_support import blur, darken, video
 
 # ----- PSI and Jensen-Shannon ------------------------------------------------------------------
 

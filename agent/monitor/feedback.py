@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..mqtt.schema import CommandBase
+
 __all__ = [
     "FEEDBACK_SLICINGS",
     "FeedbackCommand",
@@ -32,7 +34,6 @@ FEEDBACK_SLICINGS = ("source", "brightness", "time_of_day")
 """Frame-level slicings; region slices describe boxes, which frame-level labels cannot judge."""
 MAX_FEEDBACK_ITEMS = 1000
 MAX_LABEL_LENGTH = 128
-MAX_ID_LENGTH = 128
 DIGITS = 6
 
 
@@ -51,13 +52,10 @@ class FeedbackItem(BaseModel):
         return self
 
 
-class FeedbackCommand(BaseModel):
+class FeedbackCommand(CommandBase):
     """``cmd/feedback``: ``{"id": "...", "items": [{"frame_id": 12, "positive": true}, ...]}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     command_name: ClassVar[str] = "feedback"
-
-    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     items: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
 
 

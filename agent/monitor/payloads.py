@@ -1,11 +1,10 @@
 """Wire payloads of the drift, bias and leak telemetry (``telemetry/drift|bias|leak``).
 
-Each is the envelope (``schema_version``, ``device_id``, ``ts``, ``seq``) plus
-exactly what the monitor's ``snapshot()`` returns, so a publisher writes
-``DriftPayload(**envelope, **drift.snapshot())``. ``extra="forbid"`` and strict
-types as every payload of the wire contract; ``_Envelope`` mirrors
-agent.mqtt.schema.Envelope field for field. docs/signals.md documents the
-fields and their units.
+Each is the wire contract's Envelope (``schema_version``, ``device_id``, ``ts``,
+``seq``) plus exactly what the monitor's ``snapshot()`` returns, so a publisher
+writes ``DriftPayload(**envelope, **drift.snapshot())``. ``extra="forbid"`` and
+strict types as every payload of the wire contract. docs/signals.md documents
+the fields and their units.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..mqtt.schema import Envelope
 from .feedback import FeedbackCommand
 
 __all__ = [
@@ -23,9 +23,6 @@ __all__ = [
     "FeedbackCommand",
     "LeakPayload",
 ]
-
-SCHEMA_VERSION = 1
-MAX_ID_LENGTH = 128
 
 Judged = Literal["ok", "warn", "alarm"]
 DriftState = Literal["ok", "warn", "alarm", "no_reference", "insufficient_samples"]
@@ -40,13 +37,6 @@ def _fraction(description: str | None = None) -> Any:
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class _Envelope(_Wire):
-    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
-    device_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    ts: float = Field(ge=0, description="device unix time of the message, seconds")
-    seq: int = Field(ge=0, description="per topic, +1 per message; a gap means lost messages")
 
 
 # ----- drift ------------------------------------------------------------------------------------
@@ -68,7 +58,7 @@ class DriftMetric(_Wire):
     reference_mean: float | None
 
 
-class DriftPayload(_Envelope):
+class DriftPayload(Envelope):
     version: str | None = Field(description="the model version whose outputs are compared")
     reference: ReferenceBrief | None
     window: int = Field(ge=1, description="frames the window holds at most")
@@ -121,7 +111,7 @@ class FeedbackStats(_Wire):
     slicings: dict[str, LabelledSlicing]
 
 
-class BiasPayload(_Envelope):
+class BiasPayload(Envelope):
     window: int = Field(ge=1)
     samples: int = Field(ge=0)
     positive_threshold: float = _fraction()
@@ -149,7 +139,7 @@ class EgressCounts(_Wire):
     by_reason: dict[str, int]
 
 
-class LeakPayload(_Envelope):
+class LeakPayload(Envelope):
     samples: int = Field(ge=0)
     span_s: float = Field(ge=0, description="time covered by the samples, seconds")
     swaps: int = Field(ge=0)
@@ -157,7 +147,7 @@ class LeakPayload(_Envelope):
     egress: EgressCounts | None
 
 
-MONITOR_PAYLOADS: dict[str, type[_Envelope]] = {
+MONITOR_PAYLOADS: dict[str, type[Envelope]] = {
     "telemetry/drift": DriftPayload,
     "telemetry/bias": BiasPayload,
     "telemetry/leak": LeakPayload,

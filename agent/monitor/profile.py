@@ -30,13 +30,13 @@ from ..vision.pipeline import Pipeline
 from ..vision.sources import Frame
 from .features import summarize
 from .latency import LatencyRecorder
+from .profile_cli import DEFAULT_BINS, DEFAULT_FRAMES
 from .reference import ReferenceBuilder, ReferenceError
 
 __all__ = [
-    "DEFAULT_FRAMES",
     "IMAGE_SUFFIXES",
     "ProfileError",
-    "add_profile_parser",
+    "cmd_profile",
     "image_frames",
     "open_model",
     "profile",
@@ -46,11 +46,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_FRAMES = 300
-DEFAULT_BINS = 10
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LATENCY_WINDOW = 16
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 class ProfileError(RuntimeError):
@@ -180,32 +178,3 @@ def cmd_profile(args: argparse.Namespace) -> int:
           f"{source}: brightness {means['brightness']:.1f}, contrast {means['contrast']:.1f}, "
           f"sharpness {means['sharpness']:.0f}; wrote the reference into {path}")
     return EXIT_OK
-
-
-def _at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``profile`` to the subcommands of ``edge-agent model`` (handler: ``cmd_profile``)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "profile", help="profile a model on sample frames and store its drift reference",
-        description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("model_dir", type=Path, help="the model's folder (manifest.json and model)")
-    sample = parser.add_mutually_exclusive_group(required=True)
-    sample.add_argument("--video", type=Path, help="a video file to take the frames from")
-    sample.add_argument("--images", type=Path, help="a folder of images")
-    parser.add_argument("--frames", type=_at_least(1), default=DEFAULT_FRAMES,
-                        help=f"frames to profile, spread over the video (default {DEFAULT_FRAMES})")
-    parser.add_argument("--bins", type=_at_least(2), default=DEFAULT_BINS,
-                        help=f"histogram bins per statistic (default {DEFAULT_BINS})")
-    parser.add_argument("--threads", type=_at_least(1), default=2,
-                        help="inference threads (default 2)")
-    parser.set_defaults(handler=cmd_profile)
-    return parser
