@@ -25,6 +25,11 @@ test: setup
 bench: setup
 	$(PY) -m agent.bench --demo $(DEMO)
 
+# Not in CI: the agent for SOAK_MINUTES under broker restarts and v4 <-> v6 swaps, then a tally.
+SOAK_MINUTES ?= 10
+soak: setup
+	$(PY) -m agent.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from .mqtt.authority import CommandAuthority
 from .mqtt.schema import CommandError, parse_command
 from .mqtt.topics import Topics
 
@@ -28,6 +29,9 @@ __all__ = ["CommandFailed", "CommandJournal", "CommandRouter", "Outcome"]
 log = structlog.get_logger(__name__)
 
 STARTED = "started"
+MAX_LOGGED_NAME = 128
+MAX_LOGGED_MESSAGE = 1024
+"""A rejected command's name and error are cut to this in the log: the sender chose them."""
 
 
 class CommandFailed(Exception):
@@ -110,13 +114,17 @@ Rejected = Callable[[str, CommandError], Awaitable[None]]
 
 
 class CommandRouter:
+    """Parses, authorises (when ``authority`` is set), deduplicates, runs and answers commands."""
+
     def __init__(self, topics: Topics, journal: CommandJournal, handlers: dict[str, Handler],
-                 reply: Reply, rejected: Rejected) -> None:
+                 reply: Reply, rejected: Rejected,
+                 authority: CommandAuthority | None = None) -> None:
         self.topics = topics
         self.journal = journal
         self.handlers = handlers
         self.reply = reply
         self.rejected = rejected
+        self.authority = authority
         self._running: dict[str, asyncio.Future[Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,15 +133,25 @@ class CommandRouter:
         name = self.topics.command_name(topic)
         if name is None:
             return
-        task = asyncio.create_task(self._handle(name, payload))
+        task = asyncio.create_task(self._handle_logged(topic, name, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, name: str, payload: bytes) -> None:
+    async def _handle_logged(self, topic: str, name: str, payload: bytes) -> None:
+        """A command whose reply cannot even be built is logged, never left to asyncio."""
         try:
+            await self._handle(topic, name, payload)
+        except Exception:
+            log.exception("command_handling_failed", command=name[:MAX_LOGGED_NAME])
+
+    async def _handle(self, topic: str, name: str, payload: bytes) -> None:
+        try:
+            if self.authority is not None:  # before anything else reads the command
+                self.authority.admit(topic, payload)
             command = parse_command(name, payload)
         except CommandError as exc:
-            log.warning("command_rejected", command=name, code=exc.code, error=exc.message)
+            log.warning("command_rejected", command=name[:MAX_LOGGED_NAME], code=exc.code,
+                        error=exc.message[:MAX_LOGGED_MESSAGE])
             # The reply carries the command's id when it could be read, else a null id.
             await self.reply(exc.command_id, Outcome(name, False, {"code": exc.code, "message": exc.message}))
             await self.rejected(name, exc)

@@ -86,6 +86,11 @@ class MqttSection(Section):
     """First reconnect delay; it doubles (with jitter) up to ``reconnect_max_s``."""
     reconnect_max_s: float = Field(default=30.0, gt=0)
     """Cap of the reconnect delay."""
+    outbox_max_messages: int = Field(default=10_000, ge=1, le=10_000_000)
+    """Telemetry, events and replies kept (on disk, across restarts) while the broker is away;
+    the oldest are dropped first and counted."""
+    outbox_max_age_s: float = Field(default=86_400.0, gt=0)
+    """Queued messages older than this are dropped unsent (and counted)."""
     embedded_binary: Path = Path("/usr/sbin/mosquitto")
     """The mosquitto binary that ``url = "embedded"`` starts."""
     embedded_port: int = Field(default=0, ge=0, le=65535)
@@ -101,7 +106,22 @@ class MqttSection(Section):
             raise ValueError(
                 f"{value!r} is not 'embedded' nor a mqtt://host[:port] or mqtts://host[:port] URL"
             )
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "holds credentials; set username here and put the password in password_file "
+                "or the systemd credential mqtt-password, never in the URL"
+            )
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "password" in data:
+            raise ValueError(
+                "password: not a setting: config.toml is world-readable; put the password in "
+                "password_file or the systemd credential mqtt-password"
+            )
+        return data
 
     @field_validator("prefix")
     @classmethod
@@ -200,6 +220,14 @@ class DeploySection(Section):
     """Command ids remembered (across restarts) to answer repeats without redoing them."""
 
 
+class CommandsSection(Section):
+    public_key_file: Path | None = None
+    """The control plane's ed25519 public key (PEM); when set, every command must be signed."""
+    max_clock_skew_s: float = Field(default=120.0, gt=0, le=86_400)
+    """A signed command whose ``ts`` is further than this from the device clock is refused;
+    nonces are remembered for as long, so a replay within the window is refused too."""
+
+
 class AgentConfig(Section):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
@@ -208,6 +236,7 @@ class AgentConfig(Section):
     telemetry: TelemetrySection = TelemetrySection()
     watchdog: WatchdogSection = WatchdogSection()
     deploy: DeploySection = DeploySection()
+    commands: CommandsSection = CommandsSection()
 
     @property
     def store_dir(self) -> Path:
@@ -227,6 +256,8 @@ class AgentConfig(Section):
             "model": self.model.model_copy(update={"store": resolve(self.model.store)}),
             "source": source,
             "deploy": self.deploy.model_copy(update={"public_key_file": resolve(self.deploy.public_key_file)}),
+            "commands": self.commands.model_copy(
+                update={"public_key_file": resolve(self.commands.public_key_file)}),
         })
 
 
@@ -236,7 +267,7 @@ Config = AgentConfig
 def _parse_scalar(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -275,6 +306,8 @@ def parse_config(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib is recursive: an array nested thousands deep ends here
+        raise ConfigError(f"{origin}: not valid TOML: values nested too deep") from None
     data = apply_env(data, os.environ if environ is None else environ)
     try:
         config = AgentConfig.model_validate(data)

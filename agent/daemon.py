@@ -28,7 +28,9 @@ from .models.store import ModelStore, StoreError
 from .monitor import health
 from .monitor.latency import LatencyRecorder
 from .monitor.telemetry import Telemetry
+from .mqtt.authority import CommandAuthority, NonceCache, load_command_key
 from .mqtt.broker import EmbeddedBroker
+from .mqtt.outbox import OutboxError, SqliteOutbox
 from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
@@ -53,6 +55,10 @@ FIRST_FRAME_TIMEOUT_S = 120.0
 WATCHDOG_DEFAULT_PERIOD_S = 2.0
 """How often frame progress is checked when systemd set no watchdog interval."""
 JOURNAL_FILE = "commands.json"
+OUTBOX_FILE = "outbox.sqlite3"
+NONCES_FILE = "nonces.json"
+RETAINED_KEYS = ("status", "model", "deployment")
+"""Retained topics: not queued in the outbox, so their sequence numbers are saved at once."""
 
 
 class StartupError(RuntimeError):
@@ -73,7 +79,14 @@ class Agent:
             self.notifier = Notifier()
         except SystemdError as exc:
             raise StartupError(str(exc)) from exc
-        self.telemetry = Telemetry(self.topics, self.device_id, __version__)
+        try:
+            mqtt = config.mqtt
+            self.outbox = SqliteOutbox(config.agent.state_dir / OUTBOX_FILE,
+                                       mqtt.outbox_max_messages, mqtt.outbox_max_age_s)
+        except OutboxError as exc:
+            raise StartupError(str(exc)) from exc
+        self.telemetry = Telemetry(self.topics, self.device_id, __version__,
+                                   sequencer=self.outbox.sequencer(immediate=RETAINED_KEYS))
         self.sampler = health.ProcessSampler()
         self.started_at = time.time()
         try:
@@ -185,7 +198,22 @@ class Agent:
         )
         handlers = CommandHandlers(self)
         journal = CommandJournal(self.config.agent.state_dir / JOURNAL_FILE, deploy.journal_size)
-        self.router = CommandRouter(self.topics, journal, handlers.table(), self._reply, self._rejected)
+        self.router = CommandRouter(self.topics, journal, handlers.table(), self._reply,
+                                    self._rejected, self._authority())
+
+    def _authority(self) -> CommandAuthority | None:
+        """Signed commands only, when the control plane's public key is configured."""
+        settings = self.config.commands
+        if settings.public_key_file is None:
+            return None
+        try:
+            key = load_command_key(settings.public_key_file)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from exc
+        nonces = NonceCache(settings.max_clock_skew_s, self.config.agent.state_dir / NONCES_FILE)
+        log.info("command_signing_required", key=str(settings.public_key_file),
+                 max_clock_skew_s=settings.max_clock_skew_s)
+        return CommandAuthority(key, settings.max_clock_skew_s, nonces)
 
     # ----- run ---------------------------------------------------------------------------
     async def run(self) -> int:
@@ -201,7 +229,7 @@ class Agent:
             self.config.mqtt, url=url, client_id=f"edge-agent-{self.device_id}",
             will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
-            on_message=self.router.on_message, on_connect=self._on_connect,
+            on_message=self.router.on_message, on_connect=self._on_connect, outbox=self.outbox,
         )
         self.telemetry.attach(self.session)
         self._install_signals()
@@ -220,7 +248,9 @@ class Agent:
         finally:
             if self._broker is not None:
                 self._broker.stop()
-        log.info("agent_stopped")
+            self.outbox.close()
+        log.info("agent_stopped", outbox_depth=self.outbox.depth,
+                 outbox_dropped=self.outbox.dropped)
         return 0
 
     def _install_signals(self) -> None:
@@ -278,7 +308,8 @@ class Agent:
             "temperatures_c": health.read_temperatures(),
             "gpu_load": health.read_gpu_load(),
             "disk_free_bytes": health.disk_free_bytes(self.store.root) or 0,
-            "outbox_depth": session.outbox_depth if session else 0,
+            "outbox_depth": self.outbox.depth,
+            "outbox_dropped": self.outbox.dropped,
             "frames_processed": self.pipeline.counters.frames_processed,
         }
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["TlsFiles", "make_certificates"]
+__all__ = ["Fleet", "TlsFiles", "make_certificates", "make_fleet"]
 
 VALIDITY = datetime.timedelta(days=2)
 
@@ -69,14 +69,13 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
-def make_certificates(folder: Path) -> TlsFiles:
-    folder.mkdir(parents=True, exist_ok=True)
+def _make_ca(name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("edge-agent test CA"))
-        .issuer_name(_name("edge-agent test CA"))
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - VALIDITY)
@@ -98,6 +97,12 @@ def make_certificates(folder: Path) -> TlsFiles:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def make_certificates(folder: Path) -> TlsFiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _make_ca("edge-agent test CA")
     files = TlsFiles(
         folder / "ca.pem",
         folder / "server.pem",
@@ -114,3 +119,35 @@ def make_certificates(folder: Path) -> TlsFiles:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
     return files
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A fleet CA, the broker's certificate, and client certificates by common name."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    clients: dict[str, tuple[Path, Path]]
+    """Common name -> (certificate, key); ``rogue`` is signed by another CA."""
+
+
+def make_fleet(folder: Path, names: list[str]) -> Fleet:
+    """Certificates for a broker and devices ``names`` (CN = name), plus a ``rogue`` client
+    whose certificate comes from a CA the broker does not trust."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _make_ca("edge fleet test CA")
+    (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server, server_key = _issue("127.0.0.1", ca_key, ca_cert.subject, server=True)
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    _write_key(server_key, folder / "server.key")
+    other_cert, other_key = _make_ca("someone else's CA")
+    clients: dict[str, tuple[Path, Path]] = {}
+    for name, (issuer_cert, issuer_key) in [*((n, (ca_cert, ca_key)) for n in names),
+                                            ("rogue", (other_cert, other_key))]:
+        cert, key = _issue(name, issuer_key, issuer_cert.subject, server=False)
+        paths = (folder / f"{name}.pem", folder / f"{name}.key")
+        paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, paths[1])
+        clients[name] = paths
+    return Fleet(folder / "ca.pem", folder / "server.pem", folder / "server.key", clients)

@@ -218,7 +218,9 @@ class MqttProbe:
         persistent: bool = False,
         username: str | None = None,
         password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls`` is ``(ca, certificate, key)`` for a listener that wants a client certificate."""
         self.filters = list(filters)
         self.messages: list[ProbeMessage] = []
         self._lock = threading.Lock()
@@ -230,6 +232,9 @@ class MqttProbe:
         )
         if username is not None:
             self._client.username_pw_set(username, password)
+        if tls is not None:
+            ca, cert, key = tls
+            self._client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
         self._client.reconnect_delay_set(min_delay=1, max_delay=1)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

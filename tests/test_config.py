@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load_config, parse_config
+from agent.config import AgentConfig, ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,6 +62,32 @@ def test_malformed_override_name_is_refused():
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_the_config_has_no_password_setting_and_says_where_it_goes():
+    assert "password" not in AgentConfig.model_fields["mqtt"].annotation.model_fields
+    with pytest.raises(ConfigError, match=r"mqtt: .*password: not a setting.*password_file"):
+        parse_config('[mqtt]\nusername = "cam"\npassword = "secret"\n', environ={})
+
+
+def test_credentials_in_the_broker_url_are_refused_without_echoing_them():
+    with pytest.raises(ConfigError, match=r"mqtt\.url: .*holds credentials") as caught:
+        parse_config('[mqtt]\nurl = "mqtts://cam:s3cret@broker:8883"\n', environ={})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_outbox_and_command_signing_settings_have_defaults_and_bounds(tmp_path):
+    config = parse_config("", environ={})
+    assert (config.mqtt.outbox_max_messages, config.mqtt.outbox_max_age_s) == (10_000, 86_400.0)
+    assert config.commands.public_key_file is None
+    with pytest.raises(ConfigError, match=r"mqtt\.outbox_max_messages"):
+        parse_config("[mqtt]\noutbox_max_messages = 0\n", environ={})
+    with pytest.raises(ConfigError, match=r"commands\.max_clock_skew_s"):
+        parse_config("[commands]\nmax_clock_skew_s = -1\n", environ={})
+    path = tmp_path / "config.toml"
+    path.write_text('[commands]\npublic_key_file = "keys/control.pem"\n')
+    loaded = load_config(path, environ={})
+    assert loaded.commands.public_key_file == tmp_path / "keys" / "control.pem"
 
 
 def test_configuration_page_is_generated_from_the_code():

@@ -210,7 +210,7 @@ def test_cli_deploy_prints_the_reply_and_exits_non_zero_on_failure(rig):
     assert result.returncode == 1, result.stderr
     reply = json.loads(result.stdout.splitlines()[-1])
     assert reply["ok"] is False and reply["error"]["code"] == "http_error"
-    assert "failed" in result.stderr
+    assert "[dev-deploy] downloading" in result.stderr  # live progress on stderr
 
 
 def test_cli_status_exits_zero(rig):

@@ -1,10 +1,15 @@
-"""MemoryOutbox: bounded FIFO, acknowledged prefix removal, oldest dropped when full."""
+"""Outboxes: bounded FIFO, acknowledged prefix removal, oldest dropped when full; SQLite keeps
+messages, drop count and sequence numbers across restarts, a full disk and a damaged file."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from agent.mqtt.outbox import MemoryOutbox
+import pytest
+import structlog
+
+from agent.mqtt.outbox import MemoryOutbox, SqliteOutbox
+from tests.tmpfs import fill, small_tmpfs
 
 
 def filled(capacity: int, count: int) -> MemoryOutbox:
@@ -45,3 +50,157 @@ def test_ack_of_a_batch_partly_dropped_meanwhile_removes_only_what_was_sent():
 def test_zero_capacity_is_refused():
     with pytest.raises(ValueError, match="capacity"):
         MemoryOutbox(0)
+
+
+# --- SqliteOutbox ---------------------------------------------------------------------------
+
+
+class Clock:
+    """A settable clock for the age bound."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sqlite_filled(path: Path, capacity: int, count: int, **options: object) -> SqliteOutbox:
+    outbox = SqliteOutbox(path, capacity, **options)  # type: ignore[arg-type]
+    for n in range(1, count + 1):
+        outbox.put("t", str(n).encode(), 1)
+    return outbox
+
+
+def payloads(outbox: SqliteOutbox | MemoryOutbox) -> list[bytes]:
+    return [item.payload for item in outbox.peek_batch(1000)]
+
+
+def test_sqlite_outbox_behaves_like_the_memory_one(tmp_path: Path):
+    outbox = sqlite_filled(tmp_path / "outbox.db", 3, 3)
+    batch = outbox.peek_batch(3)
+    assert [item.payload for item in batch] == [b"1", b"2", b"3"]
+    outbox.put("t", b"4", 1)
+    outbox.put("t", b"5", 1)
+    assert outbox.dropped == 2
+    outbox.ack(batch[-1].key)
+    assert payloads(outbox) == [b"4", b"5"]
+    assert outbox.depth == 2
+
+
+def test_sqlite_outbox_keeps_messages_byte_for_byte_and_drop_count_across_a_reopen(tmp_path):
+    path = tmp_path / "state" / "outbox.db"
+    first = sqlite_filled(path, 4, 6)
+    first.put("edge/dev1/events", b'{"seq":7,"ts":1.5}', 0)
+    first.close()
+    again = SqliteOutbox(path, 4)
+    assert (again.depth, again.dropped) == (4, 3)
+    items = again.peek_batch(10)
+    last = items[-1]
+    assert (last.topic, last.payload, last.qos) == ("edge/dev1/events", b'{"seq":7,"ts":1.5}', 0)
+    assert [i.payload for i in items[:3]] == [b"4", b"5", b"6"]
+
+
+def test_a_killed_writer_loses_nothing_it_put(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    sqlite_filled(path, 100, 10)  # never closed: as if the process had been killed
+    assert payloads(SqliteOutbox(path, 100)) == [str(n).encode() for n in range(1, 11)]
+
+
+def test_keys_are_never_reused_even_after_the_outbox_was_emptied_and_reopened(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    outbox = sqlite_filled(path, 10, 3)
+    last = outbox.peek_batch(10)[-1].key
+    outbox.ack(last)
+    assert outbox.depth == 0
+    outbox.close()
+    again = SqliteOutbox(path, 10)
+    again.put("t", b"new", 1)
+    again.ack(last)  # a late ack of the old batch must not remove the new message
+    assert payloads(again) == [b"new"]
+    assert again.peek_batch(1)[0].key > last
+
+
+def test_messages_older_than_the_age_bound_are_dropped_and_counted(tmp_path: Path):
+    clock = Clock()
+    outbox = SqliteOutbox(tmp_path / "outbox.db", 100, max_age_s=60.0, clock=clock)
+    outbox.put("t", b"old", 1)
+    clock.now += 30
+    outbox.put("t", b"younger", 1)
+    clock.now += 31
+    assert payloads(outbox) == [b"younger"]
+    assert (outbox.depth, outbox.dropped) == (1, 1)
+    clock.now += 3600
+    outbox.close()
+    reopened = SqliteOutbox(tmp_path / "outbox.db", 100, max_age_s=60.0, clock=clock)
+    assert (reopened.depth, reopened.dropped) == (0, 2)
+
+
+def test_sequence_numbers_continue_after_a_restart(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    outbox = SqliteOutbox(path, 100)
+    sequencer = outbox.sequencer()
+    for _ in range(3):
+        outbox.put("edge/dev1/events", str(sequencer.next("events")).encode(), 1)
+    outbox.put("edge/dev1/telemetry/health", str(sequencer.next("telemetry/health")).encode(), 1)
+    outbox.close()
+    restored = SqliteOutbox(path, 100).sequencer()
+    assert restored.next("events") == 4
+    assert restored.next("telemetry/health") == 2
+    assert restored.next("reply") == 1
+
+
+def test_a_number_whose_message_never_reached_the_outbox_is_not_saved(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    outbox = SqliteOutbox(path, 100)
+    sequencer = outbox.sequencer()
+    outbox.put("t", str(sequencer.next("events")).encode(), 1)
+    sequencer.next("events")  # killed before its message was put: no gap after the restart
+    assert SqliteOutbox(path, 100).sequencer().next("events") == 2
+
+
+def test_numbers_of_retained_topics_are_saved_at_once(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    sequencer = SqliteOutbox(path, 100).sequencer(immediate={"status"})
+    assert [sequencer.next("status") for _ in range(2)] == [1, 2]
+    assert SqliteOutbox(path, 100).sequencer().next("status") == 3
+
+
+def test_an_unreadable_database_is_moved_aside_and_a_new_one_started(tmp_path: Path):
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a sqlite database, it was damaged" * 100)
+    with structlog.testing.capture_logs() as events:
+        outbox = SqliteOutbox(path, 10)
+    outbox.put("t", b"1", 1)
+    assert payloads(outbox) == [b"1"]
+    assert [p.name for p in tmp_path.glob("outbox.db.corrupt-*")]
+    assert "mqtt_outbox_unreadable" in [e["event"] for e in events]
+
+
+def test_a_full_disk_counts_the_message_as_dropped_and_recovers(tmp_path: Path):
+    with small_tmpfs(tmp_path / "small", 1) as disk:
+        outbox = SqliteOutbox(disk / "outbox.db", 10_000)
+        sequencer = outbox.sequencer()
+        filler = fill(disk / "filler")
+        put = 0
+        with structlog.testing.capture_logs() as events:
+            while outbox.dropped == 0:
+                outbox.put("t", (str(sequencer.next("events")) + "x" * 4000).encode(), 1)
+                put += 1
+            assert "mqtt_outbox_write_failed" in [e["event"] for e in events]
+            filler.unlink()
+            outbox.put("t", b"after", 1)
+            assert "mqtt_outbox_recovered" in [e["event"] for e in events]
+        kept = outbox.depth
+        assert kept + outbox.dropped == put + 1
+        outbox.close()
+        reopened = SqliteOutbox(disk / "outbox.db", 10_000)
+        assert (reopened.depth, reopened.dropped) == (kept, put + 1 - kept)
+        assert payloads(reopened)[-1] == b"after"
+
+
+@pytest.mark.parametrize("bad", [{"max_messages": 0}, {"max_age_s": 0.0}])
+def test_sqlite_outbox_bounds_must_be_positive(tmp_path: Path, bad: dict[str, float]):
+    options = {"max_messages": 10, "max_age_s": 60.0, **bad}
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SqliteOutbox(tmp_path / "outbox.db", **options)  # type: ignore[arg-type]

@@ -251,3 +251,25 @@ def test_sequencer_hands_out_each_number_once_across_threads():
     for thread in threads:
         thread.join()
     assert sorted(taken) == list(range(1, 2001))
+
+
+def test_clip_text_keeps_short_text_and_cuts_long_text_saying_how_much():
+    from agent.mqtt.schema import MAX_TEXT_LENGTH, clip_text
+
+    assert clip_text("field 'x': is required") == "field 'x': is required"
+    long = "field 'unknown': is not a known field; " * 200
+    clipped = clip_text(long)
+    assert len(clipped) == MAX_TEXT_LENGTH
+    assert clipped.startswith(long[:100])
+    assert clipped.endswith(f"({len(long) - MAX_TEXT_LENGTH} more characters)")
+    assert clip_text("bad \ud800 id").encode("utf-8") == b"bad \\ud800 id"
+
+
+def test_an_id_that_is_not_valid_unicode_is_answered_with_a_null_id():
+    error = command_error("ping", b'{"id": "\\ud800"}')
+    assert (error.code, error.command_id) == ("bad_payload", None)
+
+
+def test_nesting_too_deep_to_read_is_bad_json_not_a_crash():
+    error = command_error("ping", b"[" * 30_000 + b"]" * 30_000)  # within the size limit
+    assert error.code == "bad_json" and "nested too deep" in error.message

@@ -57,6 +57,17 @@ def test_interrupted_install_leaves_no_partial_version(tmp_path, v4):
     assert store.versions("text-det") == ["a"]
 
 
+def test_a_download_cut_off_by_a_crash_is_removed_at_the_next_start(tmp_path, v4):
+    store = ModelStore(tmp_path / "engines")
+    store.install(_version_of(v4, tmp_path, "a"))
+    deployment = store.work_dir() / ".deploy-crashed"
+    deployment.mkdir()
+    (deployment / ".download-x").write_bytes(b"half an artifact")
+    assert store.clean_partial() == [deployment]
+    assert not (tmp_path / "engines" / ".work").exists()
+    assert store.versions("text-det") == ["a"]
+
+
 def test_links_are_replaced_atomically(tmp_path, v4):
     store = ModelStore(tmp_path / "engines")
     store.install(_version_of(v4, tmp_path, "a"))

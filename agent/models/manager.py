@@ -157,7 +157,7 @@ class DeploymentManager:
             serving = self.slot.serving
             # The old model's figures before anything else loads beside it: the baseline.
             baseline = self.stats(serving.version) if serving is not None else None
-            work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self._work_root()))
+            work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self.store.work_dir()))
             try:
                 new = await self._prepare(req, work)
             except DeployFailed as exc:
@@ -174,11 +174,6 @@ class DeploymentManager:
             probation = req.probation or self.default_probation()
             self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
             return new
-
-    def _work_root(self) -> Path:
-        root = self.store.root / ".work"
-        root.mkdir(parents=True, exist_ok=True)
-        return root
 
     async def _prepare(self, req: DeployRequest, work: Path) -> Serving:
         serving = self.slot.serving

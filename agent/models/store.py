@@ -20,6 +20,8 @@ __all__ = ["InstalledModel", "ModelStore", "StoreError"]
 CURRENT = "current"
 PREVIOUS = "previous"
 TMP_PREFIX = ".tmp-"
+WORK_DIR = ".work"
+"""Scratch space for deployments (downloads, unpacking); emptied at every start."""
 
 
 class StoreError(RuntimeError):
@@ -64,11 +66,21 @@ class ModelStore:
     def _dir(self, name: str) -> Path:
         return self.root / check_name(name, "name")
 
+    def work_dir(self) -> Path:
+        """Where a deployment downloads and unpacks: same filesystem, so installs are renames."""
+        folder = self.root / WORK_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def clean_partial(self) -> list[Path]:
-        """Remove temporary folders left by an install that was interrupted."""
-        removed = []
+        """Remove what an interrupted install or deployment left: temporary folders, downloads."""
+        removed: list[Path] = []
         if not self.root.is_dir():
             return removed
+        work = self.root / WORK_DIR
+        if work.is_dir():
+            removed += list(work.iterdir())
+            shutil.rmtree(work, ignore_errors=True)
         for model_dir in self.root.iterdir():
             if not model_dir.is_dir():
                 continue

@@ -25,6 +25,7 @@ from ..mqtt.schema import (
     Sequencer,
     StageLatency,
     StatusPayload,
+    clip_text,
     encode_payload,
 )
 from ..mqtt.topics import Topics
@@ -34,6 +35,11 @@ __all__ = ["Telemetry"]
 
 QOS_STATE = 1
 QOS_TELEMETRY = 1
+
+
+def _clipped(error: dict[str, str] | None) -> dict[str, str] | None:
+    """An error whose message fits the schema, however long the original was."""
+    return None if error is None else {**error, "message": clip_text(error["message"])}
 
 
 class Telemetry:
@@ -84,16 +90,17 @@ class Telemetry:
         return HealthPayload(**self.envelope("telemetry/health"), **fields)
 
     def deployment(self, **fields: Any) -> DeploymentPayload:
+        fields["error"] = _clipped(fields.get("error"))
         return DeploymentPayload(**self.envelope("deployment"), updated=time.time(), **fields)
 
     def event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> EventPayload:
-        return EventPayload(**self.envelope("events"), kind=kind, severity=severity, message=message,
-                            data=data or {})
+        return EventPayload(**self.envelope("events"), kind=kind, severity=severity,
+                            message=clip_text(message), data=data or {})
 
     def reply(self, command_id: str | None, command: str, ok: bool, error: dict[str, str] | None,
               result: dict[str, Any] | None) -> ReplyPayload:
-        return ReplyPayload(**self.envelope("reply"), id=command_id, command=command, ok=ok,
-                            error=error, result=result)
+        return ReplyPayload(**self.envelope("reply"), id=command_id, command=clip_text(command),
+                            ok=ok, error=_clipped(error), result=result)
 
     # ----- publishing ---------------------------------------------------------------------
     async def publish_state(self, topic: str, payload: BaseModel) -> None:

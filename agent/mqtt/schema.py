@@ -50,6 +50,7 @@ __all__ = [
     "StageLatency",
     "StatusCommand",
     "StatusPayload",
+    "clip_text",
     "decode_payload",
     "encode_payload",
     "json_schemas",
@@ -68,7 +69,17 @@ ARTIFACT_URL_SCHEMES = ("http", "https", "file")
 ERROR_CODE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
-ErrorCode = Literal["bad_json", "bad_payload", "unknown_command", "payload_too_large"]
+ErrorCode = Literal[
+    "bad_json",
+    "bad_payload",
+    "unknown_command",
+    "payload_too_large",
+    "unsigned",
+    "bad_signature",
+    "stale",
+    "replayed",
+]
+"""Payload errors, then refusals of the command authority (agent.mqtt.authority)."""
 DeploymentState = Literal[
     "received",
     "downloading",
@@ -205,6 +216,11 @@ class HealthPayload(Envelope):
     gpu_load: float | None = Field(default=None, ge=0, le=1, description="fraction busy")
     disk_free_bytes: int = Field(ge=0)
     outbox_depth: int = Field(ge=0)
+    outbox_dropped: int | None = Field(
+        default=None,
+        ge=0,
+        description="messages the outbox dropped unsent (full or too old), over the device's life",
+    )
     frames_processed: int = Field(ge=0)
 
 
@@ -268,6 +284,17 @@ class Sequencer:
 class CommandBase(_Wire):
     command_name: ClassVar[str]
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    ts: float | None = Field(
+        default=None, ge=0, description="sender unix time, seconds; required when signed"
+    )
+    nonce: str | None = Field(
+        default=None, max_length=MAX_ID_LENGTH, description="never used twice; required when signed"
+    )
+    command_signature: str | None = Field(
+        default=None,
+        max_length=2 * SIGNATURE_BYTES,
+        description="base64 ed25519 over the canonical command (docs/security.md)",
+    )
 
 
 class PingCommand(CommandBase):
@@ -359,12 +386,35 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's ``\\ud800`` escapes decode to lone surrogates, which are not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_id(document: object) -> str | None:
     if isinstance(document, dict):
         value = document.get("id")
-        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and _is_text(value):
             return value
     return None
+
+
+def clip_text(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
+    """``text`` made fit for a free-text field: at most ``limit`` characters, valid UTF-8.
+
+    Error messages name what was wrong, and what was wrong may be huge (a payload with
+    thousands of unknown fields) or not text at all; the message must still go out.
+    """
+    if not _is_text(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) <= limit:
+        return text
+    marker = f" ... ({len(text) - limit} more characters)"
+    return text[: limit - len(marker)] + marker
 
 
 def parse_command(name: str, payload: bytes) -> Command:
@@ -377,6 +427,8 @@ def parse_command(name: str, payload: bytes) -> Command:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CommandError("bad_json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CommandError("bad_json", "not valid JSON: nested too deep") from None
     command_id = _read_id(document)
     model = COMMANDS.get(name)
     if model is None:
