@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .monitor.settings import MonitorSection
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 on JetPack 6
@@ -236,6 +238,7 @@ class AgentConfig(Section):
     telemetry: TelemetrySection = TelemetrySection()
     watchdog: WatchdogSection = WatchdogSection()
     deploy: DeploySection = DeploySection()
+    monitor: MonitorSection = MonitorSection()
     commands: CommandsSection = CommandsSection()
 
     @property

@@ -36,6 +36,7 @@ from .mqtt.session import MqttSession
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
 from .runtime.slot import EngineSlot, Serving
+from .signals import Signals
 from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.pipeline import Pipeline
@@ -88,6 +89,8 @@ class Agent:
         self.telemetry = Telemetry(self.topics, self.device_id, __version__,
                                    sequencer=self.outbox.sequencer(immediate=RETAINED_KEYS))
         self.sampler = health.ProcessSampler()
+        self.signals = Signals(config, self.telemetry, self.event)
+        self.pipeline.observers.append(self.signals.observer)
         self.started_at = time.time()
         try:
             runtime = select_runtime(config.model.runtime)
@@ -173,6 +176,7 @@ class Agent:
         await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
 
     async def _swapped(self, new: Serving, old: Serving | None, reason: str) -> None:
+        self.signals.serving(new, swapped=True)
         self.previous_model = {"name": old.name, "version": old.version} if old else None
         bind_context(device_id=self.device_id, model_version=new.version)
         await self.publish_model()
@@ -219,6 +223,7 @@ class Agent:
     async def run(self) -> int:
         serving = self.load_initial()
         self.slot.swap(serving)
+        self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
         assert self.router is not None
@@ -240,6 +245,8 @@ class Agent:
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
+                for period, action in self.signals.timers():
+                    tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
                     tasks.create_task(self.event("fell_back_to_previous", "alarm",
                                                  f"current model did not load: {self.fallback_reason}"))

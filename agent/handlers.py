@@ -8,6 +8,7 @@ from .commands import CommandFailed
 from .models.manager import DeployFailed, DeployRequest
 from .models.probation import Probation
 from .mqtt.schema import DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from .mqtt.signals import FeedbackCommand
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -20,7 +21,12 @@ class CommandHandlers:
         self.agent = agent
 
     def table(self) -> dict[str, Any]:
-        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback}
+        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
+                "feedback": self.feedback}
+
+    async def feedback(self, command: FeedbackCommand) -> dict[str, Any]:
+        """Labels for recent frames (ids from ``status`` and the latency payload's ``last_frame_id``)."""
+        return self.agent.signals.feedback(command)
 
     async def ping(self, command: PingCommand) -> dict[str, Any]:
         return {"pong": True}
@@ -41,6 +47,7 @@ class CommandHandlers:
                 "state": deployment.state.value, "step": deployment.step.value,
             },
             "health": agent.health_fields(),
+            "last_frame_id": agent.pipeline.last_result.frame.index if agent.pipeline.last_result else None,
         }
 
     def _probation(self, command: DeployCommand) -> Probation | None:

@@ -104,3 +104,40 @@ def test_agent_without_a_loadable_model_refuses_to_start(tmp_path, demo_dir, mos
                             capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 1
     assert "no loadable version of model 'nothing-here'" in result.stderr
+
+
+def test_drift_bias_and_leak_telemetry_leave_the_agent_through_the_egress_guard(tmp_path, demo_dir, mosquitto,
+                                                                                  mqtt_probe):
+    config = agent_config(tmp_path, demo_dir, mosquitto.url, device_id="dev-signals",
+                          monitor={"drift_period_s": 1.0, "bias_period_s": 1.0, "leak_period_s": 1.0,
+                                   "leak_sample_period_s": 0.5, "drift_min_samples": 5, "bias_min_samples": 5})
+    probe = mqtt_probe(mosquitto.port, ["edge/dev-signals/telemetry/#", "edge/dev-signals/reply"])
+    agent = AgentProcess(config)
+    try:
+        drift = _json(probe.wait_for(lambda m: m.topic.endswith("/drift") and _json(m)["samples"] >= 5,
+                                     what="drift telemetry"))
+        # The demo model ships no reference statistics: drift says so instead of guessing.
+        assert {m["state"] for m in drift["metrics"].values()} == {"no_reference"}
+        bias = _json(probe.wait_for(lambda m: m.topic.endswith("/bias") and _json(m)["samples"] >= 5,
+                                    what="bias telemetry"))
+        assert "brightness" in bias["slicings"]
+        leak = _json(probe.wait_for(lambda m: m.topic.endswith("/leak"), what="leak telemetry"))
+        assert leak["resources"]["rss"]["value"] > 0
+        assert leak["egress"]["checked"] > 0 and leak["egress"]["blocked"] == 0
+        probe.publish("edge/dev-signals/cmd/status", b'{"id": "st"}')
+        status = _json(probe.wait_for(lambda m: m.topic.endswith("/reply"), what="status reply"))
+        frame_id = status["result"]["last_frame_id"]
+        probe.publish("edge/dev-signals/cmd/feedback",
+                      json.dumps({"id": "fb", "items": [{"frame_id": frame_id, "positive": True}]}).encode())
+        reply = _json(probe.wait_for(lambda m: m.topic.endswith("/reply") and _json(m)["id"] == "fb",
+                                     what="feedback reply"))
+        assert reply["ok"] and reply["result"]["matched"] + reply["result"]["unmatched"] == 1
+    finally:
+        assert agent.terminate() == 0
+
+
+def test_schema_command_prints_every_payload_including_the_signals():
+    result = subprocess.run([sys.executable, "-m", "agent", "schema"], capture_output=True, text=True, cwd=REPO)
+    schemas = json.loads(result.stdout)
+    for name in ("status", "telemetry/latency", "telemetry/drift", "telemetry/bias", "telemetry/leak", "cmd/feedback"):
+        assert name in schemas, name

@@ -15,8 +15,8 @@ from agent.monitor.bias import (
     brightness_band,
     time_of_day,
 )
-from agent.monitor.feedback import FeedbackCommand
-from agent.monitor.payloads import BiasPayload
+from agent.mqtt.signals import FeedbackCommand
+from agent.mqtt.signals import BiasPayload
 from tests.monitor_support import (
     TEXT_DET,
     Classification,

@@ -6,7 +6,7 @@ import pytest
 
 from agent.monitor.drift import DriftMonitor, DriftThresholds
 from agent.monitor.features import summarize
-from agent.monitor.payloads import DriftPayload
+from agent.mqtt.signals import DriftPayload
 from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
 from agent.monitor.settings import MonitorSection
 from tests.monitor_support import (

@@ -9,7 +9,7 @@ import pytest
 
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
-from agent.monitor.payloads import MONITOR_PAYLOADS, DriftPayload
+from agent.mqtt.signals import MONITOR_PAYLOADS, DriftPayload
 from agent.mqtt.schema import PAYLOADS
 from tests.monitor_support import video
 

@@ -19,7 +19,7 @@ from agent.monitor.leak import (
     ResourceSampler,
     parse_nvmap_clients,
 )
-from agent.monitor.payloads import MONITOR_PAYLOADS, LeakPayload
+from agent.mqtt.signals import MONITOR_PAYLOADS, LeakPayload
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.runtime.slot import EngineSlot, Serving
 from agent.vision.transforms import Preprocessor

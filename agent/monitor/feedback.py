@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..mqtt.schema import CommandBase
+from ..mqtt.signals import MAX_FEEDBACK_ITEMS, FeedbackCommand, FeedbackItem
 
 __all__ = [
     "FEEDBACK_SLICINGS",
@@ -32,31 +32,7 @@ __all__ = [
 
 FEEDBACK_SLICINGS = ("source", "brightness", "time_of_day")
 """Frame-level slicings; region slices describe boxes, which frame-level labels cannot judge."""
-MAX_FEEDBACK_ITEMS = 1000
-MAX_LABEL_LENGTH = 128
 DIGITS = 6
-
-
-class FeedbackItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    frame_id: int = Field(ge=0, description="frame.index of the frame the label is for")
-    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH,
-                              description="the true class (classifiers)")
-    positive: bool | None = Field(default=None, description="whether the frame truly is positive")
-
-    @model_validator(mode="after")
-    def _one_truth(self) -> FeedbackItem:
-        if (self.label is None) == (self.positive is None):
-            raise ValueError("an item carries exactly one of 'label' and 'positive'")
-        return self
-
-
-class FeedbackCommand(CommandBase):
-    """``cmd/feedback``: ``{"id": "...", "items": [{"frame_id": 12, "positive": true}, ...]}``."""
-
-    command_name: ClassVar[str] = "feedback"
-    items: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ __all__ = ["MonitorSection"]
 
 
 class MonitorSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     # ----- drift: live window against the model's reference statistics -----
     drift_period_s: float = Field(default=30.0, gt=0)
@@ -25,10 +25,13 @@ class MonitorSection(BaseModel):
     drift_min_samples: int = Field(default=300, ge=1)
     """Below this many frames in the window a metric is ``insufficient_samples``, not judged."""
     drift_psi_warn: float = Field(default=0.1, gt=0)
+    """PSI at which a drift metric warns (0.1: the common rule of thumb)."""
     drift_psi_alarm: float = Field(default=0.25, gt=0)
+    """PSI at which a drift metric alarms (0.25: the common rule of thumb)."""
     drift_js_warn: float = Field(default=0.13, gt=0, le=1)
     """JS distance (base 2); 0.13 / 0.21 match PSI 0.1 / 0.25 for small shifts."""
     drift_js_alarm: float = Field(default=0.21, gt=0, le=1)
+    """JS distance at which a drift metric alarms."""
     drift_clear_margin: float = Field(default=0.2, ge=0, lt=1)
     """A drift state is left when its measure is this fraction below the bound that raised it."""
     drift_eps: float = Field(default=1e-4, gt=0, lt=0.01)
@@ -38,9 +41,11 @@ class MonitorSection(BaseModel):
 
     # ----- bias: parity between slices -----
     bias_period_s: float = Field(default=60.0, gt=0)
+    """How often bias is evaluated and published."""
     bias_window: int = Field(default=3000, ge=10, le=1_000_000)
     """Frames in the sliding window the slices are compared over."""
     bias_sample_every: int = Field(default=1, ge=1, le=10_000)
+    """Only every n-th frame enters the bias window."""
     bias_min_samples: int = Field(default=100, ge=1)
     """A slice with fewer frames is ``insufficient_samples`` and is left out of the comparison."""
     bias_brightness_bands: tuple[float, float] = (60.0, 190.0)
@@ -50,14 +55,17 @@ class MonitorSection(BaseModel):
     bias_positive_labels: tuple[str, ...] = ()
     """Labels that count as positive; empty: any detection (classifiers: no selection rate)."""
     bias_ratio_warn: float = Field(default=0.9, gt=0, le=1)
+    """Smallest slice ratio below which a slicing warns."""
     bias_ratio_alarm: float = Field(default=0.8, gt=0, le=1)
     """Smallest slice ratio below which a slicing alarms (0.8: the four-fifths rule)."""
     bias_min_difference: float = Field(default=0.05, ge=0, le=1)
     """Rate differences smaller than this are parity whatever their ratio (tiny rates)."""
     bias_odds_warn: float = Field(default=0.1, gt=0, le=1)
+    """Equalized-odds gap at which the labelled comparison warns."""
     bias_odds_alarm: float = Field(default=0.2, gt=0, le=1)
     """Equalized-odds gap (largest TPR or FPR difference between slices) bounds."""
     bias_clear_margin: float = Field(default=0.1, ge=0, lt=1)
+    """A bias state is left when its measure is this fraction inside the bound that raised it."""
     bias_frames_kept: int = Field(default=2000, ge=1, le=1_000_000)
     """Recent frames remembered so that labelled feedback can be matched by frame id."""
     bias_feedback_window: int = Field(default=5000, ge=1, le=1_000_000)
@@ -75,24 +83,38 @@ class MonitorSection(BaseModel):
     leak_swap_window: int = Field(default=100, ge=3, le=100_000)
     """Per-swap samples kept for the trend over swaps."""
     leak_min_samples: int = Field(default=30, ge=3)
+    """Samples needed before a trend over time is judged."""
     leak_min_swaps: int = Field(default=5, ge=3)
+    """Swaps needed before a trend per swap is judged."""
     leak_consecutive: int = Field(default=3, ge=1, le=1000)
     """Evaluations in a row a slope must stay above its bound before the alarm is raised."""
     leak_clear_margin: float = Field(default=0.5, ge=0, lt=1)
+    """A leak alarm clears when the slope falls this fraction below its bound."""
     leak_rss_mb_per_hour: float = Field(default=50.0, gt=0)
+    """Bound of the RSS slope, MB per hour."""
     leak_device_mb_per_hour: float = Field(default=50.0, gt=0)
+    """Bound of the device-memory slope (CUDA), MB per hour."""
     leak_nvmap_mb_per_hour: float = Field(default=50.0, gt=0)
+    """Bound of the Jetson NVMAP slope, MB per hour."""
     leak_fds_per_hour: float = Field(default=30.0, gt=0)
+    """Bound of the open-file-descriptor slope, per hour."""
     leak_threads_per_hour: float = Field(default=10.0, gt=0)
+    """Bound of the thread-count slope, per hour."""
     leak_rss_mb_per_swap: float = Field(default=5.0, gt=0)
+    """Bound of the RSS slope, MB per swap."""
     leak_device_mb_per_swap: float = Field(default=5.0, gt=0)
+    """Bound of the device-memory slope, MB per swap."""
     leak_nvmap_mb_per_swap: float = Field(default=5.0, gt=0)
+    """Bound of the NVMAP slope, MB per swap."""
     leak_fds_per_swap: float = Field(default=0.5, gt=0)
+    """Bound of the open-fd slope, per swap."""
     leak_threads_per_swap: float = Field(default=0.5, gt=0)
+    """Bound of the thread-count slope, per swap."""
 
     egress_max_payload_bytes: int = Field(default=65_536, ge=256)
     """Outgoing payloads larger than this are blocked (no frame fits in a telemetry message)."""
     egress_max_string_chars: int = Field(default=2048, ge=16)
+    """Outgoing strings longer than this are blocked."""
     egress_blob_min_chars: int = Field(default=128, ge=16)
     """An unbroken base64-alphabet run this long in any string is taken for encoded binary."""
     egress_max_array_items: int = Field(default=256, ge=16)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from pydantic import BaseModel
 
 from ..mqtt.schema import (
     BrokerHealth,
     CameraHealth,
     DeploymentPayload,
+    Envelope,
     EventPayload,
     HealthPayload,
     LatencyPayload,
@@ -29,9 +31,12 @@ from ..mqtt.schema import (
     encode_payload,
 )
 from ..mqtt.topics import Topics
+from .egress import EgressBlocked, EgressGuard
 from .latency import LatencySnapshot
 
 __all__ = ["Telemetry"]
+
+log = structlog.get_logger(__name__)
 
 QOS_STATE = 1
 QOS_TELEMETRY = 1
@@ -50,6 +55,7 @@ class Telemetry:
         self.agent_version = agent_version
         self.sequencer = sequencer or Sequencer()
         self._session: Any = None
+        self.egress: EgressGuard | None = None
 
     def attach(self, session: Any) -> None:
         self._session = session
@@ -108,5 +114,21 @@ class Telemetry:
         await self._session.publish(topic, self.encode(payload), qos=QOS_STATE, retain=True)
 
     async def publish(self, topic: str, payload: BaseModel) -> None:
-        """Telemetry, events and replies: QoS 1, queued while the broker is away."""
-        await self._session.publish(topic, self.encode(payload), qos=QOS_TELEMETRY, retain=False)
+        """Telemetry, events and replies: QoS 1, queued while the broker is away.
+
+        With an egress guard attached, a payload that is not exactly what its topic's
+        schema allows (a frame, a crop, an unknown field) is blocked and counted.
+        """
+        data = self.encode(payload)
+        if self.egress is not None:
+            suffix = topic.removeprefix(self.topics.base + "/")
+            try:
+                data = self.egress.check(suffix, data)
+            except EgressBlocked as exc:
+                log.warning("egress_blocked", topic=topic, reason=exc.reason)
+                return
+        await self._session.publish(topic, data, qos=QOS_TELEMETRY, retain=False)
+
+    def signal(self, model: type[Envelope], suffix: str, snapshot: dict[str, Any]) -> Envelope:
+        """A drift, bias or leak payload around a monitor's snapshot."""
+        return model(**self.envelope(suffix), **snapshot)

@@ -55,6 +55,8 @@ __all__ = [
     "encode_payload",
     "json_schemas",
     "parse_command",
+    "register_command",
+    "register_payload",
 ]
 
 SCHEMA_VERSION = 1
@@ -371,6 +373,16 @@ Command = PingCommand | StatusCommand | DeployCommand | RollbackCommand
 COMMANDS: dict[str, type[Command]] = {
     cls.command_name: cls for cls in (PingCommand, StatusCommand, DeployCommand, RollbackCommand)
 }
+
+
+def register_payload(suffix: str, model: type[Envelope]) -> None:
+    """Add a payload published under ``<prefix>/<id>/<suffix>`` (agent.mqtt.signals adds drift, bias, leak)."""
+    PAYLOADS[suffix] = model
+
+
+def register_command(model: type[CommandBase]) -> None:
+    """Accept a command beyond the core ones (agent.mqtt.signals adds feedback)."""
+    COMMANDS[model.command_name] = model
 
 
 def _describe(error: ValidationError) -> str:

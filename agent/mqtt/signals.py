@@ -1,4 +1,4 @@
-"""Wire payloads of the drift, bias and leak telemetry (``telemetry/drift|bias|leak``).
+"""Wire payloads of the drift, bias and leak telemetry (``telemetry/drift|bias|leak``) and the feedback command.
 
 Each is the wire contract's Envelope (``schema_version``, ``device_id``, ``ts``,
 ``seq``) plus exactly what the monitor's ``snapshot()`` returns, so a publisher
@@ -11,18 +11,46 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import ClassVar
 
-from ..mqtt.schema import Envelope
-from .feedback import FeedbackCommand
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .schema import CommandBase, Envelope, register_command, register_payload
 
 __all__ = [
+    "MAX_FEEDBACK_ITEMS",
     "MONITOR_PAYLOADS",
+    "FeedbackItem",
     "BiasPayload",
     "DriftPayload",
     "FeedbackCommand",
     "LeakPayload",
 ]
+
+MAX_FEEDBACK_ITEMS = 1000
+MAX_LABEL_LENGTH = 128
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    frame_id: int = Field(ge=0, description="frame.index of the frame the label is for")
+    label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH,
+                              description="the true class (classifiers)")
+    positive: bool | None = Field(default=None, description="whether the frame truly is positive")
+
+    @model_validator(mode="after")
+    def _one_truth(self) -> FeedbackItem:
+        if (self.label is None) == (self.positive is None):
+            raise ValueError("an item carries exactly one of 'label' and 'positive'")
+        return self
+
+
+class FeedbackCommand(CommandBase):
+    """``cmd/feedback``: ``{"id": "...", "items": [{"frame_id": 12, "positive": true}, ...]}``."""
+
+    command_name: ClassVar[str] = "feedback"
+    items: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
+
 
 Judged = Literal["ok", "warn", "alarm"]
 DriftState = Literal["ok", "warn", "alarm", "no_reference", "insufficient_samples"]
@@ -153,3 +181,7 @@ MONITOR_PAYLOADS: dict[str, type[Envelope]] = {
     "telemetry/leak": LeakPayload,
 }
 """By topic suffix, to be merged into agent.mqtt.schema.PAYLOADS."""
+
+for _suffix, _model in MONITOR_PAYLOADS.items():
+    register_payload(_suffix, _model)
+register_command(FeedbackCommand)
