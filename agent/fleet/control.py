@@ -53,7 +53,8 @@ class ControlClient:
         self.client_id = client_id or f"edge-control-{uuid.uuid4().hex[:8]}"
         self._url = url
 
-    def _client(self) -> aiomqtt.Client:
+    def open(self) -> aiomqtt.Client:
+        """A new MQTT 5 client with this control plane's address and credentials (not yet connected)."""
         tls = aiomqtt.TLSParameters() if urlsplit(self._url).scheme == "mqtts" else None
         return aiomqtt.Client(self.address.host, self.address.port, identifier=self.client_id,
                               username=self.username, password=self.password, tls_params=tls,
@@ -85,7 +86,7 @@ class ControlClient:
         topic = self.command_topic(name, device=device, group=group)
         replies: list[Reply] = []
         try:
-            async with self._client() as client:
+            async with self.open() as client:
                 await client.subscribe(f"{self.prefix}/+/reply", qos=1)
                 if on_progress is not None:
                     await client.subscribe(f"{self.prefix}/+/deployment", qos=1)
