@@ -21,8 +21,6 @@ __all__ = ["add_fleet_parsers"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-agent" / "rollouts"
-DEFAULT_STATUS_WINDOW_S = 6.0
-"""Retained state arrives at once; this leaves room for one telemetry period of the agent (5 s)."""
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -183,7 +181,10 @@ def _simulate_parser(fleet: Any) -> None:
 
 
 def add_fleet_parsers(sub: Any) -> None:
+    from .cli_fleet_watch import add_watch_parsers
+
     fleet = sub.add_parser("fleet", help="fleet tools: staged rollouts, status, telemetry consumer, simulator")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="FLEET_COMMAND")
     _deploy_parser(fleet_sub)
+    add_watch_parsers(fleet_sub, _connection)
     _simulate_parser(fleet_sub)
