@@ -56,8 +56,8 @@ class _Stream:
     first_at: float
     floor: int | None = None
     """Every number up to here is settled: seen, or declared missing."""
-    pending: set[int] = field(default_factory=set)
-    hole_since: float | None = None
+    pending: dict[int, float] = field(default_factory=dict)
+    """Numbers above the floor that arrived, with when they arrived."""
 
 
 class SeqTracker:
@@ -80,7 +80,7 @@ class SeqTracker:
         stream = self.streams.get(key)
         if stream is None:
             stream = self.streams[key] = _Stream(first_at=self.clock())
-        elif seq == 1 and ((stream.floor or 0) >= 1 or any(s > 1 for s in stream.pending)):
+        elif seq == 1 and stream.floor is not None and stream.floor >= 1:
             self.restarts += 1
             stream = self.streams[key] = _Stream(first_at=self.clock(), floor=0)
         if stream.floor is not None and seq <= stream.floor:
@@ -89,7 +89,7 @@ class SeqTracker:
         if seq in stream.pending:
             self.duplicates += 1
             return False
-        stream.pending.add(seq)
+        stream.pending[seq] = self.clock()
         self._advance(stream)
         return True
 
@@ -98,10 +98,8 @@ class SeqTracker:
         if stream.floor is None:
             return
         while stream.floor + 1 in stream.pending:
-            stream.pending.discard(stream.floor + 1)
+            del stream.pending[stream.floor + 1]
             stream.floor += 1
-        if not stream.pending:
-            stream.hole_since = None
 
     def check(self) -> list[Gap]:
         """The gaps that are now certain; each is reported once."""
@@ -113,15 +111,12 @@ class SeqTracker:
                     continue
                 stream.floor = min(stream.pending) - 1
                 self._advance(stream)
-            if not stream.pending:
-                continue
-            if stream.hole_since is None:
-                stream.hole_since = now
-            if now - stream.hole_since >= self.grace_s:
+            while stream.pending:
                 low = min(stream.pending)
+                if now - stream.pending[low] < self.grace_s:
+                    break
                 gaps.append(Gap(device, suffix, stream.floor + 1, low - 1))
                 stream.floor = low - 1
-                stream.hole_since = None
                 self._advance(stream)
         return gaps
 

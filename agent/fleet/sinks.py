@@ -75,6 +75,8 @@ class FleetMetrics:
         data = message.data
         if isinstance(data, EventPayload) and data.severity in SEVERITIES[1:]:
             self.alarms.inc((device, data.severity))
+        if isinstance(data, StatusPayload):
+            self._count_states(view)
         if device == OVERFLOW:
             self.overflow.set((), self.devices.overflowed)
             return
@@ -82,7 +84,6 @@ class FleetMetrics:
         model = (state.model or "", state.version or "")
         if isinstance(data, StatusPayload):
             self.up.set((device,), 1 if data.state == "online" else 0)
-            self._count_states(view)
         elif isinstance(data, ModelPayload):
             self.info.set((device,), 1, model)
         elif isinstance(data, LatencyPayload):
