@@ -83,7 +83,7 @@ class Consumer:
         self.tracker = SeqTracker()
         self.members = Membership(self.instance_id)
         self.digest = Digest(self.instance_id)
-        self.tensorboard = (TensorBoardSink(options.tensorboard, self.instance_id, options.max_devices)
+        self.tensorboard = (TensorBoardSink(options.tensorboard, self.instance_id, self.metrics.devices)
                             if options.tensorboard else None)
         self.observer = observer
         self.ingested = 0

@@ -126,10 +126,11 @@ class FleetMetrics:
 class TensorBoardSink:
     """One run folder per device under ``root``; scalars stepped by the message's ``seq``."""
 
-    def __init__(self, root: Path, instance_id: str, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+    def __init__(self, root: Path, instance_id: str, devices: DeviceLabels) -> None:
         self.root = root
         self.instance_id = instance_id
-        self.devices = DeviceLabels(max_devices)
+        self.devices = devices
+        """Shared with the metrics, so that the same devices get a run folder and their own labels."""
         self.writers: dict[str, EventFileWriter] = {}
 
     def _writer(self, device_id: str) -> EventFileWriter | None:
