@@ -76,7 +76,7 @@ def test_deployment_ids_are_stable_and_fit_the_contract() -> None:
 def test_a_damaged_record_is_an_error_naming_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     store = RolloutStore(tmp_path)
     (tmp_path / "ro-1.json").write_text('{"rollout_id": "ro-1"}')
-    with pytest.raises(RecordError, match="ro-1.json: not a rollout record"):
+    with pytest.raises(RecordError, match=r"ro-1\.json: not a rollout record"):
         store.load("ro-1")
     with pytest.raises(RecordError, match="rollout id"):
         store.load("../etc/passwd")

@@ -58,7 +58,7 @@ def test_two_consumers_splitting_a_stream_see_no_gap_once_they_exchange_digests(
     for seq in range(1, 41, 2):
         alone.see("cam", "telemetry/health", seq)
     for peer_digest, tracker in ((digest_b.flush(), a), (digest_a.flush(), b)):
-        instance, items = Digest.parse(peer_digest)
+        _, items = Digest.parse(peer_digest)
         for device, suffix, seq in items:
             tracker.see(device, suffix, seq)
     clock.now += 10

@@ -8,6 +8,7 @@ Talks to agents only through the contract in agent.mqtt.schema: commands on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -117,10 +118,8 @@ class ControlClient:
         data = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
         if parts[-1] == "deployment":
             if on_progress is not None and data:
-                try:
+                with contextlib.suppress(ValueError):
                     on_progress(device, decode_payload(DeploymentPayload, data))
-                except ValueError:
-                    pass
             return None
         try:
             reply = decode_payload(ReplyPayload, data)
