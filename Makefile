@@ -25,6 +25,9 @@ test: setup
 bench: setup
 	$(PY) -m agent.bench --demo $(DEMO)
 
+bench-fleet: setup
+	$(PY) -m agent.fleet.bench --devices 500
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests
 

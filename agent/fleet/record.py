@@ -23,10 +23,10 @@ from .plan import RolloutPlan
 
 __all__ = [
     "DEPLOYING",
-    "DEVICE_STATES",
     "FINAL_BAD",
     "FINAL_GOOD",
     "DeviceEntry",
+    "PlanModel",
     "RecordError",
     "RolloutRecord",
     "RolloutStore",
@@ -42,7 +42,6 @@ DEVICE_HASH_CHARS = 16
 DEPLOYING = ("received", "downloading", "verifying", "building", "loading", "warming", "validating", "active")
 FINAL_GOOD = ("committed",)
 FINAL_BAD = ("failed", "rolled_back", "timeout", "unhealthy")
-DEVICE_STATES = ("pending", "sent", *DEPLOYING, *FINAL_GOOD, *FINAL_BAD, "reverted")
 DeviceState = Literal[
     "pending", "sent", "received", "downloading", "verifying", "building", "loading", "warming",
     "validating", "active", "committed", "failed", "rolled_back", "timeout", "unhealthy", "reverted",

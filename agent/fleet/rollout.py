@@ -37,6 +37,7 @@ from .record import (
     FINAL_BAD,
     FINAL_GOOD,
     DeviceEntry,
+    PlanModel,
     RecordError,
     RolloutRecord,
     RolloutStore,
@@ -123,7 +124,8 @@ def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float
     return RolloutRecord(
         rollout_id=rollout_id, created=time.time() if now is None else now, group=spec.group, name=spec.name,
         version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, signature=spec.signature,
-        plan=spec.plan.to_json(), waves=waves, devices=devices, already=already, skipped=skipped,
+        plan=PlanModel.model_validate(spec.plan.to_json()), waves=waves, devices=devices, already=already,
+        skipped=skipped,
     )
 
 

@@ -93,7 +93,8 @@ class SimDevice:
         self._random = random.Random(device_id)
         self._latency_ms = BASE_LATENCY_MS[0] + (BASE_LATENCY_MS[1] - BASE_LATENCY_MS[0]) * fraction(device_id, "ms")
         journal = CommandJournal(state_dir / device_id / "commands.json", JOURNAL_SIZE)
-        handlers = {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback}
+        handlers: dict[str, Any] = {"ping": self.ping, "status": self.status, "deploy": self.deploy,
+                                    "rollback": self.rollback}
         self.router = CommandRouter(self.topics, journal, handlers, self._reply, self._rejected)
 
     def attach(self, session: Any) -> None:
