@@ -76,13 +76,15 @@ def retained(port: int, suffix: str, expect: int) -> dict[str, dict[str, Any]]:
 @contextmanager
 def simulated_fleet(port: int, n: int, log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
     """``edge-agent fleet simulate``, ready once all ``n`` devices published ``online``; stopped after."""
+    prefix = options[options.index("--id-prefix") + 1] if "--id-prefix" in options else "sim"
     probe = MqttProbe(port, ["edge/+/status"])
     process = start("fleet", "simulate", "--broker", f"mqtt://127.0.0.1:{port}", "-n", str(n), *options, log=log)
     try:
         def all_online() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the simulator exited: {log.read_text()}")
-            return sum(s["state"] == "online" for s in latest(probe, "status").values()) >= n
+            return sum(s["state"] == "online" for d, s in latest(probe, "status").items()
+                       if d.startswith(f"{prefix}-")) >= n
 
         poll(all_online, timeout=WAIT_S * 2, what=f"{n} simulated devices online")
         probe.close()
