@@ -56,8 +56,10 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     from .fleet.link import FleetLink
     from .fleet.record import RolloutStore, new_rollout_id
     from .fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
+    from .log import configure_logging
     from .models.fetch import load_private_key, sign_bytes
 
+    configure_logging(args.log_level)
     try:
         plan = _plan(args)
         deploy_timeout = parse_duration(args.deploy_timeout, "--deploy-timeout")
@@ -158,6 +160,8 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--deploy-timeout", default="15m", help="a device with no outcome after this has failed")
     deploy.add_argument("--rollout-id", help="name of the rollout; an existing one is resumed")
     deploy.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where rollouts are recorded")
+    deploy.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                        help="structured log events on stderr (progress goes to stdout)")
     deploy.set_defaults(handler=cmd_fleet_deploy)
 
 

@@ -27,7 +27,9 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     from .fleet.status import collect, device_rows, render_table
+    from .log import configure_logging
 
+    configure_logging("warning")
     try:
         view = asyncio.run(collect(_client(args), args.window))
     except ControlError as exc:

@@ -28,7 +28,11 @@ def env() -> dict[str, str]:
 
 
 def run(*args: str, timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cli(*args), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(cli(*args), cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{' '.join(args[:2])} ran over {timeout:.0f}s; it printed:\n"
+                             f"{exc.stdout or ''}\n{exc.stderr or ''}") from None
 
 
 def start(*args: str, log: Path) -> subprocess.Popen[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections import Counter
@@ -129,3 +130,38 @@ def test_a_killed_rollout_resumes_without_redeploying_committed_devices(
     after = record(state_dir, "ro-resume")
     assert after["outcome"] == "succeeded"
     assert all(after["devices"][d]["sends"] == before["devices"][d]["sends"] for d in committed_before)
+
+
+def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sent_again(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    """The previous run sent the command and died before writing it down: the retained topic tells."""
+    from agent.fleet.control import ControlClient
+    from agent.fleet.link import FleetLink
+    from agent.fleet.record import RolloutStore
+    from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
+    from agent.fleet.view import FleetView
+    from agent.mqtt.schema import DeploymentPayload, StatusPayload, encode_payload
+
+    probe = mqtt_probe(mosquitto.port, [])
+    status = StatusPayload(device_id="cam-1", ts=1.0, seq=1, state="online", agent_version="x", started_at=1.0,
+                           groups=("lab",))
+    view = FleetView()
+    view.apply("edge/cam-1/status", encode_payload(status))
+    spec = RolloutSpec("lab", "text-det", NEW, "file:///m.tar", "0" * 64, "bundle", RolloutPlan(5, (100,), 0, 0))
+    record = plan_rollout("ro-race", spec, view)
+    entry = record.devices["cam-1"]
+    deployment = DeploymentPayload(device_id="cam-1", ts=2.0, seq=9, deployment_id=entry.deployment_id,
+                                   name="text-det", version=NEW, state="committed", step="committed",
+                                   progress=1.0, updated=2.0)
+    probe.publish("edge/cam-1/status", encode_payload(status), retain=True)
+    probe.publish("edge/cam-1/deployment", encode_payload(deployment), retain=True)
+
+    async def resume() -> str:
+        async with FleetLink(ControlClient(mosquitto.url)) as link:
+            rollout = Rollout(link, record, RolloutStore(tmp_path))
+            link.on_message = rollout.observe
+            return (await rollout.run()).outcome
+
+    assert asyncio.run(resume()) == "succeeded"
+    assert record.devices["cam-1"].state == "committed"
+    assert record.devices["cam-1"].sends == 0

@@ -66,8 +66,8 @@ TICK_S = 0.5
 SAVE_EVERY_S = 0.5
 """The record is written at most this often while devices report (and at every stage boundary)."""
 SEND_BATCH = 100
-STICKY = ("pending", "timeout", "unhealthy", "reverted")
-"""States the devices' own reports do not change: not sent yet, or judged by the rollout."""
+JUDGED = ("timeout", "unhealthy", "reverted")
+"""States the rollout decided; the devices' own reports no longer change them."""
 REVERTIBLE = ("active", "committed", "unhealthy", "timeout")
 """Device states after which an abort rolls the device back (when it serves the new version)."""
 STAGE_NAMES = ("canary",)
@@ -162,25 +162,37 @@ class Rollout:
     def observe(self, message: Message) -> None:
         """Called by the link for every message: follow our deployments and replies."""
         entry = self.record.devices.get(message.device_id)
-        if entry is None or entry.state in STICKY:
+        if entry is None or entry.state in JUDGED:
             return
         data = message.data
         if isinstance(data, DeploymentPayload) and data.deployment_id == entry.deployment_id:
             error = f"{data.error.code}: {data.error.message}" if data.error else None
             self._set(message.device_id, entry, data.state, error)
-        elif (isinstance(data, ReplyPayload) and data.id == entry.deployment_id and data.error is not None
-              and not entry.final):
-            self._set(message.device_id, entry, "failed", f"{data.error.code}: {data.error.message}")
+        elif isinstance(data, ReplyPayload) and data.id == entry.deployment_id:
+            if data.error is not None and not entry.final:
+                self._set(message.device_id, entry, "failed", f"{data.error.code}: {data.error.message}")
+            elif data.ok:
+                # A repeat answered from the agent's journal brings no new deployment state:
+                # the retained one (already seen) says where the device is.
+                self._follow_retained(message.device_id, entry)
+
+    def _follow_retained(self, device: str, entry: DeviceEntry, quiet: bool = False) -> None:
+        deployment = self.link.view.device(device).deployment
+        if deployment is not None and deployment.deployment_id == entry.deployment_id:
+            error = f"{deployment.error.code}: {deployment.error.message}" if deployment.error else None
+            self._set(device, entry, deployment.state, error, quiet=quiet)
 
     def reconcile(self) -> None:
-        """Take each device's state from its retained deployment topic (after a restart)."""
+        """Take each device's state from its retained deployment topic (after a restart).
+
+        A device recorded as pending may have received its command just before the
+        previous run ended: its deployment topic, carrying this rollout's id, says so.
+        """
         for device, entry in self.record.devices.items():
             if entry.state == "sent":
                 entry.last_sent_at = None
-            deployment = self.link.view.device(device).deployment
-            if (deployment is not None and deployment.deployment_id == entry.deployment_id
-                    and entry.state not in STICKY):
-                self._set(device, entry, deployment.state, None, quiet=True)
+            if entry.state not in JUDGED:
+                self._follow_retained(device, entry, quiet=True)
 
     def _set(self, device: str, entry: DeviceEntry, state: str, error: str | None, quiet: bool = False) -> None:
         if state == entry.state:
@@ -229,6 +241,8 @@ class Rollout:
         record = self.record
         result = RolloutResult(record.rollout_id, record.outcome, record.count(FINAL_GOOD),
                                record.count(FINAL_BAD), record.count(("reverted",)), record.reason)
+        log.info("rollout_finished", rollout=record.rollout_id, outcome=result.outcome, committed=result.committed,
+                 failed=result.failed, reverted=result.reverted, reason=result.reason)
         self._print(f"rollout {record.rollout_id} {result.outcome}: {result.committed} committed, "
                     f"{result.failed} failed, {result.reverted} rolled back"
                     + (f" ({result.reason})" if result.reason else ""))
