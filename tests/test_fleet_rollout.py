@@ -11,8 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.fleet.control import ControlClient
+from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves
+from agent.fleet.record import RolloutStore
+from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.simdevice import fails
+from agent.fleet.view import FleetView
+from agent.mqtt.schema import DeploymentPayload, StatusPayload, encode_payload
 from tests.fleetproc import payloads, retained, run, simulated_fleet, start, stop
 from tests.mosquitto import WAIT_S, Mosquitto, MqttProbe, poll
 
@@ -135,13 +141,6 @@ def test_a_killed_rollout_resumes_without_redeploying_committed_devices(
 def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sent_again(
         mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
     """The previous run sent the command and died before writing it down: the retained topic tells."""
-    from agent.fleet.control import ControlClient
-    from agent.fleet.link import FleetLink
-    from agent.fleet.record import RolloutStore
-    from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
-    from agent.fleet.view import FleetView
-    from agent.mqtt.schema import DeploymentPayload, StatusPayload, encode_payload
-
     probe = mqtt_probe(mosquitto.port, [])
     status = StatusPayload(device_id="cam-1", ts=1.0, seq=1, state="online", agent_version="x", started_at=1.0,
                            groups=("lab",))
