@@ -30,6 +30,9 @@ SOAK_MINUTES ?= 10
 soak: setup
 	$(PY) -m agent.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
 
+bench-fleet: setup
+	$(PY) -m agent.fleet.bench --devices 500
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests
 

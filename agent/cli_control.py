@@ -16,12 +16,12 @@ from .fleet.control import ControlClient, ControlError, Reply
 from .models.fetch import generate_keypair, load_private_key, sign_bytes
 from .mqtt.schema import DeploymentPayload
 
-__all__ = ["add_control_parsers", "add_key_parsers"]
+__all__ = ["add_control_parsers", "add_key_parsers", "artifact_bytes"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def _artifact_bytes(url: str) -> bytes:
+def artifact_bytes(url: str) -> bytes:
     """The artifact, read once here to compute ``--sha256 auto`` and ``--sign``."""
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace, name: str, body: dict[str, Any], progress: bo
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "version": args.version, "url": args.url, "format": args.format}
-    data = _artifact_bytes(args.url) if args.sha256 == "auto" or args.sign else None
+    data = artifact_bytes(args.url) if args.sha256 == "auto" or args.sign else None
     body["sha256"] = hashlib.sha256(data).hexdigest() if args.sha256 == "auto" and data is not None else args.sha256
     if args.sign:
         body["signature"] = sign_bytes(load_private_key(args.sign), data or b"")

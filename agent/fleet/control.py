@@ -8,6 +8,7 @@ Talks to agents only through the contract in agent.mqtt.schema: commands on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -59,7 +60,8 @@ class ControlClient:
         self.signing_key = signing_key
         """Sign every command (agents configured with ``[commands] public_key_file`` require it)."""
 
-    def _client(self) -> aiomqtt.Client:
+    def open(self) -> aiomqtt.Client:
+        """A new MQTT 5 client with this control plane's address and credentials (not yet connected)."""
         tls = aiomqtt.TLSParameters() if urlsplit(self._url).scheme == "mqtts" else None
         return aiomqtt.Client(self.address.host, self.address.port, identifier=self.client_id,
                               username=self.username, password=self.password, tls_params=tls,
@@ -93,7 +95,7 @@ class ControlClient:
             body = sign_command(body, self.signing_key, topic=topic)
         replies: list[Reply] = []
         try:
-            async with self._client() as client:
+            async with self.open() as client:
                 await client.subscribe(f"{self.prefix}/+/reply", qos=1)
                 if on_progress is not None:
                     await client.subscribe(f"{self.prefix}/+/deployment", qos=1)
@@ -124,10 +126,8 @@ class ControlClient:
         data = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
         if parts[-1] == "deployment":
             if on_progress is not None and data:
-                try:
+                with contextlib.suppress(ValueError):
                     on_progress(device, decode_payload(DeploymentPayload, data))
-                except ValueError:
-                    pass
             return None
         try:
             reply = decode_payload(ReplyPayload, data)

@@ -117,6 +117,13 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The mosquitto process id (for resource measurements)."""
+        if self._process is None:
+            raise BrokerError("embedded broker is not started")
+        return self._process.pid
+
     def start(self) -> None:
         """Start mosquitto and wait until it accepts connections (blocking, bounded)."""
         if self._process is not None:

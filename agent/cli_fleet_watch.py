@@ -1,0 +1,124 @@
+"""``edge-agent fleet status | watch | dashboard``: reading the fleet's state and telemetry."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .fleet.control import ControlClient, ControlError
+
+__all__ = ["add_watch_parsers"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_STATUS_WINDOW_S = 6.0
+"""Retained state arrives at once; this leaves room for one telemetry period of the agent (5 s)."""
+DEFAULT_DASHBOARD_PORT = 8080
+
+
+def _client(args: argparse.Namespace) -> ControlClient:
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    return ControlClient(args.broker, args.prefix, username=args.username, password=password)
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from .fleet.status import collect, device_rows, render_table
+    from .log import configure_logging
+
+    configure_logging("warning")
+    try:
+        view = asyncio.run(collect(_client(args), args.window))
+    except ControlError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    rows = device_rows(view, args.group, args.alarm)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        print(render_table(rows))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, dashboard_port: int | None) -> int:
+    from .cli_fleet import run_until_signal
+    from .fleet.consumer import Consumer, ConsumerOptions
+    from .fleet.web import FleetHttpServer
+    from .log import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        options = ConsumerOptions(share_group=args.share_group, max_devices=args.max_devices,
+                                  tensorboard=args.tensorboard, instance_id=args.instance_id or "")
+        consumer = Consumer(_client(args), options)
+    except (ValueError, ControlError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    servers: list[FleetHttpServer] = []
+    if dashboard_port is not None:
+        shared_port = args.prometheus_port in (None, dashboard_port)
+        servers.append(FleetHttpServer(consumer, dashboard_port, metrics=shared_port))
+    if args.prometheus_port is not None and args.prometheus_port != dashboard_port:
+        servers.append(FleetHttpServer(consumer, args.prometheus_port, dashboard=False))
+
+    async def main(stop: asyncio.Event) -> int:
+        for server in servers:
+            server.start()
+            print(f"listening on http://127.0.0.1:{server.port}/", flush=True)
+        try:
+            await consumer.run(stop)
+        finally:
+            for server in servers:
+                server.stop()
+        return EXIT_OK
+
+    try:
+        return run_until_signal(main)
+    except ControlError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def cmd_fleet_watch(args: argparse.Namespace) -> int:
+    return _serve(args, args.dashboard_port)
+
+
+def cmd_fleet_dashboard(args: argparse.Namespace) -> int:
+    return _serve(args, args.port)
+
+
+def _consumer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--share-group", help="MQTT 5 shared subscription group: instances split the telemetry")
+    parser.add_argument("--instance-id", help="this instance's name among its group (default: random)")
+    parser.add_argument("--prometheus-port", type=int, help="serve /metrics on this port")
+    parser.add_argument("--tensorboard", type=Path, help="write TensorBoard scalars under this folder")
+    parser.add_argument("--max-devices", type=int, default=1000,
+                        help="devices with their own metric labels; the rest are counted as _overflow")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def add_watch_parsers(fleet: Any, connection: Callable[[argparse.ArgumentParser], None]) -> None:
+    status = fleet.add_parser("status", help="a table of the devices: status, model, fps, latency, alarms")
+    connection(status)
+    status.add_argument("--group", help="only devices of this group")
+    status.add_argument("--alarm", action="store_true", help="only devices with an alarm")
+    status.add_argument("--window", type=float, default=DEFAULT_STATUS_WINDOW_S,
+                        help="seconds to listen for telemetry after the retained state")
+    status.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    status.set_defaults(handler=cmd_fleet_status)
+
+    watch = fleet.add_parser("watch", help="consume telemetry: Prometheus, TensorBoard, gap detection")
+    connection(watch)
+    _consumer_options(watch)
+    watch.add_argument("--dashboard-port", type=int, help="also serve the dashboard on this port")
+    watch.set_defaults(handler=cmd_fleet_watch)
+
+    dashboard = fleet.add_parser("dashboard", help="a web page of the fleet, served by a consumer")
+    connection(dashboard)
+    _consumer_options(dashboard)
+    dashboard.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dashboard.set_defaults(handler=cmd_fleet_dashboard)

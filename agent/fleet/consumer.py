@@ -1,0 +1,218 @@
+"""The fleet's telemetry consumer: scales out with MQTT 5 shared subscriptions.
+
+Subscriptions of one instance:
+- ``$share/<group>/<prefix>/+/telemetry/#`` and ``$share/<group>/<prefix>/+/events``:
+  the broker hands each message to one instance of the share group, so N
+  instances split the load (without a group: plain subscriptions, one instance
+  sees everything);
+- ``<prefix>/+/status|model|deployment``, not shared: retained state is small,
+  every instance needs all of it, and shared subscriptions get no retained
+  messages on subscribe (MQTT 5, 4.8.2);
+- ``<prefix>/_consumers/<group>/+``: the instances' digests of the sequence
+  numbers they saw, so that gaps are found across the group (agent.fleet.seqtrack).
+
+Every message goes to the ``FleetView``, the Prometheus families, the
+TensorBoard writer and the dashboard history; ``observer`` (if given) sees each
+parsed telemetry and event message once, as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from ..mqtt.topics import check_segment
+from .control import ControlClient, ControlError
+from .metrics import DEFAULT_MAX_DEVICES
+from .seqtrack import Digest, Membership, SeqTracker
+from .sinks import FleetMetrics, History, TensorBoardSink
+from .view import FleetView, Message
+
+__all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]
+
+log = structlog.get_logger(__name__)
+
+SHARED_SUFFIXES = ("telemetry/#", "events")
+STATE_SUFFIXES = ("status", "model", "deployment")
+CONSUMERS_SEGMENT = "_consumers"
+DIGEST_PERIOD_S = 1.0
+"""How often an instance tells its peers what it saw, checks for gaps and flushes TensorBoard."""
+STATS_PERIOD_S = 30.0
+"""How often an instance logs what it ingested."""
+QOS = 1
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    share_group: str | None = None
+    max_devices: int = DEFAULT_MAX_DEVICES
+    tensorboard: Path | None = None
+    instance_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.share_group is not None:
+            check_segment(self.share_group, "share group")
+        if not self.instance_id:
+            object.__setattr__(self, "instance_id", uuid.uuid4().hex[:8])
+        check_segment(self.instance_id, "instance id")
+
+
+def _tracked(suffix: str) -> bool:
+    return suffix.startswith("telemetry/") or suffix == "events"
+
+
+class Consumer:
+    def __init__(self, control: ControlClient, options: ConsumerOptions | None = None,
+                 observer: Callable[[Message], None] | None = None) -> None:
+        self.control = control
+        self.options = options = options or ConsumerOptions()
+        self.instance_id = options.instance_id
+        self.view = FleetView(control.prefix)
+        self.metrics = FleetMetrics(options.max_devices)
+        self.lock: threading.Lock = self.metrics.registry.lock
+        """Held while the view, metrics and history change; the HTTP server reads under it."""
+        self.history = History()
+        self.tracker = SeqTracker()
+        self.members = Membership(self.instance_id)
+        self.digest = Digest(self.instance_id)
+        self.tensorboard = (TensorBoardSink(options.tensorboard, self.instance_id, self.metrics.devices)
+                            if options.tensorboard else None)
+        self.observer = observer
+        self.ingested = 0
+        self.subscribed = asyncio.Event()
+        group = options.share_group
+        self._digest_topic = f"{control.prefix}/{CONSUMERS_SEGMENT}/{group}/{self.instance_id}" if group else None
+
+    def filters(self) -> list[str]:
+        prefix, group = self.control.prefix, self.options.share_group
+        shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}" for s in SHARED_SUFFIXES]
+        state = [f"{prefix}/+/{s}" for s in STATE_SUFFIXES]
+        peers = [f"{prefix}/{CONSUMERS_SEGMENT}/{group}/+"] if group else []
+        return shared + state + peers
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
+        try:
+            async with self.control.open() as client:
+                for topic_filter in self.filters():
+                    await client.subscribe(topic_filter, qos=QOS)
+                self.subscribed.set()
+                log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
+                         filters=self.filters())
+                tasks = [asyncio.create_task(self._read(client)), asyncio.create_task(self._tick(client)),
+                         asyncio.create_task(stop.wait())]
+                try:
+                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        except aiomqtt.MqttError as exc:
+            raise ControlError(f"broker {self.control.address.url}: {exc}") from exc
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            log.info("consumer_stopped", instance=self.instance_id, ingested=self.ingested)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            data = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
+            self.handle(message.topic.value, data)
+
+    def handle(self, topic: str, data: bytes) -> None:
+        """One message from the broker (public for the benchmark's in-process measurements)."""
+        if self._digest_topic is not None and f"/{CONSUMERS_SEGMENT}/" in topic:
+            self._merge_digest(data)
+            return
+        message = self.view.parse(topic, data)
+        if message is None:
+            with self.lock:
+                self.metrics.rejected.inc(())
+            return
+        self.ingested += 1
+        with self.lock:
+            self.view.update(message)
+            self.metrics.observe(message, self.view)
+            self.history.add(message)
+        if message.data is None or not _tracked(message.suffix):
+            return
+        seq = message.data["seq"] if isinstance(message.data, dict) else message.data.seq
+        if isinstance(seq, int):
+            self.tracker.see(message.device_id, message.suffix, seq)
+            if self._digest_topic is not None:
+                self.digest.add(message.device_id, message.suffix, seq)
+        if self.tensorboard is not None:
+            self.tensorboard.write(message)
+        if self.observer is not None:
+            self.observer(message)
+
+    def _merge_digest(self, data: bytes) -> None:
+        try:
+            instance, items = Digest.parse(data)
+        except ValueError as exc:
+            log.warning("consumer_digest_unreadable", error=str(exc))
+            return
+        if instance == self.instance_id:
+            return
+        self.members.heard(instance)
+        for device, suffix, seq in items:
+            self.tracker.see(device, suffix, seq)
+
+    async def _tick(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        last_stats, last_count = loop.time(), 0
+        while True:
+            await asyncio.sleep(DIGEST_PERIOD_S)
+            if self._digest_topic is not None:
+                await client.publish(self._digest_topic, self.digest.flush(), qos=QOS)
+            self.check_gaps()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
+            if loop.time() - last_stats >= STATS_PERIOD_S:
+                rate = (self.ingested - last_count) / (loop.time() - last_stats)
+                log.info("consumer_stats", instance=self.instance_id, ingested=self.ingested,
+                         per_second=round(rate, 1), devices=len(self.view.devices),
+                         members=len(self.members.members()))
+                last_stats, last_count = loop.time(), self.ingested
+
+    def check_gaps(self) -> None:
+        gaps = self.tracker.check()
+        with self.lock:
+            for gap in gaps:
+                if self.members.owns(gap.device_id):
+                    self.metrics.gap(gap)
+                    log.warning("seq_gap", device=gap.device_id, topic=gap.suffix, first=gap.first,
+                                last=gap.last, missing=gap.missing)
+            self.metrics.housekeeping(self.tracker.duplicates, self.tracker.restarts, len(self.members.members()))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the dashboard shows, as JSON-ready data (taken under the lock)."""
+        with self.lock:
+            devices = [{
+                "id": d.device_id, "status": d.status, "groups": list(d.groups), "model": d.model,
+                "version": d.version, "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
+                "signals": {s: d.signals.get(s) for s in ("drift", "bias", "leak")},
+                "drift_psi": d.drift_score, "last_seen": d.last_seen,
+                "deployment": None if d.deployment is None else {
+                    "id": d.deployment.deployment_id, "version": d.deployment.version,
+                    "state": d.deployment.state},
+                "series": self.history.of(d.device_id),
+            } for d in self.view.in_group(None)]
+            active = [{"device": d.device_id, "signal": signal, "state": state, "ts": d.last_seen}
+                      for d in self.view.in_group(None) for signal, state in sorted(d.signals.items())
+                      if state == "alarm"]
+            alarms = [{"device": a.device_id, "ts": a.ts, "kind": a.kind, "severity": a.severity,
+                       "message": a.message} for a in reversed(self.view.alarms)]
+        return {"instance": self.instance_id, "share_group": self.options.share_group,
+                "ingested": self.ingested, "devices": devices, "active": active, "alarms": alarms}
+

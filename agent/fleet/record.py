@@ -1,0 +1,173 @@
+"""A rollout's persisted state: the plan, the waves, each device's state, the outcome.
+
+One JSON file per rollout under the state directory, rewritten atomically
+(temporary file, fsync, rename), validated by pydantic when read back so that a
+damaged file is an error naming the field, not a half-resumed rollout. The file
+is a cache of what the devices report: on resume the retained ``deployment``
+topics say where each device really is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..names import check_name
+from .plan import RolloutPlan
+
+__all__ = [
+    "DEPLOYING",
+    "FINAL_BAD",
+    "FINAL_GOOD",
+    "DeviceEntry",
+    "PlanModel",
+    "RecordError",
+    "RolloutRecord",
+    "RolloutStore",
+    "deployment_id_for",
+    "new_rollout_id",
+]
+
+MAX_DEPLOYMENT_ID = 120
+"""Leaves room for the ``-rollback`` suffix within the contract's 128 characters."""
+ROLLBACK_SUFFIX = "-rollback"
+DEVICE_HASH_CHARS = 16
+
+DEPLOYING = ("received", "downloading", "verifying", "building", "loading", "warming", "validating", "active")
+FINAL_GOOD = ("committed",)
+FINAL_BAD = ("failed", "rolled_back", "timeout", "unhealthy")
+DeviceState = Literal[
+    "pending", "sent", "received", "downloading", "verifying", "building", "loading", "warming",
+    "validating", "active", "committed", "failed", "rolled_back", "timeout", "unhealthy", "reverted",
+]
+Outcome = Literal["running", "aborting", "succeeded", "aborted"]
+
+
+class RecordError(ValueError):
+    """A rollout record cannot be read or does not fit the command line; the message says why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceEntry(_Model):
+    stage: int = Field(ge=0)
+    deployment_id: str = Field(min_length=1, max_length=MAX_DEPLOYMENT_ID)
+    state: DeviceState = "pending"
+    error: str | None = None
+    sent_at: float | None = None
+    """Unix time the deploy command was first sent (the deploy timeout counts from it)."""
+    last_sent_at: float | None = None
+    """Unix time it was last sent; None asks for a send at once (after a resume)."""
+    sends: int = Field(default=0, ge=0)
+
+    @property
+    def rollback_id(self) -> str:
+        return self.deployment_id + ROLLBACK_SUFFIX
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_GOOD or self.state in FINAL_BAD or self.state == "reverted"
+
+
+class PlanModel(_Model):
+    canary_pct: float
+    waves_pct: list[float]
+    abort_failures_pct: float
+    wait_healthy_s: float
+
+    def plan(self) -> RolloutPlan:
+        return RolloutPlan(self.canary_pct, tuple(self.waves_pct), self.abort_failures_pct, self.wait_healthy_s)
+
+
+class RolloutRecord(_Model):
+    rollout_id: str
+    created: float
+    group: str
+    name: str
+    version: str
+    url: str
+    sha256: str
+    format: str
+    signature: str | None = None
+    plan: PlanModel
+    waves: list[list[str]]
+    devices: dict[str, DeviceEntry]
+    already: list[str] = Field(default_factory=list, description="devices serving the version before it started")
+    skipped: list[str] = Field(default_factory=list, description="devices of the group not online at start")
+    stage: int = Field(default=0, ge=0, description="the stage running (== len(waves) when all ran)")
+    outcome: Outcome = "running"
+    reason: str | None = None
+
+    def deploy_body(self, entry: DeviceEntry) -> dict[str, object]:
+        body: dict[str, object] = {"id": entry.deployment_id, "name": self.name, "version": self.version,
+                                   "url": self.url, "sha256": self.sha256, "format": self.format}
+        if self.signature:
+            body["signature"] = self.signature
+        return body
+
+    def in_stages(self, upto: int) -> list[str]:
+        """Devices of stages 0..upto (inclusive)."""
+        return [device for wave in self.waves[: upto + 1] for device in wave]
+
+    def count(self, states: tuple[str, ...], devices: list[str] | None = None) -> int:
+        names = self.devices if devices is None else devices
+        return sum(self.devices[d].state in states for d in names)
+
+
+def new_rollout_id(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"ro-{stamp}-{os.urandom(3).hex()}"
+
+
+def deployment_id_for(rollout_id: str, device: str) -> str:
+    """The deploy command's id (and so the deployment id) of a device in a rollout: stable across resumes."""
+    plain = f"{rollout_id}-{device}"
+    if len(plain) <= MAX_DEPLOYMENT_ID:
+        return plain
+    return f"{rollout_id}-{hashlib.sha256(device.encode()).hexdigest()[:DEVICE_HASH_CHARS]}"
+
+
+class RolloutStore:
+    """``<dir>/<rollout-id>.json``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, rollout_id: str) -> Path:
+        try:
+            check_name(rollout_id, "rollout id")
+        except ValueError as exc:
+            raise RecordError(str(exc)) from None
+        return self.directory / f"{rollout_id}.json"
+
+    def load(self, rollout_id: str) -> RolloutRecord | None:
+        path = self.path(rollout_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RecordError(f"{path}: cannot read: {exc.strerror}") from None
+        try:
+            return RolloutRecord.model_validate_json(text)
+        except ValidationError as exc:
+            fields = "; ".join(".".join(str(p) for p in e["loc"]) + ": " + e["msg"] for e in exc.errors()[:5])
+            raise RecordError(f"{path}: not a rollout record: {fields}") from None
+
+    def save(self, record: RolloutRecord) -> None:
+        path = self.path(record.rollout_id)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            json.dump(record.model_dump(mode="json"), handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)

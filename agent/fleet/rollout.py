@@ -1,0 +1,399 @@
+"""A staged rollout over a device group: canary, waves, failure bound, health wait, abort and roll back.
+
+    for each stage (canary, then the waves; cumulative shares of the group):
+        send a deploy command to each device of the stage not yet done
+            (the command id is the deployment id: ``<rollout-id>-<device>``)
+        wait until each has committed, failed or rolled back (the retained
+            ``deployment`` topic), or the deploy timeout passed
+        abort when failed devices exceed the bound (share of devices tried so far)
+        watch the committed devices for ``wait_healthy_s``: they must stay online
+            and raise no alarm (events of severity alarm, signal state alarm)
+        abort when failures (unhealthy included) exceed the bound
+    abort: a rollback command to every device whose retained ``model`` shows the
+        new version; the fleet is left on the version it had
+
+Everything is written to the rollout record as it happens; a rollout restarted
+with the same id reads the record and the retained topics, sends nothing to a
+device that already committed, and sends again (same id: the agents answer a
+repeat from their journal) to a device whose outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import structlog
+
+from ..mqtt.schema import DeploymentPayload, ReplyPayload
+from .link import FleetLink
+from .plan import RolloutPlan, assign_waves, failure_share
+from .record import (
+    DEPLOYING,
+    FINAL_BAD,
+    FINAL_GOOD,
+    DeviceEntry,
+    PlanModel,
+    RecordError,
+    RolloutRecord,
+    RolloutStore,
+    deployment_id_for,
+)
+from .view import FleetView, Message
+
+__all__ = [
+    "DEFAULT_DEPLOY_TIMEOUT_S",
+    "Rollout",
+    "RolloutError",
+    "RolloutResult",
+    "RolloutSpec",
+    "plan_rollout",
+]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_DEPLOY_TIMEOUT_S = 900.0
+"""A device that has not committed or failed this long after its deploy command counts as failed."""
+RESEND_AFTER_S = 30.0
+"""A deploy command with neither reply nor progress after this long is sent again (same id)."""
+REVERT_TIMEOUT_S = 120.0
+"""How long an abort waits for the rolled-back devices to serve their previous version."""
+TICK_S = 0.5
+SAVE_EVERY_S = 0.5
+"""The record is written at most this often while devices report (and at every stage boundary)."""
+SEND_BATCH = 100
+JUDGED = ("timeout", "unhealthy", "reverted")
+"""States the rollout decided; the devices' own reports no longer change them."""
+REVERTIBLE = ("active", "committed", "unhealthy", "timeout")
+"""Device states after which an abort rolls the device back (when it serves the new version)."""
+STAGE_NAMES = ("canary",)
+
+
+class RolloutError(RuntimeError):
+    """The rollout cannot start or go on; the message says why."""
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What to deploy where, as the command line gives it."""
+
+    group: str
+    name: str
+    version: str
+    url: str
+    sha256: str
+    format: str
+    plan: RolloutPlan
+    signature: str | None = None
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    rollout_id: str
+    outcome: str
+    committed: int
+    failed: int
+    reverted: int
+    reason: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "succeeded"
+
+
+def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float | None = None) -> RolloutRecord:
+    """A new record: the group's online devices not yet on the version, in waves."""
+    members = view.in_group(spec.group)
+    if not members:
+        raise RolloutError(f"no device reports group {spec.group!r} in its retained status")
+    online = [d for d in members if d.status == "online"]
+    already = [d.device_id for d in online if d.model == spec.name and d.version == spec.version]
+    targets = [d.device_id for d in online if d.device_id not in already]
+    skipped = [d.device_id for d in members if d.status != "online"]
+    if not targets and not already:
+        raise RolloutError(f"no device of group {spec.group!r} is online ({len(skipped)} offline or lost)")
+    waves = assign_waves(rollout_id, targets, spec.plan) if targets else []
+    devices = {
+        device: DeviceEntry(stage=stage, deployment_id=deployment_id_for(rollout_id, device))
+        for stage, wave in enumerate(waves) for device in wave
+    }
+    return RolloutRecord(
+        rollout_id=rollout_id, created=time.time() if now is None else now, group=spec.group, name=spec.name,
+        version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, signature=spec.signature,
+        plan=PlanModel.model_validate(spec.plan.to_json()), waves=waves, devices=devices, already=already,
+        skipped=skipped,
+    )
+
+
+def check_resume(record: RolloutRecord, spec: RolloutSpec) -> None:
+    """A resumed rollout must be asked for the same thing it was started with."""
+    for field in ("group", "name", "version", "url"):
+        saved, given = getattr(record, field), getattr(spec, field)
+        if saved != given:
+            raise RecordError(f"rollout {record.rollout_id} was started with --{field} {saved!r}, "
+                              f"not {given!r}; resume it with the same options or start a new one")
+
+
+def stage_name(index: int) -> str:
+    return STAGE_NAMES[index] if index < len(STAGE_NAMES) else f"wave {index}"
+
+
+class Rollout:
+    """Runs one record to its outcome through a connected ``FleetLink``."""
+
+    def __init__(self, link: FleetLink, record: RolloutRecord, store: RolloutStore, *,
+                 out: TextIO | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.link = link
+        self.record = record
+        self.store = store
+        self.plan = record.plan.plan()
+        self.out = out or sys.stdout
+        self.deploy_timeout_s = deploy_timeout_s
+        self.clock = clock
+        self._dirty = False
+        self._saved_at = 0.0
+
+    # ----- what the devices say ----------------------------------------------------------
+    def observe(self, message: Message) -> None:
+        """Called by the link for every message: follow our deployments and replies."""
+        entry = self.record.devices.get(message.device_id)
+        if entry is None or entry.state in JUDGED:
+            return
+        data = message.data
+        if isinstance(data, DeploymentPayload) and data.deployment_id == entry.deployment_id:
+            error = f"{data.error.code}: {data.error.message}" if data.error else None
+            self._set(message.device_id, entry, data.state, error)
+        elif isinstance(data, ReplyPayload) and data.id == entry.deployment_id:
+            if data.error is not None and not entry.final:
+                self._set(message.device_id, entry, "failed", f"{data.error.code}: {data.error.message}")
+            elif data.ok:
+                # A repeat answered from the agent's journal brings no new deployment state:
+                # the retained one (already seen) says where the device is.
+                self._follow_retained(message.device_id, entry)
+
+    def _follow_retained(self, device: str, entry: DeviceEntry, quiet: bool = False) -> None:
+        deployment = self.link.view.device(device).deployment
+        if deployment is not None and deployment.deployment_id == entry.deployment_id:
+            error = f"{deployment.error.code}: {deployment.error.message}" if deployment.error else None
+            self._set(device, entry, deployment.state, error, quiet=quiet)
+
+    def reconcile(self) -> None:
+        """Take each device's state from its retained deployment topic (after a restart).
+
+        A device recorded as pending may have received its command just before the
+        previous run ended: its deployment topic, carrying this rollout's id, says so.
+        """
+        for device, entry in self.record.devices.items():
+            if entry.state == "sent":
+                entry.last_sent_at = None
+            if entry.state not in JUDGED:
+                self._follow_retained(device, entry, quiet=True)
+
+    def _set(self, device: str, entry: DeviceEntry, state: str, error: str | None, quiet: bool = False) -> None:
+        if state == entry.state:
+            return
+        entry.state = state  # type: ignore[assignment]
+        entry.error = error
+        self._dirty = True
+        if not quiet:
+            detail = f"  ({error})" if error else ""
+            self._print(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def save(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or (self._dirty and now - self._saved_at >= SAVE_EVERY_S):
+            self.store.save(self.record)
+            self._dirty = False
+            self._saved_at = now
+
+    # ----- the run -----------------------------------------------------------------------
+    async def run(self) -> RolloutResult:
+        record = self.record
+        self.reconcile()
+        self.save(force=True)
+        if record.outcome == "running":
+            self._print(f"rollout {record.rollout_id}: {record.name} {record.version} to group {record.group}: "
+                        f"{len(record.devices)} devices in {len(record.waves)} stages"
+                        + (f", {len(record.already)} already on it" if record.already else "")
+                        + (f", {len(record.skipped)} not online (skipped)" if record.skipped else ""))
+            while record.stage < len(record.waves) and record.outcome == "running":
+                await self._run_stage(record.stage)
+                if record.outcome == "running":
+                    record.stage += 1
+                    self.save(force=True)
+            if record.outcome == "running":
+                record.outcome = "succeeded"
+        if record.outcome == "aborting":
+            await self._revert()
+            record.outcome = "aborted"
+        self.save(force=True)
+        return self._result()
+
+    def _result(self) -> RolloutResult:
+        record = self.record
+        result = RolloutResult(record.rollout_id, record.outcome, record.count(FINAL_GOOD),
+                               record.count(FINAL_BAD), record.count(("reverted",)), record.reason)
+        log.info("rollout_finished", rollout=record.rollout_id, outcome=result.outcome, committed=result.committed,
+                 failed=result.failed, reverted=result.reverted, reason=result.reason)
+        self._print(f"rollout {record.rollout_id} {result.outcome}: {result.committed} committed, "
+                    f"{result.failed} failed, {result.reverted} rolled back"
+                    + (f" ({result.reason})" if result.reason else ""))
+        return result
+
+    async def _run_stage(self, index: int) -> None:
+        wave = self.record.waves[index]
+        self._print(f"{stage_name(index)}: {len(wave)} devices")
+        await self._send([d for d in wave if self.record.devices[d].state == "pending"])
+        await self._settle(wave)
+        tried = self.record.in_stages(index)
+        self._summary(index, tried)
+        if not self._within_bound(tried):
+            return
+        if self.plan.wait_healthy_s > 0:
+            await self._watch_healthy(tried)
+            self._summary(index, tried, healthy=True)
+            self._within_bound(tried)
+
+    def _within_bound(self, tried: list[str]) -> bool:
+        failed = self.record.count(FINAL_BAD, tried)
+        if self.plan.aborts(failed, len(tried)):
+            self.record.outcome = "aborting"
+            self.record.reason = (f"{failed} of {len(tried)} devices failed "
+                                  f"({failure_share(failed, len(tried)):.0%} > {self.plan.abort_failures_pct:g}%)")
+            self._print(f"abort: {self.record.reason}")
+            self.save(force=True)
+            return False
+        return True
+
+    def _summary(self, index: int, tried: list[str], healthy: bool = False) -> None:
+        record, wave = self.record, self.record.waves[index]
+        failed = record.count(FINAL_BAD, tried)
+        what = f"healthy for {self.plan.wait_healthy_s:g}s" if healthy else "settled"
+        self._print(f"{stage_name(index)} {what}: {record.count(FINAL_GOOD, wave)}/{len(wave)} committed, "
+                    f"{record.count(FINAL_BAD, wave)} failed; so far {record.count(FINAL_GOOD, tried)}/"
+                    f"{len(record.devices)} committed, failure share {failure_share(failed, len(tried)):.1%} "
+                    f"(abort above {self.plan.abort_failures_pct:g}%)")
+
+    async def _send(self, devices: list[str]) -> None:
+        for start in range(0, len(devices), SEND_BATCH):
+            batch = devices[start:start + SEND_BATCH]
+            await asyncio.gather(*(self._send_one(d) for d in batch))
+        self.save(force=True)
+
+    async def _send_one(self, device: str) -> None:
+        entry = self.record.devices[device]
+        await self.link.command("deploy", self.record.deploy_body(entry), device)
+        now = self.clock()
+        entry.sent_at = entry.sent_at or now
+        entry.last_sent_at = now
+        entry.sends += 1
+        if entry.state == "pending":
+            self._set(device, entry, "sent", None)
+        self._dirty = True
+
+    async def _settle(self, wave: list[str]) -> None:
+        """Until every device of the wave is final, resending where nothing was heard."""
+        while True:
+            self.save()
+            now = self.clock()
+            waiting = [d for d in wave if not self.record.devices[d].final]
+            if not waiting:
+                return
+            resend = []
+            for device in waiting:
+                entry = self.record.devices[device]
+                if entry.sent_at is None:
+                    resend.append(device)
+                elif now - entry.sent_at > self.deploy_timeout_s:
+                    self._set(device, entry, "timeout", f"no outcome within {self.deploy_timeout_s:g}s")
+                elif entry.state == "sent" and (entry.last_sent_at is None
+                                                or now - entry.last_sent_at > RESEND_AFTER_S):
+                    resend.append(device)
+            if resend:
+                await self._send(resend)
+            await self.link.wait_changed(TICK_S)
+
+    async def _watch_healthy(self, devices: list[str]) -> None:
+        view = self.link.view
+        committed = [d for d in devices if self.record.devices[d].state in FINAL_GOOD]
+        baseline = {d: view.device(d).alarms_seen for d in committed}
+        self._print(f"watching {len(committed)} committed devices for {self.plan.wait_healthy_s:g}s")
+        deadline = asyncio.get_running_loop().time() + self.plan.wait_healthy_s
+        while asyncio.get_running_loop().time() < deadline:
+            for device in committed:
+                entry = self.record.devices[device]
+                if entry.state != "committed":
+                    continue
+                why = self._unhealthy(device, baseline[device])
+                if why is not None:
+                    self._set(device, entry, "unhealthy", why)
+            failed = self.record.count(FINAL_BAD, devices)
+            if self.plan.aborts(failed, len(devices)):
+                return
+            self.save()
+            await self.link.wait_changed(TICK_S)
+
+    def _unhealthy(self, device: str, alarms_before: int) -> str | None:
+        view = self.link.view.device(device)
+        if view.status != "online":
+            return f"status {view.status}"
+        if view.version != self.record.version:
+            return f"serves {view.model} {view.version}, not {self.record.version}"
+        if view.alarms_seen > alarms_before:
+            return "raised an alarm"
+        alarmed = [signal for signal, state in view.signals.items() if state == "alarm"]
+        return f"{', '.join(alarmed)} in alarm" if alarmed else None
+
+    # ----- abort -------------------------------------------------------------------------
+    def _took_new(self, device: str) -> bool:
+        """Serves the new version because of this rollout, and did not roll back by itself.
+
+        Both the record and the retained topics must say so: a rollback command swaps
+        to the device's previous model, so one sent to a device that already rolled
+        back would put the new version back.
+        """
+        entry, view = self.record.devices[device], self.link.view.device(device)
+        if entry.state not in REVERTIBLE or (view.model, view.version) != (self.record.name, self.record.version):
+            return False
+        deployment = view.deployment
+        return not (deployment is not None and deployment.deployment_id == entry.deployment_id
+                    and deployment.state in FINAL_BAD)
+
+    async def _revert(self) -> None:
+        """Roll back every device whose retained model shows the new version."""
+        record, view = self.record, self.link.view
+        targets = [d for d in record.devices if self._took_new(d)]
+        self._print(f"rolling back {len(targets)} devices that serve {record.name} {record.version}")
+        for device in targets:
+            entry = record.devices[device]
+            body: dict[str, Any] = {"id": entry.rollback_id, "reason": f"rollout {record.rollout_id} aborted"}
+            await self.link.command("rollback", body, device)
+        deadline = asyncio.get_running_loop().time() + REVERT_TIMEOUT_S
+        pending = set(targets)
+        while pending and asyncio.get_running_loop().time() < deadline:
+            for device in sorted(pending):
+                entry = record.devices[device]
+                reply = self.link.replies.get(entry.rollback_id)
+                serving = view.device(device).version
+                if reply is not None and not reply[1].ok and reply[1].error is not None:
+                    self._print(f"  {device:<24} rollback refused ({reply[1].error.code}: {reply[1].error.message})")
+                    pending.discard(device)
+                elif reply is not None and serving != record.version:
+                    self._set(device, entry, "reverted", None)
+                    pending.discard(device)
+            self.save()
+            if pending:
+                await self.link.wait_changed(TICK_S)
+        for device in sorted(pending):
+            self._print(f"  {device:<24} did not confirm the rollback within {REVERT_TIMEOUT_S:g}s")
+        for device, entry in record.devices.items():
+            if entry.state in DEPLOYING:
+                log.warning("rollout_device_unsettled", device=device, state=entry.state)

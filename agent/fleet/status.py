@@ -1,0 +1,76 @@
+"""``edge-agent fleet status``: what every device says, collected for a short window, as a table.
+
+The retained ``status``, ``model`` and ``deployment`` topics arrive at once;
+telemetry (fps, latency, drift, bias, leak states) and events arrive as the
+devices send them, so the window should cover one telemetry period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .control import ControlClient
+from .link import FleetLink
+from .view import SIGNALS, DeviceView, FleetView
+
+__all__ = ["STATUS_FILTERS", "collect", "device_rows", "render_table"]
+
+STATUS_FILTERS = ("status", "model", "deployment", "events", "telemetry/#")
+COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "LAST_SEEN")
+NONE = "-"
+
+
+async def collect(control: ControlClient, window_s: float) -> FleetView:
+    """Subscribe, read the retained state, then listen for ``window_s`` seconds."""
+    async with FleetLink(control, STATUS_FILTERS) as link:
+        await asyncio.sleep(window_s)
+        link.check()
+        return link.view
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return NONE
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return NONE if value is None else f"{value:.{digits}f}"
+
+
+def selected(view: FleetView, group: str | None, alarm: bool) -> list[DeviceView]:
+    return [d for d in view.in_group(group) if not alarm or d.alarmed or d.alarms_seen]
+
+
+def device_rows(view: FleetView, group: str | None = None, alarm: bool = False,
+                now: float | None = None) -> list[dict[str, Any]]:
+    """One dict per device (the table's content, and ``--json``'s)."""
+    now = time.time() if now is None else now
+    return [{
+        "device": d.device_id, "status": d.status or "unknown", "groups": list(d.groups), "model": d.model,
+        "version": d.version, "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
+        **{signal: d.signals.get(signal) for signal in SIGNALS},
+        "alarm_events": d.alarms_seen,
+        "last_seen_s": None if d.last_seen is None else round(max(now - d.last_seen, 0.0), 1),
+    } for d in selected(view, group, alarm)]
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    cells = [list(COLUMNS)]
+    for row in rows:
+        cells.append([row["device"], row["status"], row["model"] or NONE, row["version"] or NONE,
+                      _number(row["fps"], 1), _number(row["latency_p95_ms"], 1),
+                      *(row[s] or NONE for s in SIGNALS), _age(row["last_seen_s"])])
+    widths = [max(len(str(line[i])) for line in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(str(value).ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
+             for line in cells]
+    online = sum(row["status"] == "online" for row in rows)
+    alarmed = sum(any(row[s] == "alarm" for s in SIGNALS) or row["alarm_events"] > 0 for row in rows)
+    lines.append(f"{len(rows)} devices, {online} online, {alarmed} with alarms")
+    return "\n".join(lines)

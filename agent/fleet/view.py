@@ -1,0 +1,270 @@
+"""What the other side of the wire knows about each device, built from what the devices publish.
+
+``FleetView.apply(topic, payload)`` takes any message of the contract
+(``<prefix>/<id>/status|model|deployment|reply|events|telemetry/<kind>``) and
+updates that device's ``DeviceView``. Payloads of agent.mqtt.schema are
+validated; the drift, bias and leak telemetry is read tolerantly: any JSON
+object, whose ``state`` fields (``ok``, ``warn``, ``alarm``; others ignored)
+anywhere in the document give the signal's worst state. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..mqtt.schema import (
+    DeploymentPayload,
+    EventPayload,
+    HealthPayload,
+    LatencyPayload,
+    ModelPayload,
+    PayloadError,
+    ReplyPayload,
+    StatusPayload,
+    decode_payload,
+)
+
+__all__ = [
+    "ALARM_SEVERITIES",
+    "SIGNALS",
+    "STATE_RANK",
+    "Alarm",
+    "DeviceView",
+    "FleetView",
+    "Message",
+    "split_topic",
+    "worst_state",
+]
+
+SIGNALS = ("drift", "bias", "leak")
+"""Telemetry kinds whose payloads carry per-metric ``state`` fields."""
+STATE_RANK = {"ok": 0, "warn": 1, "alarm": 2}
+ALARM_SEVERITIES = ("warning", "alarm")
+MAX_ALARMS = 200
+"""Recent alarm and warning events kept for the whole fleet (oldest dropped)."""
+END_TO_END = "end_to_end"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message of one device: ``suffix`` is what follows ``<prefix>/<id>/`` (``telemetry/latency``)."""
+
+    device_id: str
+    suffix: str
+    data: Any
+    """The validated payload, or a dict for tolerantly read telemetry."""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    device_id: str
+    ts: float
+    kind: str
+    severity: str
+    message: str
+
+
+@dataclass
+class DeviceView:
+    """The latest of everything one device said; None where it has not said it yet."""
+
+    device_id: str
+    status: str | None = None
+    groups: tuple[str, ...] = ()
+    started_at: float | None = None
+    model: str | None = None
+    version: str | None = None
+    previous_version: str | None = None
+    deployment: DeploymentPayload | None = None
+    fps: float | None = None
+    latency_p95_ms: float | None = None
+    frames_processed: int | None = None
+    signals: dict[str, str] = field(default_factory=dict)
+    drift_score: float | None = None
+    """The largest PSI in the latest drift telemetry."""
+    bias_score: float | None = None
+    """The largest parity difference in the latest bias telemetry."""
+    last_seen: float | None = None
+    """Device time of the newest message, seconds."""
+    alarms_seen: int = 0
+
+    @property
+    def alarmed(self) -> bool:
+        return any(state == "alarm" for state in self.signals.values())
+
+
+def split_topic(prefix: str, topic: str) -> tuple[str, str] | None:
+    """``(device_id, suffix)`` of ``<prefix>/<id>/<suffix>``; None for other topics."""
+    head = prefix + "/"
+    if not topic.startswith(head):
+        return None
+    device, _, suffix = topic[len(head):].partition("/")
+    if not device or not suffix or device == "group" or device.startswith("_"):
+        return None
+    return device, suffix
+
+
+def _walk(document: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(document, list):
+        for item in document:
+            yield from _walk(item)
+
+
+def worst_state(document: Any) -> str | None:
+    """The worst of the ``state`` fields (ok < warn < alarm) anywhere in the document."""
+    states = [v for k, v in _walk(document) if k == "state" and v in STATE_RANK]
+    return max(states, key=STATE_RANK.__getitem__) if states else None
+
+
+def largest(document: Any, key: str) -> float | None:
+    values = [float(v) for k, v in _walk(document)
+              if k == key and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return max(values) if values else None
+
+
+def _loose(data: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError(f"not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise PayloadError(f"must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+STRICT: dict[str, type[Any]] = {
+    "status": StatusPayload,
+    "model": ModelPayload,
+    "deployment": DeploymentPayload,
+    "reply": ReplyPayload,
+    "events": EventPayload,
+    "telemetry/health": HealthPayload,
+    "telemetry/latency": LatencyPayload,
+}
+
+
+def decode(suffix: str, data: bytes) -> Any:
+    """The payload of ``suffix``: a schema model, or a dict for other telemetry kinds."""
+    model = STRICT.get(suffix)
+    if model is not None:
+        return decode_payload(model, data)
+    if suffix.startswith("telemetry/"):
+        return _loose(data)
+    raise PayloadError(f"topic suffix {suffix!r} is not part of the contract")
+
+
+class FleetView:
+    """Every device seen under ``prefix``; ``apply()`` one message at a time."""
+
+    def __init__(self, prefix: str = "edge") -> None:
+        self.prefix = prefix
+        self.devices: dict[str, DeviceView] = {}
+        self.alarms: deque[Alarm] = deque(maxlen=MAX_ALARMS)
+        self.rejected = 0
+
+    def device(self, device_id: str) -> DeviceView:
+        view = self.devices.get(device_id)
+        if view is None:
+            view = self.devices[device_id] = DeviceView(device_id)
+        return view
+
+    def parse(self, topic: str, data: bytes) -> Message | None:
+        """The message on ``topic``, or None when it is not a device topic or does not parse.
+
+        An empty payload (a retained message being cleared) forgets that state.
+        """
+        where = split_topic(self.prefix, topic)
+        if where is None:
+            return None
+        device, suffix = where
+        if not data:
+            return Message(device, suffix, None)
+        try:
+            return Message(device, suffix, decode(suffix, data))
+        except PayloadError:
+            self.rejected += 1
+            return None
+
+    def apply(self, topic: str, data: bytes) -> Message | None:
+        message = self.parse(topic, data)
+        if message is not None:
+            self.update(message)
+        return message
+
+    def update(self, message: Message) -> None:
+        view = self.device(message.device_id)
+        data = message.data
+        ts = data.get("ts") if isinstance(data, dict) else getattr(data, "ts", None)
+        if isinstance(ts, (int, float)) and message.suffix != "status":
+            view.last_seen = max(view.last_seen or 0.0, float(ts))
+        handler = getattr(self, "_on_" + message.suffix.replace("/", "_"), None)
+        if handler is not None:
+            handler(view, data)
+        elif message.suffix.startswith("telemetry/") and isinstance(data, dict):
+            self._on_signal(view, message.suffix.removeprefix("telemetry/"), data)
+
+    # ----- per topic -------------------------------------------------------------------------
+    def _on_status(self, view: DeviceView, data: StatusPayload | None) -> None:
+        if data is None:
+            view.status = None
+            return
+        view.status = data.state
+        view.groups = data.groups
+        view.started_at = data.started_at
+        if data.state == "online":
+            view.last_seen = max(view.last_seen or 0.0, data.ts)
+
+    def _on_model(self, view: DeviceView, data: ModelPayload | None) -> None:
+        view.model = data.name if data else None
+        view.version = data.version if data else None
+        view.previous_version = data.previous.version if data and data.previous else None
+
+    def _on_deployment(self, view: DeviceView, data: DeploymentPayload | None) -> None:
+        view.deployment = data
+
+    def _on_events(self, view: DeviceView, data: EventPayload | None) -> None:
+        if data is None or data.severity not in ALARM_SEVERITIES:
+            return
+        view.alarms_seen += data.severity == "alarm"
+        self.alarms.append(Alarm(view.device_id, data.ts, data.kind, data.severity, data.message))
+        signal, state = data.data.get("signal"), data.data.get("state")
+        if signal in SIGNALS and state in STATE_RANK:
+            view.signals[signal] = state
+
+    def _on_telemetry_latency(self, view: DeviceView, data: LatencyPayload | None) -> None:
+        if data is None:
+            return
+        view.fps = data.fps
+        stage = data.stages.get(END_TO_END)
+        view.latency_p95_ms = stage.p95_ms if stage is not None else None
+        view.frames_processed = data.frames_processed
+
+    def _on_telemetry_health(self, view: DeviceView, data: HealthPayload | None) -> None:
+        if data is None:
+            return
+        view.frames_processed = data.frames_processed
+        if data.model is not None and view.model is None:
+            view.model, view.version = data.model.name, data.model.version
+
+    def _on_signal(self, view: DeviceView, kind: str, data: dict[str, Any]) -> None:
+        if kind not in SIGNALS:
+            return
+        state = worst_state(data)
+        if state is not None:
+            view.signals[kind] = state
+        if kind == "drift":
+            view.drift_score = largest(data, "psi")
+        elif kind == "bias":
+            view.bias_score = largest(data, "max_difference")
+
+    def in_group(self, group: str | None) -> list[DeviceView]:
+        return sorted((v for v in self.devices.values() if group is None or group in v.groups),
+                      key=lambda v: v.device_id)

@@ -1,0 +1,48 @@
+"""``edge-agent fleet status``: the table of devices, filtered by group and by alarm."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.fleet.simdevice import fraction
+from tests.fleetproc import run, simulated_fleet
+from tests.mosquitto import Mosquitto
+
+DEVICES = 8
+ALARM_RATE = 0.4
+
+
+def test_status_table_shows_every_device_and_filters_alarms(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    alarmed = {f"sim-{i:04d}" for i in range(DEVICES) if fraction(f"sim-{i:04d}", "alarm") < ALARM_RATE}
+    assert 0 < len(alarmed) < DEVICES
+    common = ("fleet", "status", "--broker", mosquitto.url, "--window", "2")
+    with simulated_fleet(mosquitto.port, DEVICES, tmp_path / "sim.log", "--group", "hall", "--period", "0.5s",
+                         "--alarm-rate", str(ALARM_RATE)):
+        table = run(*common)
+        rows = run(*common, "--json")
+        only_alarms = run(*common, "--alarm", "--json")
+        other_group = run(*common, "--group", "yard")
+    for done in (table, rows, only_alarms, other_group):
+        assert done.returncode == 0, done.stderr
+
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["DEVICE", "STATUS", "MODEL", "VERSION", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK",
+                                "LAST_SEEN"]
+    body = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert set(body) == {f"sim-{i:04d}" for i in range(DEVICES)}
+    assert all(cells[1:4] == ["online", "text-det", "1.0.0"] for cells in body.values())
+    assert lines[-1] == f"{DEVICES} devices, {DEVICES} online, {len(alarmed)} with alarms"
+
+    parsed = json.loads(rows.stdout)
+    assert len(parsed) == DEVICES
+    for row in parsed:
+        assert row["groups"] == ["hall"]
+        assert row["fps"] > 0 and row["latency_p95_ms"] > 0
+        assert row["drift"] == ("alarm" if row["device"] in alarmed else "ok")
+        assert row["bias"] == "ok" and row["leak"] == "ok"
+        assert row["last_seen_s"] is not None
+
+    assert {row["device"] for row in json.loads(only_alarms.stdout)} == alarmed
+    header = "DEVICE  STATUS  MODEL  VERSION  FPS  P95_MS  DRIFT  BIAS  LEAK  LAST_SEEN"
+    assert other_group.stdout.splitlines() == [header, "0 devices, 0 online, 0 with alarms"]
