@@ -12,6 +12,7 @@ from . import __version__
 from .cli_control import add_control_parsers, add_key_parsers
 from .config import ConfigError, load_config
 from .models.build import add_build_parser
+from .tools.cli import add_tool_parsers
 
 __all__ = ["main"]
 
@@ -82,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     add_control_parsers(sub)
-    model = sub.add_parser("model", help="model tools: keys, signing, engine builds")
+    model = sub.add_parser(
+        "model", help="model tools: keys, signing, engine builds, export, quantize, prune, compare, pack")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     add_key_parsers(model_sub)
     add_build_parser(model_sub)
+    add_tool_parsers(model_sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
     schema.add_argument("name", nargs="?", help="one payload's schema")
