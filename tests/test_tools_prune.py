@@ -96,4 +96,4 @@ def test_prune_cli_prints_the_table_and_json(tmp_path, demo_dir, capsys):
     assert data["pattern"] == "2:4" and data["two_four_fraction"] == 1.0
     assert Manifest.read(tmp_path / "b" / "manifest.json").version == "0.0.11-sparse24"
     assert main(["model", "prune", str(folder), "--sparsity", "0.5", "-o", str(tmp_path / "b")]) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert "not an empty folder" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 from agent.models.manifest import Manifest
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.compare import compare_models, format_comparison
-from agent.tools.errors import FramesError, QuantizeError
+from agent.tools.errors import FramesError, QuantizeError, ToolError
 from agent.tools.frames import read_frames, read_video_frames
 from agent.tools.modelref import resolve_model
 from agent.tools.onnxutil import default_opset
@@ -39,7 +39,7 @@ def text_det_int8(tmp_path_factory, demo_dir, frames):
 def test_pp_ocr_v4_is_raised_to_opset_13_and_its_per_channel_qdq_graph_loads_and_runs(text_det_int8, frames):
     source, result = text_det_int8
     model = onnx.load(str(result.path))
-    assert (result.source_opset, result.opset) == (12, 13)
+    assert (result.source_opset, result.opset) == (12, 14), "13 for per-channel Q/DQ, 14 for HardSwish"
     dequant = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert any(a.name == "axis" for n in dequant for a in n.attribute), "no per-channel DequantizeLinear"
     conv_weights = {n.input[1] for n in model.graph.node if n.op_type == "Conv"}
@@ -65,7 +65,7 @@ def test_quantized_folder_keeps_preprocess_head_and_hashes_with_an_int8_version(
     written.verify_files(result.path.parent)
     assert set(written.files) == {"model.onnx", "LICENSE"}
     props = {p.key: p.value for p in onnx.load(str(result.path)).metadata_props}
-    assert props["edge_agent.opset"] == "13"
+    assert props["edge_agent.opset"] == "14"
     assert '"per_channel": true' in props["edge_agent.quantization"]
 
 
@@ -110,7 +110,7 @@ def test_bad_requests_name_what_is_wrong(tmp_path, demo_dir):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     source = resolve_model(demo_dir / "models" / "orientation-0.0.11")
-    with pytest.raises(QuantizeError, match="not empty"):
+    with pytest.raises(ToolError, match="not an empty folder"):
         quantize_model(source, [], tmp_path / "busy", QuantizeOptions())
     with pytest.raises(FramesError, match="no images"):
         read_frames(2, images=tmp_path / "busy")

@@ -1,4 +1,4 @@
-"""``edge-agent model export | quantize | prune | compare | distill``: the optimisation commands.
+"""``edge-agent model export | quantize | simplify | prune | compare | distill``: the optimisation commands.
 
 Each handler imports its tool when it runs, so ``edge-agent --help`` stays fast
 and the torch extra is needed only by ``export`` and ``distill``. Every tool
@@ -94,7 +94,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     options = QuantizeOptions(method=args.method, target=args.target, per_channel=args.per_channel,
                               format=args.format, reduce_range=args.reduce_range,
-                              exclude_nodes=tuple(args.exclude), op_types=tuple(args.op_types))
+                              exclude_nodes=tuple(args.exclude), op_types=tuple(args.op_types),
+                              optimize=not args.no_optimize, float_first=args.float_first)
     source = resolve_model(args.model, args.manifest)
     frames = _frames(args, args.frames)
     result = quantize_model(source, frames, args.output, options, version=args.version)
@@ -102,6 +103,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     print(f"{args.output}: {result.manifest.name} {result.manifest.version}, INT8 {options.format.upper()} "
           f"for {options.target}, {result.frames} calibration frames, {options.method}"
           f"{', per channel' if options.per_channel else ''}{upgraded}; {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_simplify(args: argparse.Namespace) -> int:
+    from .modelref import resolve_model
+    from .quantize import simplify_model
+
+    manifest, report = simplify_model(resolve_model(args.model, args.manifest), args.output, version=args.version)
+    print(f"{args.output}: {manifest.name} {manifest.version}, {report.nodes_before} -> {report.nodes_after} nodes "
+          f"({report.folded_after + report.folded_before} affine steps folded into convolutions, "
+          f"{report.hardswish} HardSwish fused)")
     return EXIT_OK
 
 
@@ -198,9 +210,23 @@ def _add_quantize(sub: Any) -> None:
     p.add_argument("--reduce-range", action="store_true", help="7-bit weights (x86 CPUs without VNNI)")
     p.add_argument("--exclude", type=_names, default=[], metavar="NODE[,NODE]", help="nodes left in float")
     p.add_argument("--op-types", type=_names, default=[], metavar="OP[,OP]", help="only quantize these ops")
+    p.add_argument("--float-first", type=int, default=0, metavar="N",
+                   help="leave the first N convolutions (the high-resolution stem) in float")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip the exact graph rewrites (folded affine steps, fused HardSwish)")
     p.add_argument("--version", help="version of the result (default: the source's + '-int8')")
     p.add_argument("-o", "--output", type=Path, required=True, help="the model folder to write")
     p.set_defaults(handler=guarded("quantize", cmd_quantize))
+
+
+def _add_simplify(sub: Any) -> None:
+    p = sub.add_parser("simplify", help="exact FP32 graph rewrites: fold affine steps into convolutions, "
+                       "fuse HardSwish")
+    p.add_argument("model", type=Path, help="a model folder or an .onnx file (with --manifest)")
+    p.add_argument("--manifest", type=Path)
+    p.add_argument("--version", help="version of the result (default: the source's + '-simplified')")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the model folder to write")
+    p.set_defaults(handler=guarded("simplify", cmd_simplify))
 
 
 def _names(text: str) -> list[str]:
@@ -254,11 +280,12 @@ def _add_distill(sub: Any) -> None:
 
 
 def add_tool_parsers(model_sub: Any) -> None:
-    """Register export, quantize, prune, compare, distill, pack and inspect under ``model``."""
+    """Register export, quantize, simplify, prune, compare, distill, pack and inspect under ``model``."""
     from .cli_pack import add_pack_parsers
 
     _add_export(model_sub)
     _add_quantize(model_sub)
+    _add_simplify(model_sub)
     _add_prune(model_sub)
     _add_compare(model_sub)
     _add_distill(model_sub)

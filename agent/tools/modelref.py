@@ -8,6 +8,7 @@ manifest, so a tool sees exactly the tensors and predictions the agent would.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,10 +23,22 @@ from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..vision.transforms import Geometry, Prediction, Preprocessor, make_head
 from .errors import ToolError
 
-__all__ = ["DEFAULT_THREADS", "ModelRef", "Runner", "find_manifest", "model_file", "resolve_model"]
+__all__ = [
+    "DEFAULT_THREADS",
+    "ModelRef",
+    "Runner",
+    "check_empty",
+    "find_manifest",
+    "model_file",
+    "resolve_model",
+    "write_model_folder",
+]
 
 DEFAULT_THREADS = 2
 """Intra-op threads, as the agent's default config uses."""
+MODEL_FILE = "model.onnx"
+CARRIED_FILES = ("LICENSE",)
+"""Files of a source folder that a derived model folder keeps."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,33 @@ def resolve_model(arg: Path, manifest: Path | Manifest | None = None) -> ModelRe
     if chosen is None:
         raise ToolError(f"{arg}: an .onnx file needs a manifest (give --manifest, or a model folder)")
     return ModelRef(path=path, manifest=chosen, folder=arg if arg.is_dir() else None)
+
+
+def check_empty(out_dir: Path) -> None:
+    """A tool writes a new model folder; it never mixes files into an existing one."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ToolError(f"{out_dir}: exists and is not an empty folder")
+
+
+def write_model_folder(src: ModelRef, model: onnx.ModelProto, out_dir: Path, version: str,
+                       source: str) -> Manifest:
+    """``model`` as a folder derived from ``src``: model.onnx, the source's LICENSE, a manifest.
+
+    The manifest keeps the source's preprocessing, head and reference statistics;
+    goldens are dropped (they hold the source's outputs) and every file is hashed.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out_dir / MODEL_FILE))
+    if src.folder is not None:
+        for name in CARRIED_FILES:
+            if (src.folder / name).is_file():
+                shutil.copy2(src.folder / name, out_dir / name)
+    manifest = src.manifest.model_copy(update={
+        "version": version, "model_file": MODEL_FILE, "format": "onnx", "golden": (), "files": {},
+        "engine_key": None, "source": source,
+    }).with_hashes(out_dir)
+    manifest.write(out_dir / MANIFEST_FILE)
+    return manifest
 
 
 class Runner:

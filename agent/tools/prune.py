@@ -14,7 +14,6 @@ Dense storage keeps the file size; zeros compress well in a bundle's transport.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,17 +23,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..models.manifest import MANIFEST_FILE, Manifest
+from ..models.manifest import Manifest
 from ..models.sparsity import prune_model_2to4, sparsity_report
 from .errors import PruneError
-from .modelref import ModelRef
+from .modelref import ModelRef, check_empty, write_model_folder
 from .onnxutil import constants_to_initializers, set_metadata, weight_uses
 
 __all__ = ["LayerSparsity", "PruneReport", "format_report", "prune_folder", "prune_onnx"]
 
 Pattern = Literal["unstructured", "2:4"]
-MODEL_FILE = "model.onnx"
-CARRIED_FILES = ("LICENSE",)
+REPORT_FILE = "prune_report.json"
 TWO_FOUR_SPARSITY = 0.5
 
 
@@ -120,24 +118,14 @@ def prune_onnx(model: onnx.ModelProto, sparsity: float, pattern: Pattern) -> tup
 def prune_folder(src: ModelRef, out_dir: Path, sparsity: float, pattern: Pattern,
                  *, version: str | None = None) -> tuple[Manifest, PruneReport]:
     """Prune ``src`` into the model folder ``out_dir``: model.onnx, manifest, prune_report.json."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise PruneError(f"{out_dir}: exists and is not empty")
+    check_empty(out_dir)
     pruned, report = prune_onnx(onnx.load(str(src.path)), sparsity, pattern)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(pruned, str(out_dir / MODEL_FILE))
-    if src.folder is not None:
-        for name in CARRIED_FILES:
-            if (src.folder / name).is_file():
-                shutil.copy2(src.folder / name, out_dir / name)
-    (out_dir / "prune_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     suffix = "-sparse24" if pattern == "2:4" else f"-pruned{round(sparsity * 100)}"
-    manifest = src.manifest.model_copy(update={
-        "version": version or src.manifest.version + suffix, "model_file": MODEL_FILE, "golden": (),
-        "files": {}, "engine_key": None,
-        "source": f"{pattern} magnitude pruning ({report.sparsity:.0%}) of "
-                  f"{src.manifest.name} {src.manifest.version}",
-    }).with_hashes(out_dir)
-    manifest.write(out_dir / MANIFEST_FILE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    manifest = write_model_folder(src, pruned, out_dir, version or src.manifest.version + suffix,
+                                  f"{pattern} magnitude pruning ({report.sparsity:.0%}) of "
+                                  f"{src.manifest.name} {src.manifest.version}")
     return manifest, report
 
 
