@@ -233,8 +233,7 @@ def fuse_hardswish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     out = copy_model(model)
     g = _Graph(out)
     dead: set[int] = set()
-    rename: dict[str, str] = {}
-    fused = 0
+    fused: list[onnx.NodeProto] = []
     for add in out.graph.node:
         if add.op_type != "Add":
             continue
@@ -256,12 +255,11 @@ def fuse_hardswish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if not exact:
             continue
         dead |= {id(add), id(clip), id(mul), id(last)}
-        rename[last.output[0]] = last.output[0]
-        out.graph.node.append(helper.make_node("HardSwish", [x], [last.output[0]],
-                                               name=f"{last.name or last.output[0]}_hardswish"))
-        fused += 1
+        fused.append(helper.make_node("HardSwish", [x], [last.output[0]],
+                                      name=f"{last.name or last.output[0]}_hardswish"))
     _remove(out, dead, {})
-    return _toposort(out), fused
+    out.graph.node.extend(fused)
+    return _toposort(out), len(fused)
 
 
 def _toposort(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,7 +35,7 @@ import structlog
 from ..models.manifest import Manifest, sha256_file
 from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..vision.transforms import Preprocessor
-from .errors import QuantizeError, ToolError
+from .errors import QuantizeError
 from .graphopt import HARDSWISH_OPSET, GraphOptReport, optimize_graph
 from .modelref import ModelRef, check_empty, write_model_folder
 from .onnxutil import constants_to_initializers, default_opset, load_onnx, set_metadata, upgrade_opset
@@ -91,7 +91,8 @@ class QuantizeOptions:
         if self.format not in ("qdq", "qoperator"):
             raise QuantizeError(f"format {self.format!r}: use qdq or qoperator")
         if self.target == "tensorrt" and self.format != "qdq":
-            raise QuantizeError("TensorRT builds INT8 engines only from Q/DQ graphs: use format qdq")
+            raise QuantizeError("TensorRT builds INT8 engines only from Q/DQ graphs: use format qdq "
+                                "(or target cpu for QOperator)")
         if self.float_first < 0:
             raise QuantizeError(f"float_first {self.float_first} must be >= 0")
 
@@ -222,8 +223,6 @@ def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True},
             )
-        except ToolError:
-            raise
         except Exception as exc:  # the quantizer raises bare Exceptions and ValueErrors alike
             raise QuantizeError(f"ONNX Runtime's quantizer failed: {type(exc).__name__}: {exc}") from exc
         return onnx.load(str(target))
