@@ -26,7 +26,7 @@ from .runtime.onnxrt import OnnxRuntimeEngine
 from .tools.compare import compare_models
 from .tools.frames import read_video_frames
 from .tools.modelref import ModelRef, resolve_model
-from .tools.prune import prune_folder
+from .tools.prune import Pattern, prune_folder
 from .tools.quantize import QuantizeOptions, calibration_feeds, quantize_model, simplify_model
 
 __all__ = ["CPU_FLAGS", "bench_tools", "cpu_flags"]
@@ -165,9 +165,10 @@ def _bench_pruning(demo: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for folder in ("orientation-0.0.11", "text-det-v4"):
             source = resolve_model(demo / "models" / folder)
-            for pattern in ("unstructured", "2:4"):
+            patterns: tuple[Pattern, ...] = ("unstructured", "2:4")
+            for pattern in patterns:
                 out = Path(tmp) / f"{folder}-{pattern.replace(':', '')}"
-                _, report = prune_folder(source, out, 0.5, pattern)  # type: ignore[arg-type]
+                _, report = prune_folder(source, out, 0.5, pattern)
                 result = compare_models(source, resolve_model(out), frames, threads=THREADS)
                 a = result.agreement
                 _say(f"  {source.manifest.name:<12} {pattern:<13} sparsity {report.sparsity:5.1%}: "

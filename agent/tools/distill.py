@@ -110,7 +110,9 @@ def _loss(kind: str, temperature: float) -> Callable[[Any, Any], Any]:
     def dense(logits: Any, probs: Any) -> Any:
         return functional.binary_cross_entropy_with_logits(logits, probs)
 
-    return {"classify": classify, "text_detect_db": dense}.get(kind, functional.mse_loss)
+    losses: dict[str, Callable[[Any, Any], Any]] = {"classify": classify, "text_detect_db": dense}
+    chosen: Callable[[Any, Any], Any] = losses.get(kind, functional.mse_loss)
+    return chosen
 
 
 def _batches(pairs: list[tuple[np.ndarray, np.ndarray]], size: int, rng: np.random.Generator) -> list[list[int]]:

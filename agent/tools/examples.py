@@ -35,7 +35,8 @@ class OrientationStudent(nn.Module):
         self.classifier = nn.Linear(cin, classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+        logits: Tensor = self.classifier(self.pool(self.features(x)).flatten(1))
+        return logits
 
 
 def orientation_student() -> nn.Module:

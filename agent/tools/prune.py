@@ -29,7 +29,7 @@ from .errors import PruneError
 from .modelref import ModelRef, check_empty, write_model_folder
 from .onnxutil import constants_to_initializers, set_metadata, weight_uses
 
-__all__ = ["LayerSparsity", "PruneReport", "format_report", "prune_folder", "prune_onnx"]
+__all__ = ["LayerSparsity", "Pattern", "PruneReport", "format_report", "prune_folder", "prune_onnx"]
 
 Pattern = Literal["unstructured", "2:4"]
 REPORT_FILE = "prune_report.json"
@@ -82,7 +82,8 @@ def _prune_unstructured(weight: np.ndarray, sparsity: float) -> np.ndarray:
     order = np.argsort(np.abs(flat), kind="stable")
     pruned = flat.copy()
     pruned[order[:drop]] = 0
-    return pruned.reshape(weight.shape)
+    result: np.ndarray = pruned.reshape(weight.shape)
+    return result
 
 
 def prune_onnx(model: onnx.ModelProto, sparsity: float, pattern: Pattern) -> tuple[onnx.ModelProto, PruneReport]:

@@ -201,7 +201,7 @@ def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
         quantize_static,
     )
 
-    class Reader(_Reader, CalibrationDataReader):
+    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]
         pass
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
