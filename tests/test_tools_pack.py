@@ -12,7 +12,14 @@ import pytest
 
 from agent.cli import main
 from agent.models.bundle import BundleError, pack_bundle, unpack_bundle
-from agent.models.fetch import FetchError, generate_keypair, load_public_key, verify_signature
+from agent.models.fetch import (
+    FetchError,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_bytes,
+    verify_signature,
+)
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeployFailed, DeploymentManager
 from agent.models.manifest import Manifest
@@ -66,6 +73,8 @@ def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientatio
                                                        "golden_1_in.npy", "golden_1_frame.npy"]
     assert manifest.reference is None and any("no reference statistics" in n for n in notes)
     verify_signature(load_public_key(keys[1]), result.bundle, result.signature.read_text())
+    assert result.signature.read_text() == sign_bytes(load_private_key(keys[0]), result.bundle.read_bytes()), \
+        "the same signature `edge-agent deploy --sign` sends"
     inspection = inspect_bundle(result.bundle, public_key=keys[1])
     assert inspection.ok and inspection.signature == "valid"
     assert {m.name for m in inspection.members} == set(manifest.files) | {"manifest.json"}
