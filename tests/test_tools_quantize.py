@@ -36,7 +36,7 @@ def text_det_int8(tmp_path_factory, demo_dir, frames):
     return source, result
 
 
-def test_pp_ocr_v4_is_raised_to_opset_13_and_its_per_channel_qdq_graph_loads_and_runs(text_det_int8, frames):
+def test_pp_ocr_v4_is_raised_from_opset_12_and_its_per_channel_qdq_graph_loads_and_runs(text_det_int8, frames):
     source, result = text_det_int8
     model = onnx.load(str(result.path))
     assert (result.source_opset, result.opset) == (12, 14), "13 for per-channel Q/DQ, 14 for HardSwish"
