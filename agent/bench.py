@@ -8,6 +8,9 @@
    detectors) through the real deployment manager while the pipeline runs at
    full rate: skipped frames, the worst gap between processed frames around a
    swap against the median gap, and RSS growth over the swaps.
+3. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+   CPU (frames/s ratio and agreement), and magnitude pruning against the dense
+   model (see ``agent.bench_tools``).
 
 Numbers only; nothing here asserts a timing.
 """
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .bench_tools import bench_tools
 from .config import DeploySection, SourceSection
 from .models.bundle import pack_bundle
 from .models.loader import EngineOptions, load_serving
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--swaps", type=int, default=100)
-    parser.add_argument("--only", choices=("pipeline", "swap"), default=None)
+    parser.add_argument("--only", choices=("pipeline", "swap", "tools"), default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_pipeline(args.demo, store, args.frames, args.rounds)
     if args.only in (None, "swap"):
         bench_swaps(args.demo, args.swaps)
+    if args.only in (None, "tools"):
+        bench_tools(args.demo)
     return 0
 
 

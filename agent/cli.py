@@ -14,6 +14,7 @@ from .cli_fleet import add_fleet_parsers
 from .config import ConfigError, load_config
 from .models.build import add_build_parser
 from .monitor.profile_cli import add_profile_parser
+from .tools.cli import add_tool_parsers
 
 __all__ = ["main"]
 
@@ -85,11 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_control_parsers(sub)
     add_fleet_parsers(sub)
-    model = sub.add_parser("model", help="model tools: keys, signing, engine builds, drift profiles")
+    model = sub.add_parser(
+        "model", help="model tools: keys, signing, engine builds, drift profiles, export, quantize, prune, compare, pack")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     add_key_parsers(model_sub)
     add_build_parser(model_sub)
     add_profile_parser(model_sub)
+    add_tool_parsers(model_sub)
 
     schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
     schema.add_argument("name", nargs="?", help="one payload's schema")

@@ -289,9 +289,11 @@ class DeploymentManager:
             inputs = np.load(folder / golden.input_file)
             expected = np.load(folder / golden.output_file)
             name = manifest.preprocess.input_name or new.engine.inputs[0].name
-            if new.engine.inputs[0].dtype == np.uint8 and inputs.dtype != np.uint8:
-                continue  # golden tensors are for the unfused graph; the fused engine takes frames
-            output = next(iter(new.engine.infer({name: inputs}).values()))
+            if inputs.dtype != new.engine.inputs[0].dtype:
+                continue  # a float tensor is for the unfused graph, a uint8 frame for a fused one
+            outputs = new.engine.infer({name: inputs})
+            head_output = manifest.head.output_name
+            output = outputs[head_output] if head_output else next(iter(outputs.values()))
             if not np.isfinite(output).all():
                 raise DeployFailed(Step.VALIDATING, "non_finite_output", f"golden input {golden.input_file} gives NaN/inf")
             if output.shape != expected.shape or not np.allclose(output, expected, rtol=golden.rtol, atol=golden.atol):

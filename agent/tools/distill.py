@@ -1,0 +1,193 @@
+"""Knowledge distillation: a small student learns the teacher's outputs on unlabelled frames.
+
+No labels are needed: the teacher (an ONNX model with its manifest) labels every
+frame the student sees, so augmentation is free; each frame is also shown
+turned by 90, 180 and 270 degrees, which for an orientation classifier is what
+makes the other three classes appear at all. Inputs are the agent's float
+preprocessing of the teacher's manifest, so the student takes the same tensor
+and reuses the teacher's manifest.
+
+Losses: a classifier learns the teacher's class distribution (cross-entropy
+against the teacher's probabilities softened by a temperature); a text
+detector learns the probability map (binary cross-entropy on the student's
+logits); anything else learns the raw outputs (mean squared error). The student
+outputs logits; the exported graph ends like the teacher's (a softmax when the
+teacher's head reads probabilities, a sigmoid for a probability map).
+
+Needs the optional ``torch`` extra.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import structlog
+
+from ..vision.transforms import softmax
+from .compare import Comparison, compare_models
+from .errors import DistillError
+from .export import export_onnx, require_torch
+from .modelref import ModelRef, Runner
+
+__all__ = ["DistillOptions", "DistillResult", "distill", "teacher_targets"]
+
+log = structlog.get_logger(__name__)
+
+ROTATIONS = (None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+Progress = Callable[[int, int, float], None]
+"""(epoch, epochs, mean loss of that epoch)."""
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    temperature: float = 1.0
+    rotate: bool = True
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DistillError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
+        if not (self.learning_rate > 0 and self.temperature > 0):
+            raise DistillError("learning rate and temperature must be > 0")
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    path: Path
+    losses: tuple[float, ...]
+    """Mean training loss per epoch."""
+    samples: int
+    comparison: Comparison | None
+
+
+def _views(frame: np.ndarray, rotate: bool) -> list[np.ndarray]:
+    if not rotate:
+        return [frame]
+    return [frame if code is None else cv2.rotate(frame, code) for code in ROTATIONS]
+
+
+def teacher_targets(teacher: ModelRef, frames: Sequence[np.ndarray], rotate: bool,
+                    threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input tensor, teacher target) per frame view; targets are probabilities or raw outputs."""
+    runner = Runner(teacher, threads=threads, fused=False)
+    head = teacher.manifest.head
+    pairs = []
+    try:
+        for frame in frames:
+            for view in _views(frame, rotate):
+                feeds, _ = runner.prep(view)
+                outputs, _ = runner.infer(feeds)
+                target = outputs[runner.output_name]
+                if head.kind == "classify" and head.softmax:
+                    target = softmax(target).astype(np.float32)
+                pairs.append((next(iter(feeds.values()))[0], target[0]))
+    finally:
+        runner.close()
+    return pairs
+
+
+def _loss(kind: str, temperature: float) -> Callable[[Any, Any], Any]:
+    torch = require_torch()
+    functional = torch.nn.functional
+
+    def classify(logits: Any, probs: Any) -> Any:
+        soft = probs.clamp_min(1e-8) ** (1.0 / temperature)
+        soft = soft / soft.sum(dim=1, keepdim=True)
+        log_p = functional.log_softmax(logits / temperature, dim=1)
+        return -(soft * log_p).sum(dim=1).mean() * temperature**2
+
+    def dense(logits: Any, probs: Any) -> Any:
+        return functional.binary_cross_entropy_with_logits(logits, probs)
+
+    losses: dict[str, Callable[[Any, Any], Any]] = {"classify": classify, "text_detect_db": dense}
+    chosen: Callable[[Any, Any], Any] = losses.get(kind, functional.mse_loss)
+    return chosen
+
+
+def _batches(pairs: list[tuple[np.ndarray, np.ndarray]], size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled index batches, each of one input shape (rotated frames change a dense input's shape)."""
+    by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, (tensor, _) in enumerate(pairs):
+        by_shape[tensor.shape].append(index)
+    batches = []
+    for indices in by_shape.values():
+        order = rng.permutation(indices).tolist()
+        batches += [order[i:i + size] for i in range(0, len(order), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _train(student: Any, pairs: list[tuple[np.ndarray, np.ndarray]], kind: str, options: DistillOptions,
+           progress: Progress | None) -> list[float]:
+    torch = require_torch()
+    torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
+    rng = np.random.default_rng(options.seed)
+    loss_fn = _loss(kind, options.temperature)
+    optimizer = torch.optim.Adam(student.parameters(), lr=options.learning_rate)
+    losses = []
+    student.train()
+    for epoch in range(options.epochs):
+        total, count = 0.0, 0
+        for batch in _batches(pairs, options.batch_size, rng):
+            inputs = torch.from_numpy(np.stack([pairs[i][0] for i in batch]))
+            targets = torch.from_numpy(np.stack([pairs[i][1] for i in batch]))
+            outputs = student(inputs)
+            if outputs.shape != targets.shape:
+                raise DistillError(f"the student outputs {tuple(outputs.shape[1:])} per frame, the teacher "
+                                   f"{tuple(targets.shape[1:])}: they must match")
+            loss = loss_fn(outputs, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        losses.append(total / count)
+        log.info("distill_epoch", epoch=epoch + 1, epochs=options.epochs, loss=round(losses[-1], 5))
+        if progress is not None:
+            progress(epoch + 1, options.epochs, losses[-1])
+    return losses
+
+
+def _exportable(student: Any, teacher: ModelRef) -> Any:
+    """The student ending the way the teacher's head expects its output."""
+    torch = require_torch()
+    head = teacher.manifest.head
+    student.eval()
+    if head.kind == "classify" and not head.softmax:
+        return torch.nn.Sequential(student, torch.nn.Softmax(dim=1)).eval()
+    if head.kind == "text_detect_db":
+        return torch.nn.Sequential(student, torch.nn.Sigmoid()).eval()
+    return student
+
+
+def distill(teacher: ModelRef, student: Any, train_frames: Sequence[np.ndarray], out: Path,
+            options: DistillOptions, *, eval_frames: Sequence[np.ndarray] = (),
+            progress: Progress | None = None) -> DistillResult:
+    """Train ``student`` on ``teacher``'s outputs over ``train_frames``, export it to ``out``.
+
+    With ``eval_frames``, the exported student is compared with the teacher on them.
+    """
+    if not train_frames:
+        raise DistillError("no frames to train on")
+    pairs = teacher_targets(teacher, train_frames, options.rotate, options.threads)
+    losses = _train(student, pairs, teacher.manifest.head.kind, options, progress)
+    shape = (1, *pairs[0][0].shape)
+    dense = teacher.manifest.preprocess.resize == "multiple" and teacher.manifest.preprocess.height is None
+    export_onnx(_exportable(student, teacher), shape, out, dynamic_batch=True, dynamic_spatial=dense,
+                source=f"distilled from {teacher.manifest.name} {teacher.manifest.version}")
+    comparison = None
+    if eval_frames:
+        manifest = teacher.manifest.model_copy(update={"version": f"{teacher.manifest.version}-student"})
+        comparison = compare_models(teacher, ModelRef(out, manifest), eval_frames, threads=options.threads)
+    return DistillResult(out, tuple(losses), len(pairs), comparison)

@@ -1,0 +1,79 @@
+"""Frames for the model tools: evenly spaced from a video file, or the images of a folder.
+
+Frames come out as the camera gives them to the agent: uint8 BGR, HxWx3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import FramesError
+
+__all__ = ["IMAGE_SUFFIXES", "read_frames", "read_image_frames", "read_video_frames"]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+
+
+def _check_count(count: int) -> None:
+    if count < 1:
+        raise FramesError(f"asked for {count} frames; need at least 1")
+
+
+def read_video_frames(path: Path, count: int) -> list[np.ndarray]:
+    """``count`` frames spread evenly over the video (all of them when it is shorter)."""
+    _check_count(count)
+    if not path.is_file():
+        raise FramesError(f"{path}: no such video file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise FramesError(f"{path}: OpenCV cannot open it as a video")
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        wanted = (
+            set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+            if total > 0 else None
+        )
+        frames: list[np.ndarray] = []
+        index = 0
+        while len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if wanted is None or index in wanted:
+                frames.append(frame)
+            index += 1
+    finally:
+        capture.release()
+    if not frames:
+        raise FramesError(f"{path}: no frame could be decoded")
+    return frames
+
+
+def read_image_frames(folder: Path, count: int) -> list[np.ndarray]:
+    """Up to ``count`` images of ``folder`` (sorted by name), as BGR frames."""
+    _check_count(count)
+    if not folder.is_dir():
+        raise FramesError(f"{folder}: not a directory of images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FramesError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    frames = []
+    for path in paths[:count]:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FramesError(f"{path}: OpenCV cannot read it as an image")
+        frames.append(image)
+    return frames
+
+
+def read_frames(count: int, *, video: Path | None = None, images: Path | None = None) -> list[np.ndarray]:
+    """Frames from exactly one of a video or an image folder."""
+    if (video is None) == (images is None):
+        raise FramesError("give exactly one of a video file or an image folder")
+    if video is not None:
+        return read_video_frames(video, count)
+    assert images is not None
+    return read_image_frames(images, count)

@@ -1,0 +1,190 @@
+"""Pack a model into a deployable bundle: model, manifest, goldens, reference statistics, hashes, signature.
+
+A bundle is a tar of one model folder (see ``agent.models.bundle``). ``pack``
+checks that the manifest fits the model, writes golden inputs with the outputs
+the model must reproduce, asks ``agent.monitor.profile.profile`` (when that
+module exists) for the reference statistics drift detection compares against,
+hashes every file into the manifest and, given a private key, writes a detached
+ed25519 signature ``<bundle>.sig`` (base64, the same bytes ``edge-agent deploy
+--sign`` signs).
+
+Goldens come in pairs per frame: ``golden_<i>_in.npy`` is the float tensor of
+the agent's float preprocessing path, ``golden_<i>_frame.npy`` the uint8 frame
+(resized, NHWC, BGR) a graph with fused preprocessing takes; both expect
+``golden_<i>_out.npy``, the float model's output. The validator runs whichever
+fits the loaded engine's input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..models.bundle import pack_bundle
+from ..models.fetch import load_private_key, sign_bytes
+from ..models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
+from ..models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
+from ..runtime.onnxrt import OnnxRuntimeEngine
+from ..vision.transforms import Preprocessor
+from .errors import PackError
+from .frames import read_video_frames
+
+__all__ = [
+    "GOLDEN_ATOL",
+    "GOLDEN_FRAMES",
+    "GOLDEN_RTOL",
+    "HEAD_KINDS",
+    "PROFILE_FUNCTION",
+    "PackResult",
+    "build_manifest",
+    "pack_model",
+    "signature_path",
+]
+
+GOLDEN_FRAMES = 2
+GOLDEN_RTOL = 1e-2
+GOLDEN_ATOL = 1e-2
+"""Goldens catch a wrong or broken model, not numeric noise: a reduced-precision engine
+(FP16 or INT8 on TensorRT) must pass them too."""
+HEAD_KINDS = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
+PROFILE_FUNCTION = ("agent.monitor.profile", "profile")
+"""Where the reference statistics come from: ``profile(model_path, manifest, video) -> dict``."""
+MODEL_FILE = "model.onnx"
+SIGNATURE_SUFFIX = ".sig"
+
+Note = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PackResult:
+    bundle: Path
+    manifest: Manifest
+    signature: Path | None
+
+
+def signature_path(bundle: Path) -> Path:
+    return bundle.with_name(bundle.name + SIGNATURE_SUFFIX)
+
+
+def _validated(model: type[PreprocessSpec] | type[HeadSpec], base: dict[str, Any],
+               overrides: dict[str, Any], what: str) -> Any:
+    try:
+        return model.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
+    except ValueError as exc:
+        raise PackError(f"{what}: {exc}") from exc
+
+
+def build_manifest(*, name: str, version: str, task: str, labels: Sequence[str],
+                   template: Manifest | None = None, preprocess: dict[str, Any] | None = None,
+                   head: dict[str, Any] | None = None, license: str | None = None,
+                   description: str | None = None) -> Manifest:
+    """A manifest from a template's preprocess/head (or defaults) with flags on top."""
+    if task not in HEAD_KINDS:
+        raise PackError(f"task {task!r}: use one of {', '.join(HEAD_KINDS)}")
+    base_pre = template.preprocess.model_dump() if template else {}
+    base_head = template.head.model_dump() if template and template.task == task else {}
+    pre_spec = _validated(PreprocessSpec, base_pre, preprocess or {}, "preprocessing")
+    head_spec = _validated(HeadSpec, base_head,
+                           {"kind": HEAD_KINDS[task], "labels": tuple(labels) or None, **(head or {})}, "head")
+    try:
+        return Manifest(name=name, version=version, task=task, model_file=MODEL_FILE,  # type: ignore[arg-type]
+                        preprocess=pre_spec, head=head_spec, license=license, description=description)
+    except ValueError as exc:
+        raise PackError(f"manifest: {exc}") from exc
+
+
+def _check_fits(model: Path, manifest: Manifest) -> OnnxRuntimeEngine:
+    engine = OnnxRuntimeEngine.load(model, threads=1)
+    try:
+        check_fits_input(manifest.preprocess, engine.inputs)
+        check_fits_head(engine.outputs, manifest.head)
+    except SpecMismatchError as exc:
+        engine.close()
+        raise PackError(f"the manifest does not fit the model: {exc}") from exc
+    return engine
+
+
+def _output(engine: OnnxRuntimeEngine, outputs: dict[str, np.ndarray], head: HeadSpec) -> np.ndarray:
+    return outputs[head.output_name or engine.outputs[0].name]
+
+
+def write_goldens(folder: Path, manifest: Manifest, engine: OnnxRuntimeEngine,
+                  frames: Sequence[np.ndarray], rtol: float, atol: float) -> tuple[Golden, ...]:
+    """Golden pairs (float tensor and uint8 frame) per frame; the fused graph is checked against them."""
+    float_prep = Preprocessor.for_inputs(manifest.preprocess, engine.inputs)
+    fused_model = fuse_preprocessing(onnx.load(str(folder / manifest.model_file)), manifest.preprocess)
+    fused = OnnxRuntimeEngine.load(fused_model.SerializeToString(), threads=1)
+    goldens: list[Golden] = []
+    try:
+        fused_prep = Preprocessor.for_inputs(manifest.preprocess, fused.inputs)
+        for index, frame in enumerate(frames):
+            tensor, _ = float_prep.prep(frame)
+            expected = _output(engine, engine.infer({float_prep.input_name: tensor}), manifest.head)
+            image, _ = fused_prep.prep(frame)
+            got = _output(fused, fused.infer({fused_prep.input_name: image}), manifest.head)
+            if got.shape != expected.shape or not np.allclose(got, expected, rtol=rtol, atol=atol):
+                raise PackError(f"golden frame {index}: the fused graph's output differs from the float path's")
+            names = {kind: f"golden_{index}_{kind}.npy" for kind in ("in", "frame", "out")}
+            np.save(folder / names["in"], tensor)
+            np.save(folder / names["frame"], np.ascontiguousarray(image))
+            np.save(folder / names["out"], expected)
+            goldens += [Golden(input_file=names["in"], output_file=names["out"], rtol=rtol, atol=atol),
+                        Golden(input_file=names["frame"], output_file=names["out"], rtol=rtol, atol=atol)]
+    finally:
+        fused.close()
+    return tuple(goldens)
+
+
+def reference_statistics(model: Path, manifest: Manifest, video: Path, note: Note) -> dict[str, Any] | None:
+    """The drift reference from ``agent.monitor.profile.profile``, or None (with a note) without it."""
+    module_name, function = PROFILE_FUNCTION
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        note(f"note: {module_name} is not available; the bundle carries no reference statistics "
+             "(drift detection will have nothing to compare against)")
+        return None
+    reference: dict[str, Any] = getattr(module, function)(model, manifest, video)
+    return reference
+
+
+def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Path,
+               golden_frames: int = GOLDEN_FRAMES, rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL,
+               extra_files: Sequence[Path] = (), sign_key: Path | None = None,
+               note: Note = print) -> PackResult:
+    """Write the bundle ``out`` for ``model`` described by ``manifest``; sign it with ``sign_key``."""
+    if not model.is_file():
+        raise PackError(f"{model}: no such model file")
+    with tempfile.TemporaryDirectory(prefix="edge-agent-pack-") as tmp:
+        folder = Path(tmp)
+        shutil.copy2(model, folder / MODEL_FILE)
+        for extra in extra_files:
+            if not extra.is_file():
+                raise PackError(f"{extra}: no such file to include")
+            if extra.name in (MODEL_FILE, MANIFEST_FILE) or extra.name.startswith("golden_"):
+                raise PackError(f"{extra.name}: clashes with a file the bundle writes itself")
+            shutil.copy2(extra, folder / extra.name)
+        engine = _check_fits(folder / MODEL_FILE, manifest)
+        try:
+            frames = read_video_frames(profile_video, golden_frames)
+            goldens = write_goldens(folder, manifest, engine, frames, rtol, atol)
+        finally:
+            engine.close()
+        reference = reference_statistics(folder / MODEL_FILE, manifest, profile_video, note)
+        final = manifest.model_copy(update={"golden": goldens, "reference": reference})
+        final.write(folder / MANIFEST_FILE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = pack_bundle(folder, out)
+    signature = None
+    if sign_key is not None:
+        signature = signature_path(out)
+        signature.write_text(sign_bytes(load_private_key(sign_key), out.read_bytes()), encoding="ascii")
+    return PackResult(out, written, signature)
