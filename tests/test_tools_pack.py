@@ -71,7 +71,10 @@ def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientatio
                                    "golden_0_out.npy", "golden_1_in.npy", "golden_1_frame.npy", "golden_1_out.npy"}
     assert [g.input_file for g in manifest.golden] == ["golden_0_in.npy", "golden_0_frame.npy",
                                                        "golden_1_in.npy", "golden_1_frame.npy"]
-    assert manifest.reference is None and any("no reference statistics" in n for n in notes)
+    reference = manifest.reference
+    assert reference is not None and reference["samples"] > 0 and reference["task"] == "classify"
+    assert set(reference["inputs"]) >= {"brightness", "contrast", "sharpness"}
+    assert any("reference statistics from" in n for n in notes)
     verify_signature(load_public_key(keys[1]), result.bundle, result.signature.read_text())
     assert result.signature.read_text() == sign_bytes(load_private_key(keys[0]), result.bundle.read_bytes()), \
         "the same signature `edge-agent deploy --sign` sends"

@@ -2,8 +2,8 @@
 
 A bundle is a tar of one model folder (see ``agent.models.bundle``). ``pack``
 checks that the manifest fits the model, writes golden inputs with the outputs
-the model must reproduce, asks ``agent.monitor.profile.profile`` (when that
-module exists) for the reference statistics drift detection compares against,
+the model must reproduce, profiles it on the video (``agent.monitor.profile``)
+for the reference statistics drift detection compares against,
 hashes every file into the manifest and, given a private key, writes a detached
 ed25519 signature ``<bundle>.sig`` (base64, the same bytes ``edge-agent deploy
 --sign`` signs).
@@ -17,7 +17,6 @@ fits the loaded engine's input.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -42,7 +41,6 @@ __all__ = [
     "GOLDEN_FRAMES",
     "GOLDEN_RTOL",
     "HEAD_KINDS",
-    "PROFILE_FUNCTION",
     "PackResult",
     "build_manifest",
     "pack_model",
@@ -55,8 +53,6 @@ GOLDEN_ATOL = 1e-2
 """Goldens catch a wrong or broken model, not numeric noise: a reduced-precision engine
 (FP16 or INT8 on TensorRT) must pass them too."""
 HEAD_KINDS = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
-PROFILE_FUNCTION = ("agent.monitor.profile", "profile")
-"""Where the reference statistics come from: ``profile(model_path, manifest, video) -> dict``."""
 MODEL_FILE = "model.onnx"
 SIGNATURE_SUFFIX = ".sig"
 
@@ -143,16 +139,13 @@ def write_goldens(folder: Path, manifest: Manifest, engine: OnnxRuntimeEngine,
     return tuple(goldens)
 
 
-def reference_statistics(model: Path, manifest: Manifest, video: Path, note: Note) -> dict[str, Any] | None:
-    """The drift reference from ``agent.monitor.profile.profile``, or None (with a note) without it."""
-    module_name, function = PROFILE_FUNCTION
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        note(f"note: {module_name} is not available; the bundle carries no reference statistics "
-             "(drift detection will have nothing to compare against)")
-        return None
-    reference: dict[str, Any] = getattr(module, function)(model, manifest, video)
+def reference_statistics(folder: Path, manifest: Manifest, video: Path, note: Note) -> dict[str, Any]:
+    """The drift reference of the model in ``folder`` on frames of ``video`` (agent.monitor.profile)."""
+    from ..monitor.profile import profile, video_frames
+
+    manifest.write(folder / MANIFEST_FILE)
+    reference = profile(folder, video_frames(video), source=video.name)
+    note(f"reference statistics from {reference.get('samples', '?')} frames of {video.name}")
     return reference
 
 
@@ -178,7 +171,8 @@ def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Pat
             goldens = write_goldens(folder, manifest, engine, frames, rtol, atol)
         finally:
             engine.close()
-        reference = reference_statistics(folder / MODEL_FILE, manifest, profile_video, note)
+        reference = reference_statistics(folder, manifest.model_copy(update={"golden": goldens}),
+                                         profile_video, note)
         final = manifest.model_copy(update={"golden": goldens, "reference": reference})
         final.write(folder / MANIFEST_FILE)
         out.parent.mkdir(parents=True, exist_ok=True)
