@@ -70,13 +70,27 @@ def _source(video: Path) -> FrameSource:
     return FrameSource(SourceSection(uri=str(video), loop=True, pace="none", name="bench"))
 
 
+def _monitors(serving: Any) -> list[Any]:
+    """The agent's per-frame monitors (drift and bias), set up as the daemon does."""
+    from .monitor.bias import BiasMonitor
+    from .monitor.drift import DriftMonitor
+    from .monitor.features import Monitors
+    from .monitor.settings import MonitorSection
+
+    section = MonitorSection()
+    drift = DriftMonitor.from_settings(section, serving.manifest.reference, serving.version)
+    bias = BiasMonitor.from_settings(section, serving.manifest.slices)
+    return [Monitors([drift, bias])]
+
+
 def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
-                 fuse: bool) -> tuple[float, LatencyRecorder]:
+                 fuse: bool, monitors: bool = False) -> tuple[float, LatencyRecorder]:
     slot = EngineSlot()
     slot.swap(load_serving(store.current("text-det"), EngineOptions(threads=threads, fuse_preprocessing=fuse)))
     recorder = LatencyRecorder(window=frames)
     source = _source(video)
-    pipeline = Pipeline(source, slot, recorder)
+    observers = _monitors(slot.serving) if monitors else []
+    pipeline = Pipeline(source, slot, recorder, observers=observers)
     source.start()
     for _ in range(WARMUP_FRAMES):
         frame = source.get(10.0)
@@ -107,23 +121,31 @@ def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> N
     engine.close()
     _say(f"\n== pipeline vs bare ONNX Runtime ({installed.manifest.name} {installed.manifest.version}, "
          f"{THREADS} threads, {frames} frames x {rounds} rounds, 640x480) ==")
-    bare, piped, unfused = [], [], []
+    bare, piped, unfused, monitored = [], [], [], []
     recorder = None
+    video = demo / "video.mp4"
     for i in range(rounds):
         bare.append(bare_fps(installed.model_path, tensor, frames, THREADS))
-        fps, recorder = pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True)
+        fps, recorder = pipeline_fps(store, video, frames, THREADS, fuse=True)
         piped.append(fps)
-        unfused.append(pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=False)[0])
-        _say(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} fps "
-             f"| pipeline without fused preprocessing {unfused[-1]:.2f} fps")
+        monitored.append(pipeline_fps(store, video, frames, THREADS, fuse=True, monitors=True)[0])
+        unfused.append(pipeline_fps(store, video, frames, THREADS, fuse=False)[0])
+        _say(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} | with monitors "
+             f"{monitored[-1]:.2f} | without fused preprocessing {unfused[-1]:.2f}")
     b, p, u = statistics.median(bare), statistics.median(piped), statistics.median(unfused)
+    m = statistics.median(monitored)
     _say(f"bare loop            {b:7.2f} fps (median)")
     _say(f"agent pipeline       {p:7.2f} fps  ratio {p / b:.3f}  (goal >= 0.95)")
     _say(f"  unfused preprocess {u:7.2f} fps  ratio {u / b:.3f}  (for comparison)")
+    _say(f"monitors on          {m:7.2f} fps  ratio to monitors off {m / p:.3f}  (goal >= 0.98)")
     if recorder is not None:
         snap = recorder.snapshot()
         for stage, s in snap.stages.items():
             _say(f"  {stage:<13} p50 {s.p50_ms:8.2f} ms   p99 {s.p99_ms:8.2f} ms")
+    from .monitor.cost import measure_monitor_cost
+
+    cost = measure_monitor_cost(video, installed.path, frames=min(frames * 2, 300))
+    _say("monitors' own cost: " + "; ".join(cost.lines()))
 
 
 class GapRecorder:
