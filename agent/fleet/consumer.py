@@ -31,6 +31,7 @@ import structlog
 
 from ..mqtt.topics import check_segment
 from .control import ControlClient, ControlError
+from .link import RETAINED_SUFFIXES, subscribe_retained
 from .metrics import DEFAULT_MAX_DEVICES
 from .seqtrack import Digest, Membership, SeqTracker
 from .sinks import FleetMetrics, History, TensorBoardSink
@@ -41,7 +42,6 @@ __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"
 log = structlog.get_logger(__name__)
 
 SHARED_SUFFIXES = ("telemetry/#", "events")
-STATE_SUFFIXES = ("status", "model", "deployment")
 CONSUMERS_SEGMENT = "_consumers"
 DIGEST_PERIOD_S = 1.0
 """How often an instance tells its peers what it saw, checks for gaps and flushes TensorBoard."""
@@ -91,19 +91,25 @@ class Consumer:
         group = options.share_group
         self._digest_topic = f"{control.prefix}/{CONSUMERS_SEGMENT}/{group}/{self.instance_id}" if group else None
 
+    def state_filters(self) -> list[str]:
+        return [f"{self.control.prefix}/+/{s}" for s in RETAINED_SUFFIXES]
+
     def filters(self) -> list[str]:
         prefix, group = self.control.prefix, self.options.share_group
         shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}" for s in SHARED_SUFFIXES]
-        state = [f"{prefix}/+/{s}" for s in STATE_SUFFIXES]
         peers = [f"{prefix}/{CONSUMERS_SEGMENT}/{group}/+"] if group else []
-        return shared + state + peers
+        return shared + self.state_filters() + peers
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
         try:
             async with self.control.open() as client:
+                state = self.state_filters()
                 for topic_filter in self.filters():
-                    await client.subscribe(topic_filter, qos=QOS)
+                    if topic_filter in state:
+                        await subscribe_retained(client, topic_filter)
+                    else:
+                        await client.subscribe(topic_filter, qos=QOS)
                 self.subscribed.set()
                 log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
                          filters=self.filters())
