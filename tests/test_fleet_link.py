@@ -1,4 +1,4 @@
-"""Discovery reads the retained state of every device, also past the broker's per-client QoS 1 queue."""
+"""The control link reads the retained state of every device, also past the broker's per-client QoS 1 queue."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ import structlog
 
 from ..mqtt.topics import check_segment
 from .control import ControlClient, ControlError
-from .link import RETAINED_SUFFIXES, subscribe_retained
+from .link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
 from .metrics import DEFAULT_MAX_DEVICES
 from .seqtrack import Digest, Membership, SeqTracker
 from .sinks import FleetMetrics, History, TensorBoardSink
@@ -48,6 +48,10 @@ DIGEST_PERIOD_S = 1.0
 STATS_PERIOD_S = 30.0
 """How often an instance logs what it ingested."""
 QOS = 1
+"""Default QoS of the shared subscriptions. At QoS 1 a broker bounds what it queues for a slow
+consumer (mosquitto: 1000 messages) and drops the rest, which the gap metric shows; at QoS 0 it
+buffers without that bound (memory on the broker) and nothing is dropped while connected. The
+retained state is always read at QoS 0 (agent.fleet.link.SUBSCRIBE_QOS)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,12 @@ class ConsumerOptions:
     max_devices: int = DEFAULT_MAX_DEVICES
     tensorboard: Path | None = None
     instance_id: str = ""
+    qos: int = QOS
+    """Of the shared telemetry and events subscriptions (see ``QOS``)."""
 
     def __post_init__(self) -> None:
+        if self.qos not in (0, 1):
+            raise ValueError(f"qos must be 0 or 1, got {self.qos}")
         if self.share_group is not None:
             check_segment(self.share_group, "share group")
         if not self.instance_id:
@@ -106,10 +114,8 @@ class Consumer:
             async with self.control.open() as client:
                 state = self.state_filters()
                 for topic_filter in self.filters():
-                    if topic_filter in state:
-                        await subscribe_retained(client, topic_filter)
-                    else:
-                        await client.subscribe(topic_filter, qos=QOS)
+                    qos = SUBSCRIBE_QOS if topic_filter in state else self.options.qos
+                    await client.subscribe(topic_filter, qos=qos)
                 self.subscribed.set()
                 log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
                          filters=self.filters())

@@ -20,13 +20,12 @@ from typing import Any
 
 import aiomqtt
 import structlog
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..mqtt.schema import ReplyPayload
 from .control import ControlClient, ControlError
 from .view import FleetView, Message
 
-__all__ = ["CONTROL_FILTERS", "RETAINED_SUFFIXES", "SYNC_TIMEOUT_S", "FleetLink", "LinkError", "subscribe_retained"]
+__all__ = ["CONTROL_FILTERS", "RETAINED_SUFFIXES", "SUBSCRIBE_QOS", "SYNC_TIMEOUT_S", "FleetLink", "LinkError"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,29 +38,19 @@ CONTROL_FILTERS = ("status", "model", "deployment", "reply", "events",
                    "telemetry/drift", "telemetry/bias", "telemetry/leak")
 """Topic suffixes a control plane follows, under ``<prefix>/+/``: state, answers and alarms."""
 COMMAND_QOS = 1
-TELEMETRY_QOS = 0
-TELEMETRY_SEGMENT = "telemetry"
+"""Commands are published at QoS 1 (the agents' journal makes a redelivery harmless)."""
+SUBSCRIBE_QOS = 0
+"""What the link reads, it reads at QoS 0. A broker bounds the QoS 1 messages it queues for one
+client (mosquitto: ``max_queued_messages``, 1000, plus 20 in flight) and drops the rest, which
+cuts off the retained state of a big fleet on subscribe and the state changes of a big wave;
+QoS 0 messages to a connected client are not bounded that way, and QoS 1 would buy nothing
+more on a clean session that ends with its connection."""
 RETAINED_SUFFIXES = ("status", "model", "deployment")
 """The devices' retained state topics."""
 
 
 class LinkError(ControlError):
     """The control connection broke or the broker did not answer in time."""
-
-
-async def subscribe_retained(client: aiomqtt.Client, topic_filter: str) -> None:
-    """Subscribe so that every retained message of ``topic_filter`` arrives, then stay subscribed at QoS 1.
-
-    Brokers bound the QoS 1 messages queued for one client (mosquitto: ``max_queued_messages``,
-    1000 by default, plus 20 in flight) and drop the rest, so the retained state of a fleet of
-    more than about a thousand devices would not all arrive on a QoS 1 subscription. QoS 0 has
-    no such bound: the first SUBSCRIBE is QoS 0; the second, with the identical filter, replaces
-    it (MQTT 5, 3.8.4) at QoS 1 for what follows, without sending the retained messages again
-    (Retain Handling 2). Those already queued at QoS 0 still arrive.
-    """
-    await client.subscribe(topic_filter, qos=0)
-    await client.subscribe(topic_filter, options=SubscribeOptions(
-        qos=COMMAND_QOS, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
 
 
 class FleetLink:
@@ -90,12 +79,8 @@ class FleetLink:
         self._client = self.control.open()
         try:
             await self._client.__aenter__()
-            for topic_filter in self._filters:
-                if topic_filter in self._retained_filters:
-                    await subscribe_retained(self._client, topic_filter)
-                else:
-                    await self._client.subscribe(topic_filter, qos=self._qos(topic_filter))
-            await self._client.subscribe(self._sync_topic, qos=COMMAND_QOS)
+            for topic_filter in [*self._filters, self._sync_topic]:
+                await self._client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
         except aiomqtt.MqttError as exc:
             raise LinkError(f"broker {self.control.address.url}: {exc}") from exc
         self._reader = asyncio.create_task(self._read(self._client), name="fleet-link")
@@ -136,18 +121,14 @@ class FleetLink:
             log.error("control_link_lost", error=str(exc))
             self.changed.set()
 
-    def _qos(self, topic_filter: str) -> int:
-        """Periodic telemetry at QoS 0: a lost one is replaced by the next, and it does not fill the
-        broker's per-client QoS 1 queue that replies, events and state changes need."""
-        return TELEMETRY_QOS if f"/{TELEMETRY_SEGMENT}/" in topic_filter else COMMAND_QOS
-
     async def refresh(self) -> None:
-        """Have the broker send the retained state again (a state change may have been dropped by
-        a broker whose queue for this client overflowed), then a round trip."""
+        """Have the broker send the retained state again (subscribing anew to a filter replaces the
+        subscription and sends its retained messages), then a round trip: a safety net for a state
+        change lost on the way."""
         assert self._client is not None
         try:
             for topic_filter in self._retained_filters:
-                await subscribe_retained(self._client, topic_filter)
+                await self._client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
         except aiomqtt.MqttError as exc:
             raise LinkError(f"broker {self.control.address.url}: {exc}") from exc
         await self.sync()
