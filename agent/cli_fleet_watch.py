@@ -53,7 +53,7 @@ def _serve(args: argparse.Namespace, dashboard_port: int | None) -> int:
     configure_logging(args.log_level)
     try:
         options = ConsumerOptions(share_group=args.share_group, max_devices=args.max_devices,
-                                  tensorboard=args.tensorboard, instance_id=args.instance_id or "")
+                                  tensorboard=args.tensorboard, instance_id=args.instance_id or "", qos=args.qos)
         consumer = Consumer(_client(args), options)
     except (ValueError, ControlError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
@@ -98,6 +98,9 @@ def _consumer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", type=Path, help="write TensorBoard scalars under this folder")
     parser.add_argument("--max-devices", type=int, default=1000,
                         help="devices with their own metric labels; the rest are counted as _overflow")
+    parser.add_argument("--qos", type=int, choices=(0, 1), default=1,
+                        help="QoS of the telemetry subscription: 1 bounds the broker's queue (drops show as gaps), "
+                             "0 lets the broker buffer")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 

@@ -164,3 +164,32 @@ def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sen
     assert asyncio.run(resume()) == "succeeded"
     assert record.devices["cam-1"].state == "committed"
     assert record.devices["cam-1"].sends == 0
+
+
+def test_a_state_change_the_broker_dropped_is_read_again_from_the_retained_topic(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    """A broker drops what overflows its queue for a client; a stalled rollout reads the retained state again."""
+    probe = mqtt_probe(mosquitto.port, [])
+    status = StatusPayload(device_id="cam-1", ts=1.0, seq=1, state="online", agent_version="x", started_at=1.0,
+                           groups=("lab",))
+    view = FleetView()
+    view.apply("edge/cam-1/status", encode_payload(status))
+    spec = RolloutSpec("lab", "text-det", NEW, "file:///m.tar", "0" * 64, "bundle", RolloutPlan(5, (100,), 0, 0))
+    record = plan_rollout("ro-dropped", spec, view)
+    entry = record.devices["cam-1"]
+    entry.state, entry.sent_at, entry.last_sent_at, entry.sends = "loading", 1.0, 1.0, 1
+    deployment = DeploymentPayload(device_id="cam-1", ts=2.0, seq=9, deployment_id=entry.deployment_id,
+                                   name="text-det", version=NEW, state="committed", step="committed",
+                                   progress=1.0, updated=2.0)
+    probe.publish("edge/cam-1/status", encode_payload(status), retain=True)
+    probe.publish("edge/cam-1/deployment", encode_payload(deployment), retain=True)
+
+    async def stalled() -> str:
+        async with FleetLink(ControlClient(mosquitto.url)) as link:
+            link.view.device("cam-1").deployment = None
+            rollout = Rollout(link, record, RolloutStore(tmp_path), refresh_after_s=0.5, clock=lambda: 2.0)
+            link.on_message = rollout.observe
+            return (await rollout.run()).outcome
+
+    assert asyncio.run(stalled()) == "succeeded"
+    assert entry.state == "committed" and entry.sends == 1

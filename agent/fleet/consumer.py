@@ -31,6 +31,7 @@ import structlog
 
 from ..mqtt.topics import check_segment
 from .control import ControlClient, ControlError
+from .link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
 from .metrics import DEFAULT_MAX_DEVICES
 from .seqtrack import Digest, Membership, SeqTracker
 from .sinks import FleetMetrics, History, TensorBoardSink
@@ -41,13 +42,16 @@ __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"
 log = structlog.get_logger(__name__)
 
 SHARED_SUFFIXES = ("telemetry/#", "events")
-STATE_SUFFIXES = ("status", "model", "deployment")
 CONSUMERS_SEGMENT = "_consumers"
 DIGEST_PERIOD_S = 1.0
 """How often an instance tells its peers what it saw, checks for gaps and flushes TensorBoard."""
 STATS_PERIOD_S = 30.0
 """How often an instance logs what it ingested."""
 QOS = 1
+"""Default QoS of the shared subscriptions. At QoS 1 a broker bounds what it queues for a slow
+consumer (mosquitto: 1000 messages) and drops the rest, which the gap metric shows; at QoS 0 it
+buffers without that bound (memory on the broker) and nothing is dropped while connected. The
+retained state is always read at QoS 0 (agent.fleet.link.SUBSCRIBE_QOS)."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,12 @@ class ConsumerOptions:
     max_devices: int = DEFAULT_MAX_DEVICES
     tensorboard: Path | None = None
     instance_id: str = ""
+    qos: int = QOS
+    """Of the shared telemetry and events subscriptions (see ``QOS``)."""
 
     def __post_init__(self) -> None:
+        if self.qos not in (0, 1):
+            raise ValueError(f"qos must be 0 or 1, got {self.qos}")
         if self.share_group is not None:
             check_segment(self.share_group, "share group")
         if not self.instance_id:
@@ -91,19 +99,23 @@ class Consumer:
         group = options.share_group
         self._digest_topic = f"{control.prefix}/{CONSUMERS_SEGMENT}/{group}/{self.instance_id}" if group else None
 
+    def state_filters(self) -> list[str]:
+        return [f"{self.control.prefix}/+/{s}" for s in RETAINED_SUFFIXES]
+
     def filters(self) -> list[str]:
         prefix, group = self.control.prefix, self.options.share_group
         shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}" for s in SHARED_SUFFIXES]
-        state = [f"{prefix}/+/{s}" for s in STATE_SUFFIXES]
         peers = [f"{prefix}/{CONSUMERS_SEGMENT}/{group}/+"] if group else []
-        return shared + state + peers
+        return shared + self.state_filters() + peers
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
         try:
             async with self.control.open() as client:
+                state = self.state_filters()
                 for topic_filter in self.filters():
-                    await client.subscribe(topic_filter, qos=QOS)
+                    qos = SUBSCRIBE_QOS if topic_filter in state else self.options.qos
+                    await client.subscribe(topic_filter, qos=qos)
                 self.subscribed.set()
                 log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
                          filters=self.filters())

@@ -25,7 +25,7 @@ from ..mqtt.schema import ReplyPayload
 from .control import ControlClient, ControlError
 from .view import FleetView, Message
 
-__all__ = ["CONTROL_FILTERS", "SYNC_TIMEOUT_S", "FleetLink", "LinkError"]
+__all__ = ["CONTROL_FILTERS", "RETAINED_SUFFIXES", "SUBSCRIBE_QOS", "SYNC_TIMEOUT_S", "FleetLink", "LinkError"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,15 @@ CONTROL_FILTERS = ("status", "model", "deployment", "reply", "events",
                    "telemetry/drift", "telemetry/bias", "telemetry/leak")
 """Topic suffixes a control plane follows, under ``<prefix>/+/``: state, answers and alarms."""
 COMMAND_QOS = 1
+"""Commands are published at QoS 1 (the agents' journal makes a redelivery harmless)."""
+SUBSCRIBE_QOS = 0
+"""What the link reads, it reads at QoS 0. A broker bounds the QoS 1 messages it queues for one
+client (mosquitto: ``max_queued_messages``, 1000, plus 20 in flight) and drops the rest, which
+cuts off the retained state of a big fleet on subscribe and the state changes of a big wave;
+QoS 0 messages to a connected client are not bounded that way, and QoS 1 would buy nothing
+more on a clean session that ends with its connection."""
+RETAINED_SUFFIXES = ("status", "model", "deployment")
+"""The devices' retained state topics."""
 
 
 class LinkError(ControlError):
@@ -55,6 +64,8 @@ class FleetLink:
         """Replies by command id: ``(device_id, reply)``."""
         self.changed = asyncio.Event()
         self._filters = [f"{control.prefix}/+/{suffix}" for suffix in suffixes]
+        self._retained_filters = [f"{control.prefix}/+/{suffix}" for suffix in suffixes
+                                  if suffix in RETAINED_SUFFIXES]
         self._sync_topic = f"{SYNC_ROOT}/{control.client_id}/sync"
         self._synced = asyncio.Event()
         self.on_message = on_message
@@ -69,7 +80,7 @@ class FleetLink:
         try:
             await self._client.__aenter__()
             for topic_filter in [*self._filters, self._sync_topic]:
-                await self._client.subscribe(topic_filter, qos=COMMAND_QOS)
+                await self._client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
         except aiomqtt.MqttError as exc:
             raise LinkError(f"broker {self.control.address.url}: {exc}") from exc
         self._reader = asyncio.create_task(self._read(self._client), name="fleet-link")
@@ -109,6 +120,18 @@ class FleetLink:
             self._error = exc
             log.error("control_link_lost", error=str(exc))
             self.changed.set()
+
+    async def refresh(self) -> None:
+        """Have the broker send the retained state again (subscribing anew to a filter replaces the
+        subscription and sends its retained messages), then a round trip: a safety net for a state
+        change lost on the way."""
+        assert self._client is not None
+        try:
+            for topic_filter in self._retained_filters:
+                await self._client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"broker {self.control.address.url}: {exc}") from exc
+        await self.sync()
 
     def check(self) -> None:
         """Raise LinkError when the connection has broken."""

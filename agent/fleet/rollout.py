@@ -60,6 +60,8 @@ DEFAULT_DEPLOY_TIMEOUT_S = 900.0
 """A device that has not committed or failed this long after its deploy command counts as failed."""
 RESEND_AFTER_S = 30.0
 """A deploy command with neither reply nor progress after this long is sent again (same id)."""
+REFRESH_AFTER_S = 15.0
+"""With devices still deploying and no news from any of them for this long, the retained state is read again."""
 REVERT_TIMEOUT_S = 120.0
 """How long an abort waits for the rolled-back devices to serve their previous version."""
 TICK_S = 0.5
@@ -147,14 +149,16 @@ class Rollout:
 
     def __init__(self, link: FleetLink, record: RolloutRecord, store: RolloutStore, *,
                  out: TextIO | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
-                 clock: Callable[[], float] = time.time) -> None:
+                 refresh_after_s: float = REFRESH_AFTER_S, clock: Callable[[], float] = time.time) -> None:
         self.link = link
         self.record = record
         self.store = store
         self.plan = record.plan.plan()
         self.out = out or sys.stdout
         self.deploy_timeout_s = deploy_timeout_s
+        self.refresh_after_s = refresh_after_s
         self.clock = clock
+        self._news_at = time.monotonic()
         self._dirty = False
         self._saved_at = 0.0
 
@@ -200,6 +204,7 @@ class Rollout:
         entry.state = state  # type: ignore[assignment]
         entry.error = error
         self._dirty = True
+        self._news_at = time.monotonic()
         if not quiet:
             detail = f"  ({error})" if error else ""
             self._print(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
@@ -319,7 +324,19 @@ class Rollout:
                     resend.append(device)
             if resend:
                 await self._send(resend)
+            await self._refresh_when_quiet()
             await self.link.wait_changed(TICK_S)
+
+    async def _refresh_when_quiet(self) -> None:
+        """A broker drops what overflows its queue for one client; the retained state does not lie."""
+        if time.monotonic() - self._news_at < self.refresh_after_s:
+            return
+        self._news_at = time.monotonic()
+        log.info("rollout_refresh", rollout=self.record.rollout_id)
+        await self.link.refresh()
+        for device, entry in self.record.devices.items():
+            if entry.state not in JUDGED and entry.state != "pending":
+                self._follow_retained(device, entry)
 
     async def _watch_healthy(self, devices: list[str]) -> None:
         view = self.link.view
@@ -386,11 +403,12 @@ class Rollout:
                 if reply is not None and not reply[1].ok and reply[1].error is not None:
                     self._print(f"  {device:<24} rollback refused ({reply[1].error.code}: {reply[1].error.message})")
                     pending.discard(device)
-                elif reply is not None and serving != record.version:
+                elif serving != record.version:
                     self._set(device, entry, "reverted", None)
                     pending.discard(device)
             self.save()
             if pending:
+                await self._refresh_when_quiet()
                 await self.link.wait_changed(TICK_S)
         for device in sorted(pending):
             self._print(f"  {device:<24} did not confirm the rollback within {REVERT_TIMEOUT_S:g}s")
