@@ -2,9 +2,10 @@
 
 A bundle is a tar of one model folder (see ``agent.models.bundle``). ``pack``
 checks that the manifest fits the model, writes golden inputs with the outputs
-the model must reproduce, asks ``agent.monitor.profile.profile`` (when that
-module exists) for the reference statistics drift detection compares against,
-hashes every file into the manifest and, given a private key, writes a detached
+the model must reproduce, profiles the model on the video for the reference
+statistics drift detection compares against (``agent.monitor.profile``, the
+same per-frame summary the live drift monitor makes), hashes every file into
+the manifest and, given a private key, writes a detached
 ed25519 signature ``<bundle>.sig`` (base64, the same bytes ``edge-agent deploy
 --sign`` signs).
 
@@ -17,10 +18,9 @@ fits the loaded engine's input.
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from ..models.bundle import pack_bundle
 from ..models.fetch import load_private_key, sign_bytes
 from ..models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
 from ..models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
+from ..monitor.profile import ProfileError, profile, video_frames
+from ..monitor.profile_cli import DEFAULT_FRAMES as PROFILE_FRAMES
 from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..vision.transforms import Preprocessor
 from .errors import PackError
@@ -42,7 +44,7 @@ __all__ = [
     "GOLDEN_FRAMES",
     "GOLDEN_RTOL",
     "HEAD_KINDS",
-    "PROFILE_FUNCTION",
+    "PROFILE_FRAMES",
     "PackResult",
     "build_manifest",
     "pack_model",
@@ -55,13 +57,8 @@ GOLDEN_ATOL = 1e-2
 """Goldens catch a wrong or broken model, not numeric noise: a reduced-precision engine
 (FP16 or INT8 on TensorRT) must pass them too."""
 HEAD_KINDS = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
-PROFILE_FUNCTION = ("agent.monitor.profile", "profile")
-"""Where the reference statistics come from: ``profile(model_path, manifest, video) -> dict``."""
 MODEL_FILE = "model.onnx"
 SIGNATURE_SUFFIX = ".sig"
-
-Note = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class PackResult:
@@ -143,23 +140,18 @@ def write_goldens(folder: Path, manifest: Manifest, engine: OnnxRuntimeEngine,
     return tuple(goldens)
 
 
-def reference_statistics(model: Path, manifest: Manifest, video: Path, note: Note) -> dict[str, Any] | None:
-    """The drift reference from ``agent.monitor.profile.profile``, or None (with a note) without it."""
-    module_name, function = PROFILE_FUNCTION
+def reference_statistics(folder: Path, video: Path, frames: int) -> dict[str, Any]:
+    """The drift reference of the model folder ``folder`` on ``frames`` frames of ``video``."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        note(f"note: {module_name} is not available; the bundle carries no reference statistics "
-             "(drift detection will have nothing to compare against)")
-        return None
-    reference: dict[str, Any] = getattr(module, function)(model, manifest, video)
-    return reference
+        return profile(folder, video_frames(video, frames), source=video.name)
+    except ProfileError as exc:
+        raise PackError(f"reference statistics: {exc}") from exc
 
 
 def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Path,
-               golden_frames: int = GOLDEN_FRAMES, rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL,
-               extra_files: Sequence[Path] = (), sign_key: Path | None = None,
-               note: Note = print) -> PackResult:
+               golden_frames: int = GOLDEN_FRAMES, profile_frames: int = PROFILE_FRAMES,
+               rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL, extra_files: Sequence[Path] = (),
+               sign_key: Path | None = None) -> PackResult:
     """Write the bundle ``out`` for ``model`` described by ``manifest``; sign it with ``sign_key``."""
     if not model.is_file():
         raise PackError(f"{model}: no such model file")
@@ -178,9 +170,10 @@ def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Pat
             goldens = write_goldens(folder, manifest, engine, frames, rtol, atol)
         finally:
             engine.close()
-        reference = reference_statistics(folder / MODEL_FILE, manifest, profile_video, note)
-        final = manifest.model_copy(update={"golden": goldens, "reference": reference})
-        final.write(folder / MANIFEST_FILE)
+        with_goldens = manifest.model_copy(update={"golden": goldens})
+        with_goldens.write(folder / MANIFEST_FILE)
+        reference = reference_statistics(folder, profile_video, profile_frames)
+        with_goldens.model_copy(update={"reference": reference}).write(folder / MANIFEST_FILE)
         out.parent.mkdir(parents=True, exist_ok=True)
         written = pack_bundle(folder, out)
     signature = None
