@@ -68,7 +68,7 @@ def test_packed_signed_bundle_deploys_and_bad_ones_are_refused(tmp_path, demo_di
     manifest = build_manifest(name="text-det", version=VERSION, task="text_detect", labels=["text"],
                               template=find_manifest(folder))
     packed = pack_model(folder / "model.onnx", manifest, www / "text-det.tar", profile_video=demo_dir / "video.mp4",
-                        golden_frames=1, sign_key=tmp_path / "k.key", note=lambda _: None)
+                        golden_frames=1, profile_frames=8, sign_key=tmp_path / "k.key")
     signature = packed.signature.read_text()
     tampered = _tampered(packed.bundle, www / "tampered.tar")
     wrong, wrong_signature = _wrong_golden(packed.bundle, tmp_path, tmp_path / "k.key")

@@ -29,6 +29,8 @@ from agent.tools.inspection import format_inspection, inspect_bundle
 from agent.tools.modelref import find_manifest
 from agent.tools.pack import build_manifest, pack_model
 
+PROFILE_FRAMES = 12
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
@@ -44,10 +46,8 @@ def orientation_bundle(tmp_path_factory, demo_dir, keys):
     manifest = build_manifest(name="orientation", version="0.0.12", task="classify", labels=["0", "90", "180", "270"],
                               template=template, license="Apache-2.0")
     out = tmp_path_factory.mktemp("bundle") / "orientation.tar"
-    notes: list[str] = []
-    result = pack_model(folder / "model.onnx", manifest, out, profile_video=demo_dir / "video.mp4",
-                        extra_files=[folder / "LICENSE"], sign_key=keys[0], note=notes.append)
-    return result, notes
+    return pack_model(folder / "model.onnx", manifest, out, profile_video=demo_dir / "video.mp4",
+                      profile_frames=PROFILE_FRAMES, extra_files=[folder / "LICENSE"], sign_key=keys[0])
 
 
 def _rewrite(bundle: Path, out: Path, member: str, change) -> Path:
@@ -63,7 +63,7 @@ def _rewrite(bundle: Path, out: Path, member: str, change) -> Path:
 
 
 def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientation_bundle, keys):
-    result, notes = orientation_bundle
+    result = orientation_bundle
     manifest = result.manifest
     assert (manifest.name, manifest.version, manifest.task) == ("orientation", "0.0.12", "classify")
     assert manifest.head.labels == ("0", "90", "180", "270") and manifest.head.softmax is False
@@ -72,9 +72,9 @@ def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientatio
     assert [g.input_file for g in manifest.golden] == ["golden_0_in.npy", "golden_0_frame.npy",
                                                        "golden_1_in.npy", "golden_1_frame.npy"]
     reference = manifest.reference
-    assert reference is not None and reference["samples"] > 0 and reference["task"] == "classify"
-    assert set(reference["inputs"]) >= {"brightness", "contrast", "sharpness"}
-    assert any("reference statistics from" in n for n in notes)
+    assert reference is not None and reference["samples"] == PROFILE_FRAMES
+    assert reference["model"] == {"name": "orientation", "version": "0.0.12", "sha256": manifest.files["model.onnx"]}
+    assert reference["source"] == "video.mp4" and reference["outputs"]["classes"]
     verify_signature(load_public_key(keys[1]), result.bundle, result.signature.read_text())
     assert result.signature.read_text() == sign_bytes(load_private_key(keys[0]), result.bundle.read_bytes()), \
         "the same signature `edge-agent deploy --sign` sends"
@@ -86,7 +86,7 @@ def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientatio
 
 
 def test_goldens_pass_the_deployment_check_on_the_float_and_the_fused_engine(orientation_bundle, tmp_path):
-    result, _ = orientation_bundle
+    result = orientation_bundle
     unpack_bundle(result.bundle, tmp_path / "staged")
     installed = ModelStore(tmp_path / "engines").install(tmp_path / "staged")
     for fused in (True, False):
@@ -99,7 +99,7 @@ def test_goldens_pass_the_deployment_check_on_the_float_and_the_fused_engine(ori
 
 
 def test_a_wrong_golden_output_fails_the_check_for_the_fused_engine(orientation_bundle, tmp_path):
-    result, _ = orientation_bundle
+    result = orientation_bundle
     folder = tmp_path / "staged"
     unpack_bundle(result.bundle, folder)
     expected = np.load(folder / "golden_0_out.npy")
@@ -114,7 +114,7 @@ def test_a_wrong_golden_output_fails_the_check_for_the_fused_engine(orientation_
 
 
 def test_a_tampered_bundle_is_refused_by_unpack_and_flagged_by_inspect(orientation_bundle, tmp_path, keys):
-    result, _ = orientation_bundle
+    result = orientation_bundle
 
     def flip(data: bytes) -> bytes:
         changed = bytearray(data)
@@ -134,7 +134,7 @@ def test_a_tampered_bundle_is_refused_by_unpack_and_flagged_by_inspect(orientati
 
 
 def test_inspect_flags_an_unlisted_member_and_a_missing_signature(orientation_bundle, tmp_path, keys, capsys):
-    result, _ = orientation_bundle
+    result = orientation_bundle
     extra = tmp_path / "extra.tar"
     with tarfile.open(result.bundle) as source, tarfile.open(extra, "w") as target:
         for info in source.getmembers():
@@ -157,7 +157,7 @@ def test_pack_cli_for_the_text_detector_with_preprocessing_from_its_manifest(tmp
                  str(folder), "--version", "v4-packed", "--golden-frames", "1", "--profile-video",
                  str(demo_dir / "video.mp4"), "--sign", str(keys[0]), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "text-det v4-packed" in printed and "td.tar.sig" in printed
+    assert "text-det v4-packed" in printed and "td.tar.sig" in printed and "reference yes" in printed
     manifest = inspect_bundle(out, public_key=keys[1]).manifest
     assert manifest is not None and manifest.preprocess == Manifest.read(folder / "manifest.json").preprocess
     assert np.load(_member(out, "golden_0_frame.npy")).shape == (1, 480, 640, 3)

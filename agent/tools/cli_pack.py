@@ -69,7 +69,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
                               template=template, preprocess=_preprocess_overrides(args), head=head,
                               license=args.license, description=args.description)
     result = pack_model(args.model, manifest, args.output, profile_video=args.profile_video,
-                        golden_frames=args.golden_frames, rtol=args.golden_rtol, atol=args.golden_atol,
+                        golden_frames=args.golden_frames, profile_frames=args.profile_frames,
+                        rtol=args.golden_rtol, atol=args.golden_atol,
                         extra_files=args.include, sign_key=args.sign)
     print(f"{result.bundle}: {result.manifest.name} {result.manifest.version}, {len(result.manifest.files)} files, "
           f"{len(result.manifest.golden)} goldens, reference {'yes' if result.manifest.reference else 'no'}")
@@ -127,6 +128,7 @@ def add_pack_parsers(sub: Any) -> None:
     p.add_argument("--include", type=Path, action="append", default=[], help="another file to ship (LICENSE)")
     _add_preprocess_flags(p)
     p.add_argument("--profile-video", type=Path, required=True, help="frames for goldens and reference statistics")
+    p.add_argument("--profile-frames", type=int, default=300, help="frames for the reference statistics")
     p.add_argument("--golden-frames", type=int, default=2)
     p.add_argument("--golden-rtol", type=float, default=1e-2)
     p.add_argument("--golden-atol", type=float, default=1e-2)

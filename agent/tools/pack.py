@@ -2,9 +2,10 @@
 
 A bundle is a tar of one model folder (see ``agent.models.bundle``). ``pack``
 checks that the manifest fits the model, writes golden inputs with the outputs
-the model must reproduce, profiles it on the video (``agent.monitor.profile``)
-for the reference statistics drift detection compares against,
-hashes every file into the manifest and, given a private key, writes a detached
+the model must reproduce, profiles the model on the video for the reference
+statistics drift detection compares against (``agent.monitor.profile``, the
+same per-frame summary the live drift monitor makes), hashes every file into
+the manifest and, given a private key, writes a detached
 ed25519 signature ``<bundle>.sig`` (base64, the same bytes ``edge-agent deploy
 --sign`` signs).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from ..models.bundle import pack_bundle
 from ..models.fetch import load_private_key, sign_bytes
 from ..models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
 from ..models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
+from ..monitor.profile import ProfileError, profile, video_frames
+from ..monitor.profile_cli import DEFAULT_FRAMES as PROFILE_FRAMES
 from ..runtime.onnxrt import OnnxRuntimeEngine
 from ..vision.transforms import Preprocessor
 from .errors import PackError
@@ -41,6 +44,7 @@ __all__ = [
     "GOLDEN_FRAMES",
     "GOLDEN_RTOL",
     "HEAD_KINDS",
+    "PROFILE_FRAMES",
     "PackResult",
     "build_manifest",
     "pack_model",
@@ -55,9 +59,6 @@ GOLDEN_ATOL = 1e-2
 HEAD_KINDS = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
 MODEL_FILE = "model.onnx"
 SIGNATURE_SUFFIX = ".sig"
-
-Note = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class PackResult:
@@ -139,20 +140,18 @@ def write_goldens(folder: Path, manifest: Manifest, engine: OnnxRuntimeEngine,
     return tuple(goldens)
 
 
-def reference_statistics(folder: Path, manifest: Manifest, video: Path, note: Note) -> dict[str, Any]:
-    """The drift reference of the model in ``folder`` on frames of ``video`` (agent.monitor.profile)."""
-    from ..monitor.profile import profile, video_frames
-
-    manifest.write(folder / MANIFEST_FILE)
-    reference = profile(folder, video_frames(video), source=video.name)
-    note(f"reference statistics from {reference.get('samples', '?')} frames of {video.name}")
-    return reference
+def reference_statistics(folder: Path, video: Path, frames: int) -> dict[str, Any]:
+    """The drift reference of the model folder ``folder`` on ``frames`` frames of ``video``."""
+    try:
+        return profile(folder, video_frames(video, frames), source=video.name)
+    except ProfileError as exc:
+        raise PackError(f"reference statistics: {exc}") from exc
 
 
 def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Path,
-               golden_frames: int = GOLDEN_FRAMES, rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL,
-               extra_files: Sequence[Path] = (), sign_key: Path | None = None,
-               note: Note = print) -> PackResult:
+               golden_frames: int = GOLDEN_FRAMES, profile_frames: int = PROFILE_FRAMES,
+               rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL, extra_files: Sequence[Path] = (),
+               sign_key: Path | None = None) -> PackResult:
     """Write the bundle ``out`` for ``model`` described by ``manifest``; sign it with ``sign_key``."""
     if not model.is_file():
         raise PackError(f"{model}: no such model file")
@@ -171,10 +170,10 @@ def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Pat
             goldens = write_goldens(folder, manifest, engine, frames, rtol, atol)
         finally:
             engine.close()
-        reference = reference_statistics(folder, manifest.model_copy(update={"golden": goldens}),
-                                         profile_video, note)
-        final = manifest.model_copy(update={"golden": goldens, "reference": reference})
-        final.write(folder / MANIFEST_FILE)
+        with_goldens = manifest.model_copy(update={"golden": goldens})
+        with_goldens.write(folder / MANIFEST_FILE)
+        reference = reference_statistics(folder, profile_video, profile_frames)
+        with_goldens.model_copy(update={"reference": reference}).write(folder / MANIFEST_FILE)
         out.parent.mkdir(parents=True, exist_ok=True)
         written = pack_bundle(folder, out)
     signature = None
