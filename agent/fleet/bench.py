@@ -56,6 +56,8 @@ ROLLOUT_TIMEOUT_S = 1800.0
 CONSUMER_WINDOW_S = 20.0
 CONSUMER_WARMUP_S = 5.0
 POLL_S = 0.5
+SIM_STOP_TIMEOUT_S = 60.0
+"""A clean stop publishes offline for every simulated device; past this the simulator is killed."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLOOD_DEVICES = 200
 FLOOD_INFLIGHT = 1000
@@ -249,7 +251,11 @@ def bench(devices: int) -> dict[str, Any]:
             result["simulator_cpu_s"] = round(cpu_seconds(sim.pid), 1)
         finally:
             sim.terminate()
-            sim.wait()
+            try:
+                sim.wait(SIM_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait()
     return result
 
 
