@@ -181,6 +181,8 @@ def expected_id(payload: bytes) -> str | None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return None
+    if not value.isprintable():
+        return None  # control characters: the id is refused, not echoed
     return value
 
 

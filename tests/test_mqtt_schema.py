@@ -220,7 +220,8 @@ def test_not_a_number_is_refused_on_the_wire():
 
 def test_json_schemas_cover_every_payload_and_command():
     schemas = json_schemas()
-    assert set(PAYLOADS) | {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback"} == set(schemas)
+    assert set(PAYLOADS) | {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback", "cmd/feedback"} == set(schemas)
+    assert {"telemetry/drift", "telemetry/bias", "telemetry/leak"} <= set(PAYLOADS)
     deploy = schemas["cmd/deploy"]
     assert {"id", "name", "version", "url", "sha256"} <= set(deploy["required"])
     assert deploy["additionalProperties"] is False

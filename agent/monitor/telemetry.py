@@ -116,12 +116,14 @@ class Telemetry:
     async def publish(self, topic: str, payload: BaseModel) -> None:
         """Telemetry, events and replies: QoS 1, queued while the broker is away.
 
-        With an egress guard attached, a payload that is not exactly what its topic's
-        schema allows (a frame, a crop, an unknown field) is blocked and counted.
+        With an egress guard attached, a telemetry payload that is not exactly what its
+        topic's schema allows (a frame, a crop, an unknown field) is blocked and counted.
         """
         data = self.encode(payload)
-        if self.egress is not None:
-            suffix = topic.removeprefix(self.topics.base + "/")
+        suffix = topic.removeprefix(self.topics.base + "/")
+        # Telemetry is what monitors build from frames: it passes the egress guard. Replies and
+        # events echo what a command said (ids, field names) and are schema-checked on construction.
+        if self.egress is not None and suffix.startswith("telemetry/"):
             try:
                 data = self.egress.check(suffix, data)
             except EgressBlocked as exc:

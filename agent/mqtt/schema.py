@@ -286,6 +286,13 @@ class Sequencer:
 class CommandBase(_Wire):
     command_name: ClassVar[str]
     id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        if not _is_text(value):
+            raise ValueError("must be printable UTF-8 text (no control characters)")
+        return value
     ts: float | None = Field(
         default=None, ge=0, description="sender unix time, seconds; required when signed"
     )
@@ -399,12 +406,13 @@ def _describe(error: ValidationError) -> str:
 
 
 def _is_text(value: str) -> bool:
-    """Encodable as UTF-8: JSON's ``\\ud800`` escapes decode to lone surrogates, which are not."""
+    """Encodable as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates, which are not)
+    and free of control characters, which the agent's egress guard would not let out again."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
+    return value.isprintable()
 
 
 def _read_id(document: object) -> str | None:
@@ -423,6 +431,8 @@ def clip_text(text: str, limit: int = MAX_TEXT_LENGTH) -> str:
     """
     if not _is_text(text):
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        # Newlines and other control characters become spaces: text fields are one line.
+        text = "".join(c if c.isprintable() else " " for c in text)
     if len(text) <= limit:
         return text
     marker = f" ... ({len(text) - limit} more characters)"
