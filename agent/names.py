@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+from functools import partial
+from typing import Annotated
 
-__all__ = ["NAME_PATTERN", "check_name"]
+from pydantic import AfterValidator
+
+__all__ = ["NAME_PATTERN", "ModelName", "ModelVersion", "check_name"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -17,3 +21,9 @@ def check_name(value: str, what: str = "name") -> str:
             "start with a letter or digit, and contain no '..' or path separator"
         )
     return value
+
+
+ModelName = Annotated[str, AfterValidator(partial(check_name, what="name"))]
+"""A model name field, checked by ``check_name``."""
+ModelVersion = Annotated[str, AfterValidator(partial(check_name, what="version"))]
+"""A model version field, checked by ``check_name``."""

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..names import NAME_PATTERN, check_name
+from ..names import NAME_PATTERN, ModelName, ModelVersion, check_name
 
 __all__ = [
     "MANIFEST_FILE",
@@ -111,8 +111,8 @@ class Golden(_Strict):
 
 class Manifest(_Strict):
     schema_version: int = MANIFEST_SCHEMA_VERSION
-    name: str
-    version: str
+    name: ModelName
+    version: ModelVersion
     task: Literal["classify", "detect", "text_detect"]
     format: Literal["onnx", "engine"] = "onnx"
     model_file: str = "model.onnx"
@@ -130,16 +130,6 @@ class Manifest(_Strict):
     """Extra bias slices the model's owner names."""
     engine_key: dict[str, str] | None = None
     """For a prebuilt TensorRT engine: the platform it was built for."""
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "name")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_name(value, "version")
 
     @field_validator("model_file")
     @classmethod

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.names import check_name
+from agent.names import ModelName, ModelVersion
 
 __all__ = [
     "COMMANDS",
@@ -322,23 +322,13 @@ class ProbationSpec(_Wire):
 
 class DeployCommand(CommandBase):
     command_name: ClassVar[str] = "deploy"
-    name: str
-    version: str
+    name: ModelName
+    version: ModelVersion
     url: str = Field(max_length=MAX_URL_LENGTH)
     sha256: str
     signature: str | None = Field(default=None, description="base64 ed25519 over the artifact")
     format: Literal["onnx", "bundle", "engine"] = "onnx"
     probation: ProbationSpec | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_name(value, "name")
-
-    @field_validator("version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        return check_name(value, "version")
 
     @field_validator("url")
     @classmethod
