@@ -179,7 +179,7 @@ async def _swaps(demo: Path, root: Path, swaps: int) -> dict[str, Any]:
     source = _source(demo / "video.mp4")
     gaps = GapRecorder()
     pipeline = Pipeline(source, slot, LatencyRecorder(600), observers=[gaps])
-    settings = DeploySection(allowed_schemes=("file",), latency_budget_ms=5000.0)
+    settings = DeploySection(allowed_schemes=("file",), file_roots=(root,), latency_budget_ms=5000.0)
     swap_spans: list[tuple[float, float]] = []
 
     async def nothing(*_: Any) -> None:

@@ -7,29 +7,68 @@ import asyncio
 import hashlib
 import json
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .fleet.control import ControlClient, ControlError, Reply
-from .models.fetch import generate_keypair, load_private_key, sign_bytes
+from .models.fetch import (
+    STATEMENT_VALID_S,
+    Statement,
+    generate_keypair,
+    load_private_key,
+    redact_url,
+    sign_file,
+    sign_statement,
+)
 from .mqtt.schema import DeploymentPayload
 
-__all__ = ["add_control_parsers", "add_key_parsers", "artifact_bytes"]
+__all__ = ["add_control_parsers", "add_key_parsers", "artifact_sha256", "signed_fields",
+           "valid_days_argument"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+HASH_CHUNK = 1024 * 1024
+READ_TIMEOUT_S = 60.0
+"""The control plane gives up on an artifact server silent this long while hashing."""
 
 
-def artifact_bytes(url: str) -> bytes:
-    """The artifact, read once here to compute ``--sha256 auto`` and ``--sign``."""
+def artifact_sha256(url: str) -> str:
+    """The artifact's sha256, streamed from ``url`` as this control plane sees it."""
     parts = urlsplit(url)
-    if parts.scheme == "file":
-        return Path(unquote(parts.path)).read_bytes()
-    if parts.scheme in ("http", "https"):
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return bytes(response.read())
-    raise SystemExit(f"edge-agent: cannot read {url!r} (scheme {parts.scheme or 'none'}) to hash or sign it")
+    digest = hashlib.sha256()
+    if parts.scheme not in ("file", "http", "https"):
+        raise SystemExit(f"edge-agent: cannot read {redact_url(url)} (scheme {parts.scheme or 'none'}) to hash it")
+    try:
+        with (Path(unquote(parts.path)).open("rb") if parts.scheme == "file"
+              else urllib.request.urlopen(url, timeout=READ_TIMEOUT_S)) as stream:
+            while chunk := stream.read(HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise SystemExit(f"edge-agent: cannot read {redact_url(url)} to hash it: {exc}") from exc
+    return digest.hexdigest()
+
+
+def signed_fields(*, url: str, sha256: str, name: str, version: str, format: str, key: Path | None,
+                  valid_days: float) -> dict[str, Any]:
+    """A deploy's ``sha256`` and, with ``key``, its ``statement``: what this control plane downloaded and
+    hashed itself is what it signs (a given ``--sha256`` must match those bytes)."""
+    if sha256 != "auto" and key is None:
+        return {"sha256": sha256.lower()}
+    digest = artifact_sha256(url)
+    if sha256 != "auto" and digest != sha256.lower():
+        raise SystemExit(f"edge-agent: {redact_url(url)} does not hash to the --sha256 given; not signing it")
+    fields: dict[str, Any] = {"sha256": digest}
+    if key is not None:
+        expires = int(time.time() + valid_days * 86_400)
+        fields["statement"] = sign_statement(load_private_key(key), Statement(name, version, format, digest, expires))
+    return fields
+
+
+def valid_days_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--valid-days", type=float, default=STATEMENT_VALID_S / 86_400,
+                        help="days the signed statement stays valid (default %(default)g)")
 
 
 def _client(args: argparse.Namespace) -> ControlClient:
@@ -70,10 +109,8 @@ def _run(args: argparse.Namespace, name: str, body: dict[str, Any], progress: bo
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "version": args.version, "url": args.url, "format": args.format}
-    data = artifact_bytes(args.url) if args.sha256 == "auto" or args.sign else None
-    body["sha256"] = hashlib.sha256(data).hexdigest() if args.sha256 == "auto" and data is not None else args.sha256
-    if args.sign:
-        body["signature"] = sign_bytes(load_private_key(args.sign), data or b"")
+    body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                              format=args.format, key=args.sign, valid_days=args.valid_days))
     if args.probation_window is not None:
         body["probation"] = {"window_s": args.probation_window, "max_error_rate": args.max_error_rate,
                              "max_latency_ratio": args.max_latency_ratio}
@@ -112,7 +149,9 @@ def add_control_parsers(sub: Any) -> None:
     deploy.add_argument("--version", required=True)
     deploy.add_argument("--url", required=True, help="http(s):// or file:// URL of the artifact, as the device sees it")
     deploy.add_argument("--sha256", default="auto", help="hex digest, or 'auto' to compute it from --url")
-    deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM) to sign the artifact with")
+    deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM): download and hash the artifact here "
+                        "and sign a statement binding name, version, format and that sha256")
+    valid_days_argument(deploy)
     deploy.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
     deploy.add_argument("--probation-window", type=float, help="seconds of probation after the swap")
     deploy.add_argument("--max-error-rate", type=float, default=0.05)
@@ -140,7 +179,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
-    print(sign_bytes(load_private_key(args.key), args.artifact.read_bytes()))
+    statement = sign_file(load_private_key(args.key), args.artifact, name=args.name, version=args.version,
+                          format=args.format, valid_s=args.valid_days * 86_400)
+    print(json.dumps(statement, sort_keys=True))
     return EXIT_OK
 
 
@@ -149,7 +190,12 @@ def add_key_parsers(model_sub: Any) -> None:
     keygen.add_argument("out", type=Path, help="path stem: writes STEM.key and STEM.pub")
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(handler=cmd_keygen)
-    sign = model_sub.add_parser("sign", help="print the base64 ed25519 signature of an artifact")
+    sign = model_sub.add_parser("sign", help="print the signed statement (JSON) of an artifact: the deploy's "
+                                "'statement' field")
     sign.add_argument("artifact", type=Path)
     sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--name", required=True)
+    sign.add_argument("--version", required=True)
+    sign.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
+    valid_days_argument(sign)
     sign.set_defaults(handler=cmd_sign)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import signal
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .cli_control import artifact_bytes
+from .cli_control import signed_fields, valid_days_argument
 from .fleet.control import ControlClient, ControlError
 from .fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
 from .fleet.record import RecordError
@@ -57,7 +56,6 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     from .fleet.record import RolloutStore, new_rollout_id
     from .fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
     from .log import configure_logging
-    from .models.fetch import load_private_key, sign_bytes
 
     configure_logging(args.log_level)
     try:
@@ -72,12 +70,12 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     except RecordError as exc:
         return _fail(str(exc), EXIT_USAGE)
     if saved is not None:
-        sha256, signature = saved.sha256, saved.signature
+        sha256, statement = saved.sha256, saved.statement
     else:
-        data = artifact_bytes(args.url) if args.sha256 == "auto" or args.sign else None
-        sha256 = hashlib.sha256(data).hexdigest() if args.sha256 == "auto" and data is not None else args.sha256
-        signature = sign_bytes(load_private_key(args.sign), data or b"") if args.sign else None
-    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, args.format, plan, signature)
+        fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                               format=args.format, key=args.sign, valid_days=args.valid_days)
+        sha256, statement = fields["sha256"], fields.get("statement")
+    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, args.format, plan, statement)
 
     async def main() -> int:
         async with FleetLink(_client(args)) as link:
@@ -150,7 +148,9 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--version", required=True)
     deploy.add_argument("--url", required=True, help="http(s):// or file:// URL of the artifact, as devices see it")
     deploy.add_argument("--sha256", default="auto", help="hex digest, or 'auto' to compute it from --url")
-    deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM) to sign the artifact with")
+    deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM): hash the artifact here and sign a "
+                        "statement binding name, version, format and that sha256")
+    valid_days_argument(deploy)
     deploy.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
     deploy.add_argument("--canary", default="5%", help="share of the group deployed first (default 5%%)")
     deploy.add_argument("--waves", default="25%,50%,100%", help="cumulative shares after the canary")

@@ -200,7 +200,12 @@ class DeploySection(Section):
     max_artifact_mb: float = Field(default=512.0, gt=0)
     """Downloads larger than this are refused (checked while streaming)."""
     public_key_file: Path | None = None
-    """ed25519 public key (PEM); when set, unsigned or wrongly signed artifacts are refused."""
+    """ed25519 public key (PEM); when set, a deploy must carry a statement signed by its private key
+    (name, version, format, sha256, expiry), checked before anything is downloaded."""
+    file_roots: tuple[Path, ...] = ()
+    """Folders a ``file://`` deploy may read (symlinks resolved first); empty: ``file://`` is refused."""
+    download_timeout_s: float = Field(default=900.0, gt=0)
+    """Whole-download deadline (connect to last byte); past it the deployment fails (``download_timeout``)."""
     warmup_runs: int = Field(default=3, ge=1, le=100)
     """Inferences on a real frame before a new model may serve."""
     latency_budget_ms: float = Field(default=2000.0, gt=0)
@@ -258,7 +263,9 @@ class AgentConfig(Section):
             "agent": self.agent.model_copy(update={"state_dir": resolve(self.agent.state_dir)}),
             "model": self.model.model_copy(update={"store": resolve(self.model.store)}),
             "source": source,
-            "deploy": self.deploy.model_copy(update={"public_key_file": resolve(self.deploy.public_key_file)}),
+            "deploy": self.deploy.model_copy(update={
+                "public_key_file": resolve(self.deploy.public_key_file),
+                "file_roots": tuple(base / root for root in self.deploy.file_roots)}),
             "commands": self.commands.model_copy(
                 update={"public_key_file": resolve(self.commands.public_key_file)}),
         })

@@ -65,6 +65,7 @@ class CommandHandlers:
             name=command.name, version=command.version, url=command.url, sha256=command.sha256,
             signature=command.signature, format=command.format, probation=self._probation(command),
             deployment_id=command.id,
+            statement=command.statement.model_dump() if command.statement else None,
         )
         try:
             serving = await manager.deploy(request)

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -221,16 +222,45 @@ def test_cli_status_exits_zero(rig):
     assert json.loads(result.stdout)["ok"] is True
 
 
-def test_keygen_and_sign(tmp_path):
+def test_keygen_and_sign_make_a_statement_the_agent_verifies(tmp_path):
     subprocess.run([sys.executable, "-m", "agent", "model", "keygen", str(tmp_path / "ctl")], check=True, cwd=REPO)
     artifact = tmp_path / "a.bin"
     artifact.write_bytes(b"model bytes")
     out = subprocess.run([sys.executable, "-m", "agent", "model", "sign", str(artifact), "--key",
-                          str(tmp_path / "ctl.key")], capture_output=True, text=True, check=True, cwd=REPO)
-    from agent.models.fetch import Fetched, load_public_key, verify_artifact
+                          str(tmp_path / "ctl.key"), "--name", "text-det", "--version", "v9", "--format", "onnx",
+                          "--valid-days", "1"], capture_output=True, text=True, check=True, cwd=REPO)
+    from agent.models.fetch import FetchError, load_public_key, verify_statement
 
-    fetched = Fetched(artifact, artifact.stat().st_size, sha256(artifact))
-    verify_artifact(fetched, sha256=sha256(artifact), public_key=load_public_key(tmp_path / "ctl.pub"),
-                    signature=out.stdout.strip())
-    assert artifact.exists()
+    statement = json.loads(out.stdout)
+    key = load_public_key(tmp_path / "ctl.pub")
+    verify_statement(key, statement, name="text-det", version="v9", format="onnx", sha256=sha256(artifact))
+    assert 0 < statement["expires"] - time.time() <= 86_400
+    with pytest.raises(FetchError) as caught:
+        verify_statement(key, statement, name="text-det", version="v10", format="onnx", sha256=sha256(artifact))
+    assert caught.value.code == "statement_mismatch"
     shutil.rmtree(tmp_path)
+
+
+def test_a_failed_deploy_echoes_neither_the_files_hash_nor_the_urls_secrets(rig, demo_dir):
+    server, probe = rig["server"], rig["probe"]
+    bundle = bundle_of(demo_dir, "text-det-v6", server.root)
+    secrets = ("SECRETTOKEN", "hunter2", sha256(bundle))
+    cases = {
+        "leak-hash": ({"url": server.url(bundle.name) + "?X-Amz-Signature=SECRETTOKEN", "sha256": "c" * 64},
+                      "hash_mismatch"),
+        "leak-user": ({"url": "http://user:hunter2@127.0.0.1:9/x.tar?sig=SECRETTOKEN", "sha256": "0" * 64},
+                      "unreachable"),
+    }
+    for command_id, (fields, code) in cases.items():
+        reply = _send(rig, "deploy", {"id": command_id, "name": "text-det", "version": "v6", "format": "bundle",
+                                      **fields})
+        assert reply.ok is False and reply.error.code == code, reply
+        probe.wait_for(lambda m, i=command_id: m.topic.endswith("/events") and i in m.payload.decode(),
+                       what=f"the failure event of {command_id}")
+    echoed = [m.payload.decode(errors="replace") for m in probe.snapshot()
+              if "/cmd/" not in m.topic and any(i in m.payload.decode(errors="replace") for i in cases)]
+    assert any("REDACTED" in text for text in echoed)
+    log = rig["agent"].log()
+    for secret in secrets:
+        assert not [text for text in echoed if secret in text], f"{secret} reached MQTT"
+        assert secret not in log, f"{secret} reached the log"

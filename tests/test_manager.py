@@ -7,13 +7,22 @@ records each processed frame's index and model version.
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.config import DeploySection, SourceSection
-from agent.models.fetch import generate_keypair, load_private_key, load_public_key, sign_bytes
+from agent.models.fetch import (
+    Statement,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_file,
+    sign_statement,
+)
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeployFailed, DeploymentManager, DeployRequest, Step
 from agent.models.probation import Probation
@@ -176,31 +185,55 @@ def test_hash_mismatch_is_refused_before_anything_is_unpacked(tmp_path, demo_dir
     assert (failure.step, failure.code) == (Step.VERIFYING, "hash_mismatch")
 
 
-def test_missing_and_wrong_signatures_are_refused_when_a_key_is_configured(tmp_path, demo_dir, server):
+def _statement(key: Path, bundle: Path, version: str = "v6", **fields: object) -> dict[str, object]:
+    signed = sign_file(load_private_key(key), bundle, name="text-det", version=version, format="bundle")
+    return {**signed, **fields}
+
+
+@pytest.mark.parametrize(("case", "code"), [
+    ("none", "signature_missing"),
+    ("bytes_only", "signature_missing"),
+    ("other_key", "bad_signature"),
+    ("edited", "bad_signature"),
+    ("expired", "signature_expired"),
+    ("other_version", "statement_mismatch"),
+])
+def test_a_deploy_without_a_valid_statement_naming_it_is_refused_before_download(
+        tmp_path, demo_dir, server, case, code):
     generate_keypair(tmp_path / "ok.key", tmp_path / "ok.pub")
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    request = _request(server.url(bundle.name), sha256(bundle), format="bundle", version="v6")
-    failure, _ = _bad(tmp_path / "a", demo_dir, request, public_key_file=tmp_path / "ok.pub")
-    assert failure.code == "signature_missing"
-    wrong = sign_bytes(load_private_key(tmp_path / "other.key"), bundle.read_bytes())
-    failure, _ = _bad(tmp_path / "b", demo_dir, _request(server.url(bundle.name), sha256(bundle), format="bundle",
-                                                         version="v6", signature=wrong),
-                      public_key_file=tmp_path / "ok.pub")
-    assert failure.code == "bad_signature"
+    good = _statement(tmp_path / "ok.key", bundle)
+    fields: dict[str, object] = {
+        "none": {},
+        "bytes_only": {"signature": base64.b64encode(bytes(64)).decode()},
+        "other_key": {"statement": _statement(tmp_path / "other.key", bundle)},
+        "edited": {"statement": {**good, "version": "v7"}, "version": "v7"},
+        "expired": {"statement": sign_statement(load_private_key(tmp_path / "ok.key"), Statement(
+            "text-det", "v6", "bundle", sha256(bundle), int(time.time()) - 1))},
+        # An old signed artifact (v6's statement) deployed as another version.
+        "other_version": {"statement": good, "version": "v7"},
+    }[case]
+    request = _request(server.url(f"slow/{bundle.name}"), sha256(bundle), format="bundle",
+                       **{"version": "v6", **fields})
+    failure, rig = _bad(tmp_path / "rig", demo_dir, request, public_key_file=tmp_path / "ok.pub")
+    assert (failure.step, failure.code) == (Step.RECEIVED, code), failure.message
+    assert Step.DOWNLOADING not in [r.state for r in rig.reports], "refused before any byte was fetched"
+    if case == "bytes_only":
+        assert "no longer accepted" in failure.message
 
 
-def test_a_correctly_signed_bundle_is_accepted(tmp_path, demo_dir, server):
+def test_a_bundle_with_its_signed_statement_is_accepted(tmp_path, demo_dir, server):
     generate_keypair(tmp_path / "ok.key", tmp_path / "ok.pub")
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    signature = sign_bytes(load_private_key(tmp_path / "ok.key"), bundle.read_bytes())
+    statement = _statement(tmp_path / "ok.key", bundle)
 
     async def scenario():
         rig = Rig(tmp_path, demo_dir, public_key_file=tmp_path / "ok.pub")
         await rig.start()
         try:
             return await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
-                                                     version="v6", signature=signature))
+                                                     version="v6", statement=statement))
         finally:
             rig.stop()
 
@@ -237,7 +270,8 @@ def test_a_model_over_the_latency_budget_is_refused(tmp_path, demo_dir, server):
 
 def test_a_scheme_that_is_not_allowed_is_refused(tmp_path, demo_dir):
     model = demo_dir / "models" / "text-det-v6" / "model.onnx"
-    failure, _ = _bad(tmp_path, demo_dir, _request(model.as_uri(), sha256(model)), allowed_schemes=("https",))
+    failure, _ = _bad(tmp_path, demo_dir, _request(model.as_uri(), sha256(model)), allowed_schemes=("https",),
+                      file_roots=(demo_dir,))
     assert failure.code == "scheme_not_allowed"
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from agent.fleet.control import ControlClient
 from agent.models.bundle import pack_bundle, unpack_bundle
-from agent.models.fetch import generate_keypair, load_private_key, sign_bytes
+from agent.models.fetch import generate_keypair, load_private_key, sign_file
 from agent.tools.modelref import find_manifest
 from agent.tools.pack import build_manifest, pack_model
 from tests.agentproc import AgentProcess, agent_config
@@ -31,9 +31,9 @@ VERSION = "v4-packed"
 REPLY_TIMEOUT_S = 240.0
 
 
-def _deploy(mosquitto, server, bundle, signature: str, command_id: str):
+def _deploy(mosquitto, server, bundle, statement: dict, command_id: str):
     body = {"id": command_id, "name": "text-det", "version": VERSION, "url": server.url(bundle.name),
-            "sha256": sha256(bundle), "format": "bundle", "signature": signature}
+            "sha256": sha256(bundle), "format": "bundle", "statement": statement}
     client = ControlClient(mosquitto.url)
     return asyncio.run(client.send("deploy", body, device=DEVICE, timeout_s=REPLY_TIMEOUT_S))[0].payload
 
@@ -57,7 +57,7 @@ def _wrong_golden(bundle, work, key):
     np.save(folder / "golden_0_out.npy", np.load(folder / "golden_0_out.npy") * 0.0 + 0.5)
     out = work / "www" / "wrong-golden.tar"
     pack_bundle(folder, out)
-    return out, sign_bytes(load_private_key(key), out.read_bytes())
+    return out, sign_file(load_private_key(key), out, name="text-det", version=VERSION, format="bundle")
 
 
 def test_packed_signed_bundle_deploys_and_bad_ones_are_refused(tmp_path, demo_dir, mosquitto, mqtt_probe):
@@ -69,7 +69,7 @@ def test_packed_signed_bundle_deploys_and_bad_ones_are_refused(tmp_path, demo_di
                               template=find_manifest(folder))
     packed = pack_model(folder / "model.onnx", manifest, www / "text-det.tar", profile_video=demo_dir / "video.mp4",
                         golden_frames=1, profile_frames=8, sign_key=tmp_path / "k.key")
-    signature = packed.signature.read_text()
+    signature = json.loads(packed.signature.read_text())
     tampered = _tampered(packed.bundle, www / "tampered.tar")
     wrong, wrong_signature = _wrong_golden(packed.bundle, tmp_path, tmp_path / "k.key")
 
@@ -84,7 +84,8 @@ def test_packed_signed_bundle_deploys_and_bad_ones_are_refused(tmp_path, demo_di
                        timeout=90, what="agent serving v4")
 
         refused = _deploy(mosquitto, server, tampered, signature, "tampered")
-        assert refused.ok is False and refused.error.code == "bad_signature", refused
+        assert refused.ok is False and refused.error.code == "statement_mismatch", refused
+        assert "sha256" in refused.error.message, "the signed statement names other bytes"
 
         refused = _deploy(mosquitto, server, wrong, wrong_signature, "wrong-golden")
         assert refused.ok is False and refused.error.code == "golden_mismatch", refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -15,15 +16,14 @@ from agent.models.bundle import BundleError, pack_bundle, unpack_bundle
 from agent.models.fetch import (
     FetchError,
     generate_keypair,
-    load_private_key,
     load_public_key,
-    sign_bytes,
-    verify_signature,
+    verify_statement,
 )
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeployFailed, DeploymentManager
 from agent.models.manifest import Manifest
 from agent.models.store import ModelStore
+from agent.mqtt.schema import DeployCommand
 from agent.tools.errors import PackError
 from agent.tools.inspection import format_inspection, inspect_bundle
 from agent.tools.modelref import find_manifest
@@ -75,9 +75,13 @@ def test_bundle_holds_model_manifest_goldens_and_hashes_and_is_signed(orientatio
     assert reference is not None and reference["samples"] == PROFILE_FRAMES
     assert reference["model"] == {"name": "orientation", "version": "0.0.12", "sha256": manifest.files["model.onnx"]}
     assert reference["source"] == "video.mp4" and reference["outputs"]["classes"]
-    verify_signature(load_public_key(keys[1]), result.bundle, result.signature.read_text())
-    assert result.signature.read_text() == sign_bytes(load_private_key(keys[0]), result.bundle.read_bytes()), \
-        "the same signature `edge-agent deploy --sign` sends"
+    statement = json.loads(result.signature.read_text())
+    verify_statement(load_public_key(keys[1]), statement, name="orientation", version="0.0.12", format="bundle",
+                     sha256=hashlib.sha256(result.bundle.read_bytes()).hexdigest())
+    assert DeployCommand.model_validate({"id": "d", "name": "orientation", "version": "0.0.12", "url": "http://h/b",
+                                         "sha256": statement["sha256"], "format": "bundle",
+                                         "statement": statement}).statement is not None, \
+        "BUNDLE.sig is the deploy command's statement field as it is"
     inspection = inspect_bundle(result.bundle, public_key=keys[1])
     assert inspection.ok and inspection.signature == "valid"
     assert {m.name for m in inspection.members} == set(manifest.files) | {"manifest.json"}
@@ -124,8 +128,10 @@ def test_a_tampered_bundle_is_refused_by_unpack_and_flagged_by_inspect(orientati
     tampered = _rewrite(result.bundle, tmp_path / "tampered.tar", "model.onnx", flip)
     with pytest.raises(BundleError, match=r"model\.onnx: sha256"):
         unpack_bundle(tampered, tmp_path / "out")
-    with pytest.raises(FetchError, match="does not match the artifact"):
-        verify_signature(load_public_key(keys[1]), tampered, result.signature.read_text())
+    with pytest.raises(FetchError, match="sha256") as caught:
+        verify_statement(load_public_key(keys[1]), json.loads(result.signature.read_text()), name="orientation",
+                         version="0.0.12", format="bundle", sha256=hashlib.sha256(tampered.read_bytes()).hexdigest())
+    assert caught.value.code == "statement_mismatch"
     (tmp_path / "tampered.tar.sig").write_text(result.signature.read_text())
     inspection = inspect_bundle(tampered, public_key=keys[1])
     assert not inspection.ok and inspection.signature == "invalid"

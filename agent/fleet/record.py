@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -96,7 +96,8 @@ class RolloutRecord(_Model):
     url: str
     sha256: str
     format: str
-    signature: str | None = None
+    statement: dict[str, Any] | None = None
+    """The signed statement every device's deploy carries (agent.cli_control.signed_fields)."""
     plan: PlanModel
     waves: list[list[str]]
     devices: dict[str, DeviceEntry]
@@ -109,8 +110,8 @@ class RolloutRecord(_Model):
     def deploy_body(self, entry: DeviceEntry) -> dict[str, object]:
         body: dict[str, object] = {"id": entry.deployment_id, "name": self.name, "version": self.version,
                                    "url": self.url, "sha256": self.sha256, "format": self.format}
-        if self.signature:
-            body["signature"] = self.signature
+        if self.statement:
+            body["statement"] = self.statement
         return body
 
     def in_stages(self, upto: int) -> list[str]:

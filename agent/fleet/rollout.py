@@ -90,7 +90,7 @@ class RolloutSpec:
     sha256: str
     format: str
     plan: RolloutPlan
-    signature: str | None = None
+    statement: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float
     }
     return RolloutRecord(
         rollout_id=rollout_id, created=time.time() if now is None else now, group=spec.group, name=spec.name,
-        version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, signature=spec.signature,
+        version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, statement=spec.statement,
         plan=PlanModel.model_validate(spec.plan.to_json()), waves=waves, devices=devices, already=already,
         skipped=skipped,
     )

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -31,7 +31,7 @@ import structlog
 from ..runtime.base import EngineError
 from ..runtime.slot import EngineSlot, Serving
 from .bundle import BundleError, stage_bare_model, unpack_bundle
-from .fetch import FetchError, fetch_artifact, verify_artifact
+from .fetch import DownloadAbort, Fetched, FetchError, download, redact_url, verify_artifact, verify_statement
 from .graph import check_fits_head, check_fits_input
 from .loader import EngineOptions, load_serving
 from .priority import lowered_priority, restore_thread_priority
@@ -81,6 +81,8 @@ class DeployRequest:
     format: str = "onnx"
     probation: Probation | None = None
     deployment_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    statement: Mapping[str, Any] | None = None
+    """The signed statement (agent.models.fetch.Statement and its signature) the deploy carries."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,7 @@ class DeploymentManager:
         self._lock = asyncio.Lock()
         self._probation: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._download: DownloadAbort | None = None
         self.load_options = replace(options, load_nice=settings.load_nice)
 
     @property
@@ -153,7 +156,7 @@ class DeploymentManager:
             raise DeployFailed(Step.RECEIVED, "busy", "another deployment or rollback is in progress; retry when it ends")
         async with self._lock:
             await self._cancel_probation(commit=True)
-            await self._step(req, Step.RECEIVED, 0.0, url=req.url)
+            await self._step(req, Step.RECEIVED, 0.0, url=redact_url(req.url))
             serving = self.slot.serving
             # The old model's figures before anything else loads beside it: the baseline.
             baseline = self.stats(serving.version) if serving is not None else None
@@ -189,17 +192,12 @@ class DeploymentManager:
             asyncio.run_coroutine_threadsafe(
                 self._step(req, Step.DOWNLOADING, round(0.4 * fraction, 3), bytes=done, total=total), loop)
 
+        self._check_statement(req)
         await self._step(req, Step.DOWNLOADING, 0.0)
-        max_bytes = int(self.settings.max_artifact_mb * 1024 * 1024)
-        try:
-            fetched = await self._in_loader(lambda: fetch_artifact(
-                req.url, dest_dir=work, max_bytes=max_bytes,
-                allowed_schemes=tuple(self.settings.allowed_schemes), progress=progress))
-        except FetchError as exc:
-            raise DeployFailed(Step.DOWNLOADING, exc.code, exc.message) from exc
+        fetched = await self._fetch(req, work, progress)
         await self._step(req, Step.VERIFYING, 0.45, size=fetched.size)
         try:
-            verify_artifact(fetched, sha256=req.sha256, public_key=self.public_key, signature=req.signature)
+            await asyncio.to_thread(verify_artifact, fetched, sha256=req.sha256)
             folder = await self._in_loader(self._stage, req, fetched.path, work)
         except FetchError as exc:
             raise DeployFailed(Step.VERIFYING, exc.code, exc.message) from exc
@@ -226,6 +224,34 @@ class DeploymentManager:
                 self.store.remove(req.name, req.version)
             raise
         return new
+
+    def _check_statement(self, req: DeployRequest) -> None:
+        """With a key, the deploy's signed statement must name what it asks for, before any download."""
+        if self.public_key is None:
+            return
+        if req.statement is None:
+            hint = (" (a signature over the artifact's bytes alone is no longer accepted)" if req.signature else "")
+            raise DeployFailed(Step.RECEIVED, "signature_missing",
+                               "this agent requires a signed statement (name, version, format, sha256, expiry) "
+                               f"and the deploy carries none{hint}")
+        try:
+            verify_statement(self.public_key, req.statement, name=req.name, version=req.version,
+                             format=req.format, sha256=req.sha256)
+        except FetchError as exc:
+            raise DeployFailed(Step.RECEIVED, exc.code, exc.message) from exc
+
+    async def _fetch(self, req: DeployRequest, work: Path, progress: Callable[[int, int | None], None]) -> Fetched:
+        """The download, bounded by ``download_timeout_s`` and stopped at once by ``close()``."""
+        s = self.settings
+        self._download = abort = DownloadAbort()
+        try:
+            return await download(req.url, abort=abort, dest_dir=work, max_bytes=int(s.max_artifact_mb * 1024 * 1024),
+                                  allowed_schemes=tuple(s.allowed_schemes), file_roots=tuple(s.file_roots),
+                                  deadline_s=s.download_timeout_s, progress=progress)
+        except FetchError as exc:
+            raise DeployFailed(Step.DOWNLOADING, exc.code, exc.message) from exc
+        finally:
+            self._download = None
 
     def _stage(self, req: DeployRequest, artifact: Path, work: Path) -> Path:
         folder = work / "model"
@@ -392,5 +418,7 @@ class DeploymentManager:
     def close(self) -> None:
         if self._probation is not None:
             self._probation.cancel()
+        if self._download is not None:
+            self._download.fire(FetchError("cancelled", "the agent is stopping"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 

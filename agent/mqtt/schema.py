@@ -26,6 +26,7 @@ __all__ = [
     "MAX_COMMAND_BYTES",
     "PAYLOADS",
     "SCHEMA_VERSION",
+    "ArtifactStatement",
     "BrokerHealth",
     "CameraHealth",
     "Command",
@@ -320,13 +321,49 @@ class ProbationSpec(_Wire):
     max_latency_ratio: float = Field(ge=1, description="new p95 latency / old p95 latency")
 
 
+def _ed25519_base64(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64") from None
+    if len(raw) != SIGNATURE_BYTES:
+        raise ValueError(f"must decode to {SIGNATURE_BYTES} bytes, got {len(raw)}")
+    return value
+
+
+class ArtifactStatement(_Wire):
+    """A signed statement: the artifact with ``sha256`` is ``name`` ``version`` in ``format`` until
+    ``expires``; the signature covers all five (agent.models.fetch.Statement, docs/security.md)."""
+
+    name: ModelName
+    version: ModelVersion
+    format: Literal["onnx", "bundle", "engine"]
+    sha256: str = Field(description="lower-case hex, as signed")
+    expires: int = Field(ge=0, description="unix time, seconds, after which the statement is refused")
+    signature: str = Field(max_length=2 * SIGNATURE_BYTES, description="base64 ed25519 over the statement")
+
+    @field_validator("sha256")
+    @classmethod
+    def _whole_digest(cls, value: str) -> str:
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("must be 64 lower-case hexadecimal digits")
+        return value
+
+    @field_validator("signature")
+    @classmethod
+    def _signature(cls, value: str) -> str:
+        return _ed25519_base64(value)
+
+
 class DeployCommand(CommandBase):
     command_name: ClassVar[str] = "deploy"
     name: ModelName
     version: ModelVersion
     url: str = Field(max_length=MAX_URL_LENGTH)
     sha256: str
-    signature: str | None = Field(default=None, description="base64 ed25519 over the artifact")
+    signature: str | None = Field(default=None, description="base64 ed25519 over the artifact's bytes alone: "
+                                                            "refused by agents that check signatures (use statement)")
+    statement: ArtifactStatement | None = Field(default=None, description="the signed statement of the artifact")
     format: Literal["onnx", "bundle", "engine"] = "onnx"
     probation: ProbationSpec | None = None
 
@@ -350,15 +387,7 @@ class DeployCommand(CommandBase):
     @field_validator("signature")
     @classmethod
     def _signature(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("must be base64") from None
-        if len(raw) != SIGNATURE_BYTES:
-            raise ValueError(f"must decode to {SIGNATURE_BYTES} bytes, got {len(raw)}")
-        return value
+        return None if value is None else _ed25519_base64(value)
 
 
 class RollbackCommand(CommandBase):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..models.fetch import STATEMENT_VALID_S
 from .cli import EXIT_FAILURE, EXIT_OK, guarded
 from .errors import PackError
 
@@ -71,7 +72,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     result = pack_model(args.model, manifest, args.output, profile_video=args.profile_video,
                         golden_frames=args.golden_frames, profile_frames=args.profile_frames,
                         rtol=args.golden_rtol, atol=args.golden_atol,
-                        extra_files=args.include, sign_key=args.sign)
+                        extra_files=args.include, sign_key=args.sign, sign_valid_s=args.valid_days * 86_400)
     print(f"{result.bundle}: {result.manifest.name} {result.manifest.version}, {len(result.manifest.files)} files, "
           f"{len(result.manifest.golden)} goldens, reference {'yes' if result.manifest.reference else 'no'}")
     if result.signature is not None:
@@ -132,7 +133,10 @@ def add_pack_parsers(sub: Any) -> None:
     p.add_argument("--golden-frames", type=int, default=2)
     p.add_argument("--golden-rtol", type=float, default=1e-2)
     p.add_argument("--golden-atol", type=float, default=1e-2)
-    p.add_argument("--sign", type=Path, help="ed25519 private key (PEM): also write BUNDLE.sig")
+    p.add_argument("--sign", type=Path, help="ed25519 private key (PEM): also write BUNDLE.sig, the bundle's signed "
+                   "statement (the deploy's 'statement' field)")
+    p.add_argument("--valid-days", type=float, default=STATEMENT_VALID_S / 86_400,
+                   help="days the signed statement stays valid (default %(default)g)")
     p.add_argument("-o", "--output", type=Path, required=True, help="the bundle .tar to write")
     p.set_defaults(handler=guarded("pack", cmd_pack))
 

@@ -9,12 +9,13 @@ problems, and a bundle with problems is not fit to deploy.
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..models.fetch import FetchError, load_public_key, verify_signature
+from ..models.fetch import FetchError, load_public_key, verify_statement
 from ..models.manifest import MANIFEST_FILE, Manifest
 from .errors import PackError
 from .pack import signature_path
@@ -89,14 +90,25 @@ def _read_members(path: Path) -> tuple[dict[str, tuple[int, str]], bytes | None,
     return found, manifest_bytes, problems
 
 
-def _signature(path: Path, public_key: Path | None, signature: Path | None) -> tuple[SignatureState, str | None]:
+def _signature(path: Path, manifest: Manifest | None, public_key: Path | None,
+               signature: Path | None) -> tuple[SignatureState, str | None]:
+    """The signed statement beside the bundle must verify and name this bundle: its manifest and sha256."""
     if public_key is None:
         return "not checked", None
     sig_path = signature or signature_path(path)
     if not sig_path.is_file():
         return "missing", f"no signature file {sig_path.name} beside the bundle"
     try:
-        verify_signature(load_public_key(public_key), path, sig_path.read_text(encoding="ascii").strip())
+        signed = json.loads(sig_path.read_text(encoding="ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return "invalid", f"signature: {sig_path.name} is not a signed statement (JSON)"
+    if not isinstance(signed, dict):
+        return "invalid", f"signature: {sig_path.name} is not a signed statement (JSON object)"
+    with path.open("rb") as handle:
+        sha256 = _digest(handle)
+    try:
+        verify_statement(load_public_key(public_key), signed, name=manifest.name if manifest else "",
+                         version=manifest.version if manifest else "", format="bundle", sha256=sha256)
     except FetchError as exc:
         return "invalid", f"signature: {exc.message}"
     return "valid", None
@@ -133,7 +145,7 @@ def inspect_bundle(path: Path, *, public_key: Path | None = None,
     problems += [f"{name}: listed in the manifest but missing" for name in sorted(set(listed) - set(found))]
     if manifest is not None and manifest.model_file not in found:
         problems.append(f"the model file {manifest.model_file!r} is missing")
-    state, problem = _signature(path, public_key, signature)
+    state, problem = _signature(path, manifest, public_key, signature)
     if problem is not None:
         problems.append(problem)
     with path.open("rb") as handle:

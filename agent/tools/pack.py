@@ -5,9 +5,10 @@ checks that the manifest fits the model, writes golden inputs with the outputs
 the model must reproduce, profiles the model on the video for the reference
 statistics drift detection compares against (``agent.monitor.profile``, the
 same per-frame summary the live drift monitor makes), hashes every file into
-the manifest and, given a private key, writes a detached
-ed25519 signature ``<bundle>.sig`` (base64, the same bytes ``edge-agent deploy
---sign`` signs).
+the manifest and, given a private key, writes the bundle's signed statement
+``<bundle>.sig`` (JSON: name, version, format, sha256, expiry and the ed25519
+signature; the deploy command's ``statement`` field, as ``edge-agent deploy
+--sign`` makes it).
 
 Goldens come in pairs per frame: ``golden_<i>_in.npy`` is the float tensor of
 the agent's float preprocessing path, ``golden_<i>_frame.npy`` the uint8 frame
@@ -18,6 +19,7 @@ fits the loaded engine's input.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -29,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..models.bundle import pack_bundle
-from ..models.fetch import load_private_key, sign_bytes
+from ..models.fetch import STATEMENT_VALID_S, load_private_key, sign_file
 from ..models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
 from ..models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
 from ..monitor.profile import ProfileError, profile, video_frames
@@ -151,8 +153,9 @@ def reference_statistics(folder: Path, video: Path, frames: int) -> dict[str, An
 def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Path,
                golden_frames: int = GOLDEN_FRAMES, profile_frames: int = PROFILE_FRAMES,
                rtol: float = GOLDEN_RTOL, atol: float = GOLDEN_ATOL, extra_files: Sequence[Path] = (),
-               sign_key: Path | None = None) -> PackResult:
-    """Write the bundle ``out`` for ``model`` described by ``manifest``; sign it with ``sign_key``."""
+               sign_key: Path | None = None, sign_valid_s: float = STATEMENT_VALID_S) -> PackResult:
+    """Write the bundle ``out`` for ``model`` described by ``manifest``; with ``sign_key``, also its
+    signed statement ``<out>.sig`` (valid ``sign_valid_s``)."""
     if not model.is_file():
         raise PackError(f"{model}: no such model file")
     with tempfile.TemporaryDirectory(prefix="edge-agent-pack-") as tmp:
@@ -179,5 +182,7 @@ def pack_model(model: Path, manifest: Manifest, out: Path, *, profile_video: Pat
     signature = None
     if sign_key is not None:
         signature = signature_path(out)
-        signature.write_text(sign_bytes(load_private_key(sign_key), out.read_bytes()), encoding="ascii")
+        statement = sign_file(load_private_key(sign_key), out, name=written.name, version=written.version,
+                              format="bundle", valid_s=sign_valid_s)
+        signature.write_text(json.dumps(statement, sort_keys=True), encoding="ascii")
     return PackResult(out, written, signature)
