@@ -193,3 +193,24 @@ def test_a_state_change_the_broker_dropped_is_read_again_from_the_retained_topic
 
     assert asyncio.run(stalled()) == "succeeded"
     assert entry.state == "committed" and entry.sends == 1
+
+
+def test_a_signed_rollout_sends_every_device_the_statement_of_what_the_control_plane_hashed(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], artifact: Path, tmp_path: Path) -> None:
+    from agent.models.fetch import generate_keypair, load_public_key, verify_statement
+    from tests.artifacts import sha256
+
+    generate_keypair(tmp_path / "ctl.key", tmp_path / "ctl.pub")
+    probe = mqtt_probe(mosquitto.port, ["edge/+/cmd/deploy"])
+    with simulated_fleet(mosquitto.port, 3, tmp_path / "sim.log", *FAST):
+        done = run(*deploy_args(mosquitto, artifact, tmp_path / "rollouts", "ro-signed"), "--format", "bundle",
+                   "--sign", str(tmp_path / "ctl.key"))
+        assert done.returncode == 0, done.stdout + done.stderr
+    sent = [json.loads(m.payload) for m in probe.snapshot()]
+    assert len(sent) == 3 and len({json.dumps(c["statement"], sort_keys=True) for c in sent}) == 1
+    key = load_public_key(tmp_path / "ctl.pub")
+    for command in sent:
+        assert command["sha256"] == sha256(artifact)
+        verify_statement(key, command["statement"], name="text-det", version=NEW, format="bundle",
+                         sha256=sha256(artifact))
+    assert record(tmp_path / "rollouts", "ro-signed")["statement"] == sent[0]["statement"]
