@@ -109,8 +109,13 @@ def _run(args: argparse.Namespace, name: str, body: dict[str, Any], progress: bo
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "version": args.version, "url": args.url, "format": args.format}
-    body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
-                              format=args.format, key=args.sign, valid_days=args.valid_days))
+    if args.statement is not None:
+        statement = json.loads(args.statement.read_text(encoding="ascii"))
+        sha256 = statement.get("sha256") if args.sha256 == "auto" and isinstance(statement, dict) else args.sha256
+        body.update(sha256=sha256, statement=statement)
+    else:
+        body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                                  format=args.format, key=args.sign, valid_days=args.valid_days))
     if args.probation_window is not None:
         body["probation"] = {"window_s": args.probation_window, "max_error_rate": args.max_error_rate,
                              "max_latency_ratio": args.max_latency_ratio}
@@ -149,8 +154,11 @@ def add_control_parsers(sub: Any) -> None:
     deploy.add_argument("--version", required=True)
     deploy.add_argument("--url", required=True, help="http(s):// or file:// URL of the artifact, as the device sees it")
     deploy.add_argument("--sha256", default="auto", help="hex digest, or 'auto' to compute it from --url")
-    deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM): download and hash the artifact here "
-                        "and sign a statement binding name, version, format and that sha256")
+    signing = deploy.add_mutually_exclusive_group()
+    signing.add_argument("--sign", type=Path, help="ed25519 private key (PEM): download and hash the artifact here "
+                         "and sign a statement binding name, version, format and that sha256")
+    signing.add_argument("--statement", type=Path, help="a signed statement made before (model pack --sign's "
+                         "BUNDLE.sig, model sign): sent as it is; with --sha256 auto its sha256 is used")
     valid_days_argument(deploy)
     deploy.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
     deploy.add_argument("--probation-window", type=float, help="seconds of probation after the swap")

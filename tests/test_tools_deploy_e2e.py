@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -21,7 +23,7 @@ from agent.models.bundle import pack_bundle, unpack_bundle
 from agent.models.fetch import generate_keypair, load_private_key, sign_file
 from agent.tools.modelref import find_manifest
 from agent.tools.pack import build_manifest, pack_model
-from tests.agentproc import AgentProcess, agent_config
+from tests.agentproc import REPO, AgentProcess, agent_config
 from tests.artifacts import ArtifactServer, sha256
 
 pytestmark = pytest.mark.slow
@@ -91,8 +93,14 @@ def test_packed_signed_bundle_deploys_and_bad_ones_are_refused(tmp_path, demo_di
         assert refused.ok is False and refused.error.code == "golden_mismatch", refused
         assert "golden_0_frame.npy" in refused.error.message, "the frame golden ran on the fused engine"
 
-        reply = _deploy(mosquitto, server, packed.bundle, signature, "good")
-        assert reply.ok, reply
+        # The statement `model pack --sign` wrote, sent by the control-plane CLI as it is.
+        done = subprocess.run(
+            [sys.executable, "-m", "agent", "deploy", "--broker", mosquitto.url, "--device", DEVICE,
+             "--name", "text-det", "--version", VERSION, "--url", server.url(packed.bundle.name),
+             "--statement", str(packed.signature), "--timeout", str(REPLY_TIMEOUT_S)],
+            capture_output=True, text=True, cwd=REPO, timeout=REPLY_TIMEOUT_S + 60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["ok"] is True
         probe.wait_for(lambda m: m.topic.endswith("/model") and json.loads(m.payload)["version"] == VERSION,
                        what=f"model {VERSION} published")
         late = mqtt_probe(mosquitto.port, [f"edge/{DEVICE}/model"])

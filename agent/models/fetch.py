@@ -342,10 +342,14 @@ async def download(url: str, *, abort: DownloadAbort, **options: Any) -> Fetched
     future: Future[Fetched] = Future()
 
     def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return  # cancelled before it began
         try:
-            future.set_result(fetch_artifact(url, abort=abort, **options))
+            fetched = fetch_artifact(url, abort=abort, **options)
         except BaseException as exc:  # handed to the awaiting coroutine, whatever it is
             future.set_exception(exc)
+        else:
+            future.set_result(fetched)
 
     threading.Thread(target=work, name="model-download", daemon=True).start()
     try:
