@@ -64,7 +64,8 @@ def test_deploy_builds_an_engine_swaps_it_in_and_a_second_load_hits_the_cache(tm
             return None
 
         manager = DeploymentManager(
-            store=store, slot=slot, options=OPTIONS, settings=DeploySection(latency_budget_ms=60_000.0),
+            store=store, slot=slot, options=OPTIONS,
+            settings=DeploySection(latency_budget_ms=60_000.0, file_roots=(tmp_path,)),
             public_key=None, feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats,
             report=report, swapped=swapped)
         source.start()
