@@ -257,6 +257,7 @@ def test_sigterm_during_a_trickling_download_stops_the_agent_within_its_stop_bou
     print(f"SIGTERM during a download: the agent exited {code} after {took:.2f} s (bound {stop_bound_s} s)")
     assert code == 0, agent.log()[-3000:]
     assert took < stop_bound_s, f"stop took {took:.1f} s"
+    assert "Traceback" not in agent.log(), agent.log()[-3000:]
 
 
 # ----- the control plane signs what it hashed ----------------------------------------------------
