@@ -33,6 +33,7 @@ from .mqtt.broker import EmbeddedBroker
 from .mqtt.outbox import OutboxError, SqliteOutbox
 from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
+from .mqtt.settings import SessionConfigError, check_certificate_identity
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
 from .runtime.slot import EngineSlot, Serving
@@ -71,6 +72,10 @@ class Agent:
         self.config = config
         self.device_id = config.agent.device_id
         self.topics = Topics(config.mqtt.prefix, self.device_id)
+        try:
+            check_certificate_identity(config.mqtt, self.device_id)
+        except SessionConfigError as exc:
+            raise StartupError(str(exc)) from exc
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
