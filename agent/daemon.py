@@ -322,6 +322,7 @@ class Agent:
             "disk_free_bytes": health.disk_free_bytes(self.store.root) or 0,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
+            "outbox_state": self.outbox.state,
             "frames_processed": self.pipeline.counters.frames_processed,
         }
 
