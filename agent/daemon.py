@@ -141,7 +141,8 @@ class Agent:
         mqtt = self.config.mqtt
         if mqtt.url != "embedded":
             return mqtt.url
-        self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port)
+        self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port,
+                                      credentials_dir=self.config.agent.state_dir)
         self._broker.start()
         return self._broker.url
 
@@ -235,8 +236,9 @@ class Agent:
         self.source.start()
         self.pipeline.start()
         url = self._mqtt_url()
+        settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
         self.session = MqttSession(
-            self.config.mqtt, url=url, client_id=f"edge-agent-{self.device_id}",
+            settings, url=url, client_id=f"edge-agent-{self.device_id}",
             will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
             on_message=self.router.on_message, on_connect=self._on_connect, outbox=self.outbox,
