@@ -208,6 +208,26 @@ def test_a_full_disk_keeps_messages_in_memory_and_writes_them_when_space_returns
         assert payloads(reopened) == [*waiting, b"after"]
 
 
+def test_on_a_full_disk_the_queue_still_goes_out_in_order_and_is_never_sent_twice(tmp_path: Path):
+    with small_tmpfs(tmp_path / "small", 1) as disk:
+        outbox = sqlite_filled(disk / "outbox.db", 10_000, 20)
+        filler = fill(disk / "filler")
+        while outbox.state == "disk":
+            outbox.put("t", b"x" * 4000, 1)
+        outbox.put("t", b"in memory", 1)
+        batch = outbox.peek_batch(10)
+        assert [item.payload for item in batch] == [str(n).encode() for n in range(1, 11)]
+        outbox.ack(batch[-1].key)  # the database cannot delete them now
+        rest = payloads(outbox)
+        assert rest[:10] == [str(n).encode() for n in range(11, 21)] and rest[-1] == b"in memory"
+        outbox.ack(outbox.peek_batch(1000)[-1].key)
+        assert payloads(outbox) == []
+        filler.unlink()
+        outbox.put("t", b"after", 1)
+        outbox.close()
+        assert payloads(SqliteOutbox(disk / "outbox.db", 10_000)) == [b"after"]
+
+
 def test_messages_in_memory_are_bounded_and_what_was_dropped_is_counted(tmp_path: Path):
     with small_tmpfs(tmp_path / "small", 1) as disk:
         outbox = SqliteOutbox(disk / "outbox.db", 5)

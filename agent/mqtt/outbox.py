@@ -197,6 +197,9 @@ class SqliteOutbox:
         """Messages the database did not take, with the time they were put, oldest first."""
         self._spill_bytes = 0
         self._next_key = 1
+        self._acked = 0
+        """Every key up to this was acknowledged; the database may not have deleted them yet."""
+        self._deleted = 0
         self._retry_at = 0.0
         self._depth = 0
         self._dropped = 0
@@ -334,14 +337,14 @@ class SqliteOutbox:
         with self._lock:
             rows: list[tuple[int, str, bytes, int]] = []
             if self._db is not None and self._depth:
-                # Nothing from memory goes out before the older messages on disk can be read.
-                if not self._write(lambda db: None):
-                    return []
+                self._write(lambda db: None)  # the bounds; a full disk can still be read
                 try:
                     rows = self._db.execute(
-                        "SELECT key, topic, payload, qos FROM messages ORDER BY key LIMIT ?", (limit,)
+                        "SELECT key, topic, payload, qos FROM messages WHERE key > ? ORDER BY key "
+                        "LIMIT ?", (self._acked, limit),
                     ).fetchall()
                 except sqlite3.Error as exc:
+                    # Nothing from memory goes out before the older messages on disk.
                     self._report_failure(exc)
                     return []
             self._bound_spill()
@@ -350,14 +353,13 @@ class SqliteOutbox:
         return sorted(items, key=lambda item: item.key)[:limit]
 
     def ack(self, key: int) -> None:
-        def delete(db: sqlite3.Connection) -> None:
-            self._depth -= db.execute("DELETE FROM messages WHERE key <= ?", (key,)).rowcount
-
         with self._lock:
             while self._spill and self._spill[0][1].key <= key:
                 self._pop_spill()
-            if self._db is not None:
-                self._write(delete)
+            # Remembered first: a database that cannot delete now (full disk) still never
+            # hands these out again, and the next write that succeeds deletes them.
+            self._acked = max(self._acked, key)
+            self._write(lambda db: None)
 
     @property
     def depth(self) -> int:
@@ -430,6 +432,9 @@ class SqliteOutbox:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if self._acked > self._deleted:
+                    self._depth -= self._db.execute(
+                        "DELETE FROM messages WHERE key <= ?", (self._acked,)).rowcount
                 change(self._db)
                 expired = self._enforce_bounds(self._db)
                 for key, value in self._pending.items() if with_pending else ():
@@ -442,7 +447,8 @@ class SqliteOutbox:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self._depth = depth
@@ -453,6 +459,7 @@ class SqliteOutbox:
             self._unsaved_drops -= drops
             log.warning("mqtt_outbox_dropped", dropped=expired, total_dropped=self._dropped,
                         depth=self._depth)
+        self._deleted = self._acked
         if with_pending:
             self._pending.clear()
         if self._failing:
