@@ -59,9 +59,14 @@ class AgentSection(Section):
     @field_validator("device_id", "groups")
     @classmethod
     def _topic_safe(cls, value: Any) -> Any:
+        # Imported here: agent.mqtt imports this module (its session takes an MqttSection).
+        from .mqtt.topics import TopicError, check_device_id
+
         for name in (value,) if isinstance(value, str) else value:
-            if any(c in name for c in "/+#\0") or not name.strip():
-                raise ValueError(f"{name!r} must not be empty or contain '/', '+', '#'")
+            try:
+                check_device_id(name, "id")
+            except TopicError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
 

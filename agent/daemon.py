@@ -33,6 +33,7 @@ from .mqtt.broker import EmbeddedBroker
 from .mqtt.outbox import OutboxError, SqliteOutbox
 from .mqtt.schema import CommandError, StatusPayload
 from .mqtt.session import MqttSession
+from .mqtt.settings import SessionConfigError, check_certificate_identity
 from .mqtt.topics import Topics
 from .runtime.base import EngineError
 from .runtime.slot import EngineSlot, Serving
@@ -71,6 +72,10 @@ class Agent:
         self.config = config
         self.device_id = config.agent.device_id
         self.topics = Topics(config.mqtt.prefix, self.device_id)
+        try:
+            check_certificate_identity(config.mqtt, self.device_id)
+        except SessionConfigError as exc:
+            raise StartupError(str(exc)) from exc
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
@@ -136,7 +141,8 @@ class Agent:
         mqtt = self.config.mqtt
         if mqtt.url != "embedded":
             return mqtt.url
-        self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port)
+        self._broker = EmbeddedBroker(mqtt.embedded_binary, port=mqtt.embedded_port,
+                                      credentials_dir=self.config.agent.state_dir)
         self._broker.start()
         return self._broker.url
 
@@ -230,8 +236,9 @@ class Agent:
         self.source.start()
         self.pipeline.start()
         url = self._mqtt_url()
+        settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
         self.session = MqttSession(
-            self.config.mqtt, url=url, client_id=f"edge-agent-{self.device_id}",
+            settings, url=url, client_id=f"edge-agent-{self.device_id}",
             will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
             on_message=self.router.on_message, on_connect=self._on_connect, outbox=self.outbox,
@@ -317,6 +324,7 @@ class Agent:
             "disk_free_bytes": health.disk_free_bytes(self.store.root) or 0,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
+            "outbox_state": self.outbox.state,
             "frames_processed": self.pipeline.counters.frames_processed,
         }
 

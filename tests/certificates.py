@@ -134,7 +134,8 @@ class Fleet:
 
 def make_fleet(folder: Path, names: list[str]) -> Fleet:
     """Certificates for a broker and devices ``names`` (CN = name), plus a ``rogue`` client
-    whose certificate comes from a CA the broker does not trust."""
+    whose certificate comes from a CA the broker does not trust. A name that is not safe as a
+    file name (``dev1/cmd``, ``_consumers``) gets files named ``cn-<n>``."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _make_ca("edge fleet test CA")
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -146,7 +147,8 @@ def make_fleet(folder: Path, names: list[str]) -> Fleet:
     for name, (issuer_cert, issuer_key) in [*((n, (ca_cert, ca_key)) for n in names),
                                             ("rogue", (other_cert, other_key))]:
         cert, key = _issue(name, issuer_key, issuer_cert.subject, server=False)
-        paths = (folder / f"{name}.pem", folder / f"{name}.key")
+        stem = name if name.isalnum() or name.replace("-", "").isalnum() else f"cn-{len(clients)}"
+        paths = (folder / f"{stem}.pem", folder / f"{stem}.key")
         paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, paths[1])
         clients[name] = paths

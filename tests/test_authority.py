@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from agent.mqtt.authority import (
 )
 from agent.mqtt.schema import CommandError, parse_command
 from agent.mqtt.topics import Topics
+from tests.agentproc import AgentProcess, agent_config
+from tests.mosquitto import Mosquitto
 
 NOW = 1_800_000_000.0
 SKEW = 120.0
@@ -257,3 +260,58 @@ def test_a_retry_signed_anew_with_the_same_id_is_answered_from_the_journal_not_r
     recorder = route(tmp_path, [(PING, encoded(first)), (PING, encoded(retry))])
     assert recorder.handled == ["same"]
     assert [(i, o.ok) for i, o in recorder.replies] == [("same", True), ("same", True)]
+
+
+# A signed-looking command whose values have no canonical JSON: a lone surrogate (UTF-8 cannot
+# encode it) and 1e400 (a float overflows to infinity). The signature is never reached.
+FAKE_SIGNATURE = base64.b64encode(bytes(64)).decode()
+NO_CANONICAL_FORM = [
+    b'{"id": "%s", "ts": %d, "nonce": "abcdefghijklmnop", "command_signature": "%s", '
+    b'"reason": "\\ud800"}',
+    b'{"id": "%s", "ts": %d, "nonce": "abcdefghijklmnop", "command_signature": "%s", '
+    b'"extra": 1e400}',
+]
+
+
+def no_canonical_form(template: bytes, command_id: str, now: float) -> bytes:
+    return template % (command_id.encode(), int(now), FAKE_SIGNATURE.encode())
+
+
+@pytest.mark.parametrize("template", NO_CANONICAL_FORM, ids=["lone-surrogate", "1e400"])
+def test_a_command_without_canonical_form_is_a_bad_payload_with_its_id(tmp_path, template):
+    recorder = route(tmp_path, [(PING, no_canonical_form(template, "odd", NOW))])
+    assert [(i, o.ok, o.error and o.error["code"]) for i, o in recorder.replies] == [
+        ("odd", False, "bad_payload")]
+    assert recorder.rejections == [("ping", "bad_payload")]
+
+
+def test_an_id_with_a_lone_surrogate_is_refused_with_a_null_id(tmp_path):
+    payload = no_canonical_form(NO_CANONICAL_FORM[0], "bad\\udfff", NOW)
+    recorder = route(tmp_path, [(PING, payload)])
+    assert [(i, o.error and o.error["code"]) for i, o in recorder.replies] == [(None, "bad_payload")]
+
+
+@pytest.mark.slow
+def test_a_running_signing_agent_answers_every_command_without_canonical_form(
+    tmp_path: Path, demo_dir: Path, mosquitto: Mosquitto, mqtt_probe
+):
+    public = tmp_path / "control.pub.pem"
+    public.write_bytes(KEY.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    config = agent_config(tmp_path, demo_dir, mosquitto.url,
+                          commands={"public_key_file": str(public), "max_clock_skew_s": 60.0})
+    probe = mqtt_probe(mosquitto.port, ["edge/dev1/reply", "edge/dev1/status"])
+    agent = AgentProcess(config)
+    try:
+        probe.wait_for(lambda m: m.topic == "edge/dev1/status"
+                       and json.loads(m.payload)["state"] == "online", timeout=90, what="online")
+        for n, template in enumerate(NO_CANONICAL_FORM):
+            probe.publish("edge/dev1/cmd/ping", no_canonical_form(template, f"odd-{n}", time.time()))
+            probe.wait_for(lambda m, n=n: m.topic == "edge/dev1/reply"
+                           and json.loads(m.payload)["id"] == f"odd-{n}", timeout=30,
+                           what=f"the reply to odd-{n}")
+        replies = [json.loads(m.payload) for m in probe.snapshot("edge/dev1/reply")]
+        assert [(r["id"], r["error"]["code"]) for r in replies] == [
+            ("odd-0", "bad_payload"), ("odd-1", "bad_payload")]
+    finally:
+        code = agent.terminate()
+    assert code == 0, agent.log()[-3000:]

@@ -14,8 +14,9 @@ separators ``(",", ":")``, non-ASCII characters as UTF-8 (Python's
 ``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
 
 A command is refused, in this order of checks, as ``unsigned`` (no signature, ts or
-nonce), ``bad_signature`` (a signing field malformed, or the signature does not
-verify), ``stale`` (``ts`` further than ``max_clock_skew_s`` from the device clock)
+nonce), ``bad_signature`` (a signing field malformed), ``bad_payload`` (no canonical
+form: a lone surrogate or a number too large for a float), ``bad_signature`` (the
+signature does not verify), ``stale`` (``ts`` further than ``max_clock_skew_s`` from the device clock)
 or ``replayed`` (its nonce was seen within the window). Nonces are remembered
 until their command could no longer pass the clock check, bounded in number,
 and saved in the state directory so a restart does not reopen the window.
@@ -41,7 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agent.mqtt.schema import MAX_COMMAND_BYTES, CommandError
+from agent.mqtt.schema import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError
 
 __all__ = [
     "DOMAIN",
@@ -66,7 +67,7 @@ DOMAIN = b"edge-agent command v1\n"
 """Prefixed to what is signed, so a command signature can never pass as any other."""
 SIGNATURE_FIELD = "command_signature"
 """Not ``signature``: a deploy command's ``signature`` is the artifact's."""
-NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 NONCE_BYTES = 18
 """``sign_command`` draws 18 random bytes: 24 base64url characters, 144 bits."""
 SIGNATURE_BYTES = 64
@@ -84,10 +85,20 @@ class SignedFields:
     nonce: str
 
 
+def _usable_id(command_id: object) -> bool:
+    """A reply can echo it: text of 1-128 printable characters that UTF-8 can encode."""
+    if not isinstance(command_id, str) or not 0 < len(command_id) <= MAX_ID_LENGTH:
+        return False
+    try:
+        command_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return command_id.isprintable()
+
+
 def _refuse(code: str, message: str, document: Any) -> AuthorityError:
     command_id = document.get("id") if isinstance(document, dict) else None
-    usable = isinstance(command_id, str) and 0 < len(command_id) <= 128
-    return AuthorityError(code, message, command_id if usable else None)  # type: ignore[arg-type]
+    return AuthorityError(code, message, command_id if _usable_id(command_id) else None)  # type: ignore[arg-type]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -162,7 +173,7 @@ def verify_command(
     ts, nonce, encoded = document["ts"], document["nonce"], document[SIGNATURE_FIELD]
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
         raise _refuse("bad_signature", "field 'ts' must be a number (unix time, seconds)", document)
-    if not isinstance(nonce, str) or not NONCE_PATTERN.match(nonce):
+    if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
         raise _refuse("bad_signature", "field 'nonce' must be 16-128 characters of "
                       "A-Z a-z 0-9 _ -", document)
     try:
@@ -173,7 +184,12 @@ def verify_command(
         raise _refuse("bad_signature", f"field '{SIGNATURE_FIELD}' must be base64 of "
                       f"{SIGNATURE_BYTES} bytes", document)
     try:
-        public_key.verify(signature, signed_message(topic, document))
+        message = signed_message(topic, document)
+    except ValueError as exc:  # a lone surrogate (UTF-8 cannot encode it) or 1e400 (infinite)
+        raise _refuse("bad_payload", f"the command has no canonical form to verify: {exc}",
+                      document) from None
+    try:
+        public_key.verify(signature, message)
     except InvalidSignature:
         raise _refuse("bad_signature", f"the signature does not match this command on {topic}",
                       document) from None

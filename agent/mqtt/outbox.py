@@ -8,7 +8,10 @@ the state directory, so they survive a restart, a kill and a power loss, and
 keeps the per-topic sequence numbers beside them (``PersistentSequencer``): a
 message and the number it carries are saved in one transaction, so after a
 restart the numbers continue where they stopped and a consumer can prove that
-nothing was lost, or see how much the drop counter says was.
+nothing was lost, or see how much the drop counter says was. A database that
+cannot be opened or written for any reason but damage (a full disk, a file-size
+limit, no permission, a read-only filesystem) is never set aside: messages wait in
+memory meanwhile, bounded and counted, until the database takes writes again.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import structlog
 
@@ -35,6 +39,7 @@ __all__ = [
     "OutboxItem",
     "PersistentSequencer",
     "SqliteOutbox",
+    "is_corruption",
 ]
 
 log = structlog.get_logger(__name__)
@@ -57,6 +62,25 @@ SCHEMA = (
 """AUTOINCREMENT: a key is never handed out twice, even after the table was emptied,
 so an ``ack(key)`` of a batch sent before can never remove a newer message."""
 DROPPED = "dropped"
+CORRUPT_CODES = frozenset({11, 26})
+"""SQLITE_CORRUPT and SQLITE_NOTADB (primary codes): the only errors that mean damage."""
+CORRUPT_MESSAGES = ("file is not a database", "malformed")
+"""Their messages, for Python 3.10 (JetPack 6), whose sqlite3 errors carry no code."""
+REOPEN_INTERVAL_S = 5.0
+"""While the database cannot be opened, how often a put tries again (an open reads the file)."""
+MAX_MEMORY_BYTES = 32 * 1024 * 1024
+"""Payload bytes kept in memory while the database takes no writes, beside ``max_messages``:
+snapshots are large, and a device with a full disk must not run out of memory as well."""
+OutboxState = Literal["disk", "memory"]
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """True when ``exc`` says the file is damaged or no database, not that it cannot be written."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in CORRUPT_CODES:
+        return True
+    text = str(exc).lower()
+    return any(message in text for message in CORRUPT_MESSAGES)
 
 
 class OutboxError(RuntimeError):
@@ -136,9 +160,14 @@ class SqliteOutbox:
     every change reach the disk before it returns (``synchronous=FULL``), so a
     power loss keeps what was put; without it a process crash still keeps it.
 
-    A write that fails (disk full, I/O error) does not raise: the message is
-    counted as dropped and the failure logged, because telemetry must never stop
-    the agent. A database that cannot be read is moved aside and a new one started.
+    A write that fails (disk full, I/O error) does not raise, because telemetry must
+    never stop the agent: the message waits in memory (at most ``max_messages`` and
+    MAX_MEMORY_BYTES, the oldest dropped and counted beyond), ``state`` says ``memory``,
+    the failure is logged once, and the next write that succeeds puts what waited into
+    the database first. A database that cannot be opened but is not damaged (a full disk, a
+    file-size limit, no permission, read-only) is left as it is and opened again later;
+    only a damaged one (``file is not a database``, ``malformed``) is moved aside and a
+    new one started. What waits in memory when the process ends is counted as dropped.
     """
 
     def __init__(
@@ -163,37 +192,84 @@ class SqliteOutbox:
         """Sequence numbers handed out but not yet saved; saved with the next message."""
         self._unsaved_drops = 0
         self._failing = False
-        self._db = self._open(durable)
-        self._depth = int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-        self._dropped = self._counter(DROPPED)
+        self._durable = durable
+        self._spill: deque[tuple[float, OutboxItem]] = deque()
+        """Messages the database did not take, with the time they were put, oldest first."""
+        self._spill_bytes = 0
+        self._next_key = 1
+        self._acked = 0
+        """Every key up to this was acknowledged; the database may not have deleted them yet."""
+        self._deleted = 0
+        self._retry_at = 0.0
+        self._depth = 0
+        self._dropped = 0
+        self._db: sqlite3.Connection | None = None
         with self._lock:
-            self._write(lambda db: None)
-        log.info(
-            "mqtt_outbox_opened", path=str(self.path), depth=self._depth, dropped=self._dropped
-        )
+            self._attach(self._open(durable))
+            if self._db is not None:
+                self._write(lambda db: None)
+            else:  # keys of the unseen queue are unknown: start above any it can hold
+                self._next_key = time.time_ns() // 1000
+        log.info("mqtt_outbox_opened", path=str(self.path), depth=self._depth,
+                 dropped=self._dropped, state=self.state)
+
+    def _attach(self, db: sqlite3.Connection | None) -> None:
+        """Use ``db``: its depth, drop count and next key; None keeps the outbox in memory."""
+        if db is None:
+            self._retry_at = time.monotonic() + REOPEN_INTERVAL_S
+            return
+        try:
+            depth = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            dropped = db.execute("SELECT value FROM counters WHERE name = ?", (DROPPED,)).fetchone()
+            last = db.execute("SELECT MAX(key) FROM messages").fetchone()[0]
+            issued = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        except sqlite3.Error as exc:
+            db.close()
+            self._report_failure(exc)
+            self._retry_at = time.monotonic() + REOPEN_INTERVAL_S
+            return
+        self._db = db
+        self._depth = depth
+        self._dropped = max(self._dropped, int(dropped[0]) if dropped else 0)
+        first_free = max(int(last or 0), int(issued[0]) if issued else 0) + 1
+        if self._spill and self._spill[0][1].key < first_free:
+            # Only after a clock set back since the queue was written: what waited in memory is
+            # newer than the queue, so it goes after it (an ack in flight for it is lost).
+            log.warning("mqtt_outbox_renumbered", messages=len(self._spill), first_key=first_free)
+            self._spill = deque((created, OutboxItem(first_free + n, i.topic, i.payload, i.qos))
+                                for n, (created, i) in enumerate(self._spill))
+            self._next_key = first_free + len(self._spill)
+        self._next_key = max(self._next_key, first_free)
 
     # --- opening ----------------------------------------------------------------------------
 
-    def _open(self, durable: bool) -> sqlite3.Connection:
+    def _open(self, durable: bool) -> sqlite3.Connection | None:
+        """The database, or None (logged) when it cannot be used now; a damaged one is set aside."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutboxError(f"outbox {self.path}: cannot create its folder: {exc}") from exc
-        try:
             return self._connect(durable)
-        except sqlite3.DatabaseError as exc:
+        except (OSError, sqlite3.Error) as exc:
+            if not isinstance(exc, sqlite3.Error) or not is_corruption(exc):
+                if not self._failing:
+                    log.error("mqtt_outbox_unavailable", path=str(self.path), error=str(exc),
+                              state="memory")
+                self._failing = True
+                return None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
             log.error(
                 "mqtt_outbox_unreadable", path=str(self.path), error=str(exc), moved_to=str(aside)
             )
-            for suffix in ("", "-wal", "-shm"):
-                source = Path(f"{self.path}{suffix}")
-                if source.exists():
-                    source.replace(Path(f"{aside}{suffix}"))
             try:
+                for suffix in ("", "-wal", "-shm"):
+                    source = Path(f"{self.path}{suffix}")
+                    if source.exists():
+                        source.replace(Path(f"{aside}{suffix}"))
                 return self._connect(durable)
-            except sqlite3.Error as again:
-                raise OutboxError(f"outbox {self.path}: cannot create it: {again}") from again
+            except (OSError, sqlite3.Error) as again:
+                log.error("mqtt_outbox_unavailable", path=str(self.path), error=str(again),
+                          state="memory")
+                self._failing = True
+                return None
 
     def _connect(self, durable: bool) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -201,12 +277,12 @@ class SqliteOutbox:
         )
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.DatabaseError(f"journal_mode is {mode}, WAL was asked for")
+            if str(mode).lower() != "wal":  # e.g. read-only: not damage, so not set aside
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL was asked for")
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {check}")
+                raise sqlite3.DatabaseError(f"database disk image is malformed (quick_check: {check})")
             for statement in SCHEMA:
                 db.execute(statement)
         except sqlite3.Error:
@@ -214,49 +290,85 @@ class SqliteOutbox:
             raise
         return db
 
-    def _counter(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
-
     # --- the Outbox protocol ----------------------------------------------------------------
 
     def put(self, topic: str, payload: bytes, qos: int) -> None:
         created = self._clock()
 
-        def insert(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO messages (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                (topic, payload, qos, created),
-            )
-            self._depth += 1
-
         with self._lock:
-            if not self._write(insert, with_pending=True):
-                self._unsaved_drops += 1
+            key = self._next_key
+            self._next_key += 1
+
+            if self._db is None and time.monotonic() >= self._retry_at:
+                self._attach(self._open(self._durable))
+            self._spill.append((created, OutboxItem(key, topic, payload, qos)))
+            self._spill_bytes += len(payload)
+            if not self._write_spill():
+                self._bound_spill()
+
+    def _write_spill(self) -> bool:
+        """Move what waits in memory into the database, with its keys (an ack of it still
+        works); False when the database does not take it."""
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO messages (key, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
+                [(i.key, i.topic, i.payload, i.qos, created) for created, i in self._spill],
+            )
+            self._depth += len(self._spill)
+
+        if not self._write(insert, with_pending=True):
+            return False
+        self._spill.clear()
+        self._spill_bytes = 0
+        return True
+
+    def _bound_spill(self) -> None:
+        cutoff = self._clock() - self.max_age_s
+        while self._spill and (len(self._spill) > self.max_messages
+                               or self._spill_bytes > MAX_MEMORY_BYTES or self._spill[0][0] < cutoff):
+            self._pop_spill()
+            self._unsaved_drops += 1
+
+    def _pop_spill(self) -> None:
+        self._spill_bytes -= len(self._spill.popleft()[1].payload)
 
     def peek_batch(self, limit: int) -> list[OutboxItem]:
         with self._lock:
-            if self._depth and not self._write(lambda db: None):
-                return []
-            try:
-                rows = self._db.execute(
-                    "SELECT key, topic, payload, qos FROM messages ORDER BY key LIMIT ?", (limit,)
-                ).fetchall()
-            except sqlite3.Error as exc:
-                self._report_failure(exc)
-                return []
-        return [OutboxItem(int(k), str(t), bytes(p), int(q)) for k, t, p, q in rows]
+            rows: list[tuple[int, str, bytes, int]] = []
+            if self._db is not None and self._depth:
+                self._write(lambda db: None)  # the bounds; a full disk can still be read
+                try:
+                    rows = self._db.execute(
+                        "SELECT key, topic, payload, qos FROM messages WHERE key > ? ORDER BY key "
+                        "LIMIT ?", (self._acked, limit),
+                    ).fetchall()
+                except sqlite3.Error as exc:
+                    # Nothing from memory goes out before the older messages on disk.
+                    self._report_failure(exc)
+                    return []
+            self._bound_spill()
+            items = [OutboxItem(int(k), str(t), bytes(p), int(q)) for k, t, p, q in rows]
+            items += [item for _, item in islice(self._spill, limit)]
+        return sorted(items, key=lambda item: item.key)[:limit]
 
     def ack(self, key: int) -> None:
-        def delete(db: sqlite3.Connection) -> None:
-            self._depth -= db.execute("DELETE FROM messages WHERE key <= ?", (key,)).rowcount
-
         with self._lock:
-            self._write(delete)
+            while self._spill and self._spill[0][1].key <= key:
+                self._pop_spill()
+            # Remembered first: a database that cannot delete now (full disk) still never
+            # hands these out again, and the next write that succeeds deletes them.
+            self._acked = max(self._acked, key)
+            self._write(lambda db: None)
 
     @property
     def depth(self) -> int:
-        return self._depth
+        return self._depth + len(self._spill)
+
+    @property
+    def state(self) -> OutboxState:
+        """``disk`` while every waiting message is in the database, else ``memory``."""
+        return "memory" if self._db is None or self._failing or self._spill else "disk"
 
     @property
     def dropped(self) -> int:
@@ -271,13 +383,24 @@ class SqliteOutbox:
         saved at once instead.
         """
         with self._lock:
-            rows = self._db.execute("SELECT key, last FROM sequences").fetchall()
+            try:
+                rows = self._db.execute("SELECT key, last FROM sequences").fetchall() if self._db else []
+            except sqlite3.Error as exc:
+                self._report_failure(exc)
+                rows = []
         return PersistentSequencer(self, {str(k): int(v) for k, v in rows}, frozenset(immediate))
 
     def close(self) -> None:
         with self._lock:
-            self._write(lambda db: None, with_pending=True)
-            self._db.close()
+            if self._spill and not self._write_spill():
+                log.warning("mqtt_outbox_memory_lost", messages=len(self._spill))
+                self._unsaved_drops += len(self._spill)
+                self._spill.clear()
+                self._spill_bytes = 0
+            if self._db is not None:
+                self._write(lambda db: None, with_pending=True)
+                self._db.close()
+                self._db = None
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -303,10 +426,15 @@ class SqliteOutbox:
 
         Called with the lock held. False (and nothing changed) when the database failed.
         """
+        if self._db is None:
+            return False
         depth, drops = self._depth, self._unsaved_drops
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if self._acked > self._deleted:
+                    self._depth -= self._db.execute(
+                        "DELETE FROM messages WHERE key <= ?", (self._acked,)).rowcount
                 change(self._db)
                 expired = self._enforce_bounds(self._db)
                 for key, value in self._pending.items() if with_pending else ():
@@ -319,7 +447,8 @@ class SqliteOutbox:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             self._depth = depth
@@ -330,11 +459,13 @@ class SqliteOutbox:
             self._unsaved_drops -= drops
             log.warning("mqtt_outbox_dropped", dropped=expired, total_dropped=self._dropped,
                         depth=self._depth)
+        self._deleted = self._acked
         if with_pending:
             self._pending.clear()
         if self._failing:
             self._failing = False
-            log.info("mqtt_outbox_recovered", path=str(self.path), depth=self._depth)
+            log.info("mqtt_outbox_recovered", path=str(self.path), depth=self._depth,
+                     in_memory=len(self._spill))
         return True
 
     def _enforce_bounds(self, db: sqlite3.Connection) -> int:

@@ -224,6 +224,11 @@ class HealthPayload(Envelope):
         ge=0,
         description="messages the outbox dropped unsent (full or too old), over the device's life",
     )
+    outbox_state: Literal["disk", "memory"] = Field(
+        default="disk",
+        description="memory: the outbox database takes no writes (full disk, read-only) and "
+        "messages wait in memory, bounded, lost with the process",
+    )
     frames_processed: int = Field(ge=0)
 
 

@@ -13,14 +13,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiomqtt import TLSParameters
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from agent.config import MqttSection
+from agent.mqtt.topics import TopicError, check_device_id
 
 __all__ = [
     "CREDENTIAL_NAME",
     "DEFAULT_PORTS",
     "BrokerAddress",
     "SessionConfigError",
+    "check_certificate_identity",
     "parse_broker_url",
     "read_password",
     "tls_parameters",
@@ -114,3 +118,32 @@ def tls_parameters(settings: MqttSection, address: BrokerAddress) -> TLSParamete
         certfile=str(settings.cert_file) if settings.cert_file else None,
         keyfile=str(settings.key_file) if settings.key_file else None,
     )
+
+
+def check_certificate_identity(settings: MqttSection, device_id: str) -> None:
+    """With a client certificate and no username, the broker takes the certificate's CN as
+    the MQTT username (``use_identity_as_username``) and the device ACL gives that name its
+    topics: the CN must be a valid device id and this agent's ``device_id``."""
+    path = settings.cert_file
+    if path is None or settings.username is not None:
+        return
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise SessionConfigError(f"cert_file {path}: cannot read a PEM certificate: {exc}") from None
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise SessionConfigError(f"cert_file {path}: has {len(names)} common names (CN), one "
+                                 f"is needed: the device id {device_id!r}")
+    common_name = names[0].value
+    common_name = common_name if isinstance(common_name, str) else common_name.decode("utf-8", "replace")
+    try:
+        check_device_id(common_name, "its CN")
+    except TopicError as exc:
+        raise SessionConfigError(f"cert_file {path}: {exc}; the broker would take it as the "
+                                 f"username of device {device_id!r}") from None
+    if common_name != device_id:
+        raise SessionConfigError(
+            f"cert_file {path}: its CN {common_name!r} is not the device id {device_id!r} "
+            "([agent] device_id): the broker takes the CN as the username and gives it only "
+            f"edge/{common_name}/..., so this agent would be refused everywhere")

@@ -9,10 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["GROUP_SEGMENT", "TopicError", "Topics", "check_segment"]
+__all__ = [
+    "CONSUMERS_SEGMENT",
+    "GROUP_SEGMENT",
+    "RESERVED_SEGMENTS",
+    "TopicError",
+    "Topics",
+    "check_device_id",
+    "check_segment",
+]
 
 GROUP_SEGMENT = "group"
 COMMAND_SEGMENT = "cmd"
+CONSUMERS_SEGMENT = "_consumers"
+"""``<prefix>/_consumers/<share group>/<instance>``: the digests of shared fleet consumers."""
+RESERVED_SEGMENTS = frozenset({GROUP_SEGMENT, CONSUMERS_SEGMENT})
+"""Second levels of the tree that are not a device: never a device id (nor a group name, so
+that one word means one thing). deploy/mosquitto/devices.acl denies them to any certificate."""
 FORBIDDEN_CHARACTERS = "/+#\0"
 MAX_SEGMENT_LENGTH = 128
 
@@ -22,11 +35,23 @@ class TopicError(ValueError):
 
 
 def check_segment(value: str, what: str) -> str:
-    """One topic level: not empty, no '/', '+', '#' or NUL, at most 128 characters."""
+    """One topic level: not blank, at most 128 characters, no '/', '+', '#', NUL or other
+    control character, and text that UTF-8 can encode (no lone surrogate)."""
     if not value.strip() or len(value) > MAX_SEGMENT_LENGTH:
         raise TopicError(f"{what} {value!r} must be 1-{MAX_SEGMENT_LENGTH} non-blank characters")
     if any(c in value for c in FORBIDDEN_CHARACTERS):
         raise TopicError(f"{what} {value!r} must not contain '/', '+', '#' or NUL")
+    if not value.isprintable():  # also false for a lone surrogate (category Cs)
+        raise TopicError(f"{what} {value!r} must not contain control characters")
+    return value
+
+
+def check_device_id(value: str, what: str = "device id") -> str:
+    """A device id (or group name): one topic level and none of RESERVED_SEGMENTS."""
+    check_segment(value, what)
+    if value in RESERVED_SEGMENTS:
+        reserved = ", ".join(sorted(RESERVED_SEGMENTS))
+        raise TopicError(f"{what} {value!r} is a reserved word of the topic tree ({reserved})")
     return value
 
 
@@ -47,7 +72,7 @@ class Topics:
 
     def __post_init__(self) -> None:
         _check_prefix(self.prefix)
-        check_segment(self.device_id, "device id")
+        check_device_id(self.device_id)
 
     @property
     def base(self) -> str:
@@ -90,7 +115,7 @@ class Topics:
         """The subscriptions that bring this device its own and its groups' commands."""
         filters = [f"{self.base}/{COMMAND_SEGMENT}/+"]
         for group in groups:
-            check_segment(group, "group")
+            check_device_id(group, "group")
             filters.append(f"{self.prefix}/{GROUP_SEGMENT}/{group}/{COMMAND_SEGMENT}/+")
         return filters
 
