@@ -44,31 +44,45 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _serve(args: argparse.Namespace, dashboard_port: int | None) -> int:
+def _serve(args: argparse.Namespace, dashboard_port: int | None, listen_sets_dashboard: bool) -> int:
+    """``--listen HOST:PORT`` is the address of the page (``dashboard``) or of /metrics (``watch``);
+    every HTTP server of the command binds its host."""
     from .cli_fleet import run_until_signal
     from .fleet.consumer import Consumer, ConsumerOptions
-    from .fleet.web import FleetHttpServer
+    from .fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
     from .log import configure_logging
 
     configure_logging(args.log_level)
+    servers: list[FleetHttpServer] = []
     try:
         options = ConsumerOptions(share_group=args.share_group, max_devices=args.max_devices,
                                   tensorboard=args.tensorboard, instance_id=args.instance_id or "", qos=args.qos)
         consumer = Consumer(_client(args), options)
+        host, metrics_port = LISTEN_HOST, args.prometheus_port
+        if args.listen is not None:
+            host, port = parse_listen(args.listen)
+            if listen_sets_dashboard:
+                dashboard_port = port
+            else:
+                metrics_port = port
+        access = HttpAccess.for_host(host, args.token_file)
+        if dashboard_port is not None:
+            shared_port = metrics_port in (None, dashboard_port)
+            servers.append(FleetHttpServer(consumer, dashboard_port, metrics=shared_port, host=host, access=access))
+        if metrics_port is not None and metrics_port != dashboard_port:
+            servers.append(FleetHttpServer(consumer, metrics_port, dashboard=False, host=host, access=access))
     except (ValueError, ControlError) as exc:
+        for server in servers:
+            server.stop()
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    servers: list[FleetHttpServer] = []
-    if dashboard_port is not None:
-        shared_port = args.prometheus_port in (None, dashboard_port)
-        servers.append(FleetHttpServer(consumer, dashboard_port, metrics=shared_port))
-    if args.prometheus_port is not None and args.prometheus_port != dashboard_port:
-        servers.append(FleetHttpServer(consumer, args.prometheus_port, dashboard=False))
+    if access.generated and servers:
+        print(f"bearer token (required for /metrics and /api/fleet on {host}): {access.token}", flush=True)
 
     async def main(stop: asyncio.Event) -> int:
         for server in servers:
             server.start()
-            print(f"listening on http://127.0.0.1:{server.port}/", flush=True)
+            print(f"listening on {server.url}", flush=True)
         try:
             await consumer.run(stop)
         finally:
@@ -84,11 +98,11 @@ def _serve(args: argparse.Namespace, dashboard_port: int | None) -> int:
 
 
 def cmd_fleet_watch(args: argparse.Namespace) -> int:
-    return _serve(args, args.dashboard_port)
+    return _serve(args, args.dashboard_port, listen_sets_dashboard=False)
 
 
 def cmd_fleet_dashboard(args: argparse.Namespace) -> int:
-    return _serve(args, args.port)
+    return _serve(args, args.port, listen_sets_dashboard=True)
 
 
 def _consumer_options(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +115,9 @@ def _consumer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qos", type=int, choices=(0, 1), default=1,
                         help="QoS of the telemetry subscription: 1 bounds the broker's queue (drops show as gaps), "
                              "0 lets the broker buffer")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the bearer token for /metrics and /api/fleet (default: none on "
+                             "loopback, a new one printed at start on any other address)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -117,6 +134,9 @@ def add_watch_parsers(fleet: Any, connection: Callable[[argparse.ArgumentParser]
     watch = fleet.add_parser("watch", help="consume telemetry: Prometheus, TensorBoard, gap detection")
     connection(watch)
     _consumer_options(watch)
+    watch.add_argument("--listen", metavar="HOST:PORT",
+                       help="serve /metrics here (default host 127.0.0.1; replaces --prometheus-port); "
+                            "any other HTTP port binds the same host")
     watch.add_argument("--dashboard-port", type=int, help="also serve the dashboard on this port")
     watch.set_defaults(handler=cmd_fleet_watch)
 
@@ -124,4 +144,7 @@ def add_watch_parsers(fleet: Any, connection: Callable[[argparse.ArgumentParser]
     connection(dashboard)
     _consumer_options(dashboard)
     dashboard.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dashboard.add_argument("--listen", metavar="HOST:PORT",
+                           help="serve the page here (default 127.0.0.1, port --port); "
+                                "a non-loopback host requires a bearer token")
     dashboard.set_defaults(handler=cmd_fleet_dashboard)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.fleet.consumer import Consumer, ConsumerOptions
 from agent.fleet.control import ControlClient
+from agent.fleet.seqtrack import MAX_MEMBERS, Membership
 from agent.fleet.view import Message
 from agent.mqtt.schema import LatencyPayload, StageLatency, encode_payload
 from tests.fleetproc import start, stop
@@ -128,29 +131,119 @@ def test_watch_exports_prometheus_over_http_and_tensorboard_files(mosquitto: Mos
     assert all(value > 0 for tag, _, value in scalars if tag == "latency/end_to_end_p95_ms")
 
 
-def latency_payload(seq: int) -> bytes:
+@contextmanager
+def watching(mosquitto: Mosquitto, log: Path, *options: str) -> Iterator[int]:
+    """``edge-agent fleet watch`` with /metrics on a free port (yielded), subscribed; stopped after."""
+    port = free_port()
+    watch = start("fleet", "watch", "--broker", mosquitto.url, "--prometheus-port", str(port), *options, log=log)
+    try:
+        poll(lambda: "consumer_started" in log.read_text(), what="the consumer to subscribe")
+        yield port
+    finally:
+        stop(watch)
+
+
+def latency_payload(seq: int, device: str = "gap-dev") -> bytes:
     stage = StageLatency(p50_ms=10.0, p95_ms=12.0, p99_ms=13.0, max_ms=20.0, count=10)
-    return encode_payload(LatencyPayload(device_id="gap-dev", ts=1_800_000_000.0 + seq, seq=seq, window_frames=10,
+    return encode_payload(LatencyPayload(device_id=device, ts=1_800_000_000.0 + seq, seq=seq, window_frames=10,
                                          fps=15.0, frames_processed=seq * 10, frames_dropped=0,
                                          stages={"end_to_end": stage}))
 
 
 def test_a_sequence_gap_is_a_metric_and_a_log_line(
         mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
-    port = free_port()
     log = tmp_path / "watch.log"
-    watch = start("fleet", "watch", "--broker", mosquitto.url, "--prometheus-port", str(port), log=log)
-    try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the consumer to subscribe")
+    with watching(mosquitto, log) as port:
         probe = mqtt_probe(mosquitto.port, [])
         for seq in (1, 2, 3, 6, 7):
             probe.publish("edge/gap-dev/telemetry/latency", latency_payload(seq))
         poll(lambda: metric(scrape(port), "edge_fleet_seq_missing_messages_total", device="gap-dev") is not None,
              what="the gap to be reported")
         text = scrape(port)
-    finally:
-        stop(watch)
     assert metric(text, "edge_fleet_seq_gaps_total", device="gap-dev", topic="telemetry/latency") == 1
     assert metric(text, "edge_fleet_seq_missing_messages_total", device="gap-dev", topic="telemetry/latency") == 2
     lines = [line for line in log.read_text().splitlines() if "seq_gap" in line]
     assert len(lines) == 1 and '"first": 4' in lines[0] and '"last": 5' in lines[0]
+
+
+FAKE_MEMBERS = 50
+SHARED = ("--share-group", "workers", "--instance-id", "real")
+
+
+def digest(instance: str) -> bytes:
+    return json.dumps({"instance": instance, "seen": {}}).encode()
+
+
+def device_owned_by_a_fake(real: str, fakes: list[str]) -> str:
+    """A device id whose gaps a consumer would leave to one of ``fakes`` if it took them as members."""
+    members = Membership(real)
+    for fake in fakes:
+        members.heard(fake)
+    return next(d for d in (f"gap-{n}" for n in range(1000)) if not members.owns(d))
+
+
+def test_digests_published_under_a_device_tree_add_no_member_and_hide_no_gap(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    fakes = [f"fake-{n}" for n in range(FAKE_MEMBERS)]
+    device = device_owned_by_a_fake("real", fakes)
+    with watching(mosquitto, tmp_path / "watch.log", *SHARED) as port:
+        probe = mqtt_probe(mosquitto.port, [])
+
+        def pretend() -> None:
+            for fake in fakes:
+                probe.publish(f"edge/evil/telemetry/_consumers/workers/{fake}", digest(fake))
+
+        pretend()
+        for seq in (1, 2, 3, 6, 7):
+            probe.publish(f"edge/{device}/telemetry/latency", latency_payload(seq, device))
+
+        def reported() -> bool:
+            pretend()
+            return metric(scrape(port), "edge_fleet_seq_gaps_total", device=device) is not None
+
+        poll(reported, what="the gap to be reported")
+        text = scrape(port)
+    assert metric(text, "edge_fleet_seq_missing_messages_total", device=device, topic="telemetry/latency") == 2
+    assert metric(text, "edge_fleet_consumer_members") == 1
+    assert (metric(text, "edge_fleet_unknown_kind_messages_total") or 0) >= FAKE_MEMBERS
+    assert metric(text, "edge_fleet_messages_total", kind="other") is None
+
+
+def test_the_share_group_counts_at_most_max_members_and_refuses_the_rest(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    log = tmp_path / "watch.log"
+    extra = 10
+    with watching(mosquitto, log, *SHARED) as port:
+        probe = mqtt_probe(mosquitto.port, [])
+        for n in range(MAX_MEMBERS + extra):
+            probe.publish(f"edge/_consumers/workers/peer-{n}", digest(f"peer-{n}"))
+        probe.publish("edge/_consumers/workers/liar", digest("peer-0"))
+        # Room for MAX_MEMBERS - 1 peers beside this instance; the liar's digest names another instance.
+        refused = (MAX_MEMBERS + extra) - (MAX_MEMBERS - 1) + 1
+        poll(lambda: metric(scrape(port), "edge_fleet_consumer_digests_refused_total") == refused,
+             what="the digests past the bound refused")
+        poll(lambda: metric(scrape(port), "edge_fleet_consumer_members") == MAX_MEMBERS, what="the members counted")
+    assert "consumer_digest_group_full" in log.read_text() and "consumer_digest_misnamed" in log.read_text()
+
+
+def test_telemetry_of_unknown_kinds_is_counted_and_dropped_before_any_table(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    kinds = 200
+    payload = json.dumps({"device_id": "noisy", "ts": 1_800_000_000.0, "seq": 1, "state": "alarm"}).encode()
+    consumer = Consumer(ControlClient(mosquitto.url), ConsumerOptions(share_group="workers", instance_id="local"))
+    for n in range(kinds):
+        consumer.handle(f"edge/noisy/telemetry/kind-{n}", payload)
+    consumer.handle("edge/noisy/telemetry/drift", payload)
+    assert list(consumer.tracker.streams) == [("noisy", "telemetry/drift")]
+    assert consumer.digest.flush() == b'{"instance":"local","seen":{"noisy":{"telemetry/drift":[1]}}}'
+    assert consumer.metrics.unknown_kinds.samples == {(): ((), kinds)}
+
+    with watching(mosquitto, tmp_path / "watch.log") as port:
+        probe = mqtt_probe(mosquitto.port, [])
+        for n in range(kinds):
+            probe.publish(f"edge/noisy/telemetry/kind-{n}", payload)
+        poll(lambda: metric(scrape(port), "edge_fleet_unknown_kind_messages_total") == kinds,
+             what="every unknown kind counted")
+        text = scrape(port)
+    assert metric(text, "edge_fleet_messages_total", kind="other") is None
+    assert 'device="noisy"' not in text

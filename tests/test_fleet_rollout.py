@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves
-from agent.fleet.record import RolloutStore
+from agent.fleet.record import ROLLBACK_SUFFIX, RolloutStore
 from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.simdevice import fails
 from agent.fleet.view import FleetView
-from agent.mqtt.schema import DeploymentPayload, StatusPayload, encode_payload
+from agent.mqtt.schema import DeploymentPayload, ErrorInfo, ReplyPayload, StatusPayload, encode_payload
 from tests.fleetproc import payloads, retained, run, simulated_fleet, start, stop
 from tests.mosquitto import WAIT_S, Mosquitto, MqttProbe, poll
 
@@ -214,3 +216,48 @@ def test_a_signed_rollout_sends_every_device_the_statement_of_what_the_control_p
         verify_statement(key, command["statement"], name="text-det", version=NEW, format="bundle",
                          sha256=sha256(artifact))
     assert record(tmp_path / "rollouts", "ro-signed")["statement"] == sent[0]["statement"]
+
+
+class Impostor:
+    """A device that answers every deployment it sees with a refused rollback under the same id."""
+
+    def __init__(self, port: int) -> None:
+        self.answered: set[str] = set()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="impostor")
+        self._client.on_connect = lambda c, *_: c.subscribe("edge/+/deployment", qos=1)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if not message.payload:
+            return
+        command_id = json.loads(message.payload)["deployment_id"] + ROLLBACK_SUFFIX
+        if command_id in self.answered:
+            return
+        self.answered.add(command_id)
+        reply = ReplyPayload(device_id="impostor", ts=time.time(), seq=len(self.answered), id=command_id, ok=False,
+                             command="rollback", error=ErrorInfo(code="busy", message="refused by an impostor"))
+        client.publish("edge/impostor/reply", encode_payload(reply), qos=1)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def test_an_abort_ignores_rollback_replies_from_a_device_it_did_not_send_them_to(
+        mosquitto: Mosquitto, artifact: Path, tmp_path: Path) -> None:
+    rollout_id = rollout_id_failing_in_first_wave(0.3)
+    impostor = Impostor(mosquitto.port)
+    try:
+        with simulated_fleet(mosquitto.port, DEVICES, tmp_path / "sim.log", *FAST, "--fail-rate", "0.3"):
+            done = run(*deploy_args(mosquitto, artifact, tmp_path / "rollouts", rollout_id))
+            assert done.returncode == 1, done.stdout + done.stderr
+            assert versions(mosquitto) == {OLD: DEVICES}
+    finally:
+        impostor.close()
+    saved = record(tmp_path / "rollouts", rollout_id)
+    took = saved["waves"][0] + [d for d in saved["waves"][1] if not fails(d, NEW, 0.3)]
+    assert {f"{saved['devices'][d]['deployment_id']}{ROLLBACK_SUFFIX}" for d in took} <= impostor.answered
+    assert "refused by an impostor" not in done.stdout
+    assert sorted(d for d, e in saved["devices"].items() if e["state"] == "reverted") == sorted(took)

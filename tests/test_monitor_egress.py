@@ -2,6 +2,8 @@
 
 import base64
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -9,9 +11,11 @@ import pytest
 
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
-from agent.mqtt.signals import MONITOR_PAYLOADS, DriftPayload
 from agent.mqtt.schema import PAYLOADS
+from agent.mqtt.signals import MONITOR_PAYLOADS, DriftPayload
+from tests.fleetproc import simulated_fleet
 from tests.monitor_support import video
+from tests.mosquitto import Mosquitto, MqttProbe, poll
 
 ENVELOPE = {"device_id": "dev1", "ts": 1.0, "seq": 1}
 MODELS = {**PAYLOADS, **MONITOR_PAYLOADS}
@@ -99,3 +103,86 @@ def test_every_block_is_counted_by_reason(guard, crop):
     guard.allows("events", event())
     assert guard.counts() == {"checked": 4, "blocked": 3,
                               "by_reason": {"not_json": 2, "unknown_topic": 1}}
+
+
+def jpeg_base64(crop: Any) -> str:
+    ok, jpeg = cv2.imencode(".jpg", crop)
+    assert ok
+    return base64.b64encode(jpeg).decode()
+
+
+def drift(**extra: Any) -> bytes:
+    document = {**ENVELOPE, "version": None, "reference": None, "window": 10, "samples": 0, "metrics": {}}
+    return json.dumps({**document, **extra}).encode()
+
+
+def test_base64_broken_by_a_dot_every_hundred_characters_is_blocked(guard, crop):
+    encoded = jpeg_base64(crop)
+    dotted = ".".join(encoded[i:i + 100] for i in range(0, len(encoded), 100))
+    assert "." in dotted and not guard._blob.search(dotted)
+    assert blocked_reason(guard, "events", event(crop=dotted)) == "encoded_blob"
+    spaced = " ".join(encoded[i:i + 20] for i in range(0, len(encoded), 20))
+    assert blocked_reason(guard, "events", event(crop=spaced)) == "encoded_blob"
+
+
+def test_hex_broken_into_words_is_blocked(guard, crop):
+    hexed = crop[:8, :8].tobytes().hex()
+    assert blocked_reason(guard, "events", event(crop=" ".join(hexed[i:i + 32] for i in range(0, len(hexed), 32)))) == (
+        "encoded_blob")
+
+
+def test_a_crop_written_as_numbers_in_a_string_is_blocked(guard, crop):
+    text = ", ".join(str(v) for v in crop[:4, :8].flatten().tolist())
+    assert blocked_reason(guard, "events", event(crop=text)) == "numeric_text"
+
+
+def test_a_crop_spread_over_many_short_arrays_is_blocked(guard, crop):
+    rows = {f"row{i}": row.flatten().tolist() for i, row in enumerate(crop)}
+    assert max(len(r) for r in rows.values()) <= guard.max_array_items
+    assert blocked_reason(guard, "events", event(**rows)) == "numbers"
+
+
+def test_hashes_ids_paths_and_versions_in_text_are_not_encoded_data(guard):
+    message = (f"sha256 mismatch: expected {'ab' * 32}, got {'cd' * 32}; command 3f2a9c1e-77b4-4d0e-9a51-"
+               f"0c6f1d2e3b4a for text-det v4.1.0-rc2 at /var/lib/edge-agent/engines/text-det/4.1.0/model.onnx")
+    payload = json.dumps({**ENVELOPE, "kind": "deploy_failed", "severity": "warning", "message": message,
+                          "data": {"sha256": "ab" * 32, "previous": "cd" * 32, "values": [0.1] * 200}}).encode()
+    assert guard.allows("events", payload)
+    assert guard.redact("events", payload) is payload
+
+
+def test_a_reply_keeps_its_id_and_loses_only_the_offending_value(guard, crop):
+    encoded = jpeg_base64(crop)
+    dotted = ".".join(encoded[i:i + 100] for i in range(0, len(encoded), 100))
+    reply = json.dumps({**ENVELOPE, "id": "cmd-7", "ok": True, "command": "status",
+                        "result": {"note": dotted, "rows": {f"r{i}": [1.0] * 100 for i in range(30)},
+                                   "fps": 14.9}}).encode()
+    cleaned = json.loads(guard.redact("reply", reply))
+    assert cleaned["id"] == "cmd-7" and cleaned["ok"] is True and cleaned["result"]["fps"] == 14.9
+    assert cleaned["result"]["note"] == "[redacted: encoded_blob]"
+    assert "[redacted: numbers]" in json.dumps(cleaned["result"]["rows"])
+    counts = guard.counts()
+    assert counts["by_reason"]["redacted.encoded_blob"] == 1
+    assert counts["by_reason"]["redacted.numbers"] >= 1
+    assert counts["blocked"] == sum(counts["by_reason"].values())
+
+
+def test_drift_telemetry_with_numbers_beyond_the_bound_is_blocked(guard):
+    metrics = {f"m{i}": {"histogram": [0.01] * 200} for i in range(11)}
+    assert blocked_reason(guard, "telemetry/drift", drift(metrics=metrics)) == "numbers"
+
+
+def test_every_payload_a_simulated_fleet_publishes_passes_unchanged(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    probe = mqtt_probe(mosquitto.port, ["edge/#"])
+    with simulated_fleet(mosquitto.port, 4, tmp_path / "sim.log", "--period", "0.3s", "--alarm-rate", "1.0"):
+        poll(lambda: {m.topic.split("/", 2)[2] for m in probe.snapshot()} >= {
+            "status", "model", "events", "telemetry/health", "telemetry/latency", "telemetry/drift",
+            "telemetry/bias", "telemetry/leak"}, what="every kind of payload")
+    guard = EgressGuard(MODELS)
+    messages = [m for m in probe.snapshot() if m.payload]
+    for message in messages:
+        # The simulator's signal payloads are simpler than the agent's schema: only what the
+        # detectors find is asked here (redact applies them all, without the schema).
+        assert guard.redact(message.topic.split("/", 2)[2], message.payload) is message.payload
+    assert guard.counts() == {"checked": len(messages), "blocked": 0, "by_reason": {}}

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 UNIT_DIR = REPO / "systemd"
 UNIT = UNIT_DIR / "edge-agent.service"
 CPU_ONLY = UNIT_DIR / "cpu-only.conf"
+NETWORK_EXAMPLE = UNIT_DIR / "network.conf.example"
 SYSUSERS = UNIT_DIR / "edge-agent.sysusers"
 TMPFILES = UNIT_DIR / "edge-agent.tmpfiles"
 EXEC_START = "/opt/edge-agent/.venv/bin/edge-agent run --config /etc/edge-agent/config.toml"
@@ -103,6 +104,10 @@ def test_the_hardening_options_are_all_there(service: dict[str, list[str]]) -> N
         "SystemCallArchitectures": "native",
         "MemoryDenyWriteExecute": "no",
         "CapabilityBoundingSet": "",
+        "IPAddressDeny": "any",
+        "ProcSubset": "pid",
+        "MemoryMax": "75%",
+        "TasksMax": "512",
     }
     assert {key: one(service, key) for key in expected} == expected
     assert words(service, "RestrictAddressFamilies") == {
@@ -111,6 +116,17 @@ def test_the_hardening_options_are_all_there(service: dict[str, list[str]]) -> N
         "AF_INET6",
         "AF_NETLINK",
     }
+
+
+def test_ip_traffic_is_denied_but_loopback_and_the_private_ranges_a_fleet_broker_lives_in(
+    service: dict[str, list[str]],
+) -> None:
+    allowed = words(service, "IPAddressAllow")
+    assert {"localhost", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= allowed
+    assert "any" not in allowed
+    example = parse_unit(NETWORK_EXAMPLE.read_text())["Service"]
+    assert set(example) == {"IPAddressAllow"}, "the example drop-in only adds addresses"
+    assert "" not in example["IPAddressAllow"], "an empty IPAddressAllow= would reset the unit's list"
 
 
 def test_nothing_closes_the_device_policy_that_jetson_gpu_nodes_need(
@@ -198,6 +214,8 @@ def test_systemd_analyze_verifies_the_unit_and_its_drop_in(tmp_path: Path) -> No
     drop_ins = tmp_path / f"{UNIT.name}.d"
     drop_ins.mkdir()
     shutil.copy(CPU_ONLY, drop_ins / CPU_ONLY.name)
+    assert verify(tmp_path) == ""
+    shutil.copy(NETWORK_EXAMPLE, drop_ins / "network.conf")
     assert verify(tmp_path) == ""
 
 

@@ -10,6 +10,10 @@ Subscriptions of one instance:
   messages on subscribe (MQTT 5, 4.8.2);
 - ``<prefix>/_consumers/<group>/+``: the instances' digests of the sequence
   numbers they saw, so that gaps are found across the group (agent.fleet.seqtrack).
+  Only that exact topic carries digests (a device's own tree never does: a device
+  that publishes ``<prefix>/<id>/telemetry/_consumers/...`` publishes an unknown
+  telemetry kind), members are bounded (``seqtrack.MAX_MEMBERS``), and messages
+  of kinds outside the contract are counted and dropped before they reach any table.
 
 Every message goes to the ``FleetView``, the Prometheus families, the
 TensorBoard writer and the dashboard history; ``observer`` (if given) sees each
@@ -35,7 +39,7 @@ from .link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
 from .metrics import DEFAULT_MAX_DEVICES
 from .seqtrack import Digest, Membership, SeqTracker
 from .sinks import FleetMetrics, History, TensorBoardSink
-from .view import FleetView, Message
+from .view import FleetView, Message, in_contract, split_topic
 
 __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]
 
@@ -43,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 SHARED_SUFFIXES = ("telemetry/#", "events")
 CONSUMERS_SEGMENT = "_consumers"
+"""The reserved topic level of the consumers' digests (a device id never takes it)."""
 DIGEST_PERIOD_S = 1.0
 """How often an instance tells its peers what it saw, checks for gaps and flushes TensorBoard."""
 STATS_PERIOD_S = 30.0
@@ -97,7 +102,8 @@ class Consumer:
         self.ingested = 0
         self.subscribed = asyncio.Event()
         group = options.share_group
-        self._digest_topic = f"{control.prefix}/{CONSUMERS_SEGMENT}/{group}/{self.instance_id}" if group else None
+        self._digest_root = f"{control.prefix}/{CONSUMERS_SEGMENT}/{group}/" if group else None
+        self._digest_topic = f"{self._digest_root}{self.instance_id}" if self._digest_root else None
 
     def state_filters(self) -> list[str]:
         return [f"{self.control.prefix}/+/{s}" for s in RETAINED_SUFFIXES]
@@ -143,8 +149,13 @@ class Consumer:
 
     def handle(self, topic: str, data: bytes) -> None:
         """One message from the broker (public for the benchmark's in-process measurements)."""
-        if self._digest_topic is not None and f"/{CONSUMERS_SEGMENT}/" in topic:
-            self._merge_digest(data)
+        if self._digest_root is not None and topic.startswith(self._digest_root):
+            self._merge_digest(topic.removeprefix(self._digest_root), data)
+            return
+        where = split_topic(self.control.prefix, topic)
+        if where is not None and not in_contract(where[1]):
+            with self.lock:
+                self.metrics.unknown_kinds.inc(())
             return
         message = self.view.parse(topic, data)
         if message is None:
@@ -168,17 +179,29 @@ class Consumer:
         if self.observer is not None:
             self.observer(message)
 
-    def _merge_digest(self, data: bytes) -> None:
+    def _merge_digest(self, sender: str, data: bytes) -> None:
+        """A digest on ``<prefix>/_consumers/<group>/<sender>``: the payload must name its sender."""
         try:
             instance, items = Digest.parse(data)
         except ValueError as exc:
-            log.warning("consumer_digest_unreadable", error=str(exc))
+            self._refuse_digest("consumer_digest_unreadable", sender, str(exc))
+            return
+        if instance != sender or "/" in sender:
+            self._refuse_digest("consumer_digest_misnamed", sender, f"names instance {instance[:64]!r}")
             return
         if instance == self.instance_id:
             return
-        self.members.heard(instance)
+        if not self.members.heard(instance):
+            self._refuse_digest("consumer_digest_group_full", sender, f"{self.members.max_members} members")
+            return
         for device, suffix, seq in items:
-            self.tracker.see(device, suffix, seq)
+            if _tracked(suffix) and in_contract(suffix):
+                self.tracker.see(device, suffix, seq)
+
+    def _refuse_digest(self, event: str, sender: str, error: str) -> None:
+        with self.lock:
+            self.metrics.digests_refused.inc(())
+        log.warning(event, sender=sender[:64], error=error)
 
     async def _tick(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()

@@ -60,8 +60,9 @@ class FleetLink:
                  on_message: Callable[[Message], None] | None = None) -> None:
         self.control = control
         self.view = FleetView(control.prefix)
-        self.replies: dict[str, tuple[str, ReplyPayload]] = {}
-        """Replies by command id: ``(device_id, reply)``."""
+        self.replies: dict[tuple[str, str], ReplyPayload] = {}
+        """Replies by ``(device id, command id)``: the device is the one whose reply topic it came on,
+        so a device answering with another device's command id answers nothing (see ``reply``)."""
         self.changed = asyncio.Event()
         self._filters = [f"{control.prefix}/+/{suffix}" for suffix in suffixes]
         self._retained_filters = [f"{control.prefix}/+/{suffix}" for suffix in suffixes
@@ -112,7 +113,7 @@ class FleetLink:
                 if parsed is None:
                     continue
                 if parsed.suffix == "reply" and isinstance(parsed.data, ReplyPayload) and parsed.data.id:
-                    self.replies[parsed.data.id] = (parsed.device_id, parsed.data)
+                    self.replies[(parsed.device_id, parsed.data.id)] = parsed.data
                 if self.on_message is not None:
                     self.on_message(parsed)
                 self.changed.set()
@@ -120,6 +121,10 @@ class FleetLink:
             self._error = exc
             log.error("control_link_lost", error=str(exc))
             self.changed.set()
+
+    def reply(self, device: str, command_id: str) -> ReplyPayload | None:
+        """The reply to command ``command_id`` that came on ``device``'s own reply topic, if any."""
+        return self.replies.get((device, command_id))
 
     async def refresh(self) -> None:
         """Have the broker send the retained state again (subscribing anew to a filter replaces the

@@ -398,10 +398,10 @@ class Rollout:
         while pending and asyncio.get_running_loop().time() < deadline:
             for device in sorted(pending):
                 entry = record.devices[device]
-                reply = self.link.replies.get(entry.rollback_id)
+                reply = self.link.reply(device, entry.rollback_id)
                 serving = view.device(device).version
-                if reply is not None and not reply[1].ok and reply[1].error is not None:
-                    self._print(f"  {device:<24} rollback refused ({reply[1].error.code}: {reply[1].error.message})")
+                if reply is not None and not reply.ok and reply.error is not None:
+                    self._print(f"  {device:<24} rollback refused ({reply.error.code}: {reply.error.message})")
                     pending.discard(device)
                 elif serving != record.version:
                     self._set(device, entry, "reverted", None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "GAP_GRACE_S",
+    "MAX_MEMBERS",
     "MEMBER_TTL_S",
     "Digest",
     "Gap",
@@ -34,6 +35,11 @@ GAP_GRACE_S = 3.0
 """How long a missing number may be late (another consumer's digest, reordering) before it is a gap."""
 MEMBER_TTL_S = 6.0
 """A consumer not heard from for this long is no longer a member."""
+MAX_MEMBERS = 64
+"""Consumers of one share group counted at once, this one included. A share group of a few dozen
+instances already carries thousands of devices (docs/fleet.md); beyond the bound, digests come
+from a client flooding the digest topics, and every member it adds would take over the gaps of
+devices it never reports."""
 
 Key = tuple[str, str]
 """(device id, topic suffix)."""
@@ -125,14 +131,25 @@ class Membership:
     """The consumers of one share group, as heard through their digests."""
 
     def __init__(self, instance_id: str, ttl_s: float = MEMBER_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_members: int = MAX_MEMBERS) -> None:
         self.instance_id = instance_id
         self.ttl_s = ttl_s
         self.clock = clock
+        self.max_members = max_members
         self._heard: dict[str, float] = {}
+        self.refused = 0
+        """Digests of new consumers that found the group full (``max_members``)."""
 
-    def heard(self, instance_id: str) -> None:
-        self._heard[instance_id] = self.clock()
+    def heard(self, instance_id: str) -> bool:
+        """Record a digest of ``instance_id``; False (and counted) when it would be a member past the bound."""
+        now = self.clock()
+        if instance_id not in self._heard:
+            self._heard = {m: at for m, at in self._heard.items() if now - at <= self.ttl_s}
+            if len(self._heard) + 1 >= self.max_members:
+                self.refused += 1
+                return False
+        self._heard[instance_id] = now
+        return True
 
     def members(self) -> list[str]:
         now = self.clock()

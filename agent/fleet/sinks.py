@@ -39,6 +39,12 @@ class FleetMetrics:
         self.messages = r.add("edge_fleet_messages_total", "counter", "Messages ingested, by topic kind", ("kind",))
         self.rejected = r.add("edge_fleet_rejected_messages_total", "counter",
                               "Messages that were not valid payloads of the contract")
+        self.unknown_kinds = r.add("edge_fleet_unknown_kind_messages_total", "counter",
+                                   "Device messages on a topic outside the contract (an unknown telemetry kind), "
+                                   "dropped")
+        self.digests_refused = r.add("edge_fleet_consumer_digests_refused_total", "counter",
+                                     "Peer digests dropped: unreadable, naming another instance than their topic, "
+                                     "or from a consumer past the member bound")
         self.up = r.add("edge_fleet_device_up", "gauge", "1 while the retained status is online", ("device",))
         self.by_state = r.add("edge_fleet_devices", "gauge", "Devices by retained status", ("state",))
         self.info = r.add("edge_fleet_device_model_info", "gauge", "The model a device serves (always 1)",

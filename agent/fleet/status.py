@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from typing import Any
 
 from .control import ControlClient
 from .link import FleetLink
 from .view import SIGNALS, DeviceView, FleetView
 
-__all__ = ["STATUS_FILTERS", "collect", "device_rows", "render_table"]
+__all__ = ["STATUS_FILTERS", "collect", "device_rows", "render_table", "terminal_safe"]
 
 STATUS_FILTERS = ("status", "model", "deployment", "events", "telemetry/#")
 COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "LAST_SEEN")
 NONE = "-"
+UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Unicode categories stripped from device-supplied text before it reaches a terminal: control
+characters (ESC starts every terminal escape sequence), format characters (bidi overrides reorder
+what the table shows), surrogates, private use, unassigned, line and paragraph separators."""
 
 
 async def collect(control: ControlClient, window_s: float) -> FleetView:
@@ -28,6 +33,11 @@ async def collect(control: ControlClient, window_s: float) -> FleetView:
         await asyncio.sleep(window_s)
         link.check()
         return link.view
+
+
+def terminal_safe(value: object) -> str:
+    """``value`` as text with every character of ``UNPRINTABLE`` categories removed."""
+    return "".join(c for c in str(value) if unicodedata.category(c) not in UNPRINTABLE)
 
 
 def _age(seconds: float | None) -> str:
@@ -67,6 +77,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         cells.append([row["device"], row["status"], row["model"] or NONE, row["version"] or NONE,
                       _number(row["fps"], 1), _number(row["latency_p95_ms"], 1),
                       *(row[s] or NONE for s in SIGNALS), _age(row["last_seen_s"])])
+    cells = [[terminal_safe(value) for value in line] for line in cells]
     widths = [max(len(str(line[i])) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(value).ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
              for line in cells]

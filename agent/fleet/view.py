@@ -32,16 +32,21 @@ __all__ = [
     "ALARM_SEVERITIES",
     "SIGNALS",
     "STATE_RANK",
+    "TELEMETRY_KINDS",
     "Alarm",
     "DeviceView",
     "FleetView",
     "Message",
+    "in_contract",
     "split_topic",
     "worst_state",
 ]
 
 SIGNALS = ("drift", "bias", "leak")
 """Telemetry kinds whose payloads carry per-metric ``state`` fields."""
+TELEMETRY_KINDS = ("health", "latency", *SIGNALS)
+"""The telemetry kinds of the wire contract (docs/mqtt.md); a message of any other kind is not
+kept anywhere (a device publishing ever new kinds would grow every per-kind table)."""
 STATE_RANK = {"ok": 0, "warn": 1, "alarm": 2}
 ALARM_SEVERITIES = ("warning", "alarm")
 MAX_ALARMS = 200
@@ -151,12 +156,20 @@ STRICT: dict[str, type[Any]] = {
 }
 
 
+CONTRACT_SUFFIXES = frozenset(STRICT) | {f"telemetry/{kind}" for kind in TELEMETRY_KINDS}
+
+
+def in_contract(suffix: str) -> bool:
+    """Whether ``suffix`` is a topic of the wire contract (a known telemetry kind included)."""
+    return suffix in CONTRACT_SUFFIXES
+
+
 def decode(suffix: str, data: bytes) -> Any:
-    """The payload of ``suffix``: a schema model, or a dict for other telemetry kinds."""
+    """The payload of ``suffix``: a schema model, or a dict for the signal telemetry kinds."""
     model = STRICT.get(suffix)
     if model is not None:
         return decode_payload(model, data)
-    if suffix.startswith("telemetry/"):
+    if in_contract(suffix):
         return _loose(data)
     raise PayloadError(f"topic suffix {suffix!r} is not part of the contract")
 

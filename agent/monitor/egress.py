@@ -9,6 +9,18 @@ control characters, a string longer than any telemetry text) and no array
 longer than any telemetry list (a crop as nested lists of pixel values). A blocked
 message is counted by reason (the counts travel in the leak payload) and is
 never published.
+
+Encoded data is looked for in several disguises: an unbroken base64 run, a
+data URI, base64 or hex broken into chunks by separators (``.``, spaces,
+commas: the chunks are summed, weighted by the bits a character of their
+alphabet carries), numbers written out in a string (``"12,34,56,..."``), and
+numbers spread over many small arrays (all numbers of a payload together).
+
+Replies, events and retained state are never dropped (a reply must reach the
+control plane with its id, an event is an outbox entry, retained state is what
+the fleet reads): ``redact()`` replaces each offending value with a marker
+string (``[redacted: <reason>]``), and the count goes to ``blocked`` and
+``by_reason`` as ``redacted.<reason>``.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -29,9 +41,28 @@ __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 log = structlog.get_logger(__name__)
 
 REASONS = ("unknown_topic", "too_large", "not_json", "schema", "long_string", "encoded_blob",
-           "control_characters", "array")
+           "control_characters", "array", "numbers", "numeric_text")
+REDACTED_PREFIX = "redacted."
+"""``by_reason`` key prefix of values replaced in replies, events and retained state."""
 DATA_URI = re.compile(r"data:[\w/+.-]+;base64,", re.IGNORECASE)
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+MAX_NUMBERS = 2048
+"""Numbers in one payload, every array and object together. The largest legitimate payload (drift
+telemetry with its histograms) holds a few hundred; a 32x32 RGB crop is 3072, however it is split
+into arrays of at most ``max_array_items``."""
+NUMERIC_RUN = re.compile(r"(?:[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?[\s,;:|/]+){64,}")
+"""64 numbers in a row in one string ("12, 34, 56, ..."): pixel values written as text. No message
+the agent writes lists more than a few numbers in its text."""
+SEPARATORS = re.compile(r"[\s.,;:|]+")
+"""What breaks an encoded run into chunks that each look short (a dot every 100 characters)."""
+DENSE_CHUNK_CHARS = 16
+"""A chunk of a string this long, mixing letters and digits, counts as encoded data (words, paths and
+versions are shorter, or hold few digits: see ``_dense_bits``)."""
+HEX = re.compile(r"[0-9a-fA-F]+")
+BASE64 = re.compile(r"[A-Za-z0-9+/=_-]+")
+BITS_HEX, BITS_BASE64 = 4, 6
+"""Information per character of each alphabet: a sha256 in hex is 64 characters, 256 bits."""
+MARKER = "[redacted: {reason}]"
 
 
 class EgressBlocked(Exception):
@@ -64,12 +95,40 @@ def _arrays(value: Any) -> Iterator[int]:
         yield _leaves(value)
 
 
-def _leaves(value: Any) -> int:
+def _count(value: Any, leaf: Callable[[Any], int]) -> int:
+    """``leaf`` summed over the leaves of ``value`` (lists and objects walked)."""
     if isinstance(value, list):
-        return sum(_leaves(item) for item in value)
+        return sum(_count(item, leaf) for item in value)
     if isinstance(value, dict):
-        return sum(_leaves(item) for item in value.values())
-    return 1
+        return sum(_count(item, leaf) for item in value.values())
+    return leaf(value)
+
+
+def _leaves(value: Any) -> int:
+    return _count(value, lambda _: 1)
+
+
+def _numbers(value: Any) -> int:
+    return _count(value, lambda v: int(isinstance(v, (int, float)) and not isinstance(v, bool)))
+
+
+def _dense_bits(text: str) -> int:
+    """Bits of encoded-looking data in ``text``, its separator-broken chunks summed.
+
+    A chunk counts when it is at least DENSE_CHUNK_CHARS of the base64 alphabet with at least one
+    digit in ten characters and one letter in ten (random base64 has ~16% digits; a path such as
+    ``/var/lib/edge-agent/engines/text-det/v4`` has 2%); hex-only chunks count 4 bits a character.
+    """
+    bits = 0
+    for chunk in SEPARATORS.split(text):
+        if len(chunk) < DENSE_CHUNK_CHARS or not BASE64.fullmatch(chunk):
+            continue
+        digits = sum(c.isdigit() for c in chunk)
+        letters = sum(c.isalpha() for c in chunk)
+        if digits * 10 < len(chunk) or letters * 10 < len(chunk):
+            continue
+        bits += len(chunk) * (BITS_HEX if HEX.fullmatch(chunk) else BITS_BASE64)
+    return bits
 
 
 class EgressGuard:
@@ -87,9 +146,11 @@ class EgressGuard:
         self.max_string_chars = max_string_chars
         self.max_array_items = max_array_items
         self._blob = re.compile(rf"[A-Za-z0-9+/_-]{{{blob_min_chars},}}")
+        self._blob_bits = blob_min_chars * BITS_BASE64
         self._lock = threading.Lock()
         self.checked = 0
         self.blocked: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.redacted: dict[str, int] = dict.fromkeys(REASONS, 0)
 
     @classmethod
     def from_settings(cls, models: Mapping[str, type[BaseModel]],
@@ -122,7 +183,82 @@ class EgressGuard:
     def counts(self) -> dict[str, Any]:
         with self._lock:
             blocked = {k: v for k, v in self.blocked.items() if v}
+            blocked |= {REDACTED_PREFIX + k: v for k, v in self.redacted.items() if v}
             return {"checked": self.checked, "blocked": sum(blocked.values()), "by_reason": blocked}
+
+    def redact(self, suffix: str, payload: bytes) -> bytes:
+        """``payload`` with every value that may not leave replaced by a marker (each counted);
+        unchanged (the same object) when nothing had to go. Never refuses: for replies, events
+        and retained state, which are built from the schema and must arrive."""
+        with self._lock:
+            self.checked += 1
+        try:
+            document = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return payload
+        found: list[str] = []
+        cleaned = self._redact_value(document, found)
+        while _numbers(cleaned) > MAX_NUMBERS and self._redact_largest_array(cleaned, found):
+            pass
+        encoded = json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(encoded) > self.max_payload_bytes and isinstance(cleaned, dict):
+            for key in sorted(cleaned, key=lambda k: -len(json.dumps(cleaned[k]))):
+                if isinstance(cleaned[key], (dict, list)):
+                    cleaned[key] = {"_redacted": "too_large"} if isinstance(cleaned[key], dict) else []
+                    found.append("too_large")
+                    encoded = json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False).encode()
+                    if len(encoded) <= self.max_payload_bytes:
+                        break
+        if not found:
+            return payload
+        with self._lock:
+            for reason in found:
+                self.redacted[reason] += 1
+        log.warning("egress_redacted", topic=suffix, reasons=sorted(set(found)), values=len(found))
+        return encoded
+
+    def _redact_value(self, value: Any, found: list[str]) -> Any:
+        if isinstance(value, str):
+            reason = self._string_reason(value)
+            if reason is not None:
+                found.append(reason)
+                return MARKER.format(reason=reason)
+            return value
+        if isinstance(value, list):
+            if _leaves(value) > self.max_array_items:
+                found.append("array")
+                return MARKER.format(reason="array")
+            return [self._redact_value(item, found) for item in value]
+        if isinstance(value, dict):
+            cleaned: dict[str, Any] = {}
+            for key, item in value.items():
+                reason = self._string_reason(key)
+                if reason is not None:
+                    found.append(reason)
+                    key = MARKER.format(reason=f"{reason} {len(cleaned)}")
+                cleaned[key] = self._redact_value(item, found)
+            return cleaned
+        return value
+
+    @staticmethod
+    def _redact_largest_array(document: Any, found: list[str]) -> bool:
+        """Replace the list holding the most numbers with a marker; False when there is none."""
+        best: tuple[int, Any, Any] | None = None
+        stack: list[Any] = [document]
+        while stack:
+            node = stack.pop()
+            items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+            for key, item in items:
+                if isinstance(item, list) and (best is None or _numbers(item) > best[0]):
+                    best = (_numbers(item), node, key)
+                if isinstance(item, (dict, list)):
+                    stack.append(item)
+        if best is None or best[0] == 0:
+            return False
+        _, parent, key = best
+        parent[key] = MARKER.format(reason="numbers")
+        found.append("numbers")
+        return True
 
     def _inspect(self, suffix: str, payload: bytes) -> None:
         model = self.models.get(suffix)
@@ -140,11 +276,16 @@ class EgressGuard:
             kind = type(exc).__name__
             raise EgressBlocked(suffix, "not_json", f"not UTF-8 JSON ({kind})") from None
         for text in _strings(document):
-            self._inspect_string(suffix, text)
+            reason = self._string_reason(text)
+            if reason is not None:
+                raise EgressBlocked(suffix, reason, f"a string of {len(text)} characters")
         longest = max(_arrays(document), default=0)
         if longest > self.max_array_items:
             raise EgressBlocked(suffix, "array", f"an array of {longest} values, "
                                 f"at most {self.max_array_items}")
+        numbers = _numbers(document)
+        if numbers > MAX_NUMBERS:
+            raise EgressBlocked(suffix, "numbers", f"{numbers} numbers, at most {MAX_NUMBERS}")
         try:
             model.model_validate_json(payload)
         except ValidationError as exc:
@@ -152,11 +293,14 @@ class EgressGuard:
             where = ".".join(str(p) for p in first["loc"])
             raise EgressBlocked(suffix, "schema", f"{where}: {first['msg']}") from None
 
-    def _inspect_string(self, suffix: str, text: str) -> None:
+    def _string_reason(self, text: str) -> str | None:
+        """Why ``text`` may not leave, or None."""
         if len(text) > self.max_string_chars:
-            raise EgressBlocked(suffix, "long_string", f"a string of {len(text)} characters, "
-                                f"at most {self.max_string_chars}")
+            return "long_string"
         if CONTROL.search(text):
-            raise EgressBlocked(suffix, "control_characters", "a string holds control characters")
-        if DATA_URI.search(text) or self._blob.search(text):
-            raise EgressBlocked(suffix, "encoded_blob", "a string looks like base64-encoded data")
+            return "control_characters"
+        if DATA_URI.search(text) or self._blob.search(text) or _dense_bits(text) >= self._blob_bits:
+            return "encoded_blob"
+        if NUMERIC_RUN.search(text):
+            return "numeric_text"
+        return None

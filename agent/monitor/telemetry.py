@@ -110,25 +110,35 @@ class Telemetry:
 
     # ----- publishing ---------------------------------------------------------------------
     async def publish_state(self, topic: str, payload: BaseModel) -> None:
-        """Retained state (status, model, deployment): QoS 1, re-sent on every reconnect."""
-        await self._session.publish(topic, self.encode(payload), qos=QOS_STATE, retain=True)
+        """Retained state (status, model, deployment): QoS 1, re-sent on every reconnect.
+
+        With an egress guard attached, a value that may not leave is replaced by a marker
+        (counted); the state itself is always published."""
+        await self._session.publish(topic, self._redacted(topic, self.encode(payload)), qos=QOS_STATE, retain=True)
+
+    def _redacted(self, topic: str, data: bytes) -> bytes:
+        if self.egress is None:
+            return data
+        return self.egress.redact(topic.removeprefix(self.topics.base + "/"), data)
 
     async def publish(self, topic: str, payload: BaseModel) -> None:
         """Telemetry, events and replies: QoS 1, queued while the broker is away.
 
         With an egress guard attached, a telemetry payload that is not exactly what its
         topic's schema allows (a frame, a crop, an unknown field) is blocked and counted.
+        Replies and events are never dropped (a reply must arrive with its id): a value in
+        them that may not leave is replaced by a marker and counted.
         """
         data = self.encode(payload)
         suffix = topic.removeprefix(self.topics.base + "/")
-        # Telemetry is what monitors build from frames: it passes the egress guard. Replies and
-        # events echo what a command said (ids, field names) and are schema-checked on construction.
         if self.egress is not None and suffix.startswith("telemetry/"):
             try:
                 data = self.egress.check(suffix, data)
             except EgressBlocked as exc:
                 log.warning("egress_blocked", topic=topic, reason=exc.reason)
                 return
+        else:
+            data = self._redacted(topic, data)
         await self._session.publish(topic, data, qos=QOS_TELEMETRY, retain=False)
 
     def signal(self, model: type[Envelope], suffix: str, snapshot: dict[str, Any]) -> Envelope:
