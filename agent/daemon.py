@@ -110,6 +110,9 @@ class Agent:
         self.session: MqttSession | None = None
         self.manager: DeploymentManager | None = None
         self.router: CommandRouter | None = None
+        self.task_failures: dict[str, int] = {}
+        """Failures caught at a task's boundary, by task name (in health as ``task_failures``)."""
+        self._frame_loop_stalled = False
 
     # ----- start -------------------------------------------------------------------------
     def load_initial(self) -> Serving:
@@ -241,15 +244,14 @@ class Agent:
         try:
             async with TaskGroup() as tasks:
                 tasks.create_task(self.session.run(), name="mqtt")
-                tasks.create_task(self._ready_when_first_frame(), name="ready")
+                tasks.create_task(self._guarded("ready", self._ready_when_first_frame), name="ready")
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
                 for period, action in self.signals.timers():
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
-                    tasks.create_task(self.event("fell_back_to_previous", "alarm",
-                                                 f"current model did not load: {self.fallback_reason}"))
+                    tasks.create_task(self._guarded("fallback_event", self._report_fallback))
                 await self._stop.wait()
                 await self._shutdown()
         finally:
@@ -259,6 +261,21 @@ class Agent:
         log.info("agent_stopped", outbox_depth=self.outbox.depth,
                  outbox_dropped=self.outbox.dropped)
         return 0
+
+    async def _report_fallback(self) -> None:
+        await self.event("fell_back_to_previous", "alarm",
+                         f"current model did not load: {self.fallback_reason}")
+
+    async def _guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``action`` behind a boundary: a failure is logged and counted, never raised
+        into the TaskGroup (which would cancel inference and abort the process)."""
+        try:
+            await action()
+        except Exception:
+            self.task_failures[name] = self.task_failures.get(name, 0) + 1
+            log.exception("task_failed", task=name, failures=self.task_failures[name])
+            return False
+        return True
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -286,10 +303,8 @@ class Agent:
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
-                try:
-                    await action()
-                except Exception:  # telemetry must never take the agent down
-                    log.exception("telemetry_failed", action=getattr(action, "__name__", "?"))
+                # Telemetry must never take the agent down.
+                await self._guarded(getattr(action, "__name__", "timer"), action)
 
     async def publish_latency(self) -> None:
         stats = self.source.stats()
@@ -318,6 +333,7 @@ class Agent:
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "frames_processed": self.pipeline.counters.frames_processed,
+            "task_failures": dict(self.task_failures),
         }
 
     async def publish_health(self) -> None:
@@ -331,26 +347,33 @@ class Agent:
         interval = self.notifier.watchdog_interval()
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
         period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
-        stalled = False
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 pass
-            alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
-            if alive == stalled:
-                stalled = not alive
-                if stalled:
-                    log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
-                else:
-                    log.info("frame_loop_resumed")
-            if alive:
-                if interval:
-                    self.notifier.watchdog()
-                serving = self.slot.serving
-                if serving is not None:
-                    fps = self.recorder.snapshot().fps
-                    self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
+
+            async def tick() -> None:
+                self._watchdog_tick(feeder, interval)
+
+            await self._guarded("watchdog", tick)
+
+    def _watchdog_tick(self, feeder: WatchdogFeeder, interval: float | None) -> None:
+        """One check of frame progress: feed systemd's watchdog and refresh STATUS= if alive."""
+        alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
+        if alive == self._frame_loop_stalled:
+            self._frame_loop_stalled = not alive
+            if self._frame_loop_stalled:
+                log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
+            else:
+                log.info("frame_loop_resumed")
+        if alive:
+            if interval:
+                self.notifier.watchdog()
+            serving = self.slot.serving
+            if serving is not None:
+                fps = self.recorder.snapshot().fps
+                self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
 
     # ----- stop --------------------------------------------------------------------------
     async def _shutdown(self) -> None:

@@ -66,7 +66,7 @@ DOMAIN = b"edge-agent command v1\n"
 """Prefixed to what is signed, so a command signature can never pass as any other."""
 SIGNATURE_FIELD = "command_signature"
 """Not ``signature``: a deploy command's ``signature`` is the artifact's."""
-NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 NONCE_BYTES = 18
 """``sign_command`` draws 18 random bytes: 24 base64url characters, 144 bits."""
 SIGNATURE_BYTES = 64
@@ -162,7 +162,7 @@ def verify_command(
     ts, nonce, encoded = document["ts"], document["nonce"], document[SIGNATURE_FIELD]
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
         raise _refuse("bad_signature", "field 'ts' must be a number (unix time, seconds)", document)
-    if not isinstance(nonce, str) or not NONCE_PATTERN.match(nonce):
+    if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
         raise _refuse("bad_signature", "field 'nonce' must be 16-128 characters of "
                       "A-Z a-z 0-9 _ -", document)
     try:

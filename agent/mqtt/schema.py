@@ -224,6 +224,10 @@ class HealthPayload(Envelope):
         description="messages the outbox dropped unsent (full or too old), over the device's life",
     )
     frames_processed: int = Field(ge=0)
+    task_failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="failures caught at the boundary of each of the agent's tasks, since start",
+    )
 
 
 class StageLatency(_Wire):
