@@ -2,7 +2,10 @@
 
 Every change is atomic so that a kill -9 at any moment leaves a store the agent
 can start from: a version is unpacked into a temporary folder, fsynced and renamed
-into place; ``current``/``previous`` are symlinks replaced with ``rename(2)``.
+into place; ``current``/``previous`` are symlinks replaced with ``rename(2)``. Every
+folder whose entries change (the version's own subfolders, the model folder, the store
+root when a model folder is created) is fsynced after the change, so that what a rename
+or a new entry made is on disk before the store reports it done.
 """
 
 from __future__ import annotations
@@ -43,11 +46,28 @@ class InstalledModel:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """Files and subfolders, deepest first, then ``folder`` itself."""
     for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_symlink():
+            continue
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
     _fsync_dir(folder)
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every folder it creates, so the new entries last."""
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -113,7 +133,7 @@ class ModelStore:
                     f"{manifest.name} {manifest.version} is installed already with other files"
                 )
         else:
-            model_dir.mkdir(parents=True, exist_ok=True)
+            _make_dirs(model_dir)
             tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_dir))
             try:
                 for item in source.iterdir():
@@ -202,6 +222,7 @@ class ModelStore:
         if version in (self._link(name, CURRENT), self._link(name, PREVIOUS)):
             raise StoreError(f"{name} {version} is current or previous and cannot be removed")
         shutil.rmtree(self._dir(name) / check_name(version, "version"), ignore_errors=True)
+        _fsync_dir(self._dir(name))
 
     def prune(self, name: str) -> list[str]:
         """Keep the newest ``keep`` versions, never current or previous."""
@@ -212,4 +233,6 @@ class ModelStore:
         removed = removable[:excess]
         for version in removed:
             shutil.rmtree(self._dir(name) / version, ignore_errors=True)
+        if removed:
+            _fsync_dir(self._dir(name))
         return removed
