@@ -10,6 +10,7 @@ STOPPING=1, finish the frame in flight, publish ``offline``, flush, exit 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,9 +22,10 @@ from .commands import CommandJournal, CommandRouter, Outcome
 from .config import AgentConfig
 from .handlers import CommandHandlers
 from .log import bind_context
+from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
 from .models.fetch import load_public_key
 from .models.loader import EngineOptions, load_serving
-from .models.manager import DeploymentManager, DeploymentStatus
+from .models.manager import DeploymentManager, DeploymentStatus, Step
 from .models.store import ModelStore, StoreError
 from .monitor import health
 from .monitor.latency import LatencyRecorder
@@ -110,6 +112,9 @@ class Agent:
         self.session: MqttSession | None = None
         self.manager: DeploymentManager | None = None
         self.router: CommandRouter | None = None
+        self.bootguard = BootGuard(config.agent.state_dir / BOOT_RECORD_FILE, config.agent.crash_loop_starts)
+        self.crash_loop: CrashLoop | None = None
+        self._stopped_by_signal = False
         self.task_failures: dict[str, int] = {}
         """Failures caught at a task's boundary, by task name (in health as ``task_failures``)."""
         self._frame_loop_stalled = False
@@ -134,6 +139,30 @@ class Agent:
                 log.warning("fell_back_to_previous", model=name, version=installed.version, reason=failures[0])
             return serving
         raise StartupError(f"no loadable version of model {name!r}: " + "; ".join(failures))
+
+    def check_crash_loop(self) -> None:
+        """Count the last start if it died; quarantine ``current`` after too many in a row."""
+        name = self.config.model.name
+        verdict = self.bootguard.check(self.store.current_version(name))
+        if verdict is None:
+            return
+        self.crash_loop = verdict
+        log.error("crash_loop_detected", model=name, version=verdict.version, failures=verdict.failures)
+        try:
+            self.store.quarantine(name, verdict.version, CRASH_LOOP_CODE, failures=verdict.failures)
+        except (OSError, StoreError) as exc:
+            log.error("quarantine_not_written", model=name, version=verdict.version, error=str(exc))
+
+    def _crash_loop_status(self, serving: Serving) -> DeploymentStatus | None:
+        verdict = self.crash_loop
+        if verdict is None or serving.version == verdict.version:
+            return None
+        return DeploymentStatus(
+            deployment_id=f"{CRASH_LOOP_CODE}-{int(self.started_at)}", name=serving.name,
+            version=verdict.version, state=Step.ROLLED_BACK, step=Step.ACTIVE, progress=1.0,
+            error={"code": CRASH_LOOP_CODE, "message": f"{verdict.message}; serving {serving.version}"},
+            detail={"failures": verdict.failures, "serving_version": serving.version},
+        )
 
     def _mqtt_url(self) -> str:
         mqtt = self.config.mqtt
@@ -224,7 +253,13 @@ class Agent:
 
     # ----- run ---------------------------------------------------------------------------
     async def run(self) -> int:
+        self.check_crash_loop()
         serving = self.load_initial()
+        self.bootguard.started(serving.version)
+        if os.environ.get(CRASH_TEST_ENV) == serving.version:  # test-only fault: see CRASH_TEST_ENV
+            log.critical("test_crash_injected", version=serving.version)
+            os.abort()
+        crash_loop = self._crash_loop_status(serving)
         self.slot.swap(serving)
         self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
@@ -252,8 +287,13 @@ class Agent:
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
                     tasks.create_task(self._guarded("fallback_event", self._report_fallback))
+                if crash_loop is not None:
+                    tasks.create_task(self._guarded("crash_loop_report",
+                                                    lambda: self.publish_deployment(crash_loop)))
                 await self._stop.wait()
                 await self._shutdown()
+            if self._stopped_by_signal:
+                self.bootguard.stopped()
         finally:
             if self._broker is not None:
                 self._broker.stop()
@@ -280,7 +320,11 @@ class Agent:
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
+
+    def _on_signal(self, name: str) -> None:
+        self._stopped_by_signal = True
+        self.request_stop(name)
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -297,6 +341,13 @@ class Agent:
         self.notifier.ready()
         self.notifier.status(f"serving {serving.name} {serving.version}" if serving else "serving")
         log.info("agent_ready", model=serving.name if serving else None)
+        self.bootguard.ready()
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=self.config.agent.crash_loop_window_s)
+        except asyncio.TimeoutError:
+            self.bootguard.stable()
+            log.info("start_proved_stable", version=serving.version if serving else None,
+                     after_s=self.config.agent.crash_loop_window_s)
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
