@@ -29,6 +29,16 @@ POLL_S = 0.2
 """How often the restart loop looks at the process and the notify socket."""
 
 
+def _wait_for_status(notify: NotifyListener, prefix: str) -> None:
+    """A ``STATUS=`` line starting with ``prefix`` arrives (it follows READY=1 or WATCHDOG=1)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if any(line.startswith(f"STATUS={prefix}") for m in notify.drain() for line in m.splitlines()):
+            return
+        time.sleep(POLL_S)
+    raise AssertionError(f"no STATUS={prefix}... in {WAIT_S}s; got {notify.messages}")
+
+
 def _store_with_a_copy_as(store_root: Path, demo: Path, version: str) -> None:
     """v4 installed as previous, and a byte-identical copy of it made current as ``version``,
     written past the store's checks as an old agent (or a hand edit) would have left it."""
@@ -55,9 +65,7 @@ def test_a_current_version_ending_in_a_newline_is_refused_and_previous_is_served
     try:
         notify.wait_for("READY=1")
         # The watchdog's periodic STATUS line is where the newline used to abort the process.
-        notify.wait_for("WATCHDOG=1")
-        assert any(line.startswith("STATUS=serving text-det v4 at")
-                   for m in notify.drain() for line in m.splitlines())
+        _wait_for_status(notify, "serving text-det v4 at")
         assert agent.proc.poll() is None, agent.log()
     finally:
         code = agent.terminate()
@@ -103,9 +111,7 @@ def test_a_version_that_aborts_every_start_is_quarantined_after_k_starts_and_pre
         agent.terminate()
     try:
         assert outcomes == [-signal.SIGABRT] * STARTS + [None], agent.log()
-        notify.wait_for("WATCHDOG=1")
-        assert any(line.startswith("STATUS=serving text-det v4")
-                   for m in notify.drain() for line in m.splitlines())
+        _wait_for_status(notify, "serving text-det v4")
 
         def crash_loop(m) -> bool:
             return m.topic == "edge/dev1/deployment" and (json.loads(m.payload).get("error") or {}).get(
@@ -130,3 +136,43 @@ def test_a_version_that_aborts_every_start_is_quarantined_after_k_starts_and_pre
     assert code == 0, agent.log()
     record = json.loads((tmp_path / "state" / "boot.json").read_text())
     assert (record["version"], record["state"], record["failures"]) == ("v4", "stopped", 0)
+
+
+def test_kills_soon_after_ready_count_as_failed_starts_and_a_clean_stop_resets_the_count(
+        tmp_path, demo_dir, mosquitto):
+    """SIGKILL after READY, as the OOM killer would: within the window each counts."""
+    store = ModelStore(tmp_path / "engines")
+    store.install(demo_dir / "models" / "text-det-v4")
+    store.install(demo_dir / "models" / "text-det-v6")
+    starts = 2
+    config = agent_config(tmp_path, demo_dir, mosquitto.url,
+                          agent={"crash_loop_starts": starts, "crash_loop_window_s": 600.0})
+    notify = NotifyListener(tmp_path / "notify.sock")
+    record = tmp_path / "state" / "boot.json"
+
+    def start(n: int) -> AgentProcess:
+        notify.messages.clear()
+        agent = AgentProcess(config, notify=notify.path, log_path=tmp_path / f"agent-{n}.log")
+        assert _until_ready_or_exit(agent, notify) is None, agent.log()
+        return agent
+
+    try:
+        agent = start(0)
+        assert agent.terminate() == 0  # a clean stop: the count stays 0
+        assert json.loads(record.read_text())["failures"] == 0
+        for n in range(1, starts + 1):
+            agent = start(n)
+            deadline = time.monotonic() + WAIT_S  # written just after READY=1 is sent
+            while json.loads(record.read_text())["state"] != "ready":
+                assert time.monotonic() < deadline, record.read_text()
+                time.sleep(POLL_S)
+            agent.kill()
+            assert agent.proc.returncode == -signal.SIGKILL
+        agent = start(starts + 1)
+        _wait_for_status(notify, "serving text-det v4")
+        assert store.current_version(NAME) == "v4" and "v6" in store.quarantined(NAME)
+        assert "crash_loop_detected" in agent.log()
+    finally:
+        code = agent.terminate()
+        notify.close()
+    assert code == 0, agent.log()
