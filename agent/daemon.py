@@ -112,7 +112,8 @@ class Agent:
         self.session: MqttSession | None = None
         self.manager: DeploymentManager | None = None
         self.router: CommandRouter | None = None
-        self.bootguard = BootGuard(config.agent.state_dir / BOOT_RECORD_FILE, config.agent.crash_loop_starts)
+        self.bootguard = BootGuard(config.agent.state_dir / BOOT_RECORD_FILE, config.agent.crash_loop_starts,
+                                   config.agent.crash_loop_window_s)
         self.crash_loop: CrashLoop | None = None
         self._stopped_by_signal = False
         self.task_failures: dict[str, int] = {}
@@ -208,6 +209,7 @@ class Agent:
         await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
 
     async def _swapped(self, new: Serving, old: Serving | None, reason: str) -> None:
+        self.bootguard.swapped(new.version)
         self.signals.serving(new, swapped=True)
         self.previous_model = {"name": old.name, "version": old.version} if old else None
         bind_context(device_id=self.device_id, model_version=new.version)
@@ -342,12 +344,6 @@ class Agent:
         self.notifier.status(f"serving {serving.name} {serving.version}" if serving else "serving")
         log.info("agent_ready", model=serving.name if serving else None)
         self.bootguard.ready()
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=self.config.agent.crash_loop_window_s)
-        except asyncio.TimeoutError:
-            self.bootguard.stable()
-            log.info("start_proved_stable", version=serving.version if serving else None,
-                     after_s=self.config.agent.crash_loop_window_s)
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
@@ -411,7 +407,12 @@ class Agent:
 
     def _watchdog_tick(self, feeder: WatchdogFeeder, interval: float | None) -> None:
         """One check of frame progress: feed systemd's watchdog and refresh STATUS= if alive."""
-        alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
+        now = time.monotonic()
+        alive = feeder.should_ping(self.pipeline.last_heartbeat, now)
+        if alive and self.bootguard.tick(now):  # a hung loop proves nothing
+            record = self.bootguard.record
+            log.info("start_proved_stable", version=record.version if record else None,
+                     after_s=self.bootguard.window_s)
         if alive == self._frame_loop_stalled:
             self._frame_loop_stalled = not alive
             if self._frame_loop_stalled:

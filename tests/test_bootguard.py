@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from agent.models.manifest import Manifest
 from agent.models.store import ModelStore, StoreError
 
 K = 3
+WINDOW_S = 120.0
 
 
 def _start(path: Path, current: str, served: str | None = None) -> tuple[BootGuard, CrashLoop | None]:
     """One start as the agent makes it: check, then record the version actually served."""
-    guard = BootGuard(path, K)
+    guard = BootGuard(path, K, WINDOW_S)
     verdict = guard.check(current)
     guard.started(served or current)
     return guard, verdict
@@ -37,11 +39,29 @@ def test_a_death_soon_after_ready_counts_and_a_run_past_the_window_resets(tmp_pa
     for _ in range(K - 1):
         guard, _ = _start(record, "v6")
         guard.ready()
+        assert guard.tick(time.monotonic() + WINDOW_S / 2) is False
     guard, _ = _start(record, "v6")
     guard.ready()
-    guard.stable()
-    assert json.loads(record.read_text())["failures"] == 0
+    assert json.loads(record.read_text())["failures"] == K - 1
+    assert guard.tick(time.monotonic() + WINDOW_S) is True
+    assert guard.tick(time.monotonic() + 2 * WINDOW_S) is False, "stable once"
+    assert json.loads(record.read_text()) | {"started_at": 0, "pid": 0} == {
+        "version": "v6", "state": "stable", "failures": 0, "started_at": 0, "pid": 0}
     assert _start(record, "v6")[1] is None
+
+
+def test_a_death_soon_after_a_deploy_counts_against_the_deployed_version(tmp_path):
+    record = tmp_path / "boot.json"
+    guard, _ = _start(record, "v4")
+    guard.ready()
+    guard.tick(time.monotonic() + WINDOW_S)
+    guard.swapped("v6")  # a deploy, long after the start; the process dies soon after it
+    assert json.loads(record.read_text())["version"] == "v6"
+    for failures in range(1, K):
+        guard, verdict = _start(record, "v6")
+        assert verdict is None and guard.record is not None and guard.record.failures == failures
+        guard.ready()  # and dies again
+    assert BootGuard(record, K, WINDOW_S).check("v6") == CrashLoop("v6", K)
 
 
 def test_a_clean_stop_resets_the_count(tmp_path):
@@ -61,7 +81,7 @@ def test_failures_of_another_version_do_not_count(tmp_path):
     for _ in range(K):
         _start(record, "v5")
     assert _start(record, "v6")[1] is None
-    guard = BootGuard(record, K)
+    guard = BootGuard(record, K, WINDOW_S)
     guard.check("v6")
     assert guard.failures_of("v6") == 1 and guard.failures_of("v5") == 0
 

@@ -118,16 +118,20 @@ class BootGuard:
     """Counts failed starts per served version in ``<state_dir>/boot.json``.
 
     Call ``check`` before choosing the model, ``started`` once it is chosen, ``ready`` at
-    READY=1, ``stable`` once the run has outlived the window after READY, ``stopped`` on a
-    clean stop. Writes are best effort: a full disk must not stop the agent from starting
-    (it then only loses the protection, and says so in the log).
+    READY=1, ``swapped`` when a deploy or rollback puts another version in, ``tick``
+    periodically (it marks the run stable once it has outlived ``window_s`` since READY or
+    the swap), ``stopped`` on a clean stop. Writes are best effort: a full disk must not
+    stop the agent from starting (it then only loses the protection, and says so in the log).
     """
 
-    def __init__(self, path: Path, max_failures: int) -> None:
+    def __init__(self, path: Path, max_failures: int, window_s: float) -> None:
         self.path = path
         self.max_failures = max_failures
+        self.window_s = window_s
         self._last: BootRecord | None = None
         self._record: BootRecord | None = None
+        self._ready_at: float | None = None
+        """Monotonic time of READY or of the last swap, while the run has not proved itself."""
 
     def read(self) -> BootRecord | None:
         try:
@@ -167,10 +171,24 @@ class BootGuard:
                                pid=os.getpid()))
 
     def ready(self) -> None:
+        self._ready_at = time.monotonic()
         self._advance(BootState.READY, reset=False)
 
-    def stable(self) -> None:
+    def swapped(self, version: str) -> None:
+        """Another version serves (a deploy, a rollback): it must prove itself in turn, so an
+        abnormal exit within the window counts against it, from a count of 0."""
+        self._ready_at = time.monotonic()
+        self._write(BootRecord(version=version, state=BootState.READY, failures=0,
+                               started_at=time.time(), pid=os.getpid()))
+
+    def tick(self, now: float) -> bool:
+        """Mark the run stable once ``window_s`` has passed since READY or the last swap;
+        ``True`` when this call did."""
+        if self._ready_at is None or now - self._ready_at < self.window_s:
+            return False
+        self._ready_at = None
         self._advance(BootState.STABLE, reset=True)
+        return True
 
     def stopped(self) -> None:
         self._advance(BootState.STOPPED, reset=True)
