@@ -55,6 +55,13 @@ class AgentSection(Section):
     """Lowest level logged (JSON lines off a TTY, console lines on one)."""
     stop_timeout_s: float = Field(default=10.0, gt=0)
     """Upper bound for a clean stop after SIGTERM/SIGINT."""
+    crash_loop_starts: int = Field(default=3, ge=1, le=100)
+    """Failed starts in a row with one model version before that version is quarantined and
+    ``previous`` served. Below the unit's ``StartLimitBurst=10`` so that systemd is still
+    restarting when the agent falls back; above 1 so that one power cut is not a verdict."""
+    crash_loop_window_s: float = Field(default=120.0, gt=0)
+    """An abnormal exit this soon after READY still counts as a failed start: a model that
+    dies on its first minutes of traffic is as bad as one that never starts."""
 
     @field_validator("device_id", "groups")
     @classmethod

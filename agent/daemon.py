@@ -10,6 +10,7 @@ STOPPING=1, finish the frame in flight, publish ``offline``, flush, exit 0.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,9 +22,10 @@ from .commands import CommandJournal, CommandRouter, Outcome
 from .config import AgentConfig
 from .handlers import CommandHandlers
 from .log import bind_context
+from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
 from .models.fetch import load_public_key
 from .models.loader import EngineOptions, load_serving
-from .models.manager import DeploymentManager, DeploymentStatus
+from .models.manager import DeploymentManager, DeploymentStatus, Step
 from .models.store import ModelStore, StoreError
 from .monitor import health
 from .monitor.latency import LatencyRecorder
@@ -115,6 +117,13 @@ class Agent:
         self.session: MqttSession | None = None
         self.manager: DeploymentManager | None = None
         self.router: CommandRouter | None = None
+        self.bootguard = BootGuard(config.agent.state_dir / BOOT_RECORD_FILE, config.agent.crash_loop_starts,
+                                   config.agent.crash_loop_window_s)
+        self.crash_loop: CrashLoop | None = None
+        self._stopped_by_signal = False
+        self.task_failures: dict[str, int] = {}
+        """Failures caught at a task's boundary, by task name (in health as ``task_failures``)."""
+        self._frame_loop_stalled = False
 
     # ----- start -------------------------------------------------------------------------
     def load_initial(self) -> Serving:
@@ -136,6 +145,30 @@ class Agent:
                 log.warning("fell_back_to_previous", model=name, version=installed.version, reason=failures[0])
             return serving
         raise StartupError(f"no loadable version of model {name!r}: " + "; ".join(failures))
+
+    def check_crash_loop(self) -> None:
+        """Count the last start if it died; quarantine ``current`` after too many in a row."""
+        name = self.config.model.name
+        verdict = self.bootguard.check(self.store.current_version(name))
+        if verdict is None:
+            return
+        self.crash_loop = verdict
+        log.error("crash_loop_detected", model=name, version=verdict.version, failures=verdict.failures)
+        try:
+            self.store.quarantine(name, verdict.version, CRASH_LOOP_CODE, failures=verdict.failures)
+        except (OSError, StoreError) as exc:
+            log.error("quarantine_not_written", model=name, version=verdict.version, error=str(exc))
+
+    def _crash_loop_status(self, serving: Serving) -> DeploymentStatus | None:
+        verdict = self.crash_loop
+        if verdict is None or serving.version == verdict.version:
+            return None
+        return DeploymentStatus(
+            deployment_id=f"{CRASH_LOOP_CODE}-{int(self.started_at)}", name=serving.name,
+            version=verdict.version, state=Step.ROLLED_BACK, step=Step.ACTIVE, progress=1.0,
+            error={"code": CRASH_LOOP_CODE, "message": f"{verdict.message}; serving {serving.version}"},
+            detail={"failures": verdict.failures, "serving_version": serving.version},
+        )
 
     def _mqtt_url(self) -> str:
         mqtt = self.config.mqtt
@@ -182,6 +215,7 @@ class Agent:
         await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
 
     async def _swapped(self, new: Serving, old: Serving | None, reason: str) -> None:
+        self.bootguard.swapped(new.version)
         self.signals.serving(new, swapped=True)
         self.previous_model = {"name": old.name, "version": old.version} if old else None
         bind_context(device_id=self.device_id, model_version=new.version)
@@ -227,7 +261,13 @@ class Agent:
 
     # ----- run ---------------------------------------------------------------------------
     async def run(self) -> int:
+        self.check_crash_loop()
         serving = self.load_initial()
+        self.bootguard.started(serving.version)
+        if os.environ.get(CRASH_TEST_ENV) == serving.version:  # test-only fault: see CRASH_TEST_ENV
+            log.critical("test_crash_injected", version=serving.version)
+            os.abort()
+        crash_loop = self._crash_loop_status(serving)
         self.slot.swap(serving)
         self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
@@ -248,17 +288,21 @@ class Agent:
         try:
             async with TaskGroup() as tasks:
                 tasks.create_task(self.session.run(), name="mqtt")
-                tasks.create_task(self._ready_when_first_frame(), name="ready")
+                tasks.create_task(self._guarded("ready", self._ready_when_first_frame), name="ready")
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
                 for period, action in self.signals.timers():
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
-                    tasks.create_task(self.event("fell_back_to_previous", "alarm",
-                                                 f"current model did not load: {self.fallback_reason}"))
+                    tasks.create_task(self._guarded("fallback_event", self._report_fallback))
+                if crash_loop is not None:
+                    tasks.create_task(self._guarded("crash_loop_report",
+                                                    lambda: self.publish_deployment(crash_loop)))
                 await self._stop.wait()
                 await self._shutdown()
+            if self._stopped_by_signal:
+                self.bootguard.stopped()
         finally:
             if self._broker is not None:
                 self._broker.stop()
@@ -267,10 +311,29 @@ class Agent:
                  outbox_dropped=self.outbox.dropped)
         return 0
 
+    async def _report_fallback(self) -> None:
+        await self.event("fell_back_to_previous", "alarm",
+                         f"current model did not load: {self.fallback_reason}")
+
+    async def _guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``action`` behind a boundary: a failure is logged and counted, never raised
+        into the TaskGroup (which would cancel inference and abort the process)."""
+        try:
+            await action()
+        except Exception:
+            self.task_failures[name] = self.task_failures.get(name, 0) + 1
+            log.exception("task_failed", task=name, failures=self.task_failures[name])
+            return False
+        return True
+
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop, sig.name)
+            loop.add_signal_handler(sig, self._on_signal, sig.name)
+
+    def _on_signal(self, name: str) -> None:
+        self._stopped_by_signal = True
+        self.request_stop(name)
 
     def request_stop(self, reason: str = "requested") -> None:
         if not self._stop.is_set():
@@ -287,16 +350,15 @@ class Agent:
         self.notifier.ready()
         self.notifier.status(f"serving {serving.name} {serving.version}" if serving else "serving")
         log.info("agent_ready", model=serving.name if serving else None)
+        self.bootguard.ready()
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
-                try:
-                    await action()
-                except Exception:  # telemetry must never take the agent down
-                    log.exception("telemetry_failed", action=getattr(action, "__name__", "?"))
+                # Telemetry must never take the agent down.
+                await self._guarded(getattr(action, "__name__", "timer"), action)
 
     async def publish_latency(self) -> None:
         stats = self.source.stats()
@@ -326,6 +388,7 @@ class Agent:
             "outbox_dropped": self.outbox.dropped,
             "outbox_state": self.outbox.state,
             "frames_processed": self.pipeline.counters.frames_processed,
+            "task_failures": dict(self.task_failures),
         }
 
     async def publish_health(self) -> None:
@@ -339,26 +402,38 @@ class Agent:
         interval = self.notifier.watchdog_interval()
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
         period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
-        stalled = False
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 pass
-            alive = feeder.should_ping(self.pipeline.last_heartbeat, time.monotonic())
-            if alive == stalled:
-                stalled = not alive
-                if stalled:
-                    log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
-                else:
-                    log.info("frame_loop_resumed")
-            if alive:
-                if interval:
-                    self.notifier.watchdog()
-                serving = self.slot.serving
-                if serving is not None:
-                    fps = self.recorder.snapshot().fps
-                    self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
+
+            async def tick() -> None:
+                self._watchdog_tick(feeder, interval)
+
+            await self._guarded("watchdog", tick)
+
+    def _watchdog_tick(self, feeder: WatchdogFeeder, interval: float | None) -> None:
+        """One check of frame progress: feed systemd's watchdog and refresh STATUS= if alive."""
+        now = time.monotonic()
+        alive = feeder.should_ping(self.pipeline.last_heartbeat, now)
+        if alive and self.bootguard.tick(now):  # a hung loop proves nothing
+            record = self.bootguard.record
+            log.info("start_proved_stable", version=record.version if record else None,
+                     after_s=self.bootguard.window_s)
+        if alive == self._frame_loop_stalled:
+            self._frame_loop_stalled = not alive
+            if self._frame_loop_stalled:
+                log.error("frame_loop_stalled", stall_s=self.config.watchdog.stall_s)
+            else:
+                log.info("frame_loop_resumed")
+        if alive:
+            if interval:
+                self.notifier.watchdog()
+            serving = self.slot.serving
+            if serving is not None:
+                fps = self.recorder.snapshot().fps
+                self.notifier.status(f"serving {serving.name} {serving.version} at {fps:.1f} fps")
 
     # ----- stop --------------------------------------------------------------------------
     async def _shutdown(self) -> None:

@@ -3,7 +3,9 @@
 ``Notifier`` speaks sd_notify(3) over ``$NOTIFY_SOCKET`` (an ``AF_UNIX`` datagram
 socket, a path or an ``@`` abstract name) without libsystemd. When the variable is
 unset (a terminal, a container, a test) every call is a quiet no-op. A failed send
-never raises: it is logged once per run of failures and the agent carries on.
+never raises: it is logged once per run of failures and the agent carries on. Nor
+does a value: a status carrying a model version that came over MQTT is made one
+printable line (a newline would start a new ``NAME=value`` assignment), never refused.
 
 ``WatchdogFeeder`` decides whether systemd's watchdog may be fed: when the frame
 loop has made no progress for ``stall_s`` the pings stop, so systemd
@@ -30,6 +32,7 @@ __all__ = [
     "Notifier",
     "SystemdError",
     "WatchdogFeeder",
+    "one_line",
     "parse_notify_address",
     "parse_watchdog_timeout",
 ]
@@ -46,6 +49,8 @@ WATCHDOG_PING_FRACTION = 0.5
 UNIX_PATH_MAX = 108
 """Size of ``sun_path``: a path needs its trailing NUL, an abstract name its leading one."""
 USEC_PER_S = 1_000_000
+MAX_VALUE_CHARS = 1024
+"""A notification value is clipped here: STATUS= is read by people, and a datagram is bounded."""
 
 
 class SystemdError(ValueError):
@@ -98,10 +103,17 @@ def parse_watchdog_timeout(usec: str | None, watchdog_pid: str | None, pid: int)
     return timeout_usec / USEC_PER_S
 
 
+def one_line(value: str) -> str:
+    """``value`` as one printable line of at most ``MAX_VALUE_CHARS``: line breaks and other
+    control characters become spaces, what is not UTF-8 is escaped. Never raises."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return text[:MAX_VALUE_CHARS]
+
+
 def _field(name: str, value: str) -> str:
-    if "\n" in value:
-        raise SystemdError(f"{name}={value!r}: a notification value must be one line")
-    return f"{name}={value}"
+    return f"{name}={one_line(value)}"
 
 
 class Notifier:
@@ -175,9 +187,11 @@ class Notifier:
 
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for ``seconds`` more before the start (or stop) timeout fires, e.g. while
-        a TensorRT engine is built at start-up."""
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise SystemdError(f"extend_timeout({seconds!r}): must be finite and > 0")
+        a TensorRT engine is built at start-up. A count that is not finite and > 0 is
+        logged and not sent."""
+        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+            log.warning("systemd_extend_timeout_refused", seconds=repr(seconds))
+            return False
         return self.send(("EXTEND_TIMEOUT_USEC", str(round(seconds * USEC_PER_S))))
 
     def send(self, *fields: tuple[str, str]) -> bool:

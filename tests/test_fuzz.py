@@ -11,28 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import string
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.commands import CommandJournal, CommandRouter, Outcome
 from agent.config import AgentConfig, ConfigError, parse_config
 from agent.monitor.telemetry import Telemetry
 from agent.mqtt.schema import (
+    ARTIFACT_URL_SCHEMES,
     COMMANDS,
+    ERROR_CODE_PATTERN,
     MAX_COMMAND_BYTES,
     MAX_ID_LENGTH,
     CommandError,
+    DeployCommand,
     ReplyPayload,
     decode_payload,
 )
 from agent.mqtt.topics import Topics
+from agent.names import NAME_PATTERN
+from agent.systemd import one_line
 from tests.agentproc import AgentProcess, agent_config
+from tests.artifacts import ArtifactServer
+from tests.artifacts import sha256 as sha256_of
 
 SECTIONS = ("agent", "mqtt", "source", "model", "telemetry", "watchdog", "deploy", "commands")
 KEYS = (
@@ -284,4 +292,183 @@ def test_fuzzed_commands_never_crash_or_stall_the_agent_and_memory_stays_flat(
         assert growth < RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB"
     finally:
         code = agent.terminate()
+    assert code == 0, agent.log()[-3000:]
+
+
+# --- deploy field values --------------------------------------------------------------------
+
+DEPLOY_FIELDS = ("name", "version", "url", "sha256", "signature", "format", "probation")
+LINE_BREAKS = ("\n", "\r\n", "\r", "\x00", "\t", " ", "\u2028", "\x85", "\x1b[2J")
+PATH_LIKE = ("../etc", "/etc/passwd", "a/b", "..", ".", "~root", "C:\\x", "./v5", "v5/..", "%2e%2e",
+             "v5\\..\\x", "file:///etc/passwd", "http://127.0.0.1:9/x", "https://h/../../x",
+             "http://[::1/x", "http://h:99999/x", "data:,x", "v" * 64, "v" * 65)
+LONG = 20_000
+"""Longer than any field allows, and than a topic level or a path component can be; still
+under the 64 KiB command limit once JSON-encoded."""
+near_names = st.one_of(
+    st.from_regex(NAME_PATTERN, fullmatch=True),
+    st.tuples(st.sampled_from(["text-det", "v7", "x" * 63]), st.sampled_from(LINE_BREAKS),
+              st.booleans()).map(lambda t: t[1] + t[0] if t[2] else t[0] + t[1]),
+    st.sampled_from(PATH_LIKE),
+)
+"""Names and versions at the edge of valid: every valid form, and valid ones one character off."""
+field_values = st.one_of(
+    st.text(alphabet=st.characters(whitelist_categories=("Cc", "Cf", "Zl", "Zp", "Zs")), max_size=20),
+    st.text(max_size=80),
+    near_names,
+    st.text(min_size=65, max_size=300),
+    st.just("a" * LONG),
+    st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True), st.booleans(), st.none(),
+    st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+)
+DEPLOY_BASE = {"name": "text-det", "version": "v7", "url": "https://example.com/m.onnx", "sha256": "0" * 64}
+
+
+def fuzzed_deploy(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """``base`` with one to four fields given fuzzed values, and sometimes one dropped; or with
+    its name or version alone replaced by a near-valid one."""
+    anything = st.tuples(st.dictionaries(st.sampled_from(DEPLOY_FIELDS), field_values, min_size=1, max_size=4),
+                         st.none() | st.sampled_from(DEPLOY_FIELDS)).map(
+        lambda t: {k: v for k, v in {**base, **t[0]}.items() if k != t[1]})
+    one_name = st.tuples(st.sampled_from(["name", "version"]), near_names).map(lambda t: {**base, t[0]: t[1]})
+    return anything | one_name
+
+
+def assert_deploy_is_safe(command: DeployCommand) -> None:
+    """What an accepted deploy may carry: names and versions that are one path component and
+    one printable line, a URL of an artifact scheme."""
+    for value in (command.name, command.version):
+        assert NAME_PATTERN.fullmatch(value) and ".." not in value, value
+        assert one_line(value) == value
+    assert command.url.split(":", 1)[0] in ARTIFACT_URL_SCHEMES
+
+
+DEPLOY_EXAMPLES = 600
+"""In-process cases: cheap (no I/O), so enough to reach every strategy's corners."""
+
+
+@settings(max_examples=DEPLOY_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=fuzzed_deploy(DEPLOY_BASE))
+def test_fuzzed_deploy_field_values_are_refused_with_a_code_or_accepted_only_when_safe(
+    tmp_path_factory, document: dict[str, Any]
+):
+    accepted: list[DeployCommand] = []
+
+    async def deploy(command: Any) -> dict[str, Any]:
+        accepted.append(command)
+        return {"id": command.id}
+
+    answers = Answers()
+    journal = CommandJournal(tmp_path_factory.mktemp("journal") / "journal.json", 100)
+    handlers = {**dict.fromkeys(COMMANDS, handled), "deploy": deploy}
+    router = CommandRouter(TOPICS, journal, handlers, answers.reply, answers.reject)
+    payload = json.dumps({"id": "fz", **document}).encode()
+
+    async def scenario() -> None:
+        await router.on_message(TOPICS.command("deploy"), payload)
+        await asyncio.gather(*list(router._tasks))
+
+    asyncio.run(scenario())
+    assert len(answers.replies) == 1
+    reply = answers.replies[0]
+    assert reply.id == expected_id(payload)
+    event("accepted" if reply.ok else f"refused: {reply.error.code if reply.error else '?'}")
+    if reply.ok:
+        assert len(accepted) == 1
+        assert_deploy_is_safe(accepted[0])
+    else:
+        assert not accepted and reply.error is not None
+        assert reply.error.code in ("bad_payload", "payload_too_large"), reply.error
+        assert re.fullmatch(ERROR_CODE_PATTERN.strip("^$"), reply.error.code)
+
+
+AGENT_DEPLOY_EXAMPLES = 80
+"""Running-agent cases: each valid one is a real download, load, warm-up, swap and probation
+(a few seconds on two shared cores), so a bounded number."""
+FINAL_STATES = ("committed", "failed", "rolled_back")
+UNIQUE = "unique"
+"""A base case's version, replaced by one no earlier case used, so that it is a real deploy."""
+DEPLOY_WAIT_S = 180.0
+"""Only bounds a hang: a deploy of the demo model takes seconds."""
+
+
+@pytest.mark.slow
+def test_fuzzed_deploys_to_a_running_agent_end_in_a_coded_reply_or_a_clean_serve(
+    tmp_path: Path, demo_dir: Path, mosquitto, mqtt_probe
+):
+    www = tmp_path / "www"
+    www.mkdir()
+    for version in ("text-det-v4", "text-det-v6"):
+        (www / f"{version}.onnx").write_bytes((demo_dir / "models" / version / "model.onnx").read_bytes())
+    (www / "junk.onnx").write_bytes(b"\x00not onnx" * 50)
+    server = ArtifactServer(www)
+    artifacts = [(server.url(f.name), sha256_of(f)) for f in sorted(www.iterdir())]
+    config = agent_config(tmp_path, demo_dir, mosquitto.url, device_id=DEVICE,
+                          source={"pace": "none"},
+                          deploy={"allowed_schemes": ["http"], "probation_s": 1.0, "min_probation_frames": 1,
+                                  "max_latency_ratio": 100.0, "latency_budget_ms": 60_000.0})
+    probe = mqtt_probe(mosquitto.port, [TOPICS.reply, TOPICS.deployment, TOPICS.model,
+                                        TOPICS.telemetry("health"), TOPICS.status])
+    agent = AgentProcess(config)
+    counts = {"cases": 0, "served": 0, "refused": 0}
+    codes: dict[str, int] = {}
+
+    def deployment_of(command_id: str) -> list[dict[str, Any]]:
+        return [d for d in (json.loads(m.payload) for m in probe.snapshot(TOPICS.deployment))
+                if d["deployment_id"] == command_id]
+
+    try:
+        probe.wait_for(lambda m: m.topic == TOPICS.status and json.loads(m.payload)["state"] == "online",
+                       timeout=REPLY_WAIT_S, what="the agent online")
+        artifact = st.sampled_from(artifacts).map(lambda a: {"url": a[0], "sha256": a[1]})
+        bases = artifact.map(lambda a: {"name": "text-det", "version": UNIQUE, "format": "onnx", **a})
+        url_values = st.sampled_from([server.url("missing.onnx"), server.url("../../etc/passwd"),
+                                      server.url("truncated/text-det-v6.onnx"), "http://127.0.0.1:9/x",
+                                      (demo_dir / "models" / "text-det-v6" / "model.onnx").as_uri()])
+        kinds = (bases, bases.flatmap(fuzzed_deploy), st.tuples(bases, url_values).map(
+            lambda t: {**t[0], "url": t[1]}))
+        # About a third real deploys, the rest fuzzed field values and bad artifact URLs.
+        cases = st.integers(0, 8).flatmap(lambda i: kinds[0] if i < 3 else kinds[1] if i < 7 else kinds[2])
+
+        @settings(max_examples=AGENT_DEPLOY_EXAMPLES, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+        @given(document=cases)
+        def one_deploy(document: dict[str, Any]) -> None:
+            counts["cases"] += 1
+            command_id = f"fz-{counts['cases']}"
+            if document.get("version") == UNIQUE:
+                document = {**document, "version": f"f{counts['cases']}"}
+            payload = json.dumps({"id": command_id, **document}).encode()
+            before = len(probe.snapshot(TOPICS.reply))
+            probe.publish(TOPICS.command("deploy"), payload)
+            probe.wait_for(lambda m: len(probe.snapshot(TOPICS.reply)) > before,
+                           timeout=DEPLOY_WAIT_S, what=f"a reply to deploy {document!r:.200}")
+            reply = decode_payload(ReplyPayload, probe.snapshot(TOPICS.reply)[before].payload)
+            assert reply.id == expected_id(payload)  # None: too large to read
+            if reply.ok:
+                counts["served"] += 1
+                assert reply.result is not None and reply.result["version"] == document["version"]
+            else:
+                counts["refused"] += 1
+                assert reply.error is not None and re.fullmatch(ERROR_CODE_PATTERN.strip("^$"), reply.error.code)
+                codes[reply.error.code] = codes.get(reply.error.code, 0) + 1
+            if deployment_of(command_id):  # the manager took it: it must end, not stay half-way
+                probe.wait_for(lambda m: m.topic == TOPICS.deployment
+                               and json.loads(m.payload)["deployment_id"] == command_id
+                               and json.loads(m.payload)["state"] in FINAL_STATES,
+                               timeout=DEPLOY_WAIT_S, what=f"deployment {command_id} in a final state")
+            assert agent.proc.poll() is None, agent.log()[-3000:]
+
+        one_deploy()
+        assert counts["cases"] == AGENT_DEPLOY_EXAMPLES and counts["served"] > 0 and counts["refused"] > 0, counts
+        last = json.loads(probe.snapshot(TOPICS.deployment)[-1].payload)
+        assert last["state"] in FINAL_STATES, last
+        done = time.time()
+        probe.wait_for(lambda m: m.topic == TOPICS.telemetry("health") and json.loads(m.payload)["ts"] > done
+                       and json.loads(m.payload)["frames_processed"] > 0 and json.loads(m.payload)["model"],
+                       timeout=REPLY_WAIT_S, what="health after the fuzzing, still serving")
+        print(f"running-agent deploy fuzz: {counts}, refusals by code: {codes}")
+    finally:
+        code = agent.terminate()
+        server.close()
     assert code == 0, agent.log()[-3000:]

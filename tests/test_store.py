@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,32 @@ def test_unknown_version_is_a_clear_error(tmp_path):
 def test_names_that_could_escape_the_store_are_refused(bad):
     with pytest.raises(ValueError, match="must be 1-64"):
         check_name(bad)
+
+
+def test_install_and_activate_fsync_every_folder_whose_entries_changed(tmp_path, v4, monkeypatch):
+    source = _version_of(v4, tmp_path, "a")
+    (source / "golden").mkdir()
+    (source / "golden" / "frame.txt").write_text("x")
+    real_fsync = os.fsync
+    synced: list[str] = []
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    root = tmp_path / "store" / "engines"
+    store = ModelStore(root)
+    installed = store.install(source)
+    for folder in (tmp_path / "store", root, root / "text-det"):
+        assert str(folder) in synced, f"{folder} was not fsynced"
+    # The version is written and fsynced under a temporary name, then renamed into place.
+    below = [Path(p).relative_to(root / "text-det").parts for p in synced
+             if Path(p).is_relative_to(root / "text-det")]
+    unpacked = {parts[1:] for parts in below if parts and parts[0].startswith(".tmp-")}
+    for entry in ((), ("golden",), ("golden", "frame.txt"), ("model.onnx",)):
+        assert entry in unpacked, f"{'/'.join(entry) or 'the version folder'} was not fsynced"
+    assert installed.path.is_dir()
+    synced.clear()
+    store.install(_version_of(v4, tmp_path, "b"))
+    assert synced.count(str(root / "text-det")) >= 3, "the rename into place and both links"

@@ -18,6 +18,7 @@ import structlog
 
 from agent.config import WatchdogSection
 from agent.systemd import (
+    MAX_VALUE_CHARS,
     NOTIFY_SOCKET_ENV,
     WATCHDOG_PID_ENV,
     WATCHDOG_USEC_ENV,
@@ -113,18 +114,32 @@ def test_extend_timeout_is_sent_in_microseconds(notify_socket: NotifySocket) -> 
     notifier = notifier_for(notify_socket)
     notifier.extend_timeout(90.5)
     assert notify_socket.receive() == "EXTEND_TIMEOUT_USEC=90500000"
-    with pytest.raises(SystemdError, match="extend_timeout"):
-        notifier.extend_timeout(0)
+    with structlog.testing.capture_logs() as logs:
+        assert notifier.extend_timeout(0) is False
+        assert notifier.extend_timeout(float("nan")) is False
+    assert [entry["event"] for entry in logs] == ["systemd_extend_timeout_refused"] * 2
+    assert notify_socket.nothing_queued()
     notifier.close()
 
 
-def test_a_multi_line_status_is_rejected_before_anything_is_sent(
+def test_a_multi_line_status_is_sent_as_one_line_and_cannot_add_an_assignment(
     notify_socket: NotifySocket,
 ) -> None:
     notifier = notifier_for(notify_socket)
-    with pytest.raises(SystemdError, match="STATUS"):
-        notifier.status("first line\nREADY=1")
-    assert notify_socket.nothing_queued()
+    assert notifier.status("serving text-det v5\nREADY=1") is True
+    assert notify_socket.receive() == "STATUS=serving text-det v5 READY=1"
+    notifier.close()
+
+
+@pytest.mark.parametrize("value", ["v5\n", "\r\n\t\x00\x1b[2J", "\ud800", "x" * 100_000, "\u2028ok"])
+def test_no_value_makes_the_notifier_raise_and_each_arrives_as_one_printable_line(
+    notify_socket: NotifySocket, value: str,
+) -> None:
+    notifier = notifier_for(notify_socket)
+    assert notifier.ready(status=value) is True
+    lines = notify_socket.receive().split("\n")
+    assert lines[0] == "READY=1" and lines[1].startswith("STATUS=") and len(lines) == 2
+    assert lines[1].isprintable() and len(lines[1]) <= len("STATUS=") + MAX_VALUE_CHARS
     notifier.close()
 
 

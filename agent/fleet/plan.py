@@ -27,8 +27,8 @@ __all__ = [
 ]
 
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-PERCENT_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%?\s*$")
+DURATION_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+PERCENT_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%?\s*")
 
 
 class PlanError(ValueError):
@@ -37,7 +37,7 @@ class PlanError(ValueError):
 
 def parse_percent(text: str, what: str = "percentage") -> float:
     """``"5%"`` or ``"5"`` -> 5.0; within [0, 100]."""
-    match = PERCENT_PATTERN.match(text)
+    match = PERCENT_PATTERN.fullmatch(text)
     if match is None:
         raise PlanError(f"{what} {text!r} is not a percentage like 5% or 12.5%")
     value = float(match.group(1))
@@ -56,7 +56,7 @@ def parse_percents(text: str, what: str = "waves") -> tuple[float, ...]:
 
 def parse_duration(text: str, what: str = "duration") -> float:
     """``"60s"``, ``"2m"``, ``"500ms"``, ``"1h"`` or a number of seconds -> seconds."""
-    match = DURATION_PATTERN.match(text)
+    match = DURATION_PATTERN.fullmatch(text)
     if match is None:
         raise PlanError(f"{what} {text!r} is not a duration like 60s, 2m, 500ms or 1h")
     return float(match.group(1)) * DURATION_UNITS[match.group(2) or "s"]

@@ -329,7 +329,7 @@ class DeploymentManager:
     async def _swap_in(self, new: Serving, name: str) -> Serving | None:
         old = self.slot.swap(new)
         await self._in_loader(restore_thread_priority)
-        self.store.activate(name, new.version)
+        self.store.activate(name, new.version, explicit=True)  # a deploy lifts a quarantine
         await self.swapped(new, old, "deploy")
         log.info("engine_swapped", model=name, from_version=old.version if old else None, to_version=new.version)
         return old

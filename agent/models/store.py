@@ -2,17 +2,22 @@
 
 Every change is atomic so that a kill -9 at any moment leaves a store the agent
 can start from: a version is unpacked into a temporary folder, fsynced and renamed
-into place; ``current``/``previous`` are symlinks replaced with ``rename(2)``.
+into place; ``current``/``previous`` are symlinks replaced with ``rename(2)``. Every
+folder whose entries change (the version's own subfolders, the model folder, the store
+root when a model folder is created) is fsynced after the change, so that what a rename
+or a new entry made is on disk before the store reports it done.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bootguard import write_json_atomic
 from .manifest import MANIFEST_FILE, Manifest, ManifestError, check_name
 
 __all__ = ["InstalledModel", "ModelStore", "StoreError"]
@@ -22,6 +27,8 @@ PREVIOUS = "previous"
 TMP_PREFIX = ".tmp-"
 WORK_DIR = ".work"
 """Scratch space for deployments (downloads, unpacking); emptied at every start."""
+QUARANTINE_FILE = "quarantine.json"
+"""Per model: versions that must not become current again without an explicit deploy."""
 
 
 class StoreError(RuntimeError):
@@ -43,11 +50,28 @@ class InstalledModel:
 
 
 def _fsync_tree(folder: Path) -> None:
+    """Files and subfolders, deepest first, then ``folder`` itself."""
     for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_symlink():
+            continue
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
     _fsync_dir(folder)
+
+
+def _make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that fsyncs the parent of every folder it creates, so the new entries last."""
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -113,7 +137,7 @@ class ModelStore:
                     f"{manifest.name} {manifest.version} is installed already with other files"
                 )
         else:
-            model_dir.mkdir(parents=True, exist_ok=True)
+            _make_dirs(model_dir)
             tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=model_dir))
             try:
                 for item in source.iterdir():
@@ -147,9 +171,44 @@ class ModelStore:
         os.replace(tmp, model_dir / which)
         _fsync_dir(model_dir)
 
-    def activate(self, name: str, version: str) -> None:
-        """Make ``version`` current; the old current becomes previous."""
+    def quarantine(self, name: str, version: str, reason: str, **detail: object) -> None:
+        """Refuse ``version`` as current or previous until it, or another version, is deployed
+        (``activate(..., explicit=True)``). Written atomically beside the versions."""
+        entries = self.quarantined(name)
+        entries[check_name(version, "version")] = {"reason": reason, **detail}
+        write_json_atomic(self._dir(name) / QUARANTINE_FILE, entries)
+
+    def quarantined(self, name: str) -> dict[str, dict[str, object]]:
+        """Quarantined versions with why. The file is replaced atomically, so an unreadable
+        one is not torn but damaged by hand; it counts as none rather than stop a start."""
+        try:
+            data = json.loads((self._dir(name) / QUARANTINE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v if isinstance(v, dict) else {"reason": str(v)} for k, v in data.items()}
+
+    def _refuse_quarantined(self, name: str, version: str) -> None:
+        entry = self.quarantined(name).get(version)
+        if entry is not None:
+            raise StoreError(f"{name} {version} is quarantined ({entry.get('reason')}); "
+                             "deploy it again to lift the quarantine")
+
+    def activate(self, name: str, version: str, *, explicit: bool = False) -> None:
+        """Make ``version`` current; the old current becomes previous.
+
+        A quarantined version is refused unless ``explicit`` (a deploy: an operator chose it);
+        an explicit activation lifts every quarantine of the model, since whoever deploys
+        has seen what is installed.
+        """
         self.get(name, version)
+        quarantine = self._dir(name) / QUARANTINE_FILE
+        if explicit and quarantine.exists():
+            quarantine.unlink()
+            _fsync_dir(quarantine.parent)
+        elif not explicit:
+            self._refuse_quarantined(name, version)
         old = self._link(name, CURRENT)
         if old == version:
             return
@@ -178,12 +237,14 @@ class ModelStore:
         version = self.current_version(name)
         if version is None:
             raise StoreError(f"no current version of {name!r} in {self.root}")
+        self._refuse_quarantined(name, version)
         return self.get(name, version)
 
     def previous(self, name: str) -> InstalledModel:
         version = self.previous_version(name)
         if version is None:
             raise StoreError(f"no previous version of {name!r} in {self.root}")
+        self._refuse_quarantined(name, version)
         return self.get(name, version)
 
     def versions(self, name: str) -> list[str]:
@@ -202,6 +263,7 @@ class ModelStore:
         if version in (self._link(name, CURRENT), self._link(name, PREVIOUS)):
             raise StoreError(f"{name} {version} is current or previous and cannot be removed")
         shutil.rmtree(self._dir(name) / check_name(version, "version"), ignore_errors=True)
+        _fsync_dir(self._dir(name))
 
     def prune(self, name: str) -> list[str]:
         """Keep the newest ``keep`` versions, never current or previous."""
@@ -212,4 +274,6 @@ class ModelStore:
         removed = removable[:excess]
         for version in removed:
             shutil.rmtree(self._dir(name) / version, ignore_errors=True)
+        if removed:
+            _fsync_dir(self._dir(name))
         return removed

@@ -42,7 +42,7 @@ DIGITS = 6
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 NVMAP_CLIENTS = Path("/sys/kernel/debug/nvmap/iovmm/clients")
 """Jetson: per-client NVMAP (GPU-mapped) memory; debugfs, readable by root only."""
-_SIZE = re.compile(r"^(\d+)([KMG]?)$", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": MB, "G": 1024 * MB}
 
 DeviceReader = Callable[[], "tuple[int, int] | None"]
@@ -77,7 +77,7 @@ def parse_nvmap_clients(text: str, pid: int) -> int | None:
         fields = line.split()
         if len(fields) < 4 or not fields[-2].isdigit() or int(fields[-2]) != pid:
             continue
-        match = _SIZE.match(fields[-1])
+        match = _SIZE.fullmatch(fields[-1])
         if match:
             total += int(match.group(1)) * _UNITS[match.group(2).upper()]
             found = True

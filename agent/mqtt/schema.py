@@ -230,6 +230,10 @@ class HealthPayload(Envelope):
         "messages wait in memory, bounded, lost with the process",
     )
     frames_processed: int = Field(ge=0)
+    task_failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="failures caught at the boundary of each of the agent's tasks, since start",
+    )
 
 
 class StageLatency(_Wire):
