@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.fleet.control import ControlClient
+from agent.models.bundle import MAX_MEMBERS, MAX_UNPACKED_BYTES, BundleError, unpack_bundle, unpack_limit
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeployFailed, DeployRequest, Step
-from agent.models.manifest import Manifest
+from agent.models.manifest import Manifest, ManifestError, sha256_file
 from agent.models.store import ModelStore
 from agent.monitor.features import Monitors
 from agent.monitor.telemetry import Telemetry
@@ -27,8 +30,11 @@ from agent.mqtt.topics import Topics
 from agent.signals import Signals
 from tests.agentproc import AgentProcess, agent_config
 from tests.artifacts import ArtifactServer, sha256
-from tests.bundles import demo_files, demo_manifest, manifest_bundle
+from tests.bundles import DEMO_SOURCE, demo_files, demo_manifest, manifest_bundle, member, write_tar
+from tests.test_loader_tensorrt import OPTIONS as TRT_OPTIONS
+from tests.test_loader_tensorrt import double_gpu  # noqa: F401 (the fixture)
 from tests.test_manager import LONG_PROBATION, Rig
+from tests.tmpfs import small_tmpfs
 
 BAD_MONITOR_DATA = [
     pytest.param({"reference": {"format": 1, "task": "detect"}}, "reference", id="reference-incomplete"),
@@ -244,3 +250,126 @@ def test_a_start_whose_current_model_has_bad_monitor_data_serves_and_reports_the
         assert agent.proc.poll() is None, agent.log()
     finally:
         assert agent.terminate() == 0, agent.log()
+
+
+# ----- the unpack's limits -------------------------------------------------------------------
+
+def _headers_then_broken(count: int) -> bytes:
+    """``count`` small members, then a GNU long-name header whose real header is garbage: reading
+    every header raises on that one, so a refusal that names the count stopped before it."""
+    blocks = b""
+    for i in range(count):
+        info = member(f"f{i}", b"x")
+        blocks += info.tobuf(tarfile.GNU_FORMAT) + b"x".ljust(tarfile.BLOCKSIZE, b"\0")
+    long_header = member("n" * 150, b"").tobuf(tarfile.GNU_FORMAT)
+    blocks += long_header[:-tarfile.BLOCKSIZE] + b"\xff" * tarfile.BLOCKSIZE
+    return blocks + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def test_the_member_count_is_checked_while_the_headers_are_read(tmp_path):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(_headers_then_broken(3))
+    with pytest.raises(BundleError, match="not a readable tar"):
+        unpack_bundle(broken, tmp_path / "a")
+    many = tmp_path / "many.tar"
+    many.write_bytes(_headers_then_broken(MAX_MEMBERS + 1))
+    with pytest.raises(BundleError, match=f"more than {MAX_MEMBERS} members"):
+        unpack_bundle(many, tmp_path / "b")
+    assert not (tmp_path / "b").exists(), "nothing is written before every header is checked"
+
+
+def test_a_small_gzip_that_unpacks_far_beyond_its_size_is_refused_before_writing(tmp_path, demo_dir):
+    zeros = b"\0" * (64 << 20)
+    bomb = write_tar(tmp_path / "bomb.tar.gz", [(member("manifest.json", b"{}"), b"{}"),
+                                                 (member("model.onnx", zeros), zeros)], mode="w:gz")
+    size = bomb.stat().st_size
+    assert unpack_limit(size) < len(zeros), f"{size} bytes of gzip may unpack to {unpack_limit(size)}"
+    with pytest.raises(BundleError, match="unpacks to more than"):
+        unpack_bundle(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert unpack_limit(10 << 30) == MAX_UNPACKED_BYTES, "an absolute cap whatever the artifact's size"
+    compressed = tmp_path / "demo.tar.gz"
+    manifest = demo_manifest(demo_dir, "v6")
+    plain = manifest_bundle(demo_dir, tmp_path / "demo.tar", manifest)
+    with tarfile.open(plain) as source, tarfile.open(compressed, "w:gz") as out:
+        for info in source:
+            out.addfile(info, source.extractfile(info))
+    assert unpack_bundle(compressed, tmp_path / "real").version == "v6", "a real gzipped bundle fits"
+
+
+COLLISIONS = [
+    pytest.param([("model.onnx", tarfile.REGTYPE), ("model.onnx", tarfile.REGTYPE)], id="same-name-twice"),
+    pytest.param([("model.onnx", tarfile.REGTYPE), ("./model.onnx", tarfile.REGTYPE)], id="same-after-dot"),
+    pytest.param([("LICENSE", tarfile.REGTYPE), ("x//../LICENSE", tarfile.REGTYPE)], id="dotdot"),
+    pytest.param([("golden", tarfile.REGTYPE), ("golden/in.npy", tarfile.REGTYPE)], id="file-then-folder"),
+    pytest.param([("golden/in.npy", tarfile.REGTYPE), ("golden", tarfile.REGTYPE)], id="folder-then-file"),
+    pytest.param([("golden", tarfile.DIRTYPE), ("golden", tarfile.REGTYPE)], id="dir-then-file"),
+]
+
+
+@pytest.mark.parametrize("names", COLLISIONS)
+def test_colliding_member_names_are_refused_as_a_bad_bundle(tmp_path, demo_dir, names):
+    files = demo_files(demo_dir)
+    body = json.dumps(demo_manifest(demo_dir, files={})).encode()
+    members = [(member("manifest.json", body), body)]
+    members += [(member(n, files.get(n.split("/")[-1], b"data"), kind), files.get(n.split("/")[-1], b"data"))
+                for n, kind in names]
+    if not any(n == "model.onnx" for n, _ in names):
+        members.append((member("model.onnx", files["model.onnx"]), files["model.onnx"]))
+    bundle = write_tar(tmp_path / "collide.tar", members)
+    with pytest.raises(BundleError, match=r"unsafe path|collides"):
+        unpack_bundle(bundle, tmp_path / "out")
+
+
+def test_a_bundle_with_colliding_members_ends_the_deployment_failed_with_bad_bundle(tmp_path, demo_dir, www):
+    files = demo_files(demo_dir)
+    body = json.dumps(demo_manifest(demo_dir, files={})).encode()
+    model = files["model.onnx"]
+    bundle = write_tar(www.root / "collide.tar", [
+        (member("manifest.json", body), body), (member("model.onnx", model), model),
+        (member("model.onnx/x", b"x"), b"x")])
+    failure, _ = refused_by_the_manager(tmp_path, demo_dir, www, bundle)
+    assert (failure.step, failure.code) == (Step.VERIFYING, "bad_bundle") and "collides" in failure.message
+
+
+OUTSIDE = [
+    pytest.param({"files": {"/etc/hostname": "0" * 64}}, "files", id="files-absolute"),
+    pytest.param({"files": {"../../../../etc/hostname": "0" * 64}}, "files", id="files-dotdot"),
+    pytest.param({"files": {"model.onnx": "not a hash"}}, "files", id="files-not-a-hash"),
+    pytest.param({"golden": [{"input_file": "/etc/hostname", "output_file": "model.onnx"}]}, "golden",
+                 id="golden-absolute"),
+    pytest.param({"golden": [{"input_file": "LICENSE", "output_file": "../x.npy"}]}, "golden", id="golden-dotdot"),
+    pytest.param({"golden": [{"input_file": "missing.npy", "output_file": "LICENSE"}]}, "golden",
+                 id="golden-missing"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), OUTSIDE)
+def test_manifest_paths_outside_the_bundle_are_refused_without_reading_them(tmp_path, demo_dir, overrides, field):
+    manifest = demo_manifest(demo_dir, **overrides)
+    bundle = manifest_bundle(demo_dir, tmp_path / "out.tar", manifest, hashes="files" not in overrides)
+    with pytest.raises(BundleError) as caught:
+        unpack_bundle(bundle, tmp_path / "out")
+    assert field in str(caught.value)
+    assert sha256_file(Path("/etc/hostname"))[:12] not in str(caught.value)
+
+
+def test_a_listed_file_reached_through_a_link_out_of_the_folder_is_refused(tmp_path, demo_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(demo_dir / "models" / DEMO_SOURCE, folder)
+    manifest = Manifest.read(folder / "manifest.json")
+    (folder / "LICENSE").unlink()
+    (folder / "LICENSE").symlink_to("/etc/hostname")
+    with pytest.raises(ManifestError, match="link"):
+        manifest.check_bundle(folder)
+
+
+@pytest.mark.usefixtures("double_gpu")
+def test_the_fused_graph_cache_is_never_left_partial_on_a_full_disk(tmp_path, demo_dir):
+    store = ModelStore(tmp_path / "engines")
+    installed = store.install(demo_dir / "models" / "text-det-v4")
+    cache = tmp_path / "engines" / ".engine-cache"
+    with small_tmpfs(cache, 1):
+        with pytest.raises(OSError):
+            load_serving(installed, TRT_OPTIONS)
+        assert [p.name for p in cache.iterdir()] == [], "no partial fused graph, no temporary file"
