@@ -246,7 +246,7 @@ class Manifest(_Strict):
             raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
             raise ManifestError(f"{path}: {where}: {first['msg']}") from exc
 
     def write(self, path: Path) -> None:
