@@ -215,6 +215,7 @@ def test_the_agent_refuses_a_bundle_with_bad_monitor_data_with_bad_bundle_and_re
         assert "slices" in reply.error.message
         probe.wait_for(lambda m: m.topic.endswith("/deployment") and json.loads(m.payload)["state"] == "failed"
                        and json.loads(m.payload)["error"]["code"] == "bad_bundle", what="deployment failed")
+        assert json.loads(probe.snapshot(f"edge/{device}/model")[-1].payload)["version"] == "v4"
         assert agent.proc.poll() is None, agent.log()
     finally:
         assert agent.terminate() == 0, agent.log()
@@ -225,6 +226,7 @@ def test_the_agent_refuses_a_bundle_with_bad_monitor_data_with_bad_bundle_and_re
     try:
         probe.wait_for(lambda m: m.topic.endswith("/status") and len(probe.snapshot(m.topic)) > count
                        and json.loads(m.payload)["state"] == "online", what="online again after a restart")
+        assert json.loads(probe.snapshot(f"edge/{device}/model")[-1].payload)["version"] == "v4"
         assert agent.proc.poll() is None, agent.log()
     finally:
         assert agent.terminate() == 0, agent.log()

@@ -77,7 +77,7 @@ def tar_bytes(draw: st.DrawFn, demo: Path) -> bytes:
         real.append((member("model.onnx", model), model))
     else:
         real.append((member("model.onnx", b"tiny"), b"tiny"))
-    layout = real + draw(st.lists(members(), max_size=6))
+    layout = real + draw(st.one_of(st.just([]), st.lists(members(), max_size=6)))
     if draw(st.integers(0, 9)) == 0:
         layout += [(member(f"m{i}", b""), b"") for i in range(MAX_MEMBERS)]
     layout = draw(st.permutations(layout))
@@ -91,7 +91,7 @@ def tar_bytes(draw: st.DrawFn, demo: Path) -> bytes:
             except (ValueError, OSError, UnicodeError):
                 continue  # tarfile itself cannot write this header or body: not a layout
     raw = out.getvalue()
-    cut = draw(st.sampled_from([None, None, None, 0, 1, 511, 512, 1024, -2, -1]))
+    cut = draw(st.one_of(st.none(), st.sampled_from([0, 1, 511, 512, 1024, -2, -1])))
     return raw if cut is None else raw[:cut if cut >= 0 else len(raw) // -cut]
 
 
