@@ -58,7 +58,7 @@ def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
     from ..runtime.tensorrt import TensorRTEngine
     from .build import ensure_engine
     from .build_spec import BuildSpec, parse_shape
-    from .engine_cache import EngineCache, Platform, check_prebuilt
+    from .engine_cache import EngineCache, Platform, _fsync_write, check_prebuilt
 
     manifest = installed.manifest
     if manifest.format == "engine":
@@ -71,7 +71,9 @@ def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
         fused = cache.root / f"{manifest.files.get(manifest.model_file, manifest.version)}.fused.onnx"
         if not fused.exists():
             fused.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(fuse_preprocessing(onnx.load(str(onnx_path)), manifest.preprocess), str(fused))
+            # Temp file, fsync, rename: a crash or a full disk never leaves a partial graph that
+            # later loads would take for the cached one.
+            _fsync_write(fused, fuse_preprocessing(onnx.load(str(onnx_path)), manifest.preprocess).SerializeToString())
         onnx_path = fused
     spec = BuildSpec(precision=options.tensorrt_precision,  # type: ignore[arg-type]
                      shapes=dict(parse_shape(s) for s in options.tensorrt_shapes),

@@ -34,6 +34,7 @@ from .bundle import BundleError, stage_bare_model, unpack_bundle
 from .fetch import DownloadAbort, Fetched, FetchError, download, redact_url, verify_artifact, verify_statement
 from .graph import check_fits_head, check_fits_input
 from .loader import EngineOptions, load_serving
+from .manifest import ManifestError
 from .priority import lowered_priority, restore_thread_priority
 from .probation import Probation, ProbationVerdict, judge
 from .store import ModelStore, StoreError
@@ -162,7 +163,7 @@ class DeploymentManager:
             baseline = self.stats(serving.version) if serving is not None else None
             work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self.store.work_dir()))
             try:
-                new = await self._prepare(req, work)
+                new = await self._prepare_or_fail(req, work)
             except DeployFailed as exc:
                 self.current = DeploymentStatus(req.deployment_id, req.name, req.version, Step.FAILED,
                                                 exc.step, 0.0, {"code": exc.code, "message": exc.message})
@@ -177,6 +178,18 @@ class DeploymentManager:
             probation = req.probation or self.default_probation()
             self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
             return new
+
+    async def _prepare_or_fail(self, req: DeployRequest, work: Path) -> Serving:
+        """``_prepare``, with an unexpected error turned into a failure at the step it reached:
+        a deployment always ends ``failed`` with a code, never stuck at a step."""
+        try:
+            return await self._prepare(req, work)
+        except DeployFailed:
+            raise
+        except Exception as exc:
+            step = self.current.step if self.current is not None else Step.RECEIVED
+            log.exception("deployment_error", deployment=req.deployment_id, step=step.value)
+            raise DeployFailed(step, "internal_error", f"{type(exc).__name__}: {exc}") from exc
 
     async def _prepare(self, req: DeployRequest, work: Path) -> Serving:
         serving = self.slot.serving
@@ -268,6 +281,10 @@ class DeploymentManager:
         return folder
 
     async def _validate(self, req: DeployRequest, new: Serving) -> None:
+        try:  # the monitors' data, parsed now and kept on the manifest: the swap only assigns it
+            await self._in_loader(new.manifest.monitor_data)
+        except ManifestError as exc:
+            raise DeployFailed(Step.VALIDATING, "bad_bundle", str(exc)) from exc
         try:
             check_fits_input(new.manifest.preprocess, new.engine.inputs)
             check_fits_head(new.engine.outputs, new.manifest.head)

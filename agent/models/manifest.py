@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from ..monitor.bias import BiasConfigError, SliceSpec
+from ..monitor.reference import Reference, ReferenceError
 from ..names import NAME_PATTERN, ModelName, ModelVersion, check_name
 
 __all__ = [
@@ -24,18 +28,53 @@ __all__ = [
     "HeadSpec",
     "Manifest",
     "ManifestError",
+    "MonitorData",
     "PreprocessSpec",
     "check_name",
+    "confined",
     "sha256_file",
 ]
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 HASH_CHUNK = 1 << 20
+MAX_PATH_LENGTH = 255
+"""A bundle-relative path (a ``files`` key, a golden file): ample for real bundles, bounded for logs."""
+MAX_FILES = 64
+"""As many as a bundle may hold members (agent.models.bundle.MAX_MEMBERS)."""
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+PATH_PART = re.compile(r"[^\x00-\x1f\x7f\\/]{1,255}")
+"""One component of a bundle-relative path: no control characters, no separators."""
 
 
 class ManifestError(ValueError):
     """A manifest is missing, unreadable or invalid."""
+
+
+def check_relative(value: str, what: str) -> str:
+    """A path inside the model's folder: relative, '/'-separated, no '.', '..' or empty parts."""
+    parts = value.split("/")
+    if (len(value) > MAX_PATH_LENGTH or value.startswith("/") or not value
+            or any(p in (".", "..") or not PATH_PART.fullmatch(p) for p in parts)):
+        raise ValueError(f"{what} {value!r} must be a relative path inside the model's folder "
+                         f"(no leading '/', no '.' or '..', at most {MAX_PATH_LENGTH} characters)")
+    return value
+
+
+def confined(folder: Path, rel: str, what: str) -> Path:
+    """``folder/rel`` when it is a regular file inside ``folder`` reached through no link; else ManifestError."""
+    try:
+        check_relative(rel, what)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from exc
+    path = folder
+    for part in PurePosixPath(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ManifestError(f"{what} {rel!r} goes through a link; files must lie inside the model's folder")
+    if not path.is_file():
+        raise ManifestError(f"{what} {rel!r}: listed in the manifest but missing")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -47,7 +86,7 @@ def sha256_file(path: Path) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PreprocessSpec(_Strict):
@@ -105,12 +144,32 @@ class Golden(_Strict):
     """An .npy in the model's folder: the preprocessed input tensor."""
     output_file: str
     """An .npy holding the expected first output."""
-    rtol: float = 1e-2
-    atol: float = 1e-3
+    rtol: float = Field(default=1e-2, ge=0.0)
+    atol: float = Field(default=1e-3, ge=0.0)
+
+    @field_validator("input_file", "output_file")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return check_relative(value, "golden file")
+
+
+@dataclass(frozen=True)
+class MonitorData:
+    """A manifest's ``reference`` and ``slices`` parsed into what the drift and bias monitors take."""
+
+    reference: Reference | None
+    slices: SliceSpec
+
+    @classmethod
+    def empty(cls) -> MonitorData:
+        """No reference and no extra slices: what the monitors run on when a manifest's data is bad."""
+        return cls(None, SliceSpec())
 
 
 class Manifest(_Strict):
-    schema_version: int = MANIFEST_SCHEMA_VERSION
+    """A model's manifest; ``check_bundle`` adds what a delivered bundle must also satisfy."""
+
+    schema_version: int = Field(default=MANIFEST_SCHEMA_VERSION, ge=1, le=MANIFEST_SCHEMA_VERSION)
     name: ModelName
     version: ModelVersion
     task: Literal["classify", "detect", "text_detect"]
@@ -130,11 +189,54 @@ class Manifest(_Strict):
     """Extra bias slices the model's owner names."""
     engine_key: dict[str, str] | None = None
     """For a prebuilt TensorRT engine: the platform it was built for."""
+    _monitor: tuple[Any, Any, MonitorData] | None = PrivateAttr(default=None)
 
     @field_validator("model_file")
     @classmethod
     def _model_file(cls, value: str) -> str:
         return check_name(value, "model_file")
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_FILES:
+            raise ValueError(f"lists {len(value)} files, more than {MAX_FILES}")
+        for rel, digest in value.items():
+            check_relative(rel, "file")
+            if not SHA256_PATTERN.fullmatch(digest):
+                raise ValueError(f"{rel!r}: the sha256 must be 64 lowercase hex digits")
+        return value
+
+    def monitor_data(self) -> MonitorData:
+        """``reference`` and ``slices`` parsed for the monitors, once per manifest object.
+
+        Raises ManifestError naming the field. Called while a deployment validates,
+        so that the swap (agent.signals) only assigns what was parsed here.
+        """
+        cached = self._monitor
+        if cached is not None and cached[0] is self.reference and cached[1] is self.slices:
+            return cached[2]
+        try:
+            reference = None if self.reference is None else Reference.parse(self.reference)
+            slices = SliceSpec.parse(self.slices)
+        except (ReferenceError, BiasConfigError) as exc:
+            raise ManifestError(str(exc)) from exc
+        if reference is not None and reference.task != self.task:
+            raise ManifestError(f"reference.task: {reference.task!r} is not the model's task {self.task!r}")
+        data = MonitorData(reference, slices)
+        self._monitor = (self.reference, self.slices, data)
+        return data
+
+    def check_bundle(self, folder: Path) -> None:
+        """What a delivered bundle must satisfy beyond the schema: every listed file and golden file
+        inside ``folder`` (no links out) with its hash, the model file present, the monitor data valid.
+        ManifestError names the field."""
+        self.verify_files(folder)
+        confined(folder, self.model_file, "model_file")
+        for i, golden in enumerate(self.golden):
+            confined(folder, golden.input_file, f"golden.{i}.input_file")
+            confined(folder, golden.output_file, f"golden.{i}.output_file")
+        self.monitor_data()
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
@@ -144,7 +246,7 @@ class Manifest(_Strict):
             raise ManifestError(f"{path}: cannot read: {exc.strerror}") from exc
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
             raise ManifestError(f"{path}: {where}: {first['msg']}") from exc
 
     def write(self, path: Path) -> None:
@@ -165,9 +267,7 @@ class Manifest(_Strict):
     def verify_files(self, folder: Path) -> None:
         """Raise ManifestError when a listed file is missing or its hash differs."""
         for rel, expected in self.files.items():
-            path = folder / rel
-            if not path.is_file():
-                raise ManifestError(f"{rel}: listed in the manifest but missing")
+            path = confined(folder, rel, "files")
             actual = sha256_file(path)
             if actual != expected:
                 raise ManifestError(f"{rel}: sha256 {actual[:12]}... does not match {expected[:12]}...")

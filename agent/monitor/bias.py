@@ -67,7 +67,7 @@ class SliceSpec(BaseModel):
     the region its box centre falls in (detectors only).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     regions: dict[str, tuple[float, float, float, float]] = Field(default_factory=dict,
                                                                   max_length=MAX_REGIONS)
@@ -84,7 +84,12 @@ class SliceSpec(BaseModel):
         return value
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any] | None) -> SliceSpec:
+    def parse(cls, data: Mapping[str, Any] | SliceSpec | None) -> SliceSpec:
+        """Validate a manifest's ``slices``; BiasConfigError names the key that is wrong."""
+        if isinstance(data, SliceSpec):
+            return data
+        if data is not None and not isinstance(data, Mapping):
+            raise BiasConfigError(f"manifest slices: must be an object, got {type(data).__name__}")
         try:
             return cls.model_validate(dict(data or {}))
         except ValidationError as exc:
@@ -242,7 +247,7 @@ class BiasMonitor:
         return tuple(out)
 
     # ----- telemetry loop --------------------------------------------------------------------
-    def set_slices(self, slices: Mapping[str, Any] | None) -> None:
+    def set_slices(self, slices: Mapping[str, Any] | SliceSpec | None) -> None:
         """A new model's manifest slices; the window starts afresh (it held the old model's)."""
         spec = SliceSpec.parse(slices)
         with self._lock:

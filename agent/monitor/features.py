@@ -11,12 +11,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 from .stats import InputStats, input_stats
 
 if TYPE_CHECKING:
     from ..vision.pipeline import FrameResult
 
-__all__ = ["FrameSummary", "Monitors", "SummaryObserver", "summarize"]
+__all__ = ["FailureCount", "FrameSummary", "Monitors", "SummaryObserver", "summarize"]
+
+log = structlog.get_logger(__name__)
+
+FAILURE_LOG_EVERY = 1000
+"""Log a boundary's first failure and every 1000th after: one broken on every frame must not flood
+the journal, and the count in each line says how often it failed."""
+
+
+class FailureCount:
+    """The failures caught at one boundary (an observer, a monitor): counted, and logged sparsely."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.count = 0
+
+    def failed(self, where: object, exc: Exception) -> None:
+        self.count += 1
+        if (self.count - 1) % FAILURE_LOG_EVERY == 0:
+            log.warning(self.event, where=repr(where), error=f"{type(exc).__name__}: {exc}", failures=self.count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +85,26 @@ class SummaryObserver(Protocol):
 
 
 class Monitors:
-    """One pipeline observer for several monitors: the frame is summarized once, then shared."""
+    """One pipeline observer for several monitors: the frame is summarized once, then shared.
+
+    Each monitor runs behind its own boundary: one that raises is counted in
+    ``failures`` and the others still see the frame; nothing reaches inference.
+    """
 
     def __init__(self, monitors: Sequence[SummaryObserver]) -> None:
         self.monitors = tuple(monitors)
+        self.failures = FailureCount("monitor_failed")
 
     def __call__(self, result: FrameResult) -> None:
         index = result.frame.index
-        interested = [m for m in self.monitors if m.wants(index)]
-        if not interested:
+        try:
+            interested = [m for m in self.monitors if m.wants(index)]
+            summary = summarize(result) if interested else None
+        except Exception as exc:  # a frame the summary cannot read: the monitors skip it
+            self.failures.failed("summarize", exc)
             return
-        summary = summarize(result)
         for monitor in interested:
-            monitor.observe(summary)
+            try:
+                monitor.observe(summary)  # type: ignore[arg-type]
+            except Exception as exc:  # a broken monitor must not stop the others or inference
+                self.failures.failed(monitor, exc)

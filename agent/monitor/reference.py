@@ -38,6 +38,8 @@ __all__ = [
 
 REFERENCE_FORMAT: Literal[1] = 1
 INPUT_METRICS = ("brightness", "contrast", "sharpness")
+MAX_BINS = 1000
+"""Bins or categories per distribution: profiles use tens; a bound keeps a manifest's cost small."""
 
 
 class ReferenceError(ValueError):
@@ -50,12 +52,12 @@ def output_metrics(task: str) -> tuple[str, ...]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Distribution(_Strict):
-    edges: tuple[float, ...]
-    counts: tuple[int, ...]
+    edges: tuple[float, ...] = Field(max_length=MAX_BINS)
+    counts: tuple[int, ...] = Field(max_length=MAX_BINS + 1)
     mean: float
 
     @model_validator(mode="after")
@@ -67,8 +69,8 @@ class Distribution(_Strict):
 
 
 class Categories(_Strict):
-    labels: tuple[str, ...] = Field(min_length=1)
-    counts: tuple[int, ...]
+    labels: tuple[str, ...] = Field(min_length=1, max_length=MAX_BINS)
+    counts: tuple[int, ...] = Field(max_length=MAX_BINS)
 
     @model_validator(mode="after")
     def _shape(self) -> Categories:

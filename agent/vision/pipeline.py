@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from ..monitor.features import FailureCount
 from ..monitor.latency import LatencyRecorder
 from ..runtime.slot import EngineSlot, Serving, SlotEmptyError
 from .sources import Frame, FrameSource
@@ -125,6 +126,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prepared: _Prepared | None = None
+        self.observer_failures = FailureCount("observer_failed")
+        """Observers that raised on a frame: counted and logged, inference goes on."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="frame-worker", daemon=True)
@@ -159,7 +162,7 @@ class Pipeline:
                 try:
                     observer(result)
                 except Exception as exc:  # a broken monitor must not stop inference
-                    log.warning("observer_failed", observer=repr(observer), error=str(exc))
+                    self.observer_failures.failed(observer, exc)
 
     def _prepare(self, serving: Serving) -> _Prepared:
         prepared = self._prepared
