@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .cli_control import add_control_parsers, add_key_parsers
 from .cli_fleet import add_fleet_parsers
+from .cli_top import add_top_parser
 from .config import ConfigError, load_config
 from .models.build import add_build_parser
 from .monitor.profile_cli import add_profile_parser
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     add_control_parsers(sub)
+    add_top_parser(sub)
     add_fleet_parsers(sub)
     model = sub.add_parser("model", help="model tools: keys, signing, engine builds, drift profiles, export, "
                            "quantize, prune, compare, pack")
