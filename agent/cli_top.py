@@ -90,12 +90,13 @@ def _deployment(row: DeploymentRow | None) -> RenderableType:
     return line
 
 
-def render(rows: TopRows, *, broker: str, link: str) -> RenderableType:
-    """The whole view of ``rows``; ``link`` says how the connection to ``broker`` stands."""
+def render(rows: TopRows, *, broker: str, link: str, live: bool = True) -> RenderableType:
+    """The whole view of ``rows``; ``link`` says how the connection to ``broker`` stands; ``live``: on a
+    terminal that takes keys."""
     header = Text.assemble(
         ("edge-agent top  ", "bold"), (rows.device_id, "bold cyan"), "  ", _styled(rows.status),
         f"  agent {rows.agent_version or NONE}  up {_duration(rows.uptime_s)}  broker {broker} ",
-        (f"({link})", "green" if link == "connected" else "yellow"), ("   q quits", "dim"))
+        (f"({link})", "green" if link == "connected" else "yellow"), ("   q quits" if live else "", "dim"))
     cameras = _table("cameras", "CAMERA", "STATE", "FPS", "REOPENS", "LAST ERROR")
     for camera in rows.cameras:
         cameras.add_row(camera.name, _styled(camera.state), _number(camera.fps), str(camera.reopens),
@@ -197,7 +198,7 @@ async def _live(args: argparse.Namespace, connection: Connection, console: Conso
     follower = asyncio.create_task(_follow(args, model, link))
 
     def view() -> RenderableType:
-        return render(model.rows(time.time()), broker=link.broker, link=link.state)
+        return render(model.rows(time.time()), broker=link.broker, link=link.state, live=console.is_terminal)
 
     try:
         if not console.is_terminal:

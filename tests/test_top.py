@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from typing import Any
 
@@ -164,6 +165,19 @@ def test_top_in_a_terminal_shows_the_agent_and_the_swap_and_quits_on_q(tmp_path,
         poll(rc.exists, WAIT_S, "top to quit on q")
         assert rc.read_text().strip() == "0"
         assert "Traceback" not in terminal.screen("top", history=True)
+
+        # Ctrl-C quits as cleanly: exit 0 and the terminal's line mode and echo given back. (bash, not sh:
+        # dash ends itself on the SIGINT the whole foreground group gets, even when top exits 0.)
+        modes, rc = tmp_path / "stty.txt", tmp_path / "top-interrupted.rc"
+        top = shlex.join([sys.executable, "-m", "agent", "top", "--config", str(config)])
+        terminal.run("again", ["bash", "-c", f"{top}; status=$?; stty -a > {shlex.quote(str(modes))}; exit $status"],
+                     REPO, rc, env={"PYTHONPATH": str(REPO)})
+        terminal.wait_for("again", "edge-agent top  dev1  online", "(connected)")
+        terminal.keys("again", "C-c")
+        poll(rc.exists, WAIT_S, "top to quit on Ctrl-C")
+        assert rc.read_text().strip() == "0", terminal.screen("again", history=True)
+        flags = modes.read_text().split()
+        assert "icanon" in flags and "echo" in flags, "top left the terminal in cbreak mode"
     finally:
         terminal.close()
         code = agent.terminate()
