@@ -140,3 +140,28 @@ def test_a_silent_device_is_explained_by_its_retained_status(mosquitto, mqtt_pro
     with pytest.raises(SystemExit):
         main(["ping", "--broker", mosquitto.url, "--device", "nobody", "--timeout", "1"])
     assert "the broker holds no status of device 'nobody': is that its id?" in capsys.readouterr().err
+
+
+def test_a_config_with_its_own_broker_gives_its_url_user_and_password(tmp_path, demo_dir):
+    from agent.config import load_config
+    from agent.fleet.local import LocalAgentError, local_target
+
+    (tmp_path / "password").write_text("s3cret\n")
+    config = agent_config(tmp_path, demo_dir, "mqtt://broker.lan:1884", device_id="cam-7",
+                          mqtt={"username": "cam-7", "password_file": str(tmp_path / "password"), "prefix": "site"})
+    target = local_target(load_config(config), config)
+    assert (target.url, target.username, target.password, target.prefix, target.device_id) == (
+        "mqtt://broker.lan:1884", "cam-7", "s3cret", "site", "cam-7")
+    tls = agent_config(tmp_path, demo_dir, "mqtts://broker.lan", mqtt={"ca_file": str(tmp_path / "no-ca.pem")})
+    with pytest.raises(LocalAgentError, match=r"\[mqtt\] ca_file .*no-ca.pem: no such file"):
+        local_target(load_config(tls), tls)
+
+
+def test_the_summary_names_the_command_as_it_was_typed(tmp_path):
+    from agent.cli_summary import command_name
+
+    script = tmp_path / ".venv" / "bin" / "edge-agent"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    assert command_name(str(script), cwd=tmp_path) == ".venv/bin/edge-agent"
+    assert command_name(str(tmp_path / "agent" / "__main__.py"), cwd=Path("/nowhere")) == f"{sys.executable} -m agent"
