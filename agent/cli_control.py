@@ -91,8 +91,11 @@ def _read_head(url: str) -> tuple[bytes, int | None] | str:
             with path.open("rb") as stream:
                 return stream.read(HEAD_BYTES), path.stat().st_size
         if parts.scheme in ("http", "https"):
-            with urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as stream:
-                length = stream.headers.get("Content-Length")
+            request = urllib.request.Request(url, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
+            with urllib.request.urlopen(request, timeout=READ_TIMEOUT_S) as stream:
+                # 206: Content-Range "bytes 0-65535/<size>"; a server without ranges sends it all (200)
+                length = (stream.headers.get("Content-Range", "").rpartition("/")[2] if stream.status == 206
+                          else stream.headers.get("Content-Length"))
                 return stream.read(HEAD_BYTES), int(length) if length and length.isdigit() else None
     except (OSError, ValueError) as exc:
         return str(exc)

@@ -136,3 +136,39 @@ def test_the_tar_check_reads_a_real_tar_header():
         tar.addfile(info, io.BytesIO(b"{}"))
     data = archive.getvalue()
     assert sniff(data, len(data)).format == "bundle"
+
+
+def test_an_artifact_over_http_is_told_from_its_first_bytes(tmp_path, bundle, capsys):
+    from agent.cli_control import artifact_format
+    from tests.artifacts import ArtifactServer
+
+    (tmp_path / "model.bin").write_bytes(bundle.read_bytes())
+    server = ArtifactServer(tmp_path)
+    try:
+        assert artifact_format(server.url("model.bin"), None) == "bundle"
+        with pytest.raises(SystemExit):
+            artifact_format(server.url("model.bin"), "onnx")
+        assert f"--format onnx, but {server.url('model.bin')} is a tar archive (a bundle)" in capsys.readouterr().err
+        assert artifact_format(server.url("absent.tar"), None) == "bundle", "a 404 goes by the name"
+    finally:
+        server.close()
+
+
+def test_a_server_with_ranges_sends_only_the_head_and_the_size_it_is_checked_against(demo_dir):
+    import http.server
+    import threading
+
+    from agent.cli_control import artifact_format
+    from tests.test_sources import RangeHandler
+
+    class ModelHandler(RangeHandler):
+        body = (demo_dir / "models" / "text-det-v6" / "model.onnx").read_bytes()
+        """Larger than the head: the ONNX graph field is checked against the size in Content-Range."""
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert artifact_format(f"http://127.0.0.1:{server.server_address[1]}/model", None) == "onnx"
+    finally:
+        server.shutdown()
+        server.server_close()
