@@ -152,11 +152,19 @@ def test_top_in_a_terminal_shows_the_agent_and_the_swap_and_quits_on_q(tmp_path,
                                    "text-det   v4", "end_to_end")
         assert "deployment  none" in screen
 
-        deployed = edge_agent("deploy", "--config", str(config), "--name", "text-det", "--version", "v6",
-                              "--url", (demo_dir / "models" / "text-det-v6" / "model.onnx").as_uri(),
-                              "--timeout", str(DEPLOY_S), timeout=DEPLOY_S + 30)
-        assert deployed.returncode == 0, deployed.stderr
-        deployment_id = json.loads(deployed.stdout)["id"]
+        # The deploy in a terminal of its own: a progress bar there, the swap in top.
+        deploy_rc = tmp_path / "deploy.rc"
+        terminal.run("deploy", [sys.executable, "-m", "agent", "deploy", "--config", str(config), "--name",
+                                "text-det", "--version", "v6", "--url",
+                                (demo_dir / "models" / "text-det-v6" / "model.onnx").as_uri(),
+                                "--timeout", str(DEPLOY_S)], REPO, deploy_rc, env={"PYTHONPATH": str(REPO)})
+        poll(deploy_rc.exists, DEPLOY_S + 30, "the deploy to end")
+        deploy_screen = terminal.screen("deploy", history=True)
+        assert deploy_rc.read_text().strip() == "0", deploy_screen
+        assert re.search(r"\[dev1\] active +━+ 100%", deploy_screen), f"no full bar:\n{deploy_screen}"
+        found = re.search(r"now serving text-det v6 \(deployment (\w+), on probation\)", deploy_screen)
+        assert found, deploy_screen
+        deployment_id = found[1]
         screen = terminal.wait_for("top", "text-det   v6", "text-det v4", f"deployment {deployment_id}",
                                    "engine_swapped", "now serving text-det v6")
         assert "100%" in screen
