@@ -113,6 +113,9 @@ def artifact_format(url: str, given: str | None) -> str:
         by_name = given or FORMAT_BY_SUFFIX.get(PurePosixPath(urlsplit(url).path).suffix.lower())
         if by_name is None:
             fail(f"cannot read {shown} here ({head}) to tell its format; give --format", EXIT_USAGE)
+        if given is None:
+            print(f"edge-agent: cannot read {shown} here ({head}); sending it as {by_name}, by its name",
+                  file=sys.stderr, flush=True)
         return by_name
     sniffed = sniff(*head)
     if given is None:

@@ -113,6 +113,7 @@ def test_an_artifact_the_cli_cannot_read_goes_by_its_name_else_needs_a_format(tm
     from agent.cli_control import artifact_format
 
     assert artifact_format((tmp_path / "only-on-the-device.tar").as_uri(), None) == "bundle"
+    assert "sending it as bundle, by its name" in capsys.readouterr().err
     assert artifact_format((tmp_path / "only-on-the-device.plan").as_uri(), None) == "engine"
     assert artifact_format((tmp_path / "only-on-the-device").as_uri(), "onnx") == "onnx"
     with pytest.raises(SystemExit):
