@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: setup run test bench bench-fleet soak lint clean
+.PHONY: setup run demo-deploy demo-rollback test bench bench-fleet soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ setup: $(STAMP)
 
 run: setup
 	$(VENV)/bin/edge-agent run --config config.toml
+
+# From a second terminal while `make run` runs: PP-OCRv6 to the demo agent, progress and swap shown
+# (watch it in `edge-agent top --config config.toml`); demo-rollback swaps back to the previous model.
+demo-deploy: $(STAMP)
+	$(VENV)/bin/edge-agent deploy --config config.toml --name text-det --version v6 \
+		--url "file://$(CURDIR)/$(DEMO)/models/text-det-v6/model.onnx"
+
+demo-rollback: $(STAMP)
+	$(VENV)/bin/edge-agent rollback --config config.toml --reason "make demo-rollback"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .cli_control import add_control_parsers, add_key_parsers
 from .cli_fleet import add_fleet_parsers
+from .cli_top import add_top_parser
 from .config import ConfigError, load_config
 from .models.build import add_build_parser
 from .monitor.profile_cli import add_profile_parser
@@ -40,8 +41,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
     configure_logging(config.agent.log_level)  # type: ignore[attr-defined]
     bind_context(device_id=config.agent.device_id, model_version=None)  # type: ignore[attr-defined]
+    from .cli_summary import print_summary
+
     try:
-        return run_agent(config)  # type: ignore[arg-type]
+        return run_agent(config, lambda agent: print_summary(agent, args.config))  # type: ignore[arg-type]
     except StartupError as exc:
         import structlog
 
@@ -85,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     add_control_parsers(sub)
+    add_top_parser(sub)
     add_fleet_parsers(sub)
-    model = sub.add_parser(
-        "model", help="model tools: keys, signing, engine builds, drift profiles, export, quantize, prune, compare, pack")
+    model = sub.add_parser("model", help="model tools: keys, signing, engine builds, drift profiles, export, "
+                           "quantize, prune, compare, pack")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     add_key_parsers(model_sub)
     add_build_parser(model_sub)

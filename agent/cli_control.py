@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import sys
 import time
 import urllib.request
-from pathlib import Path
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .fleet.control import ControlClient, ControlError, Reply
+from .cli_connect import EXIT_FAILURE, EXIT_USAGE, Connection, add_connection_arguments, connect, fail, silence_hint
+from .cli_progress import ProgressBoard
+from .fleet.artifact import FORMATS, HEAD_BYTES, sniff
+from .fleet.control import ControlError, NoReplyError, Reply, new_command_id
 from .models.fetch import (
     STATEMENT_VALID_S,
     Statement,
@@ -25,13 +30,16 @@ from .models.fetch import (
 )
 from .mqtt.schema import DeploymentPayload
 
-__all__ = ["add_control_parsers", "add_key_parsers", "artifact_sha256", "signed_fields",
+__all__ = ["add_control_parsers", "add_key_parsers", "artifact_format", "artifact_sha256", "signed_fields",
            "valid_days_argument"]
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK = 0
 HASH_CHUNK = 1024 * 1024
 READ_TIMEOUT_S = 60.0
 """The control plane gives up on an artifact server silent this long while hashing."""
+FORMAT_BY_SUFFIX = {".tar": "bundle", ".tgz": "bundle", ".gz": "bundle", ".onnx": "onnx", ".engine": "engine",
+                    ".plan": "engine", ".trt": "engine"}
+"""The format of an artifact this control plane cannot read, by its name."""
 
 
 def artifact_sha256(url: str) -> str:
@@ -50,10 +58,11 @@ def artifact_sha256(url: str) -> str:
     return digest.hexdigest()
 
 
-def signed_fields(*, url: str, sha256: str, name: str, version: str, format: str, key: Path | None,
-                  valid_days: float) -> dict[str, Any]:
+def signed_fields(*, url: str, sha256: str, name: str, version: str, format: str | Callable[[], str],
+                  key: Path | None, valid_days: float) -> dict[str, Any]:
     """A deploy's ``sha256`` and, with ``key``, its ``statement``: what this control plane downloaded and
-    hashed itself is what it signs (a given ``--sha256`` must match those bytes)."""
+    hashed itself is what it signs (a given ``--sha256`` must match those bytes). ``format`` may be
+    asked for only once the bytes are known to be the ones named."""
     if sha256 != "auto" and key is None:
         return {"sha256": sha256.lower()}
     digest = artifact_sha256(url)
@@ -62,7 +71,9 @@ def signed_fields(*, url: str, sha256: str, name: str, version: str, format: str
     fields: dict[str, Any] = {"sha256": digest}
     if key is not None:
         expires = int(time.time() + valid_days * 86_400)
-        fields["statement"] = sign_statement(load_private_key(key), Statement(name, version, format, digest, expires))
+        signed_format = format() if callable(format) else format
+        fields["statement"] = sign_statement(load_private_key(key),
+                                             Statement(name, version, signed_format, digest, expires))
     return fields
 
 
@@ -71,80 +82,137 @@ def valid_days_argument(parser: argparse.ArgumentParser) -> None:
                         help="days the signed statement stays valid (default %(default)g)")
 
 
-def _client(args: argparse.Namespace) -> ControlClient:
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    key = load_private_key(args.sign_commands) if args.sign_commands else None
-    return ControlClient(args.broker, args.prefix, username=args.username, password=password, signing_key=key)
+def _read_head(url: str) -> tuple[bytes, int | None] | str:
+    """The artifact's first ``HEAD_BYTES`` and its size as this control plane sees it, or why it cannot."""
+    parts = urlsplit(url)
+    try:
+        if parts.scheme == "file":
+            path = Path(unquote(parts.path))
+            with path.open("rb") as stream:
+                return stream.read(HEAD_BYTES), path.stat().st_size
+        if parts.scheme in ("http", "https"):
+            request = urllib.request.Request(url, headers={"Range": f"bytes=0-{HEAD_BYTES - 1}"})
+            with urllib.request.urlopen(request, timeout=READ_TIMEOUT_S) as stream:
+                # 206: Content-Range "bytes 0-65535/<size>"; a server without ranges sends it all (200)
+                length = (stream.headers.get("Content-Range", "").rpartition("/")[2] if stream.status == 206
+                          else stream.headers.get("Content-Length"))
+                return stream.read(HEAD_BYTES), int(length) if length and length.isdigit() else None
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return f"scheme {parts.scheme or 'none'}"
 
 
-def _target(args: argparse.Namespace) -> dict[str, Any]:
-    return {"device": args.device, "group": args.group}
+def artifact_format(url: str, given: str | None) -> str:
+    """The deploy's format: taken from the artifact's content; a ``given`` one must not contradict it.
+
+    An artifact this control plane cannot read (a path only the device has) goes by ``given``,
+    else by its name's extension."""
+    shown = redact_url(url)
+    head = _read_head(url)
+    if isinstance(head, str):
+        by_name = given or FORMAT_BY_SUFFIX.get(PurePosixPath(urlsplit(url).path).suffix.lower())
+        if by_name is None:
+            fail(f"cannot read {shown} here ({head}) to tell its format; give --format", EXIT_USAGE)
+        if given is None:
+            print(f"edge-agent: cannot read {shown} here ({head}); sending it as {by_name}, by its name",
+                  file=sys.stderr, flush=True)
+        return by_name
+    sniffed = sniff(*head)
+    if given is None:
+        if sniffed.format is None:
+            fail(f"{shown} is {sniffed.description}; a deploy takes a tar bundle, an ONNX model or a "
+                 "TensorRT engine (give --format to send it anyway)", EXIT_USAGE)
+        return sniffed.format
+    if sniffed.format is not None and sniffed.format != given:
+        fail(f"--format {given}, but {shown} is {sniffed.description}: use --format {sniffed.format} "
+             "or leave --format out", EXIT_USAGE)
+    return given
 
 
-def _print_progress(device: str, status: DeploymentPayload) -> None:
-    error = f" ({status.error.code}: {status.error.message})" if status.error else ""
-    print(f"[{device}] {status.state:<11} {status.progress * 100:5.1f}%{error}", file=sys.stderr, flush=True)
+def _outcome(reply: Reply) -> str:
+    """One line for a person: what the device now serves, or why it refused."""
+    payload = reply.payload
+    if not payload.ok:
+        error = payload.error
+        return f"[{reply.device_id}] {payload.command} refused: " + (f"{error.code}: {error.message}" if error else "?")
+    result = payload.result or {}
+    if payload.command == "deploy":
+        return (f"[{reply.device_id}] now serving {result.get('name')} {result.get('version')} "
+                f"(deployment {result.get('deployment_id')}, on probation)")
+    if payload.command == "rollback":
+        return f"[{reply.device_id}] rolled back: now serving {result.get('name')} {result.get('version')}"
+    return f"[{reply.device_id}] {payload.command}: ok"
 
 
-def _finish(replies: list[Reply]) -> int:
+def _send(args: argparse.Namespace, connection: Connection, name: str, body: dict[str, Any],
+          on_progress: Callable[[str, DeploymentPayload], None] | None = None) -> list[Reply]:
+    try:
+        return asyncio.run(connection.client.send(
+            name, body, device=connection.device, group=connection.group,
+            expect=1 if connection.device else None, timeout_s=args.timeout, on_progress=on_progress))
+    except NoReplyError as exc:
+        fail(f"{exc}{silence_hint(connection)}")
+    except ControlError as exc:
+        fail(str(exc))
+
+
+def _finish(replies: list[Reply], *, outcomes: bool = False) -> int:
+    """The replies as JSON lines on stdout (and, for a person, one line each on stderr); the exit status."""
     failed = 0
     for reply in replies:
         payload = reply.payload
+        if outcomes:
+            print(_outcome(reply), file=sys.stderr, flush=True)
         print(json.dumps({"device": reply.device_id, **payload.model_dump(mode="json")}, sort_keys=True))
         failed += not payload.ok
     return EXIT_FAILURE if failed or not replies else EXIT_OK
 
 
-def _run(args: argparse.Namespace, name: str, body: dict[str, Any], progress: bool = False) -> int:
-    expect = 1 if args.device else None
-    try:
-        replies = asyncio.run(_client(args).send(
-            name, body, **_target(args), expect=expect, timeout_s=args.timeout,
-            on_progress=_print_progress if progress else None))
-    except ControlError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return _finish(replies)
-
-
 def cmd_deploy(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "version": args.version, "url": args.url, "format": args.format}
-    if args.statement is not None:
-        statement = json.loads(args.statement.read_text(encoding="ascii"))
+    connection = connect(args)  # a missing agent is said before a large artifact is hashed
+    command_id = new_command_id()
+    statement = json.loads(args.statement.read_text(encoding="ascii")) if args.statement is not None else None
+    signed_format = statement.get("format") if isinstance(statement, dict) else None
+    if args.format and signed_format and args.format != signed_format:
+        fail(f"--format {args.format}, but the statement is signed for {signed_format}", EXIT_USAGE)
+    format_of = functools.cache(lambda: artifact_format(args.url, args.format or signed_format))
+    body: dict[str, Any] = {"id": command_id, "name": args.name, "version": args.version, "url": args.url}
+    if statement is not None:
         sha256 = statement.get("sha256") if args.sha256 == "auto" and isinstance(statement, dict) else args.sha256
         body.update(sha256=sha256, statement=statement)
     else:
         body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
-                                  format=args.format, key=args.sign, valid_days=args.valid_days))
+                                  format=format_of, key=args.sign, valid_days=args.valid_days))
+    body["format"] = format_of()
     if args.probation_window is not None:
         body["probation"] = {"window_s": args.probation_window, "max_error_rate": args.max_error_rate,
                              "max_latency_ratio": args.max_latency_ratio}
-    return _run(args, "deploy", body, progress=True)
+
+    with ProgressBoard() as board:
+        def progress(device: str, status: DeploymentPayload) -> None:
+            if status.deployment_id == command_id:  # the retained topic may hold an older deployment
+                board.update(device, f"[{device}] {status.state:<11}", status.progress)
+
+        replies = _send(args, connection, "deploy", body, progress)
+    return _finish(replies, outcomes=True)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    return _run(args, "rollback", {"reason": args.reason} if args.reason else {})
+    body = {"reason": args.reason} if args.reason else {}
+    return _finish(_send(args, connect(args), "rollback", body), outcomes=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return _run(args, "status", {})
+    return _finish(_send(args, connect(args), "status", {}))
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
-    return _run(args, "ping", {})
+    return _finish(_send(args, connect(args), "ping", {}))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
-    parser.add_argument("--prefix", default="edge")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", help="file holding the broker password")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--device", help="one device id")
-    target.add_argument("--group", help="a device group (replies are collected until --timeout)")
+    add_connection_arguments(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for replies")
-    parser.add_argument("--sign-commands", type=Path, metavar="KEY",
-                        help="ed25519 private key (PEM) of the control plane: sign the command itself")
 
 
 def add_control_parsers(sub: Any) -> None:
@@ -160,7 +228,8 @@ def add_control_parsers(sub: Any) -> None:
     signing.add_argument("--statement", type=Path, help="a signed statement made before (model pack --sign's "
                          "BUNDLE.sig, model sign): sent as it is; with --sha256 auto its sha256 is used")
     valid_days_argument(deploy)
-    deploy.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
+    deploy.add_argument("--format", choices=FORMATS,
+                        help="default: what the artifact's content is (tar bundle, ONNX model, TensorRT engine)")
     deploy.add_argument("--probation-window", type=float, help="seconds of probation after the swap")
     deploy.add_argument("--max-error-rate", type=float, default=0.05)
     deploy.add_argument("--max-latency-ratio", type=float, default=1.5)
@@ -188,7 +257,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_sign(args: argparse.Namespace) -> int:
     statement = sign_file(load_private_key(args.key), args.artifact, name=args.name, version=args.version,
-                          format=args.format, valid_s=args.valid_days * 86_400)
+                          format=artifact_format(args.artifact.resolve().as_uri(), args.format),
+                          valid_s=args.valid_days * 86_400)
     print(json.dumps(statement, sort_keys=True))
     return EXIT_OK
 
@@ -204,6 +274,6 @@ def add_key_parsers(model_sub: Any) -> None:
     sign.add_argument("--key", type=Path, required=True)
     sign.add_argument("--name", required=True)
     sign.add_argument("--version", required=True)
-    sign.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
+    sign.add_argument("--format", choices=FORMATS, help="default: what the artifact's content is")
     valid_days_argument(sign)
     sign.set_defaults(handler=cmd_sign)

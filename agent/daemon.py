@@ -124,6 +124,13 @@ class Agent:
         self.task_failures: dict[str, int] = {}
         """Failures caught at a task's boundary, by task name (in health as ``task_failures``)."""
         self._frame_loop_stalled = False
+        self.on_ready: Callable[[Agent], None] | None = None
+        """Called once after READY=1 (the CLI prints a summary on a terminal); its failure is logged."""
+
+    @property
+    def broker_url(self) -> str:
+        """The broker the agent talks to: the embedded one's loopback URL once it runs."""
+        return self._broker.url if self._broker is not None and self._broker.running else self.config.mqtt.url
 
     # ----- start -------------------------------------------------------------------------
     def load_initial(self) -> Serving:
@@ -351,6 +358,11 @@ class Agent:
         self.notifier.status(f"serving {serving.name} {serving.version}" if serving else "serving")
         log.info("agent_ready", model=serving.name if serving else None)
         self.bootguard.ready()
+        if self.on_ready is not None:
+            try:
+                self.on_ready(self)
+            except Exception:  # a summary for a person must never stop the agent
+                log.exception("ready_hook_failed")
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():
@@ -458,5 +470,7 @@ class Agent:
         self.slot.drain(bound / 4)
 
 
-def run_agent(config: AgentConfig) -> int:
-    return asyncio.run(Agent(config).run())
+def run_agent(config: AgentConfig, on_ready: Callable[[Agent], None] | None = None) -> int:
+    agent = Agent(config)
+    agent.on_ready = on_ready
+    return asyncio.run(agent.run())

@@ -17,20 +17,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..mqtt.authority import sign_command
 from ..mqtt.schema import DeploymentPayload, ReplyPayload, decode_payload
 from ..mqtt.settings import parse_broker_url
 
-__all__ = ["ControlClient", "ControlError", "Reply", "new_command_id"]
+__all__ = ["ControlClient", "ControlError", "NoReplyError", "Reply", "new_command_id"]
 
 DEFAULT_TIMEOUT_S = 300.0
 
 
 class ControlError(RuntimeError):
     """The command could not be sent or no reply came in time."""
+
+
+class NoReplyError(ControlError):
+    """The command was sent and the device did not answer in time."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class ControlClient:
 
     def __init__(self, url: str, prefix: str = "edge", *, username: str | None = None,
                  password: str | None = None, client_id: str | None = None,
-                 signing_key: Ed25519PrivateKey | None = None) -> None:
+                 signing_key: Ed25519PrivateKey | None = None, tls: aiomqtt.TLSParameters | None = None) -> None:
         if url == "embedded":
             raise ControlError("the control plane needs the broker's URL (mqtt://host:port), not 'embedded'")
         self.address = parse_broker_url(url)
@@ -59,10 +62,12 @@ class ControlClient:
         self._url = url
         self.signing_key = signing_key
         """Sign every command (agents configured with ``[commands] public_key_file`` require it)."""
+        self.tls = tls
+        """TLS for mqtts:// (a private CA, a client certificate); None: the system CAs."""
 
     def open(self) -> aiomqtt.Client:
         """A new MQTT 5 client with this control plane's address and credentials (not yet connected)."""
-        tls = aiomqtt.TLSParameters() if urlsplit(self._url).scheme == "mqtts" else None
+        tls = (self.tls or aiomqtt.TLSParameters()) if urlsplit(self._url).scheme == "mqtts" else None
         return aiomqtt.Client(self.address.host, self.address.port, identifier=self.client_id,
                               username=self.username, password=self.password, tls_params=tls,
                               protocol=aiomqtt.ProtocolVersion.V5)
@@ -109,7 +114,7 @@ class ControlClient:
                     except asyncio.TimeoutError:
                         if expect is None:
                             break
-                        raise ControlError(
+                        raise NoReplyError(
                             f"no reply to {name} {body['id']} within {timeout_s:.0f}s "
                             f"({len(replies)} of {expect})") from None
                     reply = self._handle(message, body["id"], on_progress)
