@@ -228,6 +228,16 @@ def test_agent_that_takes_no_frame_shows_blocked_and_the_stream_is_never_reopene
     assert resumed.reopens == 0
 
 
+def test_full_rate_is_credited_to_the_frame_from_which_the_rate_holds_not_to_a_burst() -> None:
+    fps = 10.0
+    burst = [(0.0 + i * 0.001, i) for i in range(30)]  # 30 buffered frames at once, then a 1 s gap
+    steady = [(1.03 + k / fps, 30 + k) for k in range(40)]
+    assert full_rate_at(burst + steady, fps) == steady[0][0]
+    assert full_rate_at(steady[:15], fps) is None, "too short to show that the rate holds"
+    overwritten = steady[::3]  # a slow taker saw every third frame: the indices still count them all
+    assert full_rate_at(overwritten, fps) == overwritten[0][0]
+
+
 # ----- HTTP MJPEG -------------------------------------------------------------------------------
 
 

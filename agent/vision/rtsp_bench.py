@@ -5,12 +5,17 @@ system Python that has GStreamer's bindings; ``measure_rtsp_recovery`` reads it
 through a FrameSource (OpenCV's FFmpeg backend), takes the server away for
 ``outage_s``, brings it back on the same port and reports how long after its
 return the first frame and the full frame rate came back. Numbers only: the
-bench prints them, the transport tests hold them to the issue's bound.
+bench prints them, the transport tests hold them to the issue's bound::
+
+    python -m agent.vision.rtsp_bench --video demo/video.mp4 --outage 3 --runs 3
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import queue
+import statistics
 import subprocess
 import threading
 import time
@@ -26,8 +31,8 @@ from agent.config import SourceSection
 from .sources import Frame, FrameSource, SourceState
 
 __all__ = [
-    "SYSTEM_PYTHON", "RecoveryResult", "RtspServer", "RtspServerError", "full_rate_at", "measure_rtsp_recovery",
-    "rtsp_server_unavailable",
+    "SYSTEM_PYTHON", "RecoveryResult", "RtspServer", "RtspServerError", "full_rate_at", "main",
+    "measure_rtsp_recovery", "rtsp_server_unavailable",
 ]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -274,3 +279,30 @@ def _video_fps(video: Path) -> float:
         return float(capture.get(cv2.CAP_PROP_FPS))
     finally:
         capture.release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one JSON line per run, then the median of each figure."""
+    parser = argparse.ArgumentParser(description="RTSP recovery time of a FrameSource with the agent's defaults")
+    parser.add_argument("--video", type=Path, default=Path("demo/video.mp4"))
+    parser.add_argument("--outage", type=float, default=3.0, help="seconds the server stays away")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    missing = rtsp_server_unavailable()
+    if missing is not None:
+        print(json.dumps({"skipped": missing}))
+        return 0
+    results = [measure_rtsp_recovery(args.video, outage_s=args.outage) for _ in range(args.runs)]
+    for result in results:
+        print(json.dumps(result.as_dict()))
+    full = [r.full_rate_s for r in results if r.full_rate_s is not None]
+    print(json.dumps({
+        "median_first_frame_s": round(statistics.median(r.first_frame_s for r in results), 3),
+        "median_full_rate_s": round(statistics.median(full), 3) if full else None,
+        "runs": len(results), "runs_without_full_rate": len(results) - len(full),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -68,11 +68,14 @@ class Server:
         self.gates.append(gate)
 
     def command(self, line: str) -> bool:
-        if line not in ("stall", "resume"):
-            return False
-        self.stalled = line == "stall"
-        for gate in self.gates:
-            gate.set_property("drop", self.stalled)
+        """Apply one stdin command on the main loop and answer it; False: GLib runs it once."""
+        if line in ("stall", "resume"):
+            self.stalled = line == "stall"
+            for gate in self.gates:
+                gate.set_property("drop", self.stalled)
+            print(f"OK {line}", flush=True)
+        else:
+            print(f"FAILED unknown command {line!r}", flush=True)
         return False
 
 
@@ -90,9 +93,7 @@ def main() -> int:
 
     def read_commands() -> None:
         for raw in sys.stdin:
-            line = raw.strip()
-            GLib.idle_add(server.command, line)
-            GLib.idle_add(lambda line=line: print(f"OK {line}", flush=True) and False)
+            GLib.idle_add(server.command, raw.strip())
         GLib.idle_add(loop.quit)
 
     signal.signal(signal.SIGTERM, lambda *_: GLib.idle_add(loop.quit))
