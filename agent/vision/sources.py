@@ -436,7 +436,6 @@ class FrameSource:
         """Monotonic time of the latest frame, or of the open before the first one."""
         self._taken_at = 0.0
         """Monotonic time of the latest frame taken by ``get()``, or of the latest open."""
-        self._got_frame = False
         self._awaiting_take = False
         """An unpaced file's reader waits for the consumer to take the frame in the slot."""
 
