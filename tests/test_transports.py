@@ -334,10 +334,17 @@ def test_opener_that_raises_anything_is_recorded_and_retried(thread_crashes: lis
 # ----- GStreamer through the system OpenCV --------------------------------------------------------
 
 GSTREAMER_SCRIPT = """
-import json, sys
+import json, sys, time
 import cv2, numpy
 from agent.config import SourceSection
 from agent.vision.sources import FrameSource, has_gstreamer
+broken = FrameSource(SourceSection(uri=sys.argv[4], name="broken", reopen_min_s=0.05, reopen_max_s=0.1))
+broken.start()
+deadline = time.monotonic() + 30
+while broken.stats().reopens < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+broken_stats = broken.stats()
+broken.stop()
 source = FrameSource(SourceSection(uri=sys.argv[1], name="gst", read_timeout_s=30))
 source.start()
 frames = []
@@ -353,7 +360,9 @@ if frames:
 with open(sys.argv[3] + "/seen.json", "w") as out:
         json.dump({"cv2": cv2.__version__, "cv2_file": cv2.__file__, "gstreamer": has_gstreamer(),
                "kind": source.kind.value, "shapes": [list(f.image.shape) for f in frames],
-               "indices": [f.index for f in frames], "state": stats.state.value, "last_error": stats.last_error},
+               "indices": [f.index for f in frames], "state": stats.state.value, "last_error": stats.last_error,
+               "broken": {"reopens": broken_stats.reopens, "state": broken_stats.state.value,
+                          "code": broken_stats.last_error_code, "error": broken_stats.last_error}},
               out)
 """
 GSTREAMER_FRAMES = 20
@@ -371,7 +380,7 @@ def decoded_frame(video: Path, index: int) -> np.ndarray:
 
 
 @pytest.mark.skipif(_no_system_gstreamer is not None, reason=f"no GStreamer OpenCV: {_no_system_gstreamer}")
-def test_gstreamer_pipeline_runs_end_to_end_through_the_system_opencv_in_a_jetson_style_venv(
+def test_gstreamer_pipeline_runs_end_to_end_through_a_jetson_style_system_opencv_venv_and_a_broken_one_is_retried(
     video: Path, tmp_path: Path
 ) -> None:
     try:
@@ -379,8 +388,9 @@ def test_gstreamer_pipeline_runs_end_to_end_through_the_system_opencv_in_a_jetso
     except SystemVenvError as exc:
         pytest.skip(str(exc))
     pipeline = f"filesrc location={video} ! decodebin ! videoconvert ! appsink"
+    broken = f"filesrc location={tmp_path / 'absent.mp4'} ! decodebin ! videoconvert ! appsink"
     done = subprocess.run(
-        [str(python), "-c", GSTREAMER_SCRIPT, pipeline, str(GSTREAMER_FRAMES), str(tmp_path)],
+        [str(python), "-c", GSTREAMER_SCRIPT, pipeline, str(GSTREAMER_FRAMES), str(tmp_path), broken],
         capture_output=True, text=True, timeout=WAIT_S, cwd=REPO, check=False,
         env=os.environ | {"PYTHONPATH": str(REPO)},
     )
@@ -390,6 +400,8 @@ def test_gstreamer_pipeline_runs_end_to_end_through_the_system_opencv_in_a_jetso
     assert not seen["cv2_file"].startswith(sys.prefix), "the venv must use the system OpenCV, not a pip one"
     assert seen["shapes"] == [list(FRAME_SHAPE)] * GSTREAMER_FRAMES, seen["last_error"]
     assert seen["indices"] == sorted(set(seen["indices"])), "frames come newest-last, none repeated"
+    assert seen["broken"]["reopens"] >= 2 and seen["broken"]["state"] == "reconnecting", seen["broken"]
+    assert seen["broken"]["code"] == SourceOpenError.code and "absent.mp4" in seen["broken"]["error"]
     index = seen["indices"][0]
     through_gstreamer = np.load(tmp_path / "first.npy").astype(np.int16)
     difference = np.abs(through_gstreamer - decoded_frame(video, index).astype(np.int16)).mean()
