@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -262,7 +263,7 @@ def _take_all(source: FrameSource, taken: list[Frame], done: threading.Event) ->
             taken.append(frame)
 
 
-def _wait_for(condition: Any, timeout_s: float, failure: str | None) -> bool:
+def _wait_for(condition: Callable[[], bool], timeout_s: float, failure: str | None) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
