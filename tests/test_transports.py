@@ -230,6 +230,16 @@ def test_agent_that_takes_no_frame_shows_blocked_and_the_stream_is_never_reopene
     assert resumed.reopens == 0
 
 
+@needs_rtsp
+def test_rtsp_path_the_server_does_not_serve_is_an_open_error_that_hides_the_password(rtsp: RtspServer) -> None:
+    wrong = rtsp.url.replace("rtsp://", "rtsp://admin:s3cret@").replace("/live", "/no-such-stream")
+    with running(section(wrong, reopen_min_s=0.05, reopen_max_s=0.1)) as source:
+        stats = wait_stats(source, lambda s: s.reopens >= 1 and s.last_error is not None, "failed to open")
+    assert stats.last_error_code == SourceOpenError.code and stats.state is SourceState.RECONNECTING
+    assert stats.last_error is not None and "accepts connections but OpenCV could not open" in stats.last_error
+    assert "s3cret" not in stats.last_error and "***@127.0.0.1" in stats.last_error
+
+
 def test_full_rate_is_credited_to_the_frame_from_which_the_rate_holds_not_to_a_burst() -> None:
     fps = 10.0
     burst = [(0.0 + i * 0.001, i) for i in range(30)]  # 30 buffered frames at once, then a 1 s gap
