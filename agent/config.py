@@ -160,10 +160,12 @@ class SourceSection(Section):
     """Files only: ``native`` reads at the file's own frame rate like a camera; ``none`` as fast as decoded."""
     reopen_min_s: float = Field(default=0.5, gt=0)
     """First delay before reopening a failed source; doubles up to ``reopen_max_s``."""
-    reopen_max_s: float = Field(default=10.0, gt=0)
-    """Cap of the reopen delay."""
+    reopen_max_s: float = Field(default=1.0, gt=0)
+    """Cap of the reopen delay: a camera server back from a restart is found within it (a refused connection
+    a second costs nothing), so an RTSP camera is back at full rate within about 3 s of its return."""
     read_timeout_s: float = Field(default=5.0, gt=0)
-    """A source that delivers no frame for this long is reopened."""
+    """A source that delivers no frame for this long is ``stalled`` and reopened; one whose frames nobody takes
+    for this long is ``blocked`` (the agent is behind) and keeps its stream."""
     name: str = "camera0"
     """The slice name of this source in telemetry."""
 

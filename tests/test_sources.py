@@ -23,14 +23,17 @@ import pytest
 from agent.config import SourceSection
 from agent.vision.sources import (
     JETSON_CSI_PIPELINE,
+    DeviceMissingError,
     Frame,
     FrameSource,
     Pacer,
+    PipelineWithoutAppsinkError,
     SourceError,
     SourceKind,
-    SourceOpenError,
     SourceState,
     SourceStats,
+    SourceUnreachableError,
+    UnsupportedSchemeError,
     UnsupportedSourceError,
     classify_uri,
     has_gstreamer,
@@ -254,6 +257,37 @@ def test_unreachable_stream_reconnects_and_never_shows_its_password() -> None:
         stats = take_until(source, lambda s: s.reopens >= 1)
     assert stats.last_error is not None and f"127.0.0.1:{port}" in stats.last_error
     assert "s3cret" not in stats.last_error
+    assert stats.last_error_code == SourceUnreachableError.code
+    assert "Connection refused" in stats.last_error
+    assert stats.state is SourceState.RECONNECTING
+
+
+def test_unknown_host_is_unreachable_and_says_so() -> None:
+    with pytest.raises(SourceUnreachableError, match=r"nothing answers at no-such-camera\.invalid:554"):
+        open_capture("rtsp://u:pw@no-such-camera.invalid/live", read_timeout_s=1.0)
+
+
+@pytest.mark.parametrize("uri", ["ftp://cam.local/live", "rtmp://u:pw@cam.local/app/stream", "srt://cam:9000"])
+def test_wrong_scheme_is_refused_before_any_thread_naming_the_uri_redacted(uri: str) -> None:
+    with pytest.raises(UnsupportedSchemeError, match="which no source reads") as caught:
+        FrameSource(section(uri))
+    assert redact_uri(uri) in str(caught.value) and "pw@" not in str(caught.value)
+    assert caught.value.code == "source_scheme"
+
+
+@pytest.mark.parametrize(
+    "pipeline",
+    ["videotestsrc ! videoconvert ! autovideosink", "rtspsrc location=rtsp://u:pw@cam ! decodebin ! appsink0"],
+)
+def test_gstreamer_pipeline_without_appsink_is_refused_whatever_the_build(pipeline: str) -> None:
+    with pytest.raises(PipelineWithoutAppsinkError, match="has no appsink") as caught:
+        FrameSource(section(pipeline))
+    assert "pw@" not in str(caught.value)
+
+
+def test_file_uri_reads_the_file_it_names(video: Path) -> None:
+    with running(section(video.as_uri(), pace="none")) as source:
+        assert source.get(WAIT_S) is not None
 
 
 @pytest.mark.skipif(has_gstreamer(), reason="this OpenCV has GStreamer")
@@ -269,8 +303,19 @@ def test_gstreamer_pipeline_without_gstreamer_is_a_clear_error() -> None:
     reason="needs the V4L2 backend and no /dev/video99",
 )
 def test_absent_camera_device_is_an_open_error_naming_it() -> None:
-    with pytest.raises(SourceOpenError, match="/dev/video99"):
+    with pytest.raises(DeviceMissingError, match=r"/dev/video99.*does not exist"):
         open_capture("/dev/video99")
+    with pytest.raises(DeviceMissingError, match=r"'/dev/video99' \(source '99'\)"):
+        open_capture("99")
+
+
+@pytest.mark.skipif(Path("/dev/video98").exists(), reason="a camera is plugged in at /dev/video98")
+def test_absent_camera_shows_in_stats_and_the_thread_keeps_retrying() -> None:
+    with running(section("98")) as source:
+        stats = take_until(source, lambda s: s.reopens >= 2)
+    assert stats.state is SourceState.RECONNECTING
+    assert stats.last_error_code == DeviceMissingError.code
+    assert stats.last_error is not None and "/dev/video98" in stats.last_error
 
 
 @pytest.mark.parametrize(
@@ -300,6 +345,7 @@ def test_has_gstreamer_reads_the_build_information(info: str, expected: bool) ->
         ("demo/video.mp4", SourceKind.FILE),
         ("/data/clips/0.mkv", SourceKind.FILE),
         ("file:///data/clip.mp4", SourceKind.FILE),
+        ("clips/cam:1.mp4", SourceKind.FILE),
     ],
 )
 def test_classify_uri(uri: str, kind: SourceKind) -> None:

@@ -8,11 +8,17 @@ of a camera. States::
 
     STARTING -> OPEN <-> RECONNECTING      any -> STOPPED
                 OPEN -> ENDED              (a file at its end, loop=False)
+                OPEN -> STALLED            (no frame arrives for read_timeout_s: the camera's fault)
+                        STALLED -> OPEN | RECONNECTING     (the reopen that follows)
+                OPEN <-> BLOCKED           (frames arrive, nobody takes one for read_timeout_s: the agent's)
 
-Reads that hang are bounded by the backend where OpenCV allows it (FFmpeg's
-read timeout, V4L2's select timeout); a GStreamer appsink cannot be bounded
-from OpenCV, so a hung pipeline stalls the frame loop and the systemd watchdog
-restarts the agent.
+Within an open session STALLED and BLOCKED are read off the clock by
+``stats()``, as Savant tells a silent source from a slow consumer: only a stall
+ends in a reopen (once the backend's read gives up); a blocked source keeps its
+stream and counts what it overwrites. Reads that hang are bounded by the
+backend where OpenCV allows it (FFmpeg's read timeout, V4L2's select timeout);
+a GStreamer appsink cannot be bounded from OpenCV, so a hung pipeline shows
+STALLED until it delivers again, and a stalled frame loop stops the systemd watchdog pings.
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ import enum
 import math
 import os
 import re
+import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import ClassVar, Protocol
+from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -36,9 +45,11 @@ from agent.backoff import Backoff
 from agent.config import SourceSection
 
 __all__ = [
-    "JETSON_CSI_PIPELINE", "Frame", "FrameSource", "Pacer", "SourceError", "SourceKind",
-    "SourceOpenError", "SourceState", "SourceStats", "UnsupportedSourceError", "check_backend",
-    "classify_uri", "has_gstreamer", "open_capture", "redact_uri",
+    "JETSON_CSI_PIPELINE", "LIVE_STATES", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",
+    "FrameSource", "Pacer", "PipelineWithoutAppsinkError", "SourceError", "SourceKind", "SourceOpenError",
+    "SourceReadError", "SourceStalledError", "SourceState", "SourceStats", "SourceUnreachableError",
+    "UnsupportedSchemeError", "UnsupportedSourceError", "check_backend", "classify_uri", "has_gstreamer",
+    "open_capture", "redact_uri",
 ]
 
 log = structlog.get_logger(__name__)
@@ -53,6 +64,13 @@ JETSON_CSI_PIPELINE = (
 ``drop=true max-buffers=1`` keeps appsink from queueing stale frames behind a slow reader."""
 
 NETWORK_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+STALL_SHARE = 0.8
+"""A read of a live source that takes this share of read_timeout_s sat out the backend's timeout: a stall.
+One that fails sooner was cut (the server went away). Backends time out a little early or late."""
+REACH_PROBE_TIMEOUT_S = 2.0
+"""After a failed open, a TCP connect this long says whether the server is there at all (a LAN or VPN
+round trip is far shorter); the open itself already waited read_timeout_s."""
 DEFAULT_READ_TIMEOUT_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 FALLBACK_FILE_FPS = 30.0
@@ -68,18 +86,68 @@ V4L_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
 
 _GSTREAMER_LINE = re.compile(r"^\s*GStreamer:\s*(\S+)", re.MULTILINE)
 _USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://.*", re.DOTALL)
+_APPSINK = re.compile(r"(?:^|!)\s*appsink(?:\s|!|$)")
 
 
 class SourceError(Exception):
-    """A frame source cannot be used as asked."""
+    """A frame source cannot be used as asked; ``code`` names the kind of failure for telemetry."""
+
+    code: ClassVar[str] = "source_failed"
 
 
 class UnsupportedSourceError(SourceError):
     """The URI can never be opened by this OpenCV build (empty, or a backend it lacks)."""
 
+    code = "source_unsupported"
+
+
+class UnsupportedSchemeError(UnsupportedSourceError):
+    """The URI has a scheme (``ftp://``, ``rtmp://``) that no source kind reads."""
+
+    code = "source_scheme"
+
+
+class PipelineWithoutAppsinkError(UnsupportedSourceError):
+    """A GStreamer pipeline string with no ``appsink``, the only element OpenCV takes frames from."""
+
+    code = "source_no_appsink"
+
 
 class SourceOpenError(SourceError):
     """The source could not be opened now; it may work on a later attempt."""
+
+    code = "source_open_failed"
+
+
+class SourceUnreachableError(SourceOpenError):
+    """Nothing accepts a connection at the stream's host and port (refused, unknown host, timeout)."""
+
+    code = "source_unreachable"
+
+
+class DeviceMissingError(SourceOpenError):
+    """The V4L2 device node does not exist: no camera is plugged in at that index or path."""
+
+    code = "source_device_missing"
+
+
+class SourceReadError(SourceError):
+    """An open source stopped delivering: the server closed the stream or the decoder failed."""
+
+    code = "source_read_failed"
+
+
+class SourceStalledError(SourceReadError):
+    """An open source delivered no frame for ``read_timeout_s``; it is reopened."""
+
+    code = "source_stalled"
+
+
+class EmptyFrameError(SourceReadError):
+    """The source opened but handed over a frame with no pixels (a zero width, height or depth)."""
+
+    code = "source_empty_frame"
 
 
 class SourceKind(enum.Enum):
@@ -90,11 +158,21 @@ class SourceKind(enum.Enum):
 
 
 class SourceState(enum.Enum):
+    """Where a source stands; the values are the lowercase names telemetry shows."""
+
     STARTING = "starting"
     OPEN = "open"
+    STALLED = "stalled"
+    """Open, but no frame arrived for ``read_timeout_s``: the camera sends nothing; a reopen follows."""
+    BLOCKED = "blocked"
+    """Open and frames arrive, but nobody took one for ``read_timeout_s``: the agent is behind."""
     RECONNECTING = "reconnecting"
     ENDED = "ended"
     STOPPED = "stopped"
+
+
+LIVE_STATES = frozenset({SourceState.OPEN, SourceState.STALLED, SourceState.BLOCKED})
+"""States of a source whose capture is open."""
 
 
 _BACKENDS = {
@@ -105,7 +183,10 @@ _BACKENDS = {
 
 
 def classify_uri(uri: str) -> SourceKind:
-    """What kind of source a configured URI names (pure: looks at the text only)."""
+    """What kind of source a configured URI names (pure: looks at the text only).
+
+    Raises UnsupportedSchemeError for a ``scheme://`` no kind reads (``file://`` is a file).
+    """
     text = uri.strip()
     if not text:
         raise UnsupportedSourceError("the source uri is empty")
@@ -113,9 +194,16 @@ def classify_uri(uri: str) -> SourceKind:
         return SourceKind.V4L2
     if "!" in text:
         return SourceKind.GSTREAMER
-    if urlsplit(text).scheme.lower() in NETWORK_SCHEMES:
+    scheme = _SCHEME.fullmatch(text)
+    if scheme is None or scheme.group(1).lower() == "file":
+        return SourceKind.FILE
+    if scheme.group(1).lower() in NETWORK_SCHEMES:
         return SourceKind.NETWORK
-    return SourceKind.FILE
+    raise UnsupportedSchemeError(
+        f"{redact_uri(text)!r} has the scheme {scheme.group(1)!r}, which no source reads; use "
+        f"{', '.join(s + '://' for s in sorted(NETWORK_SCHEMES))}, a file path, a V4L2 device "
+        "(0, /dev/video0) or a GStreamer pipeline ending in appsink"
+    )
 
 
 def redact_uri(uri: str) -> str:
@@ -132,6 +220,11 @@ def has_gstreamer(build_info: str | None = None) -> bool:
 def check_backend(uri: str) -> SourceKind:
     """Classify ``uri`` and make sure this OpenCV has the backend it needs."""
     kind = classify_uri(uri)
+    if kind is SourceKind.GSTREAMER and _APPSINK.search(uri) is None:
+        raise PipelineWithoutAppsinkError(
+            f"the GStreamer pipeline {redact_uri(uri.strip())!r} has no appsink; OpenCV takes frames only "
+            "from an appsink: end it with '! videoconvert ! appsink'"
+        )
     if kind is SourceKind.GSTREAMER and not has_gstreamer():
         raise UnsupportedSourceError(
             f"{redact_uri(uri)!r} is a GStreamer pipeline, but this OpenCV {cv2.__version__} "
@@ -148,12 +241,15 @@ def check_backend(uri: str) -> SourceKind:
 
 
 def open_capture(uri: str, *, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> cv2.VideoCapture:
-    """Open ``uri`` with the backend its kind calls for; SourceOpenError names it when it fails."""
+    """Open ``uri`` with the backend its kind calls for; a SourceOpenError names it when it fails."""
     kind = check_backend(uri)
     text = uri.strip()
-    if kind is SourceKind.FILE and not Path(text).is_file():
-        raise SourceOpenError(f"video file {text!r} does not exist or is not a file")
+    if kind is SourceKind.FILE:
+        text = unquote(urlsplit(text).path) if _SCHEME.fullmatch(text) else text
+        if not Path(text).is_file():
+            raise SourceOpenError(f"video file {text!r} does not exist or is not a file")
     if kind is SourceKind.V4L2:
+        _check_device(text)
         os.environ.setdefault(V4L_SELECT_TIMEOUT_ENV, str(max(1, math.ceil(read_timeout_s))))
         capture = cv2.VideoCapture(int(text) if text.isdigit() else text, cv2.CAP_V4L2)
     elif kind is SourceKind.GSTREAMER:
@@ -166,8 +262,46 @@ def open_capture(uri: str, *, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) ->
         capture = cv2.VideoCapture(text, cv2.CAP_ANY)
     if not capture.isOpened():
         capture.release()
+        if kind is SourceKind.NETWORK:
+            _check_reachable(text)
         raise SourceOpenError(f"OpenCV could not open the {kind.value} source {redact_uri(text)!r}")
     return capture
+
+
+def _check_device(text: str) -> None:
+    device = Path(f"/dev/video{int(text)}" if text.isdigit() else text)
+    if not device.exists():
+        raise DeviceMissingError(
+            f"V4L2 camera {str(device)!r} (source {text!r}) does not exist: is the camera plugged in? "
+            "'v4l2-ctl --list-devices' lists the cameras this machine sees"
+        )
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise SourceOpenError(
+            f"V4L2 camera {str(device)!r} (source {text!r}) exists but this user may not open it: "
+            "add the agent's user to the group that owns it (usually 'video')"
+        )
+
+
+def _check_reachable(text: str) -> None:
+    """Raise SourceUnreachableError when nothing accepts a TCP connection where the stream lives."""
+    parts = urlsplit(text)
+    shown = redact_uri(text)
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+    except ValueError as exc:
+        raise SourceUnreachableError(f"{shown!r} has no usable port: {exc}") from None
+    if not host:
+        raise SourceUnreachableError(f"{shown!r} names no host")
+    try:
+        with socket.create_connection((host, port), timeout=REACH_PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise SourceUnreachableError(f"nothing answers at {host}:{port} for {shown!r}: {reason}") from None
+    raise SourceOpenError(
+        f"{host}:{port} accepts connections but OpenCV could not open the stream {shown!r}: "
+        "check the path, the credentials and the codec"
+    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +326,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class SourceStats:
+    """A snapshot of one source for health and telemetry."""
+
     state: SourceState
     frames_captured: int
     frames_dropped: int
@@ -203,6 +339,12 @@ class SourceStats:
     """Capture rate over the last ``FPS_WINDOW_S`` seconds."""
     opened_at: float | None
     """``time.time()`` of the latest successful open."""
+    stalls: int = 0
+    """Times the open source sent nothing for ``read_timeout_s`` and was reopened for it."""
+    last_error_code: str | None = None
+    """The ``code`` of the SourceError behind ``last_error`` (``source_unreachable``, ``source_stalled``...)."""
+    last_frame_age_s: float | None = None
+    """Seconds since the latest frame arrived from the source; None before the first."""
 
 
 class Pacer:
@@ -227,6 +369,7 @@ class Pacer:
 
 class _Outcome(enum.Enum):
     FAILED = "failed"
+    STALLED = "stalled"
     ENDED = "ended"
     LOOPED = "looped"
     STOPPED = "stopped"
@@ -240,17 +383,40 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
+class Capture(Protocol):
+    """What the capture thread uses of a ``cv2.VideoCapture`` (a driver's own capture may stand in)."""
+
+    def read(self) -> tuple[bool, np.ndarray | None]: ...
+    def get(self, prop: int) -> float: ...
+    def getBackendName(self) -> str: ...  # OpenCV's name
+    def release(self) -> None: ...
+
+
+CaptureOpener = Callable[[str, float], Capture]
+"""Opens a URI with a read timeout in seconds: ``open_capture`` unless a caller brings its own driver."""
+
+
+def _open(uri: str, read_timeout_s: float) -> Capture:
+    return open_capture(uri, read_timeout_s=read_timeout_s)
+
+
 class FrameSource:
     """One configured source read by its own thread; ``get()`` hands out the newest frame.
 
     A file with ``pace="none"`` is the one exception to "never wait for the
     consumer": it has no real time, so its reader waits until the previous
     frame was taken and every frame is seen (benchmarks, replays).
+
+    A URI that can never work (a wrong scheme, a pipeline without appsink, a
+    backend this OpenCV lacks) raises UnsupportedSourceError here, before any
+    thread; whatever fails later shows in ``stats()`` (``last_error``,
+    ``last_error_code``) and is retried, never raised out of the thread.
     """
 
-    def __init__(self, config: SourceSection) -> None:
+    def __init__(self, config: SourceSection, *, opener: CaptureOpener = _open) -> None:
         self.config = config
         self.kind = check_backend(config.uri)
+        self._opener = opener
         self._shown_uri = redact_uri(config.uri)
         self._is_file = self.kind is SourceKind.FILE
         self._cond = threading.Condition()
@@ -262,13 +428,32 @@ class FrameSource:
         self._dropped = 0
         self._reopens = 0
         self._last_error: str | None = None
+        self._last_error_code: str | None = None
         self._opened_at: float | None = None
+        self._stalls = 0
         self._times: deque[float] = deque(maxlen=FPS_WINDOW_FRAMES)
+        self._arrived_at: float | None = None
+        """Monotonic time of the latest frame, or of the open before the first one."""
+        self._taken_at = 0.0
+        """Monotonic time of the latest frame taken by ``get()``, or of the latest open."""
+        self._awaiting_take = False
+        """An unpaced file's reader waits for the consumer to take the frame in the slot."""
 
     @property
     def state(self) -> SourceState:
         with self._cond:
+            return self._shown_state(time.monotonic())
+
+    def _shown_state(self, now: float) -> SourceState:
+        """The thread's state, with STALLED and BLOCKED read off the clock while the source is open."""
+        if self._state is not SourceState.OPEN or self._arrived_at is None:
             return self._state
+        bound = self.config.read_timeout_s
+        silent = now - self._arrived_at >= bound
+        unclaimed = self._slot is not None and now - self._taken_at >= bound
+        if unclaimed and (self._awaiting_take or not silent):
+            return SourceState.BLOCKED
+        return SourceState.STALLED if silent else SourceState.OPEN
 
     def start(self) -> None:
         if self._thread is not None:
@@ -301,6 +486,8 @@ class FrameSource:
                 max(0.0, timeout),
             )
             frame, self._slot = self._slot, None
+            if frame is not None:
+                self._taken_at = time.monotonic()
             self._cond.notify_all()
             return frame
 
@@ -310,13 +497,16 @@ class FrameSource:
             recent = [t for t in self._times if now - t <= FPS_WINDOW_S]
             span = recent[-1] - recent[0] if len(recent) > 1 else 0.0
             return SourceStats(
-                state=self._state,
+                state=self._shown_state(now),
                 frames_captured=self._captured,
                 frames_dropped=self._dropped,
                 reopens=self._reopens,
                 last_error=self._last_error,
                 fps=(len(recent) - 1) / span if span > 0 else 0.0,
                 opened_at=self._opened_at,
+                stalls=self._stalls,
+                last_error_code=self._last_error_code,
+                last_frame_age_s=now - self._times[-1] if self._times else None,
             )
 
     def _run(self) -> None:
@@ -329,10 +519,10 @@ class FrameSource:
                 self._set_state(SourceState.ENDED)
                 log.info("source_ended", source=self.config.name, uri=self._shown_uri)
                 return
-            if outcome is _Outcome.FAILED:
-                self._set_state(SourceState.RECONNECTING)
+            if outcome in (_Outcome.FAILED, _Outcome.STALLED):
+                self._set_state(SourceState.STALLED if outcome is _Outcome.STALLED else SourceState.RECONNECTING)
                 delay = backoff.next_delay()
-                log.info(
+                (log.info if backoff.attempts == 1 else log.debug)(
                     "source_reopening", source=self.config.name, uri=self._shown_uri,
                     attempt=backoff.attempts, delay_s=round(delay, 3),
                 )
@@ -343,31 +533,38 @@ class FrameSource:
 
     def _session(self, backoff: Backoff, looping: bool) -> _Outcome:
         try:
-            capture = open_capture(self.config.uri, read_timeout_s=self.config.read_timeout_s)
-        except (SourceError, cv2.error) as exc:
-            self._fail(str(exc))
+            capture = self._opener(self.config.uri, self.config.read_timeout_s)
+        except SourceError as exc:
+            self._fail(exc)
+            return _Outcome.FAILED
+        except Exception as exc:  # cv2.error, or a driver's own opener: the thread outlives it
+            self._fail(SourceOpenError(f"opening {self._shown_uri!r} failed: {type(exc).__name__}: {exc}"))
             return _Outcome.FAILED
         try:
             self._opened(capture, looping)
             return self._read_all(capture, backoff)
+        except SourceError as exc:
+            self._fail(exc)
+            return _Outcome.FAILED
         except Exception as exc:  # the capture thread outlives any decoder or driver surprise
-            self._fail(f"{type(exc).__name__}: {exc}")
+            self._fail(SourceReadError(f"reading {self._shown_uri!r} failed: {type(exc).__name__}: {exc}"))
             return _Outcome.FAILED
         finally:
             capture.release()
 
-    def _opened(self, capture: cv2.VideoCapture, looping: bool) -> None:
+    def _opened(self, capture: Capture, looping: bool) -> None:
         with self._cond:
             if self._state is not SourceState.STOPPED:
                 self._state = SourceState.OPEN
             self._opened_at = time.time()
+            self._arrived_at = self._taken_at = time.monotonic()
         (log.debug if looping else log.info)(
             "source_opened", source=self.config.name, uri=self._shown_uri, kind=self.kind.value,
             backend=capture.getBackendName(), width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
             height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), fps=capture.get(cv2.CAP_PROP_FPS),
         )
 
-    def _read_all(self, capture: cv2.VideoCapture, backoff: Backoff) -> _Outcome:
+    def _read_all(self, capture: Capture, backoff: Backoff) -> _Outcome:
         pacer = None
         if self._is_file and self.config.pace == "native":
             fps = capture.get(cv2.CAP_PROP_FPS)
@@ -375,15 +572,30 @@ class FrameSource:
         handshake = self._is_file and self.config.pace == "none"
         expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if self._is_file else 0
         frames = 0
+        live = not self._is_file
         while not self._stopping.is_set():
+            began = time.monotonic()
             ok, image = capture.read()
+            waited = time.monotonic() - began
+            if live and waited >= STALL_SHARE * self.config.read_timeout_s and not self._stopping.is_set():
+                # The backend sat out its read timeout: the stream is silent. What a read hands over
+                # now is a decoder's leftover (H.264 keeps a frame or two), not a sign of life.
+                self._fail(self._stall(frames, waited))
+                return _Outcome.STALLED
             if not ok or image is None:
                 return self._after_last_read(frames, expected)
+            if image.size == 0:
+                raise EmptyFrameError(
+                    f"{self._shown_uri!r} opened but delivered a zero-size frame (shape {image.shape}) "
+                    f"after {frames} frames"
+                )
             if pacer is not None and self._stopping.wait(pacer.delay(time.monotonic())):
                 break
             if handshake:
                 with self._cond:
+                    self._awaiting_take = True
                     self._cond.wait_for(lambda: self._slot is None or self._stopping.is_set())
+                    self._awaiting_take = False
             self._publish(_as_bgr(image))
             if frames == 0:
                 backoff.reset()
@@ -394,18 +606,29 @@ class FrameSource:
         if self._stopping.is_set():
             return _Outcome.STOPPED
         if not self._is_file:
-            self._fail(f"reading {self._shown_uri!r} failed after {frames} frames")
+            self._fail(SourceReadError(f"reading {self._shown_uri!r} failed after {frames} frames"))
             return _Outcome.FAILED
         if frames == 0:
-            self._fail(f"video file {self._shown_uri!r} opened but gave no frame")
+            self._fail(SourceReadError(f"video file {self._shown_uri!r} opened but gave no frame"))
             return _Outcome.FAILED
         if frames < expected:  # short of the container's count: cut (truncated), not finished
-            self._fail(f"reading {self._shown_uri!r} failed at frame {frames} of {expected}")
+            self._fail(SourceReadError(f"reading {self._shown_uri!r} failed at frame {frames} of {expected}"))
             return _Outcome.FAILED
         if self.config.loop:
             log.debug("source_looped", source=self.config.name, uri=self._shown_uri, frames=frames)
             return _Outcome.LOOPED
         return _Outcome.ENDED
+
+    def _stall(self, frames: int, waited_s: float) -> SourceStalledError:
+        with self._cond:
+            self._stalls += 1
+            silent_s = time.monotonic() - (self._arrived_at or 0.0)
+        log.warning("source_stalled", source=self.config.name, uri=self._shown_uri, silent_s=round(silent_s, 2),
+                    read_s=round(waited_s, 2))
+        return SourceStalledError(
+            f"no frame from {self._shown_uri!r} for {silent_s:.1f} s (read_timeout_s "
+            f"{self.config.read_timeout_s:g}) after {frames} frames: the source is stalled"
+        )
 
     def _publish(self, image: np.ndarray) -> None:
         captured_at, wall_time = time.monotonic(), time.time()
@@ -418,12 +641,17 @@ class FrameSource:
             self._slot = frame
             self._captured += 1
             self._times.append(captured_at)
+            self._arrived_at = captured_at
             self._cond.notify_all()
 
-    def _fail(self, error: str) -> None:
+    def _fail(self, error: SourceError) -> None:
+        """Record why the source failed; a failure repeating the previous one logs at debug level."""
         with self._cond:
-            self._last_error = error
-        log.warning("source_failed", source=self.config.name, uri=self._shown_uri, error=error)
+            repeated = self._last_error == str(error)
+            self._last_error, self._last_error_code = str(error), error.code
+        (log.debug if repeated else log.warning)(
+            "source_failed", source=self.config.name, uri=self._shown_uri, code=error.code, error=str(error),
+        )
 
     def _set_state(self, state: SourceState) -> None:
         with self._cond:
