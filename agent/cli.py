@@ -52,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
-    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url})")  # type: ignore[attr-defined]
+    cameras = ", ".join(c.name for c in config.cameras)  # type: ignore[attr-defined]
+    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url}, "  # type: ignore[attr-defined]
+          f"cameras {cameras})")
     return EXIT_OK
 
 
