@@ -42,8 +42,9 @@ from .runtime.slot import EngineSlot, Serving
 from .signals import Signals
 from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
+from .vision.cameras import CameraError, CameraSet, camera_rows, overwritten
 from .vision.pipeline import Pipeline
-from .vision.sources import FrameSource
+from .vision.scheduler import Scheduler
 
 try:  # Python 3.10 (JetPack 6) has no asyncio.TaskGroup
     from asyncio import TaskGroup
@@ -81,8 +82,11 @@ class Agent:
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
-        self.source = FrameSource(config.source)
-        self.pipeline = Pipeline(self.source, self.slot, self.recorder)
+        try:
+            self.cameras = CameraSet(config.cameras, config.model.name)
+        except CameraError as exc:
+            raise StartupError(exc.message) from exc
+        self.pipeline = Pipeline(Scheduler(self.cameras), self.slot, self.recorder)
         try:
             self.notifier = Notifier()
         except SystemdError as exc:
@@ -273,7 +277,7 @@ class Agent:
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
         assert self.router is not None
-        self.source.start()
+        self.cameras.start()
         self.pipeline.start()
         url = self._mqtt_url()
         settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
@@ -343,7 +347,8 @@ class Agent:
     async def _ready_when_first_frame(self) -> None:
         ready = await asyncio.to_thread(self.pipeline.first_frame.wait, FIRST_FRAME_TIMEOUT_S)
         if not ready:
-            log.error("no_first_frame", timeout_s=FIRST_FRAME_TIMEOUT_S, source=self.source.stats().state.name)
+            log.error("no_first_frame", timeout_s=FIRST_FRAME_TIMEOUT_S,
+                      cameras={c.name: c.stats().state.value for c in self.cameras.active()})
             self.request_stop("no frame was inferred in time")
             return
         serving = self.slot.serving
@@ -361,19 +366,23 @@ class Agent:
                 await self._guarded(getattr(action, "__name__", "timer"), action)
 
     async def publish_latency(self) -> None:
-        stats = self.source.stats()
+        dropped = overwritten(self.cameras)
+        recorders = self.pipeline.cameras
+        per_camera = {name: (snap, dropped[name]) for name in dropped
+                      if (snap := recorders.snapshot(name)) is not None}
         payload = self.telemetry.latency(self.recorder.snapshot(), self.pipeline.counters.frames_processed,
-                                         stats.frames_dropped)
+                                         sum(dropped.values()), per_camera)
         await self.telemetry.publish(self.topics.telemetry("latency"), payload)
 
     def health_fields(self) -> dict:  # type: ignore[type-arg]
-        stats = self.source.stats()
+        cameras = camera_rows(self.cameras, self.pipeline.cameras)
+        first = cameras[0] if cameras else {"state": "none", "reopens": 0, "last_error": None, "fps": 0.0}
         session = self.session.status() if self.session is not None else None
         serving = self.slot.serving
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
-            "camera": {"state": stats.state.name.lower(), "reopens": stats.reopens,
-                       "last_error": stats.last_error, "fps": round(stats.fps, 2)},
+            "camera": {key: first[key] for key in ("state", "reopens", "last_error", "fps")},
+            "cameras": cameras,
             "broker": {"state": session.state.name.lower() if session else "disconnected",
                        "reconnects": session.reconnects if session else 0},
             "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
@@ -446,7 +455,7 @@ class Agent:
         finished = await asyncio.to_thread(self.pipeline.stop, bound / 2)
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
-        await asyncio.to_thread(self.source.stop, bound / 4)
+        await asyncio.to_thread(self.cameras.stop, bound / 4)
         assert self.session is not None
         try:
             await asyncio.wait_for(

@@ -207,9 +207,25 @@ class ModelBrief(_Wire):
     runtime: str
 
 
+class CameraStatus(_Wire):
+    """One camera in ``telemetry/health``: its capture and what the engine made of it."""
+
+    name: str
+    state: str = Field(description="starting, open, reconnecting, ended, stopped; disabled (configured, "
+                       "not opened); refused (this OpenCV can never open it)")
+    reopens: int = Field(ge=0)
+    last_error: str | None = None
+    fps: float = Field(ge=0, description="capture rate")
+    inferred_fps: float = Field(ge=0, description="frames inferred per second")
+    frames_captured: int = Field(ge=0)
+    frames_overwritten: int = Field(ge=0, description="frames replaced by a newer one before the engine took them")
+    frames_inferred: int = Field(ge=0)
+    errors: int = Field(ge=0, description="frames of this camera that failed to infer")
+
+
 class HealthPayload(Envelope):
     uptime_s: float = Field(ge=0)
-    camera: CameraHealth
+    camera: CameraHealth = Field(description="the first camera (kept for readers of one camera); see cameras")
     broker: BrokerHealth
     model: ModelBrief | None
     cpu_percent: float = Field(ge=0, description="process CPU, percent of one core")
@@ -234,6 +250,7 @@ class HealthPayload(Envelope):
         default_factory=dict,
         description="failures caught at the boundary of each of the agent's tasks, since start",
     )
+    cameras: list[CameraStatus] = Field(default_factory=list, description="every configured camera")
 
 
 class StageLatency(_Wire):
@@ -244,12 +261,24 @@ class StageLatency(_Wire):
     count: int = Field(ge=0)
 
 
+class CameraLatency(_Wire):
+    """One camera in ``telemetry/latency``."""
+
+    name: str
+    window_frames: int = Field(ge=0)
+    fps: float = Field(ge=0)
+    frames_processed: int = Field(ge=0)
+    frames_dropped: int = Field(ge=0)
+    stages: dict[str, StageLatency]
+
+
 class LatencyPayload(Envelope):
     window_frames: int = Field(ge=0)
     fps: float = Field(ge=0)
     frames_processed: int = Field(ge=0)
     frames_dropped: int = Field(ge=0)
     stages: dict[str, StageLatency]
+    cameras: list[CameraLatency] = Field(default_factory=list, description="the same, per camera")
 
 
 PAYLOADS: dict[str, type[Envelope]] = {

@@ -248,12 +248,13 @@ class FrameSource:
     frame was taken and every frame is seen (benchmarks, replays).
     """
 
-    def __init__(self, config: SourceSection) -> None:
+    def __init__(self, config: SourceSection, condition: threading.Condition | None = None) -> None:
+        """``condition``: shared by the sources of one camera set, so one wait sees any new frame."""
         self.config = config
         self.kind = check_backend(config.uri)
         self._shown_uri = redact_uri(config.uri)
         self._is_file = self.kind is SourceKind.FILE
-        self._cond = threading.Condition()
+        self._cond = condition if condition is not None else threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._slot: Frame | None = None

@@ -1,0 +1,197 @@
+"""The device's cameras: one capture (``FrameSource``) per enabled ``[[camera]]``, changed at run time.
+
+Every source of the set shares one condition, so the scheduler (agent.vision.scheduler)
+sleeps on a single wait and wakes when any camera has a new frame. Adding,
+updating or removing a camera touches only that camera's capture thread: the
+others keep delivering, and the frame worker sees the new set on its next batch.
+A source is stopped outside the set's lock (its thread needs the condition to end).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ..commands import CommandFailed
+from ..config import CameraSection, check_camera_set
+from ..monitor.latency import CameraRecorders
+from .sources import FrameSource, SourceError, SourceStats
+
+__all__ = ["CAMERA_ERROR_CODES", "Camera", "CameraError", "CameraSet", "camera_rows", "overwritten"]
+
+log = structlog.get_logger(__name__)
+
+CAMERA_STOP_TIMEOUT_S = 5.0
+"""How long a removed or replaced camera's capture thread is given to end."""
+DISABLED_STATE = "disabled"
+REFUSED_STATE = "refused"
+CAMERA_ERROR_CODES = ("camera_invalid", "camera_exists", "camera_not_found", "camera_unsupported")
+
+
+class CameraError(CommandFailed):
+    """A camera cannot be added, changed or removed as asked; ``code`` and ``message`` reach the reply."""
+
+
+@dataclass(eq=False)
+class Camera:
+    """One enabled camera: its settings, its capture, and the scheduler's per-camera state."""
+
+    config: CameraSection
+    source: FrameSource
+    next_due: float = 0.0
+    """``time.monotonic()`` before which an fps-capped camera is not taken from (scheduler-owned)."""
+    frames_taken: int = 0
+    """Frames handed to the engine."""
+    roi_misses: int = 0
+    """Frames dropped because the region of interest lies outside the frame."""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def stats(self) -> SourceStats:
+        return self.source.stats()
+
+
+class CameraSet:
+    """The configured cameras (enabled or not) and a running capture for each enabled one."""
+
+    def __init__(self, configs: Iterable[CameraSection], model_name: str) -> None:
+        self.condition = threading.Condition()
+        self.model_name = model_name
+        self._configs: dict[str, CameraSection] = {}
+        self._active: dict[str, Camera] = {}
+        self._started = False
+        self.generation = 0
+        """Bumped on every change: the scheduler re-reads the set when it moves."""
+        self.refused: dict[str, str] = {}
+        """Cameras of the file this OpenCV can never open (a missing backend): reported, not run,
+        so that one such camera does not keep the others from serving."""
+        for config in configs:
+            self._check([*self._configs.values(), config])
+            self._configs[config.name] = config
+            if config.enabled:
+                try:
+                    self._active[config.name] = self._open(config)
+                except CameraError as exc:
+                    self.refused[config.name] = exc.message
+                    log.error("camera_refused", camera=config.name, code=exc.code, error=exc.message)
+
+    # ----- reading -----------------------------------------------------------------------
+    def configs(self) -> tuple[CameraSection, ...]:
+        with self.condition:
+            return tuple(self._configs.values())
+
+    def active(self) -> tuple[Camera, ...]:
+        with self.condition:
+            return tuple(self._active.values())
+
+    def get(self, name: str) -> Camera | None:
+        with self.condition:
+            return self._active.get(name)
+
+    # ----- start / stop ------------------------------------------------------------------
+    def start(self) -> None:
+        with self.condition:
+            self._started = True
+            cameras = list(self._active.values())
+        for camera in cameras:
+            camera.source.start()
+
+    def stop(self, timeout: float = CAMERA_STOP_TIMEOUT_S) -> bool:
+        with self.condition:
+            self._started = False
+            cameras = list(self._active.values())
+        return all([camera.source.stop(timeout) for camera in cameras])
+
+    # ----- changes -----------------------------------------------------------------------
+    def add(self, config: CameraSection) -> None:
+        """Add a camera (and start it when the set runs); ``camera_exists`` if the name is taken."""
+        with self.condition:
+            if config.name in self._configs:
+                raise CameraError("camera_exists", f"camera {config.name!r} already exists")
+        self._replace(config.name, config)
+
+    def update(self, config: CameraSection) -> None:
+        """Replace a camera's settings: its capture is reopened with them; the others go on."""
+        with self.condition:
+            if config.name not in self._configs:
+                raise CameraError("camera_not_found", f"camera {config.name!r} does not exist")
+        self._replace(config.name, config)
+
+    def remove(self, name: str) -> None:
+        with self.condition:
+            if name not in self._configs:
+                raise CameraError("camera_not_found", f"camera {name!r} does not exist")
+        self._replace(name, None)
+
+    def _replace(self, name: str, config: CameraSection | None) -> None:
+        with self.condition:
+            configs = dict(self._configs)
+        if config is None:
+            configs.pop(name, None)
+        else:
+            configs[name] = config
+            self._check(list(configs.values()))
+        fresh = self._open(config) if config is not None and config.enabled else None
+        with self.condition:
+            self._configs = configs
+            self.refused.pop(name, None)
+            old = self._active.pop(name, None)
+            if fresh is not None:
+                self._active[name] = fresh
+            self.generation += 1
+            started = self._started
+            self.condition.notify_all()
+        if old is not None:
+            old.source.stop(CAMERA_STOP_TIMEOUT_S)
+        if fresh is not None and started:
+            fresh.source.start()
+        log.info("camera_changed", camera=name, action="removed" if config is None else "set",
+                 enabled=None if config is None else config.enabled)
+
+    def _check(self, configs: list[CameraSection]) -> None:
+        try:
+            check_camera_set(tuple(configs), self.model_name)
+        except ValueError as exc:
+            raise CameraError("camera_invalid", str(exc)) from None
+
+    def _open(self, config: CameraSection) -> Camera:
+        try:
+            source = FrameSource(config, self.condition)
+        except SourceError as exc:
+            raise CameraError("camera_unsupported", f"camera {config.name!r}: {exc}") from exc
+        return Camera(config, source)
+
+
+def camera_rows(cameras: CameraSet, recorders: CameraRecorders) -> list[dict[str, Any]]:
+    """Each configured camera for ``telemetry/health``'s ``cameras`` (disabled ones included)."""
+    rows = []
+    for config in cameras.configs():
+        camera = cameras.get(config.name)
+        snapshot = recorders.snapshot(config.name)
+        inferred_fps = snapshot.fps if snapshot is not None else 0.0
+        if camera is None:
+            refused = cameras.refused.get(config.name)
+            rows.append({"name": config.name, "state": REFUSED_STATE if refused else DISABLED_STATE,
+                         "reopens": 0, "last_error": refused,
+                         "fps": 0.0, "inferred_fps": 0.0, "frames_captured": 0, "frames_overwritten": 0,
+                         "frames_inferred": 0, "errors": 0})
+            continue
+        stats = camera.stats()
+        rows.append({
+            "name": config.name, "state": stats.state.value, "reopens": stats.reopens,
+            "last_error": stats.last_error, "fps": round(stats.fps, 2), "inferred_fps": round(inferred_fps, 2),
+            "frames_captured": stats.frames_captured, "frames_overwritten": stats.frames_dropped,
+            "frames_inferred": camera.frames_taken, "errors": recorders.errors(config.name),
+        })
+    return rows
+
+
+def overwritten(cameras: CameraSet) -> dict[str, int]:
+    """Frames each running camera overwrote before the engine took them."""
+    return {camera.name: camera.stats().frames_dropped for camera in cameras.active()}
