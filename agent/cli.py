@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_cameras import add_camera_parsers
 from .cli_control import add_control_parsers, add_key_parsers
 from .cli_fleet import add_fleet_parsers
 from .config import ConfigError, load_config
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=cmd_check_config)
 
     add_control_parsers(sub)
+    add_camera_parsers(sub)
     add_fleet_parsers(sub)
     model = sub.add_parser(
         "model", help="model tools: keys, signing, engine builds, drift profiles, export, quantize, prune, compare, pack")

@@ -19,7 +19,7 @@ import structlog
 
 from . import __version__
 from .commands import CommandJournal, CommandRouter, Outcome
-from .config import AgentConfig
+from .config import AgentConfig, CameraSection
 from .handlers import CommandHandlers
 from .log import bind_context
 from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
@@ -33,7 +33,7 @@ from .monitor.telemetry import Telemetry
 from .mqtt.authority import CommandAuthority, NonceCache, load_command_key
 from .mqtt.broker import EmbeddedBroker
 from .mqtt.outbox import OutboxError, SqliteOutbox
-from .mqtt.schema import CommandError, StatusPayload
+from .mqtt.schema import CamerasPayload, CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.settings import SessionConfigError, check_certificate_identity
 from .mqtt.topics import Topics
@@ -42,7 +42,16 @@ from .runtime.slot import EngineSlot, Serving
 from .signals import Signals
 from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
-from .vision.cameras import CameraError, CameraSet, camera_rows, overwritten
+from .vision.cameras import (
+    CAMERAS_FILE,
+    CameraError,
+    CameraSet,
+    camera_rows,
+    described,
+    load_cameras,
+    overwritten,
+    save_cameras,
+)
 from .vision.pipeline import Pipeline
 from .vision.scheduler import Scheduler
 
@@ -62,7 +71,7 @@ WATCHDOG_DEFAULT_PERIOD_S = 2.0
 JOURNAL_FILE = "commands.json"
 OUTBOX_FILE = "outbox.sqlite3"
 NONCES_FILE = "nonces.json"
-RETAINED_KEYS = ("status", "model", "deployment")
+RETAINED_KEYS = ("status", "model", "deployment", "cameras")
 """Retained topics: not queued in the outbox, so their sequence numbers are saved at once."""
 
 
@@ -82,8 +91,9 @@ class Agent:
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
+        self.cameras_file = config.agent.state_dir / CAMERAS_FILE
         try:
-            self.cameras = CameraSet(config.cameras, config.model.name)
+            self.cameras = CameraSet(self._camera_configs(), config.model.name)
         except CameraError as exc:
             raise StartupError(exc.message) from exc
         self.pipeline = Pipeline(Scheduler(self.cameras), self.slot, self.recorder)
@@ -130,6 +140,32 @@ class Agent:
         self._frame_loop_stalled = False
 
     # ----- start -------------------------------------------------------------------------
+    def _camera_configs(self) -> tuple[CameraSection, ...]:
+        """The cameras ``cmd/cameras`` last set (kept in the state folder), else the file's."""
+        try:
+            saved = load_cameras(self.cameras_file, self.config.model.name)
+        except CameraError as exc:
+            log.error("cameras_file_invalid", path=str(self.cameras_file), error=exc.message)
+            saved = None
+        self.cameras_source = "config" if saved is None else "commands"
+        if saved is not None:
+            log.info("cameras_from_state", path=str(self.cameras_file), cameras=[c.name for c in saved])
+        return self.config.cameras if saved is None else saved
+
+    def cameras_changed(self) -> None:
+        """Keep the set a command left (atomically: a kill leaves the old file or the new)."""
+        save_cameras(self.cameras_file, self.cameras.configs())
+        self.cameras_source = "commands"
+        active = {c.name for c in self.cameras.configs()}
+        for name in self.pipeline.cameras.names():
+            if name not in active:
+                self.pipeline.cameras.forget(name)
+
+    async def publish_cameras(self) -> None:
+        payload = CamerasPayload(**self.telemetry.envelope("cameras"), cameras=described(self.cameras),
+                                 source=self.cameras_source)
+        await self.telemetry.publish_state(self.topics.cameras, payload)
+
     def load_initial(self) -> Serving:
         """The store's current model, or previous (reported) when current does not load."""
         name = self.config.model.name
@@ -190,6 +226,7 @@ class Agent:
         """Birth, on every (re)connect: retained online status, serving model, latest deployment."""
         await self.telemetry.publish_state(self.topics.status, self.status_payload("online"))
         await self.publish_model()
+        await self.publish_cameras()
         if self.deployment is not None:
             await self.publish_deployment(self.deployment)
 

@@ -112,6 +112,10 @@ class CameraRecorders:
         with self._lock:
             return self._errors.get(camera, 0)
 
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._recorders)
+
     def forget(self, camera: str) -> None:
         with self._lock:
             self._recorders.pop(camera, None)

@@ -29,6 +29,10 @@ __all__ = [
     "ArtifactStatement",
     "BrokerHealth",
     "CameraHealth",
+    "CameraLatency",
+    "CameraStatus",
+    "CamerasCommand",
+    "CamerasPayload",
     "Command",
     "CommandBase",
     "CommandError",
@@ -547,3 +551,42 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     for name, command in COMMANDS.items():
         schemas[f"cmd/{name}"] = command.model_json_schema(by_alias=True)
     return schemas
+
+
+# --- cameras at run time (docs/cameras.md) -------------------------------------------------
+
+
+class CamerasCommand(CommandBase):
+    """``cmd/cameras``: add, update, remove or list the device's cameras without a restart.
+
+    ``camera`` is one ``[[camera]]`` entry as JSON; the agent checks it with the very model
+    that checks the config file (agent.config.CameraSection), so a reply names the key."""
+
+    command_name: ClassVar[str] = "cameras"
+    action: Literal["add", "update", "remove", "list"]
+    camera: dict[str, Any] | None = Field(default=None, description="add, update: the camera entry")
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH,
+                             description="remove: the camera's name")
+
+    @model_validator(mode="after")
+    def _fields_of_action(self) -> CamerasCommand:
+        if self.action in ("add", "update") and self.camera is None:
+            raise ValueError(f"'{self.action}' needs 'camera' (a [[camera]] entry)")
+        if self.action == "remove" and self.name is None:
+            raise ValueError("'remove' needs 'name'")
+        return self
+
+
+class CamerasPayload(Envelope):
+    """Retained ``cameras``: every configured camera, as the agent runs it now."""
+
+    cameras: list[dict[str, Any]] = Field(
+        description="the [[camera]] entries (uri with any user:password@ redacted), each with its "
+        "`state` (open, reconnecting, disabled, ...)")
+    source: Literal["config", "commands"] = Field(
+        description="config: the config file's cameras; commands: the set last changed by cmd/cameras "
+        "(kept in <state_dir>/cameras.json)")
+
+
+register_command(CamerasCommand)
+register_payload("cameras", CamerasPayload)

@@ -9,19 +9,28 @@ A source is stopped outside the set's lock (its thread needs the condition to en
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 
 from ..commands import CommandFailed
 from ..config import CameraSection, check_camera_set
+from ..models.bootguard import write_json_atomic
 from ..monitor.latency import CameraRecorders
-from .sources import FrameSource, SourceError, SourceStats
+from .sources import FrameSource, SourceError, SourceStats, redact_uri
 
-__all__ = ["CAMERA_ERROR_CODES", "Camera", "CameraError", "CameraSet", "camera_rows", "overwritten"]
+__all__ = [
+    "CAMERAS_FILE", "CAMERA_ERROR_CODES", "Camera", "CameraError", "CameraSet", "camera_entry", "camera_rows",
+    "described", "first_frame_error", "load_cameras", "overwritten", "save_cameras",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +38,8 @@ CAMERA_STOP_TIMEOUT_S = 5.0
 """How long a removed or replaced camera's capture thread is given to end."""
 DISABLED_STATE = "disabled"
 REFUSED_STATE = "refused"
-CAMERA_ERROR_CODES = ("camera_invalid", "camera_exists", "camera_not_found", "camera_unsupported")
+CAMERA_ERROR_CODES = ("camera_invalid", "camera_exists", "camera_not_found", "camera_unsupported",
+                      "camera_unavailable")
 
 
 class CameraError(CommandFailed):
@@ -93,6 +103,10 @@ class CameraSet:
     def get(self, name: str) -> Camera | None:
         with self.condition:
             return self._active.get(name)
+
+    def config(self, name: str) -> CameraSection | None:
+        with self.condition:
+            return self._configs.get(name)
 
     # ----- start / stop ------------------------------------------------------------------
     def start(self) -> None:
@@ -195,3 +209,75 @@ def camera_rows(cameras: CameraSet, recorders: CameraRecorders) -> list[dict[str
 def overwritten(cameras: CameraSet) -> dict[str, int]:
     """Frames each running camera overwrote before the engine took them."""
     return {camera.name: camera.stats().frames_dropped for camera in cameras.active()}
+
+
+CAMERAS_FILE = "cameras.json"
+"""In the state folder: the camera set as ``cmd/cameras`` last left it; it wins over the file."""
+PROBE_MARGIN_S = 2.0
+"""Added to a camera's ``read_timeout_s`` (FFmpeg's open timeout) while a command waits for its
+first frame: past it the camera counts as unavailable and the change is undone."""
+PROBE_POLL_S = 0.05
+
+
+def camera_entry(document: Mapping[str, Any]) -> CameraSection:
+    """A camera entry of a command, checked by the config file's own model; ``camera_invalid``
+    names the camera and the key (``camera (yard).uri: ...``)."""
+    try:
+        return CameraSection.model_validate(dict(document))
+    except ValidationError as exc:
+        name = document.get("name")
+        head = f"camera ({name})" if isinstance(name, str) else "camera"
+        parts = []
+        for item in exc.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            parts.append(f"{head}.{key}: {message.removeprefix('Value error, ')}")
+        raise CameraError("camera_invalid", "; ".join(parts)) from None
+
+
+async def first_frame_error(cameras: CameraSet, config: CameraSection) -> str | None:
+    """None once the camera delivered a frame (or is disabled); else why it did not, in time."""
+    if not config.enabled:
+        return None
+    camera = cameras.get(config.name)
+    if camera is None:
+        return f"camera {config.name!r} is not running"
+    deadline = time.monotonic() + config.read_timeout_s + PROBE_MARGIN_S
+    while time.monotonic() < deadline:
+        stats = camera.stats()
+        if stats.frames_captured > 0:
+            return None
+        if stats.last_error is not None:
+            return f"camera {config.name!r}: {stats.last_error}"
+        await asyncio.sleep(PROBE_POLL_S)
+    return f"camera {config.name!r} delivered no frame within {config.read_timeout_s + PROBE_MARGIN_S:.1f} s"
+
+
+def save_cameras(path: Path, configs: Iterable[CameraSection]) -> None:
+    write_json_atomic(path, {"cameras": [c.model_dump(mode="json") for c in configs]})
+
+
+def load_cameras(path: Path, model_name: str) -> tuple[CameraSection, ...] | None:
+    """The saved camera set, None when there is none; CameraError when it does not check."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CameraError("camera_invalid", f"{path}: unreadable: {exc}") from None
+    entries = document.get("cameras") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise CameraError("camera_invalid", f"{path}: no 'cameras' list")
+    configs = tuple(camera_entry(e) if isinstance(e, dict) else camera_entry({}) for e in entries)
+    try:
+        check_camera_set(configs, model_name)
+    except ValueError as exc:
+        raise CameraError("camera_invalid", f"{path}: {exc}") from None
+    return configs
+
+
+def described(cameras: CameraSet) -> list[dict[str, Any]]:
+    """The retained ``cameras`` entries: settings (uri redacted) and state."""
+    states = {row["name"]: row["state"] for row in camera_rows(cameras, CameraRecorders(1))}
+    return [{**c.model_dump(mode="json"), "uri": redact_uri(c.uri), "state": states.get(c.name)}
+            for c in cameras.configs()]
