@@ -81,6 +81,7 @@ class CommandHandlers:
             },
             "health": agent.health_fields(),
             "last_frame_id": agent.pipeline.last_result.frame.index if agent.pipeline.last_result else None,
+            "last_frame_camera": agent.pipeline.last_result.camera if agent.pipeline.last_result else None,
         }
 
     def _probation(self, command: DeployCommand) -> Probation | None:
