@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import structlog
 
@@ -147,7 +148,7 @@ class Agent:
         except CameraError as exc:
             log.error("cameras_file_invalid", path=str(self.cameras_file), error=exc.message)
             saved = None
-        self.cameras_source = "config" if saved is None else "commands"
+        self.cameras_source: Literal["config", "commands"] = "config" if saved is None else "commands"
         if saved is not None:
             log.info("cameras_from_state", path=str(self.cameras_file), cameras=[c.name for c in saved])
         return self.config.cameras if saved is None else saved
@@ -382,6 +383,9 @@ class Agent:
             self._stop.set()
 
     async def _ready_when_first_frame(self) -> None:
+        if not self.cameras.active():  # nothing to infer yet: cmd/cameras may add a camera
+            log.warning("no_camera_enabled", configured=[c.name for c in self.cameras.configs()])
+            self.pipeline.first_frame.set()
         ready = await asyncio.to_thread(self.pipeline.first_frame.wait, FIRST_FRAME_TIMEOUT_S)
         if not ready:
             log.error("no_first_frame", timeout_s=FIRST_FRAME_TIMEOUT_S,

@@ -64,6 +64,12 @@ def test_cameras_are_added_refused_removed_at_run_time_and_kept_across_a_restart
         rows = _health(probe, "both cameras inferred",
                        lambda r: set(r) == {"door", "yard"} and all(c["frames_inferred"] > 0 for c in r.values()))
         assert all(c["state"] == "open" for c in rows.values())
+        latency = _json(probe.wait_for(
+            lambda m: m.topic == "edge/dev1/telemetry/latency"
+            and {c["name"] for c in _json(m)["cameras"]} == {"door", "yard"}, what="latency per camera"))
+        for camera in latency["cameras"]:
+            assert camera["frames_processed"] > 0 and camera["stages"]["end_to_end"]["count"] > 0
+        assert latency["frames_processed"] >= sum(c["frames_processed"] for c in latency["cameras"])
         retained = _json(probe.wait_for(lambda m: m.topic == "edge/dev1/cameras", what="retained cameras"))
         assert retained["source"] == "config" and [c["name"] for c in retained["cameras"]] == ["door", "yard"]
 
@@ -120,3 +126,20 @@ def test_cameras_are_added_refused_removed_at_run_time_and_kept_across_a_restart
         assert [c["name"] for c in retained["cameras"]] == ["door", "late"]
     finally:
         assert restarted.terminate() == 0, restarted.log()
+
+
+def test_an_agent_with_no_enabled_camera_is_ready_and_takes_one_at_run_time(
+        tmp_path, demo_dir, mosquitto, mqtt_probe):
+    config = _config(tmp_path, demo_dir, mosquitto.url, ["door"])
+    config.write_text(config.read_text().replace('name = "door"\n', 'name = "door"\nenabled = false\n'))
+    probe = mqtt_probe(mosquitto.port, ["edge/dev1/#"])
+    notify = NotifyListener(tmp_path / "notify.sock")
+    agent = AgentProcess(config, notify=notify.path)
+    try:
+        notify.wait_for("READY=1")
+        _health(probe, "the disabled camera", lambda r: r.get("door", {}).get("state") == "disabled")
+        code, reply = _cameras(mosquitto.url, "update", "--name", "door", "--uri", str(tmp_path / "door.mp4"))
+        assert code == 0 and reply["ok"], reply
+        _health(probe, "door enabled and inferring", lambda r: r["door"]["frames_inferred"] > 0)
+    finally:
+        assert agent.terminate() == 0, agent.log()
