@@ -190,10 +190,10 @@ def _check_camera_name(value: str) -> str:
 class CameraSection(SourceSection):
     """One ``[[camera]]`` entry: a source of frames with its own name, rate cap and region."""
 
-    name: str = Field(min_length=1)  # type: ignore[assignment]
+    name: str = Field(min_length=1)
     """The camera's id: a topic segment (no ``/ + #``), unique on the device; it names the camera in
     telemetry, results and commands."""
-    uri: str = Field(min_length=1)  # type: ignore[assignment]
+    uri: str = Field(min_length=1)
     """A V4L2 index ("0"), a file path, an rtsp(s):// or http(s):// URL, or a GStreamer pipeline
     (contains '!')."""
     enabled: bool = True
