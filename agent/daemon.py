@@ -412,7 +412,7 @@ class Agent:
         per_camera = {name: (snap, dropped[name]) for name in dropped
                       if (snap := recorders.snapshot(name)) is not None}
         payload = self.telemetry.latency(self.recorder.snapshot(), self.pipeline.counters.frames_processed,
-                                         sum(dropped.values()), per_camera)
+                                         sum(dropped.values()) + self.cameras.retired_overwritten, per_camera)
         await self.telemetry.publish(self.topics.telemetry("latency"), payload)
 
     def health_fields(self) -> dict:  # type: ignore[type-arg]

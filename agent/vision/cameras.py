@@ -76,8 +76,8 @@ class CameraSet:
         self._configs: dict[str, CameraSection] = {}
         self._active: dict[str, Camera] = {}
         self._started = False
-        self.generation = 0
-        """Bumped on every change: the scheduler re-reads the set when it moves."""
+        self.retired_overwritten = 0
+        """Frames overwritten by cameras since removed or replaced (the device total stays monotonic)."""
         self.refused: dict[str, str] = {}
         """Cameras of the file this OpenCV can never open (a missing backend): reported, not run,
         so that one such camera does not keep the others from serving."""
@@ -158,11 +158,12 @@ class CameraSet:
             old = self._active.pop(name, None)
             if fresh is not None:
                 self._active[name] = fresh
-            self.generation += 1
             started = self._started
             self.condition.notify_all()
         if old is not None:
             old.source.stop(CAMERA_STOP_TIMEOUT_S)
+            with self.condition:
+                self.retired_overwritten += old.stats().frames_dropped
         if fresh is not None and started:
             fresh.source.start()
         log.info("camera_changed", camera=name, action="removed" if config is None else "set",
