@@ -38,6 +38,10 @@ CAMERA_COUNTS = (1, 2, 4, 8)
 WARMUP_S = 1.0
 """Run before counting: sessions allocate their arenas and the capture threads open their files."""
 POLL_S = 0.01
+BARE_WARMUP_RUNS = 5
+"""Inferences before the bare loop is timed: a new session's first runs grow its memory arena."""
+MIN_BARE_FRAMES = 32
+"""The bare loop times at least this many frames, so that a small run is not a handful of calls."""
 
 
 def _say(text: str) -> None:
@@ -50,9 +54,9 @@ def _bare_fps(store: ModelStore, options: EngineOptions, image: np.ndarray, batc
     engine = serving.engine
     tensor, _ = Preprocessor(serving.manifest.preprocess, engine.inputs[0]).prep(image)
     feeds = {engine.inputs[0].name: np.concatenate([tensor] * batch) if batch > 1 else tensor}
-    for _ in range(2):
+    for _ in range(BARE_WARMUP_RUNS):
         engine.infer(feeds)
-    runs = max(1, frames // batch)
+    runs = max(1, max(frames, MIN_BARE_FRAMES) // batch)
     start = time.perf_counter()
     for _ in range(runs):
         engine.infer(feeds)
