@@ -8,7 +8,10 @@
    detectors) through the real deployment manager while the pipeline runs at
    full rate: skipped frames, the worst gap between processed frames around a
    swap against the median gap, and RSS growth over the swaps.
-3. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+3. cameras: 1, 2, 4, 8 cameras on one engine, batched and unbatched, against a bare
+   engine loop at the same batch size, and fairness across cameras (see
+   ``agent.bench_cameras``).
+4. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.bench_tools``).
 
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .bench_cameras import CAMERA_COUNTS, bench_cameras
 from .bench_tools import bench_tools
 from .config import DeploySection, SourceSection
 from .models.bundle import pack_bundle
@@ -257,13 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--swaps", type=int, default=100)
-    parser.add_argument("--only", choices=("pipeline", "swap", "tools"), default=None)
+    parser.add_argument("--only", choices=("pipeline", "swap", "cameras", "tools"), default=None)
+    parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
+    parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
+                        help="camera counts of the cameras run, comma separated")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
         store.install(args.demo / "models" / "text-det-v4")
         if args.only in (None, "pipeline"):
             bench_pipeline(args.demo, store, args.frames, args.rounds)
+        if args.only in (None, "cameras"):
+            counts = tuple(int(n) for n in args.cameras.split(","))
+            bench_cameras(args.demo, store, args.camera_frames, THREADS, counts)
     if args.only in (None, "swap"):
         bench_swaps(args.demo, args.swaps)
     if args.only in (None, "tools"):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_cameras import add_camera_parsers
 from .cli_control import add_control_parsers, add_key_parsers
 from .cli_fleet import add_fleet_parsers
 from .cli_top import add_top_parser
@@ -55,7 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
-    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url})")  # type: ignore[attr-defined]
+    cameras = ", ".join(c.name for c in config.cameras)  # type: ignore[attr-defined]
+    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url}, "  # type: ignore[attr-defined]
+          f"cameras {cameras})")
     return EXIT_OK
 
 
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_control_parsers(sub)
     add_top_parser(sub)
+    add_camera_parsers(sub)
     add_fleet_parsers(sub)
     model = sub.add_parser("model", help="model tools: keys, signing, engine builds, drift profiles, export, "
                            "quantize, prune, compare, pack")

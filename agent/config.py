@@ -13,9 +13,10 @@ import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .monitor.settings import MonitorSection
@@ -26,12 +27,17 @@ else:  # pragma: no cover - Python 3.10 on JetPack 6
     import tomli as tomllib
 
 __all__ = [
+    "CAMERA_SCHEMES",
     "ENV_PREFIX",
     "AgentConfig",
+    "CameraSection",
     "Config",
     "ConfigError",
+    "check_camera_set",
     "load_config",
 ]
+
+log = structlog.get_logger(__name__)
 
 ENV_PREFIX = "EDGE_AGENT__"
 ENV_SEPARATOR = "__"
@@ -170,6 +176,93 @@ class SourceSection(Section):
     """The slice name of this source in telemetry."""
 
 
+CAMERA_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https", "file"})
+"""URL schemes a camera may name (anything else with ``://`` is refused as a wrong scheme)."""
+
+
+def _check_camera_name(value: str) -> str:
+    from .mqtt.topics import TopicError, check_segment
+
+    try:
+        return check_segment(value, "camera name")
+    except TopicError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class CameraSection(SourceSection):
+    """One ``[[camera]]`` entry: a source of frames with its own name, rate cap and region."""
+
+    name: str = Field(min_length=1)
+    """The camera's id: a topic segment (no ``/ + #``), unique on the device; it names the camera in
+    telemetry, results and commands."""
+    uri: str = Field(min_length=1)
+    """A V4L2 index ("0"), a file path or file:// URL, an rtsp(s):// or http(s):// URL, or a GStreamer
+    pipeline (contains '!')."""
+    enabled: bool = True
+    """A disabled camera is kept in the configuration but not opened."""
+    fps: float | None = Field(default=None, gt=0, le=1000)
+    """Most frames per second inferred from this camera; unset: as many as it delivers and the
+    engine takes (the scheduler shares the engine round-robin)."""
+    roi: tuple[int, int, int, int] | None = None
+    """Region of interest ``[x, y, width, height]`` in frame pixels; only it is inferred
+    (clipped to the frame). Unset: the whole frame."""
+    model: str | None = None
+    """Reserved for when more than one model serves: today only the serving model's name
+    (``[model].name``) is accepted."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _check_camera_name(value)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        text = value.strip()
+        if not text:
+            raise ValueError("is empty")
+        if "!" not in text and "://" in text:
+            scheme = urlsplit(text).scheme.lower()
+            if scheme not in CAMERA_SCHEMES:
+                known = ", ".join(sorted(CAMERA_SCHEMES))
+                raise ValueError(f"scheme {scheme!r} is not a camera transport (known: {known}, "
+                                 "a file path, a V4L2 index or a GStreamer pipeline)")
+        return value
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, value: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if value is not None:
+            x, y, width, height = value
+            if x < 0 or y < 0 or width < 1 or height < 1:
+                raise ValueError(f"[x, y, width, height] needs x, y >= 0 and width, height >= 1, got {list(value)}")
+        return value
+
+    @property
+    def label(self) -> str:
+        return f"camera {self.name!r}"
+
+
+def camera_from_source(source: SourceSection) -> CameraSection:
+    """The deprecated single ``[source]`` as the one camera it stands for."""
+    return CameraSection.model_validate(source.model_dump())
+
+
+def check_camera_set(cameras: tuple[CameraSection, ...], model_name: str) -> None:
+    """Refuse duplicate names and a per-camera model that is not the serving one (ValueError
+    whose message starts with ``camera[i] (name).key``)."""
+    seen: dict[str, int] = {}
+    for index, camera in enumerate(cameras):
+        where = f"camera[{index}] ({camera.name})"
+        if camera.name in seen:
+            raise ValueError(f"{where}.name: duplicate: camera[{seen[camera.name]}] is already named "
+                             f"{camera.name!r}")
+        seen[camera.name] = index
+        if camera.model is not None and camera.model != model_name:
+            raise ValueError(f"{where}.model: {camera.model!r} is not served here: one model serves "
+                             f"every camera today ([model].name = {model_name!r})")
+
+
 class ModelSection(Section):
     name: str = "text-det"
     """Which model of the store to serve (its ``current`` version)."""
@@ -253,12 +346,33 @@ class AgentConfig(Section):
     agent: AgentSection = AgentSection()
     mqtt: MqttSection = MqttSection()
     source: SourceSection = SourceSection()
+    """Deprecated: the single camera of old configurations; write ``[[camera]]`` entries instead."""
+    camera: tuple[CameraSection, ...] = ()
+    """The cameras (``[[camera]]`` entries); none: the ``[source]`` section is the one camera."""
     model: ModelSection = ModelSection()
     telemetry: TelemetrySection = TelemetrySection()
     watchdog: WatchdogSection = WatchdogSection()
     deploy: DeploySection = DeploySection()
     monitor: MonitorSection = MonitorSection()
     commands: CommandsSection = CommandsSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_camera_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data and data.get("camera"):
+            raise ValueError("source: [source] and [[camera]] together: move [source] into a "
+                             "[[camera]] entry (docs/cameras.md)")
+        return data
+
+    @model_validator(mode="after")
+    def _camera_set(self) -> AgentConfig:
+        check_camera_set(self.cameras, self.model.name)
+        return self
+
+    @property
+    def cameras(self) -> tuple[CameraSection, ...]:
+        """Every configured camera, enabled or not: ``[[camera]]``, else ``[source]`` as one."""
+        return self.camera if self.camera else (camera_from_source(self.source),)
 
     @property
     def store_dir(self) -> Path:
@@ -269,14 +383,11 @@ class AgentConfig(Section):
         def resolve(path: Path | None) -> Path | None:
             return path if path is None or path.is_absolute() else base / path
 
-        source = self.source
-        kind_is_file = not source.uri.isdigit() and "://" not in source.uri and "!" not in source.uri
-        if kind_is_file and not Path(source.uri).is_absolute():
-            source = source.model_copy(update={"uri": str(base / source.uri)})
         return self.model_copy(update={
             "agent": self.agent.model_copy(update={"state_dir": resolve(self.agent.state_dir)}),
             "model": self.model.model_copy(update={"store": resolve(self.model.store)}),
-            "source": source,
+            "source": _file_from(self.source, base),
+            "camera": tuple(_file_from(camera, base) for camera in self.camera),
             "deploy": self.deploy.model_copy(update={
                 "public_key_file": resolve(self.deploy.public_key_file),
                 "file_roots": tuple(base / root for root in self.deploy.file_roots)}),
@@ -286,6 +397,17 @@ class AgentConfig(Section):
 
 
 Config = AgentConfig
+
+_S = TypeVar("_S", bound=SourceSection)
+
+
+def _file_from(source: _S, base: Path) -> _S:
+    """A source whose uri is a relative file path, with the path taken from ``base``."""
+    uri = source.uri
+    kind_is_file = not uri.isdigit() and "://" not in uri and "!" not in uri
+    if kind_is_file and not Path(uri).is_absolute():
+        return source.model_copy(update={"uri": str(base / uri)})
+    return source
 
 
 def _parse_scalar(text: str) -> Any:
@@ -312,13 +434,27 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
     return merged
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+def _where(loc: tuple[int | str, ...], data: Mapping[str, Any]) -> str:
+    """``camera[1] (yard).uri`` for a camera's key, ``mqtt.url`` for any other."""
+    if len(loc) >= 2 and loc[0] == "camera" and isinstance(loc[1], int):
+        entries = data.get("camera")
+        entry = entries[loc[1]] if isinstance(entries, list) and loc[1] < len(entries) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        head = f"camera[{loc[1]}]" + (f" ({name})" if isinstance(name, str) else "")
+        return ".".join([head, *(str(p) for p in loc[2:])])
+    return ".".join(str(p) for p in loc)
+
+
+def _describe(error: ValidationError, origin: str, data: Mapping[str, Any] | None = None) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"])
+        where = _where(item["loc"], data or {})
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (not a setting of this section)"
+        if not where and item["type"] == "value_error":  # a check across sections names its own key
+            lines.append(f"{origin}: {item['ctx']['error']}")
+            continue
         lines.append(f"{origin}: {where}: {message}")
     return "\n".join(lines)
 
@@ -336,7 +472,10 @@ def parse_config(
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from exc
+        raise ConfigError(_describe(exc, origin, data)) from exc
+    if "source" in data:
+        log.warning("config_source_deprecated", origin=origin, camera=config.source.name,
+                    hint="write the camera as a [[camera]] entry with a name (docs/cameras.md)")
     return config
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -30,6 +30,8 @@ This page is generated from `agent/config.py` (`python -m agent.config_doc`).
 
 
 def _default(field: Any) -> str:
+    if field.is_required():
+        return "required"
     if field.default_factory is not None:
         return "(computed)" if field.default_factory.__name__ == "gethostname" else "(see text)"
     value = field.default
@@ -46,7 +48,13 @@ def render_markdown() -> str:
     lines = [HEADER]
     for name, section_field in AgentConfig.model_fields.items():
         model: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
-        lines += [f"## [{name}]", "", "| key | default | meaning |", "|---|---|---|"]
+        title = f"[{name}]"
+        if get_origin(model) is tuple:  # an array of tables: [[camera]]
+            model, title = get_args(model)[0], f"[[{name}]]"
+        lines += [f"## {title}", ""]
+        if section_field.description:
+            lines += [" ".join(section_field.description.split()).replace("``", "`"), ""]
+        lines += ["| key | default | meaning |", "|---|---|---|"]
         for key, field in model.model_fields.items():
             text = " ".join((field.description or "").split()).replace("|", "\\|").replace("``", "`")
             if key == "device_id":

@@ -14,12 +14,13 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import structlog
 
 from . import __version__
 from .commands import CommandJournal, CommandRouter, Outcome
-from .config import AgentConfig
+from .config import AgentConfig, CameraSection
 from .handlers import CommandHandlers
 from .log import bind_context
 from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
@@ -33,7 +34,7 @@ from .monitor.telemetry import Telemetry
 from .mqtt.authority import CommandAuthority, NonceCache, load_command_key
 from .mqtt.broker import EmbeddedBroker
 from .mqtt.outbox import OutboxError, SqliteOutbox
-from .mqtt.schema import CommandError, StatusPayload
+from .mqtt.schema import CamerasPayload, CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.settings import SessionConfigError, check_certificate_identity
 from .mqtt.topics import Topics
@@ -42,8 +43,18 @@ from .runtime.slot import EngineSlot, Serving
 from .signals import Signals
 from .runtime.tensorrt import select_runtime
 from .systemd import Notifier, SystemdError, WatchdogFeeder
+from .vision.cameras import (
+    CAMERAS_FILE,
+    CameraError,
+    CameraSet,
+    camera_rows,
+    described,
+    load_cameras,
+    overwritten,
+    save_cameras,
+)
 from .vision.pipeline import Pipeline
-from .vision.sources import FrameSource
+from .vision.scheduler import Scheduler
 
 try:  # Python 3.10 (JetPack 6) has no asyncio.TaskGroup
     from asyncio import TaskGroup
@@ -61,7 +72,7 @@ WATCHDOG_DEFAULT_PERIOD_S = 2.0
 JOURNAL_FILE = "commands.json"
 OUTBOX_FILE = "outbox.sqlite3"
 NONCES_FILE = "nonces.json"
-RETAINED_KEYS = ("status", "model", "deployment")
+RETAINED_KEYS = ("status", "model", "deployment", "cameras")
 """Retained topics: not queued in the outbox, so their sequence numbers are saved at once."""
 
 
@@ -81,8 +92,12 @@ class Agent:
         self.store = ModelStore(config.store_dir, keep=config.model.keep_versions)
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
-        self.source = FrameSource(config.source)
-        self.pipeline = Pipeline(self.source, self.slot, self.recorder)
+        self.cameras_file = config.agent.state_dir / CAMERAS_FILE
+        try:
+            self.cameras = CameraSet(self._camera_configs(), config.model.name)
+        except CameraError as exc:
+            raise StartupError(exc.message) from exc
+        self.pipeline = Pipeline(Scheduler(self.cameras), self.slot, self.recorder)
         try:
             self.notifier = Notifier()
         except SystemdError as exc:
@@ -133,6 +148,32 @@ class Agent:
         return self._broker.url if self._broker is not None and self._broker.running else self.config.mqtt.url
 
     # ----- start -------------------------------------------------------------------------
+    def _camera_configs(self) -> tuple[CameraSection, ...]:
+        """The cameras ``cmd/cameras`` last set (kept in the state folder), else the file's."""
+        try:
+            saved = load_cameras(self.cameras_file, self.config.model.name)
+        except CameraError as exc:
+            log.error("cameras_file_invalid", path=str(self.cameras_file), error=exc.message)
+            saved = None
+        self.cameras_source: Literal["config", "commands"] = "config" if saved is None else "commands"
+        if saved is not None:
+            log.info("cameras_from_state", path=str(self.cameras_file), cameras=[c.name for c in saved])
+        return self.config.cameras if saved is None else saved
+
+    def cameras_changed(self) -> None:
+        """Keep the set a command left (atomically: a kill leaves the old file or the new)."""
+        save_cameras(self.cameras_file, self.cameras.configs())
+        self.cameras_source = "commands"
+        active = {c.name for c in self.cameras.configs()}
+        for name in self.pipeline.cameras.names():
+            if name not in active:
+                self.pipeline.cameras.forget(name)
+
+    async def publish_cameras(self) -> None:
+        payload = CamerasPayload(**self.telemetry.envelope("cameras"), cameras=described(self.cameras),
+                                 source=self.cameras_source)
+        await self.telemetry.publish_state(self.topics.cameras, payload)
+
     def load_initial(self) -> Serving:
         """The store's current model, or previous (reported) when current does not load."""
         name = self.config.model.name
@@ -193,6 +234,7 @@ class Agent:
         """Birth, on every (re)connect: retained online status, serving model, latest deployment."""
         await self.telemetry.publish_state(self.topics.status, self.status_payload("online"))
         await self.publish_model()
+        await self.publish_cameras()
         if self.deployment is not None:
             await self.publish_deployment(self.deployment)
 
@@ -280,7 +322,7 @@ class Agent:
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
         assert self.router is not None
-        self.source.start()
+        self.cameras.start()
         self.pipeline.start()
         url = self._mqtt_url()
         settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
@@ -348,9 +390,13 @@ class Agent:
             self._stop.set()
 
     async def _ready_when_first_frame(self) -> None:
+        if not self.cameras.active():  # nothing to infer yet: cmd/cameras may add a camera
+            log.warning("no_camera_enabled", configured=[c.name for c in self.cameras.configs()])
+            self.pipeline.first_frame.set()
         ready = await asyncio.to_thread(self.pipeline.first_frame.wait, FIRST_FRAME_TIMEOUT_S)
         if not ready:
-            log.error("no_first_frame", timeout_s=FIRST_FRAME_TIMEOUT_S, source=self.source.stats().state.name)
+            log.error("no_first_frame", timeout_s=FIRST_FRAME_TIMEOUT_S,
+                      cameras={c.name: c.stats().state.value for c in self.cameras.active()})
             self.request_stop("no frame was inferred in time")
             return
         serving = self.slot.serving
@@ -373,19 +419,23 @@ class Agent:
                 await self._guarded(getattr(action, "__name__", "timer"), action)
 
     async def publish_latency(self) -> None:
-        stats = self.source.stats()
+        dropped = overwritten(self.cameras)
+        recorders = self.pipeline.cameras
+        per_camera = {name: (snap, dropped[name]) for name in dropped
+                      if (snap := recorders.snapshot(name)) is not None}
         payload = self.telemetry.latency(self.recorder.snapshot(), self.pipeline.counters.frames_processed,
-                                         stats.frames_dropped)
+                                         sum(dropped.values()) + self.cameras.retired_overwritten, per_camera)
         await self.telemetry.publish(self.topics.telemetry("latency"), payload)
 
     def health_fields(self) -> dict:  # type: ignore[type-arg]
-        stats = self.source.stats()
+        cameras = camera_rows(self.cameras, self.pipeline.cameras)
+        first = cameras[0] if cameras else {"state": "none", "reopens": 0, "last_error": None, "fps": 0.0}
         session = self.session.status() if self.session is not None else None
         serving = self.slot.serving
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
-            "camera": {"state": stats.state.name.lower(), "reopens": stats.reopens,
-                       "last_error": stats.last_error, "fps": round(stats.fps, 2)},
+            "camera": {key: first[key] for key in ("state", "reopens", "last_error", "fps")},
+            "cameras": cameras,
             "broker": {"state": session.state.name.lower() if session else "disconnected",
                        "reconnects": session.reconnects if session else 0},
             "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
@@ -458,7 +508,7 @@ class Agent:
         finished = await asyncio.to_thread(self.pipeline.stop, bound / 2)
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
-        await asyncio.to_thread(self.source.stop, bound / 4)
+        await asyncio.to_thread(self.cameras.stop, bound / 4)
         assert self.session is not None
         try:
             await asyncio.wait_for(

@@ -1,14 +1,16 @@
-"""What each command does: ping, status, deploy, rollback."""
+"""What each command does: ping, status, deploy, rollback, feedback, cameras."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .commands import CommandFailed
 from .models.manager import DeployFailed, DeployRequest
 from .models.probation import Probation
-from .mqtt.schema import DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from .mqtt.schema import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
 from .mqtt.signals import FeedbackCommand
+from .vision.cameras import CameraError, camera_entry, described, first_frame_error
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -19,10 +21,41 @@ __all__ = ["CommandHandlers"]
 class CommandHandlers:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self._cameras_lock = asyncio.Lock()
+        """One camera change at a time: each reads the set the previous one left."""
 
     def table(self) -> dict[str, Any]:
         return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
-                "feedback": self.feedback}
+                "feedback": self.feedback, "cameras": self.cameras}
+
+    async def cameras(self, command: CamerasCommand) -> dict[str, Any]:
+        """Add, update, remove or list cameras; a change is kept in the state folder and published
+        (retained ``cameras``). An added or updated camera must deliver a frame, else the change is
+        undone and answered ``camera_unavailable``."""
+        agent = self.agent
+        cameras = agent.cameras
+        async with self._cameras_lock:
+            if command.action == "list":
+                return {"cameras": described(cameras)}
+            if command.action == "remove":
+                assert command.name is not None
+                await asyncio.to_thread(cameras.remove, command.name)
+                name = command.name
+            else:
+                assert command.camera is not None
+                entry = camera_entry(command.camera)
+                name = entry.name
+                before = cameras.config(name)
+                change = cameras.add if command.action == "add" else cameras.update
+                await asyncio.to_thread(change, entry)
+                error = await first_frame_error(cameras, entry)
+                if error is not None:
+                    undo = (lambda: cameras.remove(name)) if before is None else (lambda: cameras.update(before))
+                    await asyncio.to_thread(undo)
+                    raise CameraError("camera_unavailable", f"{error}; nothing was changed")
+            agent.cameras_changed()
+        await agent.publish_cameras()
+        return {"action": command.action, "camera": name, "cameras": [c.name for c in cameras.configs()]}
 
     async def feedback(self, command: FeedbackCommand) -> dict[str, Any]:
         """Labels for recent frames (ids from ``status`` and the latency payload's ``last_frame_id``)."""
@@ -48,6 +81,7 @@ class CommandHandlers:
             },
             "health": agent.health_fields(),
             "last_frame_id": agent.pipeline.last_result.frame.index if agent.pipeline.last_result else None,
+            "last_frame_camera": agent.pipeline.last_result.camera if agent.pipeline.last_result else None,
         }
 
     def _probation(self, command: DeployCommand) -> Probation | None:

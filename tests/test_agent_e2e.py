@@ -141,3 +141,13 @@ def test_schema_command_prints_every_payload_including_the_signals():
     schemas = json.loads(result.stdout)
     for name in ("status", "telemetry/latency", "telemetry/drift", "telemetry/bias", "telemetry/leak", "cmd/feedback"):
         assert name in schemas, name
+
+
+def test_check_config_names_the_camera_and_key_that_is_wrong(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[camera]]\nname = "door"\nuri = "demo/video.mp4"\n\n'
+                   '[[camera]]\nname = "yard"\nuri = "ftp://cam-2/stream"\n')
+    result = subprocess.run([sys.executable, "-m", "agent", "check-config", str(bad)],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "camera[1] (yard).uri: " in result.stderr and "scheme 'ftp'" in result.stderr

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.config import AgentConfig, ConfigError, load_config, parse_config
 
@@ -11,7 +12,9 @@ def test_repo_config_is_valid_and_needs_no_external_service():
     config = load_config(REPO / "config.toml", environ={})
     assert config.mqtt.url == "embedded"
     assert config.store_dir == REPO / "engines"
-    assert Path(config.source.uri) == REPO / "demo" / "video.mp4"
+    (camera,) = config.cameras
+    assert Path(camera.uri) == REPO / "demo" / "video.mp4"
+    assert camera.name == "entrance" and camera.enabled
 
 
 def test_defaults_name_the_hostname_as_device_id():
@@ -101,5 +104,68 @@ def test_every_setting_has_a_meaning_in_the_docs():
     from agent.config import AgentConfig
 
     for name, section in AgentConfig.model_fields.items():
-        for key, field in section.annotation.model_fields.items():
+        model = section.annotation
+        if getattr(model, "__origin__", None) is tuple:  # [[camera]]
+            model = model.__args__[0]
+        for key, field in model.model_fields.items():
             assert field.description or key == "device_id", f"[{name}] {key} has no docstring"
+
+
+CAMERAS = """
+[[camera]]
+name = "entrance"
+uri = "demo/video.mp4"
+fps = 5.0
+
+[[camera]]
+name = "yard"
+uri = "rtsp://cam-2.local/stream"
+roi = [0, 0, 320, 240]
+enabled = false
+"""
+
+
+def test_camera_entries_load_with_their_caps_regions_and_paths_from_the_file(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(CAMERAS)
+    entrance, yard = load_config(path, environ={}).cameras
+    assert (entrance.name, Path(entrance.uri), entrance.fps) == ("entrance", tmp_path / "demo" / "video.mp4", 5.0)
+    assert (yard.uri, yard.roi, yard.enabled, yard.fps) == ("rtsp://cam-2.local/stream", (0, 0, 320, 240), False, None)
+
+
+def test_the_single_source_form_still_loads_as_one_camera_named_by_its_name_and_is_deprecated():
+    with structlog.testing.capture_logs() as logs:
+        config = parse_config('[source]\nuri = "a.mp4"\nname = "door"\n', environ={})
+        parse_config(CAMERAS, environ={})
+    (camera,) = config.cameras
+    assert (camera.name, camera.uri) == ("door", "a.mp4")
+    warned = [e for e in logs if e["event"] == "config_source_deprecated"]
+    assert len(warned) == 1 and warned[0]["camera"] == "door" and "[[camera]]" in warned[0]["hint"]
+
+
+@pytest.mark.parametrize(("patch", "error"), [
+    ('uri = "ftp://cam-2.local/x"', r"camera\[1\] \(yard\)\.uri: .*scheme 'ftp' is not a camera transport"),
+    ('uri = ""', r"camera\[1\] \(yard\)\.uri: "),
+    ('fps = 0', r"camera\[1\] \(yard\)\.fps: "),
+    ('roi = [0, 0, 0, 10]', r"camera\[1\] \(yard\)\.roi: .*width, height >= 1"),
+    ('model = "other"', r"camera\[1\] \(yard\)\.model: 'other' is not served here"),
+    ('colour = "red"', r"camera\[1\] \(yard\)\.colour: unknown key"),
+])
+def test_check_config_names_the_camera_and_the_key_that_is_wrong(patch, error):
+    key = patch.split(" ")[0]
+    line = next((x for x in CAMERAS.splitlines() if x.startswith(f"{key} ") and "rtsp" in x), None)
+    text = CAMERAS.replace(line, patch) if line else CAMERAS.replace("roi = [0, 0, 320, 240]", patch)
+    with pytest.raises(ConfigError, match=error):
+        parse_config(text, environ={})
+
+
+def test_a_camera_name_must_be_a_topic_segment_and_unique():
+    with pytest.raises(ConfigError, match=r"camera\[1\] \(ya/rd\)\.name: .*must not contain '/'"):
+        parse_config(CAMERAS.replace('"yard"', '"ya/rd"'), environ={})
+    with pytest.raises(ConfigError, match=r"camera\[1\] \(entrance\)\.name: duplicate: camera\[0\]"):
+        parse_config(CAMERAS.replace('"yard"', '"entrance"'), environ={})
+
+
+def test_source_and_camera_entries_together_are_refused_with_the_way_out():
+    with pytest.raises(ConfigError, match=r"\[source\] and \[\[camera\]\] together"):
+        parse_config('[source]\nuri = "a.mp4"\n' + CAMERAS, environ={})

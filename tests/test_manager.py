@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DeploySection, SourceSection
+from agent.config import CameraSection, DeploySection, SourceSection
 from agent.models.fetch import (
     Statement,
     generate_keypair,
@@ -29,7 +29,9 @@ from agent.models.probation import Probation
 from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder
 from agent.runtime.slot import EngineSlot
-from agent.vision.pipeline import Pipeline
+from agent.vision.cameras import CameraSet
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.scheduler import Scheduler
 from agent.vision.sources import FrameSource
 from tests.artifacts import ArtifactServer, bundle_of, nan_model, sha256
 
@@ -37,28 +39,49 @@ LONG_PROBATION = Probation(window_s=3600.0, max_error_rate=1.0, max_nonfinite=0,
 
 
 class Rig:
-    """A serving pipeline (text-det v4) with a deployment manager, like the daemon wires them."""
+    """A serving pipeline (text-det v4) with a deployment manager, like the daemon wires them.
 
-    def __init__(self, tmp: Path, demo: Path, **settings: object) -> None:
+    With ``cameras`` > 0, that many cameras (copies of the demo video) share the engine
+    through the scheduler; ``batched_first`` serves v4 unfused (dynamic batch) and has
+    the manager load fused (batch 1) models, or the other way round."""
+
+    def __init__(self, tmp: Path, demo: Path, cameras: int = 0, batched_first: bool = False,
+                 **settings: object) -> None:
         self.store = ModelStore(tmp / "engines")
         self.store.install(demo / "models" / "text-det-v4")
         self.slot = EngineSlot()
-        self.slot.swap(load_serving(self.store.current("text-det"), EngineOptions(threads=1)))
-        self.source = FrameSource(SourceSection(uri=str(demo / "video.mp4"), pace="none", loop=True))
+        first = EngineOptions(threads=1, fuse_preprocessing=not batched_first)
+        later = EngineOptions(threads=1, fuse_preprocessing=batched_first or not cameras)
+        self.slot.swap(load_serving(self.store.current("text-det"), first))
         self.frames: list[tuple[int, str]] = []
-        self.pipeline = Pipeline(self.source, self.slot, LatencyRecorder(200),
-                                 observers=[lambda r: self.frames.append((r.frame.index, r.version))])
+        self.by_camera: dict[str, list[int]] = {}
+        self.batches: list[tuple[str, int]] = []
+        self.source: FrameSource | CameraSet
+        if cameras:
+            videos = [shutil.copy(demo / "video.mp4", tmp / f"cam{i}.mp4") for i in range(cameras)]
+            self.source = CameraSet([CameraSection(name=f"cam{i}", uri=str(v), pace="none")
+                                     for i, v in enumerate(videos)], "text-det")
+            frames: FrameSource | Scheduler = Scheduler(self.source)
+        else:
+            self.source = frames = FrameSource(SourceSection(uri=str(demo / "video.mp4"), pace="none", loop=True))
+        self.pipeline = Pipeline(frames, self.slot, LatencyRecorder(200), observers=[self._seen])
         self.reports: list[object] = []
         self.swaps: list[tuple[str, str | None, str]] = []
         defaults = {"allowed_schemes": ("http", "file"), "latency_budget_ms": 30_000.0, "load_nice": 0}
         self.settings = DeploySection(**{**defaults, **settings})
         public = self.settings.public_key_file
         self.manager = DeploymentManager(
-            store=self.store, slot=self.slot, options=EngineOptions(threads=1), settings=self.settings,
+            store=self.store, slot=self.slot, options=later, settings=self.settings,
             public_key=load_public_key(public) if public else None,
             feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
             report=self._report, swapped=self._swapped,
         )
+
+    def _seen(self, result: FrameResult) -> None:
+        self.frames.append((result.frame.index, result.version))
+        self.by_camera.setdefault(result.camera, []).append(result.frame.index)
+        self.batches.append((result.version, result.batch))
+        assert result.error is None, result.error
 
     async def _report(self, status: object) -> None:
         self.reports.append(status)
@@ -85,8 +108,8 @@ class Rig:
         self.slot.clear()
 
     def assert_no_frame_skipped(self) -> None:
-        indices = [i for i, _ in self.frames]
-        assert indices == list(range(indices[0], indices[0] + len(indices))), "a frame was skipped"
+        for camera, indices in self.by_camera.items():
+            assert indices == list(range(indices[0], indices[0] + len(indices))), f"{camera}: a frame was skipped"
 
 
 @pytest.fixture
@@ -131,6 +154,43 @@ def test_hot_swap_to_v6_serves_every_frame_and_closes_the_old_engine(tmp_path, d
     assert rig.store.current_version("text-det") == "v6"
     assert rig.store.previous_version("text-det") == "v4"
     assert rig.swaps == [("v6", "v4", "deploy")]
+
+
+@pytest.mark.parametrize("batched_first", [True, False], ids=["batched-to-single", "single-to-batched"])
+def test_hot_swaps_between_a_batched_and_an_unbatched_model_skip_no_frame_on_any_camera(
+        tmp_path, demo_dir, server, batched_first):
+    bundle = bundle_of(demo_dir, "text-det-v6", server.root)
+
+    async def scenario():
+        rig = Rig(tmp_path, demo_dir, cameras=3, batched_first=batched_first)
+        await rig.start()
+        try:
+            await rig.frames_past(len(rig.frames) + 6)
+            await rig.manager.deploy(DeployRequest(
+                "text-det", "v6", server.url(bundle.name), sha256(bundle), format="bundle",
+                probation=LONG_PROBATION))
+            await rig.frames_past(len(rig.frames) + 6)
+            await rig.manager.rollback("back to v4")
+            await rig.frames_past(len(rig.frames) + 6)
+        finally:
+            rig.stop()
+        return rig
+
+    rig = run(scenario())
+    assert [s[:2] for s in rig.swaps] == [("v6", "v4"), ("v4", "v6")]
+    assert set(rig.by_camera) == {"cam0", "cam1", "cam2"}
+    rig.assert_no_frame_skipped()
+    phases: list[tuple[str, set[int]]] = []
+    for version, size in rig.batches:
+        if not phases or phases[-1][0] != version:
+            phases.append((version, set()))
+        phases[-1][1].add(size)
+    assert [v for v, _ in phases] == ["v4", "v6", "v4"], "each swap falls between two batches"
+    first, second, third = (sizes for _, sizes in phases)
+    batched, single = (first, second) if batched_first else (second, first)
+    assert max(batched) > 1, "the unfused model (dynamic batch) takes several cameras at once"
+    assert single == {1}, "the fused model (batch 1) takes one frame at a time"
+    assert third == second, "rolled back v4 is loaded like v6 was"
 
 
 def _bad(tmp_path, demo_dir, request: DeployRequest, **settings: object) -> tuple[DeployFailed, Rig]:

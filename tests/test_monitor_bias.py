@@ -275,3 +275,18 @@ def test_the_snapshot_is_a_valid_bias_payload():
     payload = BiasPayload(**ENVELOPE, **bias.snapshot())
     assert payload.slicings["brightness"].slices["dark"].samples == 40
     assert BiasPayload.model_validate_json(payload.model_dump_json()) == payload
+
+
+def test_feedback_names_the_camera_when_frame_indices_of_several_cameras_collide():
+    bias = BiasMonitor(BiasSettings(frames_kept=100))
+    bias(result_of(7, grey(100), _detections_at([0.5], 64, 48), source="door"))
+    assert bias.feedback(7, positive=True), "one camera seen: its index alone names the frame"
+    bias(result_of(7, grey(100), Prediction("text_detect", ()), source="yard"))
+    assert not bias.feedback(7, positive=True), "frame 7 of which camera? unmatched"
+    assert bias.feedback(7, positive=True, camera="door")
+    assert bias.feedback(7, positive=False, camera="yard")
+    assert not bias.feedback(7, positive=False, camera="dock")
+    command = FeedbackCommand.model_validate_json(b'{"id": "fb-2", "items": ['
+                                                  b'{"frame_id": 7, "camera": "yard", "positive": false}]}')
+    assert bias.apply(command) == {"matched": 1, "unmatched": 0}
+    assert set(bias.snapshot()["slicings"]["source"]["slices"]) == {"door", "yard"}

@@ -220,7 +220,8 @@ def test_not_a_number_is_refused_on_the_wire():
 
 def test_json_schemas_cover_every_payload_and_command():
     schemas = json_schemas()
-    assert set(PAYLOADS) | {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback", "cmd/feedback"} == set(schemas)
+    commands = {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback", "cmd/feedback", "cmd/cameras"}
+    assert set(PAYLOADS) | commands == set(schemas)
     assert {"telemetry/drift", "telemetry/bias", "telemetry/leak"} <= set(PAYLOADS)
     deploy = schemas["cmd/deploy"]
     assert {"id", "name", "version", "url", "sha256"} <= set(deploy["required"])
@@ -274,3 +275,15 @@ def test_an_id_that_is_not_valid_unicode_is_answered_with_a_null_id():
 def test_nesting_too_deep_to_read_is_bad_json_not_a_crash():
     error = command_error("ping", b"[" * 30_000 + b"]" * 30_000)  # within the size limit
     assert error.code == "bad_json" and "nested too deep" in error.message
+
+
+def test_a_cameras_command_needs_the_fields_of_its_action():
+    from agent.mqtt.schema import CamerasCommand
+
+    assert parse_command("cameras", b'{"id": "c1", "action": "list"}') == CamerasCommand(id="c1", action="list")
+    for body, text in ((b'{"id": "c2", "action": "add"}', "'add' needs 'camera'"),
+                       (b'{"id": "c3", "action": "remove"}', "'remove' needs 'name'"),
+                       (b'{"id": "c4", "action": "rename", "name": "x"}', "field 'action'")):
+        with pytest.raises(CommandError, match=text) as caught:
+            parse_command("cameras", body)
+        assert caught.value.code == "bad_payload"

@@ -218,3 +218,32 @@ def test_a_failed_enqueue_reports_tensorrts_message_and_leaves_no_work_behind(tm
     assert all(work == [] for work in device.streams.values())
     engine.close()
     assert device.allocations == {} and device.pinned == {} and device.streams == {}
+
+
+BATCH_PROFILE = [[1, 3, 32, 32], [2, 3, 64, 96], [4, 3, 64, 96]]
+IMAGES = ("page.png", "coffee.png", "chelsea.png", "text.png")
+
+
+def test_a_dynamic_batch_profile_serves_every_batch_up_to_its_max_from_one_allocation(tmp_path, device):
+    from agent.vision.pipeline import batch_limit
+
+    engine = TensorRTEngine.load(write_plan(tmp_path, TEXT_DET, BATCH_PROFILE, "batched"),
+                                 tensorrt=trt_double, memory=device)
+    session = ort.InferenceSession(str(TEXT_DET), providers=["CPUExecutionProvider"])
+    frames = [frame(64, 96, image) for image in IMAGES]
+    alone = [session.run(None, {"x": f})[0] for f in frames]
+    try:
+        assert batch_limit(engine, "x", engine.inputs[0].shape) == 4
+        for size in (1, 3, 2, 4, 1):
+            out = engine.infer({"x": np.concatenate(frames[:size])})["sigmoid_0.tmp_0"]
+            assert out.shape == (size, 1, 64, 96)
+            for k in range(size):
+                np.testing.assert_allclose(out[k : k + 1], alone[k], atol=1e-5)
+        assert device.counts["device_alloc"] == 2 and device.counts["device_free"] == 0
+        assert engine.buffer_bytes == 4 * (frames[0].nbytes + frames[0].nbytes // 3)
+        with pytest.raises(EngineError, match=r"dim 0 = 5, allowed 1\.\.4"):
+            engine.infer({"x": np.concatenate(frames + frames[:1])})
+        engine.infer({"x": frame(32, 32)})  # another height and width: buffers made anew
+        assert device.counts["device_alloc"] == 4 and device.counts["device_free"] == 2
+    finally:
+        engine.close()

@@ -12,14 +12,16 @@ import time
 import unicodedata
 from typing import Any
 
+from ..mqtt.schema import HealthPayload
 from .control import ControlClient
 from .link import FleetLink
 from .view import SIGNALS, DeviceView, FleetView
 
-__all__ = ["STATUS_FILTERS", "collect", "device_rows", "render_table", "terminal_safe"]
+__all__ = ["STATUS_FILTERS", "CamerasView", "cameras_cell", "collect", "device_rows", "render_table",
+           "terminal_safe"]
 
 STATUS_FILTERS = ("status", "model", "deployment", "events", "telemetry/#")
-COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "LAST_SEEN")
+COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "CAMERAS", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "LAST_SEEN")
 NONE = "-"
 UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 """Unicode categories stripped from device-supplied text before it reaches a terminal: control
@@ -27,9 +29,32 @@ characters (ESC starts every terminal escape sequence), format characters (bidi 
 what the table shows), surrogates, private use, unassigned, line and paragraph separators."""
 
 
+class CamerasView(FleetView):
+    """The fleet view plus each device's cameras, from its latest ``telemetry/health``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.cameras: dict[str, list[dict[str, Any]]] = {}
+
+    def _on_telemetry_health(self, view: DeviceView, data: HealthPayload | None) -> None:
+        super()._on_telemetry_health(view, data)
+        if data is not None and data.cameras:
+            self.cameras[view.device_id] = [{"name": c.name, "state": c.state, "fps": c.inferred_fps}
+                                            for c in data.cameras]
+
+
+def cameras_cell(cameras: list[dict[str, Any]] | None) -> str:
+    """``open/configured`` (``2/3``); ``-`` for a device that reported no camera list."""
+    if not cameras:
+        return NONE
+    return f"{sum(c['state'] == 'open' for c in cameras)}/{len(cameras)}"
+
+
 async def collect(control: ControlClient, window_s: float) -> FleetView:
     """Subscribe, read the retained state, then listen for ``window_s`` seconds."""
-    async with FleetLink(control, STATUS_FILTERS) as link:
+    link = FleetLink(control, STATUS_FILTERS)
+    link.view = CamerasView(control.prefix)
+    async with link:
         await asyncio.sleep(window_s)
         link.check()
         return link.view
@@ -62,9 +87,10 @@ def device_rows(view: FleetView, group: str | None = None, alarm: bool = False,
                 now: float | None = None) -> list[dict[str, Any]]:
     """One dict per device (the table's content, and ``--json``'s)."""
     now = time.time() if now is None else now
+    cameras = view.cameras if isinstance(view, CamerasView) else {}
     return [{
         "device": d.device_id, "status": d.status or "unknown", "groups": list(d.groups), "model": d.model,
-        "version": d.version, "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
+        "version": d.version, "cameras": cameras.get(d.device_id), "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
         **{signal: d.signals.get(signal) for signal in SIGNALS},
         "alarm_events": d.alarms_seen,
         "last_seen_s": None if d.last_seen is None else round(max(now - d.last_seen, 0.0), 1),
@@ -75,7 +101,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     cells = [list(COLUMNS)]
     for row in rows:
         cells.append([row["device"], row["status"], row["model"] or NONE, row["version"] or NONE,
-                      _number(row["fps"], 1), _number(row["latency_p95_ms"], 1),
+                      cameras_cell(row.get("cameras")), _number(row["fps"], 1), _number(row["latency_p95_ms"], 1),
                       *(row[s] or NONE for s in SIGNALS), _age(row["last_seen_s"])])
     cells = [[terminal_safe(value) for value in line] for line in cells]
     widths = [max(len(str(line[i])) for line in cells) for i in range(len(COLUMNS))]

@@ -187,6 +187,8 @@ class BiasMonitor:
         self._lock = threading.Lock()
         self._window: deque[_Entry] = deque(maxlen=s.window)
         self.recent = RecentFrames(s.frames_kept)
+        self._cameras: set[str] = set()
+        """Every camera a frame was remembered from (feedback without a camera needs just one)."""
         self.outcomes = LabelledOutcomes(s.feedback_window, s.min_labelled, s.positive_labels)
         self._judges: dict[str, Judge] = {}
         self._events: list[SignalEvent] = []
@@ -211,7 +213,9 @@ class BiasMonitor:
         with self._lock:
             self._window.append(entry)
         frame_slices = tuple(k for k in entry.slices if k[0] in FEEDBACK_SLICINGS)
-        self.recent.remember(summary.index, FrameRecord(
+        with self._lock:
+            self._cameras.add(summary.source)
+        self.recent.remember((summary.source, summary.index), FrameRecord(
             frame_slices, entry.positive, summary.top_label, summary.task == "classify"))
 
     def _entry(self, summary: FrameSummary) -> _Entry:
@@ -259,13 +263,25 @@ class BiasMonitor:
                 self._events.append(event)
 
     def feedback(self, frame_id: int, label: str | None = None,
-                 positive: bool | None = None) -> bool:
+                 positive: bool | None = None, camera: str | None = None) -> bool:
         """One labelled frame; False when that frame is no longer remembered."""
-        item = FeedbackItem(frame_id=frame_id, label=label, positive=positive)
-        return self.outcomes.add(self.recent.get(frame_id), item)
+        item = FeedbackItem(frame_id=frame_id, label=label, positive=positive, camera=camera)
+        return self.outcomes.add(self._recalled(item), item)
+
+    def _recalled(self, item: FeedbackItem) -> FrameRecord | None:
+        """The frame an item labels: by camera and index; without a camera only while one camera
+        has been seen (with several, the index alone names a frame of each: unmatched)."""
+        camera = item.camera
+        if camera is None:
+            with self._lock:
+                cameras = tuple(self._cameras)
+            if len(cameras) != 1:
+                return None
+            camera = cameras[0]
+        return self.recent.get((camera, item.frame_id))
 
     def apply(self, command: FeedbackCommand) -> dict[str, int]:
-        matched = sum(self.outcomes.add(self.recent.get(i.frame_id), i) for i in command.items)
+        matched = sum(self.outcomes.add(self._recalled(i), i) for i in command.items)
         return {"matched": matched, "unmatched": len(command.items) - matched}
 
     def take_events(self) -> list[SignalEvent]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,23 +56,25 @@ class Outcome:
 
 
 class RecentFrames:
-    """A bounded ring of FrameRecords by frame id (the oldest is forgotten first). Thread-safe."""
+    """A bounded ring of FrameRecords by frame key (the oldest is forgotten first). Thread-safe.
+
+    The key is ``(camera, frame.index)``: frame indices count per camera."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._records: OrderedDict[int, FrameRecord] = OrderedDict()
+        self._records: OrderedDict[Hashable, FrameRecord] = OrderedDict()
 
-    def remember(self, frame_id: int, record: FrameRecord) -> None:
+    def remember(self, frame_id: Hashable, record: FrameRecord) -> None:
         with self._lock:
             self._records[frame_id] = record
             self._records.move_to_end(frame_id)
             if len(self._records) > self.capacity:
                 self._records.popitem(last=False)
 
-    def get(self, frame_id: int) -> FrameRecord | None:
+    def get(self, frame_id: Hashable) -> FrameRecord | None:
         with self._lock:
             return self._records.get(frame_id)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["STAGES", "LatencyRecorder", "LatencySnapshot", "StageStats"]
+__all__ = ["STAGES", "CameraRecorders", "LatencyRecorder", "LatencySnapshot", "StageStats"]
 
 STAGES = ("capture_wait", "preprocess", "infer", "postprocess", "end_to_end")
 
@@ -77,3 +77,46 @@ class LatencyRecorder:
             span = float(times.max() - times.min())
             fps = (filled - 1) / span if span > 0 else 0.0
         return LatencySnapshot(filled, round(fps, 3), processed, stages)
+
+
+class CameraRecorders:
+    """One LatencyRecorder per camera (made on its first frame), and its failed frames.
+
+    A camera that is removed keeps its recorder until ``forget``: telemetry then
+    stops listing it.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._recorders: dict[str, LatencyRecorder] = {}
+        self._errors: dict[str, int] = {}
+
+    def record(self, camera: str, timings_ms: dict[str, float], failed: bool) -> None:
+        recorder = self._recorders.get(camera)
+        if recorder is None:
+            with self._lock:
+                recorder = self._recorders.setdefault(camera, LatencyRecorder(self.window))
+                self._errors.setdefault(camera, 0)
+        if failed:
+            with self._lock:
+                self._errors[camera] = self._errors.get(camera, 0) + 1
+        else:
+            recorder.record(timings_ms)
+
+    def snapshot(self, camera: str) -> LatencySnapshot | None:
+        recorder = self._recorders.get(camera)
+        return None if recorder is None else recorder.snapshot()
+
+    def errors(self, camera: str) -> int:
+        with self._lock:
+            return self._errors.get(camera, 0)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._recorders)
+
+    def forget(self, camera: str) -> None:
+        with self._lock:
+            self._recorders.pop(camera, None)
+            self._errors.pop(camera, None)

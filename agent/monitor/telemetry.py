@@ -7,6 +7,7 @@ construction, so nothing leaves the device that is not in the schema.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -15,6 +16,8 @@ from pydantic import BaseModel
 from ..mqtt.schema import (
     BrokerHealth,
     CameraHealth,
+    CameraLatency,
+    CameraStatus,
     DeploymentPayload,
     Envelope,
     EventPayload,
@@ -45,6 +48,13 @@ QOS_TELEMETRY = 1
 def _clipped(error: dict[str, str] | None) -> dict[str, str] | None:
     """An error whose message fits the schema, however long the original was."""
     return None if error is None else {**error, "message": clip_text(error["message"])}
+
+
+def _stages(snapshot: LatencySnapshot) -> dict[str, StageLatency]:
+    return {
+        name: StageLatency(p50_ms=s.p50_ms, p95_ms=s.p95_ms, p99_ms=s.p99_ms, max_ms=s.max_ms, count=s.count)
+        for name, s in snapshot.stages.items()
+    }
 
 
 class Telemetry:
@@ -79,17 +89,22 @@ class Telemetry:
             previous=ModelRef(**previous) if previous else None,
         )
 
-    def latency(self, snapshot: LatencySnapshot, frames_processed: int, frames_dropped: int) -> LatencyPayload:
-        stages = {
-            name: StageLatency(p50_ms=s.p50_ms, p95_ms=s.p95_ms, p99_ms=s.p99_ms, max_ms=s.max_ms, count=s.count)
-            for name, s in snapshot.stages.items()
-        }
+    def latency(self, snapshot: LatencySnapshot, frames_processed: int, frames_dropped: int,
+                cameras: Mapping[str, tuple[LatencySnapshot, int]] | None = None) -> LatencyPayload:
+        """``cameras``: per camera name, its snapshot and its overwritten frames."""
+        per_camera = [
+            CameraLatency(name=name, window_frames=snap.window_frames, fps=snap.fps,
+                          frames_processed=snap.frames_processed, frames_dropped=dropped,
+                          stages=_stages(snap))
+            for name, (snap, dropped) in (cameras or {}).items()
+        ]
         return LatencyPayload(**self.envelope("telemetry/latency"), window_frames=snapshot.window_frames,
                               fps=snapshot.fps, frames_processed=frames_processed,
-                              frames_dropped=frames_dropped, stages=stages)
+                              frames_dropped=frames_dropped, stages=_stages(snapshot), cameras=per_camera)
 
     def health(self, **fields: Any) -> HealthPayload:
         fields["camera"] = CameraHealth(**fields["camera"])
+        fields["cameras"] = [CameraStatus(**row) for row in fields.get("cameras", ())]
         fields["broker"] = BrokerHealth(**fields["broker"])
         if fields.get("model") is not None:
             fields["model"] = ModelBrief(**fields["model"])

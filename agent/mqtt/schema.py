@@ -29,6 +29,10 @@ __all__ = [
     "ArtifactStatement",
     "BrokerHealth",
     "CameraHealth",
+    "CameraLatency",
+    "CameraStatus",
+    "CamerasCommand",
+    "CamerasPayload",
     "Command",
     "CommandBase",
     "CommandError",
@@ -207,9 +211,25 @@ class ModelBrief(_Wire):
     runtime: str
 
 
+class CameraStatus(_Wire):
+    """One camera in ``telemetry/health``: its capture and what the engine made of it."""
+
+    name: str
+    state: str = Field(description="starting, open, reconnecting, ended, stopped; disabled (configured, "
+                       "not opened); refused (this OpenCV can never open it)")
+    reopens: int = Field(ge=0)
+    last_error: str | None = None
+    fps: float = Field(ge=0, description="capture rate")
+    inferred_fps: float = Field(ge=0, description="frames inferred per second")
+    frames_captured: int = Field(ge=0)
+    frames_overwritten: int = Field(ge=0, description="frames replaced by a newer one before the engine took them")
+    frames_inferred: int = Field(ge=0)
+    errors: int = Field(ge=0, description="frames of this camera that failed to infer")
+
+
 class HealthPayload(Envelope):
     uptime_s: float = Field(ge=0)
-    camera: CameraHealth
+    camera: CameraHealth = Field(description="the first camera (kept for readers of one camera); see cameras")
     broker: BrokerHealth
     model: ModelBrief | None
     cpu_percent: float = Field(ge=0, description="process CPU, percent of one core")
@@ -234,6 +254,7 @@ class HealthPayload(Envelope):
         default_factory=dict,
         description="failures caught at the boundary of each of the agent's tasks, since start",
     )
+    cameras: list[CameraStatus] = Field(default_factory=list, description="every configured camera")
 
 
 class StageLatency(_Wire):
@@ -244,12 +265,24 @@ class StageLatency(_Wire):
     count: int = Field(ge=0)
 
 
+class CameraLatency(_Wire):
+    """One camera in ``telemetry/latency``."""
+
+    name: str
+    window_frames: int = Field(ge=0)
+    fps: float = Field(ge=0)
+    frames_processed: int = Field(ge=0)
+    frames_dropped: int = Field(ge=0)
+    stages: dict[str, StageLatency]
+
+
 class LatencyPayload(Envelope):
     window_frames: int = Field(ge=0)
     fps: float = Field(ge=0)
     frames_processed: int = Field(ge=0)
     frames_dropped: int = Field(ge=0)
     stages: dict[str, StageLatency]
+    cameras: list[CameraLatency] = Field(default_factory=list, description="the same, per camera")
 
 
 PAYLOADS: dict[str, type[Envelope]] = {
@@ -518,3 +551,42 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     for name, command in COMMANDS.items():
         schemas[f"cmd/{name}"] = command.model_json_schema(by_alias=True)
     return schemas
+
+
+# --- cameras at run time (docs/cameras.md) -------------------------------------------------
+
+
+class CamerasCommand(CommandBase):
+    """``cmd/cameras``: add, update, remove or list the device's cameras without a restart.
+
+    ``camera`` is one ``[[camera]]`` entry as JSON; the agent checks it with the very model
+    that checks the config file (agent.config.CameraSection), so a reply names the key."""
+
+    command_name: ClassVar[str] = "cameras"
+    action: Literal["add", "update", "remove", "list"]
+    camera: dict[str, Any] | None = Field(default=None, description="add, update: the camera entry")
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH,
+                             description="remove: the camera's name")
+
+    @model_validator(mode="after")
+    def _fields_of_action(self) -> CamerasCommand:
+        if self.action in ("add", "update") and self.camera is None:
+            raise ValueError(f"'{self.action}' needs 'camera' (a [[camera]] entry)")
+        if self.action == "remove" and self.name is None:
+            raise ValueError("'remove' needs 'name'")
+        return self
+
+
+class CamerasPayload(Envelope):
+    """Retained ``cameras``: every configured camera, as the agent runs it now."""
+
+    cameras: list[dict[str, Any]] = Field(
+        description="the [[camera]] entries (uri with any user:password@ redacted), each with its "
+        "`state` (open, reconnecting, disabled, ...)")
+    source: Literal["config", "commands"] = Field(
+        description="config: the config file's cameras; commands: the set last changed by cmd/cameras "
+        "(kept in <state_dir>/cameras.json)")
+
+
+register_command(CamerasCommand)
+register_payload("cameras", CamerasPayload)

@@ -34,6 +34,8 @@ class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     frame_id: int = Field(ge=0, description="frame.index of the frame the label is for")
+    camera: str | None = Field(default=None, min_length=1, max_length=128,
+                               description="the camera the frame came from; needed when the device has several")
     label: str | None = Field(default=None, min_length=1, max_length=MAX_LABEL_LENGTH,
                               description="the true class (classifiers)")
     positive: bool | None = Field(default=None, description="whether the frame truly is positive")

@@ -98,6 +98,11 @@ class Topics:
     def events(self) -> str:
         return f"{self.base}/events"
 
+    @property
+    def cameras(self) -> str:
+        """Retained: the cameras the device runs (docs/cameras.md)."""
+        return f"{self.base}/cameras"
+
     def telemetry(self, kind: str) -> str:
         return f"{self.base}/telemetry/{check_segment(kind, 'telemetry kind')}"
 

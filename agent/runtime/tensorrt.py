@@ -5,6 +5,10 @@ Only the name-based I/O API of TensorRT 10 and 11 is used (``num_io_tensors``,
 ``execute_async_v3``). Device memory goes through :mod:`agent.runtime.cuda`.
 Buffers are allocated once per set of input shapes: a frame with the same shapes
 as the previous one reuses them, a new shape frees them and allocates anew, and
+an input whose batch dimension is dynamic gets buffers for its optimization
+profile's largest batch, so that batches of 1 to that many frames (several
+cameras, agent.vision.scheduler) share one allocation and differ only in the
+shape set on the context; and
 ``close`` frees everything, once, so that a swapped-out engine gives its device
 memory back. TensorRT itself is imported only when an engine is loaded, after the
 GPU has been found, so this module imports on any machine.
@@ -189,7 +193,7 @@ def _attempt(failures: list[CudaError], call: Any, *args: Any) -> None:
 
 
 class TensorRTEngine:
-    """A deserialized TensorRT engine serving one frame at a time on its own CUDA stream."""
+    """A deserialized TensorRT engine serving one batch at a time on its own CUDA stream."""
 
     runtime = RUNTIME
 
@@ -220,6 +224,10 @@ class TensorRTEngine:
         self._stream = memory.stream_create()
         self._buffers = _Buffers(memory)
         self._shapes: tuple[tuple[int, ...], ...] | None = None
+        self._capacity: dict[str, tuple[int, ...]] = {}
+        """The shape each I/O buffer was allocated for (the largest batch it holds)."""
+        self._current: dict[str, tuple[int, ...]] = {}
+        """The shape of each I/O tensor for the frames bound now (a prefix of its buffer)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -278,7 +286,8 @@ class TensorRTEngine:
             arrays = self._check_feeds(feeds)
             shapes = tuple(arrays[spec.name].shape for spec in self.inputs)
             if shapes != self._shapes:
-                self._bind(arrays)
+                if not self._rebatch(arrays):
+                    self._bind(arrays)
                 self._shapes = shapes
             return self._run(arrays)
 
@@ -296,6 +305,7 @@ class TensorRTEngine:
             self._engine = None
             self._runtime = None
             self._shapes = None
+            self._capacity, self._current = {}, {}
             if failures:
                 log.error("engine_close_failed", runtime=RUNTIME, path=str(self.path),
                           errors=[str(f) for f in failures])
@@ -327,12 +337,19 @@ class TensorRTEngine:
             arrays[spec.name] = array
         return arrays
 
-    def _bind(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Set the input shapes, then (re)allocate and bind every I/O buffer."""
+    def _largest_batch(self, spec: TensorSpec, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``shape`` with the profile's largest batch when the batch dimension is dynamic."""
+        profile = self.profiles.get(spec.name)
+        if profile is None or spec.shape[0] is not None:
+            return shape
+        return (max(shape[0], profile.max[0]), *shape[1:])
+
+    def _set_inputs(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Set the input shapes on the context; the output shapes TensorRT derives from them."""
         for spec in self.inputs:
-            if not self._context.set_input_shape(spec.name, arrays[spec.name].shape):
+            if not self._context.set_input_shape(spec.name, shapes[spec.name]):
                 raise EngineError(f"input {spec.name!r}: TensorRT refused shape "
-                                  f"{arrays[spec.name].shape}: {self._logger.take_errors()}")
+                                  f"{shapes[spec.name]}: {self._logger.take_errors()}")
         out_shapes = {}
         for spec in self.outputs:
             shape = _dims(self._context.get_tensor_shape(spec.name))
@@ -340,32 +357,71 @@ class TensorRTEngine:
                 raise EngineError(f"output {spec.name!r} has a data-dependent shape {shape}; "
                                   "this runtime serves only shapes known before execution")
             out_shapes[spec.name] = shape
+        return out_shapes
+
+    def _rebatch(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Serve a new batch size from the buffers there are: True when every tensor fits in its
+        buffer (same shape but a batch no larger); False when they must be allocated anew."""
+        capacity = self._capacity
+        if not capacity:
+            return False
+        shapes = {spec.name: tuple(arrays[spec.name].shape) for spec in self.inputs}
+        if not all(_prefix_of(shapes[name], capacity[name]) for name in shapes):
+            return False
+        out_shapes = self._set_inputs(shapes)
+        if not all(_prefix_of(shape, capacity[name]) for name, shape in out_shapes.items()):
+            return False
+        self._current = {**shapes, **out_shapes}
+        return True
+
+    def _bind(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Set the input shapes, then (re)allocate and bind every I/O buffer."""
+        shapes = {spec.name: tuple(arrays[spec.name].shape) for spec in self.inputs}
+        largest = {spec.name: self._largest_batch(spec, shapes[spec.name]) for spec in self.inputs}
+        out_largest = self._set_inputs(largest)
         self._shapes = None
+        self._capacity, self._current = {}, {}
         self._memory.stream_synchronize(self._stream)
         self._buffers.free()
         for spec in self.inputs:
-            self._buffers.allocate(spec.name, arrays[spec.name].shape, spec.dtype)
+            self._buffers.allocate(spec.name, largest[spec.name], spec.dtype)
         for spec in self.outputs:
-            self._buffers.allocate(spec.name, out_shapes[spec.name], spec.dtype)
+            self._buffers.allocate(spec.name, out_largest[spec.name], spec.dtype)
         for name, address in self._buffers.device.items():
             if not self._context.set_tensor_address(name, address):
                 raise EngineError(f"tensor {name!r}: TensorRT refused its address: "
                                   f"{self._logger.take_errors()}")
+        out_shapes = self._set_inputs(shapes) if largest != shapes else out_largest
+        self._capacity = {**largest, **out_largest}
+        self._current = {**shapes, **out_shapes}
         log.debug("engine_buffers_bound", path=str(self.path), nbytes=self._buffers.nbytes,
                   shapes={name: list(a.shape) for name, a in self._buffers.host.items()})
 
+    def _view(self, name: str) -> np.ndarray:
+        """The part of a tensor's pinned buffer the bound batch uses (its first rows)."""
+        buffer, shape = self._buffers.host[name], self._current[name]
+        return buffer if buffer.shape == shape else buffer[: shape[0]]
+
     def _run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        host, device = self._buffers.host, self._buffers.device
+        device = self._buffers.device
         for spec in self.inputs:
-            np.copyto(host[spec.name], arrays[spec.name])
-            self._memory.copy_htod_async(device[spec.name], host[spec.name], self._stream)
+            view = self._view(spec.name)
+            np.copyto(view, arrays[spec.name])
+            self._memory.copy_htod_async(device[spec.name], view, self._stream)
         if not self._context.execute_async_v3(self._stream):
             self._memory.stream_synchronize(self._stream)
             raise EngineError(f"{self.path}: execute_async_v3 failed: {self._logger.take_errors()}")
+        views = {spec.name: self._view(spec.name) for spec in self.outputs}
         for spec in self.outputs:
-            self._memory.copy_dtoh_async(host[spec.name], device[spec.name], self._stream)
+            self._memory.copy_dtoh_async(views[spec.name], device[spec.name], self._stream)
         self._memory.stream_synchronize(self._stream)
-        return {spec.name: host[spec.name].copy() for spec in self.outputs}
+        return {name: view.copy() for name, view in views.items()}
+
+
+def _prefix_of(shape: tuple[int, ...], capacity: tuple[int, ...]) -> bool:
+    """Whether a tensor of ``shape`` is the first rows of a buffer allocated for ``capacity``."""
+    return (len(shape) == len(capacity) and shape[1:] == capacity[1:]
+            and 0 < shape[0] <= capacity[0])
 
 
 def _describe(

@@ -21,8 +21,10 @@ import numpy as np
 import structlog
 
 from ..monitor.features import FailureCount
-from ..monitor.latency import LatencyRecorder
+from ..monitor.latency import CameraRecorders, LatencyRecorder
 from ..runtime.slot import EngineSlot, Serving, SlotEmptyError
+from .preprocess import Geometry
+from .scheduler import Scheduler
 from .sources import Frame, FrameSource
 from .transforms import Prediction, Preprocessor, make_head
 
@@ -32,6 +34,10 @@ log = structlog.get_logger(__name__)
 
 GET_TIMEOUT_S = 0.5
 """How long the worker waits for a frame before checking whether it should stop."""
+MAX_BATCH_FRAMES = 8
+"""Most frames (of as many cameras) in one inference of a model with a dynamic batch dimension:
+beyond it a CPU gains nothing and the input tensor's memory keeps growing; a TensorRT engine's
+optimization profile may set a lower bound."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,13 @@ class FrameResult:
     prediction: Prediction | None
     finite: bool
     error: str | None = None
+    batch: int = 1
+    """How many frames (of different cameras) went through the engine in the same inference."""
+
+    @property
+    def camera(self) -> str:
+        """The name of the camera the frame came from."""
+        return self.frame.source
 
 
 Observer = Callable[[FrameResult], None]
@@ -80,6 +93,10 @@ class PipelineCounters:
         return per
 
 
+_Run = tuple[dict[str, float], Prediction | None, bool, str | None, int]
+"""One frame's stage timings, prediction, finiteness, error and batch size."""
+
+
 class _Prepared:
     """The serving model's preprocessor and head, built once per swap."""
 
@@ -94,6 +111,26 @@ class _Prepared:
         self.input_name = spec.name
         self.preprocessor = Preprocessor(manifest.preprocess, spec)
         self.head = make_head(manifest.head)
+        self.max_batch = batch_limit(engine, spec.name, spec.shape)
+
+
+def batch_limit(engine: Any, input_name: str, shape: tuple[int | None, ...]) -> int:
+    """How many frames one inference may take: 1 for a fixed batch dimension, else up to
+    MAX_BATCH_FRAMES (and within a TensorRT optimization profile's max)."""
+    if not shape or shape[0] is not None:
+        return 1
+    profile = getattr(engine, "profiles", {}).get(input_name)
+    high = profile.max[0] if profile is not None else MAX_BATCH_FRAMES
+    return max(1, min(MAX_BATCH_FRAMES, high))
+
+
+def split_outputs(outputs: dict[str, np.ndarray], count: int) -> list[dict[str, np.ndarray]]:
+    """One batch's outputs as ``count`` batch-1 output sets (an output without the batch
+    dimension is handed whole to every frame)."""
+    if count == 1:
+        return [outputs]
+    return [{k: v[i : i + 1] if v.ndim and v.shape[0] == count else v for k, v in outputs.items()}
+            for i in range(count)]
 
 
 def all_finite(outputs: dict[str, np.ndarray]) -> bool:
@@ -104,17 +141,33 @@ def all_finite(outputs: dict[str, np.ndarray]) -> bool:
     return True
 
 
+class _OneSource:
+    """A single FrameSource seen as a scheduler of one camera."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self.source = source
+
+    def next_batch(self, limit: int, timeout: float) -> list[Frame]:
+        frame = self.source.get(timeout)
+        return [] if frame is None else [frame]
+
+
 class Pipeline:
+    """The frame worker: batches from the scheduler through the serving engine to the observers."""
+
     def __init__(
         self,
-        source: FrameSource,
+        source: FrameSource | Scheduler,
         slot: EngineSlot,
         recorder: LatencyRecorder,
         observers: list[Observer] | None = None,
     ) -> None:
         self.source = source
+        self.frames = source if isinstance(source, Scheduler) else _OneSource(source)
         self.slot = slot
         self.recorder = recorder
+        self.cameras = CameraRecorders(recorder.window)
+        """Latency and errors per camera, for telemetry's ``cameras`` list."""
         self.observers: list[Observer] = list(observers or [])
         self.counters = PipelineCounters()
         self.first_frame = threading.Event()
@@ -149,20 +202,30 @@ class Pipeline:
         while not self._stop.is_set():
             self.last_heartbeat = time.monotonic()
             waited = time.perf_counter()
-            frame = self.source.get(GET_TIMEOUT_S)
-            if frame is None:
+            frames = self.frames.next_batch(self._batch_limit(), GET_TIMEOUT_S)
+            if not frames:
                 continue
             wait_ms = (time.perf_counter() - waited) * 1000.0
             try:
-                result = self.process(frame, wait_ms)
+                results = self.process_batch(frames, wait_ms)
             except SlotEmptyError:
                 continue
-            self.last_result = result
-            for observer in self.observers:
-                try:
-                    observer(result)
-                except Exception as exc:  # a broken monitor must not stop inference
-                    self.observer_failures.failed(observer, exc)
+            for result in results:
+                self.last_result = result
+                for observer in self.observers:
+                    try:
+                        observer(result)
+                    except Exception as exc:  # a broken monitor must not stop inference
+                        self.observer_failures.failed(observer, exc)
+
+    def _batch_limit(self) -> int:
+        serving = self.slot.serving
+        if serving is None:
+            return 1
+        try:
+            return self._prepare(serving).max_batch
+        except Exception:  # a model that cannot be prepared fails frame by frame in process_batch
+            return 1
 
     def _prepare(self, serving: Serving) -> _Prepared:
         prepared = self._prepared
@@ -172,41 +235,85 @@ class Pipeline:
 
     def process(self, frame: Frame, wait_ms: float = 0.0) -> FrameResult:
         """Run one frame through the serving model; never raises for a model failure."""
+        return self.process_batch([frame], wait_ms)[0]
+
+    def process_batch(self, frames: list[Frame], wait_ms: float = 0.0) -> list[FrameResult]:
+        """Run frames (one per camera) through the serving model under one lease: a swap falls
+        between two batches. Frames whose input tensors have the same shape share one inference."""
         with self.slot.lease() as serving:
-            t0 = time.perf_counter()
-            prediction: Prediction | None = None
-            finite = True
-            error: str | None = None
-            t1 = t2 = t0
-            try:
-                prepared = self._prepare(serving)
-                tensor, geometry = prepared.preprocessor.prep(frame.image)
-                t1 = time.perf_counter()
-                outputs = serving.engine.infer({prepared.input_name: tensor})
-                t2 = time.perf_counter()
-                finite = all_finite(outputs)
-                if finite:
-                    prediction = prepared.head(outputs, geometry)
-            except Exception as exc:  # the model misbehaved: count it, keep serving
-                error = f"{type(exc).__name__}: {exc}"
-            t3 = time.perf_counter()
             name, version = serving.name, serving.version
-        self._count(version, error, finite)
-        timings = {
-            "capture_wait": wait_ms,
-            "preprocess": (t1 - t0) * 1000.0,
-            "infer": (t2 - t1) * 1000.0,
-            "postprocess": (t3 - t2) * 1000.0,
-            "end_to_end": (time.monotonic() - frame.captured_at) * 1000.0,
-        }
-        if error is None:
-            self.recorder.record(timings)
-            self.counters.record_infer(version, timings["infer"])
+            runs = self._infer_all(serving, frames)
+        results = []
+        for frame, (timings, prediction, finite, error, batch) in zip(frames, runs, strict=True):
+            timings = {"capture_wait": wait_ms, **timings,
+                       "end_to_end": (time.monotonic() - frame.captured_at) * 1000.0}
+            self._count(version, error, finite)
+            self.cameras.record(frame.source, timings, error is not None)
+            if error is None:
+                self.recorder.record(timings)
+                self.counters.record_infer(version, timings["infer"] / batch)
+            else:
+                log.warning("frame_failed", model=name, version=version, camera=frame.source,
+                            frame=frame.index, error=error)
+            results.append(FrameResult(frame, name, version, timings, prediction, finite, error, batch))
         self.last_progress = time.monotonic()
         self.first_frame.set()
-        if error is not None:
-            log.warning("frame_failed", model=name, version=version, frame=frame.index, error=error)
-        return FrameResult(frame, name, version, timings, prediction, finite, error)
+        return results
+
+    def _infer_all(self, serving: Serving, frames: list[Frame]) -> list[_Run]:
+        runs: list[_Run | None] = [None] * len(frames)
+        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, Geometry, float]]] = {}
+        try:
+            prepared = self._prepare(serving)
+        except Exception as exc:  # the model cannot take frames: every frame fails, serving goes on
+            error = f"{type(exc).__name__}: {exc}"
+            return [({"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}, None, True, error, 1)
+                    for _ in frames]
+        for position, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            try:
+                tensor, geometry = prepared.preprocessor.prep(frame.image)
+            except Exception as exc:  # one bad frame fails alone
+                runs[position] = ({"preprocess": (time.perf_counter() - t0) * 1000.0, "infer": 0.0,
+                                   "postprocess": 0.0}, None, True, f"{type(exc).__name__}: {exc}", 1)
+                continue
+            prep_ms = (time.perf_counter() - t0) * 1000.0
+            groups.setdefault(tensor.shape, []).append((position, tensor, geometry, prep_ms))
+        for members in groups.values():
+            for position, run in self._infer_group(serving, prepared, members):
+                runs[position] = run
+        return [run for run in runs if run is not None]
+
+    def _infer_group(self, serving: Serving, prepared: _Prepared,
+                     members: list[tuple[int, np.ndarray, Geometry, float]]) -> list[tuple[int, _Run]]:
+        count = len(members)
+        t1 = time.perf_counter()
+        error: str | None = None
+        per_frame: list[dict[str, np.ndarray]] = []
+        try:
+            tensor = members[0][1] if count == 1 else np.concatenate([m[1] for m in members])
+            outputs = serving.engine.infer({prepared.input_name: tensor})
+            per_frame = split_outputs(outputs, count)
+        except Exception as exc:  # the model misbehaved: count it, keep serving
+            error = f"{type(exc).__name__}: {exc}"
+        infer_ms = (time.perf_counter() - t1) * 1000.0
+        done = []
+        for index, (position, _, geometry, prep_ms) in enumerate(members):
+            t2 = time.perf_counter()
+            prediction: Prediction | None = None
+            finite = True
+            frame_error = error
+            if frame_error is None:
+                try:
+                    finite = all_finite(per_frame[index])
+                    if finite:
+                        prediction = prepared.head(per_frame[index], geometry)
+                except Exception as exc:  # the head failed on this frame's output
+                    frame_error = f"{type(exc).__name__}: {exc}"
+            timings = {"preprocess": prep_ms, "infer": infer_ms,
+                       "postprocess": (time.perf_counter() - t2) * 1000.0}
+            done.append((position, (timings, prediction, finite, frame_error, count)))
+        return done
 
     def _count(self, version: str, error: str | None, finite: bool) -> None:
         counters = self.counters

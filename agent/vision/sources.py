@@ -413,13 +413,15 @@ class FrameSource:
     ``last_error_code``) and is retried, never raised out of the thread.
     """
 
-    def __init__(self, config: SourceSection, *, opener: CaptureOpener = _open) -> None:
+    def __init__(self, config: SourceSection, condition: threading.Condition | None = None, *,
+                 opener: CaptureOpener = _open) -> None:
+        """``condition``: shared by the sources of one camera set, so one wait sees any new frame."""
         self.config = config
         self.kind = check_backend(config.uri)
         self._opener = opener
         self._shown_uri = redact_uri(config.uri)
         self._is_file = self.kind is SourceKind.FILE
-        self._cond = threading.Condition()
+        self._cond = condition if condition is not None else threading.Condition()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._slot: Frame | None = None
