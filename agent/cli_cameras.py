@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli_control import _common, _run
+from .cli_connect import connect
+from .cli_control import _common, _finish, _send
 from .config import _parse_scalar
 
 __all__ = ["add_camera_parsers", "camera_body"]
@@ -50,7 +51,7 @@ def camera_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_cameras(args: argparse.Namespace) -> int:
-    return _run(args, "cameras", camera_body(args))
+    return _finish(_send(args, connect(args), "cameras", camera_body(args)))
 
 
 def add_camera_parsers(sub: Any) -> None:
