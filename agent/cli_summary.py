@@ -42,17 +42,26 @@ def command_name(argv0: str | None = None, cwd: Path | None = None) -> str:
     return f"{shown}{suffix}"
 
 
+def camera_rows(agent: Agent) -> list[tuple[str, str]]:
+    """One ``camera`` line per enabled camera: its name, URI (redacted), state and rate."""
+    rows = []
+    for camera in agent.cameras.active():
+        stats = camera.stats()
+        rows.append(("camera", f"{camera.name}: {redact_uri(camera.config.uri)}  "
+                               f"({stats.state.name.lower()}, {stats.fps:.1f} fps)"))
+    return rows or [("camera", "none enabled (add one: edge-agent cameras add --config ...)")]
+
+
 def summary_rows(agent: Agent, config_path: Path, command: str) -> list[tuple[str, str]]:
     """``(label, text)`` lines of the summary."""
     config = agent.config
     serving = agent.slot.serving
-    stats = agent.source.stats()
     broker = agent.broker_url
     if config.mqtt.url == "embedded":
         broker += f"  (embedded; user edge-agent, password in {config.agent.state_dir / PASSWORD_FILE})"
     rows = [
         ("device", f"{agent.device_id}  (groups: {', '.join(config.agent.groups) or 'none'})"),
-        ("camera", f"{redact_uri(config.source.uri)}  ({stats.state.name.lower()}, {stats.fps:.1f} fps)"),
+        *camera_rows(agent),
         ("model", f"{serving.name} {serving.version}  ({serving.runtime})" if serving else "none"),
         ("broker", broker),
         ("watch", f"{command} top --config {config_path}"),

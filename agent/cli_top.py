@@ -188,7 +188,7 @@ async def _live(args: argparse.Namespace, connection: Connection, console: Conso
     from rich.live import Live
 
     assert connection.device is not None
-    camera = connection.config.source.name if connection.config is not None else HEALTH_CAMERA
+    camera = connection.config.cameras[0].name if connection.config is not None else HEALTH_CAMERA
     model = TopModel(connection.client.prefix, connection.device, camera)
     link = _Link(connection)
     quit_ = asyncio.Event()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .monitor.settings import MonitorSection
@@ -37,7 +36,6 @@ __all__ = [
     "load_config",
 ]
 
-log = structlog.get_logger(__name__)
 
 ENV_PREFIX = "EDGE_AGENT__"
 ENV_SEPARATOR = "__"
@@ -370,6 +368,11 @@ class AgentConfig(Section):
         return self
 
     @property
+    def uses_source_section(self) -> bool:
+        """The deprecated ``[source]`` form was written (the daemon logs it once logging is set up)."""
+        return "source" in self.model_fields_set
+
+    @property
     def cameras(self) -> tuple[CameraSection, ...]:
         """Every configured camera, enabled or not: ``[[camera]]``, else ``[source]`` as one."""
         return self.camera if self.camera else (camera_from_source(self.source),)
@@ -473,9 +476,6 @@ def parse_config(
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin, data)) from exc
-    if "source" in data:
-        log.warning("config_source_deprecated", origin=origin, camera=config.source.name,
-                    hint="write the camera as a [[camera]] entry with a name (docs/cameras.md)")
     return config
 
 

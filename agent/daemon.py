@@ -93,6 +93,9 @@ class Agent:
         self.slot = EngineSlot()
         self.recorder = LatencyRecorder(config.telemetry.latency_window)
         self.cameras_file = config.agent.state_dir / CAMERAS_FILE
+        if config.uses_source_section:
+            log.warning("config_source_deprecated", camera=config.source.name,
+                        hint="write the camera as a [[camera]] entry with a name (docs/cameras.md)")
         try:
             self.cameras = CameraSet(self._camera_configs(), config.model.name)
         except CameraError as exc:

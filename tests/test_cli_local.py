@@ -49,7 +49,7 @@ def test_commands_with_config_reach_the_agent_the_terminal_summary_names(tmp_pat
                                    timeout=AGENT_START_S)
         url = json.loads((state / CONNECTION_FILE).read_text())["url"]
         summary = screen[screen.index("edge-agent is running"):]
-        for shown in ("device  dev1", "camera  " + str(demo_dir / "video.mp4"), "model   text-det v4",
+        for shown in ("device  dev1", "camera  camera0: " + str(demo_dir / "video.mp4"), "model   text-det v4",
                       f"broker  {url}", str(state / PASSWORD_FILE), f"top --config {config}",
                       f"status --config {config}"):
             assert shown in summary, f"{shown!r} not in the summary:\n{summary}"

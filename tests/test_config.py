@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import structlog
 
 from agent.config import AgentConfig, ConfigError, load_config, parse_config
 
@@ -134,13 +133,10 @@ def test_camera_entries_load_with_their_caps_regions_and_paths_from_the_file(tmp
 
 
 def test_the_single_source_form_still_loads_as_one_camera_named_by_its_name_and_is_deprecated():
-    with structlog.testing.capture_logs() as logs:
-        config = parse_config('[source]\nuri = "a.mp4"\nname = "door"\n', environ={})
-        parse_config(CAMERAS, environ={})
+    config = parse_config('[source]\nuri = "a.mp4"\nname = "door"\n', environ={})
     (camera,) = config.cameras
     assert (camera.name, camera.uri) == ("door", "a.mp4")
-    warned = [e for e in logs if e["event"] == "config_source_deprecated"]
-    assert len(warned) == 1 and warned[0]["camera"] == "door" and "[[camera]]" in warned[0]["hint"]
+    assert config.uses_source_section and not parse_config(CAMERAS, environ={}).uses_source_section
 
 
 @pytest.mark.parametrize(("patch", "error"), [

@@ -290,7 +290,9 @@ class TopModel:
     def _camera_rows(self) -> list[CameraRow]:
         if self.health is None:
             return []
-        camera = self.health.camera
+        if self.health.cameras:
+            return [CameraRow(c.name, c.state, c.fps, c.reopens, c.last_error) for c in self.health.cameras]
+        camera = self.health.camera  # an agent from before the cameras list
         return [CameraRow(self.camera_name, camera.state, camera.fps, camera.reopens, camera.last_error)]
 
     def rows(self, now: float) -> TopRows:
