@@ -6,6 +6,21 @@ This ``__init__`` is the package's door: other packages import only what ``__all
 
 from __future__ import annotations
 
+from .payloads import (
+    BoxItem,
+    ClassifyResult,
+    ClassItem,
+    CountsPayload,
+    DetectResult,
+    ObjectEventData,
+    ResultsPayload,
+    TextItem,
+    TextResult,
+    counts_payload,
+    event_payload,
+    results_payload,
+)
+from .rate import RateLimiter
 from .recognize import CtcDecoder, Reading, SecondStage, batch_crops, crop_quad
 from .settings import (
     LineSettings,
@@ -20,22 +35,35 @@ from .zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, in
 
 __all__ = [
     "EVENT_KINDS",
+    "BoxItem",
+    "ClassItem",
+    "ClassifyResult",
+    "CountsPayload",
     "CtcDecoder",
+    "DetectResult",
     "EventKind",
     "LineSettings",
+    "ObjectEventData",
+    "RateLimiter",
     "RateSettings",
     "Reading",
     "ResultEvent",
+    "ResultsPayload",
     "ResultsSettings",
     "Scene",
     "SecondStage",
     "SnapshotSettings",
+    "TextItem",
+    "TextResult",
     "TrackedObject",
     "Tracker",
     "TrackerSettings",
     "ZoneSettings",
     "batch_crops",
+    "counts_payload",
     "crop_quad",
     "crossing_side",
+    "event_payload",
     "inside",
+    "results_payload",
 ]

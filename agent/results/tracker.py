@@ -13,7 +13,7 @@ gone on the next.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ class TrackedObject:
     box: Box
     score: float
     matched: bool
+    detection: Detection | None = field(default=None, compare=False, repr=False)
+    """The detection of this frame that continued the track (None when not ``matched``)."""
 
     def anchor(self, where: str) -> tuple[float, float]:
         """The box's ``center`` or ``bottom_center`` in frame pixels."""
@@ -76,6 +78,7 @@ class Tracker:
             source: Detection = last.data
             matched = id(last) in fresh
             x1, y1, x2, y2 = (float(v) for v in source.box)
-            out.append(TrackedObject(int(obj.id), str(obj.label), (x1, y1, x2, y2), float(source.score), matched))
+            out.append(TrackedObject(int(obj.id), str(obj.label), (x1, y1, x2, y2), float(source.score), matched,
+                                     source if matched else None))
         out.sort(key=lambda o: o.track_id)
         return tuple(out)
