@@ -30,6 +30,7 @@ from .settings import (
     TrackerSettings,
     ZoneSettings,
 )
+from .snapshots import FolderSink, Snapshots, encode_jpeg, render
 from .tracker import TrackedObject, Tracker
 from .zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, inside
 
@@ -42,6 +43,7 @@ __all__ = [
     "CtcDecoder",
     "DetectResult",
     "EventKind",
+    "FolderSink",
     "LineSettings",
     "ObjectEventData",
     "RateLimiter",
@@ -53,6 +55,7 @@ __all__ = [
     "Scene",
     "SecondStage",
     "SnapshotSettings",
+    "Snapshots",
     "TextItem",
     "TextResult",
     "TrackedObject",
@@ -63,7 +66,9 @@ __all__ = [
     "counts_payload",
     "crop_quad",
     "crossing_side",
+    "encode_jpeg",
     "event_payload",
     "inside",
+    "render",
     "results_payload",
 ]

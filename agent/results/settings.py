@@ -123,6 +123,11 @@ class SnapshotSettings(_Settings):
     """A JPEG of an event's best frame, kept in a local folder. Off by default."""
 
     enabled: bool = False
+    events: tuple[Literal["object_entered", "object_left", "zone_entered", "zone_left", "line_crossed"], ...] = (
+        "object_left",
+    )
+    """Events that get a picture: the best frame (highest score) of the object so far; for
+    ``object_left``, of its whole life."""
     crop: bool = False
     """The object's box (with ``crop_margin``) instead of the whole frame."""
     crop_margin: float = Field(default=0.2, ge=0.0, le=2.0)
@@ -132,7 +137,7 @@ class SnapshotSettings(_Settings):
     max_side: int = Field(default=640, ge=32, le=8192)
     """The picture is scaled down until its longer side is at most this many pixels."""
     max_bytes: int = Field(default=200_000, ge=4096, le=10_000_000)
-    """A JPEG larger than this is written again at lower quality, then smaller, until it fits."""
+    """A JPEG larger than this is encoded again at lower quality, then smaller, until it fits."""
     quality: int = Field(default=85, ge=10, le=100)
     """JPEG quality of the first try."""
     folder: Path = Path("snapshots")
