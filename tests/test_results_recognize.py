@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from agent.demo import DEMO_MODELS
-from agent.models.graph import fuse_preprocessing
+from agent.models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
 from agent.models.manifest import Manifest
 from agent.results import CtcDecoder, SecondStage, batch_crops, crop_quad
 from agent.runtime.onnxrt import OnnxRuntimeEngine
@@ -129,6 +129,19 @@ def test_a_second_stage_refuses_a_model_that_is_not_a_recognizer() -> None:
     engine = OnnxRuntimeEngine.load(folder / "model.onnx", threads=1)
     with pytest.raises(TransformError, match="task recognize with a ctc head"):
         SecondStage(engine, manifest, folder)
+
+
+@needs_rec
+def test_the_recognizer_passes_the_checks_a_deployment_runs_and_is_no_first_stage(stage: SecondStage) -> None:
+    manifest = stage.manifest
+    assert check_fits_head(stage.engine.outputs, manifest.head).shape == (None, None, len(stage.decoder.classes))
+    assert check_fits_input(manifest.preprocess, stage.engine.inputs).name == "x"
+    detector = Manifest.read(MODELS / "text-det-v4" / "manifest.json")
+    with pytest.raises(SpecMismatchError, match=r"ctc recognizer needs \[N, steps, classes\]"):
+        check_fits_head(OnnxRuntimeEngine.load(MODELS / "text-det-v4" / "model.onnx", threads=1).outputs,
+                        detector.head.model_copy(update={"kind": "ctc"}))
+    with pytest.raises(TransformError, match="reads crops"):
+        make_head(manifest.head)
 
 
 # ---------------------------------------------------------------- decode and crops, exactly
