@@ -6,6 +6,7 @@ This ``__init__`` is the package's door: other packages import only what ``__all
 
 from __future__ import annotations
 
+from .camera import CameraResults, FrameOutcome
 from .payloads import (
     BoxItem,
     ClassifyResult,
@@ -37,6 +38,7 @@ from .zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, in
 __all__ = [
     "EVENT_KINDS",
     "BoxItem",
+    "CameraResults",
     "ClassItem",
     "ClassifyResult",
     "CountsPayload",
@@ -44,6 +46,7 @@ __all__ = [
     "DetectResult",
     "EventKind",
     "FolderSink",
+    "FrameOutcome",
     "LineSettings",
     "ObjectEventData",
     "RateLimiter",
