@@ -8,7 +8,6 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -25,7 +24,7 @@ from agent.results import (
     results_payload,
 )
 from agent.vision.transforms import Detection, Prediction
-from tests.test_results_recognize import DEMO, Detector, needs_rec
+from tests.test_results_recognize import Detector, needs_rec, video_frames
 from tests.test_results_tracks import FPS
 
 FRAMES = range(70, 112, 2)
@@ -46,16 +45,7 @@ SETTINGS = ResultsSettings(
 @pytest.fixture(scope="module")
 def clip() -> list[tuple[int, np.ndarray, tuple[Detection, ...]]]:
     detector = Detector()
-    capture = cv2.VideoCapture(str(DEMO / "video.mp4"))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, FRAMES.start)
-    out = []
-    for index in range(FRAMES.start, FRAMES.stop):
-        ok, frame = capture.read()
-        assert ok
-        if index in FRAMES:
-            out.append((index, frame, detector(frame).items))
-    capture.release()
-    return out  # type: ignore[return-value]
+    return [(index, frame, detector(frame).items) for index, frame in video_frames(FRAMES)]  # type: ignore[misc]
 
 
 @needs_rec

@@ -23,7 +23,7 @@ from agent.results import (
     TrackerSettings,
     encode_jpeg,
 )
-from tests.test_results_recognize import DEMO, Detector, needs_rec
+from tests.test_results_recognize import DEMO, Detector, needs_rec, video_frames
 from tests.test_results_tracks import FPS
 
 PAGE_TO_ASTRONAUT = range(76, 106, 2)
@@ -59,19 +59,12 @@ def test_each_page_line_leaving_gets_its_best_frame_as_a_bounded_jpeg(tmp_path: 
     snapshots = Snapshots("front", settings, FolderSink(tmp_path, settings))
     detector, tracker = Detector(), Tracker(TrackerSettings(max_missed_frames=3))
     scene = Scene(ResultsSettings())
-    capture = cv2.VideoCapture(str(DEMO / "video.mp4"))
-    capture.set(cv2.CAP_PROP_POS_FRAMES, PAGE_TO_ASTRONAUT.start)
     names = []
-    for index in range(PAGE_TO_ASTRONAUT.start, PAGE_TO_ASTRONAUT.stop):
-        ok, frame = capture.read()
-        assert ok
-        if index not in PAGE_TO_ASTRONAUT:
-            continue
+    for index, frame in video_frames(PAGE_TO_ASTRONAUT):
         objects = tracker.update(detector(frame).items)
         events = scene.update(index, index / FPS, objects)
         snapshots.observe(frame, index, objects)
         names += [(e.kind, snapshots.on_event(e)) for e in events]
-    capture.release()
     written = [name for kind, name in names if kind == "object_left"]
     assert len(written) >= 4 and all(written), names
     assert all(name is None for kind, name in names if kind != "object_left"), "only object_left asked for"
