@@ -201,3 +201,30 @@ def test_zone_counts_change_when_the_slideshow_moves_from_the_page_to_the_astron
     page_lines = [e for e in left if e.dwell_s is not None and e.dwell_s >= 0.5]
     assert len(page_lines) >= 4, "the page's lines were tracked, each under one id, for most of the scene"
     assert sum(e.kind == "zone_left" for e in events) == len(left)
+
+
+def test_the_settings_read_from_toml_as_docs_results_shows_them() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 on; the agent reads 3.10's TOML with tomli
+    document = tomllib.loads("""
+[tracker]
+min_iou = 0.3
+anchor = "bottom_center"
+[[zones]]
+name = "door"
+polygon = [[0, 0], [320, 0], [320, 480], [0, 480]]
+labels = ["person"]
+[[lines]]
+name = "gate"
+start = [400, 0]
+end = [400, 480]
+[rate]
+mode = "on_change"
+[snapshots]
+enabled = true
+events = ["object_left", "line_crossed"]
+""")
+    settings = ResultsSettings.model_validate(document)
+    assert settings.zones[0].polygon[1] == (320.0, 0.0) and settings.lines[0].end == (400.0, 480.0)
+    assert settings.tracker.anchor == "bottom_center" and settings.snapshots.events == ("object_left", "line_crossed")
+    with pytest.raises(ValidationError, match=r"snapshots\.events\.0"):
+        ResultsSettings.model_validate({"snapshots": {"events": ["object_seen"]}})
