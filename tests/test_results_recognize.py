@@ -5,16 +5,21 @@ whose right answer is known exactly."""
 
 from __future__ import annotations
 
+import ast
+import math
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import cv2
 import numpy as np
 import onnx
 import pytest
 
-from agent.demo import DEMO_MODELS
+from agent.demo import DEMO_MODELS, REC_HEIGHT, REC_MIN_WIDTH
 from agent.models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
 from agent.models.manifest import Manifest
 from agent.results import CtcDecoder, SecondStage, batch_crops, crop_quad
@@ -202,3 +207,44 @@ def test_crops_of_a_frame_batch_to_the_height_keeping_their_aspect_padded_to_the
     assert np.allclose(batch[0, :, :, 96:], (128 / 255 - 0.5) / 0.5, atol=1e-6), "padded with pad_value"
     assert np.allclose(batch[1], -1.0), "the widest crop fills its row"
 
+
+
+# ---------------------------------------------------------------- against rapidocr's own code
+
+RAPIDOCR_WHEEL = DEMO / "wheels" / "rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
+needs_wheel = pytest.mark.skipif(not RAPIDOCR_WHEEL.is_file(), reason="the rapidocr wheel is missing: make setup")
+
+
+def rapidocr_rec() -> tuple[Any, Any]:
+    """rapidocr 1.4.4's CTCLabelDecode class and TextRecognizer.resize_norm_img, from the wheel's source
+    (its package imports yaml, which the agent does not need: only these two pieces are loaded)."""
+    with zipfile.ZipFile(RAPIDOCR_WHEEL) as wheel:
+        utils = wheel.read("rapidocr_onnxruntime/ch_ppocr_rec/utils.py").decode()
+        recognizer_source = wheel.read("rapidocr_onnxruntime/ch_ppocr_rec/text_recognize.py").decode()
+    namespace: dict[str, Any] = {}
+    exec(compile(utils, "rapidocr/ch_ppocr_rec/utils.py", "exec"), namespace)
+    klass = next(n for n in ast.parse(recognizer_source).body if isinstance(n, ast.ClassDef))
+    method = next(n for n in klass.body if isinstance(n, ast.FunctionDef) and n.name == "resize_norm_img")
+    scope: dict[str, Any] = {"np": np, "cv2": cv2, "math": math}
+    exec(compile(ast.Module([method], []), "rapidocr/text_recognize.py", "exec"), scope)
+    return namespace["CTCLabelDecode"], scope["resize_norm_img"]
+
+
+@needs_rec
+@needs_wheel
+def test_the_second_stage_reads_exactly_what_rapidocr_reads_from_the_same_crops_in_one_batch(
+    detector: Detector, stage: SecondStage
+) -> None:
+    decoder_class, resize_norm_img = rapidocr_rec()
+    decoder = decoder_class(character=list(stage.decoder.classes[1:-1]))
+    frame = cv2.imread(str(DEMO / "images" / "page.png"))
+    boxes = detector(frame).items
+    crops = [crop_quad(frame, np.asarray(b.polygon, dtype=np.float32)) for b in boxes]
+    widest = max([REC_MIN_WIDTH / REC_HEIGHT, *(c.shape[1] / c.shape[0] for c in crops)])
+    config = SimpleNamespace(rec_image_shape=[3, REC_HEIGHT, REC_MIN_WIDTH])
+    batch = np.stack([resize_norm_img(config, c, widest) for c in crops]).astype(np.float32)
+    probs = next(iter(stage.engine.infer({"x": batch}).values()))
+    theirs = [(text, score) for text, score in decoder(probs)]
+    ours = [(r.text, r.confidence) for r in stage(frame, boxes)]
+    assert [t for t, _ in ours] == [t for t, _ in theirs]
+    assert [c for _, c in ours] == pytest.approx([c for _, c in theirs], abs=1e-3)
