@@ -126,13 +126,18 @@ def batch_crops(crops: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray
     return batch
 
 
-def _padded_frame(crop: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """One crop for a model with fused preprocessing: uint8 [1, H, W, 3] BGR, padded on the right."""
+def _padded_frames(crops: Sequence[np.ndarray], spec: PreprocessSpec) -> list[np.ndarray]:
+    """The crops for a model with fused preprocessing: uint8 [1, H, W, 3] BGR each, padded on the right
+    to the widest, as in a batch (the recognizer reads spaces differently with less padding)."""
     assert spec.height is not None and spec.width is not None
-    image = _resized(crop, spec.height)
-    frame = np.full((1, spec.height, max(spec.width, image.shape[1]), 3), spec.pad_value, dtype=np.uint8)
-    frame[0, :, : image.shape[1]] = image
-    return frame
+    resized = [_resized(c, spec.height) for c in crops]
+    width = max([spec.width, *(r.shape[1] for r in resized)])
+    frames = []
+    for image in resized:
+        frame = np.full((1, spec.height, width, 3), spec.pad_value, dtype=np.uint8)
+        frame[0, :, : image.shape[1]] = image
+        frames.append(frame)
+    return frames
 
 
 class SecondStage:
@@ -178,8 +183,8 @@ class SecondStage:
         if self._batched:
             return self.decoder.decode(self._probs(self.engine.infer({self._input: batch_crops(crops, spec)})))
         out: list[tuple[str, float]] = []
-        for crop in crops:
-            out += self.decoder.decode(self._probs(self.engine.infer({self._input: _padded_frame(crop, spec)})))
+        for frame in _padded_frames(crops, spec):
+            out += self.decoder.decode(self._probs(self.engine.infer({self._input: frame})))
         return out
 
     def __call__(self, frame: np.ndarray, detections: Sequence[Detection]) -> tuple[Reading, ...]:
