@@ -6,7 +6,9 @@
   photos, pinned by version, into ``<dest>/wheels`` (kept as a cache);
 - extracts each model with its license into a folder ``<dest>/models/<name>-<version>/``
   holding ``model.onnx``, ``LICENSE`` and a ``manifest.json`` (a deployable bundle
-  source), and installs the serving one into the engine store;
+  source), and installs the serving one into the engine store, with the text
+  recognizer (the second stage on text boxes, its dictionary written beside it
+  as ``dictionary.txt`` from the model's metadata);
 - writes ``<dest>/video.mp4`` (640x480, slow pans over real photos) with OpenCV
   and reads it back through ``cv2.VideoCapture`` to prove it decodes.
 
@@ -42,6 +44,8 @@ class DemoModel:
     member: str
     license_member: str | None
     manifest: Manifest
+    dictionary_key: str | None = None
+    """The model's metadata entry holding its character list, written to the head's ``dictionary``."""
 
 
 def _text_det(version: str, description: str) -> Manifest:
@@ -63,12 +67,42 @@ def _text_det(version: str, description: str) -> Manifest:
     )
 
 
+REC_HEIGHT = 48
+"""PP-OCRv4 rec's input height (rapidocr's ``rec_img_shape`` [3, 48, 320])."""
+REC_MIN_WIDTH = 320
+"""rapidocr's narrowest batch width; a batch grows to its widest crop."""
+REC_DICTIONARY = "dictionary.txt"
+
+
+def _text_rec(version: str, description: str) -> Manifest:
+    return Manifest(
+        name="text-rec",
+        version=version,
+        task="recognize",
+        preprocess=PreprocessSpec(
+            resize="letterbox", height=REC_HEIGHT, width=REC_MIN_WIDTH, color="bgr",
+            scale=1.0 / 255.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pad_value=128,
+        ),
+        head=HeadSpec(kind="ctc", dictionary=REC_DICTIONARY),
+        license="Apache-2.0",
+        source="",
+        description=description,
+    )
+
+
 DEMO_MODELS: tuple[DemoModel, ...] = (
     DemoModel(
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
         None,
         _text_det("v4", "PP-OCRv4 text detector (DB), from the rapidocr-onnxruntime 1.4.4 wheel"),
+    ),
+    DemoModel(
+        "rapidocr-onnxruntime==1.4.4",
+        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+        None,
+        _text_rec("v4", "PP-OCRv4 text recognizer (CTC), from the rapidocr-onnxruntime 1.4.4 wheel"),
+        dictionary_key="character",
     ),
     DemoModel(
         "rapidocr==3.10.0",
@@ -97,6 +131,7 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 )
 
 SERVING = ("text-det", "v4")
+SECOND_STAGE = ("text-rec", "v4")
 
 
 def _say(message: str) -> None:
@@ -145,10 +180,22 @@ def extract_model(model: DemoModel, wheel: Path, models_dir: Path) -> Path:
             (tmp / "LICENSE").write_bytes(archive.read(model.license_member))
         else:
             (tmp / "LICENSE").write_text(APACHE_NOTE.format(wheel=wheel.name), encoding="utf-8")
+    if model.dictionary_key is not None and manifest.head.dictionary is not None:
+        (tmp / manifest.head.dictionary).write_text(
+            _metadata(tmp / manifest.model_file, model.dictionary_key), encoding="utf-8")
     manifest.with_hashes(tmp).write(tmp / "manifest.json")
     tmp.rename(folder)
     _say(f"extracted {manifest.name} {manifest.version} -> {folder}")
     return folder
+
+
+def _metadata(model_file: Path, key: str) -> str:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(model_file)).metadata_props}
+    if key not in props:
+        raise SystemExit(f"{model_file}: no metadata entry {key!r} (found {sorted(props)})")
+    return str(props[key]).rstrip("\n") + "\n"
 
 
 def extract_photos(wheel: Path, images_dir: Path) -> list[Path]:
@@ -218,9 +265,10 @@ def setup(dest: Path, store_root: Path | None) -> None:
         make_video(photos, video)
     if store_root is not None:
         store = ModelStore(store_root)
-        if store.current_version(SERVING[0]) is None:
-            store.install(folders[SERVING])
-            _say(f"installed {SERVING[0]} {SERVING[1]} as current in {store_root}")
+        for name, version in (SERVING, SECOND_STAGE):
+            if store.current_version(name) is None:
+                store.install(folders[(name, version)])
+                _say(f"installed {name} {version} as current in {store_root}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,8 @@ MIN_FUSE_OPSET = 7
 """Cast with a ``to`` attribute and broadcasting Mul/Add exist from opset 7 on."""
 BOX_COORDS = 4
 IMAGE_RANK = 4
+CTC_RANK = 3
+"""A CTC recognizer's output: [N, steps, classes]."""
 CHANNELS = 3
 BGR_TO_RGB = (2, 1, 0)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -132,6 +134,9 @@ def check_fits_head(outputs: Sequence[TensorSpec], head: HeadSpec) -> TensorSpec
         static = [d for d in shape[1:] if d is not None]
         if len(static) == 2 and max(static) <= BOX_COORDS:
             raise SpecMismatchError(f"{where}: no axis holds 4 box values plus class scores")
+    elif head.kind == "ctc":
+        if len(shape) != CTC_RANK:
+            raise SpecMismatchError(f"{where}: a ctc recognizer needs [N, steps, classes]")
     elif len(shape) != IMAGE_RANK or shape[1] not in (None, 1):
         raise SpecMismatchError(f"{where}: text_detect_db needs a probability map [N, 1, H, W]")
     return tensor

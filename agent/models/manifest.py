@@ -120,10 +120,12 @@ class HeadSpec(_Strict):
     outputs probabilities) then top-k with labels. ``detect_yolo``: YOLOv8-style
     (1, 4 + classes, anchors) decode with class-wise NMS. ``text_detect_db``: the
     probability map of a DB text detector (PP-OCR) binarised and turned into
-    boxes, expanded by ``unclip_ratio``.
+    boxes, expanded by ``unclip_ratio``. ``ctc``: a text recognizer's per-step
+    character probabilities ``[N, steps, classes]`` decoded greedily (best class per
+    step, repeats merged, blanks dropped) with the characters of ``dictionary``.
     """
 
-    kind: Literal["classify", "detect_yolo", "text_detect_db"]
+    kind: Literal["classify", "detect_yolo", "text_detect_db", "ctc"]
     output_name: str | None = None
     labels: tuple[str, ...] = ()
     softmax: bool = True
@@ -135,6 +137,13 @@ class HeadSpec(_Strict):
     box_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     unclip_ratio: float = Field(default=1.6, gt=0.0, le=10.0)
     min_size: int = Field(default=3, ge=1)
+    dictionary: str | None = None
+    """``ctc``: a UTF-8 file in the model's folder, one character a line (class 0 is the blank)."""
+
+    @field_validator("dictionary")
+    @classmethod
+    def _dictionary(cls, value: str | None) -> str | None:
+        return None if value is None else check_relative(value, "dictionary")
 
 
 class Golden(_Strict):
@@ -172,7 +181,7 @@ class Manifest(_Strict):
     schema_version: int = Field(default=MANIFEST_SCHEMA_VERSION, ge=1, le=MANIFEST_SCHEMA_VERSION)
     name: ModelName
     version: ModelVersion
-    task: Literal["classify", "detect", "text_detect"]
+    task: Literal["classify", "detect", "text_detect", "recognize"]
     format: Literal["onnx", "engine"] = "onnx"
     model_file: str = "model.onnx"
     preprocess: PreprocessSpec

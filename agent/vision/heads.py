@@ -261,4 +261,6 @@ def make_head(spec: HeadSpec) -> Head:
         return ClassifyHead(spec)
     if spec.kind == "detect_yolo":
         return YoloHead(spec)
+    if spec.kind == "ctc":
+        raise TransformError("a ctc head reads crops of a first stage's boxes (agent.results.SecondStage), not frames")
     return TextDetectHead(spec)
