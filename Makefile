@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cv,dev,trt-check]'
+	# The tracker without its stale pins (numpy<2, rich<15, matplotlib): docs/results.md.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'norfair==2.3.0' 'filterpy==1.4.5'
 	touch $(STAMP)
 
 setup: $(STAMP)
