@@ -9,8 +9,8 @@
    full rate: skipped frames, the worst gap between processed frames around a
    swap against the median gap, and RSS growth over the swaps.
 3. cameras: 1, 2, 4, 8 cameras on one engine, batched and unbatched, against a bare
-   engine loop at the same batch size, and fairness across cameras (see
-   ``agent.bench_cameras``).
+   engine loop at the same batch size, fairness across cameras, and the RTSP
+   recovery time from a real RTSP server (see ``agent.bench_cameras``).
 4. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.bench_tools``).
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_cameras import CAMERA_COUNTS, bench_cameras
+from .bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from .bench_tools import bench_tools
 from .config import DeploySection, SourceSection
 from .models.bundle import pack_bundle
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "cameras"):
             counts = tuple(int(n) for n in args.cameras.split(","))
             bench_cameras(args.demo, store, args.camera_frames, THREADS, counts)
+            bench_rtsp_recovery(args.demo)
     if args.only in (None, "swap"):
         bench_swaps(args.demo, args.swaps)
     if args.only in (None, "tools"):

@@ -7,7 +7,10 @@ batched (unfused: dynamic batch, up to one frame per camera in one inference):
   inference, head) against a bare engine loop at the same batch size on pre-made
   input tensors, measured just before and just after the pipeline and averaged, so
   that machine noise hits both (goal >= 0.95);
-- fairness: the slowest camera's inferred frames/s over the fastest's (goal >= 0.9).
+- fairness: the slowest camera's inferred frames/s over the fastest's (goal >= 0.9);
+- RTSP recovery: a real RTSP server (gst-rtsp-server) serving the demo video is stopped
+  for a few seconds and started again; seconds from its return to the first frame and
+  to full rate (goal <= 5 s; ``agent.vision.rtsp_bench``).
 
 Numbers only; nothing here asserts a timing.
 """
@@ -29,6 +32,7 @@ from .monitor.latency import LatencyRecorder
 from .runtime.slot import EngineSlot
 from .vision.cameras import CameraSet
 from .vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
+from .vision.rtsp_bench import RtspServerError, measure_rtsp_recovery, rtsp_server_unavailable
 from .vision.scheduler import Scheduler
 from .vision.transforms import Preprocessor
 
@@ -121,3 +125,24 @@ def bench_cameras(demo: Path, store: ModelStore, frames_per_camera: int, threads
             mode = "batched" if batched else "unbatched"
             _say(f"{cameras:>7}  {mode:<9}  {fps:12.2f}  {bare:8.2f}  {fps / bare:5.3f}  "
                  f"{'':14}  {fairness:16.3f}  {'':13}  {mean_batch:10.2f}")
+
+
+RTSP_OUTAGE_S = 3.0
+"""How long the bench's RTSP server stays away: longer than one reopen, shorter than a stall."""
+
+
+def bench_rtsp_recovery(demo: Path) -> None:
+    """The RTSP recovery figures of ``measure_rtsp_recovery``, or why they could not be measured."""
+    _say(f"\n== RTSP recovery (server away {RTSP_OUTAGE_S:.0f} s, agent defaults; goal <= 5 s) ==")
+    missing = rtsp_server_unavailable()
+    if missing is not None:
+        _say(f"skipped: {missing}")
+        return
+    try:
+        result = measure_rtsp_recovery(demo / "video.mp4", outage_s=RTSP_OUTAGE_S)
+    except RtspServerError as exc:
+        _say(f"not measured: {exc}")
+        return
+    full = "never within the watch" if result.full_rate_s is None else f"{result.full_rate_s:.2f} s"
+    _say(f"first frame after the server's return {result.first_frame_s:.2f} s, full rate {full}, "
+         f"reconnecting seen {result.reconnecting_seen}, reopens {result.reopens}")
