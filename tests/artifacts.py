@@ -80,6 +80,53 @@ def bundle_of(demo: Path, name: str, out_dir: Path, version: str | None = None) 
     return out
 
 
+SLOW_SIDE = 1024
+"""Side of the square matrices of ``slow_model``'s busy chain."""
+SLOW_MATMULS = 32
+"""MatMuls in that chain: measured here at about 3.5x the detector's own time on a 640x480 frame,
+so the slow model stays past a 1.3x bound however the machine's load moves either figure."""
+
+
+def slow_model(source: Path, out: Path) -> Path:
+    """The real text detector with the same outputs, made several times slower by a chain of MatMuls
+    that depends on the input (nothing can fold it away) and is added to the output times zero."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    original = graph.output[0].name
+    rng = np.random.default_rng(0)
+    weights = (rng.standard_normal((SLOW_SIDE, SLOW_SIDE)) / np.sqrt(SLOW_SIDE)).astype(np.float32)
+    graph.initializer.extend([numpy_helper.from_array(weights, "slow_w"),
+                              numpy_helper.from_array(np.zeros((), dtype=np.float32), "slow_zero")])
+    inner = original + "_before_slow"
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == original:
+                node.output[i] = inner
+    nodes = [helper.make_node("ReduceMean", [graph.input[0].name], ["slow_s"], keepdims=0),
+             helper.make_node("Mul", ["slow_w", "slow_s"], ["slow_m0"])]
+    for k in range(SLOW_MATMULS):
+        nodes += [helper.make_node("MatMul", [f"slow_m{k}", "slow_w"], [f"slow_p{k}"]),
+                  helper.make_node("Tanh", [f"slow_p{k}"], [f"slow_m{k + 1}"])]
+    nodes += [helper.make_node("ReduceSum", [f"slow_m{SLOW_MATMULS}"], ["slow_sum"], keepdims=0),
+              helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+              helper.make_node("Add", [inner, "slow_nothing"], [original])]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return out
+
+
+def slow_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """A bundle of the demo v4 detector as ``version``, its model replaced by ``slow_model``."""
+    folder = out_dir / f"text-det-slow-{version}"
+    shutil.copytree(demo / "models" / "text-det-v4", folder)
+    slow_model(folder / "model.onnx", folder / "model.onnx")
+    manifest = Manifest.read(folder / "manifest.json")
+    manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
+    out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
+    return out
+
+
 def nan_model(source: Path, out: Path) -> Path:
     """The real text detector with its output multiplied by NaN: loads fine, outputs garbage."""
     model = onnx.load(str(source))
