@@ -345,11 +345,10 @@ def bench_fleet(devices: int, rollout_devices: int) -> dict[str, Any]:
         phase = Phase(pid)
         rest = devices - rollout_devices
         sims = [start_simulator(broker.url, rollout_devices, "edge", work / "sim-rollout.log")]
-        if rest:
-            sims.append(start_simulator(broker.url, rest, REST_PREFIX, work / "sim-rest.log"))
         try:
             asyncio.run(wait_online(broker.url, rollout_devices))
             if rest:
+                sims.append(start_simulator(broker.url, rest, REST_PREFIX, work / "sim-rest.log"))
                 asyncio.run(wait_online(broker.url, rest, REST_PREFIX))
             result["connect"] = phase.end()
             phase = Phase(pid)

@@ -49,7 +49,9 @@ DEVICES_PER_PROCESS = 1000
 one core) carried 1000 devices at the 5 s period with room to spare and was saturated at 2000
 (docs/fleet.md)."""
 CONNECT_STAGGER_S = 0.002
-"""Pause between starting two agents, so that hundreds do not hit the broker's accept queue at once."""
+"""Pause between starting two agents of the whole fleet, so that hundreds do not hit the broker's
+accept queue at once (mosquitto listens with a backlog of 100; a SYN past it is retried by TCP after
+1, 3, 7 s...). Each of N processes pauses N times as long, so the fleet connects at the same rate."""
 FDS_PER_AGENT = 2
 """One socket, and the journal file while it is rewritten."""
 FD_HEADROOM = 256
@@ -198,7 +200,7 @@ class SimFleet:
                 agent = SimAgent(self.spec, device_id, state_dir)
                 self.agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run(), name=f"sim-{device_id}"))
-                await asyncio.sleep(CONNECT_STAGGER_S)
+                await asyncio.sleep(CONNECT_STAGGER_S * self.spec.shards)
             started = time.monotonic()
             while self.connected < len(self.agents) and not stop.is_set():
                 await asyncio.sleep(READY_POLL_S)
