@@ -27,6 +27,7 @@ import asyncio
 import ssl
 import struct
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["Batch", "FastSubscriber", "MqttFastError", "pack_connect", "pack_publish", "tls_context", "varint"]
 
@@ -211,10 +212,10 @@ class FastSubscriber:
 
     async def _wait(self, future: asyncio.Future[bytes]) -> bytes:
         assert self._closed is not None
-        done, _ = await asyncio.wait({future, self._closed}, timeout=CONNECT_TIMEOUT_S,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        waited: set[asyncio.Future[Any]] = {future, self._closed}
+        done, _ = await asyncio.wait(waited, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
         if future in done:
-            return future.result()
+            return bytes(future.result())
         if self._closed.done():
             self._closed.result()
             raise MqttFastError("connection closed")
