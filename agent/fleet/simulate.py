@@ -48,10 +48,15 @@ DEVICES_PER_PROCESS = 1000
 """Devices per simulator process when ``--processes`` is not given: one process (one event loop on
 one core) carried 1000 devices at the 5 s period with room to spare and was saturated at 2000
 (docs/fleet.md)."""
-CONNECT_STAGGER_S = 0.002
+CONNECT_STAGGER_S = 0.005
 """Pause between starting two agents of the whole fleet, so that hundreds do not hit the broker's
 accept queue at once (mosquitto listens with a backlog of 100; a SYN past it is retried by TCP after
-1, 3, 7 s...). Each of N processes pauses N times as long, so the fleet connects at the same rate."""
+1, 3, 7 s...) and the connections' setup (a few ms of CPU each) does not starve the devices already
+running. Each of N processes pauses N times as long, so the fleet connects at the same rate."""
+KEEPALIVE_S = 120
+"""The simulated devices' MQTT keep-alive. The agent's 30 s default turned a simulator host's
+lateness under load into keep-alive timeouts and reconnect storms (10k devices on 2 busy cores); a
+silent death still shows as ``lost`` within 1.5 times this, a killed process at once."""
 FDS_PER_AGENT = 2
 """One socket, and the journal file while it is rewritten."""
 FD_HEADROOM = 256
@@ -145,7 +150,7 @@ class SimAgent:
 
     def __init__(self, spec: SimSpec, device_id: str, state_dir: Path) -> None:
         self.device = SimDevice(spec, device_id, state_dir)
-        settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5",
+        settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5", keepalive_s=KEEPALIVE_S,
                                reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
         self.session = MqttSession(
             settings, client_id=f"edge-sim-{device_id}",
