@@ -42,7 +42,7 @@ soak: setup
 	$(PY) -m agent.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
 
 bench-fleet: setup
-	$(PY) -m agent.fleet.bench --devices 500
+	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.fleet.bench --devices 10000 --rollout-devices 1000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests

@@ -100,7 +100,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
 
 # ----- fleet simulate -------------------------------------------------------------------------
 def cmd_fleet_simulate(args: argparse.Namespace) -> int:
-    from .fleet.simulate import SimError, SimFleet, SimSpec
+    from .fleet.simulate import SimError, SimFleet, SimProcesses, SimSpec, auto_processes
     from .log import configure_logging
 
     configure_logging(args.log_level)
@@ -112,16 +112,21 @@ def cmd_fleet_simulate(args: argparse.Namespace) -> int:
                        probation_s=parse_duration(args.probation, "--probation"),
                        period_s=parse_duration(args.period, "--period"), alarm_rate=args.alarm_rate,
                        state_dir=args.state_dir)
+        processes = args.processes if args.processes is not None else auto_processes(spec.devices)
+        shards = SimProcesses(spec, processes) if processes > 1 else None
     except (SimError, PlanError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    if shards is not None:
+        shards.start()
 
     async def main(stop: asyncio.Event) -> int:
-        fleet = SimFleet(spec)
+        fleet = shards or SimFleet(spec)
         task = asyncio.create_task(fleet.run(stop))
         ready = asyncio.create_task(fleet.ready.wait())
         await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
         if fleet.ready.is_set():
-            print(f"simulating {spec.devices} devices of group {spec.group} on {spec.url}", flush=True)
+            where = f" in {shards.processes} processes" if shards else ""
+            print(f"simulating {spec.devices} devices of group {spec.group} on {spec.url}{where}", flush=True)
         await task
         ready.cancel()
         return EXIT_OK
@@ -180,6 +185,8 @@ def _simulate_parser(fleet: Any) -> None:
     sim.add_argument("--period", default="5s", help="telemetry period")
     sim.add_argument("--alarm-rate", type=float, default=0.0, help="share of devices whose drift is in alarm")
     sim.add_argument("--state-dir", type=Path, help="command journals (default: a temporary folder)")
+    sim.add_argument("--processes", type=int,
+                     help="simulator processes, the devices split among them (default: one per 1000 devices)")
     sim.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     sim.set_defaults(handler=cmd_fleet_simulate)
 

@@ -13,7 +13,7 @@ import pytest
 
 from agent.fleet.control import ControlClient
 from agent.fleet.simdevice import DEPLOY_STEPS
-from agent.fleet.simulate import SimError, SimSpec
+from agent.fleet.simulate import SimError, SimSpec, device_ids
 from tests.fleetproc import latest, payloads, retained, run, simulated_fleet, stop
 from tests.mosquitto import Mosquitto, MqttProbe, poll
 
@@ -55,3 +55,26 @@ def test_bad_simulation_settings_name_what_is_wrong(field: str, value: float, me
     settings = {"url": "mqtt://127.0.0.1:1883", "devices": 3, field: value}
     with pytest.raises(SimError, match=message):
         SimSpec(**settings)  # type: ignore[arg-type]
+
+
+def test_a_fleet_split_over_processes_holds_every_device_once_and_stops_them_all(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    with simulated_fleet(mosquitto.port, 7, tmp_path / "sim.log", "--id-prefix", "split", "--processes", "3") as sim:
+        ping = run("ping", "--broker", mosquitto.url, "--device", "split-0006")
+        children = Path(f"/proc/{sim.pid}/task/{sim.pid}/children").read_text().split()
+    statuses = retained(mosquitto.port, "status", 7)
+    assert ping.returncode == 0 and json.loads(ping.stdout)["result"] == {"pong": True}
+    assert len(children) == 3
+    assert {d: s["state"] for d, s in statuses.items() if d.startswith("split-")} == {
+        f"split-{i:04d}": "offline" for i in range(7)}
+    assert sim.returncode == 0
+    assert not [c for c in children if Path(f"/proc/{c}").exists()]
+
+
+def test_each_shard_takes_every_nth_device_and_together_they_are_the_fleet() -> None:
+    whole = device_ids(SimSpec(url="mqtt://127.0.0.1:1883", devices=10))
+    shards = [device_ids(SimSpec(url="mqtt://127.0.0.1:1883", devices=10, shard=k, shards=3)) for k in range(3)]
+    assert sorted(d for shard in shards for d in shard) == whole
+    assert [len(s) for s in shards] == [4, 3, 3]
+    with pytest.raises(SimError, match=r"shard must be within 0\.\.2"):
+        SimSpec(url="mqtt://127.0.0.1:1883", devices=10, shard=3, shards=3)

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import structlog
 
 from ..mqtt.topics import check_segment
 from .control import ControlClient, ControlError
 from .link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
 from .metrics import DEFAULT_MAX_DEVICES
+from .mqttfast import Batch, FastSubscriber, MqttFastError, tls_context
 from .seqtrack import Digest, Membership, SeqTracker
 from .sinks import FleetMetrics, History, TensorBoardSink
 from .view import FleetView, Message, in_contract, split_topic
@@ -116,64 +116,74 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
+        control = self.control
+        client = FastSubscriber(control.address.host, control.address.port, control.client_id, self.handle_batch,
+                                username=control.username, password=control.password,
+                                tls=tls_context(control.address.url.startswith("mqtts")))
         try:
-            async with self.control.open() as client:
-                state = self.state_filters()
-                for topic_filter in self.filters():
-                    qos = SUBSCRIBE_QOS if topic_filter in state else self.options.qos
-                    await client.subscribe(topic_filter, qos=qos)
-                self.subscribed.set()
-                log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
-                         filters=self.filters())
-                tasks = [asyncio.create_task(self._read(client)), asyncio.create_task(self._tick(client)),
-                         asyncio.create_task(stop.wait())]
-                try:
-                    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    for task in done:
-                        task.result()
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-        except aiomqtt.MqttError as exc:
-            raise ControlError(f"broker {self.control.address.url}: {exc}") from exc
+            await client.connect()
+            state = self.state_filters()
+            await client.subscribe([(f, SUBSCRIBE_QOS if f in state else self.options.qos) for f in self.filters()])
+            self.subscribed.set()
+            log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
+                     filters=self.filters())
+            tasks = [asyncio.create_task(client.run()), asyncio.create_task(self._tick(client)),
+                     asyncio.create_task(stop.wait())]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        except MqttFastError as exc:
+            raise ControlError(f"broker {control.address.url}: {exc}") from exc
         finally:
+            client.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
             log.info("consumer_stopped", instance=self.instance_id, ingested=self.ingested)
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            data = bytes(message.payload) if isinstance(message.payload, (bytes, bytearray)) else b""
-            self.handle(message.topic.value, data)
+    def handle_batch(self, batch: Batch) -> None:
+        """The messages of one read of the socket, handled under one taking of the lock."""
+        with self.lock:
+            for topic, data in batch:
+                self._handle(topic, data)
 
     def handle(self, topic: str, data: bytes) -> None:
-        """One message from the broker (public for the benchmark's in-process measurements)."""
+        """One message from the broker (public for the tests and the benchmark's in-process measurements)."""
+        with self.lock:
+            self._handle(topic, data)
+
+    def _handle(self, topic: str, data: bytes) -> None:
+        """Called with the lock held."""
         if self._digest_root is not None and topic.startswith(self._digest_root):
             self._merge_digest(topic.removeprefix(self._digest_root), data)
             return
         where = split_topic(self.control.prefix, topic)
-        if where is not None and not in_contract(where[1]):
-            with self.lock:
-                self.metrics.unknown_kinds.inc(())
+        if where is None:
+            self.metrics.rejected.inc(())
             return
-        message = self.view.parse(topic, data)
+        device, suffix = where
+        if not in_contract(suffix):
+            self.metrics.unknown_kinds.inc(())
+            return
+        message = self.view.parse_at(device, suffix, data)
         if message is None:
-            with self.lock:
-                self.metrics.rejected.inc(())
+            self.metrics.rejected.inc(())
             return
         self.ingested += 1
-        with self.lock:
-            self.view.update(message)
-            self.metrics.observe(message, self.view)
-            self.history.add(message)
-        if message.data is None or not _tracked(message.suffix):
+        self.view.update(message)
+        self.metrics.observe(message, self.view)
+        self.history.add(message)
+        if message.data is None or not _tracked(suffix):
             return
-        seq = message.data["seq"] if isinstance(message.data, dict) else message.data.seq
-        if isinstance(seq, int):
-            self.tracker.see(message.device_id, message.suffix, seq)
+        seq = message.seq
+        if seq is not None:
+            self.tracker.see(device, suffix, seq)
             if self._digest_topic is not None:
-                self.digest.add(message.device_id, message.suffix, seq)
+                self.digest.add(device, suffix, seq)
         if self.tensorboard is not None:
             self.tensorboard.write(message)
         if self.observer is not None:
@@ -199,17 +209,18 @@ class Consumer:
                 self.tracker.see(device, suffix, seq)
 
     def _refuse_digest(self, event: str, sender: str, error: str) -> None:
-        with self.lock:
-            self.metrics.digests_refused.inc(())
+        self.metrics.digests_refused.inc(())
         log.warning(event, sender=sender[:64], error=error)
 
-    async def _tick(self, client: aiomqtt.Client) -> None:
+    async def _tick(self, client: FastSubscriber) -> None:
         loop = asyncio.get_running_loop()
         last_stats, last_count = loop.time(), 0
         while True:
             await asyncio.sleep(DIGEST_PERIOD_S)
             if self._digest_topic is not None:
-                await client.publish(self._digest_topic, self.digest.flush(), qos=QOS)
+                with self.lock:
+                    digest = self.digest.flush()
+                client.publish(self._digest_topic, digest, qos=QOS)
             self.check_gaps()
             if self.tensorboard is not None:
                 self.tensorboard.flush()

@@ -16,10 +16,11 @@ Pure: the clock is passed in; no I/O.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+import orjson
 
 __all__ = [
     "GAP_GRACE_S",
@@ -168,7 +169,8 @@ class Membership:
 
 
 class Digest:
-    """The numbers one consumer saw since its last digest, as a JSON message for its peers."""
+    """The numbers one consumer saw since its last digest, as a JSON message for its peers (orjson both
+    ways: at 20k messages/s a digest carries 20k numbers a second)."""
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id
@@ -178,14 +180,14 @@ class Digest:
         self._seen.setdefault(device_id, {}).setdefault(suffix, []).append(seq)
 
     def flush(self) -> bytes:
-        payload = json.dumps({"instance": self.instance_id, "seen": self._seen}, separators=(",", ":"))
+        payload = orjson.dumps({"instance": self.instance_id, "seen": self._seen})
         self._seen = {}
-        return payload.encode()
+        return payload
 
     @staticmethod
     def parse(data: bytes) -> tuple[str, Iterable[tuple[str, str, int]]]:
         """``(instance id, [(device, suffix, seq), ...])``; ValueError when it is not a digest."""
-        document = json.loads(data)
+        document = orjson.loads(data)
         if not isinstance(document, dict) or not isinstance(document.get("instance"), str):
             raise ValueError("a digest is an object with an 'instance' string")
         seen = document.get("seen")

@@ -17,13 +17,19 @@ after probation, or fails at download), so a test knows the outcome in advance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import math
+import multiprocessing
+import os
 import resource
 import shutil
+import signal
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -33,12 +39,24 @@ from ..mqtt.session import MqttSession, SessionState
 from ..mqtt.topics import Topics
 from .simdevice import SimDevice, fails
 
-__all__ = ["SimError", "SimFleet", "SimSpec", "device_ids", "fails", "raise_fd_limit"]
+__all__ = ["DEVICES_PER_PROCESS", "SimError", "SimFleet", "SimProcesses", "SimSpec", "auto_processes", "device_ids",
+           "fails", "raise_fd_limit"]
 
 log = structlog.get_logger(__name__)
 
-CONNECT_STAGGER_S = 0.002
-"""Pause between starting two agents, so that hundreds do not hit the broker's accept queue at once."""
+DEVICES_PER_PROCESS = 1000
+"""Devices per simulator process when ``--processes`` is not given: one process (one event loop on
+one core) carried 1000 devices at the 5 s period with room to spare and was saturated at 2000
+(docs/fleet.md)."""
+CONNECT_STAGGER_S = 0.005
+"""Pause between starting two agents of the whole fleet, so that hundreds do not hit the broker's
+accept queue at once (mosquitto listens with a backlog of 100; a SYN past it is retried by TCP after
+1, 3, 7 s...) and the connections' setup (a few ms of CPU each) does not starve the devices already
+running. Each of N processes pauses N times as long, so the fleet connects at the same rate."""
+KEEPALIVE_S = 120
+"""The simulated devices' MQTT keep-alive. The agent's 30 s default turned a simulator host's
+lateness under load into keep-alive timeouts and reconnect storms (10k devices on 2 busy cores); a
+silent death still shows as ``lost`` within 1.5 times this, a killed process at once."""
 FDS_PER_AGENT = 2
 """One socket, and the journal file while it is rewritten."""
 FD_HEADROOM = 256
@@ -46,6 +64,8 @@ OUTBOX_CAPACITY = 1000
 """Per simulated agent: enough for a broker outage of a few minutes at the default period."""
 READY_POLL_S = 0.1
 STOP_TIMEOUT_S = 30.0
+CHILD_STOP_MARGIN_S = 10.0
+"""A child process gets its own clean stop (``STOP_TIMEOUT_S``) and this for its exit, then is killed."""
 JOURNAL_SIZE = 100
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
@@ -76,6 +96,10 @@ class SimSpec:
     """Share of devices (by hash) whose drift is in alarm."""
     state_dir: Path | None = None
     """Journals live under it; a temporary folder (removed at the end) when None."""
+    shard: int = 0
+    shards: int = 1
+    """This process simulates every ``shards``-th device of the fleet, from the ``shard``-th on
+    (``SimProcesses`` starts one process per shard)."""
 
     def __post_init__(self) -> None:
         MqttSection(url=self.url, prefix=self.prefix)
@@ -92,11 +116,19 @@ class SimSpec:
                 raise SimError(f"{name} must not be negative")
         if self.period_s <= 0:
             raise SimError(f"period must be above 0 s, got {self.period_s}")
+        if not 0 <= self.shard < self.shards:
+            raise SimError(f"shard must be within 0..{self.shards - 1}, got {self.shard}")
+
+
+def auto_processes(devices: int) -> int:
+    """Processes for ``devices``: ``DEVICES_PER_PROCESS`` each, at least one."""
+    return max(1, math.ceil(devices / DEVICES_PER_PROCESS))
 
 
 def device_ids(spec: SimSpec) -> list[str]:
+    """The ids of this shard's devices (all of them with one shard)."""
     width = max(4, len(str(spec.devices - 1)))
-    return [f"{spec.id_prefix}-{i:0{width}d}" for i in range(spec.devices)]
+    return [f"{spec.id_prefix}-{i:0{width}d}" for i in range(spec.shard, spec.devices, spec.shards)]
 
 
 def raise_fd_limit(agents: int) -> int:
@@ -118,7 +150,7 @@ class SimAgent:
 
     def __init__(self, spec: SimSpec, device_id: str, state_dir: Path) -> None:
         self.device = SimDevice(spec, device_id, state_dir)
-        settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5",
+        settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5", keepalive_s=KEEPALIVE_S,
                                reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
         self.session = MqttSession(
             settings, client_id=f"edge-sim-{device_id}",
@@ -163,7 +195,7 @@ class SimFleet:
         return sum(agent.connected for agent in self.agents)
 
     async def run(self, stop: asyncio.Event) -> None:
-        raise_fd_limit(self.spec.devices)
+        raise_fd_limit(len(device_ids(self.spec)))
         own_dir = self.spec.state_dir is None
         state_dir = Path(tempfile.mkdtemp(prefix="edge-sim-")) if own_dir else self.spec.state_dir
         assert state_dir is not None
@@ -173,7 +205,7 @@ class SimFleet:
                 agent = SimAgent(self.spec, device_id, state_dir)
                 self.agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run(), name=f"sim-{device_id}"))
-                await asyncio.sleep(CONNECT_STAGGER_S)
+                await asyncio.sleep(CONNECT_STAGGER_S * self.spec.shards)
             started = time.monotonic()
             while self.connected < len(self.agents) and not stop.is_set():
                 await asyncio.sleep(READY_POLL_S)
@@ -192,3 +224,76 @@ class SimFleet:
             if own_dir:
                 shutil.rmtree(state_dir, ignore_errors=True)
 
+
+
+def _shard_main(spec: SimSpec, ready: Any) -> None:
+    """One shard in a child process: its own event loop until SIGTERM or SIGINT."""
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        fleet = SimFleet(spec)
+        task = asyncio.create_task(fleet.run(stop))
+        waiter = asyncio.create_task(fleet.ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if fleet.ready.is_set():
+            ready.set()
+        waiter.cancel()
+        await task
+
+    asyncio.run(main())
+
+
+class SimProcesses:
+    """The fleet of ``spec`` split over ``processes`` child processes, one ``SimFleet`` shard in each.
+
+    One event loop carries about ``DEVICES_PER_PROCESS`` devices before its own lateness shows in
+    the deployment times; processes use the other cores, and each has its sockets and journals.
+    Children are forked before any event loop runs here. ``run(stop)`` returns once every child
+    has stopped; a child that dies early stops the others and raises SimError.
+    """
+
+    def __init__(self, spec: SimSpec, processes: int) -> None:
+        if processes < 1:
+            raise SimError(f"processes must be at least 1, got {processes}")
+        self.spec = spec
+        self.processes = min(processes, spec.devices)
+        self.ready = asyncio.Event()
+        context = multiprocessing.get_context("fork")
+        self._ready = [context.Event() for _ in range(self.processes)]
+        self._children = [context.Process(target=_shard_main, name=f"edge-sim-{k}", daemon=True,
+                                          args=(dataclasses.replace(spec, shard=k, shards=self.processes),
+                                                self._ready[k]))
+                          for k in range(self.processes)]
+
+    def start(self) -> None:
+        """Fork the children (call before the event loop starts: forking a running loop is unsafe)."""
+        for child in self._children:
+            child.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                dead = [c.name for c in self._children if c.exitcode is not None]
+                if dead:
+                    raise SimError(f"simulator processes ended early: {', '.join(dead)} (see their log)")
+                if not self.ready.is_set() and all(e.is_set() for e in self._ready):
+                    log.info("sim_processes_ready", processes=self.processes, devices=self.spec.devices)
+                    self.ready.set()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), READY_POLL_S)
+        finally:
+            await asyncio.to_thread(self._stop_children)
+
+    def _stop_children(self) -> None:
+        for child in self._children:
+            if child.exitcode is None and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S + CHILD_STOP_MARGIN_S
+        for child in self._children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.exitcode is None:
+                log.warning("sim_process_killed", process=child.name)
+                child.kill()
+                child.join()

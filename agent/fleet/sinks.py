@@ -15,7 +15,7 @@ from ..mqtt.schema import EventPayload, HealthPayload, LatencyPayload, ModelPayl
 from .metrics import DEFAULT_MAX_DEVICES, OVERFLOW, DeviceLabels, Registry, closed
 from .seqtrack import Gap
 from .tensorboard import EventFileWriter
-from .view import SIGNALS, STATE_RANK, FleetView, Message, largest
+from .view import SIGNALS, STATE_RANK, FleetView, Message, summarise
 
 __all__ = ["FleetMetrics", "History", "TensorBoardSink"]
 
@@ -155,8 +155,10 @@ class TensorBoardSink:
         if writer is None:
             return
         data = message.data
-        step = data["seq"] if isinstance(data, dict) else data.seq
+        step = message.seq
         wall_time = data["ts"] if isinstance(data, dict) else data.ts
+        if step is None:
+            return
         for tag, value in scalars.items():
             writer.scalar(tag, value, int(step), float(wall_time))
 
@@ -171,9 +173,10 @@ class TensorBoardSink:
             return values
         if isinstance(data, HealthPayload):
             return {"health/cpu_percent": data.cpu_percent, "health/frames_processed": float(data.frames_processed)}
-        if isinstance(data, dict) and isinstance(data.get("seq"), int) and isinstance(data.get("ts"), (int, float)):
+        if isinstance(data, dict) and message.seq is not None and isinstance(data.get("ts"), (int, float)):
             kind = message.suffix.removeprefix("telemetry/")
-            score = {"drift": largest(data, "psi"), "bias": largest(data, "max_difference")}.get(kind)
+            summary = message.summary or summarise(data)
+            score = {"drift": summary.psi, "bias": summary.max_difference}.get(kind)
             return {f"{kind}/score": score} if score is not None else {}
         return {}
 
@@ -198,7 +201,7 @@ class History:
         if isinstance(data, LatencyPayload) and END_TO_END in data.stages:
             self._append(message.device_id, "latency_p95_ms", data.ts, data.stages[END_TO_END].p95_ms)
         elif isinstance(data, dict) and message.suffix == "telemetry/drift":
-            psi = largest(data, "psi")
+            psi = (message.summary or summarise(data)).psi
             if psi is not None and isinstance(data.get("ts"), (int, float)):
                 self._append(message.device_id, "drift_psi", float(data["ts"]), psi)
 

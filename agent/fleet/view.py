@@ -10,11 +10,12 @@ anywhere in the document give the signal's worst state. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from ..mqtt.schema import (
     DeploymentPayload,
@@ -37,8 +38,10 @@ __all__ = [
     "DeviceView",
     "FleetView",
     "Message",
+    "Summary",
     "in_contract",
     "split_topic",
+    "summarise",
     "worst_state",
 ]
 
@@ -48,10 +51,23 @@ TELEMETRY_KINDS = ("health", "latency", *SIGNALS)
 """The telemetry kinds of the wire contract (docs/mqtt.md); a message of any other kind is not
 kept anywhere (a device publishing ever new kinds would grow every per-kind table)."""
 STATE_RANK = {"ok": 0, "warn": 1, "alarm": 2}
+RANKED = tuple(STATE_RANK)
 ALARM_SEVERITIES = ("warning", "alarm")
 MAX_ALARMS = 200
 """Recent alarm and warning events kept for the whole fleet (oldest dropped)."""
 END_TO_END = "end_to_end"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the consumer reads from a tolerantly read telemetry document, found in one walk of it."""
+
+    state: str | None
+    """The worst ``state`` field (ok < warn < alarm) anywhere in the document."""
+    psi: float | None
+    """The largest ``psi`` number anywhere (drift)."""
+    max_difference: float | None
+    """The largest ``max_difference`` number anywhere (bias)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,15 @@ class Message:
     suffix: str
     data: Any
     """The validated payload, or a dict for tolerantly read telemetry."""
+    summary: Summary | None = None
+    """Of a tolerantly read telemetry document (``data`` is then a dict)."""
+
+    @property
+    def seq(self) -> int | None:
+        """The payload's sequence number; None when it has none (a loose document may lack it)."""
+        data = self.data
+        seq = data.get("seq") if isinstance(data, dict) else getattr(data, "seq", None)
+        return seq if isinstance(seq, int) and not isinstance(seq, bool) else None
 
 
 @dataclass(frozen=True)
@@ -135,10 +160,39 @@ def largest(document: Any, key: str) -> float | None:
     return max(values) if values else None
 
 
+def summarise(document: dict[str, Any]) -> Summary:
+    """``worst_state``, ``largest(psi)`` and ``largest(max_difference)`` in one walk, without recursion.
+
+    Exact type checks: the document comes from ``orjson.loads`` (plain dict, list, str, int, float,
+    bool, None), where ``bool`` is not an ``int`` here, as ``largest`` wants.
+    """
+    rank = -1
+    found: dict[str, float] = {}
+    stack: list[Any] = [document]
+    while stack:
+        node = stack.pop()
+        if type(node) is list:
+            stack.extend(node)
+            continue
+        for key, value in node.items():
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append(value)
+            elif key == "state":
+                if kind is str and value in STATE_RANK and STATE_RANK[value] > rank:
+                    rank = STATE_RANK[value]
+            elif (kind is float or kind is int) and key in _SCORES:
+                found[key] = max(found.get(key, float(value)), float(value))
+    return Summary(RANKED[rank] if rank >= 0 else None, found.get("psi"), found.get("max_difference"))
+
+
+_SCORES = frozenset(("psi", "max_difference"))
+
+
 def _loose(data: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise PayloadError(f"not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise PayloadError(f"must be a JSON object, got {type(document).__name__}")
@@ -195,16 +249,18 @@ class FleetView:
         An empty payload (a retained message being cleared) forgets that state.
         """
         where = split_topic(self.prefix, topic)
-        if where is None:
-            return None
-        device, suffix = where
+        return None if where is None else self.parse_at(*where, data)
+
+    def parse_at(self, device: str, suffix: str, data: bytes) -> Message | None:
+        """``parse()`` of ``<prefix>/<device>/<suffix>``, the topic already split."""
         if not data:
             return Message(device, suffix, None)
         try:
-            return Message(device, suffix, decode(suffix, data))
+            document = decode(suffix, data)
         except PayloadError:
             self.rejected += 1
             return None
+        return Message(device, suffix, document, summarise(document) if isinstance(document, dict) else None)
 
     def apply(self, topic: str, data: bytes) -> Message | None:
         message = self.parse(topic, data)
@@ -222,7 +278,7 @@ class FleetView:
         if handler is not None:
             handler(view, data)
         elif message.suffix.startswith("telemetry/") and isinstance(data, dict):
-            self._on_signal(view, message.suffix.removeprefix("telemetry/"), data)
+            self._on_signal(view, message.suffix.removeprefix("telemetry/"), message.summary or summarise(data))
 
     # ----- per topic -------------------------------------------------------------------------
     def _on_status(self, view: DeviceView, data: StatusPayload | None) -> None:
@@ -267,16 +323,15 @@ class FleetView:
         if data.model is not None and view.model is None:
             view.model, view.version = data.model.name, data.model.version
 
-    def _on_signal(self, view: DeviceView, kind: str, data: dict[str, Any]) -> None:
+    def _on_signal(self, view: DeviceView, kind: str, summary: Summary) -> None:
         if kind not in SIGNALS:
             return
-        state = worst_state(data)
-        if state is not None:
-            view.signals[kind] = state
+        if summary.state is not None:
+            view.signals[kind] = summary.state
         if kind == "drift":
-            view.drift_score = largest(data, "psi")
+            view.drift_score = summary.psi
         elif kind == "bias":
-            view.bias_score = largest(data, "max_difference")
+            view.bias_score = summary.max_difference
 
     def in_group(self, group: str | None) -> list[DeviceView]:
         return sorted((v for v in self.devices.values() if group is None or group in v.groups),
