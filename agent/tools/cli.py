@@ -22,6 +22,9 @@ PROGRESS_STEP = 0.1
 """Long runs report on stderr each time another 10% is done."""
 DEFAULT_COMPARE_FRAMES = 50
 DEFAULT_CALIBRATION_FRAMES = 32
+DEFAULT_EVAL_FRAMES = 16
+"""Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
+DEFAULT_REPORT_ROWS = 20
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -88,22 +91,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _calibration_split(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """(calibration, held-out) frames: the held-out ones spread evenly over what was read, the
+    calibration frames chosen from the rest to cover the scene (``--select cover``) or evenly."""
+    from .frames import COVER_POOL, covering_frames
+
+    held = args.eval_frames if args.target_agreement is not None else 0
+    pool = COVER_POOL if args.select == "cover" else 1
+    frames = _frames(args, args.frames * pool + held)
+    step = max(1, len(frames) // held) if held else 0
+    held_out = set(range(step // 2, len(frames), step)[:held]) if held else set()
+    evaluation = [frame for i, frame in enumerate(frames) if i in held_out]
+    rest = [frame for i, frame in enumerate(frames) if i not in held_out]
+    calibration = covering_frames(rest, args.frames) if args.select == "cover" else rest[: args.frames]
+    return calibration, evaluation
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .modelref import resolve_model
     from .quantize import QuantizeOptions, quantize_model
+    from .sensitivity import format_sensitivity
 
     options = QuantizeOptions(method=args.method, target=args.target, per_channel=args.per_channel,
                               format=args.format, reduce_range=args.reduce_range,
                               exclude_nodes=tuple(args.exclude), op_types=tuple(args.op_types),
                               optimize=not args.no_optimize, float_first=args.float_first)
     source = resolve_model(args.model, args.manifest)
-    frames = _frames(args, args.frames)
-    result = quantize_model(source, frames, args.output, options, version=args.version)
+    calibration, evaluation = _calibration_split(args)
+    result = quantize_model(source, calibration, args.output, options, version=args.version,
+                            target_agreement=args.target_agreement, eval_frames=evaluation)
+    if result.sensitivity is not None:
+        print(format_sensitivity(result.sensitivity, args.top))
     upgraded = f", opset {result.source_opset} -> {result.opset}" if result.opset != result.source_opset else ""
     print(f"{args.output}: {result.manifest.name} {result.manifest.version}, INT8 {options.format.upper()} "
           f"for {options.target}, {result.frames} calibration frames, {options.method}"
           f"{', per channel' if options.per_channel else ''}{upgraded}; {result.seconds:.1f} s")
-    return EXIT_OK
+    return EXIT_OK if result.sensitivity is None or result.sensitivity.met else EXIT_FAILURE
 
 
 def cmd_simplify(args: argparse.Namespace) -> int:
@@ -202,7 +225,16 @@ def _add_quantize(sub: Any) -> None:
     calib.add_argument("--calib-video", type=Path, help="calibration frames from this video")
     calib.add_argument("--calib-images", type=Path, help="calibration frames from this image folder")
     p.add_argument("--frames", type=int, default=DEFAULT_CALIBRATION_FRAMES, help="calibration frames")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--method", choices=("minmax", "average", "entropy", "percentile"), default="minmax",
+                   help="activation ranges: extremes, per-frame extremes averaged, KL histogram, 99.99th percentile")
+    p.add_argument("--select", choices=("cover", "even"), default="cover",
+                   help="calibration frames chosen to cover the scene (from 4x as many) or evenly spaced")
+    p.add_argument("--target-agreement", type=float, metavar="A",
+                   help="keep the most sensitive layers in float until the agreement with the source (box F1 or "
+                        "top-1 on held-out frames) reaches A; writes sensitivity_report.json; exit 1 if not met")
+    p.add_argument("--eval-frames", type=int, default=DEFAULT_EVAL_FRAMES,
+                   help="held-out frames the target agreement is measured on")
+    p.add_argument("--top", type=int, default=DEFAULT_REPORT_ROWS, help="sensitivity rows to print")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
                    help="tensorrt: symmetric int8 (builds on TensorRT, runs on ORT); cpu: u8s8 for ORT on x86")
