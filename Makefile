@@ -4,6 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo
+# The CPU build of PyTorch: this pin matches the CPU wheel the machines keep on disk (pip's find-links);
+# a bare `torch` from PyPI is the CUDA build and pulls several GB of nvidia-* packages. torch's own
+# dependencies are named so that nothing else resolves a newer torch. onnx2torch goes in without its
+# dependencies: it would pull torchvision, which does not load beside the CPU wheel and is not needed.
+TORCH      ?= torch==2.13.0
+TORCH_DEPS := filelock fsspec jinja2 markupsafe mpmath networkx sympy 'typing-extensions>=4.10'
 
 .PHONY: setup run test bench bench-fleet soak lint clean
 
@@ -11,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cv,dev,trt-check]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(TORCH)' $(TORCH_DEPS) 'onnx2torch>=1.5.15'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -25,6 +25,8 @@ DEFAULT_CALIBRATION_FRAMES = 32
 DEFAULT_EVAL_FRAMES = 16
 """Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
 DEFAULT_REPORT_ROWS = 20
+CHANNEL_FIT_FRAMES = 8
+"""Frames whose activations rank channels and refit the consumers (2048 positions each)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -140,17 +142,51 @@ def cmd_simplify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _held_out(frames: list[Any], count: int) -> tuple[list[Any], list[Any]]:
+    """(training, held-out): every other frame is held out until ``count`` are."""
+    held = set(range(1, len(frames), 2)[:count])
+    return ([frame for i, frame in enumerate(frames) if i not in held],
+            [frames[i] for i in sorted(held)])
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .modelref import resolve_model
     from .prune import format_report, prune_folder
 
-    manifest, report = prune_folder(resolve_model(args.model, args.manifest), args.output, args.sparsity,
-                                    args.pattern, version=args.version)
+    source = resolve_model(args.model, args.manifest)
+    if args.pattern == "channels" or args.recover:
+        return _prune_recover(args, source)
+    manifest, report = prune_folder(source, args.output, args.sparsity, args.pattern, version=args.version)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report, args.top))
         print(f"{args.output}: {manifest.name} {manifest.version} (report in prune_report.json)")
+    return EXIT_OK
+
+
+def _prune_recover(args: argparse.Namespace, source: Any) -> int:
+    from .errors import PruneError
+    from .frames import read_video_frames
+    from .recover import RecoverOptions, format_stages, prune_recover_folder
+
+    if args.video is None:
+        raise PruneError("channel pruning and --recover need --video: frames to refit, recover and report on")
+    options = None
+    if args.recover:
+        options = RecoverOptions(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                                 crop=args.crop or None, threads=args.threads)
+    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
+
+    def step_done(step: int, steps: int, loss: float) -> None:
+        if step == steps or step % max(1, steps // 10) == 0:
+            print(f"recover: step {step}/{steps}, loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
+                                  calibration=training[:CHANNEL_FIT_FRAMES], training=training,
+                                  evaluation=evaluation, options=options, version=args.version, progress=step_done)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_stages(result))
+    print(f"{args.output}: {result.manifest.name} {result.manifest.version} (report in prune_report.json)")
     return EXIT_OK
 
 
@@ -191,10 +227,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     options = DistillOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)
     teacher = resolve_model(args.teacher, args.manifest)
-    frames = read_video_frames(args.video, args.frames + args.eval_frames)
-    held_out = set(range(1, len(frames), 2)[: args.eval_frames])
-    evaluation = [frames[i] for i in sorted(held_out)]
-    training = [frame for i, frame in enumerate(frames) if i not in held_out]
+    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
 
     def epoch_done(epoch: int, epochs: int, loss: float) -> None:
         print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
@@ -269,8 +302,20 @@ def _add_prune(sub: Any) -> None:
     p = sub.add_parser("prune", help="magnitude-prune weights (unstructured or 2:4) with a per-layer report")
     p.add_argument("model", type=Path, help="a model folder or an .onnx file (with --manifest)")
     p.add_argument("--manifest", type=Path)
-    p.add_argument("--sparsity", type=float, default=0.5, help="target share of zero weights per layer")
-    p.add_argument("--pattern", choices=("unstructured", "2:4"), default="unstructured")
+    p.add_argument("--sparsity", type=float, default=0.5,
+                   help="target share of zero weights per layer (channels: share of each group's channels removed)")
+    p.add_argument("--pattern", choices=("unstructured", "2:4", "channels"), default="unstructured",
+                   help="channels: whole channels removed (smaller and faster on dense kernels; needs --video)")
+    p.add_argument("--recover", action="store_true",
+                   help="fine-tune the pruned model on the dense model's outputs on --video (needs the torch extra)")
+    p.add_argument("--video", type=Path, help="unlabelled frames for the channel refit, recovery and the report")
+    p.add_argument("--frames", type=int, default=48, help="training frames")
+    p.add_argument("--eval-frames", type=int, default=16, help="held-out frames for the report")
+    p.add_argument("--steps", type=int, default=200, help="recovery steps")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--crop", type=int, default=256, help="square crops for dense models (0: whole frames)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--version", help="version of the result (default: source's + '-pruned50' or '-sparse24')")
     p.add_argument("--top", type=int, default=None, help="print only the first N layers")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -39,7 +39,14 @@ from ..vision.transforms import Preprocessor
 from .errors import QuantizeError
 from .graphopt import HARDSWISH_OPSET, GraphOptReport, optimize_graph
 from .modelref import ModelRef, check_empty, write_model_folder
-from .onnxutil import constants_to_initializers, default_opset, load_onnx, set_metadata, upgrade_opset
+from .onnxutil import (
+    constants_to_initializers,
+    default_opset,
+    load_onnx,
+    name_nodes,
+    set_metadata,
+    upgrade_opset,
+)
 from .sensitivity import REPORT_FILE, SensitivityReport, mixed_precision
 
 __all__ = [
@@ -130,19 +137,6 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every unnamed node a name (``nodes_to_exclude`` addresses nodes by name)."""
-    taken = {node.name for node in model.graph.node}
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-    return model
-
-
 def prepare_for_quantization(model: onnx.ModelProto, *, optimize: bool = True) -> onnx.ModelProto:
     """Weights as initializers, opset >= 13 (14 with ``optimize``), the exact rewrites of
     ``graphopt`` when ``optimize``, then constants folded, shapes inferred and nodes named."""
@@ -162,7 +156,7 @@ def prepare_for_quantization(model: onnx.ModelProto, *, optimize: bool = True) -
         except Exception as exc:  # symbolic shape inference gives up on some dynamic graphs
             log.info("symbolic_shape_inference_skipped", reason=str(exc))
             quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
-        return _name_nodes(onnx.load(str(target)))
+        return name_nodes(onnx.load(str(target)))
 
 
 def leading_nodes(model: onnx.ModelProto, compute_nodes: int) -> tuple[str, ...]:
