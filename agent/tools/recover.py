@@ -8,13 +8,15 @@ outputs, and the trained convolution and batch-norm parameters are written
 back into the same ONNX graph, so names, opset and dynamic axes stay as they
 were and no re-export is needed.
 
-Dense outputs (a text detector's probability map) train on random crops of
-input and target together (``crop``): the model is fully convolutional, and a
-256x256 crop costs a fifth of a 640x480 frame. Batch norms stay in inference
-mode (their statistics are the dense model's; small batches would only add
-noise). Losses: binary cross-entropy on a probability map, cross-entropy
-against the teacher's distribution for a classifier, mean squared error
-otherwise. Needs the ``torch`` extra (torch and onnx2torch).
+Dense models (a text detector's probability map) train on random square
+crops (``crop``), each labelled by the teacher on the crop itself: the model
+is fully convolutional, and a 256x256 crop costs a fifth of a 640x480 frame.
+The final Sigmoid or Softmax is left out while training, so the loss sees
+logits (a pruned model's saturated probabilities would give no gradient).
+Batch norms stay in inference mode (their statistics are the dense model's;
+small batches would only add noise). Losses: binary cross-entropy on a
+probability map, cross-entropy against the teacher's distribution for a
+classifier, mean squared error otherwise. Needs torch and onnx2torch.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .distill import teacher_targets
 from .errors import DistillError
 from .export import require_torch
 from .graphopt import HARDSWISH_OPSET, optimize_graph
-from .modelref import DEFAULT_THREADS, ModelRef, check_empty, write_model_folder
+from .modelref import DEFAULT_THREADS, ModelRef, Runner, check_empty, write_model_folder
 from .onnxutil import constants_to_initializers, load_onnx, name_nodes, set_metadata, upgrade_opset
 
 __all__ = [
@@ -62,6 +64,10 @@ log = structlog.get_logger(__name__)
 
 PROBABILITY_EPS = 1e-6
 """Probabilities are clamped away from 0 and 1 before a logarithm."""
+CROPS_PER_FRAME = 4
+"""Crops taken from each training frame of a dense model (each labelled by the teacher on its own)."""
+CROP_CANDIDATES = 12
+"""Random crops per frame the kept ones are chosen from (the teacher runs on each: 256x256 is cheap)."""
 TRAINED_OPS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "Gemm"})
 """Operators whose parameters onnx2torch makes trainable and ``write_back`` copies into the graph."""
 
@@ -170,17 +176,36 @@ def write_back(model: onnx.ModelProto, module: Any) -> onnx.ModelProto:
     return result
 
 
-def _crop(pair: tuple[np.ndarray, np.ndarray], size: int | None, rng: np.random.Generator
-          ) -> tuple[np.ndarray, np.ndarray]:
-    tensor, target = pair
-    if size is None or target.ndim != tensor.ndim or target.shape[-2:] != tensor.shape[-2:]:
-        return pair
-    height, width = tensor.shape[-2:]
-    if height < size or width < size:
-        return pair
-    top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
-    window = (..., slice(top, top + size), slice(left, left + size))
-    return tensor[window], target[window]
+def _crops(teacher: ModelRef, frames: Sequence[np.ndarray], size: int, count: int, threads: int,
+           rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input crop, the teacher's output on that crop): ``count`` square crops of each frame's float tensor.
+
+    The teacher sees the crop itself, not the whole frame: a model with global pooling (the
+    squeeze-excitation of PP-OCR's neck) answers a crop differently from the same window of a frame.
+    Of ``CROP_CANDIDATES`` random crops, those where the teacher's output is largest are kept, and one
+    at random: most of a scene is background, which a random crop mostly shows and teaches little.
+    """
+    runner = Runner(teacher, threads=threads, fused=False)
+    pairs = []
+    try:
+        for frame in frames:
+            feeds, _ = runner.prep(frame)
+            name, tensor = next(iter(feeds.items()))
+            height, width = tensor.shape[-2:]
+            if height < size or width < size:
+                continue
+            candidates = []
+            for _ in range(max(count, CROP_CANDIDATES)):
+                top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+                crop = np.ascontiguousarray(tensor[..., top:top + size, left:left + size])
+                outputs, _ = runner.infer({name: crop})
+                candidates.append((crop[0], outputs[runner.output_name][0]))
+            order = sorted(range(len(candidates)), key=lambda i: -float(np.abs(candidates[i][1]).mean()))
+            chosen = [*order[: count - 1], order[int(rng.integers(count - 1, len(order)))]]
+            pairs += [candidates[i] for i in chosen]
+    finally:
+        runner.close()
+    return pairs
 
 
 def logits_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
@@ -238,7 +263,10 @@ def recover(teacher: ModelRef, student: onnx.ModelProto, frames: Sequence[np.nda
     torch.manual_seed(options.seed)
     torch.set_num_threads(options.threads)
     rng = np.random.default_rng(options.seed)
-    pairs = teacher_targets(teacher, frames, options.rotate, options.threads)
+    dense = teacher.manifest.head.kind == "text_detect_db" or teacher.manifest.preprocess.height is None
+    pairs = (_crops(teacher, frames, options.crop, CROPS_PER_FRAME, options.threads, rng)
+             if options.crop is not None and dense else [])
+    pairs = pairs or teacher_targets(teacher, frames, options.rotate, options.threads)
     trainable, ending = logits_graph(student)
     module = to_torch(trainable)
     head = teacher.manifest.head
@@ -254,7 +282,7 @@ def recover(teacher: ModelRef, student: onnx.ModelProto, frames: Sequence[np.nda
     losses = []
     for step in range(options.steps):
         indices = by_shape[shapes[int(rng.integers(len(shapes)))]]
-        batch = [_crop(pairs[int(i)], options.crop, rng) for i in rng.choice(indices, options.batch_size)]
+        batch = [pairs[int(i)] for i in rng.choice(indices, options.batch_size)]
         inputs = torch.from_numpy(np.stack([b[0] for b in batch]))
         targets = torch.from_numpy(np.stack([b[1] for b in batch]))
         loss = loss_fn(module(inputs), targets)
