@@ -97,7 +97,7 @@ def test_least_squares_refit_on_frames_brings_the_pruned_model_closer_to_the_den
 
     source = resolve_model(demo_dir / "models" / "text-det-v4")
     dense = dense_graph(source)
-    feeds = calibration_feeds(dense, source.manifest, frames[0::2][:4])
+    feeds = calibration_feeds(dense, source.manifest, frames[0::2][:2])
     probe = calibration_feeds(dense, source.manifest, frames[1::2][:2])
     sliced, report = prune_channels(dense, 0.5)
     refit, _ = prune_channels(dense, 0.5, feeds)

@@ -190,7 +190,8 @@ def _slice_constant(value: np.ndarray, keep: np.ndarray) -> np.ndarray:
         return value
     shape = value.shape
     flat = value.reshape(-1)[keep]
-    return flat.reshape((*shape[:-3], len(keep), *shape[-2:]) if value.ndim >= 3 else (len(keep),))
+    sliced: np.ndarray = flat.reshape((*shape[:-3], len(keep), *shape[-2:]) if value.ndim >= 3 else (len(keep),))
+    return sliced
 
 
 def _slice_outputs(g: _Graph, conv: onnx.NodeProto, keep: np.ndarray) -> None:

@@ -370,7 +370,7 @@ def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: f
         pruning = weight_report.to_dict()
         keep_zeros = True
     seconds["prune"] = time.monotonic() - started
-    stages = []
+    stages: list[Stage] = []
     with tempfile.TemporaryDirectory(prefix="edge-agent-prune-") as tmp:
         candidates = [("dense (exact rewrites)", dense), ("pruned", pruned)]
         losses: tuple[float, ...] = ()
