@@ -1,7 +1,7 @@
 """``edge-agent model export | quantize | simplify | prune | compare | distill``: the optimisation commands.
 
 Each handler imports its tool when it runs, so ``edge-agent --help`` stays fast
-and the torch extra is needed only by ``export`` and ``distill``. Every tool
+and torch is needed only by ``export``, ``distill`` and ``prune --recover``. Every tool
 error is printed as one line naming what is wrong (exit 1); argparse answers
 usage errors (exit 2).
 """
@@ -174,8 +174,11 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
         raise PruneError("channel pruning and --recover need --video: frames to refit, recover and report on")
     options = None
     if args.recover:
-        options = RecoverOptions(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                                 crop=args.crop or None, threads=args.threads)
+        given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "crop": args.crop}
+        chosen = {key: value for key, value in given.items() if value is not None}
+        if chosen.get("crop") == 0:
+            chosen["crop"] = None
+        options = RecoverOptions(threads=args.threads, **chosen)
     training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
 
     def step_done(step: int, steps: int, loss: float) -> None:
@@ -307,14 +310,14 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--pattern", choices=("unstructured", "2:4", "channels"), default="unstructured",
                    help="channels: whole channels removed (smaller and faster on dense kernels; needs --video)")
     p.add_argument("--recover", action="store_true",
-                   help="fine-tune the pruned model on the dense model's outputs on --video (needs the torch extra)")
+                   help="fine-tune the pruned model on the dense model's outputs on --video (needs torch, onnx2torch)")
     p.add_argument("--video", type=Path, help="unlabelled frames for the channel refit, recovery and the report")
     p.add_argument("--frames", type=int, default=48, help="training frames")
     p.add_argument("--eval-frames", type=int, default=16, help="held-out frames for the report")
-    p.add_argument("--steps", type=int, default=200, help="recovery steps")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--crop", type=int, default=256, help="square crops for dense models (0: whole frames)")
+    p.add_argument("--steps", type=int, help="recovery steps (default 200)")
+    p.add_argument("--batch-size", type=int, help="default 4")
+    p.add_argument("--lr", type=float, help="Adam's learning rate, cosine-annealed (default 3e-4)")
+    p.add_argument("--crop", type=int, help="square crops for dense models (default 256; 0: whole frames)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--version", help="version of the result (default: source's + '-pruned50' or '-sparse24')")
     p.add_argument("--top", type=int, default=None, help="print only the first N layers")
