@@ -186,7 +186,7 @@ def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], 
 
 
 def _bench_pruning(demo: Path) -> None:
-    from .tools.recover import RecoverOptions, format_stages, prune_recover_folder
+    from .tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
 
     frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
     training, held_out = frames[0::4][:RECOVERY_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
@@ -198,7 +198,8 @@ def _bench_pruning(demo: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for pattern in ("channels", "2:4"):
             result = prune_recover_folder(source, Path(tmp) / pattern.replace(":", ""), pattern, PRUNE_RATIO,
-                                          calibration=training[:8], training=training, evaluation=held_out,
+                                          calibration=covering_frames(training, REFIT_FRAMES), training=training,
+                                          evaluation=held_out,
                                           options=options)
             _say(f"  {pattern}:")
             _say("    " + format_stages(result).replace("\n", "\n    "))

@@ -25,8 +25,6 @@ DEFAULT_CALIBRATION_FRAMES = 32
 DEFAULT_EVAL_FRAMES = 16
 """Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
 DEFAULT_REPORT_ROWS = 20
-CHANNEL_FIT_FRAMES = 8
-"""Frames whose activations rank channels and refit the consumers (2048 positions each)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -167,8 +165,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def _prune_recover(args: argparse.Namespace, source: Any) -> int:
     from .errors import PruneError
-    from .frames import read_video_frames
-    from .recover import RecoverOptions, format_stages, prune_recover_folder
+    from .frames import covering_frames, read_video_frames
+    from .recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
 
     if args.video is None:
         raise PruneError("channel pruning and --recover need --video: frames to refit, recover and report on")
@@ -186,7 +184,7 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
             print(f"recover: step {step}/{steps}, loss {loss:.4f}", file=sys.stderr, flush=True)
 
     result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
-                                  calibration=training[:CHANNEL_FIT_FRAMES], training=training,
+                                  calibration=covering_frames(training, REFIT_FRAMES), training=training,
                                   evaluation=evaluation, options=options, version=args.version, progress=step_done)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_stages(result))
     print(f"{args.output}: {result.manifest.name} {result.manifest.version} (report in prune_report.json)")
