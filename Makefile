@@ -4,6 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo
+# The CPU build of PyTorch: this pin matches the CPU wheel the machines keep on disk (pip's find-links);
+# a bare `torch` from PyPI is the CUDA build and pulls several GB of nvidia-* packages. torch's own
+# dependencies are named so that nothing else resolves a newer torch. onnx2torch goes in without its
+# dependencies: it would pull torchvision, which does not load beside the CPU wheel and is not needed.
+TORCH      ?= torch==2.13.0
+TORCH_DEPS := filelock fsspec jinja2 markupsafe mpmath networkx sympy 'typing-extensions>=4.10'
 
 .PHONY: setup run demo-deploy demo-rollback test bench bench-fleet soak lint clean
 
@@ -13,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[cv,dev,trt-check]'
 	# The tracker without its stale pins (numpy<2, rich<15, matplotlib): docs/results.md.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps 'norfair==2.3.0' 'filterpy==1.4.5'
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(TORCH)' $(TORCH_DEPS) 'onnx2torch>=1.5.15'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -5,6 +5,8 @@ Agreement bounds are loose (a handful of frames is noisy); speed is printed, nev
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
@@ -12,10 +14,11 @@ from agent.models.manifest import Manifest
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.compare import compare_models, format_comparison
 from agent.tools.errors import FramesError, QuantizeError, ToolError
-from agent.tools.frames import read_frames, read_video_frames
+from agent.tools.frames import covering_frames, read_frames, read_video_frames
 from agent.tools.modelref import resolve_model
 from agent.tools.onnxutil import default_opset
 from agent.tools.quantize import QuantizeOptions, calibration_feeds, prepare_for_quantization, quantize_model
+from agent.tools.sensitivity import MAX_SEARCH_STEPS, _schedule
 from agent.vision.transforms import Preprocessor
 
 CALIBRATION_FRAMES = 8
@@ -105,7 +108,7 @@ def test_calibration_from_an_image_folder(tmp_path, demo_dir):
 def test_bad_requests_name_what_is_wrong(tmp_path, demo_dir):
     with pytest.raises(QuantizeError, match="TensorRT builds INT8 engines only from Q/DQ"):
         QuantizeOptions(target="tensorrt", format="qoperator")
-    with pytest.raises(QuantizeError, match="calibration method 'kl'"):
+    with pytest.raises(QuantizeError, match="use minmax, average, entropy, percentile"):
         QuantizeOptions(method="kl")  # type: ignore[arg-type]
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
@@ -120,3 +123,48 @@ def test_bad_requests_name_what_is_wrong(tmp_path, demo_dir):
 
 def test_opset_of_the_demo_model_is_what_the_upgrade_starts_from(demo_dir):
     assert default_opset(onnx.load(str(demo_dir / "models" / "text-det-v4" / "model.onnx"))) == 12
+
+
+def test_covering_selection_takes_each_distinct_scene_before_a_second_frame_of_any(demo_dir):
+    images = read_frames(3, images=demo_dir / "images")
+    lingering = [images[0]] * 10 + [images[1], images[2]]
+    chosen = covering_frames(lingering, 3)
+    assert len(chosen) == 3
+    assert sum(frame is images[0] for frame in chosen) == 1, "the view the pan lingers on is taken once"
+    assert any(frame is images[1] for frame in chosen) and any(frame is images[2] for frame in chosen)
+    assert covering_frames(lingering, 20) == lingering
+
+
+def test_the_search_finds_the_fewest_float_nodes_that_meet_the_target():
+    needed = 37
+    done: dict[int, float] = {}
+    while (k := _schedule(done, 0.95, 150)) is not None:
+        assert k not in done
+        done[k] = 0.96 if k >= needed else 0.5
+    assert min(k for k, value in done.items() if value >= 0.95) == needed
+    assert len(done) <= MAX_SEARCH_STEPS
+    assert _schedule({0: 0.97}, 0.95, 150) is None, "all-INT8 meeting the target ends the search"
+    assert _schedule({0: 0.1, 150: 0.2}, 0.95, 150) is None, "even all-float misses: nothing more to try"
+
+
+def test_target_agreement_keeps_sensitive_layers_in_float_and_writes_the_per_layer_report(tmp_path, demo_dir,
+                                                                                          capsys):
+    from agent.cli import main
+
+    out = tmp_path / "q"
+    code = main(["model", "quantize", str(demo_dir / "models" / "orientation-0.0.11"), "--calib-video",
+                 str(demo_dir / "video.mp4"), "--frames", "4", "--eval-frames", "6", "--target", "cpu",
+                 "--per-channel", "--method", "average", "--target-agreement", "1.0", "--top", "5", "-o", str(out)])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "sensitivity_report.json").read_text())
+    assert code == (0 if report["met"] else 1)
+    assert report["metric"] == "top1" and report["target"] == 1.0
+    errors = [layer["rel_error"] for layer in report["layers"]]
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0, "most sensitive first"
+    kept = [layer["node"] for layer in report["layers"] if layer["kept_float"]]
+    assert kept == [layer["node"] for layer in report["layers"][: len(kept)]], "the most sensitive stay float"
+    assert report["steps"][0]["kept_float"] == 0 and all(0 <= s["agreement"] <= 1 for s in report["steps"])
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert json.loads(props["edge_agent.float_nodes"]) == kept
+    assert "precision" in printed and "more layers" in printed and "against target 1.000" in printed
+    Manifest.read(out / "manifest.json").verify_files(out)

@@ -1,7 +1,7 @@
 """``edge-agent model export | quantize | simplify | prune | compare | distill``: the optimisation commands.
 
 Each handler imports its tool when it runs, so ``edge-agent --help`` stays fast
-and the torch extra is needed only by ``export`` and ``distill``. Every tool
+and torch is needed only by ``export``, ``distill`` and ``prune --recover``. Every tool
 error is printed as one line naming what is wrong (exit 1); argparse answers
 usage errors (exit 2).
 """
@@ -22,6 +22,9 @@ PROGRESS_STEP = 0.1
 """Long runs report on stderr each time another 10% is done."""
 DEFAULT_COMPARE_FRAMES = 50
 DEFAULT_CALIBRATION_FRAMES = 32
+DEFAULT_EVAL_FRAMES = 16
+"""Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
+DEFAULT_REPORT_ROWS = 20
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -88,22 +91,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _calibration_split(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """(calibration, held-out) frames: the held-out ones spread evenly over what was read, the
+    calibration frames chosen from the rest to cover the scene (``--select cover``) or evenly."""
+    from .frames import COVER_POOL, covering_frames
+
+    held = args.eval_frames if args.target_agreement is not None else 0
+    pool = COVER_POOL if args.select == "cover" else 1
+    frames = _frames(args, args.frames * pool + held)
+    step = max(1, len(frames) // held) if held else 0
+    held_out = set(range(step // 2, len(frames), step)[:held]) if held else set()
+    evaluation = [frame for i, frame in enumerate(frames) if i in held_out]
+    rest = [frame for i, frame in enumerate(frames) if i not in held_out]
+    calibration = covering_frames(rest, args.frames) if args.select == "cover" else rest[: args.frames]
+    return calibration, evaluation
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .modelref import resolve_model
     from .quantize import QuantizeOptions, quantize_model
+    from .sensitivity import format_sensitivity
 
     options = QuantizeOptions(method=args.method, target=args.target, per_channel=args.per_channel,
                               format=args.format, reduce_range=args.reduce_range,
                               exclude_nodes=tuple(args.exclude), op_types=tuple(args.op_types),
                               optimize=not args.no_optimize, float_first=args.float_first)
     source = resolve_model(args.model, args.manifest)
-    frames = _frames(args, args.frames)
-    result = quantize_model(source, frames, args.output, options, version=args.version)
+    calibration, evaluation = _calibration_split(args)
+    result = quantize_model(source, calibration, args.output, options, version=args.version,
+                            target_agreement=args.target_agreement, eval_frames=evaluation)
+    if result.sensitivity is not None:
+        print(format_sensitivity(result.sensitivity, args.top))
     upgraded = f", opset {result.source_opset} -> {result.opset}" if result.opset != result.source_opset else ""
     print(f"{args.output}: {result.manifest.name} {result.manifest.version}, INT8 {options.format.upper()} "
           f"for {options.target}, {result.frames} calibration frames, {options.method}"
           f"{', per channel' if options.per_channel else ''}{upgraded}; {result.seconds:.1f} s")
-    return EXIT_OK
+    return EXIT_OK if result.sensitivity is None or result.sensitivity.met else EXIT_FAILURE
 
 
 def cmd_simplify(args: argparse.Namespace) -> int:
@@ -117,17 +140,54 @@ def cmd_simplify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _held_out(frames: list[Any], count: int) -> tuple[list[Any], list[Any]]:
+    """(training, held-out): every other frame is held out until ``count`` are."""
+    held = set(range(1, len(frames), 2)[:count])
+    return ([frame for i, frame in enumerate(frames) if i not in held],
+            [frames[i] for i in sorted(held)])
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from .modelref import resolve_model
     from .prune import format_report, prune_folder
 
-    manifest, report = prune_folder(resolve_model(args.model, args.manifest), args.output, args.sparsity,
-                                    args.pattern, version=args.version)
+    source = resolve_model(args.model, args.manifest)
+    if args.pattern == "channels" or args.recover:
+        return _prune_recover(args, source)
+    manifest, report = prune_folder(source, args.output, args.sparsity, args.pattern, version=args.version)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(format_report(report, args.top))
         print(f"{args.output}: {manifest.name} {manifest.version} (report in prune_report.json)")
+    return EXIT_OK
+
+
+def _prune_recover(args: argparse.Namespace, source: Any) -> int:
+    from .errors import PruneError
+    from .frames import covering_frames, read_video_frames
+    from .recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
+
+    if args.video is None:
+        raise PruneError("channel pruning and --recover need --video: frames to refit, recover and report on")
+    options = None
+    if args.recover:
+        given = {"steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr, "crop": args.crop}
+        chosen = {key: value for key, value in given.items() if value is not None}
+        if chosen.get("crop") == 0:
+            chosen["crop"] = None
+        options = RecoverOptions(threads=args.threads, **chosen)
+    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
+
+    def step_done(step: int, steps: int, loss: float) -> None:
+        if step == steps or step % max(1, steps // 10) == 0:
+            print(f"recover: step {step}/{steps}, loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
+                                  calibration=covering_frames(training, REFIT_FRAMES), training=training,
+                                  evaluation=evaluation, options=options, version=args.version, progress=step_done)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_stages(result))
+    print(f"{args.output}: {result.manifest.name} {result.manifest.version} (report in prune_report.json)")
     return EXIT_OK
 
 
@@ -168,10 +228,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     options = DistillOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)
     teacher = resolve_model(args.teacher, args.manifest)
-    frames = read_video_frames(args.video, args.frames + args.eval_frames)
-    held_out = set(range(1, len(frames), 2)[: args.eval_frames])
-    evaluation = [frames[i] for i in sorted(held_out)]
-    training = [frame for i, frame in enumerate(frames) if i not in held_out]
+    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
 
     def epoch_done(epoch: int, epochs: int, loss: float) -> None:
         print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
@@ -202,7 +259,16 @@ def _add_quantize(sub: Any) -> None:
     calib.add_argument("--calib-video", type=Path, help="calibration frames from this video")
     calib.add_argument("--calib-images", type=Path, help="calibration frames from this image folder")
     p.add_argument("--frames", type=int, default=DEFAULT_CALIBRATION_FRAMES, help="calibration frames")
-    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--method", choices=("minmax", "average", "entropy", "percentile"), default="minmax",
+                   help="activation ranges: extremes, per-frame extremes averaged, KL histogram, 99.99th percentile")
+    p.add_argument("--select", choices=("cover", "even"), default="cover",
+                   help="calibration frames chosen to cover the scene (from 4x as many) or evenly spaced")
+    p.add_argument("--target-agreement", type=float, metavar="A",
+                   help="keep the most sensitive layers in float until the agreement with the source (box F1 or "
+                        "top-1 on held-out frames) reaches A; writes sensitivity_report.json; exit 1 if not met")
+    p.add_argument("--eval-frames", type=int, default=DEFAULT_EVAL_FRAMES,
+                   help="held-out frames the target agreement is measured on")
+    p.add_argument("--top", type=int, default=DEFAULT_REPORT_ROWS, help="sensitivity rows to print")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
                    help="tensorrt: symmetric int8 (builds on TensorRT, runs on ORT); cpu: u8s8 for ORT on x86")
@@ -237,8 +303,20 @@ def _add_prune(sub: Any) -> None:
     p = sub.add_parser("prune", help="magnitude-prune weights (unstructured or 2:4) with a per-layer report")
     p.add_argument("model", type=Path, help="a model folder or an .onnx file (with --manifest)")
     p.add_argument("--manifest", type=Path)
-    p.add_argument("--sparsity", type=float, default=0.5, help="target share of zero weights per layer")
-    p.add_argument("--pattern", choices=("unstructured", "2:4"), default="unstructured")
+    p.add_argument("--sparsity", type=float, default=0.5,
+                   help="target share of zero weights per layer (channels: share of each group's channels removed)")
+    p.add_argument("--pattern", choices=("unstructured", "2:4", "channels"), default="unstructured",
+                   help="channels: whole channels removed (smaller and faster on dense kernels; needs --video)")
+    p.add_argument("--recover", action="store_true",
+                   help="fine-tune the pruned model on the dense model's outputs on --video (needs torch, onnx2torch)")
+    p.add_argument("--video", type=Path, help="unlabelled frames for the channel refit, recovery and the report")
+    p.add_argument("--frames", type=int, default=48, help="training frames")
+    p.add_argument("--eval-frames", type=int, default=16, help="held-out frames for the report")
+    p.add_argument("--steps", type=int, help="recovery steps (default 200)")
+    p.add_argument("--batch-size", type=int, help="default 4")
+    p.add_argument("--lr", type=float, help="Adam's learning rate, cosine-annealed (default 3e-4)")
+    p.add_argument("--crop", type=int, help="square crops for dense models (default 256; 0: whole frames)")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--version", help="version of the result (default: source's + '-pruned50' or '-sparse24')")
     p.add_argument("--top", type=int, default=None, help="print only the first N layers")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -12,9 +12,14 @@ import numpy as np
 
 from .errors import FramesError
 
-__all__ = ["IMAGE_SUFFIXES", "read_frames", "read_image_frames", "read_video_frames"]
+__all__ = ["COVER_POOL", "IMAGE_SUFFIXES", "covering_frames", "read_frames", "read_image_frames",
+           "read_video_frames"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+THUMBNAIL = (32, 24)
+"""Frames are compared as 32x24 grey thumbnails: enough to tell scenes apart, cheap for thousands of frames."""
+COVER_POOL = 4
+"""Covering selection picks from this many times the frames asked for, spread over the video."""
 
 
 def _check_count(count: int) -> None:
@@ -77,3 +82,29 @@ def read_frames(count: int, *, video: Path | None = None, images: Path | None = 
         return read_video_frames(video, count)
     assert images is not None
     return read_image_frames(images, count)
+
+
+def _thumbnail(frame: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+    small: np.ndarray = cv2.resize(grey, THUMBNAIL, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    return small
+
+
+def covering_frames(frames: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """``count`` of ``frames`` chosen to cover what they show: farthest-point sampling on thumbnails.
+
+    Starts from the frame farthest from the mean (an unusual scene first), then repeatedly takes
+    the frame least like any chosen so far, so a pan that lingers on one view does not fill the
+    calibration set with it. Returned in their original order.
+    """
+    _check_count(count)
+    if count >= len(frames):
+        return list(frames)
+    points = np.stack([_thumbnail(frame) for frame in frames])
+    chosen = [int(np.argmax(np.linalg.norm(points - points.mean(axis=0), axis=1)))]
+    distance = np.linalg.norm(points - points[chosen[0]], axis=1)
+    while len(chosen) < count:
+        index = int(np.argmax(distance))
+        chosen.append(index)
+        distance = np.minimum(distance, np.linalg.norm(points - points[index], axis=1))
+    return [frames[i] for i in sorted(chosen)]

@@ -20,6 +20,7 @@ __all__ = [
     "copy_model",
     "default_opset",
     "load_onnx",
+    "name_nodes",
     "set_metadata",
     "upgrade_opset",
     "weight_uses",
@@ -96,6 +97,19 @@ def set_metadata(model: onnx.ModelProto, **values: Any) -> None:
     for key, value in values.items():
         props[METADATA_PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     onnx.helper.set_model_props(model, props)
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a name (``nodes_to_exclude`` addresses nodes by name)."""
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,417 @@
+"""Recovery after pruning: the pruned model fine-tuned to reproduce the dense teacher's outputs on unlabelled frames.
+
+No labels: the dense model (the teacher) labels every frame, so any footage of
+the scene the device sees will do. The pruned ONNX graph becomes a PyTorch
+module through onnx2torch (a maintained ONNX -> PyTorch converter; a user with
+the original PyTorch model can fine-tune that instead), trains on the teacher's
+outputs, and the trained convolution and batch-norm parameters are written
+back into the same ONNX graph, so names, opset and dynamic axes stay as they
+were and no re-export is needed.
+
+Dense models (a text detector's probability map) train on random square
+crops (``crop``), each labelled by the teacher on the crop itself: the model
+is fully convolutional, and a 256x256 crop costs a fifth of a 640x480 frame.
+The final Sigmoid or Softmax is left out while training, so the loss sees
+logits (a pruned model's saturated probabilities would give no gradient).
+Batch norms stay in inference mode (their statistics are the dense model's;
+small batches would only add noise). Losses: binary cross-entropy on a
+probability map, cross-entropy against the teacher's distribution for a
+classifier, mean squared error otherwise. Needs torch and onnx2torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import structlog
+from onnx import numpy_helper
+
+from ..models.manifest import Manifest
+from .compare import compare_models
+from .distill import teacher_targets
+from .errors import DistillError
+from .export import require_torch
+from .graphopt import HARDSWISH_OPSET, optimize_graph
+from .modelref import DEFAULT_THREADS, ModelRef, Runner, check_empty, write_model_folder
+from .onnxutil import constants_to_initializers, load_onnx, name_nodes, set_metadata, upgrade_opset
+
+__all__ = [
+    "REFIT_FRAMES",
+    "PruneRecoverResult",
+    "RecoverOptions",
+    "RecoverResult",
+    "Stage",
+    "dense_graph",
+    "format_stages",
+    "logits_graph",
+    "prune_recover_folder",
+    "recover",
+    "to_torch",
+    "write_back",
+]
+
+log = structlog.get_logger(__name__)
+
+PROBABILITY_EPS = 1e-6
+"""Probabilities are clamped away from 0 and 1 before a logarithm."""
+REFIT_FRAMES = 8
+"""Frames whose activations rank channels and refit the consumers (2048 positions each), chosen to cover the
+scene: refit on frames without text, the detector's text channels look useless (bench: F1 0.17 after pruning
+with the first 8 training frames, 0.82 with frames that showed text)."""
+CROPS_PER_FRAME = 4
+"""Crops taken from each training frame of a dense model (each labelled by the teacher on its own)."""
+CROP_CANDIDATES = 12
+"""Random crops per frame the kept ones are chosen from (the teacher runs on each: 256x256 is cheap)."""
+TRAINED_OPS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "Gemm"})
+"""Operators whose parameters onnx2torch makes trainable and ``write_back`` copies into the graph."""
+
+Progress = Callable[[int, int, float], None]
+"""(step, steps, loss of that step)."""
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 3e-4
+    crop: int | None = 256
+    """Side of the square crops dense models train on (a multiple of 32); None trains on whole frames."""
+    rotate: bool = False
+    """Also show each frame turned by 90, 180 and 270 degrees (for an orientation classifier)."""
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise DistillError(f"steps ({self.steps}) and batch size ({self.batch_size}) must be >= 1")
+        if not self.learning_rate > 0:
+            raise DistillError("the learning rate must be > 0")
+        if self.crop is not None and (self.crop < 32 or self.crop % 32):
+            raise DistillError(f"crop {self.crop} must be a multiple of 32")
+
+
+@dataclass(frozen=True)
+class RecoverResult:
+    model: onnx.ModelProto
+    losses: tuple[float, ...]
+    samples: int
+    seconds: float
+
+
+def _onnx2torch() -> Any:
+    """onnx2torch, importable without torchvision: it imports ``torchvision.ops`` for RoiAlign and NMS only,
+    and PyPI's torchvision does not load beside the CPU torch wheel. A stand-in that refuses those two
+    operators is put in its place when torchvision is missing."""
+    require_torch()
+    try:
+        importlib.import_module("torchvision.ops")
+    except Exception:  # missing, or the wheel that does not load beside the CPU torch
+        def unavailable(*_: Any, **__: Any) -> Any:
+            raise DistillError("this model needs torchvision (RoiAlign or NonMaxSuppression)")
+
+        vision = types.ModuleType("torchvision")
+        ops = types.ModuleType("torchvision.ops")
+        ops.roi_align = ops.nms = ops.batched_nms = unavailable  # type: ignore[attr-defined]
+        vision.ops = ops  # type: ignore[attr-defined]
+        sys.modules["torchvision"], sys.modules["torchvision.ops"] = vision, ops
+    try:
+        return importlib.import_module("onnx2torch")
+    except ModuleNotFoundError as exc:
+        raise DistillError("onnx2torch is not installed: pip install 'edge-agent[torch]'") from exc
+
+
+def _module_name(node: onnx.NodeProto) -> str:
+    return node.name.replace(".", "/")
+
+
+def to_torch(model: onnx.ModelProto) -> Any:
+    """``model`` (nodes named) as a PyTorch module, in inference mode, every parameter trainable."""
+    if any(not node.name for node in model.graph.node):
+        raise DistillError("every node needs a name to map the trained parameters back")
+    try:
+        module = _onnx2torch().convert(model)
+    except DistillError:
+        raise
+    except Exception as exc:  # the converter raises NotImplementedError and friends for unknown operators
+        raise DistillError(f"onnx2torch cannot convert the model: {type(exc).__name__}: {exc}") from exc
+    return module.eval()
+
+
+def write_back(model: onnx.ModelProto, module: Any) -> onnx.ModelProto:
+    """A copy of ``model`` whose convolution, Gemm and batch-norm parameters are ``module``'s."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    modules = dict(module.named_modules())
+    inits = {init.name: init for init in result.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in result.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for node in result.graph.node:
+        if node.op_type not in TRAINED_OPS:
+            continue
+        trained = modules.get(_module_name(node))
+        if trained is None:
+            raise DistillError(f"node {node.name}: no module of that name in the converted model")
+        slots = {1: "weight", 2: "bias"}
+        for index, attribute in slots.items():
+            if index >= len(node.input) or not node.input[index] or node.input[index] not in inits:
+                continue
+            tensor = getattr(trained, attribute, None)
+            if tensor is None:
+                continue
+            if uses[node.input[index]] > 1:
+                raise DistillError(f"initializer {node.input[index]} is shared between nodes: cannot write it back")
+            value = tensor.detach().cpu().numpy().astype(np.float32)
+            init = inits[node.input[index]]
+            if node.op_type == "Gemm" and tuple(init.dims) != value.shape:
+                value = value.T
+            init.CopyFrom(numpy_helper.from_array(value.reshape(tuple(init.dims)), init.name))
+    return result
+
+
+def _crops(teacher: ModelRef, frames: Sequence[np.ndarray], size: int, count: int, threads: int,
+           rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input crop, the teacher's output on that crop): ``count`` square crops of each frame's float tensor.
+
+    The teacher sees the crop itself, not the whole frame: a model with global pooling (the
+    squeeze-excitation of PP-OCR's neck) answers a crop differently from the same window of a frame.
+    Of ``CROP_CANDIDATES`` random crops, those where the teacher's output is largest are kept, and one
+    at random: most of a scene is background, which a random crop mostly shows and teaches little.
+    """
+    runner = Runner(teacher, threads=threads, fused=False)
+    pairs = []
+    try:
+        for frame in frames:
+            feeds, _ = runner.prep(frame)
+            name, tensor = next(iter(feeds.items()))
+            height, width = tensor.shape[-2:]
+            if height < size or width < size:
+                continue
+            candidates = []
+            for _ in range(max(count, CROP_CANDIDATES)):
+                top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+                crop = np.ascontiguousarray(tensor[..., top:top + size, left:left + size])
+                outputs, _ = runner.infer({name: crop})
+                candidates.append((crop[0], outputs[runner.output_name][0]))
+            order = sorted(range(len(candidates)), key=lambda i: -float(np.abs(candidates[i][1]).mean()))
+            chosen = [*order[: count - 1], order[int(rng.integers(count - 1, len(order)))]]
+            pairs += [candidates[i] for i in chosen]
+    finally:
+        runner.close()
+    return pairs
+
+
+def logits_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """``model`` without a final Sigmoid or Softmax (training on logits keeps gradients alive where a pruned
+    model's probabilities saturate), and which of the two it was (None: the graph is returned as it is)."""
+    if len(model.graph.output) != 1:
+        return model, None
+    output = model.graph.output[0].name
+    last = next((node for node in model.graph.node if output in node.output), None)
+    if last is None or last.op_type not in ("Sigmoid", "Softmax"):
+        return model, None
+    trimmed = onnx.ModelProto()
+    trimmed.CopyFrom(model)
+    kept = [node for node in trimmed.graph.node if node.name != last.name]
+    del trimmed.graph.node[:]
+    trimmed.graph.node.extend(kept)
+    trimmed.graph.output[0].name = last.input[0]
+    return trimmed, last.op_type
+
+
+def _loss(kind: str, ending: str | None, logits: bool) -> Callable[[Any, Any], Any]:
+    torch = require_torch()
+    functional = torch.nn.functional
+
+    def probability_map(out: Any, target: Any) -> Any:
+        if ending == "Sigmoid":
+            return functional.binary_cross_entropy_with_logits(out, target.clamp(0, 1))
+        return functional.binary_cross_entropy(out.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS), target.clamp(0, 1))
+
+    def classify(out: Any, target: Any) -> Any:
+        if logits or ending == "Softmax":
+            log_p = functional.log_softmax(out, dim=1)
+        else:
+            log_p = out.clamp_min(PROBABILITY_EPS).log()
+        return -(target * log_p).sum(dim=1).mean()
+
+    if kind == "text_detect_db":
+        return probability_map
+    if kind == "classify":
+        return classify
+    chosen: Callable[[Any, Any], Any] = functional.mse_loss
+    return chosen
+
+
+def recover(teacher: ModelRef, student: onnx.ModelProto, frames: Sequence[np.ndarray], options: RecoverOptions,
+            *, progress: Progress | None = None, keep_zeros: bool = False) -> RecoverResult:
+    """Fine-tune ``student`` (an ONNX graph taking the teacher's float input) on ``teacher``'s outputs.
+
+    ``keep_zeros``: weights that are zero stay zero (the mask of unstructured or 2:4 pruning).
+    """
+    if not frames:
+        raise DistillError("no frames to recover on")
+    torch = require_torch()
+    started = time.monotonic()
+    torch.manual_seed(options.seed)
+    torch.set_num_threads(options.threads)
+    rng = np.random.default_rng(options.seed)
+    dense = teacher.manifest.head.kind == "text_detect_db" or teacher.manifest.preprocess.height is None
+    pairs = (_crops(teacher, frames, options.crop, CROPS_PER_FRAME, options.threads, rng)
+             if options.crop is not None and dense else [])
+    pairs = pairs or teacher_targets(teacher, frames, options.rotate, options.threads)
+    trainable, ending = logits_graph(student)
+    module = to_torch(trainable)
+    head = teacher.manifest.head
+    loss_fn = _loss(head.kind, ending, logits=head.kind == "classify" and head.softmax)
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    masks = [(p, p.detach() != 0) for p in parameters if p.ndim > 1] if keep_zeros else []
+    optimizer = torch.optim.Adam(parameters, lr=options.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, (tensor, _) in enumerate(pairs):
+        by_shape.setdefault(tensor.shape, []).append(index)
+    shapes = list(by_shape)
+    losses = []
+    for step in range(options.steps):
+        indices = by_shape[shapes[int(rng.integers(len(shapes)))]]
+        batch = [pairs[int(i)] for i in rng.choice(indices, options.batch_size)]
+        inputs = torch.from_numpy(np.stack([b[0] for b in batch]))
+        targets = torch.from_numpy(np.stack([b[1] for b in batch]))
+        loss = loss_fn(module(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            for parameter, mask in masks:
+                parameter.mul_(mask)
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step + 1, options.steps, losses[-1])
+    module.eval()
+    seconds = time.monotonic() - started
+    log.info("recovered", steps=options.steps, samples=len(pairs), first_loss=round(losses[0], 5),
+             last_loss=round(losses[-1], 5), seconds=round(seconds, 1))
+    return RecoverResult(write_back(student, module), tuple(losses), len(pairs), seconds)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model of the pruning report against the dense original on held-out frames."""
+
+    label: str
+    metric: str
+    agreement: float
+    rel_error: float | None
+    speedup: float
+    """Median inference time of the original over this model's (same frames, interleaved)."""
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class PruneRecoverResult:
+    manifest: Manifest
+    stages: tuple[Stage, ...]
+    pruning: dict[str, Any]
+    losses: tuple[float, ...]
+    seconds: dict[str, float]
+    """How long each step took: prune, recover, evaluate."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pruning": self.pruning, "stages": [asdict(stage) for stage in self.stages],
+                "losses": list(self.losses), "seconds": self.seconds}
+
+
+def _stage(label: str, source: ModelRef, candidate: ModelRef, frames: Sequence[np.ndarray], threads: int) -> Stage:
+    comparison = compare_models(source, candidate, frames, threads=threads)
+    a = comparison.agreement
+    return Stage(label, a.metric, a.value, a.rel_error, comparison.speedup, candidate.size_bytes)
+
+
+def dense_graph(src: ModelRef) -> onnx.ModelProto:
+    """The source with weights as initializers, the exact rewrites of ``graphopt`` and every node named."""
+    model = upgrade_opset(constants_to_initializers(load_onnx(src.path)), HARDSWISH_OPSET)
+    optimized, _ = optimize_graph(model)
+    return name_nodes(optimized)
+
+
+def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: float, *,
+                         calibration: Sequence[np.ndarray], training: Sequence[np.ndarray],
+                         evaluation: Sequence[np.ndarray], options: RecoverOptions | None,
+                         version: str | None = None, progress: Progress | None = None) -> PruneRecoverResult:
+    """Prune ``src`` (``channels``: structured, refit on ``calibration``; ``unstructured`` or ``2:4``:
+    magnitude), recover it on ``training`` when ``options`` is given, and report each stage on
+    ``evaluation``. Writes the model folder ``out_dir`` with ``prune_report.json``."""
+    from .channels import prune_channels
+    from .prune import REPORT_FILE, prune_onnx
+    from .quantize import calibration_feeds
+
+    check_empty(out_dir)
+    if not evaluation:
+        raise DistillError("the pruning report needs held-out frames")
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    dense = dense_graph(src)
+    if pattern == "channels":
+        feeds = calibration_feeds(dense, src.manifest, calibration) if calibration else []
+        pruned, channel_report = prune_channels(dense, sparsity, feeds)
+        pruning = {"pattern": pattern, **channel_report.to_dict()}
+        keep_zeros = False
+    else:
+        pruned, weight_report = prune_onnx(dense, sparsity, pattern)  # type: ignore[arg-type]
+        pruning = weight_report.to_dict()
+        keep_zeros = True
+    seconds["prune"] = time.monotonic() - started
+    stages: list[Stage] = []
+    with tempfile.TemporaryDirectory(prefix="edge-agent-prune-") as tmp:
+        candidates = [("dense (exact rewrites)", dense), ("pruned", pruned)]
+        losses: tuple[float, ...] = ()
+        final = pruned
+        if options is not None:
+            result = recover(src, pruned, training, options, progress=progress, keep_zeros=keep_zeros)
+            final, losses = result.model, result.losses
+            seconds["recover"] = result.seconds
+            candidates.append(("pruned + recovered", final))
+        started = time.monotonic()
+        for label, model in candidates:
+            path = Path(tmp) / f"{len(stages)}.onnx"
+            onnx.save(model, str(path))
+            stages.append(_stage(label, src, ModelRef(path, src.manifest), evaluation, options.threads
+                                 if options is not None else DEFAULT_THREADS))
+        seconds["evaluate"] = time.monotonic() - started
+    suffix = {"channels": f"-channels{round(sparsity * 100)}", "2:4": "-sparse24"}.get(
+        pattern, f"-pruned{round(sparsity * 100)}")
+    suffix += "-recovered" if options is not None else ""
+    set_metadata(final, pruning={"pattern": pattern, "target": sparsity, "recovered": options is not None})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = write_model_folder(src, final, out_dir, version or src.manifest.version + suffix,
+                                  f"{pattern} pruning ({sparsity:.0%}){' with recovery' if options else ''} of "
+                                  f"{src.manifest.name} {src.manifest.version}")
+    outcome = PruneRecoverResult(manifest, tuple(stages), pruning, losses, seconds)
+    (out_dir / REPORT_FILE).write_text(json.dumps(outcome.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return outcome
+
+
+def format_stages(result: PruneRecoverResult) -> str:
+    """Accuracy, speed and size of each stage, then how long each step took."""
+    lines = [f"{'stage':<24} {'agreement':>9} {'rel.err':>8} {'x orig.':>8} {'MB':>6}"]
+    for stage in result.stages:
+        rel = "-" if stage.rel_error is None else f"{stage.rel_error:.3f}"
+        name = "top-1" if stage.metric == "top1" else "F1"
+        lines.append(f"{stage.label:<24} {name + f' {stage.agreement:.3f}':>9} {rel:>8} {stage.speedup:>8.2f} "
+                     f"{stage.size_bytes / 1e6:>6.2f}")
+    lines.append("time: " + ", ".join(f"{step} {value:.0f} s" for step, value in result.seconds.items()))
+    return "\n".join(lines)
