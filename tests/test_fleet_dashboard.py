@@ -65,6 +65,7 @@ def test_dashboard_shows_devices_versions_and_alarms(mosquitto: Mosquitto, tmp_p
     for i in range(DEVICES):
         assert f"<b>sim-{i:04d}</b>" in table
     assert table.count('class="version">1.0.0<') == DEVICES
+    assert table.count('<span class="cam ok">camera0 open ') == DEVICES, "each device's camera, its state and rate"
     assert table.count("<svg") >= DEVICES * 2
     alarms = section(dom.stdout, "alarms", "ul")
     for device in alarmed:

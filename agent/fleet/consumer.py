@@ -247,6 +247,7 @@ class Consumer:
             devices = [{
                 "id": d.device_id, "status": d.status, "groups": list(d.groups), "model": d.model,
                 "version": d.version, "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
+                "cameras": [{"name": name, "state": state, "fps": fps} for name, state, fps in d.cameras],
                 "signals": {s: d.signals.get(s) for s in ("drift", "bias", "leak")},
                 "drift_psi": d.drift_score, "last_seen": d.last_seen,
                 "deployment": None if d.deployment is None else {

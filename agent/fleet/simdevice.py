@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimDevice", "SimModel", "fails", "fraction"]
 
 SIM_RUNTIME = "simulated"
+SIM_CAMERA = "camera0"
+"""The one camera a simulated device reports in its health."""
 DEPLOY_STEPS = (
     ("received", 0.0), ("downloading", 0.2), ("verifying", 0.45), ("loading", 0.6),
     ("warming", 0.75), ("validating", 0.9),
@@ -244,7 +246,10 @@ class SimDevice:
             model={"name": self.current.name, "version": self.current.version, "runtime": SIM_RUNTIME},
             cpu_percent=round(40 + 20 * self._random.random(), 1), memory_rss_bytes=RSS_BYTES,
             memory_available_bytes=MEMORY_AVAILABLE_BYTES, temperatures_c={}, gpu_load=None,
-            disk_free_bytes=DISK_FREE_BYTES, outbox_depth=0, frames_processed=frames))
+            disk_free_bytes=DISK_FREE_BYTES, outbox_depth=0, frames_processed=frames,
+            cameras=[{"name": SIM_CAMERA, "state": "open", "reopens": 0, "last_error": None, "fps": fps,
+                      "inferred_fps": fps, "frames_captured": frames, "frames_overwritten": 0,
+                      "frames_inferred": frames, "errors": 0}]))
         for kind, document in (("drift", self._drift()), ("bias", self._bias()), ("leak", self._leak())):
             envelope = self.telemetry.envelope(f"telemetry/{kind}")
             await self._session.publish(self.topics.telemetry(kind),

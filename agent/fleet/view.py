@@ -113,6 +113,8 @@ class DeviceView:
     fps: float | None = None
     latency_p95_ms: float | None = None
     frames_processed: int | None = None
+    cameras: tuple[tuple[str, str, float], ...] = ()
+    """``(name, state, capture fps)`` of each camera in the latest health telemetry."""
     signals: dict[str, str] = field(default_factory=dict)
     drift_score: float | None = None
     """The largest PSI in the latest drift telemetry."""
@@ -315,11 +317,13 @@ class FleetView:
         stage = data.stages.get(END_TO_END)
         view.latency_p95_ms = stage.p95_ms if stage is not None else None
         view.frames_processed = data.frames_processed
+        view.cameras = tuple((c.name, c.state, c.fps) for c in data.cameras)
 
     def _on_telemetry_health(self, view: DeviceView, data: HealthPayload | None) -> None:
         if data is None:
             return
         view.frames_processed = data.frames_processed
+        view.cameras = tuple((c.name, c.state, c.fps) for c in data.cameras)
         if data.model is not None and view.model is None:
             view.model, view.version = data.model.name, data.model.version
 
