@@ -262,6 +262,8 @@ class EgressGuard:
 
     def _inspect(self, suffix: str, payload: bytes) -> None:
         model = self.models.get(suffix)
+        if model is None and "/" in suffix:  # results/<camera>, counts/<camera>: registered as results/+
+            model = self.models.get(suffix.rsplit("/", 1)[0] + "/+")
         if model is None:
             raise EgressBlocked(suffix, "unknown_topic", "no telemetry schema for this topic")
         if not isinstance(payload, (bytes, bytearray)):
