@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_results import ResultsSettings
 from .monitor.settings import MonitorSection
 
 if sys.version_info >= (3, 11):
@@ -32,6 +33,7 @@ __all__ = [
     "CameraSection",
     "Config",
     "ConfigError",
+    "ResultsSettings",
     "check_camera_set",
     "load_config",
 ]
@@ -207,6 +209,9 @@ class CameraSection(SourceSection):
     model: str | None = None
     """Reserved for when more than one model serves: today only the serving model's name
     (``[model].name``) is accepted."""
+    results: ResultsSettings = ResultsSettings()
+    """What the camera's predictions become: tracks, zones, lines, events, counts and the
+    results stream (docs/results.md, the tables below)."""
 
     @field_validator("name")
     @classmethod

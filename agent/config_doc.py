@@ -44,6 +44,41 @@ def _default(field: Any) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _table(annotation: Any) -> tuple[type[BaseModel], bool] | None:
+    """The model of a field that is a table (``(model, False)``) or an array of tables (``True``)."""
+    if get_origin(annotation) is tuple:
+        args = get_args(annotation)
+        if args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return args[0], True
+        return None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    return None
+
+
+def _section(lines: list[str], level: str, title: str, model: type[BaseModel], description: str | None,
+             path: str) -> None:
+    """One table's rows; its sub-tables (``[[camera]]``'s ``results.tracker``, ...) follow it."""
+    lines += [f"{level} {title}", ""]
+    if description:
+        lines += [" ".join(description.split()).replace("``", "`"), ""]
+    lines += ["| key | default | meaning |", "|---|---|---|"]
+    tables: list[tuple[str, type[BaseModel], bool, str | None]] = []
+    for key, field in model.model_fields.items():
+        text = " ".join((field.description or "").split()).replace("|", "\\|").replace("``", "`")
+        if key == "device_id":
+            text = "the hostname when unset. " + text
+        table = _table(field.annotation)
+        default = _default(field) if table is None or table[1] else "(table below)"
+        lines.append(f"| `{key}` | {default} | {text} |")
+        if table is not None:
+            tables.append((key, table[0], table[1], field.description))
+    lines.append("")
+    for key, sub, array, about in tables:
+        name = f"{path}.{key}"
+        _section(lines, "###", f"[[{name}]]" if array else f"[{name}]", sub, about, name)
+
+
 def render_markdown() -> str:
     lines = [HEADER]
     for name, section_field in AgentConfig.model_fields.items():
@@ -51,16 +86,7 @@ def render_markdown() -> str:
         title = f"[{name}]"
         if get_origin(model) is tuple:  # an array of tables: [[camera]]
             model, title = get_args(model)[0], f"[[{name}]]"
-        lines += [f"## {title}", ""]
-        if section_field.description:
-            lines += [" ".join(section_field.description.split()).replace("``", "`"), ""]
-        lines += ["| key | default | meaning |", "|---|---|---|"]
-        for key, field in model.model_fields.items():
-            text = " ".join((field.description or "").split()).replace("|", "\\|").replace("``", "`")
-            if key == "device_id":
-                text = "the hostname when unset. " + text
-            lines.append(f"| `{key}` | {_default(field)} | {text} |")
-        lines.append("")
+        _section(lines, "##", title, model, section_field.description, name)
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from . import __version__
 from .commands import CommandJournal, CommandRouter, Outcome
-from .config import AgentConfig, CameraSection
+from .config import AgentConfig, CameraSection, ResultsSettings
 from .handlers import CommandHandlers
 from .log import bind_context
 from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
@@ -38,6 +38,7 @@ from .mqtt.schema import CamerasPayload, CommandError, StatusPayload
 from .mqtt.session import MqttSession
 from .mqtt.settings import SessionConfigError, check_certificate_identity
 from .mqtt.topics import Topics
+from .results import ResultsPublisher
 from .runtime.base import EngineError
 from .runtime.slot import EngineSlot, Serving
 from .signals import Signals
@@ -116,6 +117,8 @@ class Agent:
         self.sampler = health.ProcessSampler()
         self.signals = Signals(config, self.telemetry, self.event)
         self.pipeline.observers.append(self.signals.observer)
+        self.results = ResultsPublisher(self.telemetry, self.topics, self._results_settings, config.agent.state_dir)
+        self.pipeline.observers.append(self.results.observe)
         self.started_at = time.time()
         try:
             runtime = select_runtime(config.model.runtime)
@@ -162,6 +165,11 @@ class Agent:
         if saved is not None:
             log.info("cameras_from_state", path=str(self.cameras_file), cameras=[c.name for c in saved])
         return self.config.cameras if saved is None else saved
+
+    def _results_settings(self, camera: str) -> ResultsSettings | None:
+        """A camera's ``results`` table as the set runs it now (None: the camera is gone)."""
+        config = self.cameras.config(camera)
+        return None if config is None else config.results
 
     def cameras_changed(self) -> None:
         """Keep the set a command left (atomically: a kill leaves the old file or the new)."""
@@ -344,6 +352,7 @@ class Agent:
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
+                tasks.create_task(self._guarded("results", self.results.run), name="results")
                 for period, action in self.signals.timers():
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
@@ -454,6 +463,7 @@ class Agent:
             "outbox_state": self.outbox.state,
             "frames_processed": self.pipeline.counters.frames_processed,
             "task_failures": dict(self.task_failures),
+            "results": self.results.health(),
         }
 
     async def publish_health(self) -> None:
@@ -512,6 +522,10 @@ class Agent:
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
         await asyncio.to_thread(self.cameras.stop, bound / 4)
+        try:  # what the last frames saw (events above all) goes into the outbox before the flush
+            await asyncio.wait_for(self.results.close(), timeout=bound / 4)
+        except asyncio.TimeoutError:
+            log.warning("results_flush_timed_out", timeout_s=bound / 4)
         assert self.session is not None
         try:
             await asyncio.wait_for(

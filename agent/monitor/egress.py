@@ -63,6 +63,9 @@ BASE64 = re.compile(r"[A-Za-z0-9+/=_-]+")
 BITS_HEX, BITS_BASE64 = 4, 6
 """Information per character of each alphabet: a sha256 in hex is 64 characters, 256 bits."""
 MARKER = "[redacted: {reason}]"
+RECORD_TOPICS = ("results/",)
+"""Topics whose lists of objects (a frame's boxes) are bounded per object, not as one array: a frame
+may hold hundreds of boxes; an image among them is still caught by the numbers bound (MAX_NUMBERS)."""
 
 
 class EgressBlocked(Exception):
@@ -86,11 +89,20 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def _arrays(value: Any) -> Iterator[int]:
-    """The number of leaves of every outermost list (an image as nested lists is one array)."""
+def _records(value: Any) -> bool:
+    """A non-empty list of objects: a results payload's boxes, each bounded on its own."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) for item in value)
+
+
+def _arrays(value: Any, records: bool = False) -> Iterator[int]:
+    """The number of leaves of every outermost list (an image as nested lists is one array);
+    with ``records``, a list of objects counts per object."""
     if isinstance(value, dict):
         for item in value.values():
-            yield from _arrays(item)
+            yield from _arrays(item, records)
+    elif records and _records(value):
+        for item in value:
+            yield from _arrays(item, records)
     elif isinstance(value, list):
         yield _leaves(value)
 
@@ -197,7 +209,7 @@ class EgressGuard:
         except (UnicodeDecodeError, json.JSONDecodeError):
             return payload
         found: list[str] = []
-        cleaned = self._redact_value(document, found)
+        cleaned = self._redact_value(document, found, suffix.startswith(RECORD_TOPICS))
         while _numbers(cleaned) > MAX_NUMBERS and self._redact_largest_array(cleaned, found):
             pass
         encoded = json.dumps(cleaned, separators=(",", ":"), ensure_ascii=False).encode()
@@ -217,7 +229,7 @@ class EgressGuard:
         log.warning("egress_redacted", topic=suffix, reasons=sorted(set(found)), values=len(found))
         return encoded
 
-    def _redact_value(self, value: Any, found: list[str]) -> Any:
+    def _redact_value(self, value: Any, found: list[str], records: bool = False) -> Any:
         if isinstance(value, str):
             reason = self._string_reason(value)
             if reason is not None:
@@ -225,10 +237,10 @@ class EgressGuard:
                 return MARKER.format(reason=reason)
             return value
         if isinstance(value, list):
-            if _leaves(value) > self.max_array_items:
+            if not (records and _records(value)) and _leaves(value) > self.max_array_items:
                 found.append("array")
                 return MARKER.format(reason="array")
-            return [self._redact_value(item, found) for item in value]
+            return [self._redact_value(item, found, records) for item in value]
         if isinstance(value, dict):
             cleaned: dict[str, Any] = {}
             for key, item in value.items():
@@ -236,7 +248,7 @@ class EgressGuard:
                 if reason is not None:
                     found.append(reason)
                     key = MARKER.format(reason=f"{reason} {len(cleaned)}")
-                cleaned[key] = self._redact_value(item, found)
+                cleaned[key] = self._redact_value(item, found, records)
             return cleaned
         return value
 
@@ -262,6 +274,8 @@ class EgressGuard:
 
     def _inspect(self, suffix: str, payload: bytes) -> None:
         model = self.models.get(suffix)
+        if model is None and "/" in suffix:  # results/<camera>, counts/<camera>: registered as results/+
+            model = self.models.get(suffix.rsplit("/", 1)[0] + "/+")
         if model is None:
             raise EgressBlocked(suffix, "unknown_topic", "no telemetry schema for this topic")
         if not isinstance(payload, (bytes, bytearray)):
@@ -279,7 +293,7 @@ class EgressGuard:
             reason = self._string_reason(text)
             if reason is not None:
                 raise EgressBlocked(suffix, reason, f"a string of {len(text)} characters")
-        longest = max(_arrays(document), default=0)
+        longest = max(_arrays(document, suffix.startswith(RECORD_TOPICS)), default=0)
         if longest > self.max_array_items:
             raise EgressBlocked(suffix, "array", f"an array of {longest} values, "
                                 f"at most {self.max_array_items}")

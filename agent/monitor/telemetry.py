@@ -27,6 +27,7 @@ from ..mqtt.schema import (
     ModelPayload,
     ModelRef,
     ReplyPayload,
+    ResultsHealth,
     Sequencer,
     StageLatency,
     StatusPayload,
@@ -108,6 +109,8 @@ class Telemetry:
         fields["broker"] = BrokerHealth(**fields["broker"])
         if fields.get("model") is not None:
             fields["model"] = ModelBrief(**fields["model"])
+        if fields.get("results") is not None:
+            fields["results"] = ResultsHealth(**fields["results"])
         return HealthPayload(**self.envelope("telemetry/health"), **fields)
 
     def deployment(self, **fields: Any) -> DeploymentPayload:
@@ -155,6 +158,11 @@ class Telemetry:
         else:
             data = self._redacted(topic, data)
         await self._session.publish(topic, data, qos=QOS_TELEMETRY, retain=False)
+
+    async def publish_live(self, topic: str, payload: BaseModel, qos: int = 0) -> bool:
+        """A camera's results: sent now or not at all (never queued), through the egress guard's
+        redaction as events are; False when the broker is away, for the caller to count."""
+        return bool(await self._session.publish_now(topic, self._redacted(topic, self.encode(payload)), qos=qos))
 
     def signal(self, model: type[Envelope], suffix: str, snapshot: dict[str, Any]) -> Envelope:
         """A drift, bias or leak payload around a monitor's snapshot."""

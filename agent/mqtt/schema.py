@@ -50,6 +50,7 @@ __all__ = [
     "PingCommand",
     "ProbationSpec",
     "ReplyPayload",
+    "ResultsHealth",
     "RollbackCommand",
     "Sequencer",
     "StageLatency",
@@ -227,6 +228,19 @@ class CameraStatus(_Wire):
     errors: int = Field(ge=0, description="frames of this camera that failed to infer")
 
 
+class ResultsHealth(_Wire):
+    """What the cameras' results became since start (every camera together; docs/results.md)."""
+
+    published: int = Field(ge=0, description="results messages sent")
+    dropped_offline: int = Field(ge=0, description="results not sent: the broker was away (QoS 0, never queued)")
+    held: int = Field(ge=0, description="frames the rate kept back (by design, not a loss)")
+    events: int = Field(ge=0, description="object, zone and line events handed to the outbox")
+    counts: int = Field(ge=0, description="retained counts published (on a change)")
+    handoff_dropped: int = Field(ge=0, description="frames' outcomes the frame thread could not hand to the "
+                                 "publisher (its queue was full): their results and events are lost")
+    failures: int = Field(ge=0, description="frames whose results failed (logged; inference goes on)")
+
+
 class HealthPayload(Envelope):
     uptime_s: float = Field(ge=0)
     camera: CameraHealth = Field(description="the first camera (kept for readers of one camera); see cameras")
@@ -255,6 +269,7 @@ class HealthPayload(Envelope):
         description="failures caught at the boundary of each of the agent's tasks, since start",
     )
     cameras: list[CameraStatus] = Field(default_factory=list, description="every configured camera")
+    results: ResultsHealth | None = Field(default=None, description="the cameras' results, events and counts")
 
 
 class StageLatency(_Wire):
@@ -547,6 +562,8 @@ def decode_payload(model: type[M], data: bytes) -> M:
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema of every payload by topic suffix: ``status``, ..., ``cmd/deploy``."""
+    from .. import results  # noqa: F401  (its payloads register themselves: results/+, counts/+)
+
     schemas = {suffix: model.model_json_schema(by_alias=True) for suffix, model in PAYLOADS.items()}
     for name, command in COMMANDS.items():
         schemas[f"cmd/{name}"] = command.model_json_schema(by_alias=True)

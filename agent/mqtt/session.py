@@ -56,6 +56,8 @@ SEND_BATCH = 50
 """Outbox messages in flight at once (QoS 1 messages awaiting PUBACK)."""
 STOP_FLUSH_TIMEOUT_S = 5.0
 """How long a clean stop waits for queued messages to be acknowledged."""
+LIVE_PUBLISH_TIMEOUT_S = 1.0
+"""``publish_now`` at QoS 1 waits this long for PUBACK: a live message late by more is dropped."""
 MAX_ERROR_CHAIN = 3
 COMMAND_QOS = 1
 WILL_QOS = 1
@@ -151,6 +153,8 @@ class MqttSession:
         self._stop_requested = asyncio.Event()
         self._finished = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
+        self._live: aiomqtt.Client | None = None
+        """The connected client, for ``publish_now``; None while not connected."""
 
     # --- what callers use ------------------------------------------------------------------
 
@@ -191,6 +195,19 @@ class MqttSession:
                 self._overflowing = True
                 log.warning("mqtt_outbox_overflow", depth=self._outbox.depth, dropped=dropped + 1)
         self._wake.set()
+
+    async def publish_now(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        """Send a message that is worth nothing late (a camera's results) at once, never queued:
+        False when the broker is away (or the send failed), for the caller to count as dropped.
+        Call from the event loop's thread."""
+        client = self._live
+        if client is None or self._state is not SessionState.CONNECTED:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, timeout=LIVE_PUBLISH_TIMEOUT_S)
+        except (aiomqtt.MqttError, OSError, ValueError):  # the connection is going: the reader sees it
+            return False
+        return True
 
     async def run(self) -> None:
         """Connect, serve and reconnect until ``stop()``; then the state is STOPPED."""
@@ -263,7 +280,11 @@ class MqttSession:
                     return False
                 backoff.reset()
                 await self._connected(client)
-                await self._serve(client)
+                self._live = client
+                try:
+                    await self._serve(client)
+                finally:
+                    self._live = None
         except MqttConnectError as exc:
             self._last_error = f"refused by broker: {exc}"
             self._set_state(SessionState.REFUSED)

@@ -103,6 +103,14 @@ class Topics:
         """Retained: the cameras the device runs (docs/cameras.md)."""
         return f"{self.base}/cameras"
 
+    def results(self, camera: str) -> str:
+        """One camera's results stream (QoS 0 by default, not queued; docs/results.md)."""
+        return f"{self.base}/results/{check_segment(camera, 'camera name')}"
+
+    def counts(self, camera: str) -> str:
+        """Retained: objects per zone and label of one camera."""
+        return f"{self.base}/counts/{check_segment(camera, 'camera name')}"
+
     def telemetry(self, kind: str) -> str:
         return f"{self.base}/telemetry/{check_segment(kind, 'telemetry kind')}"
 

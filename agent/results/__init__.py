@@ -6,6 +6,14 @@ This ``__init__`` is the package's door: other packages import only what ``__all
 
 from __future__ import annotations
 
+from ..config_results import (
+    LineSettings,
+    RateSettings,
+    ResultsSettings,
+    SnapshotSettings,
+    TrackerSettings,
+    ZoneSettings,
+)
 from .camera import CameraResults, FrameOutcome
 from .payloads import (
     BoxItem,
@@ -21,22 +29,16 @@ from .payloads import (
     event_payload,
     results_payload,
 )
+from .publisher import HANDOFF_QUEUE, Outcome, ResultsPublisher
 from .rate import RateLimiter
 from .recognize import CtcDecoder, Reading, SecondStage, batch_crops, crop_quad
-from .settings import (
-    LineSettings,
-    RateSettings,
-    ResultsSettings,
-    SnapshotSettings,
-    TrackerSettings,
-    ZoneSettings,
-)
 from .snapshots import FolderSink, Snapshots, encode_jpeg, render
 from .tracker import TrackedObject, Tracker
 from .zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, inside
 
 __all__ = [
     "EVENT_KINDS",
+    "HANDOFF_QUEUE",
     "BoxItem",
     "CameraResults",
     "ClassItem",
@@ -49,11 +51,13 @@ __all__ = [
     "FrameOutcome",
     "LineSettings",
     "ObjectEventData",
+    "Outcome",
     "RateLimiter",
     "RateSettings",
     "Reading",
     "ResultEvent",
     "ResultsPayload",
+    "ResultsPublisher",
     "ResultsSettings",
     "Scene",
     "SecondStage",

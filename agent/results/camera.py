@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config_results import ResultsSettings
 from ..vision.heads import Detection
 from .rate import RateLimiter
-from .settings import ResultsSettings
 from .snapshots import FolderSink, Snapshots
 from .tracker import TrackedObject, Tracker
 from .zones import ResultEvent, Scene

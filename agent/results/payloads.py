@@ -2,8 +2,8 @@
 
 Built as agent/mqtt/schema.py builds its payloads (``extra="forbid"``, frozen, strict,
 no NaN, the ``Envelope`` of schema version, device id, device timestamp and per-topic
-sequence number), not yet registered there: a later merge adds them to ``PAYLOADS``
-under ``results/<camera>`` and ``counts/<camera>``. Object events travel on the
+sequence number), and registered in its ``PAYLOADS`` as ``results/+`` and ``counts/+``
+(one model for every camera's topic) for ``edge-agent schema`` and the egress guard. Object events travel on the
 events topic as the existing ``EventPayload`` (kind, severity, message) whose ``data``
 is an ``ObjectEventData``, so that topic keeps one schema.
 
@@ -19,13 +19,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..mqtt.schema import MAX_TEXT_LENGTH, Envelope, EventPayload, ModelRef, clip_text
+from ..mqtt.schema import MAX_TEXT_LENGTH, Envelope, EventPayload, ModelRef, clip_text, register_payload
 from ..vision.heads import Classification, Detection, Prediction
 from .recognize import Reading
 from .tracker import TrackedObject
 from .zones import ResultEvent
 
 __all__ = [
+    "COUNTS_SUFFIX",
+    "RESULTS_SUFFIX",
     "BoxItem",
     "ClassItem",
     "ClassifyResult",
@@ -215,3 +217,11 @@ def counts_payload(*, device_id: str, seq: int, ts: float, camera: str, frame_id
     """A camera's counts (``Scene.counts()``) for the retained counts topic."""
     return CountsPayload(device_id=device_id, seq=seq, ts=ts, camera=camera, frame_id=frame_id,
                          capture_ts=capture_ts, zones=counts)
+
+
+RESULTS_SUFFIX = "results/+"
+"""``PAYLOADS`` key of every ``results/<camera>`` topic."""
+COUNTS_SUFFIX = "counts/+"
+"""``PAYLOADS`` key of every retained ``counts/<camera>`` topic."""
+register_payload(RESULTS_SUFFIX, ResultsPayload)
+register_payload(COUNTS_SUFFIX, CountsPayload)

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .settings import SnapshotSettings
+from ..config_results import SnapshotSettings
 from .tracker import TrackedObject
 from .zones import ResultEvent
 

@@ -20,8 +20,8 @@ import numpy as np
 from norfair.tracker import Detection as NorfairDetection
 from norfair.tracker import Tracker as NorfairTracker
 
+from ..config_results import TrackerSettings
 from ..vision.heads import Detection
-from .settings import TrackerSettings
 
 __all__ = ["TrackedObject", "Tracker"]
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .settings import LineSettings, ResultsSettings, ZoneSettings
+from ..config_results import LineSettings, ResultsSettings, ZoneSettings
 from .tracker import TrackedObject
 
 __all__ = ["EVENT_KINDS", "EventKind", "ResultEvent", "Scene", "crossing_side", "inside"]

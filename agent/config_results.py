@@ -1,9 +1,10 @@
 """A camera's results settings: tracker, zones, lines, results rate, snapshots.
 
 Pydantic, ``extra="forbid"``, frozen, each key with its default written once and a
-docstring. ``ResultsSettings`` is the one object a camera's config will hold (a later
-merge moves it into the camera section of agent/config.py); the logic of this package
-takes these sections as its parameters.
+docstring. ``ResultsSettings`` is the ``results`` sub-table of each ``[[camera]]``
+(agent.config.CameraSection); it lives beside agent/config.py, not in agent.results,
+so that reading a config imports no tracker, OpenCV or ONNX. agent.results re-exports
+it and its logic takes these sections as its parameters.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ class LineSettings(_Settings):
     name: str
     """Names the line in events."""
     start: Point
+    """One end, in frame pixels."""
     end: Point
+    """The other end; ``in`` is from the left of ``start -> end`` to its right."""
     labels: tuple[str, ...] = ()
     """Only objects with these labels are counted crossing; empty: every label."""
 
@@ -123,6 +126,7 @@ class SnapshotSettings(_Settings):
     """A JPEG of an event's best frame, kept in a local folder. Off by default."""
 
     enabled: bool = False
+    """Pictures are written for the ``events`` below (local folder only, so far)."""
     events: tuple[Literal["object_entered", "object_left", "zone_entered", "zone_left", "line_crossed"], ...] = (
         "object_left",
     )
@@ -151,11 +155,23 @@ class SnapshotSettings(_Settings):
 class ResultsSettings(_Settings):
     """Everything a camera does with its predictions."""
 
+    enabled: bool = True
+    """Track, publish results, events and counts for this camera; false: its frames are
+    inferred (and monitored) as before, and nothing of this table runs."""
+    qos: Literal[0, 1] = 0
+    """MQTT QoS of ``results/<camera>``. Results are never queued while the broker is away
+    (a stale frame is worth nothing and would crowd the outbox): they are counted as dropped.
+    Events always go through the outbox at QoS 1, counts are retained at QoS 1."""
     tracker: TrackerSettings = TrackerSettings()
+    """Track ids across frames."""
     zones: tuple[ZoneSettings, ...] = Field(default=(), max_length=MAX_ZONES)
+    """Polygons: ``zone_entered``/``zone_left`` events and retained counts per label."""
     lines: tuple[LineSettings, ...] = Field(default=(), max_length=MAX_ZONES)
+    """Segments: ``line_crossed`` events with a direction."""
     rate: RateSettings = RateSettings()
+    """How often ``results/<camera>`` is published."""
     snapshots: SnapshotSettings = SnapshotSettings()
+    """A picture of an event's best frame (off by default)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> ResultsSettings:

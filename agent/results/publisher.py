@@ -1,0 +1,226 @@
+"""The cameras' results in the running agent: an observer on the frame loop, a publisher on the asyncio loop.
+
+The frame worker calls ``observe(result)`` for every inferred frame, behind the pipeline's
+observer boundary. It runs the camera's ``CameraResults.on_frame`` with the head's
+detections (tracker, zones and lines, snapshots, rate) and hands what is to go out to the
+asyncio loop through a bounded queue, so the frame thread never waits on MQTT; when the
+queue is full the outcome is dropped and counted (``handoff_dropped``). ``run()`` (a task of
+the daemon) builds the payloads and publishes them:
+
+- ``results/<camera>`` at once, never queued (QoS 0 by default): counted as
+  ``dropped_offline`` while the broker is away;
+- each event on ``events`` through the outbox (QoS 1, the topic's sequence numbers, kept
+  across broker outages and restarts), as every other event of the agent;
+- ``counts/<camera>`` retained, when they change (re-sent on every reconnect).
+
+All three pass the egress guard's redaction (a value that may not leave is replaced, the
+message is never dropped), as replies and events do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..config_results import ResultsSettings
+from ..monitor.features import FailureCount
+from ..monitor.telemetry import Telemetry
+from ..mqtt.schema import ModelRef
+from ..mqtt.topics import Topics
+from ..vision.heads import Detection, Prediction
+from ..vision.pipeline import FrameResult
+from .camera import CameraResults
+from .payloads import counts_payload, event_payload, results_payload
+from .tracker import TrackedObject
+from .zones import ResultEvent
+
+__all__ = ["HANDOFF_QUEUE", "ResultsPublisher"]
+
+log = structlog.get_logger(__name__)
+
+HANDOFF_QUEUE = 512
+"""Outcomes waiting for the asyncio loop at most: 100 s of one camera at the default 5 results a
+second, 10 s of ten. A loop that far behind is stuck; newer outcomes are dropped and counted."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one frame of one camera has to publish (no image: the frame stays with the worker)."""
+
+    camera: str
+    frame_id: int
+    capture_ts: float
+    width: int
+    height: int
+    model: ModelRef
+    qos: int
+    prediction: Prediction | None
+    """None: the rate held this frame's results back."""
+    tracked: tuple[TrackedObject, ...]
+    events: tuple[tuple[ResultEvent, str | None], ...]
+    counts: dict[str, dict[str, int]] | None
+
+
+class ResultsPublisher:
+    """Per camera results of the frame loop, published from the asyncio loop.
+
+    ``settings_of(camera)`` gives a camera's current ``ResultsSettings`` (None: the camera
+    is gone); a camera whose settings changed (``cmd/cameras update``) starts its tracks,
+    zones and rate again.
+    """
+
+    def __init__(self, telemetry: Telemetry, topics: Topics,
+                 settings_of: Callable[[str], ResultsSettings | None], state_dir: Path,
+                 queue_size: int = HANDOFF_QUEUE) -> None:
+        self.telemetry = telemetry
+        self.topics = topics
+        self.settings_of = settings_of
+        self.state_dir = state_dir
+        self.queue_size = queue_size
+        self._cameras: dict[str, CameraResults] = {}
+        self._queue: deque[Outcome] = deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._overflowing = False
+        self._closing = False
+        self._done = asyncio.Event()
+        self.failures = FailureCount("results_failed")
+        """Frames (frame thread) and outcomes (asyncio loop) whose results failed: counted, logged sparsely."""
+        self.published = 0
+        self.dropped_offline = 0
+        self.held = 0
+        self.events = 0
+        self.counts = 0
+        self.handoff_dropped = 0
+
+    # ----- the frame thread ---------------------------------------------------------------
+    def observe(self, result: FrameResult) -> None:
+        """The pipeline observer: never raises (a failure is counted), never waits on I/O."""
+        try:
+            self._observe(result)
+        except Exception as exc:  # results must never stop inference
+            self.failures.failed(result.camera, exc)
+
+    def _observe(self, result: FrameResult) -> None:
+        prediction = result.prediction
+        if prediction is None:  # a failed or non-finite frame: nothing was seen
+            return
+        camera = self._camera(result.camera)
+        if camera is None:
+            return
+        frame = result.frame
+        detections = tuple(d for d in prediction.items if isinstance(d, Detection))
+        outcome = camera.on_frame(frame.image, frame.index, frame.wall_time, frame.captured_at, detections)
+        if not outcome.publish:
+            self.held += 1
+            if not outcome.events and outcome.counts is None:
+                return
+        height, width = frame.image.shape[:2]
+        self._hand_over(Outcome(
+            camera=result.camera, frame_id=frame.index, capture_ts=frame.wall_time, width=width, height=height,
+            model=ModelRef(name=result.model, version=result.version), qos=camera.settings.qos,
+            prediction=prediction if outcome.publish else None, tracked=outcome.tracked,
+            events=outcome.events, counts=outcome.counts,
+        ))
+
+    def _camera(self, name: str) -> CameraResults | None:
+        settings = self.settings_of(name)
+        if settings is None or not settings.enabled:
+            self._cameras.pop(name, None)
+            return None
+        camera = self._cameras.get(name)
+        if camera is None or (camera.settings is not settings and camera.settings != settings):
+            camera = self._cameras[name] = CameraResults(name, settings, self.state_dir)
+            log.info("results_camera_started", camera=name, zones=[z.name for z in settings.zones],
+                     lines=[line.name for line in settings.lines], rate=settings.rate.mode)
+        return camera
+
+    def _hand_over(self, outcome: Outcome) -> None:
+        with self._lock:
+            if len(self._queue) >= self.queue_size:
+                self.handoff_dropped += 1
+                if not self._overflowing:
+                    self._overflowing = True
+                    log.warning("results_handoff_full", queued=len(self._queue), camera=outcome.camera,
+                                events_lost=len(outcome.events))
+                return
+            was_empty = not self._queue
+            self._queue.append(outcome)
+            loop = self._loop
+        if was_empty and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is stopping
+                loop.call_soon_threadsafe(self._wake.set)
+
+    # ----- the asyncio loop ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Publish what the frame thread hands over, in order, until ``close()``."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._wake.clear()
+                with self._lock:
+                    batch = list(self._queue)
+                    self._queue.clear()
+                    self._overflowing = False
+                if not batch:
+                    if self._closing:
+                        return
+                    await self._wake.wait()
+                    continue
+                for outcome in batch:
+                    try:
+                        await self.publish(outcome)
+                    except Exception as exc:  # one bad outcome must not stop the others
+                        self.failures.failed(outcome.camera, exc)
+        finally:
+            self._done.set()
+
+    async def close(self) -> None:
+        """Once the frame worker has stopped: publish what is still queued, then let ``run()`` end."""
+        self._closing = True
+        self._wake.set()
+        await self._done.wait()
+
+    async def publish(self, outcome: Outcome) -> None:
+        """Events first (in their order), then the counts they changed, then the frame's results."""
+        telemetry, camera = self.telemetry, outcome.camera
+        for event, snapshot in outcome.events:
+            envelope = telemetry.envelope("events")
+            await telemetry.publish(self.topics.events, event_payload(
+                device_id=envelope["device_id"], seq=envelope["seq"], ts=envelope["ts"], camera=camera,
+                event=event, snapshot=snapshot))
+            self.events += 1
+        if outcome.counts is not None:
+            topic = self.topics.counts(camera)
+            envelope = telemetry.envelope(topic.removeprefix(self.topics.base + "/"))
+            await telemetry.publish_state(topic, counts_payload(
+                device_id=envelope["device_id"], seq=envelope["seq"], ts=envelope["ts"], camera=camera,
+                frame_id=outcome.frame_id, capture_ts=outcome.capture_ts, counts=outcome.counts))
+            self.counts += 1
+        if outcome.prediction is not None:
+            topic = self.topics.results(camera)
+            envelope = telemetry.envelope(topic.removeprefix(self.topics.base + "/"))
+            payload = results_payload(
+                device_id=envelope["device_id"], seq=envelope["seq"], ts=envelope["ts"], camera=camera,
+                frame_id=outcome.frame_id, capture_ts=outcome.capture_ts, width=outcome.width,
+                height=outcome.height, model=outcome.model, prediction=outcome.prediction,
+                tracked=outcome.tracked)
+            if await telemetry.publish_live(topic, payload, outcome.qos):
+                self.published += 1
+            else:
+                self.dropped_offline += 1
+
+    def health(self) -> dict[str, Any]:
+        """``telemetry/health``'s ``results``."""
+        return {"published": self.published, "dropped_offline": self.dropped_offline, "held": self.held,
+                "events": self.events, "counts": self.counts, "handoff_dropped": self.handoff_dropped,
+                "failures": self.failures.count}
