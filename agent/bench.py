@@ -118,7 +118,7 @@ def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> N
 
     installed = store.current("text-det")
     capture = cv2.VideoCapture(str(demo / "video.mp4"))
-    ok, image = capture.read()
+    _, image = capture.read()
     capture.release()
     engine = OnnxRuntimeEngine.load(installed.model_path, threads=THREADS)
     tensor, _ = Preprocessor(installed.manifest.preprocess, engine.inputs[0]).prep(image)
@@ -232,8 +232,9 @@ def bench_swaps(demo: Path, swaps: int) -> None:
     times = np.array(gaps.times)
     deltas = np.diff(times)
     versions = gaps.versions
-    medians = {v: float(np.median([d for d, ver in zip(deltas, versions[1:]) if ver == v])) for v in set(versions)}
-    skipped = int(sum(b - a - 1 for a, b in zip(gaps.indices, gaps.indices[1:]) if b > a + 1))
+    medians = {v: float(np.median([d for d, ver in zip(deltas, versions[1:], strict=False) if ver == v]))
+               for v in set(versions)}
+    skipped = int(sum(b - a - 1 for a, b in zip(gaps.indices, gaps.indices[1:], strict=False) if b > a + 1))
     worst_switch, worst_window = 0.0, 0.0
     for k in range(1, len(versions)):
         if versions[k] != versions[k - 1]:
@@ -252,7 +253,8 @@ def bench_swaps(demo: Path, swaps: int) -> None:
     if rss:
         _say(f"RSS after first swap {rss[0] / 1e6:.1f} MB, after {len(rss)} swaps {rss[-1] / 1e6:.1f} MB, "
              f"growth {(rss[-1] - rss[0]) / 1e6:.1f} MB (goal < 10 MB); "
-             f"Theil-Sen slope over the last half {_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
+             "Theil-Sen slope over the last half "
+             f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,8 @@ def test_agent_comes_online_reports_telemetry_is_ready_and_stops_offline(tmp_pat
     assert offline.payload
     events = [json.loads(line) for line in agent.log().splitlines() if line.startswith("{")]
     assert events, "logs are JSON lines when stderr is not a TTY"
-    assert all("event" in e and e.get("device_id") == "dev1" for e in events if e.get("logger", "").startswith("agent.daemon"))
+    assert all("event" in e and e.get("device_id") == "dev1"
+               for e in events if e.get("logger", "").startswith("agent.daemon"))
     notify.close()
 
 

@@ -72,7 +72,8 @@ def _still_serving(rig, version: str) -> None:
     model = json.loads(probe.snapshot(f"edge/{DEVICE}/model")[-1].payload)
     assert model["version"] == version
     count = _frames(rig)
-    probe.wait_for(lambda m: m.topic.endswith("telemetry/latency") and json.loads(m.payload)["frames_processed"] > count,
+    probe.wait_for(lambda m: m.topic.endswith("telemetry/latency")
+                   and json.loads(m.payload)["frames_processed"] > count,
                    what="frames still rising")
     latest = json.loads(probe.snapshot(f"edge/{DEVICE}/telemetry/latency")[-1].payload)
     assert latest["frames_dropped"] == 0
@@ -109,7 +110,8 @@ def test_artifact_failures_reply_with_the_step_and_keep_the_old_model(rig, demo_
         ({"url": server.url(f"truncated/{bundle.name}"), "sha256": sha256(bundle), "format": "bundle"}, "truncated"),
         ({"url": server.url(bundle.name), "sha256": "b" * 64, "format": "bundle"}, "hash_mismatch"),
         ({"url": server.url("junk.onnx"), "sha256": sha256(junk), "format": "onnx"}, "load_failed"),
-        ({"url": (demo_dir / "models" / "text-det-v6" / "model.onnx").as_uri(), "sha256": "0" * 64}, "scheme_not_allowed"),
+        ({"url": (demo_dir / "models" / "text-det-v6" / "model.onnx").as_uri(), "sha256": "0" * 64},
+         "scheme_not_allowed"),
     ]
     for i, (fields, code) in enumerate(cases):
         reply = _send(rig, "deploy", {"id": f"bad-{i}", "name": "text-det", "version": "v6", **fields})

@@ -15,8 +15,7 @@ from agent.monitor.bias import (
     brightness_band,
     time_of_day,
 )
-from agent.mqtt.signals import FeedbackCommand
-from agent.mqtt.signals import BiasPayload
+from agent.mqtt.signals import BiasPayload, FeedbackCommand
 from tests.monitor_support import (
     TEXT_DET,
     Classification,

@@ -6,9 +6,9 @@ import pytest
 
 from agent.monitor.drift import DriftMonitor, DriftThresholds
 from agent.monitor.features import summarize
-from agent.mqtt.signals import DriftPayload
 from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
 from agent.monitor.settings import MonitorSection
+from agent.mqtt.signals import DriftPayload
 from tests.monitor_support import (
     ORIENTATION,
     ORIENTATION_LABELS,

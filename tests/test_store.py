@@ -44,7 +44,7 @@ def test_tampered_source_is_refused(tmp_path, v4):
     manifest.write(folder / "manifest.json")
     with (folder / "model.onnx").open("ab") as handle:
         handle.write(b"x")
-    with pytest.raises(ManifestError, match="model.onnx: sha256"):
+    with pytest.raises(ManifestError, match=r"model\.onnx: sha256"):
         ModelStore(tmp_path / "engines").install(folder)
 
 

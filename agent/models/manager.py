@@ -14,6 +14,7 @@ bounds it swaps back by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -154,7 +155,8 @@ class DeploymentManager:
     async def deploy(self, req: DeployRequest) -> Serving:
         """Run one deployment to ``active``; raises DeployFailed (old model still serving)."""
         if self._lock.locked():
-            raise DeployFailed(Step.RECEIVED, "busy", "another deployment or rollback is in progress; retry when it ends")
+            raise DeployFailed(Step.RECEIVED, "busy",
+                               "another deployment or rollback is in progress; retry when it ends")
         async with self._lock:
             await self._cancel_probation(commit=True)
             await self._step(req, Step.RECEIVED, 0.0, url=redact_url(req.url))
@@ -302,7 +304,8 @@ class DeploymentManager:
         warm = float(np.median(timings[1:] if len(timings) > 1 else timings))
         if warm > self.settings.latency_budget_ms:
             raise DeployFailed(Step.VALIDATING, "over_latency_budget",
-                               f"warm inference takes {warm:.1f} ms, the budget is {self.settings.latency_budget_ms:.1f} ms")
+                               f"warm inference takes {warm:.1f} ms, "
+                               f"the budget is {self.settings.latency_budget_ms:.1f} ms")
         try:
             await self._in_loader(self._golden, new)
         except DeployFailed:
@@ -338,7 +341,8 @@ class DeploymentManager:
             head_output = manifest.head.output_name
             output = outputs[head_output] if head_output else next(iter(outputs.values()))
             if not np.isfinite(output).all():
-                raise DeployFailed(Step.VALIDATING, "non_finite_output", f"golden input {golden.input_file} gives NaN/inf")
+                raise DeployFailed(Step.VALIDATING, "non_finite_output",
+                                   f"golden input {golden.input_file} gives NaN/inf")
             if output.shape != expected.shape or not np.allclose(output, expected, rtol=golden.rtol, atol=golden.atol):
                 raise DeployFailed(Step.VALIDATING, "golden_mismatch",
                                    f"output for {golden.input_file} differs from {golden.output_file}")
@@ -385,10 +389,8 @@ class DeploymentManager:
         task, self._probation = self._probation, None
         if task is not None and not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
             if commit and self.current is not None and self.current.state == Step.ACTIVE:
                 self.current = replace(self.current, state=Step.COMMITTED, step=Step.COMMITTED,
                                        detail={"note": "committed early by a newer command"})

@@ -14,11 +14,9 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from ..mqtt.signals import MAX_FEEDBACK_ITEMS, FeedbackCommand, FeedbackItem
+from ..mqtt.signals import FeedbackCommand, FeedbackItem
 
 __all__ = [
     "FEEDBACK_SLICINGS",

@@ -216,8 +216,8 @@ class CameraStatus(_Wire):
     """One camera in ``telemetry/health``: its capture and what the engine made of it."""
 
     name: str
-    state: str = Field(description="starting, open, reconnecting, stalled, blocked, ended, stopped; disabled (configured, "
-                       "not opened); refused (this OpenCV can never open it)")
+    state: str = Field(description="starting, open, reconnecting, stalled, blocked, ended, stopped; "
+                       "disabled (configured, not opened); refused (this OpenCV can never open it)")
     reopens: int = Field(ge=0)
     last_error: str | None = None
     fps: float = Field(ge=0, description="capture rate")

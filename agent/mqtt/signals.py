@@ -9,9 +9,7 @@ the fields and their units.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,10 +18,10 @@ from .schema import CommandBase, Envelope, register_command, register_payload
 __all__ = [
     "MAX_FEEDBACK_ITEMS",
     "MONITOR_PAYLOADS",
-    "FeedbackItem",
     "BiasPayload",
     "DriftPayload",
     "FeedbackCommand",
+    "FeedbackItem",
     "LeakPayload",
 ]
 

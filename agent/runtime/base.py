@@ -30,7 +30,7 @@ class TensorSpec:
     def fits(self, array: np.ndarray) -> bool:
         if array.dtype != self.dtype or array.ndim != len(self.shape):
             return False
-        return all(want is None or want == got for want, got in zip(self.shape, array.shape))
+        return all(want is None or want == got for want, got in zip(self.shape, array.shape, strict=True))
 
 
 @runtime_checkable

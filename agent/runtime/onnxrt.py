@@ -112,7 +112,7 @@ class OnnxRuntimeEngine:
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(feeds))  # type: ignore[attr-defined]
-        return dict(zip(self._output_names, results))
+        return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         self._session = None
