@@ -56,6 +56,10 @@ BOUNDARY = "liveviewframe"
 """The multipart boundary of the MJPEG stream."""
 FRAME_WAIT_S = 5.0
 """A stream or snapshot waits this long for a camera's first frame before answering 503."""
+MAX_STREAMS = 8
+"""Streams served at once: a set-up page, not a video server; each stream is a thread (the JPEG is shared)."""
+CLIENT_TIMEOUT_S = 10.0
+"""A client that takes no bytes for this long is dropped, so a stalled viewer never holds a thread."""
 MAX_TOKEN_BYTES = 4096
 """A token file larger than this is not a token."""
 
@@ -126,6 +130,7 @@ class LiveView:
         """Frames whose drawing or encoding failed, and observer calls that raised: counted, logged sparsely."""
         self.encoded = 0
         self.clients = 0
+        self._clients_lock = threading.Lock()
 
     # ----- the frame thread ---------------------------------------------------------------
     def observe(self, result: FrameResult) -> None:
@@ -204,10 +209,27 @@ class LiveView:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-            log.info("live_view_stopped", encoded=self.encoded, failures=self.failures.count)
+            log.info("live_view_stopped", **self.health())
 
     def health(self) -> dict[str, Any]:
+        """The live view's counters (logged when it stops)."""
         return {"url": self.url, "clients": self.clients, "encoded": self.encoded, "failures": self.failures.count}
+
+    def watching(self, change: int) -> bool:
+        """Count a stream in (+1; False when ``MAX_STREAMS`` are served already) or out (-1)."""
+        with self._clients_lock:
+            if change > 0 and self.clients >= MAX_STREAMS:
+                return False
+            self.clients += change
+            return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def pause(self) -> None:
+        """Wait one frame period of the stream (less when the view stops)."""
+        self._stopping.wait(1.0 / self.settings.max_fps)
 
     def authorized(self, header: str | None, query: dict[str, list[str]]) -> bool:
         if self.token is None:
@@ -246,6 +268,7 @@ def _read_token(path: Path | None) -> str | None:
 def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-agent-live-view"
+        timeout = CLIENT_TIMEOUT_S
 
         def log_message(self, format: str, *args: Any) -> None:
             return  # the agent's log is structured; requests are not logged one by one
@@ -278,14 +301,16 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
             self._send(HTTPStatus.OK, "image/jpeg", encoded.jpeg)
 
         def _stream(self, camera: str) -> None:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            view.clients += 1
+            if not view.watching(+1):
+                self._plain(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_STREAMS} streams are served already")
+                return
             sent = -1
             try:
-                while not view._stopping.is_set():
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                while not view.stopping:
                     encoded = view.jpeg(camera)
                     if encoded is not None and encoded.frame_id != sent:
                         self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
@@ -293,11 +318,11 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(encoded.jpeg + b"\r\n")
                         self.wfile.flush()
                         sent = encoded.frame_id
-                    view._stopping.wait(1.0 / view.settings.max_fps)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client went away
+                    view.pause()
+            except OSError:
+                pass  # the client went away or stalled past CLIENT_TIMEOUT_S
             finally:
-                view.clients -= 1
+                view.watching(-1)
 
         def _plain(self, status: HTTPStatus, text: str) -> None:
             self._send(status, "text/plain; charset=utf-8", (text + "\n").encode())
