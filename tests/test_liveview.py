@@ -8,6 +8,7 @@ photos hardly hold, so counting magenta pixels finds the drawn boxes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from agent.liveview import BOUNDARY, BOX_COLOR
 from tests.agentproc import REPO, AgentProcess, agent_config
 from tests.faultkit import log_events
 from tests.mosquitto import poll
+from tests.tmux import Tmux
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +153,19 @@ def test_beyond_loopback_every_request_needs_the_token(tmp_path, demo_dir, mosqu
     finally:
         code = agent.terminate()
     assert code == 0, agent.log()[-3000:]
+
+
+def test_the_terminal_summary_names_the_live_view_url(tmp_path, demo_dir, mosquitto):
+    config = agent_config(tmp_path, demo_dir, mosquitto.url, live_view={"listen": "127.0.0.1:0"})
+    terminal = Tmux(width=200, height=50)
+    try:
+        terminal.run("agent", [sys.executable, "-m", "agent", "run", "--config", str(config)], REPO,
+                     tmp_path / "agent.rc", env={"PYTHONPATH": str(REPO)})
+        screen = terminal.wait_for("agent", "edge-agent is running (Ctrl-C stops it)", history=True, timeout=WAIT_S)
+        shown = re.search(r"live\s+(http://127\.0\.0\.1:\d+/)  \(each camera's stream", screen)
+        assert shown is not None, screen
+        assert snapshot(shown.group(1)).shape[:2] == FRAME_SIZE
+        terminal.keys("agent", "C-c")
+        poll(lambda: (tmp_path / "agent.rc").exists(), WAIT_S, "the agent's exit")
+    finally:
+        terminal.close()
