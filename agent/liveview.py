@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import cv2
 import numpy as np
@@ -279,7 +279,7 @@ def _handler(view: LiveView) -> type[BaseHTTPRequestHandler]:
             if not view.authorized(self.headers.get("Authorization"), query):
                 self._plain(HTTPStatus.UNAUTHORIZED, "a bearer token is required (Authorization or ?token=)")
                 return
-            parts = url.path.strip("/").split("/")
+            parts = [unquote(part) for part in url.path.strip("/").split("/")]
             if url.path == "/":
                 token = query["token"][0] if query.get("token") else None
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", view.page(token).encode())
