@@ -52,6 +52,16 @@ def camera_rows(agent: Agent) -> list[tuple[str, str]]:
     return rows or [("camera", "none enabled (add one: edge-agent cameras add --config ...)")]
 
 
+def live_view_text(agent: Agent) -> str:
+    """The live view's page (``[live_view]``), or why there is none."""
+    url = agent.live_view.url if agent.live_view is not None else None
+    if url is not None:
+        return f"{url}  (each camera's stream, with boxes, zones and lines)"
+    if agent.config.live_view.enabled:
+        return f"not listening on {agent.config.live_view.listen} (live_view_not_listening in the log)"
+    return "off ([live_view] enabled = false)"
+
+
 def summary_rows(agent: Agent, config_path: Path, command: str) -> list[tuple[str, str]]:
     """``(label, text)`` lines of the summary."""
     config = agent.config
@@ -64,6 +74,7 @@ def summary_rows(agent: Agent, config_path: Path, command: str) -> list[tuple[st
         *camera_rows(agent),
         ("model", f"{serving.name} {serving.version}  ({serving.runtime})" if serving else "none"),
         ("broker", broker),
+        ("live", live_view_text(agent)),
         ("watch", f"{command} top --config {config_path}"),
         ("ask", f"{command} status --config {config_path}"),
     ]

@@ -22,6 +22,7 @@ from . import __version__
 from .commands import CommandJournal, CommandRouter, Outcome
 from .config import AgentConfig, CameraSection, ResultsSettings
 from .handlers import CommandHandlers
+from .liveview import LiveView, LiveViewError
 from .log import bind_context
 from .models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
 from .models.fetch import load_public_key
@@ -119,6 +120,14 @@ class Agent:
         self.pipeline.observers.append(self.signals.observer)
         self.results = ResultsPublisher(self.telemetry, self.topics, self._results_settings, config.agent.state_dir)
         self.pipeline.observers.append(self.results.observe)
+        self.live_view: LiveView | None = None
+        if config.live_view.enabled:
+            try:
+                self.live_view = LiveView(config.live_view, lambda: [c.name for c in self.cameras.active()],
+                                          self._results_settings)
+            except LiveViewError as exc:
+                raise StartupError(str(exc)) from exc
+            self.pipeline.observers.append(self.live_view.observe)
         self.started_at = time.time()
         try:
             runtime = select_runtime(config.model.runtime)
@@ -335,6 +344,7 @@ class Agent:
         assert self.router is not None
         self.cameras.start()
         self.pipeline.start()
+        self._start_live_view()
         url = self._mqtt_url()
         settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
         self.session = MqttSession(
@@ -371,6 +381,16 @@ class Agent:
         log.info("agent_stopped", outbox_depth=self.outbox.depth,
                  outbox_dropped=self.outbox.dropped)
         return 0
+
+    def _start_live_view(self) -> None:
+        """A live view that cannot listen (its port taken) is logged; the agent serves without it."""
+        if self.live_view is None:
+            return
+        try:
+            self.live_view.start()
+        except OSError as exc:
+            log.warning("live_view_not_listening", listen=self.config.live_view.listen, error=str(exc))
+            self.live_view = None
 
     async def _report_fallback(self) -> None:
         await self.event("fell_back_to_previous", "alarm",
@@ -518,6 +538,8 @@ class Agent:
             self.manager.close()
         if self.router is not None:
             await self.router.drain()
+        if self.live_view is not None:
+            await asyncio.to_thread(self.live_view.stop)
         finished = await asyncio.to_thread(self.pipeline.stop, bound / 2)
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
