@@ -10,6 +10,7 @@ STOPPING=1, finish the frame in flight, publish ``offline``, flush, exit 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -42,8 +43,8 @@ from .mqtt.topics import Topics
 from .results import ResultsPublisher
 from .runtime.base import EngineError
 from .runtime.slot import EngineSlot, Serving
-from .signals import Signals
 from .runtime.tensorrt import select_runtime
+from .signals import Signals
 from .systemd import Notifier, SystemdError, WatchdogFeeder
 from .vision.cameras import (
     CAMERAS_FILE,
@@ -498,10 +499,8 @@ class Agent:
         feeder = WatchdogFeeder(self.config.watchdog.stall_s)
         period = interval if interval else WATCHDOG_DEFAULT_PERIOD_S
         while not self._stop.is_set():
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
-            except asyncio.TimeoutError:
-                pass
 
             async def tick() -> None:
                 self._watchdog_tick(feeder, interval)
