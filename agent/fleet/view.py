@@ -317,7 +317,6 @@ class FleetView:
         stage = data.stages.get(END_TO_END)
         view.latency_p95_ms = stage.p95_ms if stage is not None else None
         view.frames_processed = data.frames_processed
-        view.cameras = tuple((c.name, c.state, c.fps) for c in data.cameras)
 
     def _on_telemetry_health(self, view: DeviceView, data: HealthPayload | None) -> None:
         if data is None:
