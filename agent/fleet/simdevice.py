@@ -238,8 +238,9 @@ class SimDevice:
         uptime = time.time() - self.started_at
         fps = BASE_FPS * (0.95 + 0.05 * self._random.random())
         frames = int(BASE_FPS * uptime)
+        snapshot = self._latency(fps)
         await self.telemetry.publish(self.topics.telemetry("latency"), self.telemetry.latency(
-            self._latency(fps), frames, frames // 200))
+            snapshot, frames, frames // 200, cameras={SIM_CAMERA: (snapshot, frames // 200)}))
         await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(
             uptime_s=round(uptime, 1), camera={"state": "running", "reopens": 0, "last_error": None, "fps": fps},
             broker={"state": "connected", "reconnects": 0},
