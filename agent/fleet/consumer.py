@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,26 @@ class ConsumerOptions:
         check_segment(self.instance_id, "instance id")
 
 
+def fast_subscriber(control: ControlClient, on_batch: Callable[[Batch], None]) -> FastSubscriber:
+    """A ``FastSubscriber`` on the control client's broker, with its credentials and TLS."""
+    return FastSubscriber(control.address.host, control.address.port, control.client_id, on_batch,
+                          username=control.username, password=control.password,
+                          tls=tls_context(control.address.url.startswith("mqtts")))
+
+
+async def run_until_first(*work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` until one of them ends; its exception propagates, the others are cancelled."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _tracked(suffix: str) -> bool:
     return suffix.startswith("telemetry/") or suffix == "events"
 
@@ -117,9 +137,7 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
         control = self.control
-        client = FastSubscriber(control.address.host, control.address.port, control.client_id, self.handle_batch,
-                                username=control.username, password=control.password,
-                                tls=tls_context(control.address.url.startswith("mqtts")))
+        client = fast_subscriber(control, self.handle_batch)
         try:
             await client.connect()
             state = self.state_filters()
@@ -127,16 +145,7 @@ class Consumer:
             self.subscribed.set()
             log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
                      filters=self.filters())
-            tasks = [asyncio.create_task(client.run()), asyncio.create_task(self._tick(client)),
-                     asyncio.create_task(stop.wait())]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await run_until_first(client.run(), self._tick(client), stop.wait())
         except MqttFastError as exc:
             raise ControlError(f"broker {control.address.url}: {exc}") from exc
         finally:
