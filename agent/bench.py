@@ -11,7 +11,11 @@
 3. cameras: 1, 2, 4, 8 cameras on one engine, batched and unbatched, against a bare
    engine loop at the same batch size, fairness across cameras, and the RTSP
    recovery time from a real RTSP server (see ``agent.bench_cameras``).
-4. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+4. results: frames/s of the pipeline with results, tracking, zones, a line and events on
+   (the agent's ``ResultsPublisher`` as the frame observer, every frame published, its
+   asyncio side encoding each payload for a broker session that takes it) against off,
+   interleaved in the same rounds, and the observer's cost per frame (see ``bench_results``).
+5. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.bench_tools``).
 
@@ -51,6 +55,8 @@ __all__ = ["main"]
 
 THREADS = 2
 WARMUP_FRAMES = 10
+CLOSE_TIMEOUT_S = 60.0
+"""Bound on the results publisher's flush after a round (it has at most its hand-over queue to encode)."""
 
 
 def _say(text: str) -> None:
@@ -88,12 +94,13 @@ def _monitors(serving: Any) -> list[Any]:
 
 
 def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
-                 fuse: bool, monitors: bool = False) -> tuple[float, LatencyRecorder]:
+                 fuse: bool, monitors: bool = False,
+                 extra: list[Any] | None = None) -> tuple[float, LatencyRecorder]:
     slot = EngineSlot()
     slot.swap(load_serving(store.current("text-det"), EngineOptions(threads=threads, fuse_preprocessing=fuse)))
     recorder = LatencyRecorder(window=frames)
     source = _source(video)
-    observers = _monitors(slot.serving) if monitors else []
+    observers = (_monitors(slot.serving) if monitors else []) + (extra or [])
     pipeline = Pipeline(source, slot, recorder, observers=observers)
     source.start()
     for _ in range(WARMUP_FRAMES):
@@ -150,6 +157,108 @@ def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> N
 
     cost = measure_monitor_cost(video, installed.path, frames=min(frames * 2, 300))
     _say("monitors' own cost: " + "; ".join(cost.lines()))
+
+
+class _TakingSession:
+    """The broker session's place for the results bench: takes every message at once (no network),
+    so what is measured is the agent's own work: tracking, zones, events, payloads, encoding."""
+
+    async def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> None:
+        return None
+
+    async def publish_now(self, topic: str, data: bytes, qos: int = 0) -> bool:
+        return True
+
+
+class TimedObserver:
+    """Wraps the results observer: its wall time per frame on the frame thread."""
+
+    def __init__(self, observe: Any) -> None:
+        self.observe = observe
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, result: FrameResult) -> None:
+        began = time.perf_counter()
+        self.observe(result)
+        self.seconds += time.perf_counter() - began
+        self.calls += 1
+
+
+def _results_settings(width: int, height: int) -> Any:
+    """Every frame published, a zone on the left half and a line down the middle: all of it runs."""
+    from .config_results import LineSettings, RateSettings, ResultsSettings, ZoneSettings
+
+    half = width / 2
+    return ResultsSettings(
+        rate=RateSettings(mode="every_frame"),
+        zones=(ZoneSettings(name="left", polygon=((0.0, 0.0), (half, 0.0), (half, height), (0.0, height))),),
+        lines=(LineSettings(name="middle", start=(half, 0.0), end=(half, float(height))),))
+
+
+def results_fps(store: ModelStore, video: Path, frames: int, state_dir: Path) -> dict[str, float]:
+    """Pipeline frames/s with the results publisher observing, and its costs per frame."""
+    import threading
+
+    from .monitor.telemetry import Telemetry
+    from .mqtt.topics import Topics
+    from .results import ResultsPublisher
+
+    topics = Topics("edge", "bench")
+    telemetry = Telemetry(topics, "bench", "bench")
+    telemetry.attach(_TakingSession())
+    settings = _results_settings(640, 480)
+    publisher = ResultsPublisher(telemetry, topics, lambda camera: settings, state_dir)
+    timed = TimedObserver(publisher.observe)
+    loop = asyncio.new_event_loop()
+    cpu: list[float] = []
+
+    def publishing() -> None:
+        began = time.thread_time()
+        loop.run_forever()
+        cpu.append(time.thread_time() - began)
+
+    thread = threading.Thread(target=publishing, name="results-bench", daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(publisher.run(), loop)
+    fps, _ = pipeline_fps(store, video, frames, THREADS, fuse=True, extra=[timed])
+    asyncio.run_coroutine_threadsafe(publisher.close(), loop).result(CLOSE_TIMEOUT_S)
+    running.result(CLOSE_TIMEOUT_S)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(CLOSE_TIMEOUT_S)
+    loop.close()
+    calls = max(timed.calls, 1)
+    return {"fps": fps, "observe_us": timed.seconds / calls * 1e6,
+            "publish_us": (cpu[0] if cpu else 0.0) / calls * 1e6,
+            "published": publisher.published, "events": publisher.events, "counts": publisher.counts,
+            "failures": publisher.failures.count, "handoff_dropped": publisher.handoff_dropped}
+
+
+def bench_results(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+    installed = store.current("text-det")
+    _say(f"\n== results, tracking and events on vs off ({installed.manifest.name} {installed.manifest.version}, "
+         f"{THREADS} threads, {frames} frames x {rounds} rounds, every frame published, 1 zone, 1 line) ==")
+    video = demo / "video.mp4"
+    off, on = [], []
+    costs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            off.append(pipeline_fps(store, video, frames, THREADS, fuse=True)[0])
+            costs.append(results_fps(store, video, frames, Path(tmp)))
+            on.append(costs[-1]["fps"])
+            c = costs[-1]
+            _say(f"round {i + 1}: off {off[-1]:.2f} fps | on {on[-1]:.2f} fps | observer "
+                 f"{c['observe_us']:.0f} us/frame | publishing {c['publish_us']:.0f} us/frame"
+                 f" | results {c['published']:.0f}, events "
+                 f"{c['events']:.0f}, counts {c['counts']:.0f}, failures {c['failures']:.0f}, "
+                 f"handoff dropped {c['handoff_dropped']:.0f}")
+    f_off, f_on = statistics.median(off), statistics.median(on)
+    _say(f"results off          {f_off:7.2f} fps (median)")
+    _say(f"results on           {f_on:7.2f} fps  ratio {f_on / f_off:.3f}  (goal >= 0.98)")
+    _say(f"observer (frame thread: tracking, zones, lines, hand-over) "
+         f"{statistics.median(c['observe_us'] for c in costs):.0f} us/frame (median of rounds)")
+    _say(f"publishing (asyncio side: payloads built and encoded, CPU of its thread) "
+         f"{statistics.median(c['publish_us'] for c in costs):.0f} us/frame (median of rounds)")
 
 
 class GapRecorder:
@@ -263,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--swaps", type=int, default=100)
-    parser.add_argument("--only", choices=("pipeline", "swap", "cameras", "tools"), default=None)
+    parser.add_argument("--only", choices=("pipeline", "swap", "cameras", "results", "tools"), default=None)
     parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
     parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
                         help="camera counts of the cameras run, comma separated")
@@ -273,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         store.install(args.demo / "models" / "text-det-v4")
         if args.only in (None, "pipeline"):
             bench_pipeline(args.demo, store, args.frames, args.rounds)
+        if args.only in (None, "results"):
+            bench_results(args.demo, store, args.frames, args.rounds)
         if args.only in (None, "cameras"):
             counts = tuple(int(n) for n in args.cameras.split(","))
             bench_cameras(args.demo, store, args.camera_frames, THREADS, counts)

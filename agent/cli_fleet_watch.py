@@ -1,4 +1,4 @@
-"""``edge-agent fleet status | watch | dashboard``: reading the fleet's state and telemetry."""
+"""``edge-agent fleet status | watch | events | dashboard``: reading the fleet's state and telemetry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,19 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    from .cli_fleet import run_until_signal
+
+    try:
+        return run_until_signal(main)
+    except ControlError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
 def _serve(args: argparse.Namespace, dashboard_port: int | None, listen_sets_dashboard: bool) -> int:
     """``--listen HOST:PORT`` is the address of the page (``dashboard``) or of /metrics (``watch``);
     every HTTP server of the command binds its host."""
-    from .cli_fleet import run_until_signal
     from .fleet.consumer import Consumer, ConsumerOptions
     from .fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
     from .log import configure_logging
@@ -90,11 +99,7 @@ def _serve(args: argparse.Namespace, dashboard_port: int | None, listen_sets_das
                 server.stop()
         return EXIT_OK
 
-    try:
-        return run_until_signal(main)
-    except ControlError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return _until_signal(main)
 
 
 def cmd_fleet_watch(args: argparse.Namespace) -> int:
@@ -103,6 +108,29 @@ def cmd_fleet_watch(args: argparse.Namespace) -> int:
 
 def cmd_fleet_dashboard(args: argparse.Namespace) -> int:
     return _serve(args, args.port, listen_sets_dashboard=True)
+
+
+def cmd_fleet_events(args: argparse.Namespace) -> int:
+    from .fleet.events import EventFilter, stream_events
+    from .log import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        selection = EventFilter(args.device, args.group, frozenset(args.kind or ()))
+        client = _client(args)
+    except (ValueError, ControlError) as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def write(line: bytes) -> None:
+        sys.stdout.buffer.write(line + b"\n")
+        sys.stdout.buffer.flush()
+
+    async def main(stop: asyncio.Event) -> int:
+        await stream_events(client, selection, write, stop)
+        return EXIT_OK
+
+    return _until_signal(main)
 
 
 def _consumer_options(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +167,15 @@ def add_watch_parsers(fleet: Any, connection: Callable[[argparse.ArgumentParser]
                             "any other HTTP port binds the same host")
     watch.add_argument("--dashboard-port", type=int, help="also serve the dashboard on this port")
     watch.set_defaults(handler=cmd_fleet_watch)
+
+    events = fleet.add_parser("events", help="print the devices' events live, one JSON object a line")
+    connection(events)
+    events.add_argument("--device", help="only this device's events")
+    events.add_argument("--group", help="only events of devices in this group (from their retained status)")
+    events.add_argument("--kind", action="append",
+                        help="only events of this kind (object_entered, zone_left, ...); repeatable")
+    events.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    events.set_defaults(handler=cmd_fleet_events)
 
     dashboard = fleet.add_parser("dashboard", help="a web page of the fleet, served by a consumer")
     connection(dashboard)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from agent.fleet.simdevice import fraction
+from agent.mqtt.schema import encode_payload
+from agent.results.payloads import counts_payload, event_payload
+from agent.results.zones import ResultEvent
 from tests.fleetproc import simulated_fleet, start, stop
-from tests.mosquitto import WAIT_S, Mosquitto, free_port, poll
+from tests.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll
 
 CHROMIUM = Path("/usr/bin/chromium")
 DEVICES = 6
@@ -73,3 +77,35 @@ def test_dashboard_shows_devices_versions_and_alarms(mosquitto: Mosquitto, tmp_p
     assert "alarm_raised: drift brightness" in alarms
     image = (tmp_path / "dashboard.png").read_bytes()
     assert image.startswith(PNG_MAGIC) and len(image) > 20_000
+
+
+def test_dashboard_shows_each_devices_zone_counts_and_last_object_events(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}/"
+    probe = MqttProbe(mosquitto.port)
+    try:
+        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        now = time.time()
+        for device, zones in (("cam-1", {"door": {"person": 2, "car": 1}}), ("cam-2", {"yard": {"dog": 1}})):
+            counts = counts_payload(device_id=device, seq=0, ts=now, camera="front", frame_id=5, capture_ts=now,
+                                    counts=zones)
+            probe.publish(f"edge/{device}/counts/front", encode_payload(counts), retain=True)
+        happenings = (ResultEvent("zone_entered", 4, now, 3, "person", (1.0, 2.0, 3.0, 4.0), zone="door"),
+                      ResultEvent("object_left", 5, now, 9, "car", (1.0, 2.0, 3.0, 4.0), dwell_s=2.5))
+        for seq, happening in enumerate(happenings):
+            event = event_payload(device_id="cam-1", seq=seq, ts=now, camera="front", event=happening)
+            probe.publish("edge/cam-1/events", encode_payload(event))
+        poll(lambda: "object_left" in api(port) and "yard" in api(port), what="counts and events at the consumer")
+        dom = chromium(url, tmp_path / "profile-dom", "--dump-dom")
+    finally:
+        probe.close()
+        stop(dashboard)
+    assert dom.returncode == 0, dom.stderr
+    rows = section(dom.stdout, "objects", "tbody")
+    first, second = rows.split('<tr data-device="cam-2">')
+    assert '<span class="zone">front / door: person 2, car 1</span>' in first
+    newest, oldest = first.index("car #9 object left after 2.5 s"), first.index("person #3 zone entered door")
+    assert newest < oldest, "newest event first"
+    assert '<span class="zone">front / yard: dog 1</span>' in second and '<td class="events">\u2013</td>' in second

@@ -5,7 +5,9 @@ Subscriptions of one instance:
   the broker hands each message to one instance of the share group, so N
   instances split the load (without a group: plain subscriptions, one instance
   sees everything);
-- ``<prefix>/+/status|model|deployment``, not shared: retained state is small,
+- ``$share/<group>/<prefix>/+/results/+``: the cameras' results, always at QoS 0 (the agent
+  sends them now or never) and kept out of gap tracking; read tolerantly (agent.fleet.results);
+- ``<prefix>/+/status|model|deployment|counts/+``, not shared: retained state is small,
   every instance needs all of it, and shared subscriptions get no retained
   messages on subscribe (MQTT 5, 4.8.2);
 - ``<prefix>/_consumers/<group>/+``: the instances' digests of the sequence
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,12 @@ __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"
 log = structlog.get_logger(__name__)
 
 SHARED_SUFFIXES = ("telemetry/#", "events")
+RESULTS_SUFFIX = "results/+"
+"""Shared like telemetry, always read at QoS 0: the agent sends results at QoS 0, now or never, and
+they stay out of gap tracking (their drops are by design, counted in the device's health)."""
+COUNTS_SUFFIX = "counts/+"
+"""Retained per camera; read with the other retained state by every instance."""
+RESULTS_QOS = 0
 CONSUMERS_SEGMENT = "_consumers"
 """The reserved topic level of the consumers' digests (a device id never takes it)."""
 DIGEST_PERIOD_S = 1.0
@@ -78,6 +86,26 @@ class ConsumerOptions:
         check_segment(self.instance_id, "instance id")
 
 
+def fast_subscriber(control: ControlClient, on_batch: Callable[[Batch], None]) -> FastSubscriber:
+    """A ``FastSubscriber`` on the control client's broker, with its credentials and TLS."""
+    return FastSubscriber(control.address.host, control.address.port, control.client_id, on_batch,
+                          username=control.username, password=control.password,
+                          tls=tls_context(control.address.url.startswith("mqtts")))
+
+
+async def run_until_first(*work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` until one of them ends; its exception propagates, the others are cancelled."""
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _tracked(suffix: str) -> bool:
     return suffix.startswith("telemetry/") or suffix == "events"
 
@@ -106,37 +134,31 @@ class Consumer:
         self._digest_topic = f"{self._digest_root}{self.instance_id}" if self._digest_root else None
 
     def state_filters(self) -> list[str]:
-        return [f"{self.control.prefix}/+/{s}" for s in RETAINED_SUFFIXES]
+        return [f"{self.control.prefix}/+/{s}" for s in (*RETAINED_SUFFIXES, COUNTS_SUFFIX)]
 
     def filters(self) -> list[str]:
         prefix, group = self.control.prefix, self.options.share_group
-        shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}" for s in SHARED_SUFFIXES]
+        shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}"
+                  for s in (*SHARED_SUFFIXES, RESULTS_SUFFIX)]
         peers = [f"{prefix}/{CONSUMERS_SEGMENT}/{group}/+"] if group else []
         return shared + self.state_filters() + peers
+
+    def qos_of(self, topic_filter: str) -> int:
+        if topic_filter in self.state_filters():
+            return SUBSCRIBE_QOS
+        return RESULTS_QOS if topic_filter.endswith("/" + RESULTS_SUFFIX) else self.options.qos
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; raises ControlError when the broker cannot be reached."""
         control = self.control
-        client = FastSubscriber(control.address.host, control.address.port, control.client_id, self.handle_batch,
-                                username=control.username, password=control.password,
-                                tls=tls_context(control.address.url.startswith("mqtts")))
+        client = fast_subscriber(control, self.handle_batch)
         try:
             await client.connect()
-            state = self.state_filters()
-            await client.subscribe([(f, SUBSCRIBE_QOS if f in state else self.options.qos) for f in self.filters()])
+            await client.subscribe([(f, self.qos_of(f)) for f in self.filters()])
             self.subscribed.set()
             log.info("consumer_started", instance=self.instance_id, share_group=self.options.share_group,
                      filters=self.filters())
-            tasks = [asyncio.create_task(client.run()), asyncio.create_task(self._tick(client)),
-                     asyncio.create_task(stop.wait())]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await run_until_first(client.run(), self._tick(client), stop.wait())
         except MqttFastError as exc:
             raise ControlError(f"broker {control.address.url}: {exc}") from exc
         finally:
@@ -254,6 +276,10 @@ class Consumer:
                     "id": d.deployment.deployment_id, "version": d.deployment.version,
                     "state": d.deployment.state},
                 "series": self.history.of(d.device_id),
+                "counts": {camera: zones for camera, zones in sorted(d.counts.items())},
+                "object_events": [{"ts": e.ts, "kind": e.kind, "camera": e.camera, "label": e.label,
+                                   "track_id": e.track_id, "zone": e.place, "message": e.message}
+                                  for e in reversed(d.object_events)],
             } for d in self.view.in_group(None)]
             active = [{"device": d.device_id, "signal": signal, "state": state, "ts": d.last_seen}
                       for d in self.view.in_group(None) for signal, state in sorted(d.signals.items())

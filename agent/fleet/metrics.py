@@ -4,6 +4,10 @@ Label cardinality is bounded on purpose (docs/fleet.md):
 - ``device``: the first ``max_devices`` devices seen get their own label value;
   the rest are counted under ``device="_overflow"`` in counters and left out of
   per-device gauges (``edge_fleet_label_overflow_devices`` says how many).
+- ``camera``, ``zone``, ``label`` (of the results, counts and object events): the first
+  ``MAX_CAMERA_LABELS`` / ``MAX_ZONE_LABELS`` / ``MAX_OBJECT_LABELS`` values seen fleet-wide
+  (agent.fleet.sinks) get their own; the rest are counted under ``_other`` in counters and left
+  out of the zone gauges (``edge_fleet_label_overflow_values`` says how many per label).
 - ``model``, ``version``: one series per device at a time; a new version replaces
   the old series instead of adding one.
 - ``stage``, ``quantile``, ``signal``, ``topic``, ``severity``, ``state``, ``kind``:
@@ -21,7 +25,9 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_MAX_DEVICES",
     "OTHER",
+    "OTHER_VALUES",
     "OVERFLOW",
+    "BoundedLabels",
     "DeviceLabels",
     "Family",
     "Registry",
@@ -32,6 +38,8 @@ __all__ = [
 DEFAULT_MAX_DEVICES = 1000
 OVERFLOW = "_overflow"
 OTHER = "other"
+OTHER_VALUES = "_other"
+"""Where the values of a bounded open label (camera, zone, object label) beyond its cap are counted."""
 
 
 def escape(value: str) -> str:
@@ -51,28 +59,40 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-class DeviceLabels:
-    """Device label values, at most ``max_devices`` of them; later devices go to ``_overflow``."""
+class BoundedLabels:
+    """At most ``limit`` values of one label get their own series; later values are folded into ``rest``."""
 
-    def __init__(self, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
-        if max_devices < 1:
-            raise ValueError(f"max_devices must be at least 1, got {max_devices}")
-        self.max_devices = max_devices
+    def __init__(self, limit: int, rest: str = OTHER_VALUES, what: str = "values") -> None:
+        if limit < 1:
+            raise ValueError(f"max {what} must be at least 1, got {limit}")
+        self.limit = limit
+        self.rest = rest
         self._named: set[str] = set()
         self._overflow: set[str] = set()
 
-    def label(self, device_id: str) -> str:
-        if device_id in self._named:
-            return device_id
-        if device_id not in self._overflow and len(self._named) < self.max_devices:
-            self._named.add(device_id)
-            return device_id
-        self._overflow.add(device_id)
-        return OVERFLOW
+    def label(self, value: str) -> str:
+        if value in self._named:
+            return value
+        if value not in self._overflow and len(self._named) < self.limit:
+            self._named.add(value)
+            return value
+        self._overflow.add(value)
+        return self.rest
 
     @property
     def overflowed(self) -> int:
         return len(self._overflow)
+
+
+class DeviceLabels(BoundedLabels):
+    """Device label values, at most ``max_devices`` of them; later devices go to ``_overflow``."""
+
+    def __init__(self, max_devices: int = DEFAULT_MAX_DEVICES) -> None:
+        super().__init__(max_devices, OVERFLOW, "devices")
+
+    @property
+    def max_devices(self) -> int:
+        return self.limit
 
 
 @dataclass
@@ -92,6 +112,11 @@ class Family:
     def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
         info, value = self.samples.get(key, ((), 0.0))
         self.samples[key] = (info, value + amount)
+
+    def drop_prefix(self, prefix: tuple[str, ...]) -> None:
+        """Forget every series whose key begins with ``prefix`` (a camera's counts being replaced)."""
+        for key in [k for k in self.samples if k[:len(prefix)] == prefix]:
+            del self.samples[key]
 
     def drop(self, first_label: str) -> None:
         """Forget every series whose first key label is ``first_label`` (a device that went away)."""

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..mqtt.schema import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
-from .metrics import DEFAULT_MAX_DEVICES, OVERFLOW, DeviceLabels, Registry, closed
+from .metrics import DEFAULT_MAX_DEVICES, OTHER_VALUES, OVERFLOW, BoundedLabels, DeviceLabels, Registry, closed
+from .results import CAMERA_TOPICS, OBJECT_EVENT_KINDS, CountsDigest, ResultsDigest, camera_topic, object_event
 from .seqtrack import Gap
 from .tensorboard import EventFileWriter
 from .view import SIGNALS, STATE_RANK, FleetView, Message, summarise
@@ -22,7 +23,13 @@ __all__ = ["FleetMetrics", "History", "TensorBoardSink"]
 STAGES = ("capture_wait", "preprocess", "infer", "postprocess", "end_to_end")
 QUANTILES = (("0.5", "p50_ms"), ("0.95", "p95_ms"), ("0.99", "p99_ms"))
 TOPICS = ("telemetry/health", "telemetry/latency", *(f"telemetry/{s}" for s in SIGNALS), "events")
-KINDS = ("status", "model", "deployment", "reply", *TOPICS)
+KINDS = ("status", "model", "deployment", "reply", *TOPICS, *CAMERA_TOPICS)
+MAX_CAMERA_LABELS = 64
+"""Camera names with their own series, fleet-wide (cameras are usually named alike on every device)."""
+MAX_ZONE_LABELS = 256
+"""Zone and line names with their own series, fleet-wide."""
+MAX_OBJECT_LABELS = 256
+"""Object labels with their own series, fleet-wide (a detector's classes: COCO has 80)."""
 STATUS_STATES = ("online", "offline", "lost")
 SEVERITIES = ("info", "warning", "alarm")
 HISTORY_POINTS = 120
@@ -72,13 +79,38 @@ class FleetMetrics:
         self.overflow = r.add("edge_fleet_label_overflow_devices", "gauge",
                               "Devices beyond the device label bound (counted under device=\"_overflow\")")
         self.members = r.add("edge_fleet_consumer_members", "gauge", "Consumers sharing the load, as heard")
+        self.cameras = BoundedLabels(MAX_CAMERA_LABELS, what="cameras")
+        self.zones = BoundedLabels(MAX_ZONE_LABELS, what="zones")
+        self.labels = BoundedLabels(MAX_OBJECT_LABELS, what="labels")
+        self.results = r.add("edge_fleet_results_total", "counter", "Results messages (frames) received",
+                             ("device", "camera"))
+        self.result_objects = r.add("edge_fleet_result_objects_total", "counter",
+                                    "Objects in those results (boxes, text boxes, top-1 class), by label",
+                                    ("device", "camera", "label"))
+        self.object_events = r.add("edge_fleet_object_events_total", "counter",
+                                   "Object, zone and line events; zone is the zone or line (empty: neither)",
+                                   ("device", "camera", "zone", "label", "kind"))
+        self.zone_objects = r.add("edge_fleet_zone_objects", "gauge",
+                                  "Objects in a zone now, by label, from the retained counts",
+                                  ("device", "camera", "zone", "label"))
+        self.value_overflow = r.add("edge_fleet_label_overflow_values", "gauge",
+                                    "Values beyond a label's bound, counted under \"_other\"", ("label",))
         self.cpu_seconds = r.add("process_cpu_seconds_total", "counter", "CPU time of this consumer process")
 
     def observe(self, message: Message, view: FleetView) -> None:
         """Called with the registry's lock held, after ``view`` has taken the message."""
-        self.messages.inc((closed(message.suffix, KINDS),))
+        per_camera = camera_topic(message.suffix)
+        self.messages.inc((closed(message.suffix if per_camera is None else per_camera[0], KINDS),))
         device = self.devices.label(message.device_id)
         data = message.data
+        if isinstance(data, ResultsDigest):
+            self._observe_results(device, data)
+            return
+        if per_camera is not None:
+            self._observe_counts(device, per_camera[1], data if isinstance(data, CountsDigest) else None)
+            return
+        if isinstance(data, EventPayload):
+            self._observe_object_event(device, data)
         if isinstance(data, EventPayload) and data.severity in SEVERITIES[1:]:
             self.alarms.inc((device, data.severity))
         if isinstance(data, StatusPayload):
@@ -107,6 +139,42 @@ class FleetMetrics:
                 self.signal.set((device, kind), STATE_RANK[state.signals[kind]])
             if kind == "drift" and state.drift_score is not None:
                 self.psi.set((device,), state.drift_score, model)
+
+    def _observe_results(self, device: str, data: ResultsDigest) -> None:
+        camera = self.cameras.label(data.camera)
+        self.results.inc((device, camera))
+        for label, count in data.labels.items():
+            self.result_objects.inc((device, camera, self.labels.label(label)), count)
+        self._count_overflow()
+
+    def _observe_counts(self, device: str, camera_name: str, data: CountsDigest | None) -> None:
+        """The camera's gauges are replaced by its new counts; bounded-out values get no gauge."""
+        camera = self.cameras.label(camera_name)
+        if device == OVERFLOW or camera == OTHER_VALUES:
+            self._count_overflow()
+            return
+        self.zone_objects.drop_prefix((device, camera))
+        for zone_name, labels in (data.zones if data is not None else {}).items():
+            zone = self.zones.label(zone_name)
+            for label_name, count in labels.items():
+                label = self.labels.label(label_name)
+                if OTHER_VALUES not in (zone, label):
+                    self.zone_objects.set((device, camera, zone, label), count)
+        self._count_overflow()
+
+    def _observe_object_event(self, device: str, data: EventPayload) -> None:
+        event = object_event(data.device_id, data)
+        if event is None:
+            return
+        zone = self.zones.label(event.place) if event.place else ""
+        self.object_events.inc((device, self.cameras.label(event.camera), zone, self.labels.label(event.label),
+                                closed(event.kind, OBJECT_EVENT_KINDS)))
+        self._count_overflow()
+
+    def _count_overflow(self) -> None:
+        for name, bounded in (("camera", self.cameras), ("zone", self.zones), ("label", self.labels)):
+            if bounded.overflowed:
+                self.value_overflow.set((name,), bounded.overflowed)
 
     def _count_states(self, view: FleetView) -> None:
         counts = dict.fromkeys(STATUS_STATES, 0)

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..mqtt.schema import (
     DeploymentPayload,
     EventPayload,
@@ -27,6 +25,16 @@ from ..mqtt.schema import (
     ReplyPayload,
     StatusPayload,
     decode_payload,
+)
+from .results import (
+    CountsDigest,
+    ObjectEvent,
+    ResultsDigest,
+    camera_topic,
+    loose_object,
+    object_event,
+    read_counts,
+    read_results,
 )
 
 __all__ = [
@@ -56,6 +64,10 @@ ALARM_SEVERITIES = ("warning", "alarm")
 MAX_ALARMS = 200
 """Recent alarm and warning events kept for the whole fleet (oldest dropped)."""
 END_TO_END = "end_to_end"
+MAX_CAMERAS = 32
+"""Cameras per device whose counts are kept (a device naming ever new cameras grows no table)."""
+MAX_OBJECT_EVENTS = 20
+"""A device's latest object, zone and line events kept for the dashboard (oldest dropped)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,10 @@ class DeviceView:
     last_seen: float | None = None
     """Device time of the newest message, seconds."""
     alarms_seen: int = 0
+    counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    """Per camera, the latest retained counts: objects per zone and label."""
+    object_events: deque[ObjectEvent] = field(default_factory=lambda: deque(maxlen=MAX_OBJECT_EVENTS))
+    results_seen: int = 0
 
     @property
     def alarmed(self) -> bool:
@@ -191,16 +207,6 @@ def summarise(document: dict[str, Any]) -> Summary:
 _SCORES = frozenset(("psi", "max_difference"))
 
 
-def _loose(data: bytes) -> dict[str, Any]:
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise PayloadError(f"must be a JSON object, got {type(document).__name__}")
-    return document
-
-
 STRICT: dict[str, type[Any]] = {
     "status": StatusPayload,
     "model": ModelPayload,
@@ -217,7 +223,7 @@ CONTRACT_SUFFIXES = frozenset(STRICT) | {f"telemetry/{kind}" for kind in TELEMET
 
 def in_contract(suffix: str) -> bool:
     """Whether ``suffix`` is a topic of the wire contract (a known telemetry kind included)."""
-    return suffix in CONTRACT_SUFFIXES
+    return suffix in CONTRACT_SUFFIXES or camera_topic(suffix) is not None
 
 
 def decode(suffix: str, data: bytes) -> Any:
@@ -225,8 +231,12 @@ def decode(suffix: str, data: bytes) -> Any:
     model = STRICT.get(suffix)
     if model is not None:
         return decode_payload(model, data)
+    per_camera = camera_topic(suffix)
+    if per_camera is not None:
+        kind, camera = per_camera
+        return read_results(data, camera) if kind == "results" else read_counts(data, camera)
     if in_contract(suffix):
-        return _loose(data)
+        return loose_object(data)
     raise PayloadError(f"topic suffix {suffix!r} is not part of the contract")
 
 
@@ -276,6 +286,12 @@ class FleetView:
         ts = data.get("ts") if isinstance(data, dict) else getattr(data, "ts", None)
         if isinstance(ts, (int, float)) and message.suffix != "status":
             view.last_seen = max(view.last_seen or 0.0, float(ts))
+        if isinstance(data, ResultsDigest):
+            view.results_seen += 1
+            return
+        if isinstance(data, CountsDigest) or (data is None and message.suffix.startswith("counts/")):
+            self._on_counts(view, message.suffix.removeprefix("counts/"), data)
+            return
         handler = getattr(self, "_on_" + message.suffix.replace("/", "_"), None)
         if handler is not None:
             handler(view, data)
@@ -301,8 +317,19 @@ class FleetView:
     def _on_deployment(self, view: DeviceView, data: DeploymentPayload | None) -> None:
         view.deployment = data
 
+    def _on_counts(self, view: DeviceView, camera: str, data: CountsDigest | None) -> None:
+        if data is None:
+            view.counts.pop(camera, None)
+        elif camera in view.counts or len(view.counts) < MAX_CAMERAS:
+            view.counts[camera] = data.zones
+
     def _on_events(self, view: DeviceView, data: EventPayload | None) -> None:
-        if data is None or data.severity not in ALARM_SEVERITIES:
+        if data is None:
+            return
+        seen = object_event(view.device_id, data)
+        if seen is not None:
+            view.object_events.append(seen)
+        if data.severity not in ALARM_SEVERITIES:
             return
         view.alarms_seen += data.severity == "alarm"
         self.alarms.append(Alarm(view.device_id, data.ts, data.kind, data.severity, data.message))
