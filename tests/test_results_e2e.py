@@ -129,7 +129,8 @@ def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(
         broker.start()
         probe.wait_for(lambda m: m.topic == EVENTS and body(m)["ts"] > down and body(m)["kind"] == "object_left",
                        timeout=WAIT_S, what="events made during the outage")
-        probe.wait_for(lambda m: m.topic == HEALTH and body(m)["broker"]["reconnects"] == 1
+        # At least one reconnect: a loaded machine may see the session try more than once.
+        probe.wait_for(lambda m: m.topic == HEALTH and body(m)["broker"]["reconnects"] >= 1
                        and body(m)["results"]["dropped_offline"] > dropped_before,
                        timeout=WAIT_S, what="health counting the results dropped while the broker was away")
         poll(lambda: sum(e["kind"] == "object_left" for e in object_events()) >= 3, WAIT_S,
