@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mosquitto import MOSQUITTO, Mosquitto, MqttProbe
+from tests.support.mosquitto import MOSQUITTO, Mosquitto, MqttProbe
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"

@@ -34,14 +34,14 @@ from typing import Any
 
 import structlog
 
-from ..mqtt.topics import check_segment
-from .control import ControlClient, ControlError
-from .link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
-from .metrics import DEFAULT_MAX_DEVICES
-from .mqttfast import Batch, FastSubscriber, MqttFastError, tls_context
-from .seqtrack import Digest, Membership, SeqTracker
-from .sinks import FleetMetrics, History, TensorBoardSink
-from .view import FleetView, Message, in_contract, split_topic
+from agent.fleet.control import ControlClient, ControlError
+from agent.fleet.link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
+from agent.fleet.metrics import DEFAULT_MAX_DEVICES
+from agent.fleet.mqttfast import Batch, FastSubscriber, MqttFastError, tls_context
+from agent.fleet.seqtrack import Digest, Membership, SeqTracker
+from agent.fleet.sinks import FleetMetrics, History, TensorBoardSink
+from agent.fleet.view import FleetView, Message, in_contract, split_topic
+from agent.wire.topics import check_segment
 
 __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]
 

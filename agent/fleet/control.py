@@ -1,6 +1,6 @@
 """The control plane's side of the wire: send a command to a device or group and wait for replies.
 
-Talks to agents only through the contract in agent.mqtt.schema: commands on
+Talks to agents only through the contract in agent.wire.schema: commands on
 ``<prefix>/<id>/cmd/<name>`` (or ``<prefix>/group/<g>/cmd/<name>``), replies on
 ``<prefix>/<id>/reply`` matched by the command's id.
 """
@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..mqtt.authority import sign_command
-from ..mqtt.schema import DeploymentPayload, ReplyPayload, decode_payload
-from ..mqtt.settings import parse_broker_url
+from agent.mqtt.authority import sign_command
+from agent.mqtt.settings import parse_broker_url
+from agent.wire.schema import DeploymentPayload, ReplyPayload, decode_payload
 
 __all__ = ["ControlClient", "ControlError", "NoReplyError", "Reply", "new_command_id"]
 

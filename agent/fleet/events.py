@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import orjson
 import structlog
 
-from ..mqtt.schema import EventPayload
-from ..mqtt.topics import check_segment
-from .consumer import fast_subscriber, run_until_first
-from .control import ControlClient, ControlError
-from .link import SUBSCRIBE_QOS
-from .mqttfast import Batch, MqttFastError
-from .view import FleetView, split_topic
+from agent.fleet.consumer import fast_subscriber, run_until_first
+from agent.fleet.control import ControlClient, ControlError
+from agent.fleet.link import SUBSCRIBE_QOS
+from agent.fleet.mqttfast import Batch, MqttFastError
+from agent.fleet.view import FleetView, split_topic
+from agent.wire.schema import EventPayload
+from agent.wire.topics import check_segment
 
 __all__ = ["EventFilter", "EventStream", "stream_events"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import aiomqtt
 import structlog
 
-from ..mqtt.schema import ReplyPayload
-from .control import ControlClient, ControlError
-from .view import FleetView, Message
+from agent.fleet.control import ControlClient, ControlError
+from agent.fleet.view import FleetView, Message
+from agent.wire.schema import ReplyPayload
 
 __all__ = ["CONTROL_FILTERS", "RETAINED_SUFFIXES", "SUBSCRIBE_QOS", "SYNC_TIMEOUT_S", "FleetLink", "LinkError"]
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..config import AgentConfig
-from ..mqtt.broker import CONNECTION_FILE
-from ..mqtt.settings import SessionConfigError, parse_broker_url, read_password, tls_parameters
-from .control import ControlClient, ControlError
+from agent.core.config.agent import AgentConfig
+from agent.fleet.control import ControlClient, ControlError
+from agent.mqtt.broker import CONNECTION_FILE
+from agent.mqtt.settings import SessionConfigError, parse_broker_url, read_password, tls_parameters
 
 __all__ = ["LocalAgentError", "LocalTarget", "local_target"]
 

@@ -18,7 +18,7 @@ broker sends none), no reconnect (the consumer's caller restarts it, as with
 aiomqtt). TLS through ``ssl.SSLContext``. Anything else the broker sends that
 breaks those assumptions ends the connection with ``MqttFastError``.
 
-``pack_publish`` is also the flood publisher's encoder in agent.fleet.bench.
+``pack_publish`` is also the flood publisher's encoder in agent.dev.bench_fleet.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..names import check_name
-from .plan import RolloutPlan
+from agent.core.names import check_name
+from agent.fleet.plan import RolloutPlan
 
 __all__ = [
     "DEPLOYING",
@@ -97,7 +97,7 @@ class RolloutRecord(_Model):
     sha256: str
     format: str
     statement: dict[str, Any] | None = None
-    """The signed statement every device's deploy carries (agent.cli_control.signed_fields)."""
+    """The signed statement every device's deploy carries (agent.cli.control.signed_fields)."""
     plan: PlanModel
     waves: list[list[str]]
     devices: dict[str, DeviceEntry]

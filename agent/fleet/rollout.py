@@ -29,10 +29,9 @@ from typing import Any, TextIO
 
 import structlog
 
-from ..mqtt.schema import DeploymentPayload, ReplyPayload
-from .link import FleetLink
-from .plan import RolloutPlan, assign_waves, failure_share
-from .record import (
+from agent.fleet.link import FleetLink
+from agent.fleet.plan import RolloutPlan, assign_waves, failure_share
+from agent.fleet.record import (
     DEPLOYING,
     FINAL_BAD,
     FINAL_GOOD,
@@ -43,7 +42,8 @@ from .record import (
     RolloutStore,
     deployment_id_for,
 )
-from .view import FleetView, Message
+from agent.fleet.view import FleetView, Message
+from agent.wire.schema import DeploymentPayload, ReplyPayload
 
 __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT_S",

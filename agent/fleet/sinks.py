@@ -11,12 +11,27 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from ..mqtt.schema import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
-from .metrics import DEFAULT_MAX_DEVICES, OTHER_VALUES, OVERFLOW, BoundedLabels, DeviceLabels, Registry, closed
-from .results import CAMERA_TOPICS, OBJECT_EVENT_KINDS, CountsDigest, ResultsDigest, camera_topic, object_event
-from .seqtrack import Gap
-from .tensorboard import EventFileWriter
-from .view import SIGNALS, STATE_RANK, FleetView, Message, summarise
+from agent.fleet.metrics import (
+    DEFAULT_MAX_DEVICES,
+    OTHER_VALUES,
+    OVERFLOW,
+    BoundedLabels,
+    DeviceLabels,
+    Registry,
+    closed,
+)
+from agent.fleet.results import (
+    CAMERA_TOPICS,
+    OBJECT_EVENT_KINDS,
+    CountsDigest,
+    ResultsDigest,
+    camera_topic,
+    object_event,
+)
+from agent.fleet.seqtrack import Gap
+from agent.fleet.tensorboard import EventFileWriter
+from agent.fleet.view import SIGNALS, STATE_RANK, FleetView, Message, summarise
+from agent.wire.schema import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
 
 __all__ = ["FleetMetrics", "History", "TensorBoardSink"]
 

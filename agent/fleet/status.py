@@ -12,10 +12,10 @@ import time
 import unicodedata
 from typing import Any
 
-from ..mqtt.schema import HealthPayload
-from .control import ControlClient
-from .link import FleetLink
-from .view import SIGNALS, DeviceView, FleetView
+from agent.fleet.control import ControlClient
+from agent.fleet.link import FleetLink
+from agent.fleet.view import SIGNALS, DeviceView, FleetView
+from agent.wire.schema import HealthPayload
 
 __all__ = ["STATUS_FILTERS", "CamerasView", "cameras_cell", "collect", "device_rows", "render_table",
            "terminal_safe"]

@@ -3,7 +3,7 @@
 Pure: ``TopModel.apply(topic, payload)`` takes what the device publishes under
 ``<prefix>/<id>/`` (the retained ``status``, ``model`` and ``deployment``, the
 ``events`` and the ``telemetry/<kind>``), ``rows(now)`` returns plain rows for
-the drawing (agent.cli_top) or a test to read. No terminal, no clock, no broker.
+the drawing (agent.cli.top) or a test to read. No terminal, no clock, no broker.
 
 Topics are handled by a table from suffix to handler (``HANDLERS``), and the
 rows hold lists keyed by name, so what later issues publish slots in: each
@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mqtt.schema import (
+from agent.fleet.view import SIGNALS, STATE_RANK, decode, largest, split_topic
+from agent.wire.schema import (
     DeploymentPayload,
     EventPayload,
     HealthPayload,
@@ -28,7 +29,6 @@ from ..mqtt.schema import (
     StageLatency,
     StatusPayload,
 )
-from .view import SIGNALS, STATE_RANK, decode, largest, split_topic
 
 __all__ = [
     "FINAL_DEPLOYMENT_STATES",

@@ -2,7 +2,7 @@
 
 ``FleetView.apply(topic, payload)`` takes any message of the contract
 (``<prefix>/<id>/status|model|deployment|reply|events|telemetry/<kind>``) and
-updates that device's ``DeviceView``. Payloads of agent.mqtt.schema are
+updates that device's ``DeviceView``. Payloads of agent.wire.schema are
 validated; the drift, bias and leak telemetry is read tolerantly: any JSON
 object, whose ``state`` fields (``ok``, ``warn``, ``alarm``; others ignored)
 anywhere in the document give the signal's worst state. Pure: no I/O, no clock.
@@ -15,7 +15,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..mqtt.schema import (
+from agent.fleet.results import (
+    CountsDigest,
+    ObjectEvent,
+    ResultsDigest,
+    camera_topic,
+    loose_object,
+    object_event,
+    read_counts,
+    read_results,
+)
+from agent.wire.schema import (
     DeploymentPayload,
     EventPayload,
     HealthPayload,
@@ -25,16 +35,6 @@ from ..mqtt.schema import (
     ReplyPayload,
     StatusPayload,
     decode_payload,
-)
-from .results import (
-    CountsDigest,
-    ObjectEvent,
-    ResultsDigest,
-    camera_topic,
-    loose_object,
-    object_event,
-    read_counts,
-    read_results,
 )
 
 __all__ = [

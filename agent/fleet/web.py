@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from .consumer import Consumer
+from agent.fleet.consumer import Consumer
 
 __all__ = [
     "LISTEN_HOST",

@@ -31,9 +31,7 @@ import onnx
 import structlog
 from google.protobuf.message import DecodeError
 
-from ..runtime.base import EngineError
-from ..runtime.tensorrt import ShapeProfile, make_logger
-from .build_spec import (
+from agent.models.build_spec import (
     DEFAULT_WORKSPACE_MB,
     BuildSpec,
     BuildSpecError,
@@ -45,9 +43,11 @@ from .build_spec import (
     resolve_profiles,
     target_precision,
 )
-from .engine_cache import EngineCache, EngineKey, Platform
-from .manifest import sha256_file
-from .sparsity import sparsity_report
+from agent.models.engine_cache import EngineCache, EngineKey, Platform
+from agent.models.manifest import sha256_file
+from agent.models.sparsity import sparsity_report
+from agent.runtime.base import EngineError
+from agent.runtime.tensorrt import ShapeProfile, make_logger
 
 __all__ = [
     "BuildError",

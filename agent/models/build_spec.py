@@ -14,7 +14,7 @@ from typing import Literal
 
 import onnx
 
-from ..runtime.tensorrt import ShapeProfile
+from agent.runtime.tensorrt import ShapeProfile
 
 __all__ = [
     "DEFAULT_WORKSPACE_MB",

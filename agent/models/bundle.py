@@ -10,7 +10,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from .manifest import MANIFEST_FILE, Manifest, ManifestError, check_relative
+from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_relative
 
 __all__ = ["BundleError", "pack_bundle", "stage_bare_model", "unpack_bundle", "unpack_limit"]
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import structlog
 
-from ..runtime.base import EngineLoadError
-from ..runtime.cuda import gpu_probe
-from ..runtime.tensorrt import import_tensorrt
-from .manifest import Manifest
+from agent.models.manifest import Manifest
+from agent.runtime.base import EngineLoadError
+from agent.runtime.cuda import gpu_probe
+from agent.runtime.tensorrt import import_tensorrt
 
 __all__ = [
     "CACHE_DIR",

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..runtime.base import TensorSpec
-from .manifest import HeadSpec, PreprocessSpec
+from agent.models.manifest import HeadSpec, PreprocessSpec
+from agent.runtime.base import TensorSpec
 
 __all__ = [
     "BOX_COORDS",

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import onnx
 import structlog
 
-from ..runtime.base import Engine, EngineLoadError
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from ..runtime.slot import Serving
-from .graph import fuse_preprocessing
-from .manifest import Manifest
-from .priority import lowered_priority
-from .store import InstalledModel
+from agent.models.graph import fuse_preprocessing
+from agent.models.manifest import Manifest
+from agent.models.priority import lowered_priority
+from agent.models.store import InstalledModel
+from agent.runtime.base import Engine, EngineLoadError
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.runtime.slot import Serving
 
 __all__ = ["EngineOptions", "load_serving"]
 
@@ -55,10 +55,10 @@ def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
 
 def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
     """A prebuilt engine made for this device, or the ONNX model built (or found in the cache)."""
-    from ..runtime.tensorrt import TensorRTEngine
-    from .build import ensure_engine
-    from .build_spec import BuildSpec, parse_shape
-    from .engine_cache import EngineCache, Platform, _fsync_write, check_prebuilt
+    from agent.models.build import ensure_engine
+    from agent.models.build_spec import BuildSpec, parse_shape
+    from agent.models.engine_cache import EngineCache, Platform, _fsync_write, check_prebuilt
+    from agent.runtime.tensorrt import TensorRTEngine
 
     manifest = installed.manifest
     if manifest.format == "engine":

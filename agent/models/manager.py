@@ -29,16 +29,24 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ..runtime.base import EngineError
-from ..runtime.slot import EngineSlot, Serving
-from .bundle import BundleError, stage_bare_model, unpack_bundle
-from .fetch import DownloadAbort, Fetched, FetchError, download, redact_url, verify_artifact, verify_statement
-from .graph import check_fits_head, check_fits_input
-from .loader import EngineOptions, load_serving
-from .manifest import ManifestError
-from .priority import lowered_priority, restore_thread_priority
-from .probation import Probation, ProbationVerdict, judge
-from .store import ModelStore, StoreError
+from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
+from agent.models.fetch import (
+    DownloadAbort,
+    Fetched,
+    FetchError,
+    download,
+    redact_url,
+    verify_artifact,
+    verify_statement,
+)
+from agent.models.graph import check_fits_head, check_fits_input
+from agent.models.loader import EngineOptions, load_serving
+from agent.models.manifest import ManifestError
+from agent.models.priority import lowered_priority, restore_thread_priority
+from agent.models.probation import Probation, ProbationVerdict, judge
+from agent.models.store import ModelStore, StoreError
+from agent.runtime.base import EngineError
+from agent.runtime.slot import EngineSlot, Serving
 
 __all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus", "Step"]
 

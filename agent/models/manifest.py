@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from ..monitor.bias import BiasConfigError, SliceSpec
-from ..monitor.reference import Reference, ReferenceError
-from ..names import NAME_PATTERN, ModelName, ModelVersion, check_name
+from agent.core.names import NAME_PATTERN, ModelName, ModelVersion, check_name
+from agent.monitor.bias import BiasConfigError, SliceSpec
+from agent.monitor.reference import Reference, ReferenceError
 
 __all__ = [
     "MANIFEST_FILE",
@@ -220,7 +220,7 @@ class Manifest(_Strict):
         """``reference`` and ``slices`` parsed for the monitors, once per manifest object.
 
         Raises ManifestError naming the field. Called while a deployment validates,
-        so that the swap (agent.signals) only assigns what was parsed here.
+        so that the swap (agent.device.monitors) only assigns what was parsed here.
         """
         cached = self._monitor
         if cached is not None and cached[0] is self.reference and cached[1] is self.slices:

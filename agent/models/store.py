@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootguard import write_json_atomic
-from .manifest import MANIFEST_FILE, Manifest, ManifestError, check_name
+from agent.models.bootguard import write_json_atomic
+from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_name
 
 __all__ = ["InstalledModel", "ModelStore", "StoreError"]
 

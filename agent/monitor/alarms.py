@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stats import Hysteresis, Level, Thresholds, Transition
+from agent.monitor.stats import Hysteresis, Level, Thresholds, Transition
 
 __all__ = ["Judge", "SignalEvent"]
 

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .alarms import Judge, SignalEvent
-from .features import FrameSummary, summarize
-from .feedback import (
+from agent.core.config.monitor import MonitorSection
+from agent.monitor.alarms import Judge, SignalEvent
+from agent.monitor.features import FrameSummary, summarize
+from agent.monitor.feedback import (
     FEEDBACK_SLICINGS,
     FeedbackCommand,
     FeedbackItem,
@@ -35,11 +36,10 @@ from .feedback import (
     LabelledOutcomes,
     RecentFrames,
 )
-from .settings import MonitorSection
-from .stats import Thresholds
+from agent.monitor.stats import Thresholds
 
 if TYPE_CHECKING:
-    from ..vision.pipeline import FrameResult
+    from agent.vision.pipeline import FrameResult
 
 __all__ = ["FOUR_FIFTHS", "BiasConfigError", "BiasMonitor", "BiasSettings", "SliceSpec",
            "brightness_band", "time_of_day"]

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import structlog
 
-from .alarms import Judge, SignalEvent
-from .features import FrameSummary, summarize
-from .reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics
-from .settings import MonitorSection
-from .stats import PSI_EPSILON, InputStats, Thresholds, bin_counts, js_distance, psi
+from agent.core.config.monitor import MonitorSection
+from agent.monitor.alarms import Judge, SignalEvent
+from agent.monitor.features import FrameSummary, summarize
+from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics
+from agent.monitor.stats import PSI_EPSILON, InputStats, Thresholds, bin_counts, js_distance, psi
 
 if TYPE_CHECKING:
-    from ..vision.pipeline import FrameResult
+    from agent.vision.pipeline import FrameResult
 
 __all__ = ["DriftMonitor", "DriftThresholds"]
 

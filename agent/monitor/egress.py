@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from .settings import MonitorSection
+from agent.core.config.monitor import MonitorSection
 
 __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 

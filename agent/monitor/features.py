@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from .stats import InputStats, input_stats
+from agent.monitor.stats import InputStats, input_stats
 
 if TYPE_CHECKING:
-    from ..vision.pipeline import FrameResult
+    from agent.vision.pipeline import FrameResult
 
 __all__ = ["FailureCount", "FrameSummary", "Monitors", "SummaryObserver", "summarize"]
 

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..mqtt.signals import FeedbackCommand, FeedbackItem
+from agent.wire.signals import FeedbackCommand, FeedbackItem
 
 __all__ = [
     "FEEDBACK_SLICINGS",

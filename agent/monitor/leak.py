@@ -25,10 +25,10 @@ from typing import Any
 
 import structlog
 
-from .alarms import Judge, SignalEvent
-from .egress import EgressGuard
-from .settings import MonitorSection
-from .stats import Thresholds, theil_sen
+from agent.core.config.monitor import MonitorSection
+from agent.monitor.alarms import Judge, SignalEvent
+from agent.monitor.egress import EgressGuard
+from agent.monitor.stats import Thresholds, theil_sen
 
 __all__ = ["NVMAP_CLIENTS", "RESOURCES", "DeviceReader", "LeakMonitor", "LeakSettings",
            "ResourceSample", "ResourceSampler", "parse_nvmap_clients", "read_nvmap"]

@@ -22,8 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .features import FrameSummary
-from .stats import Binned, quantile_edges
+from agent.monitor.features import FrameSummary
+from agent.monitor.stats import Binned, quantile_edges
 
 __all__ = [
     "INPUT_METRICS",

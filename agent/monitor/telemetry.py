@@ -1,6 +1,6 @@
 """Builds the agent's payloads (envelope, sequence numbers) and publishes them through the session.
 
-Every outgoing payload is a pydantic model of agent.mqtt.schema, validated on
+Every outgoing payload is a pydantic model of agent.wire.schema, validated on
 construction, so nothing leaves the device that is not in the schema.
 """
 
@@ -13,7 +13,9 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from ..mqtt.schema import (
+from agent.monitor.egress import EgressBlocked, EgressGuard
+from agent.monitor.latency import LatencySnapshot
+from agent.wire.schema import (
     BrokerHealth,
     CameraHealth,
     CameraLatency,
@@ -34,9 +36,7 @@ from ..mqtt.schema import (
     clip_text,
     encode_payload,
 )
-from ..mqtt.topics import Topics
-from .egress import EgressBlocked, EgressGuard
-from .latency import LatencySnapshot
+from agent.wire.topics import Topics
 
 __all__ = ["Telemetry"]
 

@@ -30,8 +30,8 @@ import paho.mqtt.client as paho
 import structlog
 from aiomqtt.exceptions import MqttConnectError
 
-from agent.backoff import Backoff
-from agent.config import MqttSection
+from agent.core.backoff import Backoff
+from agent.core.config.agent import MqttSection
 from agent.mqtt.outbox import MemoryOutbox, Outbox
 from agent.mqtt.settings import parse_broker_url, read_password, tls_parameters
 

@@ -16,8 +16,8 @@ from aiomqtt import TLSParameters
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.config import MqttSection
-from agent.mqtt.topics import TopicError, check_device_id
+from agent.core.config.agent import MqttSection
+from agent.wire.topics import TopicError, check_device_id
 
 __all__ = [
     "CREDENTIAL_NAME",

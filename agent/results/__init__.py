@@ -6,7 +6,7 @@ This ``__init__`` is the package's door: other packages import only what ``__all
 
 from __future__ import annotations
 
-from ..config_results import (
+from agent.core.config.results import (
     LineSettings,
     RateSettings,
     ResultsSettings,
@@ -14,57 +14,39 @@ from ..config_results import (
     TrackerSettings,
     ZoneSettings,
 )
-from .camera import CameraResults, FrameOutcome
-from .payloads import (
-    BoxItem,
-    ClassifyResult,
-    ClassItem,
-    CountsPayload,
-    DetectResult,
-    ObjectEventData,
-    ResultsPayload,
-    TextItem,
-    TextResult,
+from agent.results.camera import CameraResults, FrameOutcome
+from agent.results.payloads import (
     counts_payload,
     event_payload,
     results_payload,
 )
-from .publisher import HANDOFF_QUEUE, Outcome, ResultsPublisher
-from .rate import RateLimiter
-from .recognize import CtcDecoder, Reading, SecondStage, batch_crops, crop_quad
-from .snapshots import FolderSink, Snapshots, encode_jpeg, render
-from .tracker import TrackedObject, Tracker
-from .zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, inside
+from agent.results.publisher import HANDOFF_QUEUE, Outcome, ResultsPublisher
+from agent.results.rate import RateLimiter
+from agent.results.recognize import CtcDecoder, Reading, SecondStage, batch_crops, crop_quad
+from agent.results.snapshots import FolderSink, Snapshots, encode_jpeg, render
+from agent.results.tracker import TrackedObject, Tracker
+from agent.results.zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, inside
 
 __all__ = [
     "EVENT_KINDS",
     "HANDOFF_QUEUE",
-    "BoxItem",
     "CameraResults",
-    "ClassItem",
-    "ClassifyResult",
-    "CountsPayload",
     "CtcDecoder",
-    "DetectResult",
     "EventKind",
     "FolderSink",
     "FrameOutcome",
     "LineSettings",
-    "ObjectEventData",
     "Outcome",
     "RateLimiter",
     "RateSettings",
     "Reading",
     "ResultEvent",
-    "ResultsPayload",
     "ResultsPublisher",
     "ResultsSettings",
     "Scene",
     "SecondStage",
     "SnapshotSettings",
     "Snapshots",
-    "TextItem",
-    "TextResult",
     "TrackedObject",
     "Tracker",
     "TrackerSettings",

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config_results import ResultsSettings
-from ..vision.heads import Detection
-from .rate import RateLimiter
-from .snapshots import FolderSink, Snapshots
-from .tracker import TrackedObject, Tracker
-from .zones import ResultEvent, Scene
+from agent.core.config.results import ResultsSettings
+from agent.results.rate import RateLimiter
+from agent.results.snapshots import FolderSink, Snapshots
+from agent.results.tracker import TrackedObject, Tracker
+from agent.results.zones import ResultEvent, Scene
+from agent.vision.heads import Detection
 
 __all__ = ["CameraResults", "FrameOutcome"]
 

@@ -30,17 +30,17 @@ from typing import Any
 
 import structlog
 
-from ..config_results import ResultsSettings
-from ..monitor.features import FailureCount
-from ..monitor.telemetry import Telemetry
-from ..mqtt.schema import ModelRef
-from ..mqtt.topics import Topics
-from ..vision.heads import Detection, Prediction
-from ..vision.pipeline import FrameResult
-from .camera import CameraResults
-from .payloads import counts_payload, event_payload, results_payload
-from .tracker import TrackedObject
-from .zones import ResultEvent
+from agent.core.config.results import ResultsSettings
+from agent.monitor.features import FailureCount
+from agent.monitor.telemetry import Telemetry
+from agent.results.camera import CameraResults
+from agent.results.payloads import counts_payload, event_payload, results_payload
+from agent.results.tracker import TrackedObject
+from agent.results.zones import ResultEvent
+from agent.vision.heads import Detection, Prediction
+from agent.vision.pipeline import FrameResult
+from agent.wire.schema import ModelRef
+from agent.wire.topics import Topics
 
 __all__ = ["HANDOFF_QUEUE", "ResultsPublisher"]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..models.manifest import Manifest, PreprocessSpec, confined
-from ..runtime.base import Engine
-from ..vision.heads import Detection
-from ..vision.preprocess import TransformError
+from agent.models.manifest import Manifest, PreprocessSpec, confined
+from agent.runtime.base import Engine
+from agent.vision.heads import Detection
+from agent.vision.preprocess import TransformError
 
 __all__ = [
     "MAX_CROP_ASPECT",

@@ -21,9 +21,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..config_results import SnapshotSettings
-from .tracker import TrackedObject
-from .zones import ResultEvent
+from agent.core.config.results import SnapshotSettings
+from agent.results.tracker import TrackedObject
+from agent.results.zones import ResultEvent
 
 __all__ = ["MAX_KEPT_TRACKS", "FolderSink", "Snapshots", "encode_jpeg", "render"]
 

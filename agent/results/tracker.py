@@ -20,8 +20,8 @@ import numpy as np
 from norfair.tracker import Detection as NorfairDetection
 from norfair.tracker import Tracker as NorfairTracker
 
-from ..config_results import TrackerSettings
-from ..vision.heads import Detection
+from agent.core.config.results import TrackerSettings
+from agent.vision.heads import Detection
 
 __all__ = ["TrackedObject", "Tracker"]
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config_results import LineSettings, ResultsSettings, ZoneSettings
-from .tracker import TrackedObject
+from agent.core.config.results import LineSettings, ResultsSettings, ZoneSettings
+from agent.results.tracker import TrackedObject
 
 __all__ = ["EVENT_KINDS", "EventKind", "ResultEvent", "Scene", "crossing_side", "inside"]
 

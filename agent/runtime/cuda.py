@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from .base import EngineError, EngineLoadError
+from agent.runtime.base import EngineError, EngineLoadError
 
 __all__ = [
     "CudaError",

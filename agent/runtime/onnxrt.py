@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import EngineLoadError, TensorSpec
+from agent.runtime.base import EngineLoadError, TensorSpec
 
 __all__ = ["OnnxRuntimeEngine", "available_providers"]
 

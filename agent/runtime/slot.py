@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from .base import Engine
+from agent.runtime.base import Engine
 
 __all__ = ["EngineSlot", "Serving", "SlotEmptyError"]
 

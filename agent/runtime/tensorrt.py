@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from .base import EngineError, EngineLoadError, TensorSpec
-from .cuda import CudaError, CudaMemory, gpu_probe, open_cuda_memory
+from agent.runtime.base import EngineError, EngineLoadError, TensorSpec
+from agent.runtime.cuda import CudaError, CudaMemory, gpu_probe, open_cuda_memory
 
 __all__ = [
     "RUNTIME_CHOICES",

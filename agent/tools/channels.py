@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import PruneError
+from agent.tools.errors import PruneError
 
 __all__ = ["CHANNEL_MULTIPLE", "ChannelGroup", "ChannelReport", "channel_groups", "prune_channels"]
 
@@ -262,7 +262,7 @@ def _pointwise(g: _Graph, node: onnx.NodeProto) -> tuple[int, int] | None:
 def _run(model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
          ) -> Iterator[dict[str, np.ndarray]]:
     """Per feed, the tensors ``names`` of ``model``."""
-    from ..runtime.onnxrt import OnnxRuntimeEngine
+    from agent.runtime.onnxrt import OnnxRuntimeEngine
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

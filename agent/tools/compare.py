@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..vision.transforms import Detection, Prediction
-from .errors import CompareError
-from .modelref import DEFAULT_THREADS, ModelRef, Runner
+from agent.tools.errors import CompareError
+from agent.tools.modelref import DEFAULT_THREADS, ModelRef, Runner
+from agent.vision.transforms import Detection, Prediction
 
 __all__ = [
     "DEFAULT_IOU",

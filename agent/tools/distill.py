@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 import structlog
 
-from ..vision.transforms import softmax
-from .compare import Comparison, compare_models
-from .errors import DistillError
-from .export import export_onnx, require_torch
-from .modelref import ModelRef, Runner
+from agent.tools.compare import Comparison, compare_models
+from agent.tools.errors import DistillError
+from agent.tools.export import export_onnx, require_torch
+from agent.tools.modelref import ModelRef, Runner
+from agent.vision.transforms import softmax
 
 __all__ = ["DistillOptions", "DistillResult", "distill", "teacher_targets"]
 

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from .errors import ExportError
-from .onnxutil import default_opset, set_metadata
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.errors import ExportError
+from agent.tools.onnxutil import default_opset, set_metadata
 
 __all__ = [
     "DEFAULT_OPSET",

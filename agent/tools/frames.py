@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import FramesError
+from agent.tools.errors import FramesError
 
 __all__ = ["COVER_POOL", "IMAGE_SUFFIXES", "covering_frames", "read_frames", "read_image_frames",
            "read_video_frames"]

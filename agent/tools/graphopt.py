@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .onnxutil import copy_model, default_opset
+from agent.tools.onnxutil import copy_model, default_opset
 
 __all__ = [
     "HARDSWISH_OPSET",

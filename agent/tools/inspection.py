@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..models.fetch import FetchError, load_public_key, verify_statement
-from ..models.manifest import MANIFEST_FILE, Manifest
-from .errors import PackError
-from .pack import signature_path
+from agent.models.fetch import FetchError, load_public_key, verify_statement
+from agent.models.manifest import MANIFEST_FILE, Manifest
+from agent.tools.errors import PackError
+from agent.tools.pack import signature_path
 
 __all__ = ["BundleInspection", "Member", "format_inspection", "inspect_bundle"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..models.graph import fuse_preprocessing
-from ..models.manifest import MANIFEST_FILE, Manifest
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from ..vision.transforms import Geometry, Prediction, Preprocessor, make_head
-from .errors import ToolError
+from agent.models.graph import fuse_preprocessing
+from agent.models.manifest import MANIFEST_FILE, Manifest
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.errors import ToolError
+from agent.vision.transforms import Geometry, Prediction, Preprocessor, make_head
 
 __all__ = [
     "DEFAULT_THREADS",

@@ -11,7 +11,7 @@ from typing import Any
 import onnx
 from onnx import version_converter
 
-from .errors import ToolError
+from agent.tools.errors import ToolError
 
 __all__ = [
     "METADATA_PREFIX",

@@ -3,7 +3,7 @@
 A bundle is a tar of one model folder (see ``agent.models.bundle``). ``pack``
 checks that the manifest fits the model, writes golden inputs with the outputs
 the model must reproduce, profiles the model on the video for the reference
-statistics drift detection compares against (``agent.monitor.profile``, the
+statistics drift detection compares against (``agent.tools.profile``, the
 same per-frame summary the live drift monitor makes), hashes every file into
 the manifest and, given a private key, writes the bundle's signed statement
 ``<bundle>.sig`` (JSON: name, version, format, sha256, expiry and the ed25519
@@ -30,16 +30,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..models.bundle import pack_bundle
-from ..models.fetch import STATEMENT_VALID_S, load_private_key, sign_file
-from ..models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
-from ..models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
-from ..monitor.profile import ProfileError, profile, video_frames
-from ..monitor.profile_cli import DEFAULT_FRAMES as PROFILE_FRAMES
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from ..vision.transforms import Preprocessor
-from .errors import PackError
-from .frames import read_video_frames
+from agent.cli.profile import DEFAULT_FRAMES as PROFILE_FRAMES
+from agent.models.bundle import pack_bundle
+from agent.models.fetch import STATEMENT_VALID_S, load_private_key, sign_file
+from agent.models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
+from agent.models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.errors import PackError
+from agent.tools.frames import read_video_frames
+from agent.tools.profile import ProfileError, profile, video_frames
+from agent.vision.transforms import Preprocessor
 
 __all__ = [
     "GOLDEN_ATOL",

@@ -33,13 +33,12 @@ import numpy as np
 import onnx
 import structlog
 
-from ..models.manifest import Manifest, sha256_file
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from ..vision.transforms import Preprocessor
-from .errors import QuantizeError
-from .graphopt import HARDSWISH_OPSET, GraphOptReport, optimize_graph
-from .modelref import ModelRef, check_empty, write_model_folder
-from .onnxutil import (
+from agent.models.manifest import Manifest, sha256_file
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.errors import QuantizeError
+from agent.tools.graphopt import HARDSWISH_OPSET, GraphOptReport, optimize_graph
+from agent.tools.modelref import ModelRef, check_empty, write_model_folder
+from agent.tools.onnxutil import (
     constants_to_initializers,
     default_opset,
     load_onnx,
@@ -47,7 +46,8 @@ from .onnxutil import (
     set_metadata,
     upgrade_opset,
 )
-from .sensitivity import REPORT_FILE, SensitivityReport, mixed_precision
+from agent.tools.sensitivity import REPORT_FILE, SensitivityReport, mixed_precision
+from agent.vision.transforms import Preprocessor
 
 __all__ = [
     "MIN_QDQ_OPSET",

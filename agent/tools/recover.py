@@ -37,14 +37,14 @@ import onnx
 import structlog
 from onnx import numpy_helper
 
-from ..models.manifest import Manifest
-from .compare import compare_models
-from .distill import teacher_targets
-from .errors import DistillError
-from .export import require_torch
-from .graphopt import HARDSWISH_OPSET, optimize_graph
-from .modelref import DEFAULT_THREADS, ModelRef, Runner, check_empty, write_model_folder
-from .onnxutil import constants_to_initializers, load_onnx, name_nodes, set_metadata, upgrade_opset
+from agent.models.manifest import Manifest
+from agent.tools.compare import compare_models
+from agent.tools.distill import teacher_targets
+from agent.tools.errors import DistillError
+from agent.tools.export import require_torch
+from agent.tools.graphopt import HARDSWISH_OPSET, optimize_graph
+from agent.tools.modelref import DEFAULT_THREADS, ModelRef, Runner, check_empty, write_model_folder
+from agent.tools.onnxutil import constants_to_initializers, load_onnx, name_nodes, set_metadata, upgrade_opset
 
 __all__ = [
     "REFIT_FRAMES",
@@ -355,9 +355,9 @@ def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: f
     """Prune ``src`` (``channels``: structured, refit on ``calibration``; ``unstructured`` or ``2:4``:
     magnitude), recover it on ``training`` when ``options`` is given, and report each stage on
     ``evaluation``. Writes the model folder ``out_dir`` with ``prune_report.json``."""
-    from .channels import prune_channels
-    from .prune import REPORT_FILE, prune_onnx
-    from .quantize import calibration_feeds
+    from agent.tools.channels import prune_channels
+    from agent.tools.prune import REPORT_FILE, prune_onnx
+    from agent.tools.quantize import calibration_feeds
 
     check_empty(out_dir)
     if not evaluation:

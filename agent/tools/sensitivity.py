@@ -27,10 +27,10 @@ import numpy as np
 import onnx
 import structlog
 
-from ..runtime.onnxrt import OnnxRuntimeEngine
-from .compare import compare_models
-from .errors import QuantizeError
-from .modelref import ModelRef
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.compare import compare_models
+from agent.tools.errors import QuantizeError
+from agent.tools.modelref import ModelRef
 
 __all__ = [
     "LayerSensitivity",
@@ -115,7 +115,7 @@ def _rel_error(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
 def layer_sensitivity(prepared: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                       probes: Sequence[dict[str, np.ndarray]], options: Any, cache: Path) -> list[LayerSensitivity]:
     """Every quantizable node's sensitivity, most sensitive first (``options``: a ``QuantizeOptions``)."""
-    from .quantize import quantize_onnx
+    from agent.tools.quantize import quantize_onnx
 
     reference = _outputs(prepared, probes)
     excluded = set(options.exclude_nodes)
@@ -146,7 +146,7 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
                     probes: Sequence[dict[str, np.ndarray]], eval_frames: Sequence[np.ndarray], options: Any,
                     target: float, *, threads: int = PROBE_THREADS) -> tuple[onnx.ModelProto, SensitivityReport]:
     """The INT8 model with the fewest float nodes whose agreement with ``source`` reaches ``target``."""
-    from .quantize import quantize_onnx
+    from agent.tools.quantize import quantize_onnx
 
     if not 0.0 < target <= 1.0:
         raise QuantizeError(f"target agreement {target} is outside (0, 1]")

@@ -21,11 +21,11 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from ..commands import CommandFailed
-from ..config import CameraSection, check_camera_set
-from ..models.bootguard import write_json_atomic
-from ..monitor.latency import CameraRecorders
-from .sources import FrameSource, SourceError, SourceStats, redact_uri
+from agent.core.config.agent import CameraSection, check_camera_set
+from agent.device.commands import CommandFailed
+from agent.models.bootguard import write_json_atomic
+from agent.monitor.latency import CameraRecorders
+from agent.vision.sources import FrameSource, SourceError, SourceStats, redact_uri
 
 __all__ = [
     "CAMERAS_FILE", "CAMERA_ERROR_CODES", "Camera", "CameraError", "CameraSet", "camera_entry", "camera_rows",

@@ -15,10 +15,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from ..models.graph import BOX_COORDS
-from ..models.manifest import HeadSpec
-from .preprocess import Geometry, TransformError
-from .textdet import text_boxes
+from agent.models.graph import BOX_COORDS
+from agent.models.manifest import HeadSpec
+from agent.vision.preprocess import Geometry, TransformError
+from agent.vision.textdet import text_boxes
 
 __all__ = [
     "DEFAULT_TEXT_LABEL",

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ..monitor.features import FailureCount
-from ..monitor.latency import CameraRecorders, LatencyRecorder
-from ..runtime.slot import EngineSlot, Serving, SlotEmptyError
-from .preprocess import Geometry
-from .scheduler import Scheduler
-from .sources import Frame, FrameSource
-from .transforms import Prediction, Preprocessor, make_head
+from agent.monitor.features import FailureCount
+from agent.monitor.latency import CameraRecorders, LatencyRecorder
+from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
+from agent.vision.preprocess import Geometry
+from agent.vision.scheduler import Scheduler
+from agent.vision.sources import Frame, FrameSource
+from agent.vision.transforms import Prediction, Preprocessor, make_head
 
 __all__ = ["FrameResult", "Pipeline", "PipelineCounters"]
 

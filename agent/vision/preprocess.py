@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..models.graph import SpecMismatchError, check_fits_input
-from ..models.manifest import PreprocessSpec
-from ..runtime.base import TensorSpec
+from agent.models.graph import SpecMismatchError, check_fits_input
+from agent.models.manifest import PreprocessSpec
+from agent.runtime.base import TensorSpec
 
 __all__ = ["INTERPOLATION", "Geometry", "Preprocessor", "TransformError"]
 

@@ -18,8 +18,8 @@ from dataclasses import replace
 
 import structlog
 
-from .cameras import Camera, CameraSet
-from .sources import Frame
+from agent.vision.cameras import Camera, CameraSet
+from agent.vision.sources import Frame
 
 __all__ = ["Scheduler"]
 

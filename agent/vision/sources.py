@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.backoff import Backoff
-from agent.config import SourceSection
+from agent.core.backoff import Backoff
+from agent.core.config.agent import SourceSection
 
 __all__ = [
     "JETSON_CSI_PIPELINE", "LIVE_STATES", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",

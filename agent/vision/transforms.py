@@ -7,8 +7,8 @@ implementations live in ``preprocess``, ``heads`` and ``textdet``.
 
 from __future__ import annotations
 
-from .heads import Classification, Detection, Head, Prediction, make_head, nms, softmax
-from .preprocess import Geometry, Preprocessor, TransformError
+from agent.vision.heads import Classification, Detection, Head, Prediction, make_head, nms, softmax
+from agent.vision.preprocess import Geometry, Preprocessor, TransformError
 
 __all__ = [
     "Classification",

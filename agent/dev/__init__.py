@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks, the soak run, the demo models, the configuration page."""

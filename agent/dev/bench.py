@@ -1,0 +1,400 @@
+"""``make bench``: side-by-side measurements on the demo model and video, printed as ratios.
+
+1. pipeline: frames/s of the whole agent pipeline (capture thread decoding the
+   demo video, preprocessing, inference, postprocessing) against a bare ONNX
+   Runtime loop on the same model, same threads, pre-made input tensors.
+   Rounds alternate (bare, pipeline, bare, ...) so machine noise hits both.
+2. swap: N hot-swaps between two real models (PP-OCRv4 and PP-OCRv6 text
+   detectors) through the real deployment manager while the pipeline runs at
+   full rate: skipped frames, the worst gap between processed frames around a
+   swap against the median gap, and RSS growth over the swaps.
+3. cameras: 1, 2, 4, 8 cameras on one engine, batched and unbatched, against a bare
+   engine loop at the same batch size, fairness across cameras, and the RTSP
+   recovery time from a real RTSP server (see ``agent.dev.bench_cameras``).
+4. results: frames/s of the pipeline with results, tracking, zones, a line and events on
+   (the agent's ``ResultsPublisher`` as the frame observer, every frame published, its
+   asyncio side encoding each payload for a broker session that takes it) against off,
+   interleaved in the same rounds, and the observer's cost per frame (see ``bench_results``).
+5. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+   CPU (frames/s ratio and agreement), and magnitude pruning against the dense
+   model (see ``agent.dev.bench_tools``).
+
+Numbers only; nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.core.config.agent import DeploySection, SourceSection
+from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
+from agent.dev.bench_tools import bench_tools
+from agent.models.bundle import pack_bundle
+from agent.models.loader import EngineOptions, load_serving
+from agent.models.manager import DeploymentManager, DeployRequest
+from agent.models.manifest import sha256_file
+from agent.models.probation import Probation
+from agent.models.store import ModelStore
+from agent.monitor.health import rss_bytes
+from agent.monitor.latency import LatencyRecorder
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.runtime.slot import EngineSlot
+from agent.vision.pipeline import FrameResult, Pipeline
+from agent.vision.sources import FrameSource
+from agent.vision.transforms import Preprocessor
+
+__all__ = ["main"]
+
+THREADS = 2
+WARMUP_FRAMES = 10
+CLOSE_TIMEOUT_S = 60.0
+"""Bound on the results publisher's flush after a round (it has at most its hand-over queue to encode)."""
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def bare_fps(model: Path, tensor: np.ndarray, frames: int, threads: int) -> float:
+    engine = OnnxRuntimeEngine.load(model, threads=threads)
+    name = engine.inputs[0].name
+    for _ in range(WARMUP_FRAMES):
+        engine.infer({name: tensor})
+    start = time.perf_counter()
+    for _ in range(frames):
+        engine.infer({name: tensor})
+    elapsed = time.perf_counter() - start
+    engine.close()
+    return frames / elapsed
+
+
+def _source(video: Path) -> FrameSource:
+    return FrameSource(SourceSection(uri=str(video), loop=True, pace="none", name="bench"))
+
+
+def _monitors(serving: Any) -> list[Any]:
+    """The agent's per-frame monitors (drift and bias), set up as the daemon does."""
+    from agent.core.config.monitor import MonitorSection
+    from agent.monitor.bias import BiasMonitor
+    from agent.monitor.drift import DriftMonitor
+    from agent.monitor.features import Monitors
+
+    section = MonitorSection()
+    drift = DriftMonitor.from_settings(section, serving.manifest.reference, serving.version)
+    bias = BiasMonitor.from_settings(section, serving.manifest.slices)
+    return [Monitors([drift, bias])]
+
+
+def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
+                 fuse: bool, monitors: bool = False,
+                 extra: list[Any] | None = None) -> tuple[float, LatencyRecorder]:
+    slot = EngineSlot()
+    slot.swap(load_serving(store.current("text-det"), EngineOptions(threads=threads, fuse_preprocessing=fuse)))
+    recorder = LatencyRecorder(window=frames)
+    source = _source(video)
+    observers = (_monitors(slot.serving) if monitors else []) + (extra or [])
+    pipeline = Pipeline(source, slot, recorder, observers=observers)
+    source.start()
+    for _ in range(WARMUP_FRAMES):
+        frame = source.get(10.0)
+        if frame is not None:
+            pipeline.process(frame)
+    recorder = pipeline.recorder = LatencyRecorder(window=frames)
+    done = pipeline.counters.frames_processed + frames
+    start = time.perf_counter()
+    pipeline.start()
+    while pipeline.counters.frames_processed < done:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    pipeline.stop(10.0)
+    source.stop()
+    slot.clear()
+    return (pipeline.counters.frames_processed - done + frames) / elapsed, recorder
+
+
+def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+    import cv2
+
+    installed = store.current("text-det")
+    capture = cv2.VideoCapture(str(demo / "video.mp4"))
+    _, image = capture.read()
+    capture.release()
+    engine = OnnxRuntimeEngine.load(installed.model_path, threads=THREADS)
+    tensor, _ = Preprocessor(installed.manifest.preprocess, engine.inputs[0]).prep(image)
+    engine.close()
+    _say(f"\n== pipeline vs bare ONNX Runtime ({installed.manifest.name} {installed.manifest.version}, "
+         f"{THREADS} threads, {frames} frames x {rounds} rounds, 640x480) ==")
+    bare, piped, unfused, monitored = [], [], [], []
+    recorder = None
+    video = demo / "video.mp4"
+    for i in range(rounds):
+        bare.append(bare_fps(installed.model_path, tensor, frames, THREADS))
+        fps, recorder = pipeline_fps(store, video, frames, THREADS, fuse=True)
+        piped.append(fps)
+        monitored.append(pipeline_fps(store, video, frames, THREADS, fuse=True, monitors=True)[0])
+        unfused.append(pipeline_fps(store, video, frames, THREADS, fuse=False)[0])
+        _say(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} | with monitors "
+             f"{monitored[-1]:.2f} | without fused preprocessing {unfused[-1]:.2f}")
+    b, p, u = statistics.median(bare), statistics.median(piped), statistics.median(unfused)
+    m = statistics.median(monitored)
+    _say(f"bare loop            {b:7.2f} fps (median)")
+    _say(f"agent pipeline       {p:7.2f} fps  ratio {p / b:.3f}  (goal >= 0.95)")
+    _say(f"  unfused preprocess {u:7.2f} fps  ratio {u / b:.3f}  (for comparison)")
+    _say(f"monitors on          {m:7.2f} fps  ratio to monitors off {m / p:.3f}  (goal >= 0.98)")
+    if recorder is not None:
+        snap = recorder.snapshot()
+        for stage, s in snap.stages.items():
+            _say(f"  {stage:<13} p50 {s.p50_ms:8.2f} ms   p99 {s.p99_ms:8.2f} ms")
+    from agent.dev.monitor_cost import measure_monitor_cost
+
+    cost = measure_monitor_cost(video, installed.path, frames=min(frames * 2, 300))
+    _say("monitors' own cost: " + "; ".join(cost.lines()))
+
+
+class _TakingSession:
+    """The broker session's place for the results bench: takes every message at once (no network),
+    so what is measured is the agent's own work: tracking, zones, events, payloads, encoding."""
+
+    async def publish(self, topic: str, data: bytes, qos: int = 1, retain: bool = False) -> None:
+        return None
+
+    async def publish_now(self, topic: str, data: bytes, qos: int = 0) -> bool:
+        return True
+
+
+class TimedObserver:
+    """Wraps the results observer: its wall time per frame on the frame thread."""
+
+    def __init__(self, observe: Any) -> None:
+        self.observe = observe
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, result: FrameResult) -> None:
+        began = time.perf_counter()
+        self.observe(result)
+        self.seconds += time.perf_counter() - began
+        self.calls += 1
+
+
+def _results_settings(width: int, height: int) -> Any:
+    """Every frame published, a zone on the left half and a line down the middle: all of it runs."""
+    from agent.core.config.results import LineSettings, RateSettings, ResultsSettings, ZoneSettings
+
+    half = width / 2
+    return ResultsSettings(
+        rate=RateSettings(mode="every_frame"),
+        zones=(ZoneSettings(name="left", polygon=((0.0, 0.0), (half, 0.0), (half, height), (0.0, height))),),
+        lines=(LineSettings(name="middle", start=(half, 0.0), end=(half, float(height))),))
+
+
+def results_fps(store: ModelStore, video: Path, frames: int, state_dir: Path) -> dict[str, float]:
+    """Pipeline frames/s with the results publisher observing, and its costs per frame."""
+    import threading
+
+    from agent.monitor.telemetry import Telemetry
+    from agent.results import ResultsPublisher
+    from agent.wire.topics import Topics
+
+    topics = Topics("edge", "bench")
+    telemetry = Telemetry(topics, "bench", "bench")
+    telemetry.attach(_TakingSession())
+    settings = _results_settings(640, 480)
+    publisher = ResultsPublisher(telemetry, topics, lambda camera: settings, state_dir)
+    timed = TimedObserver(publisher.observe)
+    loop = asyncio.new_event_loop()
+    cpu: list[float] = []
+
+    def publishing() -> None:
+        began = time.thread_time()
+        loop.run_forever()
+        cpu.append(time.thread_time() - began)
+
+    thread = threading.Thread(target=publishing, name="results-bench", daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(publisher.run(), loop)
+    fps, _ = pipeline_fps(store, video, frames, THREADS, fuse=True, extra=[timed])
+    asyncio.run_coroutine_threadsafe(publisher.close(), loop).result(CLOSE_TIMEOUT_S)
+    running.result(CLOSE_TIMEOUT_S)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(CLOSE_TIMEOUT_S)
+    loop.close()
+    calls = max(timed.calls, 1)
+    return {"fps": fps, "observe_us": timed.seconds / calls * 1e6,
+            "publish_us": (cpu[0] if cpu else 0.0) / calls * 1e6,
+            "published": publisher.published, "events": publisher.events, "counts": publisher.counts,
+            "failures": publisher.failures.count, "handoff_dropped": publisher.handoff_dropped}
+
+
+def bench_results(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+    installed = store.current("text-det")
+    _say(f"\n== results, tracking and events on vs off ({installed.manifest.name} {installed.manifest.version}, "
+         f"{THREADS} threads, {frames} frames x {rounds} rounds, every frame published, 1 zone, 1 line) ==")
+    video = demo / "video.mp4"
+    off, on = [], []
+    costs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            off.append(pipeline_fps(store, video, frames, THREADS, fuse=True)[0])
+            costs.append(results_fps(store, video, frames, Path(tmp)))
+            on.append(costs[-1]["fps"])
+            c = costs[-1]
+            _say(f"round {i + 1}: off {off[-1]:.2f} fps | on {on[-1]:.2f} fps | observer "
+                 f"{c['observe_us']:.0f} us/frame | publishing {c['publish_us']:.0f} us/frame"
+                 f" | results {c['published']:.0f}, events "
+                 f"{c['events']:.0f}, counts {c['counts']:.0f}, failures {c['failures']:.0f}, "
+                 f"handoff dropped {c['handoff_dropped']:.0f}")
+    f_off, f_on = statistics.median(off), statistics.median(on)
+    _say(f"results off          {f_off:7.2f} fps (median)")
+    _say(f"results on           {f_on:7.2f} fps  ratio {f_on / f_off:.3f}  (goal >= 0.98)")
+    _say(f"observer (frame thread: tracking, zones, lines, hand-over) "
+         f"{statistics.median(c['observe_us'] for c in costs):.0f} us/frame (median of rounds)")
+    _say(f"publishing (asyncio side: payloads built and encoded, CPU of its thread) "
+         f"{statistics.median(c['publish_us'] for c in costs):.0f} us/frame (median of rounds)")
+
+
+class GapRecorder:
+    """Observer: the time and engine version of every processed frame."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.versions: list[str] = []
+        self.indices: list[int] = []
+
+    def __call__(self, result: FrameResult) -> None:
+        self.times.append(time.perf_counter())
+        self.versions.append(result.version)
+        self.indices.append(result.frame.index)
+
+
+def _bundle(demo: Path, version: str, out_dir: Path) -> tuple[Path, str]:
+    folder = demo / "models" / f"text-det-{version}"
+    out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
+    return out, sha256_file(out)
+
+
+async def _swaps(demo: Path, root: Path, swaps: int) -> dict[str, Any]:
+    store = ModelStore(root / "engines", keep=3)
+    store.install(demo / "models" / "text-det-v4")
+    bundles = {v: _bundle(demo, v, root) for v in ("v4", "v6")}
+    slot = EngineSlot()
+    options = EngineOptions(threads=THREADS)
+    slot.swap(load_serving(store.current("text-det"), options))
+    source = _source(demo / "video.mp4")
+    gaps = GapRecorder()
+    pipeline = Pipeline(source, slot, LatencyRecorder(600), observers=[gaps])
+    settings = DeploySection(allowed_schemes=("file",), file_roots=(root,), latency_budget_ms=5000.0)
+    swap_spans: list[tuple[float, float]] = []
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    manager = DeploymentManager(
+        store=store, slot=slot, options=options, settings=settings, public_key=None,
+        feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats, report=nothing, swapped=nothing,
+    )
+    source.start()
+    pipeline.start()
+    while not pipeline.first_frame.is_set():
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    rss: list[int] = []
+    for i in range(swaps):
+        version = "v6" if i % 2 == 0 else "v4"
+        path, digest = bundles[version]
+        began = time.perf_counter()
+        await manager.deploy(DeployRequest(
+            name="text-det", version=version, url=path.as_uri(), sha256=digest, format="bundle",
+            probation=Probation(3600.0, 1.0, 0, 100.0), deployment_id=f"bench-{i}"))
+        swap_spans.append((began, time.perf_counter()))
+        await asyncio.sleep(0.3)
+        rss.append(rss_bytes())
+        if (i + 1) % 10 == 0:
+            _say(f"  {i + 1}/{swaps} swaps, RSS {rss[-1] / 1e6:.1f} MB")
+    await asyncio.sleep(0.5)
+    pipeline.stop(10.0)
+    source.stop()
+    manager.close()
+    slot.clear()
+    return {"gaps": gaps, "spans": swap_spans, "rss": rss, "dropped": source.stats().frames_dropped}
+
+
+def _theil_sen(values: list[float]) -> float:
+    slopes = [(values[j] - values[i]) / (j - i) for i in range(len(values)) for j in range(i + 1, len(values))]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def bench_swaps(demo: Path, swaps: int) -> None:
+    _say(f"\n== hot swap: {swaps} swaps between text-det v4 and v6 at full rate (pace=none) ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = asyncio.run(_swaps(demo, Path(tmp), swaps))
+    gaps: GapRecorder = out["gaps"]
+    times = np.array(gaps.times)
+    deltas = np.diff(times)
+    versions = gaps.versions
+    medians = {v: float(np.median([d for d, ver in zip(deltas, versions[1:], strict=False) if ver == v]))
+               for v in set(versions)}
+    skipped = int(sum(b - a - 1 for a, b in zip(gaps.indices, gaps.indices[1:], strict=False) if b > a + 1))
+    worst_switch, worst_window = 0.0, 0.0
+    for k in range(1, len(versions)):
+        if versions[k] != versions[k - 1]:
+            ref = max(medians[versions[k]], medians[versions[k - 1]])
+            worst_switch = max(worst_switch, deltas[k - 1] / ref)
+    for began, ended in out["spans"]:
+        inside = [(d, versions[k + 1]) for k, d in enumerate(deltas) if began <= times[k + 1] <= ended + 0.2]
+        for d, v in inside:
+            worst_window = max(worst_window, d / medians[v])
+    rss = out["rss"]
+    _say(f"frames processed {len(times)}, frames skipped across swaps {skipped}, "
+         f"source overwrites {out['dropped']} (goal 0)")
+    _say("median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
+    _say(f"largest gap at a swap / median gap of the slower model: {worst_switch:.2f} (goal <= 2)")
+    _say(f"largest gap while a new model loads and warms / median gap: {worst_window:.2f}")
+    if rss:
+        _say(f"RSS after first swap {rss[0] / 1e6:.1f} MB, after {len(rss)} swaps {rss[-1] / 1e6:.1f} MB, "
+             f"growth {(rss[-1] - rss[0]) / 1e6:.1f} MB (goal < 10 MB); "
+             "Theil-Sen slope over the last half "
+             f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.dev.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo"))
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--swaps", type=int, default=100)
+    parser.add_argument("--only", choices=("pipeline", "swap", "cameras", "results", "tools"), default=None)
+    parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
+    parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
+                        help="camera counts of the cameras run, comma separated")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(Path(tmp) / "engines")
+        store.install(args.demo / "models" / "text-det-v4")
+        if args.only in (None, "pipeline"):
+            bench_pipeline(args.demo, store, args.frames, args.rounds)
+        if args.only in (None, "results"):
+            bench_results(args.demo, store, args.frames, args.rounds)
+        if args.only in (None, "cameras"):
+            counts = tuple(int(n) for n in args.cameras.split(","))
+            bench_cameras(args.demo, store, args.camera_frames, THREADS, counts)
+            bench_rtsp_recovery(args.demo)
+    if args.only in (None, "swap"):
+        bench_swaps(args.demo, args.swaps)
+    if args.only in (None, "tools"):
+        bench_tools(args.demo)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

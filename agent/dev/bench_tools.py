@@ -1,0 +1,231 @@
+"""``make bench`` (``--only tools``): what the model tools buy on this CPU, measured on the demo models.
+
+For PP-OCRv4's text detector and the orientation classifier: INT8 Q/DQ variants
+(and the exact FP32 graph rewrites), among them the mixed-precision one that
+the sensitivity analysis makes for a target agreement, against the original
+FP32 model on ONNX Runtime's CPU provider, same threads. Speed is the frames/s
+ratio of paired, interleaved rounds (variant and original one after the other,
+order alternating) so machine noise hits both; agreement is the matched-box F1
+(IoU 0.5) or top-1 agreement on held-out video frames (never the calibration
+frames, nor the frames the target search measured on), through the agent's own
+preprocessing and heads. Then 50% pruning, channels and 2:4, before and after
+recovery, with the time each step took. Numbers only; nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.tools.compare import compare_models
+from agent.tools.frames import covering_frames, read_video_frames
+from agent.tools.modelref import ModelRef, resolve_model
+from agent.tools.prune import Pattern, prune_folder
+from agent.tools.quantize import QuantizeOptions, calibration_feeds, quantize_model, simplify_model
+from agent.tools.sensitivity import format_sensitivity
+
+__all__ = ["CPU_FLAGS", "bench_tools", "cpu_flags"]
+
+THREADS = 2
+CALIBRATION_FRAMES = 32
+"""Chosen to cover the scene from every other frame of VIDEO_FRAMES."""
+AGREEMENT_FRAMES = 24
+SEARCH_FRAMES = 16
+"""Frames the target-agreement search measures on (disjoint from the calibration and agreement frames)."""
+VIDEO_FRAMES = 192
+RECOVERY_FRAMES = 48
+RECOVERY_STEPS = 200
+PRUNE_RATIO = 0.5
+PRUNED_SPEED_GOAL = 1.3
+PRUNED_F1_GOAL = 0.9
+TIMING_ROUNDS = 7
+RUNS_PER_ROUND = 6
+WARMUP_RUNS = 3
+SENSITIVITY_ROWS = 12
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8")
+SPEED_GOAL = 1.5
+F1_GOAL = 0.95
+TOP1_GOAL = 0.99
+
+CPU = QuantizeOptions(target="cpu")
+AVERAGE = replace(CPU, per_channel=True, method="average")
+MIXED = "QDQ u8s8 mixed: sensitive nodes float"
+VARIANTS: dict[str, QuantizeOptions] = {
+    "QDQ u8s8 per-tensor": CPU,
+    "QDQ u8s8 per-channel": replace(CPU, per_channel=True),
+    "QDQ u8s8 per-channel, average": AVERAGE,
+    MIXED: AVERAGE,
+    "QDQ s8s8 symmetric (TensorRT)": QuantizeOptions(target="tensorrt", per_channel=True),
+}
+"""Text detector variants (the mixed one with the model's target agreement); the classifier gets the
+per-channel ones and the TensorRT one."""
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
+    """Which of CPU_FLAGS this machine's /proc/cpuinfo lists."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    agreement: float
+    rel_error: float | None
+    speed_ratio: float
+    ms: float
+    size_mb: float
+
+
+def paired_speed(reference: Path, variants: Sequence[Path], feed: dict[str, np.ndarray]) -> tuple[float, list[float]]:
+    """Median ms of the reference, and per variant the median over rounds of its frames/s ratio to it."""
+    engines = [OnnxRuntimeEngine.load(p, threads=THREADS) for p in (reference, *variants)]
+    for engine in engines:
+        for _ in range(WARMUP_RUNS):
+            engine.infer(feed)
+    ratios: list[list[float]] = [[] for _ in variants]
+    reference_ms: list[float] = []
+    for round_index in range(TIMING_ROUNDS):
+        for index, engine in enumerate(engines[1:]):
+            pair = (engines[0], engine) if round_index % 2 == 0 else (engine, engines[0])
+            seconds = {}
+            for member in pair:
+                start = time.perf_counter()
+                for _ in range(RUNS_PER_ROUND):
+                    member.infer(feed)
+                seconds[id(member)] = time.perf_counter() - start
+            ratios[index].append(seconds[id(engines[0])] / seconds[id(engine)])
+            reference_ms.append(seconds[id(engines[0])] * 1000.0 / RUNS_PER_ROUND)
+    for engine in engines:
+        engine.close()
+    return statistics.median(reference_ms), [statistics.median(r) for r in ratios]
+
+
+def _variants(source: ModelRef, variants: dict[str, QuantizeOptions], calibration: list[np.ndarray],
+              search: list[np.ndarray], target: float, work: Path) -> list[tuple[str, ModelRef]]:
+    made = []
+    simplified = work / "simplified"
+    simplify_model(source, simplified)
+    made.append(("FP32 exact graph rewrites", resolve_model(simplified)))
+    for index, (label, options) in enumerate(variants.items()):
+        started = time.monotonic()
+        mixed = label == MIXED
+        result = quantize_model(source, calibration, work / f"q{index}", options,
+                                target_agreement=target if mixed else None, eval_frames=search if mixed else ())
+        made.append((label, resolve_model(result.path.parent)))
+        _say(f"  quantized: {label} ({time.monotonic() - started:.0f} s)")
+        if result.sensitivity is not None:
+            _say("    " + format_sensitivity(result.sensitivity, SENSITIVITY_ROWS).replace("\n", "\n    "))
+    return made
+
+
+def _table(source: ModelRef, made: list[tuple[str, ModelRef]], frames: list[np.ndarray]) -> list[Row]:
+    feed = calibration_feeds(onnx.load(str(source.path)), source.manifest, frames[:1])[0]
+    reference_ms, ratios = paired_speed(source.path, [ref.path for _, ref in made], feed)
+    rows = [Row("FP32 original", 1.0, 0.0, 1.0, reference_ms, source.size_bytes / 1e6)]
+    for (label, ref), ratio in zip(made, ratios, strict=True):
+        agreement = compare_models(source, ref, frames, threads=THREADS).agreement
+        rows.append(Row(label, agreement.value, agreement.rel_error, ratio, reference_ms / ratio,
+                        ref.size_bytes / 1e6))
+    return rows
+
+
+def _print(rows: list[Row], metric: str) -> None:
+    """The table; ``x rewr.`` is the speed against the FP32 model with the exact rewrites, i.e. what INT8
+    itself adds (the rewrites are part of every INT8 variant but the one without them)."""
+    rewritten = rows[1].speed_ratio
+    _say(f"  {'variant':<34} {metric:>8} {'rel.err':>8} {'ms':>8} {'x FP32':>7} {'x rewr.':>8} {'MB':>6}")
+    for r in rows:
+        rel = "-" if r.rel_error is None else f"{r.rel_error:.3f}"
+        _say(f"  {r.label:<34} {r.agreement:>8.3f} {rel:>8} {r.ms:>8.1f} {r.speed_ratio:>7.2f} "
+             f"{r.speed_ratio / rewritten:>8.2f} {r.size_mb:>6.2f}")
+
+
+def _frame_sets(demo: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(calibration, search, agreement) frames, disjoint: agreement and search from the odd frames,
+    calibration chosen to cover the scene from the even ones."""
+    frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
+    calibration = covering_frames(frames[0::2], CALIBRATION_FRAMES)
+    return calibration, frames[3::4][:SEARCH_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
+
+
+def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], metric: str, goal: float) -> None:
+    source = resolve_model(demo / "models" / folder)
+    calibration, search, held_out = _frame_sets(demo)
+    _say(f"\n== INT8 and graph rewrites: {source.manifest.name} {source.manifest.version}, {THREADS} threads, "
+         f"{len(calibration)} calibration frames (covering), target search on {len(search)} frames, "
+         f"agreement on {len(held_out)} other frames ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _table(source, _variants(source, variants, calibration, search, goal, Path(tmp)), held_out)
+    _print(rows, metric)
+    best = max(rows[2:], key=lambda r: r.speed_ratio)
+    both = [r for r in rows[2:] if r.speed_ratio >= SPEED_GOAL and r.agreement >= goal]
+    _say(f"  fastest INT8: {best.label} x{best.speed_ratio:.2f} at {metric} {best.agreement:.3f} "
+         f"(goals: x{SPEED_GOAL} and {metric} >= {goal}); variants meeting both: "
+         f"{', '.join(r.label for r in both) or 'none'}")
+
+
+def _bench_pruning(demo: Path) -> None:
+    from agent.tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
+
+    frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
+    training, held_out = frames[0::4][:RECOVERY_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
+    source = resolve_model(demo / "models" / "text-det-v4")
+    options = RecoverOptions(steps=RECOVERY_STEPS, threads=THREADS)
+    _say(f"\n== {PRUNE_RATIO:.0%} pruning and recovery: {source.manifest.name} {source.manifest.version}, "
+         f"{len(training)} unlabelled training frames, {RECOVERY_STEPS} steps of {options.batch_size} "
+         f"{options.crop}x{options.crop} crops, agreement on {len(held_out)} other frames ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        for pattern in ("channels", "2:4"):
+            result = prune_recover_folder(source, Path(tmp) / pattern.replace(":", ""), pattern, PRUNE_RATIO,
+                                          calibration=covering_frames(training, REFIT_FRAMES), training=training,
+                                          evaluation=held_out,
+                                          options=options)
+            _say(f"  {pattern}:")
+            _say("    " + format_stages(result).replace("\n", "\n    "))
+            last = result.stages[-1]
+            if pattern == "channels":
+                met = last.speedup >= PRUNED_SPEED_GOAL and last.agreement >= PRUNED_F1_GOAL
+                _say(f"    goal x{PRUNED_SPEED_GOAL} at F1 >= {PRUNED_F1_GOAL}: x{last.speedup:.2f} at F1 "
+                     f"{last.agreement:.3f}: {'met' if met else 'not met'}")
+    _say(f"\n== {PRUNE_RATIO:.0%} magnitude pruning of the classifier (no recovery), {AGREEMENT_FRAMES} frames ==")
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier = resolve_model(demo / "models" / "orientation-0.0.11")
+        patterns: tuple[Pattern, ...] = ("unstructured", "2:4")
+        for weight_pattern in patterns:
+            out = Path(tmp) / weight_pattern.replace(":", "")
+            _, report = prune_folder(classifier, out, PRUNE_RATIO, weight_pattern)
+            comparison = compare_models(classifier, resolve_model(out), held_out, threads=THREADS)
+            _say(f"  {weight_pattern:<13} sparsity {report.sparsity:5.1%}: top-1 {comparison.agreement.value:.3f}, "
+                 f"speed x{comparison.speedup:.2f} (dense kernels)")
+
+
+def bench_tools(demo: Path) -> None:
+    flags = cpu_flags()
+    _say("\n== model tools ==")
+    _say("CPU flags: " + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items()))
+    _bench_model(demo, "text-det-v4", VARIANTS, "box F1", F1_GOAL)
+    classifier = {label: VARIANTS[label] for label in ("QDQ u8s8 per-channel", "QDQ u8s8 per-channel, average",
+                                                       MIXED, "QDQ s8s8 symmetric (TensorRT)")}
+    _bench_model(demo, "orientation-0.0.11", classifier, "top-1", TOP1_GOAL)
+    _bench_pruning(demo)

@@ -1,0 +1,119 @@
+"""What each command does: ping, status, deploy, rollback, feedback, cameras."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from agent.device.commands import CommandFailed
+from agent.models.manager import DeployFailed, DeployRequest
+from agent.models.probation import Probation
+from agent.vision.cameras import CameraError, camera_entry, described, first_frame_error
+from agent.wire.schema import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from agent.wire.signals import FeedbackCommand
+
+if TYPE_CHECKING:
+    from agent.device.daemon import Agent
+
+__all__ = ["CommandHandlers"]
+
+
+class CommandHandlers:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._cameras_lock = asyncio.Lock()
+        """One camera change at a time: each reads the set the previous one left."""
+
+    def table(self) -> dict[str, Any]:
+        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
+                "feedback": self.feedback, "cameras": self.cameras}
+
+    async def cameras(self, command: CamerasCommand) -> dict[str, Any]:
+        """Add, update, remove or list cameras; a change is kept in the state folder and published
+        (retained ``cameras``). An added or updated camera must deliver a frame, else the change is
+        undone and answered ``camera_unavailable``."""
+        agent = self.agent
+        cameras = agent.cameras
+        async with self._cameras_lock:
+            if command.action == "list":
+                return {"cameras": described(cameras)}
+            if command.action == "remove":
+                assert command.name is not None
+                await asyncio.to_thread(cameras.remove, command.name)
+                name = command.name
+            else:
+                assert command.camera is not None
+                entry = camera_entry(command.camera)
+                name = entry.name
+                before = cameras.config(name)
+                change = cameras.add if command.action == "add" else cameras.update
+                await asyncio.to_thread(change, entry)
+                error = await first_frame_error(cameras, entry)
+                if error is not None:
+                    undo = (lambda: cameras.remove(name)) if before is None else (lambda: cameras.update(before))
+                    await asyncio.to_thread(undo)
+                    raise CameraError("camera_unavailable", f"{error}; nothing was changed")
+            agent.cameras_changed()
+        await agent.publish_cameras()
+        return {"action": command.action, "camera": name, "cameras": [c.name for c in cameras.configs()]}
+
+    async def feedback(self, command: FeedbackCommand) -> dict[str, Any]:
+        """Labels for recent frames (ids from ``status`` and the latency payload's ``last_frame_id``)."""
+        return self.agent.signals.feedback(command)
+
+    async def ping(self, command: PingCommand) -> dict[str, Any]:
+        return {"pong": True}
+
+    async def status(self, command: StatusCommand) -> dict[str, Any]:
+        agent = self.agent
+        serving = agent.slot.serving
+        store = agent.store
+        name = agent.config.model.name
+        deployment = agent.deployment
+        return {
+            "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
+            if serving else None,
+            "store": {"current": store.current_version(name), "previous": store.previous_version(name),
+                      "versions": store.versions(name)},
+            "deployment": None if deployment is None else {
+                "deployment_id": deployment.deployment_id, "version": deployment.version,
+                "state": deployment.state.value, "step": deployment.step.value,
+            },
+            "health": agent.health_fields(),
+            "last_frame_id": agent.pipeline.last_result.frame.index if agent.pipeline.last_result else None,
+            "last_frame_camera": agent.pipeline.last_result.camera if agent.pipeline.last_result else None,
+        }
+
+    def _probation(self, command: DeployCommand) -> Probation | None:
+        if command.probation is None:
+            return None
+        base = self.agent.manager.default_probation()  # type: ignore[union-attr]
+        spec = command.probation
+        return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
+                         base.min_frames)
+
+    async def deploy(self, command: DeployCommand) -> dict[str, Any]:
+        manager = self.agent.manager
+        assert manager is not None
+        request = DeployRequest(
+            name=command.name, version=command.version, url=command.url, sha256=command.sha256,
+            signature=command.signature, format=command.format, probation=self._probation(command),
+            deployment_id=command.id,
+            statement=command.statement.model_dump() if command.statement else None,
+        )
+        try:
+            serving = await manager.deploy(request)
+        except DeployFailed as exc:
+            raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}",
+                                {"deployment_id": request.deployment_id, "step": exc.step.value}) from exc
+        return {"deployment_id": request.deployment_id, "name": serving.name, "version": serving.version,
+                "state": "active"}
+
+    async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
+        manager = self.agent.manager
+        assert manager is not None
+        try:
+            serving = await manager.rollback(command.reason or "rollback command")
+        except DeployFailed as exc:
+            raise CommandFailed(exc.code, exc.message) from exc
+        return {"name": serving.name, "version": serving.version}

@@ -1,0 +1,180 @@
+"""``edge-agent model profile``: run a model on sample frames and store its reference statistics.
+
+The frames go through the same pipeline as on the device (preprocessing,
+inference, head) and the same per-frame summary as the live drift monitor, so
+the reference and the live window measure exactly the same things. The result
+is written into the model folder's manifest.json as ``reference``; the other
+files' hashes in the manifest stay valid (manifest.json is not among them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import structlog
+
+from agent.cli.profile import DEFAULT_BINS, DEFAULT_FRAMES
+from agent.models.loader import EngineOptions, load_serving
+from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
+from agent.models.store import InstalledModel
+from agent.monitor.features import summarize
+from agent.monitor.latency import LatencyRecorder
+from agent.monitor.reference import ReferenceBuilder, ReferenceError
+from agent.runtime.base import EngineError
+from agent.runtime.slot import EngineSlot
+from agent.vision.pipeline import Pipeline
+from agent.vision.sources import Frame
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ProfileError",
+    "cmd_profile",
+    "image_frames",
+    "open_model",
+    "profile",
+    "video_frames",
+    "write_reference",
+]
+
+log = structlog.get_logger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+LATENCY_WINDOW = 16
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+class ProfileError(RuntimeError):
+    """The model or the sample frames cannot be profiled; the message says which and why."""
+
+
+def video_frames(path: Path, limit: int = DEFAULT_FRAMES) -> Iterator[np.ndarray]:
+    """Up to ``limit`` frames spread evenly over the video (every frame when it is short)."""
+    if not path.is_file():
+        raise ProfileError(f"video {path} does not exist or is not a file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ProfileError(f"OpenCV cannot open the video {path}")
+    try:
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        step = max(1, total // limit) if total > 0 else 1
+        index = taken = 0
+        while taken < limit:
+            ok, image = capture.read()
+            if not ok:
+                break
+            if index % step == 0:
+                taken += 1
+                yield image
+            index += 1
+    finally:
+        capture.release()
+
+
+def image_frames(folder: Path, limit: int = DEFAULT_FRAMES) -> Iterator[np.ndarray]:
+    """The images of ``folder`` (by name), up to ``limit``."""
+    if not folder.is_dir():
+        raise ProfileError(f"image folder {folder} does not exist or is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not paths:
+        raise ProfileError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ProfileError(f"OpenCV cannot read the image {path}")
+        yield image
+
+
+def open_model(model: Path | InstalledModel) -> InstalledModel:
+    """A model folder (manifest.json beside the model file) or an installed model of the store."""
+    if isinstance(model, InstalledModel):
+        return model
+    try:
+        return InstalledModel(Manifest.read(model / MANIFEST_FILE), model)
+    except ManifestError as exc:
+        raise ProfileError(str(exc)) from exc
+
+
+def profile(
+    model: Path | InstalledModel,
+    frames: Iterable[np.ndarray],
+    *,
+    source: str = "frames",
+    options: EngineOptions | None = None,
+    bins: int = DEFAULT_BINS,
+) -> dict[str, Any]:
+    """The reference statistics of ``model`` on ``frames`` (BGR uint8 images), as a dict."""
+    installed = open_model(model)
+    manifest = installed.manifest
+    if not installed.model_path.is_file():
+        raise ProfileError(f"{installed.model_path}: the model file is missing")
+    sha256 = sha256_file(installed.model_path)
+    listed = manifest.files.get(manifest.model_file)
+    if listed is not None and listed != sha256:
+        raise ProfileError(f"{installed.model_path}: sha256 {sha256[:12]}... is not the manifest's "
+                           f"{listed[:12]}...")
+    try:
+        serving = load_serving(installed, options or EngineOptions())
+    except (EngineError, ValueError) as exc:
+        raise ProfileError(f"cannot load {manifest.name} {manifest.version}: {exc}") from exc
+    slot = EngineSlot()
+    slot.swap(serving)
+    # process() reads only the slot; frames come from the iterator, not from a source.
+    pipeline = Pipeline(None, slot, LatencyRecorder(LATENCY_WINDOW))  # type: ignore[arg-type]
+    builder = ReferenceBuilder(manifest.task, manifest.head.labels, bins)
+    try:
+        for index, image in enumerate(frames):
+            frame = Frame(index, image, time.monotonic(), time.time(), source)
+            builder.observe(summarize(pipeline.process(frame)))
+        reference = builder.build(manifest.name, manifest.version, sha256, source)
+    except ReferenceError as exc:
+        raise ProfileError(f"{manifest.name} {manifest.version}: {exc}") from exc
+    finally:
+        slot.clear()
+    log.info("model_profiled", model=manifest.name, version=manifest.version, frames=builder.frames,
+             failed=builder.failed, source=source)
+    return reference.model_dump(mode="json")
+
+
+def write_reference(folder: Path, reference: dict[str, Any]) -> Path:
+    """Store ``reference`` in ``folder``/manifest.json (atomically: a reader sees old or new)."""
+    path = folder / MANIFEST_FILE
+    try:
+        manifest = Manifest.read(path)
+    except ManifestError as exc:
+        raise ProfileError(str(exc)) from exc
+    text = manifest.model_copy(update={"reference": reference}).to_json()
+    tmp = path.with_name(f".{MANIFEST_FILE}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    folder: Path = args.model_dir
+    try:
+        if args.video is not None:
+            frames, source = video_frames(args.video, args.frames), args.video.name
+        else:
+            frames, source = image_frames(args.images, args.frames), args.images.name
+        reference = profile(folder, frames, source=source, bins=args.bins,
+                            options=EngineOptions(threads=args.threads))
+        path = write_reference(folder, reference)
+    except ProfileError as exc:
+        print(f"edge-agent: cannot profile {folder}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    model, means = reference["model"], {k: v["mean"] for k, v in reference["inputs"].items()}
+    print(f"profiled {model['name']} {model['version']} on {reference['samples']} frames of "
+          f"{source}: brightness {means['brightness']:.1f}, contrast {means['contrast']:.1f}, "
+          f"sharpness {means['sharpness']:.0f}; wrote the reference into {path}")
+    return EXIT_OK

@@ -1,0 +1,111 @@
+"""The dashboard in headless Chromium: device table, model versions and alarms on the rendered page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent.results.payloads import counts_payload, event_payload
+from agent.results.zones import ResultEvent
+from agent.sim.device import fraction
+from agent.wire.schema import encode_payload
+from tests.support.fleetproc import simulated_fleet, start, stop
+from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll
+
+CHROMIUM = Path("/usr/bin/chromium")
+DEVICES = 6
+ALARM_RATE = 0.4
+RENDER_BUDGET_MS = 8000
+"""Virtual time Chromium gives the page: enough for its first polls of /api/fleet."""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium is not installed (apt-get install chromium)")
+
+
+def chromium(url: str, profile: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--window-size=1280,900", f"--virtual-time-budget={RENDER_BUDGET_MS}",
+         *mode, url],
+        capture_output=True, text=True, timeout=WAIT_S * 4)
+
+
+def api(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/fleet", timeout=10) as response:
+        return response.read().decode()
+
+
+def section(dom: str, element_id: str, tag: str) -> str:
+    match = re.search(rf'<{tag} id="{element_id}">(.*?)</{tag}>', dom, re.S)
+    assert match is not None, f"no #{element_id} in the page"
+    return match.group(1)
+
+
+def test_dashboard_shows_devices_versions_and_alarms(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    alarmed = {f"sim-{i:04d}" for i in range(DEVICES) if fraction(f"sim-{i:04d}", "alarm") < ALARM_RATE}
+    assert alarmed
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        with simulated_fleet(mosquitto.port, DEVICES, tmp_path / "sim.log", "--period", "0.5s",
+                             "--alarm-rate", str(ALARM_RATE)):
+            poll(lambda: '"alarm_raised"' in api(port), what="an alarm event at the consumer")
+            dom = chromium(url, tmp_path / "profile-dom", "--dump-dom")
+            shot = chromium(url, tmp_path / "profile-shot", f"--screenshot={tmp_path / 'dashboard.png'}")
+    finally:
+        stop(dashboard)
+    assert dom.returncode == 0, dom.stderr
+    assert shot.returncode == 0, shot.stderr
+    table = section(dom.stdout, "devices", "tbody")
+    for i in range(DEVICES):
+        assert f"<b>sim-{i:04d}</b>" in table
+    assert table.count('class="version">1.0.0<') == DEVICES
+    assert table.count('<span class="cam ok">camera0 open ') == DEVICES, "each device's camera, its state and rate"
+    assert table.count("<svg") >= DEVICES * 2
+    alarms = section(dom.stdout, "alarms", "ul")
+    for device in alarmed:
+        assert f'<span class="dev">{device}</span>' in alarms
+    assert "alarm_raised: drift brightness" in alarms
+    image = (tmp_path / "dashboard.png").read_bytes()
+    assert image.startswith(PNG_MAGIC) and len(image) > 20_000
+
+
+def test_dashboard_shows_each_devices_zone_counts_and_last_object_events(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}/"
+    probe = MqttProbe(mosquitto.port)
+    try:
+        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        now = time.time()
+        for device, zones in (("cam-1", {"door": {"person": 2, "car": 1}}), ("cam-2", {"yard": {"dog": 1}})):
+            counts = counts_payload(device_id=device, seq=0, ts=now, camera="front", frame_id=5, capture_ts=now,
+                                    counts=zones)
+            probe.publish(f"edge/{device}/counts/front", encode_payload(counts), retain=True)
+        happenings = (ResultEvent("zone_entered", 4, now, 3, "person", (1.0, 2.0, 3.0, 4.0), zone="door"),
+                      ResultEvent("object_left", 5, now, 9, "car", (1.0, 2.0, 3.0, 4.0), dwell_s=2.5))
+        for seq, happening in enumerate(happenings):
+            event = event_payload(device_id="cam-1", seq=seq, ts=now, camera="front", event=happening)
+            probe.publish("edge/cam-1/events", encode_payload(event))
+        poll(lambda: "object_left" in api(port) and "yard" in api(port), what="counts and events at the consumer")
+        dom = chromium(url, tmp_path / "profile-dom", "--dump-dom")
+    finally:
+        probe.close()
+        stop(dashboard)
+    assert dom.returncode == 0, dom.stderr
+    rows = section(dom.stdout, "objects", "tbody")
+    first, second = rows.split('<tr data-device="cam-2">')
+    assert '<span class="zone">front / door: person 2, car 1</span>' in first
+    newest, oldest = first.index("car #9 object left after 2.5 s"), first.index("person #3 zone entered door")
+    assert newest < oldest, "newest event first"
+    assert '<span class="zone">front / yard: dog 1</span>' in second and '<td class="events">\u2013</td>' in second

@@ -1,0 +1,119 @@
+"""Run the real agent CLI as a subprocess, the way systemd does, and listen as systemd would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.models.store import ModelStore
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_S = 90.0
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def agent_config(tmp: Path, demo: Path, mqtt_url: str, device_id: str = "dev1",
+                 **overrides: dict[str, Any]) -> Path:
+    """A config for a test agent: its own store (text-det v4 installed), state dir, the demo video."""
+    store_root = tmp / "engines"
+    if not store_root.exists():
+        ModelStore(store_root).install(demo / "models" / "text-det-v4")
+    sections: dict[str, dict[str, Any]] = {
+        "agent": {"device_id": device_id, "state_dir": str(tmp / "state"), "groups": ["lab"],
+                  "stop_timeout_s": 10.0},
+        "mqtt": {"url": mqtt_url, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
+        "source": {"uri": str(demo / "video.mp4"), "pace": "native", "loop": True},
+        "model": {"name": "text-det", "store": str(store_root), "threads": 1},
+        "telemetry": {"health_period_s": 1.0, "latency_period_s": 0.5},
+    }
+    for section, values in overrides.items():
+        sections.setdefault(section, {}).update(values)
+    return write_config(tmp / "config.toml", sections)
+
+
+class NotifyListener:
+    """The systemd side of sd_notify: a datagram socket the agent reports READY/WATCHDOG/STATUS to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except (TimeoutError, BlockingIOError):
+                return self.messages
+
+    def wait_for(self, line: str, timeout: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.drain()
+            if any(line in m.splitlines() for m in self.messages):
+                return
+        raise AssertionError(f"no {line!r} from the agent in {timeout}s; got {self.messages}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AgentProcess:
+    def __init__(self, config: Path, *, notify: Path | None = None, env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
+        environ = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        if notify is not None:
+            environ["NOTIFY_SOCKET"] = str(notify)
+            environ["WATCHDOG_USEC"] = "4000000"
+        environ.update(env or {})
+        self.log_path = log_path or config.with_name("agent.core.log")
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(config)],
+            cwd=REPO, env=environ, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
