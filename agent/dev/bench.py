@@ -85,7 +85,7 @@ def _monitors(serving: Any) -> list[Any]:
     from agent.core.config.monitor import MonitorSection
     from agent.monitor.bias import BiasMonitor
     from agent.monitor.drift import DriftMonitor
-    from agent.monitor.features import Monitors
+    from agent.vision.summary import Monitors
 
     section = MonitorSection()
     drift = DriftMonitor.from_settings(section, serving.manifest.reference, serving.version)

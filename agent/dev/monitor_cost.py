@@ -22,10 +22,10 @@ import numpy as np
 from agent.core.config.monitor import MonitorSection
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
-from agent.monitor.features import Monitors, summarize
 from agent.monitor.leak import LeakMonitor
 from agent.monitor.reference import Reference, ReferenceBuilder
 from agent.monitor.stats import input_stats
+from agent.vision.summary import Monitors, summarize
 
 if TYPE_CHECKING:
     from agent.vision.pipeline import FrameResult

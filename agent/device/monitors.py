@@ -13,11 +13,11 @@ from agent.models.manifest import ManifestError, MonitorData
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressGuard
-from agent.monitor.features import Monitors
 from agent.monitor.leak import LeakMonitor
 from agent.monitor.telemetry import Telemetry
 from agent.runtime.cuda import device_memory
 from agent.runtime.slot import Serving
+from agent.vision.summary import Monitors
 from agent.wire.schema import PAYLOADS
 from agent.wire.signals import BiasPayload, DriftPayload, FeedbackCommand, LeakPayload
 

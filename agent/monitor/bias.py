@@ -20,14 +20,14 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.core.config.monitor import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
-from agent.monitor.features import FrameSummary, summarize
+from agent.monitor.features import FrameSummary
 from agent.monitor.feedback import (
     FEEDBACK_SLICINGS,
     FeedbackCommand,
@@ -37,9 +37,6 @@ from agent.monitor.feedback import (
     RecentFrames,
 )
 from agent.monitor.stats import Thresholds
-
-if TYPE_CHECKING:
-    from agent.vision.pipeline import FrameResult
 
 __all__ = ["FOUR_FIFTHS", "BiasConfigError", "BiasMonitor", "BiasSettings", "SliceSpec",
            "brightness_band", "time_of_day"]
@@ -201,10 +198,6 @@ class BiasMonitor:
     # ----- frame worker ----------------------------------------------------------------------
     def wants(self, index: int) -> bool:
         return index % self.settings.sample_every == 0
-
-    def __call__(self, result: FrameResult) -> None:
-        if self.wants(result.frame.index):
-            self.observe(summarize(result))
 
     def observe(self, summary: FrameSummary) -> None:
         if summary.task is None:

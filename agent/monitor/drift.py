@@ -14,19 +14,16 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
 
 from agent.core.config.monitor import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
-from agent.monitor.features import FrameSummary, summarize
+from agent.monitor.features import FrameSummary
 from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics
 from agent.monitor.stats import PSI_EPSILON, InputStats, Thresholds, bin_counts, js_distance, psi
-
-if TYPE_CHECKING:
-    from agent.vision.pipeline import FrameResult
 
 __all__ = ["DriftMonitor", "DriftThresholds"]
 
@@ -115,10 +112,6 @@ class DriftMonitor:
     # ----- frame worker ----------------------------------------------------------------------
     def wants(self, index: int) -> bool:
         return index % self.sample_every == 0
-
-    def __call__(self, result: FrameResult) -> None:
-        if self.wants(result.frame.index):
-            self.observe(summarize(result))
 
     def observe(self, summary: FrameSummary) -> None:
         row = _Row(summary.inputs, summary.version, summary.task, summary.count, summary.top_label,

@@ -25,13 +25,13 @@ from agent.cli.profile import DEFAULT_BINS, DEFAULT_FRAMES
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
 from agent.models.store import InstalledModel
-from agent.monitor.features import summarize
 from agent.monitor.latency import LatencyRecorder
 from agent.monitor.reference import ReferenceBuilder, ReferenceError
 from agent.runtime.base import EngineError
 from agent.runtime.slot import EngineSlot
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import Frame
+from agent.vision.summary import summarize
 
 __all__ = [
     "IMAGE_SUFFIXES",

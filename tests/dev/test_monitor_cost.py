@@ -6,8 +6,8 @@ from dataclasses import asdict
 import pytest
 
 from agent.dev.monitor_cost import measure_monitor_cost, time_monitors
-from agent.monitor.features import summarize
 from agent.monitor.reference import ReferenceBuilder
+from agent.vision.summary import summarize
 from tests.support.monitor_support import TEXT_DET, VIDEO, model_results
 
 

@@ -15,6 +15,7 @@ from agent.monitor.bias import (
     brightness_band,
     time_of_day,
 )
+from agent.vision.summary import observe
 from agent.wire.signals import BiasPayload, FeedbackCommand
 from tests.support.monitor_support import (
     TEXT_DET,
@@ -62,7 +63,7 @@ def monitor(**overrides) -> BiasMonitor:
 def test_a_detector_blind_in_the_dark_raises_a_brightness_bias_alarm():
     bias = monitor()
     for result in results(DarkBlind(cached_predictor(TEXT_DET)), balanced_frames()):
-        bias(result)
+        observe(bias, result)
     brightness = bias.snapshot()["slicings"]["brightness"]
     assert brightness["slices"]["dark"]["selection_rate"] == 0.0
     assert brightness["slices"]["normal"]["selection_rate"] > 0.5
@@ -75,7 +76,7 @@ def test_a_detector_blind_in_the_dark_raises_a_brightness_bias_alarm():
 def test_the_real_detector_on_the_same_balanced_frames_raises_no_bias_alarm():
     bias = monitor()
     for result in results(cached_predictor(TEXT_DET), balanced_frames()):
-        bias(result)
+        observe(bias, result)
     brightness = bias.snapshot()["slicings"]["brightness"]
     dark, normal = brightness["slices"]["dark"], brightness["slices"]["normal"]
     assert dark["samples"] == normal["samples"] == len(ROBUST_SCENES)
@@ -90,7 +91,7 @@ def test_slices_with_too_few_frames_are_reported_as_insufficient_and_never_as_a_
     images = frames("original", ROBUST_SCENES)
     for camera, count in (("lobby", 30), ("dock", 30), ("attic", 5)):
         for result in results(predict, images[:count], source=camera):
-            bias(result)
+            observe(bias, result)
     source = bias.snapshot()["slicings"]["source"]
     attic = source["slices"]["attic"]
     assert attic == {"samples": 5, "status": "insufficient_samples", "selection_rate": None,
@@ -102,7 +103,7 @@ def test_slices_with_too_few_frames_are_reported_as_insufficient_and_never_as_a_
 def test_one_measured_slice_is_not_a_comparison():
     bias = monitor(min_samples=5)
     for result in results(cached_predictor(TEXT_DET), frames("original", ROBUST_SCENES[:10])):
-        bias(result)
+        observe(bias, result)
     source = bias.snapshot()["slicings"]["source"]
     assert source["state"] == "insufficient_samples"
     assert source["selection_rate"] == {"max_difference": None, "min_ratio": None}
@@ -119,7 +120,7 @@ def test_manifest_regions_compare_where_in_the_frame_the_detector_fires():
                        {"regions": {"left": [0, 0, 0.5, 1], "right": [0.5, 0, 1, 1]}})
     image = frames("original", (60,))[0]
     for index in range(40):
-        bias(result_of(index, image, _detections_at([0.25] if index % 2 else [0.25, 0.3])))
+        observe(bias, result_of(index, image, _detections_at([0.25] if index % 2 else [0.25, 0.3])))
     region = bias.snapshot()["slicings"]["region"]
     assert region["slices"]["left"]["selection_rate"] == 1.0
     assert region["slices"]["right"]["selection_rate"] == 0.0
@@ -144,7 +145,7 @@ def test_tiny_rate_differences_are_parity_whatever_their_ratio():
     for camera, hits in (("a", 1), ("b", 2)):
         for i in range(100):
             prediction = _detections_at([0.5]) if i < hits else Prediction("text_detect", ())
-            bias(result_of(n, image, prediction, source=camera))
+            observe(bias, result_of(n, image, prediction, source=camera))
             n += 1
     source = bias.snapshot()["slicings"]["source"]
     assert source["selection_rate"]["min_ratio"] == 0.5 and source["four_fifths_flag"] is True
@@ -172,7 +173,7 @@ def test_a_classifier_without_positive_labels_has_no_selection_rate_but_confiden
     for i in range(40):
         top = Classification("0", 0.9 if i < 20 else 0.6)
         prediction = Prediction("classify", (top, Classification("90", 0.05)))
-        bias(result_of(i, image, prediction, source="a" if i < 20 else "b"))
+        observe(bias, result_of(i, image, prediction, source="a" if i < 20 else "b"))
     source = bias.snapshot()["slicings"]["source"]
     assert source["state"] == "not_applicable"
     assert source["slices"]["a"]["selection_rate"] is None
@@ -194,7 +195,7 @@ def labelled_set(bias: BiasMonitor, start: int, luma: int, *, tp: int, fn: int, 
     said = [True] * tp + [False] * fn + [True] * fp + [False] * tn
     for offset, predicted in enumerate(said):
         prediction = _detections_at([0.5], 64, 48) if predicted else Prediction("text_detect", ())
-        bias(result_of(start + offset, grey(luma), prediction))
+        observe(bias, result_of(start + offset, grey(luma), prediction))
     for offset, positive in enumerate(truth):
         assert bias.feedback(start + offset, positive=positive)
 
@@ -227,7 +228,7 @@ def test_feedback_gives_per_slice_recall_fpr_accuracy_and_the_equalized_odds_gap
 def test_feedback_for_forgotten_frames_is_counted_as_unmatched():
     bias = BiasMonitor(BiasSettings(frames_kept=10))
     for index in range(30):
-        bias(result_of(index, grey(100), Prediction("text_detect", ())))
+        observe(bias, result_of(index, grey(100), Prediction("text_detect", ())))
     assert not bias.feedback(5, positive=True)
     assert bias.feedback(25, positive=False)
     command = FeedbackCommand.model_validate_json(b'{"id": "fb-1", "items": ['
@@ -242,7 +243,7 @@ def test_label_feedback_scores_a_classifier_by_its_top_label():
     for index, (said, luma) in enumerate([("0", 30), ("180", 30), ("0", 30), ("0", 30),
                                           ("180", 128), ("180", 128), ("0", 128), ("90", 128)]):
         prediction = Prediction("classify", (Classification(said, 0.9),))
-        bias(result_of(index, grey(luma), prediction))
+        observe(bias, result_of(index, grey(luma), prediction))
     truth = ["0", "180", "180", "90", "180", "0", "0", "90"]
     for index, label in enumerate(truth):
         assert bias.feedback(index, label=label)
@@ -269,7 +270,7 @@ def test_the_feedback_command_refuses_malformed_items(payload):
 def test_the_snapshot_is_a_valid_bias_payload():
     bias = monitor()
     for result in results(DarkBlind(cached_predictor(TEXT_DET)), balanced_frames()[:80]):
-        bias(result)
+        observe(bias, result)
     bias.feedback(3, positive=True)
     payload = BiasPayload(**ENVELOPE, **bias.snapshot())
     assert payload.slicings["brightness"].slices["dark"].samples == 40
@@ -278,9 +279,9 @@ def test_the_snapshot_is_a_valid_bias_payload():
 
 def test_feedback_names_the_camera_when_frame_indices_of_several_cameras_collide():
     bias = BiasMonitor(BiasSettings(frames_kept=100))
-    bias(result_of(7, grey(100), _detections_at([0.5], 64, 48), source="door"))
+    observe(bias, result_of(7, grey(100), _detections_at([0.5], 64, 48), source="door"))
     assert bias.feedback(7, positive=True), "one camera seen: its index alone names the frame"
-    bias(result_of(7, grey(100), Prediction("text_detect", ()), source="yard"))
+    observe(bias, result_of(7, grey(100), Prediction("text_detect", ()), source="yard"))
     assert not bias.feedback(7, positive=True), "frame 7 of which camera? unmatched"
     assert bias.feedback(7, positive=True, camera="door")
     assert bias.feedback(7, positive=False, camera="yard")

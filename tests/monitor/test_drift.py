@@ -6,8 +6,8 @@ import pytest
 
 from agent.core.config.monitor import MonitorSection
 from agent.monitor.drift import DriftMonitor, DriftThresholds
-from agent.monitor.features import summarize
 from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
+from agent.vision.summary import observe, summarize
 from agent.wire.signals import DriftPayload
 from tests.support.monitor_support import (
     ORIENTATION,
@@ -50,7 +50,7 @@ def replay(monitor: DriftMonitor, frame_results) -> list[dict]:
     """Feed the frames; evaluate every SNAPSHOT_EVERY frames once the window is full."""
     snapshots = []
     for n, result in enumerate(frame_results, start=1):
-        monitor(result)
+        observe(monitor, result)
         if n >= monitor.window and n % SNAPSHOT_EVERY == 0:
             snapshots.append(monitor.snapshot())
     snapshots.append(monitor.snapshot())
@@ -144,9 +144,9 @@ def test_without_a_reference_every_metric_says_so_and_samples_are_still_counted(
 def test_metrics_are_not_judged_before_the_window_holds_min_samples(text_reference):
     monitor = DriftMonitor(text_reference, window=100, min_samples=60)
     for result in model_results(TEXT_DET, "dark", EVEN[:59]):
-        monitor(result)
+        observe(monitor, result)
     assert set(states(monitor.snapshot()).values()) == {"insufficient_samples"}
-    monitor(model_results(TEXT_DET, "dark", EVEN[59:60], start=59)[0])
+    observe(monitor, model_results(TEXT_DET, "dark", EVEN[59:60], start=59)[0])
     assert states(monitor.snapshot())["brightness"] == "alarm"
 
 
@@ -162,7 +162,7 @@ def test_a_new_reference_clears_a_raised_alarm_with_one_event(text_reference):
 def test_outputs_of_another_model_version_stay_out_of_the_output_distributions(text_reference):
     monitor = DriftMonitor(text_reference, window=40, min_samples=20, version="v6")
     for result in model_results(TEXT_DET, "original", EVEN[:40], version="v4"):
-        monitor(result)
+        observe(monitor, result)
     snapshot = monitor.snapshot()
     assert snapshot["metrics"]["count"]["samples"] == 0
     assert snapshot["metrics"]["count"]["state"] == "insufficient_samples"
@@ -172,7 +172,7 @@ def test_outputs_of_another_model_version_stay_out_of_the_output_distributions(t
 def test_failed_frames_count_for_the_inputs_only(text_reference):
     monitor = DriftMonitor(text_reference, window=10, min_samples=1)
     image = video()[0]
-    monitor(result_of(0, image, None, error="EngineError: boom"))
+    observe(monitor, result_of(0, image, None, error="EngineError: boom"))
     snapshot = monitor.snapshot()
     assert snapshot["metrics"]["brightness"]["samples"] == 1
     assert snapshot["metrics"]["count"]["samples"] == 0
@@ -182,7 +182,7 @@ def test_sample_every_takes_every_nth_frame_only(text_reference):
     monitor = DriftMonitor(text_reference, window=100, sample_every=4, min_samples=1)
     predict = cached_predictor(TEXT_DET)
     for result in results(predict, frames("original", tuple(EVEN[:20]))):
-        monitor(result)
+        observe(monitor, result)
     assert monitor.snapshot()["samples"] == 5
 
 

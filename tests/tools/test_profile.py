@@ -20,6 +20,7 @@ from agent.runtime.slot import EngineSlot
 from agent.tools.profile import ProfileError, profile, video_frames
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import Frame
+from agent.vision.summary import observe
 from tests.support.monitor_support import DEMO, ORIENTATION, REPO, TEXT_DET, VIDEO, darken
 
 PROFILE_FRAMES = 30
@@ -85,12 +86,12 @@ def test_the_profiled_reference_is_what_the_live_pipeline_measures(text_det):
     reference = profile(text_det, images, source=VIDEO.name)
     same = DriftMonitor(reference, window=len(images))
     for result in live_results(text_det, images):
-        same(result)
+        observe(same, result)
     metrics = same.snapshot()["metrics"]
     assert {m["psi"] for m in metrics.values()} == {0.0}
     dark = DriftMonitor(reference, window=len(images))
     for result in live_results(text_det, [darken(image) for image in images]):
-        dark(result)
+        observe(dark, result)
     assert dark.snapshot()["metrics"]["brightness"]["state"] == "alarm"
 
 
