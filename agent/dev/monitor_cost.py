@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.features import Monitors, summarize

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.models.manifest import ManifestError, MonitorData
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor

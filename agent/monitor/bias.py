@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary, summarize
 from agent.monitor.feedback import (

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import structlog
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary, summarize
 from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics

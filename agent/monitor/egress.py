@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 
 __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 

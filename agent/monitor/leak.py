@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.egress import EgressGuard
 from agent.monitor.stats import Thresholds, theil_sen

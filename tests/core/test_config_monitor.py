@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.bias import BiasSettings
 from agent.monitor.drift import DriftThresholds
 from agent.monitor.leak import RESOURCES, LeakSettings

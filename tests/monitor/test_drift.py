@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.drift import DriftMonitor, DriftThresholds
 from agent.monitor.features import summarize
 from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
