@@ -88,8 +88,8 @@ def _monitors(serving: Any) -> list[Any]:
     from agent.monitor.features import Monitors
 
     section = MonitorSection()
-    drift = DriftMonitor.from_settings(section, serving.manifest.reference, serving.version)
-    bias = BiasMonitor.from_settings(section, serving.manifest.slices)
+    drift = DriftMonitor(section, serving.manifest.reference, serving.version)
+    bias = BiasMonitor(section, serving.manifest.slices)
     return [Monitors([drift, bias])]
 
 

@@ -78,9 +78,9 @@ def time_monitors(
     if not results:
         raise ValueError("time_monitors needs at least one frame result")
     section = section or MonitorSection()
-    drift = DriftMonitor.from_settings(section, reference)
-    bias = BiasMonitor.from_settings(section)
-    leak = LeakMonitor.from_settings(section)
+    drift = DriftMonitor(section, reference)
+    bias = BiasMonitor(section)
+    leak = LeakMonitor(section)
     observer = Monitors([drift, bias])
     per_frame, stats = [], []
     for n in range(frames):
