@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import aiomqtt
 
-from agent.core.config.agent import AgentConfig, ConfigError, load_config
+from agent.core.config import AgentConfig, ConfigError, load_config
 from agent.fleet.control import ControlClient
 from agent.fleet.local import LocalAgentError, local_target
 from agent.models.fetch import load_private_key

@@ -15,7 +15,7 @@ from agent.cli.fleet import add_fleet_parsers
 from agent.cli.model import add_tool_parsers
 from agent.cli.profile import add_profile_parser
 from agent.cli.top import add_top_parser
-from agent.core.config.agent import ConfigError, load_config
+from agent.core.config import ConfigError, load_config
 from agent.models.build import add_build_parser
 
 __all__ = ["main"]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.config.agent import DeploySection, SourceSection
+from agent.core.config import DeploySection, SourceSection
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from agent.dev.bench_tools import bench_tools
 from agent.models.bundle import pack_bundle
@@ -82,14 +82,14 @@ def _source(video: Path) -> FrameSource:
 
 def _monitors(serving: Any) -> list[Any]:
     """The agent's per-frame monitors (drift and bias), set up as the daemon does."""
-    from agent.core.config.monitor import MonitorSection
+    from agent.core.config import MonitorSection
     from agent.monitor.bias import BiasMonitor
     from agent.monitor.drift import DriftMonitor
     from agent.vision.summary import Monitors
 
     section = MonitorSection()
-    drift = DriftMonitor.from_settings(section, serving.manifest.reference, serving.version)
-    bias = BiasMonitor.from_settings(section, serving.manifest.slices)
+    drift = DriftMonitor(section, serving.manifest.reference, serving.version)
+    bias = BiasMonitor(section, serving.manifest.slices)
     return [Monitors([drift, bias])]
 
 
@@ -187,7 +187,7 @@ class TimedObserver:
 
 def _results_settings(width: int, height: int) -> Any:
     """Every frame published, a zone on the left half and a line down the middle: all of it runs."""
-    from agent.core.config.results import LineSettings, RateSettings, ResultsSettings, ZoneSettings
+    from agent.core.config import LineSettings, RateSettings, ResultsSettings, ZoneSettings
 
     half = width / 2
     return ResultsSettings(

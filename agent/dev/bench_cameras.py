@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.core.config.agent import CameraSection
+from agent.core.config import CameraSection
 from agent.dev.rtsp_bench import RtspServerError, measure_rtsp_recovery, rtsp_server_unavailable
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.store import ModelStore

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import MonitorSection
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.leak import LeakMonitor
@@ -78,9 +78,9 @@ def time_monitors(
     if not results:
         raise ValueError("time_monitors needs at least one frame result")
     section = section or MonitorSection()
-    drift = DriftMonitor.from_settings(section, reference)
-    bias = BiasMonitor.from_settings(section)
-    leak = LeakMonitor.from_settings(section)
+    drift = DriftMonitor(section, reference)
+    bias = BiasMonitor(section)
+    leak = LeakMonitor(section)
     observer = Monitors([drift, bias])
     per_frame, stats = [], []
     for n in range(frames):

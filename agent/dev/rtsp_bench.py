@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import cv2
 
-from agent.core.config.agent import SourceSection
+from agent.core.config import SourceSection
 from agent.vision.sources import Frame, FrameSource, SourceState
 
 __all__ = [

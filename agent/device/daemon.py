@@ -20,7 +20,7 @@ from typing import Literal
 import structlog
 
 from agent import __version__
-from agent.core.config.agent import AgentConfig, CameraSection, ResultsSettings
+from agent.core.config import AgentConfig, CameraSection, ResultsSettings
 from agent.core.log import bind_context
 from agent.device.commands import CommandJournal, CommandRouter, Outcome
 from agent.device.handlers import CommandHandlers

@@ -32,8 +32,7 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.core.config.agent import LiveViewSection
-from agent.core.config.results import ResultsSettings
+from agent.core.config import LiveViewSection, ResultsSettings
 from agent.monitor.features import FailureCount
 from agent.vision.heads import Detection
 from agent.vision.pipeline import FrameResult

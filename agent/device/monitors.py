@@ -8,12 +8,12 @@ from typing import Any
 
 import structlog
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.models.manifest import ManifestError, MonitorData
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressGuard
-from agent.monitor.leak import LeakMonitor
+from agent.monitor.leak import LeakMonitor, ResourceSampler
 from agent.monitor.telemetry import Telemetry
 from agent.runtime.cuda import device_memory
 from agent.runtime.slot import Serving
@@ -37,10 +37,10 @@ class Signals:
         self.section = section
         self.telemetry = telemetry
         self.event = event
-        self.egress = EgressGuard.from_settings(PAYLOADS, section)
-        self.drift = DriftMonitor.from_settings(section, reference=None)
-        self.bias = BiasMonitor.from_settings(section, slices=None)
-        self.leak = LeakMonitor.from_settings(section, device_reader=device_memory, egress=self.egress)
+        self.egress = EgressGuard(PAYLOADS, section)
+        self.drift = DriftMonitor(section)
+        self.bias = BiasMonitor(section)
+        self.leak = LeakMonitor(section, sampler=ResourceSampler(device_reader=device_memory), egress=self.egress)
         self.observer = Monitors([self.drift, self.bias])
         self.failures = 0
         """Models whose monitor data could not be applied (each also an event)."""

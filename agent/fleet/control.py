@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -67,7 +66,7 @@ class ControlClient:
 
     def open(self) -> aiomqtt.Client:
         """A new MQTT 5 client with this control plane's address and credentials (not yet connected)."""
-        tls = (self.tls or aiomqtt.TLSParameters()) if urlsplit(self._url).scheme == "mqtts" else None
+        tls = (self.tls or aiomqtt.TLSParameters()) if self.address.tls else None
         return aiomqtt.Client(self.address.host, self.address.port, identifier=self.client_id,
                               username=self.username, password=self.password, tls_params=tls,
                               protocol=aiomqtt.ProtocolVersion.V5)

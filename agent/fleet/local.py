@@ -21,7 +21,7 @@ from pathlib import Path
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.fleet.control import ControlClient, ControlError
 from agent.mqtt.broker import CONNECTION_FILE
 from agent.mqtt.settings import SessionConfigError, parse_broker_url, read_password, tls_parameters

@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import BiasSection
+from agent.core.errors import AgentError
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary
 from agent.monitor.feedback import (
@@ -38,8 +39,7 @@ from agent.monitor.feedback import (
 )
 from agent.monitor.stats import Thresholds
 
-__all__ = ["FOUR_FIFTHS", "BiasConfigError", "BiasMonitor", "BiasSettings", "SliceSpec",
-           "brightness_band", "time_of_day"]
+__all__ = ["FOUR_FIFTHS", "BiasConfigError", "BiasMonitor", "SliceSpec", "brightness_band", "time_of_day"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +53,8 @@ DIGITS = 6
 MAX_REGIONS = 32
 
 
-class BiasConfigError(ValueError):
-    """The manifest's ``slices`` or the bias settings are invalid; the message names the key."""
+class BiasConfigError(AgentError, ValueError):
+    """The manifest's ``slices`` are invalid; the message names the key."""
 
 
 class SliceSpec(BaseModel):
@@ -94,33 +94,6 @@ class SliceSpec(BaseModel):
             where = ".".join(str(p) for p in first["loc"])
             message = "unknown slicing" if first["type"] == "extra_forbidden" else first["msg"]
             raise BiasConfigError(f"manifest slices.{where}: {message}") from exc
-
-
-@dataclass(frozen=True)
-class BiasSettings:
-    window: int = 3000
-    sample_every: int = 1
-    min_samples: int = 100
-    brightness_bands: tuple[float, float] = (60.0, 190.0)
-    positive_threshold: float = 0.5
-    positive_labels: tuple[str, ...] = ()
-    ratio_warn: float = 0.9
-    ratio_alarm: float = FOUR_FIFTHS
-    min_difference: float = 0.05
-    odds_warn: float = 0.1
-    odds_alarm: float = 0.2
-    clear_margin: float = 0.1
-    frames_kept: int = 2000
-    feedback_window: int = 5000
-    min_labelled: int = 30
-
-    @classmethod
-    def from_settings(cls, s: MonitorSection) -> BiasSettings:
-        return cls(s.bias_window, s.bias_sample_every, s.bias_min_samples, s.bias_brightness_bands,
-                   s.bias_positive_threshold, s.bias_positive_labels, s.bias_ratio_warn,
-                   s.bias_ratio_alarm, s.bias_min_difference, s.bias_odds_warn, s.bias_odds_alarm,
-                   s.bias_clear_margin, s.bias_frames_kept, s.bias_feedback_window,
-                   s.bias_min_labelled)
 
 
 def brightness_band(luma: float, bands: tuple[float, float]) -> str:
@@ -173,31 +146,23 @@ def _parity(values: list[float]) -> dict[str, float | None]:
 class BiasMonitor:
     """Observer and evaluator of slice parity, and the receiver of labelled feedback."""
 
-    def __init__(self, settings: BiasSettings | None = None,
+    def __init__(self, settings: BiasSection | None = None,
                  slices: Mapping[str, Any] | SliceSpec | None = None) -> None:
-        self.settings = s = settings or BiasSettings()
-        if not 0 <= s.brightness_bands[0] < s.brightness_bands[1] <= 255:
-            raise BiasConfigError(
-                f"brightness_bands {s.brightness_bands} must increase within 0..255")
+        self.settings = s = settings or BiasSection()
         self.spec = slices if isinstance(slices, SliceSpec) else SliceSpec.parse(slices)
-        self._labels = frozenset(s.positive_labels)
+        self._labels = frozenset(s.bias_positive_labels)
         self._lock = threading.Lock()
-        self._window: deque[_Entry] = deque(maxlen=s.window)
-        self.recent = RecentFrames(s.frames_kept)
+        self._window: deque[_Entry] = deque(maxlen=s.bias_window)
+        self.recent = RecentFrames(s.bias_frames_kept)
         self._cameras: set[str] = set()
         """Every camera a frame was remembered from (feedback without a camera needs just one)."""
-        self.outcomes = LabelledOutcomes(s.feedback_window, s.min_labelled, s.positive_labels)
+        self.outcomes = LabelledOutcomes(s.bias_feedback_window, s.bias_min_labelled, s.bias_positive_labels)
         self._judges: dict[str, Judge] = {}
         self._events: list[SignalEvent] = []
 
-    @classmethod
-    def from_settings(cls, section: MonitorSection,
-                      slices: Mapping[str, Any] | None = None) -> BiasMonitor:
-        return cls(BiasSettings.from_settings(section), slices)
-
     # ----- frame worker ----------------------------------------------------------------------
     def wants(self, index: int) -> bool:
-        return index % self.settings.sample_every == 0
+        return index % self.settings.bias_sample_every == 0
 
     def observe(self, summary: FrameSummary) -> None:
         if summary.task is None:
@@ -214,18 +179,18 @@ class BiasMonitor:
     def _entry(self, summary: FrameSummary) -> _Entry:
         s = self.settings
         slices = (("source", summary.source),
-                  ("brightness", brightness_band(summary.inputs.brightness, s.brightness_bands)),
+                  ("brightness", brightness_band(summary.inputs.brightness, s.bias_brightness_bands)),
                   ("time_of_day", time_of_day(summary.wall_time)))
         if summary.task == "classify":
             confidence = summary.scores[0] if summary.scores else None
             positive = None
             if self._labels:
                 positive = (summary.top_label in self._labels and confidence is not None
-                            and confidence >= s.positive_threshold)
+                            and confidence >= s.bias_positive_threshold)
             return _Entry(slices, positive, confidence, ())
         chosen = [d for d in summary.items if not self._labels or d.label in self._labels]
         confidence = max((d.score for d in chosen), default=None)
-        positive = confidence is not None and confidence >= s.positive_threshold
+        positive = confidence is not None and confidence >= s.bias_positive_threshold
         return _Entry(slices, positive, confidence, self._regions(summary, chosen))
 
     def _regions(self, summary: FrameSummary,
@@ -240,7 +205,7 @@ class BiasMonitor:
                 cy = (d.box[1] + d.box[3]) / 2 / summary.height
                 if x0 <= cx < x1 and y0 <= cy < y1 and (best is None or d.score > best):
                     best = d.score
-            out.append((name, best is not None and best >= self.settings.positive_threshold, best))
+            out.append((name, best is not None and best >= self.settings.bias_positive_threshold, best))
         return tuple(out)
 
     # ----- telemetry loop --------------------------------------------------------------------
@@ -294,10 +259,10 @@ class BiasMonitor:
                     positive, confidence)
         slicings = {name: self._slicing(name, slices) for name, slices in aggregates.items()}
         return {
-            "window": self.settings.window,
+            "window": self.settings.bias_window,
             "samples": len(entries),
-            "positive_threshold": self.settings.positive_threshold,
-            "positive_labels": list(self.settings.positive_labels),
+            "positive_threshold": self.settings.bias_positive_threshold,
+            "positive_labels": list(self.settings.bias_positive_labels),
             "slicings": slicings,
             "feedback": self._feedback(),
         }
@@ -317,7 +282,7 @@ class BiasMonitor:
         s = self.settings
         slices: dict[str, dict[str, Any]] = {}
         for name, a in sorted(aggregates.items()):
-            enough = a.samples >= s.min_samples
+            enough = a.samples >= s.bias_min_samples
             slices[name] = {
                 "samples": a.samples,
                 "status": "measured" if enough else "insufficient_samples",
@@ -335,8 +300,8 @@ class BiasMonitor:
         elif ratio is None or difference is None:
             state = "insufficient_samples"
         else:
-            effective = 1.0 if difference < s.min_difference else ratio
-            thresholds = Thresholds(s.ratio_alarm, s.ratio_warn, s.clear_margin,
+            effective = 1.0 if difference < s.bias_min_difference else ratio
+            thresholds = Thresholds(s.bias_ratio_alarm, s.bias_ratio_warn, s.bias_clear_margin,
                                     higher_is_worse=False)
             state = self._judge(f"{slicing}.selection_rate", "ratio", thresholds, effective)
         return {
@@ -356,7 +321,7 @@ class BiasMonitor:
             if gap is None:
                 state = "insufficient_samples"
             else:
-                thresholds = Thresholds(s.odds_alarm, s.odds_warn, s.clear_margin)
+                thresholds = Thresholds(s.bias_odds_alarm, s.bias_odds_warn, s.bias_clear_margin)
                 state = self._judge(f"{slicing}.equalized_odds", "gap", thresholds, gap)
             per_slicing[slicing] = {"slices": slices, **gaps, "state": state}
         return {"matched": self.outcomes.matched, "unmatched": self.outcomes.unmatched,

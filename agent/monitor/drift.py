@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import DriftSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary
 from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics
-from agent.monitor.stats import PSI_EPSILON, InputStats, Thresholds, bin_counts, js_distance, psi
+from agent.monitor.stats import InputStats, Thresholds, bin_counts, js_distance, psi
 
-__all__ = ["DriftMonitor", "DriftThresholds"]
+__all__ = ["DriftMonitor"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,31 +32,6 @@ SIGNAL = "drift"
 DIGITS = 6
 NO_REFERENCE = "no_reference"
 INSUFFICIENT = "insufficient_samples"
-
-
-@dataclass(frozen=True)
-class DriftThresholds:
-    psi_warn: float = 0.1
-    psi_alarm: float = 0.25
-    js_warn: float = 0.13
-    js_alarm: float = 0.21
-    clear_margin: float = 0.2
-    eps: float = PSI_EPSILON
-    pseudo_count: float = 0.5
-    """Added to every bin of both histograms, so that a bin a small window happens to miss
-    counts as unlikely rather than impossible (which PSI would punish as a large shift)."""
-
-    @classmethod
-    def from_settings(cls, section: MonitorSection) -> DriftThresholds:
-        return cls(section.drift_psi_warn, section.drift_psi_alarm, section.drift_js_warn,
-                   section.drift_js_alarm, section.drift_clear_margin, section.drift_eps,
-                   section.drift_pseudo_count)
-
-    def measures(self) -> dict[str, Thresholds]:
-        return {
-            "psi": Thresholds(self.psi_alarm, self.psi_warn, self.clear_margin),
-            "js": Thresholds(self.js_alarm, self.js_warn, self.clear_margin),
-        }
 
 
 class _Row(NamedTuple):
@@ -76,38 +50,23 @@ def _round(value: float | None) -> float | None:
 class DriftMonitor:
     """Observer and evaluator of drift; ``reference`` None reports ``no_reference`` per metric."""
 
-    def __init__(
-        self,
-        reference: Reference | dict[str, Any] | None,
-        window: int,
-        thresholds: DriftThresholds | None = None,
-        *,
-        sample_every: int = 1,
-        min_samples: int | None = None,
-        version: str | None = None,
-    ) -> None:
-        if window < 1 or sample_every < 1:
-            raise ValueError(f"window and sample_every must be >= 1, got {window}, {sample_every}")
-        self.window = window
-        self.thresholds = thresholds or DriftThresholds()
-        self.sample_every = sample_every
-        self.min_samples = window if min_samples is None else min_samples
-        if not 1 <= self.min_samples <= window:
-            raise ValueError(f"min_samples must be in 1..{window}, got {self.min_samples}")
+    def __init__(self, settings: DriftSection | None = None,
+                 reference: Reference | dict[str, Any] | None = None, version: str | None = None) -> None:
+        self.settings = s = settings or DriftSection()
+        self.window = s.drift_window
+        self.sample_every = s.drift_sample_every
+        self.min_samples = s.drift_min_samples
+        self._measures = {
+            "psi": Thresholds(s.drift_psi_alarm, s.drift_psi_warn, s.drift_clear_margin),
+            "js": Thresholds(s.drift_js_alarm, s.drift_js_warn, s.drift_clear_margin),
+        }
         self._lock = threading.Lock()
-        self._rows: deque[_Row] = deque(maxlen=window)
+        self._rows: deque[_Row] = deque(maxlen=self.window)
         self._events: list[SignalEvent] = []
         self._judges: dict[str, Judge] = {}
         self.reference: Reference | None = None
         self.version: str | None = None
         self.set_reference(reference, version)
-
-    @classmethod
-    def from_settings(cls, section: MonitorSection, reference: Reference | dict[str, Any] | None,
-                      version: str | None = None) -> DriftMonitor:
-        return cls(reference, section.drift_window, DriftThresholds.from_settings(section),
-                   sample_every=section.drift_sample_every, min_samples=section.drift_min_samples,
-                   version=version)
 
     # ----- frame worker ----------------------------------------------------------------------
     def wants(self, index: int) -> bool:
@@ -184,13 +143,15 @@ class DriftMonitor:
             entry["state"] = INSUFFICIENT
             return entry
         ref_counts, live_counts = _histograms(expected, values)
-        ref_counts += self.thresholds.pseudo_count
-        live_counts += self.thresholds.pseudo_count
-        entry["psi"] = _round(psi(ref_counts, live_counts, self.thresholds.eps))
+        # The pseudo-count goes into every bin of both histograms, so that a bin a small window
+        # happens to miss counts as unlikely rather than impossible (which PSI punishes as a shift).
+        ref_counts += self.settings.drift_pseudo_count
+        live_counts += self.settings.drift_pseudo_count
+        entry["psi"] = _round(psi(ref_counts, live_counts, self.settings.drift_eps))
         entry["js"] = _round(js_distance(ref_counts, live_counts))
         judge = self._judges.get(name)
         if judge is None:
-            judge = self._judges[name] = Judge(SIGNAL, name, self.thresholds.measures())
+            judge = self._judges[name] = Judge(SIGNAL, name, self._measures)
         event = judge.evaluate({"psi": entry["psi"], "js": entry["js"]})
         if event is not None:
             self._events.append(event)

@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import EgressSection
 
 __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 
@@ -144,33 +144,21 @@ def _dense_bits(text: str) -> int:
 
 
 class EgressGuard:
-    def __init__(
-        self,
-        models: Mapping[str, type[BaseModel]],
-        *,
-        max_payload_bytes: int = 65_536,
-        max_string_chars: int = 2048,
-        blob_min_chars: int = 128,
-        max_array_items: int = 256,
-    ) -> None:
+    """Checks (or redacts) every outgoing payload against its topic's model and the egress bounds."""
+
+    def __init__(self, models: Mapping[str, type[BaseModel]], settings: EgressSection | None = None) -> None:
+        settings = settings or EgressSection()
         self.models = dict(models)
-        self.max_payload_bytes = max_payload_bytes
-        self.max_string_chars = max_string_chars
-        self.max_array_items = max_array_items
+        self.max_payload_bytes = settings.egress_max_payload_bytes
+        self.max_string_chars = settings.egress_max_string_chars
+        self.max_array_items = settings.egress_max_array_items
+        blob_min_chars = settings.egress_blob_min_chars
         self._blob = re.compile(rf"[A-Za-z0-9+/_-]{{{blob_min_chars},}}")
         self._blob_bits = blob_min_chars * BITS_BASE64
         self._lock = threading.Lock()
         self.checked = 0
         self.blocked: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.redacted: dict[str, int] = dict.fromkeys(REASONS, 0)
-
-    @classmethod
-    def from_settings(cls, models: Mapping[str, type[BaseModel]],
-                      section: MonitorSection) -> EgressGuard:
-        return cls(models, max_payload_bytes=section.egress_max_payload_bytes,
-                   max_string_chars=section.egress_max_string_chars,
-                   blob_min_chars=section.egress_blob_min_chars,
-                   max_array_items=section.egress_max_array_items)
 
     def check(self, suffix: str, payload: bytes) -> bytes:
         """``payload`` unchanged when it may leave; EgressBlocked (counted) when not."""

@@ -25,12 +25,12 @@ from typing import Any
 
 import structlog
 
-from agent.core.config.monitor import MonitorSection
+from agent.core.config import LeakSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.egress import EgressGuard
 from agent.monitor.stats import Thresholds, theil_sen
 
-__all__ = ["NVMAP_CLIENTS", "RESOURCES", "DeviceReader", "LeakMonitor", "LeakSettings",
+__all__ = ["NVMAP_CLIENTS", "RESOURCES", "DeviceReader", "LeakMonitor",
            "ResourceSample", "ResourceSampler", "parse_nvmap_clients", "read_nvmap"]
 
 log = structlog.get_logger(__name__)
@@ -115,32 +115,15 @@ class ResourceSampler:
         return ResourceSample(self.clock(), rss, fds, threads, device, nvmap)
 
 
-@dataclass(frozen=True)
-class LeakSettings:
-    window: int = 360
-    swap_window: int = 100
-    min_samples: int = 30
-    min_swaps: int = 5
-    consecutive: int = 3
-    clear_margin: float = 0.5
-    per_hour: tuple[tuple[str, float], ...] = (
-        ("rss", 50.0), ("fds", 30.0), ("threads", 10.0), ("device_memory", 50.0), ("nvmap", 50.0))
-    """Bounds in units (MB or count) per hour, by resource."""
-    per_swap: tuple[tuple[str, float], ...] = (
-        ("rss", 5.0), ("fds", 0.5), ("threads", 0.5), ("device_memory", 5.0), ("nvmap", 5.0))
-
-    @classmethod
-    def from_settings(cls, s: MonitorSection) -> LeakSettings:
-        return cls(
-            s.leak_window, s.leak_swap_window, s.leak_min_samples, s.leak_min_swaps,
-            s.leak_consecutive, s.leak_clear_margin,
-            (("rss", s.leak_rss_mb_per_hour), ("fds", s.leak_fds_per_hour),
-             ("threads", s.leak_threads_per_hour), ("device_memory", s.leak_device_mb_per_hour),
-             ("nvmap", s.leak_nvmap_mb_per_hour)),
-            (("rss", s.leak_rss_mb_per_swap), ("fds", s.leak_fds_per_swap),
-             ("threads", s.leak_threads_per_swap), ("device_memory", s.leak_device_mb_per_swap),
-             ("nvmap", s.leak_nvmap_mb_per_swap)),
-        )
+def _bounds(s: LeakSection) -> dict[str, tuple[float, float]]:
+    """Resource name -> (bound per hour, bound per swap), in the resource's unit."""
+    return {
+        "rss": (s.leak_rss_mb_per_hour, s.leak_rss_mb_per_swap),
+        "fds": (s.leak_fds_per_hour, s.leak_fds_per_swap),
+        "threads": (s.leak_threads_per_hour, s.leak_threads_per_swap),
+        "device_memory": (s.leak_device_mb_per_hour, s.leak_device_mb_per_swap),
+        "nvmap": (s.leak_nvmap_mb_per_hour, s.leak_nvmap_mb_per_swap),
+    }
 
 
 def _slope(xs: list[float], ys: list[float], minimum: int) -> float | None:
@@ -150,26 +133,23 @@ def _slope(xs: list[float], ys: list[float], minimum: int) -> float | None:
 
 
 class LeakMonitor:
-    def __init__(self, settings: LeakSettings | None = None, *,
+    """Samples this process's resources and judges their trends over time and over swaps."""
+
+    def __init__(self, settings: LeakSection | None = None, *,
                  sampler: Callable[[], ResourceSample] | None = None,
                  egress: EgressGuard | None = None) -> None:
-        self.settings = settings or LeakSettings()
+        self.settings = settings or LeakSection()
+        self._bounds = _bounds(self.settings)
         self.sampler = sampler or ResourceSampler()
         self.egress = egress
         self._lock = threading.Lock()
-        self._samples: deque[ResourceSample] = deque(maxlen=self.settings.window)
+        self._samples: deque[ResourceSample] = deque(maxlen=self.settings.leak_window)
         self._swap_samples: deque[tuple[int, ResourceSample]] = deque(
-            maxlen=self.settings.swap_window)
+            maxlen=self.settings.leak_swap_window)
         self.swaps = 0
         self._swap_pending = False
         self._judges: dict[str, Judge] = {}
         self._events: list[SignalEvent] = []
-
-    @classmethod
-    def from_settings(cls, section: MonitorSection, *, device_reader: DeviceReader | None = None,
-                      egress: EgressGuard | None = None) -> LeakMonitor:
-        return cls(LeakSettings.from_settings(section),
-                   sampler=ResourceSampler(device_reader=device_reader), egress=egress)
 
     def sample(self) -> ResourceSample:
         """Take one sample (timer); the first sample after a swap is also that swap's sample."""
@@ -206,17 +186,16 @@ class LeakMonitor:
                   swaps: list[tuple[int, ResourceSample]]) -> dict[str, Any]:
         field, unit, scale = RESOURCES[name]
         s = self.settings
-        bound_hour = dict(s.per_hour)[name]
-        bound_swap = dict(s.per_swap)[name]
+        bound_hour, bound_swap = self._bounds[name]
         timed = [(x.at / SECONDS_PER_HOUR, getattr(x, field) / scale) for x in samples
                  if getattr(x, field) is not None]
         swapped = [(float(n), getattr(x, field) / scale) for n, x in swaps
                    if getattr(x, field) is not None]
         entry: dict[str, Any] = {
             "unit": unit, "value": round(timed[-1][1], DIGITS) if timed else None,
-            "slope_per_hour": _slope([t for t, _ in timed], [v for _, v in timed], s.min_samples),
+            "slope_per_hour": _slope([t for t, _ in timed], [v for _, v in timed], s.leak_min_samples),
             "bound_per_hour": bound_hour,
-            "slope_per_swap": _slope([n for n, _ in swapped], [v for _, v in swapped], s.min_swaps),
+            "slope_per_swap": _slope([n for n, _ in swapped], [v for _, v in swapped], s.leak_min_swaps),
             "bound_per_swap": bound_swap,
         }
         if not timed:
@@ -228,8 +207,8 @@ class LeakMonitor:
         judge = self._judges.get(name)
         if judge is None:
             judge = self._judges[name] = Judge(SIGNAL, name, {
-                "slope_per_hour": Thresholds(bound_hour, None, s.clear_margin, True, s.consecutive),
-                "slope_per_swap": Thresholds(bound_swap, None, s.clear_margin, True, s.consecutive),
+                "slope_per_hour": Thresholds(bound_hour, None, s.leak_clear_margin, True, s.leak_consecutive),
+                "slope_per_swap": Thresholds(bound_swap, None, s.leak_clear_margin, True, s.leak_consecutive),
             })
         event = judge.evaluate({"slope_per_hour": entry["slope_per_hour"],
                                 "slope_per_swap": entry["slope_per_swap"]})

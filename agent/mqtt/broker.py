@@ -31,7 +31,7 @@ from types import TracebackType
 
 import structlog
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 
 __all__ = [
     "BROKER_START_TIMEOUT_S",

@@ -31,7 +31,7 @@ import structlog
 from aiomqtt.exceptions import MqttConnectError
 
 from agent.core.backoff import Backoff
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox, Outbox
 from agent.mqtt.settings import parse_broker_url, read_password, tls_parameters
 

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiomqtt import TLSParameters
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import BrokerAddress, BrokerUrlError, MqttSection
+from agent.core.config import parse_broker_url as broker_address
 from agent.wire.topics import TopicError, check_device_id
 
 __all__ = [
     "CREDENTIAL_NAME",
-    "DEFAULT_PORTS",
     "BrokerAddress",
     "SessionConfigError",
     "check_certificate_identity",
@@ -32,44 +30,22 @@ __all__ = [
 
 CREDENTIAL_NAME = "mqtt-password"
 """The file name looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 class SessionConfigError(ValueError):
     """The MQTT settings cannot make a connection; the message names the setting."""
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:port]`` or ``mqtts://host[:port]``; credentials never go in the URL."""
-    if url == "embedded":
-        raise SessionConfigError(
-            "url 'embedded' must be resolved to the embedded broker's address first"
-        )
-    parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise SessionConfigError(f"url {url!r} is not mqtt://host[:port] or mqtts://host[:port]")
-    if parts.username is not None or parts.password is not None:
-        raise SessionConfigError(
-            f"url {url!r} holds credentials: use [mqtt] username and password_file"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise SessionConfigError(f"url {url!r} must not have a path, query or fragment")
+    """``mqtt://host[:port]`` or ``mqtts://host[:port]``; credentials never go in the URL.
+
+    The check is the config's (agent.core.config.parse_broker_url, which ``[mqtt] url`` passed
+    when the file was read); here its refusal is a SessionConfigError like every other setting's.
+    """
     try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise SessionConfigError(f"url {url!r} has an invalid port") from None
-    return BrokerAddress(parts.hostname, port, parts.scheme == "mqtts")
+        return broker_address(url)
+    except BrokerUrlError as exc:
+        raise SessionConfigError(str(exc)) from None
 
 
 def read_password(settings: MqttSection, environ: Mapping[str, str] | None = None) -> str | None:

@@ -6,7 +6,7 @@ This ``__init__`` is the package's door: other packages import only what ``__all
 
 from __future__ import annotations
 
-from agent.core.config.results import (
+from agent.core.config import (
     LineSettings,
     RateSettings,
     ResultsSettings,

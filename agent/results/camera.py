@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.config.results import ResultsSettings
+from agent.core.config import ResultsSettings
 from agent.results.rate import RateLimiter
 from agent.results.snapshots import FolderSink, Snapshots
 from agent.results.tracker import TrackedObject, Tracker

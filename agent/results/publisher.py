@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from agent.core.config.results import ResultsSettings
+from agent.core.config import ResultsSettings
 from agent.monitor.features import FailureCount
 from agent.monitor.telemetry import Telemetry
 from agent.results.camera import CameraResults

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from agent.core.config.results import RateSettings
+from agent.core.config import RateSettings
 
 __all__ = ["RATE_SLACK_S", "RateLimiter"]
 

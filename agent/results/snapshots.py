@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.core.config.results import SnapshotSettings
+from agent.core.config import SnapshotSettings
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 

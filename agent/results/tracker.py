@@ -20,7 +20,7 @@ import numpy as np
 from norfair.tracker import Detection as NorfairDetection
 from norfair.tracker import Tracker as NorfairTracker
 
-from agent.core.config.results import TrackerSettings
+from agent.core.config import TrackerSettings
 from agent.vision.heads import Detection
 
 __all__ = ["TrackedObject", "Tracker"]

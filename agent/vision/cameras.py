@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from agent.core.config.agent import CameraSection, check_camera_set
+from agent.core.config import CameraSection, check_camera_set
 from agent.device.commands import CommandFailed
 from agent.models.bootguard import write_json_atomic
 from agent.monitor.latency import CameraRecorders

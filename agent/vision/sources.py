@@ -42,7 +42,7 @@ import numpy as np
 import structlog
 
 from agent.core.backoff import Backoff
-from agent.core.config.agent import SourceSection
+from agent.core.config import SourceSection
 
 __all__ = [
     "JETSON_CSI_PIPELINE", "LIVE_STATES", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",

@@ -1,13 +1,24 @@
 """The topic tree of one device: what it publishes to and which commands reach it.
 
 Pure string work, no I/O. ``<prefix>/<device>/...`` for the device's own topics,
-``<prefix>/group/<group>/cmd/<name>`` for commands addressed to a group.
+``<prefix>/group/<group>/cmd/<name>`` for commands addressed to a group. The segment and
+device-id checks live in agent.core.names (the config checks ids with them too) and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from agent.core.names import (
+    CONSUMERS_SEGMENT,
+    GROUP_SEGMENT,
+    RESERVED_SEGMENTS,
+    TopicError,
+    check_device_id,
+    check_segment,
+)
 
 __all__ = [
     "CONSUMERS_SEGMENT",
@@ -19,40 +30,7 @@ __all__ = [
     "check_segment",
 ]
 
-GROUP_SEGMENT = "group"
 COMMAND_SEGMENT = "cmd"
-CONSUMERS_SEGMENT = "_consumers"
-"""``<prefix>/_consumers/<share group>/<instance>``: the digests of shared fleet consumers."""
-RESERVED_SEGMENTS = frozenset({GROUP_SEGMENT, CONSUMERS_SEGMENT})
-"""Second levels of the tree that are not a device: never a device id (nor a group name, so
-that one word means one thing). deploy/mosquitto/devices.acl denies them to any certificate."""
-FORBIDDEN_CHARACTERS = "/+#\0"
-MAX_SEGMENT_LENGTH = 128
-
-
-class TopicError(ValueError):
-    """A prefix, device id, group, kind or command name cannot be used in a topic."""
-
-
-def check_segment(value: str, what: str) -> str:
-    """One topic level: not blank, at most 128 characters, no '/', '+', '#', NUL or other
-    control character, and text that UTF-8 can encode (no lone surrogate)."""
-    if not value.strip() or len(value) > MAX_SEGMENT_LENGTH:
-        raise TopicError(f"{what} {value!r} must be 1-{MAX_SEGMENT_LENGTH} non-blank characters")
-    if any(c in value for c in FORBIDDEN_CHARACTERS):
-        raise TopicError(f"{what} {value!r} must not contain '/', '+', '#' or NUL")
-    if not value.isprintable():  # also false for a lone surrogate (category Cs)
-        raise TopicError(f"{what} {value!r} must not contain control characters")
-    return value
-
-
-def check_device_id(value: str, what: str = "device id") -> str:
-    """A device id (or group name): one topic level and none of RESERVED_SEGMENTS."""
-    check_segment(value, what)
-    if value in RESERVED_SEGMENTS:
-        reserved = ", ".join(sorted(RESERVED_SEGMENTS))
-        raise TopicError(f"{what} {value!r} is a reserved word of the topic tree ({reserved})")
-    return value
 
 
 def _check_prefix(prefix: str) -> str:

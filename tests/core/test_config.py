@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config.agent import AgentConfig, ConfigError, load_config, parse_config
+from agent.core.config import AgentConfig, ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_configuration_page_is_generated_from_the_code():
 
 
 def test_every_setting_has_a_meaning_in_the_docs():
-    from agent.core.config.agent import AgentConfig
+    from agent.core.config import AgentConfig
 
     for name, section in AgentConfig.model_fields.items():
         model = section.annotation

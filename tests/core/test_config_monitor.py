@@ -1,19 +1,25 @@
 import pytest
 from pydantic import ValidationError
 
-from agent.core.config.monitor import MonitorSection
-from agent.monitor.bias import BiasSettings
-from agent.monitor.drift import DriftThresholds
-from agent.monitor.leak import RESOURCES, LeakSettings
+from agent.core.config import MonitorSection
+from agent.monitor.bias import BiasMonitor
+from agent.monitor.drift import DriftMonitor
+from agent.monitor.egress import EgressGuard
+from agent.monitor.leak import RESOURCES, LeakMonitor
+from agent.wire.schema import PAYLOADS
 
 
 def test_the_defaults_are_valid_and_reach_every_monitor():
     section = MonitorSection()
-    drift = DriftThresholds.from_settings(section)
-    assert (drift.psi_warn, drift.psi_alarm) == (0.1, 0.25)
-    assert BiasSettings.from_settings(section).ratio_alarm == 0.8
-    leak = LeakSettings.from_settings(section)
-    assert {name for name, _ in leak.per_hour} == set(RESOURCES) == {n for n, _ in leak.per_swap}
+    drift = DriftMonitor(section)
+    assert (drift.settings.drift_psi_warn, drift.settings.drift_psi_alarm) == (0.1, 0.25)
+    assert BiasMonitor(section).settings.bias_ratio_alarm == 0.8
+    resources = LeakMonitor(section, sampler=lambda: None).snapshot()["resources"]
+    assert set(resources) == set(RESOURCES)
+    assert {name: (r["bound_per_hour"], r["bound_per_swap"]) for name, r in resources.items()} == {
+        "rss": (50.0, 5.0), "fds": (30.0, 0.5), "threads": (10.0, 0.5), "device_memory": (50.0, 5.0),
+        "nvmap": (50.0, 5.0)}
+    assert EgressGuard(PAYLOADS, section).max_payload_bytes == 65_536
 
 
 @pytest.mark.parametrize(

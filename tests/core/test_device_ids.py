@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config.agent import ConfigError, MqttSection, parse_config
+from agent.core.config import ConfigError, MqttSection, parse_config
 from agent.mqtt.settings import SessionConfigError, check_certificate_identity
 from agent.wire.topics import CONSUMERS_SEGMENT, GROUP_SEGMENT, RESERVED_SEGMENTS, TopicError, Topics
 from tests.e2e.test_security import CONTROL, FleetBroker

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.core.config.agent import WatchdogSection
+from agent.core.config import WatchdogSection
 from agent.device.systemd import (
     MAX_VALUE_CHARS,
     NOTIFY_SOCKET_ENV,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli.main import EXIT_USAGE
-from agent.core.config.agent import AgentSection, WatchdogSection, load_config
+from agent.core.config import AgentSection, WatchdogSection, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT_DIR = REPO / "systemd"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import structlog
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.device.daemon import Agent
 from agent.wire.schema import HealthPayload
 

@@ -143,7 +143,7 @@ def test_a_silent_device_is_explained_by_its_retained_status(mosquitto, mqtt_pro
 
 
 def test_a_config_with_its_own_broker_gives_its_url_user_and_password(tmp_path, demo_dir):
-    from agent.core.config.agent import load_config
+    from agent.core.config import load_config
     from agent.fleet.local import LocalAgentError, local_target
 
     (tmp_path / "password").write_text("s3cret\n")

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent.core.config.agent import AgentConfig, ConfigError, parse_config
+from agent.core.config import AgentConfig, ConfigError, parse_config
 from agent.core.names import NAME_PATTERN
 from agent.device.commands import CommandJournal, CommandRouter, Outcome
 from agent.device.systemd import one_line

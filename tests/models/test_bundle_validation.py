@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.device.monitors import Signals
 from agent.fleet.control import ControlClient
 from agent.models.bundle import MAX_MEMBERS, MAX_UNPACKED_BYTES, BundleError, unpack_bundle, unpack_limit

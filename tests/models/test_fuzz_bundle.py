@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.core.config.agent import AgentConfig
+from agent.core.config import AgentConfig
 from agent.device.monitors import Signals
 from agent.models.bundle import MAX_MEMBERS, BundleError, unpack_bundle
 from agent.models.graph import check_fits_head, check_fits_input

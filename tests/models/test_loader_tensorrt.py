@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from agent.core.config.agent import DeploySection, SourceSection
+from agent.core.config import DeploySection, SourceSection
 from agent.models import engine_cache
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeploymentManager, DeployRequest, Step

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config.agent import CameraSection, DeploySection, SourceSection
+from agent.core.config import CameraSection, DeploySection, SourceSection
 from agent.models.fetch import (
     Statement,
     generate_keypair,

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from agent.core.config import BiasSection
 from agent.monitor.bias import (
     BiasConfigError,
     BiasMonitor,
-    BiasSettings,
     SliceSpec,
     brightness_band,
     time_of_day,
@@ -57,7 +57,7 @@ def balanced_frames() -> list[np.ndarray]:
 
 def monitor(**overrides) -> BiasMonitor:
     settings = {"window": 1000, "min_samples": 30, "brightness_bands": BANDS, **overrides}
-    return BiasMonitor(BiasSettings(**settings))
+    return BiasMonitor(BiasSection(**{f"bias_{key}": value for key, value in settings.items()}))
 
 
 def test_a_detector_blind_in_the_dark_raises_a_brightness_bias_alarm():
@@ -116,7 +116,7 @@ def _detections_at(xs: list[float], width: int = 640, height: int = 480) -> Pred
 
 
 def test_manifest_regions_compare_where_in_the_frame_the_detector_fires():
-    bias = BiasMonitor(BiasSettings(window=500, min_samples=20),
+    bias = BiasMonitor(BiasSection(bias_window=500, bias_min_samples=20),
                        {"regions": {"left": [0, 0, 0.5, 1], "right": [0.5, 0, 1, 1]}})
     image = frames("original", (60,))[0]
     for index in range(40):
@@ -201,7 +201,7 @@ def labelled_set(bias: BiasMonitor, start: int, luma: int, *, tp: int, fn: int, 
 
 
 def test_feedback_gives_per_slice_recall_fpr_accuracy_and_the_equalized_odds_gap():
-    bias = BiasMonitor(BiasSettings(min_labelled=20, frames_kept=1000))
+    bias = BiasMonitor(BiasSection(bias_min_labelled=20, bias_frames_kept=1000))
     dark = {"tp": 40, "fn": 10, "fp": 10, "tn": 40}
     normal = {"tp": 45, "fn": 5, "fp": 3, "tn": 47}
     labelled_set(bias, 0, 30, **dark)
@@ -226,7 +226,7 @@ def test_feedback_gives_per_slice_recall_fpr_accuracy_and_the_equalized_odds_gap
 
 
 def test_feedback_for_forgotten_frames_is_counted_as_unmatched():
-    bias = BiasMonitor(BiasSettings(frames_kept=10))
+    bias = BiasMonitor(BiasSection(bias_frames_kept=10))
     for index in range(30):
         observe(bias, result_of(index, grey(100), Prediction("text_detect", ())))
     assert not bias.feedback(5, positive=True)
@@ -239,7 +239,7 @@ def test_feedback_for_forgotten_frames_is_counted_as_unmatched():
 
 
 def test_label_feedback_scores_a_classifier_by_its_top_label():
-    bias = BiasMonitor(BiasSettings(min_labelled=4, positive_labels=("180",)))
+    bias = BiasMonitor(BiasSection(bias_min_labelled=4, bias_positive_labels=("180",)))
     for index, (said, luma) in enumerate([("0", 30), ("180", 30), ("0", 30), ("0", 30),
                                           ("180", 128), ("180", 128), ("0", 128), ("90", 128)]):
         prediction = Prediction("classify", (Classification(said, 0.9),))
@@ -278,7 +278,7 @@ def test_the_snapshot_is_a_valid_bias_payload():
 
 
 def test_feedback_names_the_camera_when_frame_indices_of_several_cameras_collide():
-    bias = BiasMonitor(BiasSettings(frames_kept=100))
+    bias = BiasMonitor(BiasSection(bias_frames_kept=100))
     observe(bias, result_of(7, grey(100), _detections_at([0.5], 64, 48), source="door"))
     assert bias.feedback(7, positive=True), "one camera seen: its index alone names the frame"
     observe(bias, result_of(7, grey(100), Prediction("text_detect", ()), source="yard"))

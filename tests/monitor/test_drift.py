@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from agent.core.config.monitor import MonitorSection
-from agent.monitor.drift import DriftMonitor, DriftThresholds
+from agent.core.config import DriftSection, MonitorSection
+from agent.monitor.drift import DriftMonitor
 from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
 from agent.vision.summary import observe, summarize
 from agent.wire.signals import DriftPayload
@@ -46,6 +46,14 @@ def text_reference() -> Reference:
     return reference_of(TEXT_DET, EVEN)
 
 
+def drift_monitor(reference, window: int, *, min_samples: int | None = None, sample_every: int = 1,
+                  version: str | None = None) -> DriftMonitor:
+    """A monitor over ``window`` frames that judges once the window is full (or holds ``min_samples``)."""
+    section = DriftSection(drift_window=window, drift_sample_every=sample_every,
+                           drift_min_samples=window if min_samples is None else min_samples)
+    return DriftMonitor(section, reference, version)
+
+
 def replay(monitor: DriftMonitor, frame_results) -> list[dict]:
     """Feed the frames; evaluate every SNAPSHOT_EVERY frames once the window is full."""
     snapshots = []
@@ -81,7 +89,7 @@ def test_the_profiled_reference_of_the_text_detector_describes_the_video(text_re
 @pytest.mark.parametrize("model", [TEXT_DET, ORIENTATION], ids=["text-det", "orientation"])
 def test_a_stationary_replay_of_the_video_against_its_own_reference_raises_no_alarm(model):
     reference = reference_of(model, EVEN)
-    monitor = DriftMonitor(reference, window=len(ODD))
+    monitor = drift_monitor(reference, window=len(ODD))
     twice = model_results(model, "original", ODD) + model_results(model, "original", ODD,
                                                                   start=len(ODD))
     snapshots = replay(monitor, twice)
@@ -94,7 +102,7 @@ def test_a_stationary_replay_of_the_video_against_its_own_reference_raises_no_al
 
 
 def test_a_darkened_video_raises_an_input_drift_alarm_on_brightness(text_reference):
-    monitor = DriftMonitor(text_reference, window=len(EVEN))
+    monitor = drift_monitor(text_reference, window=len(EVEN))
     snapshot = replay(monitor, model_results(TEXT_DET, "dark", EVEN))[-1]
     brightness = snapshot["metrics"]["brightness"]
     assert brightness["state"] == "alarm"
@@ -102,12 +110,12 @@ def test_a_darkened_video_raises_an_input_drift_alarm_on_brightness(text_referen
     events = {e.metric: e for e in monitor.take_events()}
     event = events["brightness"]
     assert (event.signal, event.state, event.kind) == ("drift", "alarm", "alarm_raised")
-    assert event.value > event.threshold == DriftThresholds().psi_alarm
+    assert event.value > event.threshold == DriftSection().drift_psi_alarm
 
 
 def test_a_blurred_video_raises_a_sharpness_alarm_and_leaves_brightness_alone(text_reference):
     blurred = range(0, 270, 6)
-    monitor = DriftMonitor(text_reference, window=len(blurred))
+    monitor = drift_monitor(text_reference, window=len(blurred))
     snapshot = replay(monitor, model_results(TEXT_DET, "blurred", blurred))[-1]
     assert snapshot["metrics"]["sharpness"]["state"] == "alarm"
     assert snapshot["metrics"]["brightness"]["state"] == "ok"
@@ -115,7 +123,7 @@ def test_a_blurred_video_raises_a_sharpness_alarm_and_leaves_brightness_alone(te
 
 
 def test_a_scene_change_raises_output_drift_on_the_detection_counts():
-    monitor = DriftMonitor(reference_of(TEXT_DET, TEXT_SCENES), window=len(PHOTO_SCENES))
+    monitor = drift_monitor(reference_of(TEXT_DET, TEXT_SCENES), window=len(PHOTO_SCENES))
     snapshot = replay(monitor, model_results(TEXT_DET, "original", PHOTO_SCENES))[-1]
     count = snapshot["metrics"]["count"]
     assert count["state"] == "alarm" and count["mean"] < count["reference_mean"]
@@ -123,7 +131,7 @@ def test_a_scene_change_raises_output_drift_on_the_detection_counts():
 
 
 def test_a_scene_change_raises_output_drift_on_the_classes_of_a_classifier():
-    monitor = DriftMonitor(reference_of(ORIENTATION, TEXT_SCENES), window=len(PHOTO_SCENES))
+    monitor = drift_monitor(reference_of(ORIENTATION, TEXT_SCENES), window=len(PHOTO_SCENES))
     snapshot = replay(monitor, model_results(ORIENTATION, "original", PHOTO_SCENES))[-1]
     expected = {"brightness", "contrast", "sharpness", "classes", "confidence"}
     assert set(snapshot["metrics"]) == expected
@@ -131,7 +139,7 @@ def test_a_scene_change_raises_output_drift_on_the_classes_of_a_classifier():
 
 
 def test_without_a_reference_every_metric_says_so_and_samples_are_still_counted():
-    monitor = DriftMonitor(None, window=100)
+    monitor = drift_monitor(None, window=100)
     replay(monitor, model_results(TEXT_DET, "original", EVEN[:40]))
     snapshot = monitor.snapshot()
     assert snapshot["reference"] is None and snapshot["samples"] == 40
@@ -142,7 +150,7 @@ def test_without_a_reference_every_metric_says_so_and_samples_are_still_counted(
 
 
 def test_metrics_are_not_judged_before_the_window_holds_min_samples(text_reference):
-    monitor = DriftMonitor(text_reference, window=100, min_samples=60)
+    monitor = drift_monitor(text_reference, window=100, min_samples=60)
     for result in model_results(TEXT_DET, "dark", EVEN[:59]):
         observe(monitor, result)
     assert set(states(monitor.snapshot()).values()) == {"insufficient_samples"}
@@ -151,7 +159,7 @@ def test_metrics_are_not_judged_before_the_window_holds_min_samples(text_referen
 
 
 def test_a_new_reference_clears_a_raised_alarm_with_one_event(text_reference):
-    monitor = DriftMonitor(text_reference, window=60)
+    monitor = drift_monitor(text_reference, window=60)
     replay(monitor, model_results(TEXT_DET, "dark", EVEN[:60]))
     assert "brightness" in {e.metric for e in monitor.take_events()}
     monitor.set_reference(None)
@@ -160,7 +168,7 @@ def test_a_new_reference_clears_a_raised_alarm_with_one_event(text_reference):
 
 
 def test_outputs_of_another_model_version_stay_out_of_the_output_distributions(text_reference):
-    monitor = DriftMonitor(text_reference, window=40, min_samples=20, version="v6")
+    monitor = drift_monitor(text_reference, window=40, min_samples=20, version="v6")
     for result in model_results(TEXT_DET, "original", EVEN[:40], version="v4"):
         observe(monitor, result)
     snapshot = monitor.snapshot()
@@ -170,7 +178,7 @@ def test_outputs_of_another_model_version_stay_out_of_the_output_distributions(t
 
 
 def test_failed_frames_count_for_the_inputs_only(text_reference):
-    monitor = DriftMonitor(text_reference, window=10, min_samples=1)
+    monitor = drift_monitor(text_reference, window=10, min_samples=1)
     image = video()[0]
     observe(monitor, result_of(0, image, None, error="EngineError: boom"))
     snapshot = monitor.snapshot()
@@ -179,7 +187,7 @@ def test_failed_frames_count_for_the_inputs_only(text_reference):
 
 
 def test_sample_every_takes_every_nth_frame_only(text_reference):
-    monitor = DriftMonitor(text_reference, window=100, sample_every=4, min_samples=1)
+    monitor = drift_monitor(text_reference, window=100, sample_every=4, min_samples=1)
     predict = cached_predictor(TEXT_DET)
     for result in results(predict, frames("original", tuple(EVEN[:20]))):
         observe(monitor, result)
@@ -187,8 +195,7 @@ def test_sample_every_takes_every_nth_frame_only(text_reference):
 
 
 def test_the_snapshot_is_a_valid_drift_payload(text_reference):
-    monitor = DriftMonitor.from_settings(
-        MonitorSection(drift_window=60, drift_min_samples=30), text_reference, version="v4")
+    monitor = DriftMonitor(MonitorSection(drift_window=60, drift_min_samples=30), text_reference, version="v4")
     replay(monitor, model_results(TEXT_DET, "dark", EVEN[:60]))
     payload = DriftPayload(**ENVELOPE, **monitor.snapshot())
     assert payload.metrics["brightness"].state == "alarm"
@@ -199,4 +206,4 @@ def test_a_malformed_reference_is_refused_with_the_field_named(text_reference):
     data = text_reference.model_dump(mode="json")
     data["inputs"]["brightness"]["counts"] = [1, 2]
     with pytest.raises(ReferenceError, match=r"reference\.inputs\.brightness"):
-        DriftMonitor(data, window=10)
+        drift_monitor(data, window=10)

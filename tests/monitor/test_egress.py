@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import pytest
 
+from agent.core.config import DriftSection
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
 from agent.wire.schema import PAYLOADS
@@ -43,7 +44,7 @@ def blocked_reason(guard: EgressGuard, suffix: str, payload: bytes) -> str:
 
 
 def test_a_real_drift_payload_passes_unchanged(guard):
-    monitor = DriftMonitor(None, window=10)
+    monitor = DriftMonitor(DriftSection(drift_window=10, drift_min_samples=10))
     encoded = DriftPayload(**ENVELOPE, **monitor.snapshot()).model_dump_json().encode()
     assert guard.check("telemetry/drift", encoded) is encoded
     assert guard.counts() == {"checked": 1, "blocked": 0, "by_reason": {}}

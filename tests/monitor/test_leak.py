@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
+from agent.core.config import LeakSection
 from agent.monitor.egress import EgressGuard
 from agent.monitor.leak import (
     LeakMonitor,
-    LeakSettings,
     ResourceSample,
     ResourceSampler,
     parse_nvmap_clients,
@@ -65,7 +65,7 @@ def evaluate(leak: LeakMonitor, samples: int, every: int = 5) -> list[dict]:
     return snapshots
 
 
-SETTINGS = LeakSettings(window=60, min_samples=20, consecutive=3)
+SETTINGS = LeakSection(leak_window=60, leak_min_samples=20, leak_consecutive=3)
 
 
 def test_flat_noisy_memory_with_outliers_raises_nothing():
@@ -94,7 +94,7 @@ def test_steady_growth_raises_the_alarm_after_consecutive_evaluations_then_clear
                                                     ("rss", "alarm_cleared")]
     assert events[0].measure == "slope_per_hour"
     assert events[0].value == pytest.approx(2.0 * 60)
-    assert events[0].threshold == dict(SETTINGS.per_hour)["rss"]
+    assert events[0].threshold == SETTINGS.leak_rss_mb_per_hour
 
 
 class LeakyEngine:
@@ -162,7 +162,8 @@ class FileHoldingEngine(LeakyEngine):
                          ids=["leaking", "not-leaking"])
 def test_a_swap_that_leaks_a_file_descriptor_raises_the_per_swap_alarm(leaky, expected):
     slot = EngineSlot()
-    settings = LeakSettings(window=60, swap_window=20, min_samples=3, min_swaps=4, consecutive=2)
+    settings = LeakSection(leak_window=60, leak_swap_window=20, leak_min_samples=3, leak_min_swaps=4,
+                           leak_consecutive=2)
     leak = LeakMonitor(settings, sampler=ResourceSampler(clock=FakeClock(HOUR), nvmap_path=None))
     opened = []
     for n in range(10):
@@ -180,7 +181,7 @@ def test_a_swap_that_leaks_a_file_descriptor_raises_the_per_swap_alarm(leaky, ex
         assert fds["slope_per_swap"] == pytest.approx(1.0)
         event = next(e for e in leak.take_events() if e.metric == "fds")
         assert event.measure == "slope_per_swap"
-        assert event.threshold == dict(settings.per_swap)["fds"]
+        assert event.threshold == settings.leak_fds_per_swap
     else:
         assert fds["slope_per_swap"] == pytest.approx(0.0)
 

@@ -18,7 +18,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.broker import (
     CONNECTION_FILE,
     EMBEDDED_USERNAME,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStoppedError
 from agent.mqtt.settings import SessionConfigError

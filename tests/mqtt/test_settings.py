@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.settings import (
     BrokerAddress,
     SessionConfigError,

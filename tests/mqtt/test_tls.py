@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.session import MqttSession, SessionState
 from tests.support.certificates import TlsFiles, make_certificates
 from tests.support.mosquitto import Mosquitto, poll_async

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.core.config.agent import ConfigError, MqttSection, parse_config
+from agent.core.config import ConfigError, MqttSection, parse_config
 from agent.monitor.egress import EgressBlocked, EgressGuard
 from agent.monitor.telemetry import Telemetry
 from agent.mqtt.outbox import MemoryOutbox

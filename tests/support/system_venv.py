@@ -21,7 +21,7 @@ from pathlib import Path
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 NEEDED = ("pydantic", "structlog")
-"""What ``agent.core.config.agent`` and ``agent.vision.sources`` import beyond the system's OpenCV and NumPy."""
+"""What ``agent.core.config`` and ``agent.vision.sources`` import beyond the system's OpenCV and NumPy."""
 PIP_TIMEOUT_S = 300.0
 PROBE_TIMEOUT_S = 60.0
 GSTREAMER_PROBE = (

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from agent.cli.profile import add_profile_parser
+from agent.core.config import DriftSection
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest
 from agent.models.store import InstalledModel
@@ -84,12 +85,13 @@ def live_results(folder, images):
 def test_the_profiled_reference_is_what_the_live_pipeline_measures(text_det):
     images = list(video_frames(VIDEO, PROFILE_FRAMES))
     reference = profile(text_det, images, source=VIDEO.name)
-    same = DriftMonitor(reference, window=len(images))
+    window = DriftSection(drift_window=len(images), drift_min_samples=len(images))
+    same = DriftMonitor(window, reference)
     for result in live_results(text_det, images):
         observe(same, result)
     metrics = same.snapshot()["metrics"]
     assert {m["psi"] for m in metrics.values()} == {0.0}
-    dark = DriftMonitor(reference, window=len(images))
+    dark = DriftMonitor(window, reference)
     for result in live_results(text_det, [darken(image) for image in images]):
         observe(dark, result)
     assert dark.snapshot()["metrics"]["brightness"]["state"] == "alarm"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.core.config.agent import CameraSection
+from agent.core.config import CameraSection
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder

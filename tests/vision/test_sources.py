@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.core.config.agent import SourceSection
+from agent.core.config import SourceSection
 from agent.vision.sources import (
     JETSON_CSI_PIPELINE,
     DeviceMissingError,

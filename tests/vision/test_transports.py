@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.core.config.agent import SourceSection
+from agent.core.config import SourceSection
 from agent.dev.rtsp_bench import (
     RtspServer,
     full_rate_at,
@@ -346,7 +346,7 @@ def test_opener_that_raises_anything_is_recorded_and_retried(thread_crashes: lis
 GSTREAMER_SCRIPT = """
 import json, sys, time
 import cv2, numpy
-from agent.core.config.agent import SourceSection
+from agent.core.config import SourceSection
 from agent.vision.sources import FrameSource, has_gstreamer
 broken = FrameSource(SourceSection(uri=sys.argv[4], name="broken", reopen_min_s=0.05, reopen_max_s=0.1))
 broken.start()

@@ -3,19 +3,25 @@
 One flat section (``drift_*``, ``bias_*``, ``leak_*``, ``egress_*``) so that each
 key can be overridden from the environment as ``EDGE_AGENT__MONITOR__<KEY>``.
 docs/signals.md explains each signal and what its defaults mean.
+
+Each monitor takes its own part as its parameters (``DriftMonitor(DriftSection)``,
+``BiasMonitor(BiasSection)``, ``LeakMonitor(LeakSection)``, ``EgressGuard(..., EgressSection)``);
+``MonitorSection`` is all four, so the running agent hands each monitor ``config.monitor``
+and every default is written once, here.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-__all__ = ["MonitorSection"]
+from agent.core.config.base import Section
+
+__all__ = ["BiasSection", "DriftSection", "EgressSection", "LeakSection", "MonitorSection"]
 
 
-class MonitorSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+class DriftSection(Section):
+    """Drift: the live window against the model's reference statistics."""
 
-    # ----- drift: live window against the model's reference statistics -----
     drift_period_s: float = Field(default=30.0, gt=0)
     """How often drift is evaluated and published."""
     drift_window: int = Field(default=900, ge=10, le=100_000)
@@ -39,7 +45,19 @@ class MonitorSection(BaseModel):
     drift_pseudo_count: float = Field(default=0.5, ge=0, le=10)
     """Added to every bin of the reference and live histograms before comparing them."""
 
-    # ----- bias: parity between slices -----
+    @model_validator(mode="after")
+    def _drift_ordered(self) -> DriftSection:
+        for warn, alarm in (("drift_psi_warn", "drift_psi_alarm"), ("drift_js_warn", "drift_js_alarm")):
+            if getattr(self, warn) > getattr(self, alarm):
+                raise ValueError(f"{warn} must be <= {alarm}")
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError("drift_min_samples must be <= drift_window")
+        return self
+
+
+class BiasSection(Section):
+    """Bias: parity between slices of the input, and labelled feedback."""
+
     bias_period_s: float = Field(default=60.0, gt=0)
     """How often bias is evaluated and published."""
     bias_window: int = Field(default=3000, ge=10, le=1_000_000)
@@ -73,7 +91,21 @@ class MonitorSection(BaseModel):
     bias_min_labelled: int = Field(default=30, ge=1)
     """A slice needs this many labelled frames before its rates enter the comparison."""
 
-    # ----- leak: resource trends and egress -----
+    @model_validator(mode="after")
+    def _bias_ordered(self) -> BiasSection:
+        if self.bias_odds_warn > self.bias_odds_alarm:
+            raise ValueError("bias_odds_warn must be <= bias_odds_alarm")
+        if self.bias_ratio_warn < self.bias_ratio_alarm:
+            raise ValueError("bias_ratio_warn must be >= bias_ratio_alarm (lower ratios are worse)")
+        low, high = self.bias_brightness_bands
+        if not 0 <= low < high <= 255:
+            raise ValueError("bias_brightness_bands must be two increasing luma values in 0..255")
+        return self
+
+
+class LeakSection(Section):
+    """Leak: resource trends over time and over model swaps."""
+
     leak_sample_period_s: float = Field(default=10.0, gt=0)
     """How often RSS, open fds, threads and device memory are sampled."""
     leak_period_s: float = Field(default=60.0, gt=0)
@@ -111,6 +143,18 @@ class MonitorSection(BaseModel):
     leak_threads_per_swap: float = Field(default=0.5, gt=0)
     """Bound of the thread-count slope, per swap."""
 
+    @model_validator(mode="after")
+    def _leak_ordered(self) -> LeakSection:
+        if self.leak_min_samples > self.leak_window:
+            raise ValueError("leak_min_samples must be <= leak_window")
+        if self.leak_min_swaps > self.leak_swap_window:
+            raise ValueError("leak_min_swaps must be <= leak_swap_window")
+        return self
+
+
+class EgressSection(Section):
+    """The egress guard: the bounds of what may leave the device."""
+
     egress_max_payload_bytes: int = Field(default=65_536, ge=256)
     """Outgoing payloads larger than this are blocked (no frame fits in a telemetry message)."""
     egress_max_string_chars: int = Field(default=2048, ge=16)
@@ -120,24 +164,6 @@ class MonitorSection(BaseModel):
     egress_max_array_items: int = Field(default=256, ge=16)
     """A list (nested lists counted whole) with more values than this is taken for pixel data."""
 
-    @model_validator(mode="after")
-    def _ordered(self) -> MonitorSection:
-        pairs = (
-            ("drift_psi_warn", "drift_psi_alarm"), ("drift_js_warn", "drift_js_alarm"),
-            ("bias_odds_warn", "bias_odds_alarm"),
-        )
-        for warn, alarm in pairs:
-            if getattr(self, warn) > getattr(self, alarm):
-                raise ValueError(f"{warn} must be <= {alarm}")
-        if self.bias_ratio_warn < self.bias_ratio_alarm:
-            raise ValueError("bias_ratio_warn must be >= bias_ratio_alarm (lower ratios are worse)")
-        if self.drift_min_samples > self.drift_window:
-            raise ValueError("drift_min_samples must be <= drift_window")
-        if self.leak_min_samples > self.leak_window:
-            raise ValueError("leak_min_samples must be <= leak_window")
-        if self.leak_min_swaps > self.leak_swap_window:
-            raise ValueError("leak_min_swaps must be <= leak_swap_window")
-        low, high = self.bias_brightness_bands
-        if not 0 <= low < high <= 255:
-            raise ValueError("bias_brightness_bands must be two increasing luma values in 0..255")
-        return self
+
+class MonitorSection(EgressSection, LeakSection, BiasSection, DriftSection):
+    """``[monitor]``: the drift, bias, leak and egress parts in one flat table (drift's keys first)."""

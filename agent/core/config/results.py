@@ -2,7 +2,7 @@
 
 Pydantic, ``extra="forbid"``, frozen, each key with its default written once and a
 docstring. ``ResultsSettings`` is the ``results`` sub-table of each ``[[camera]]``
-(agent.core.config.agent.CameraSection); it lives beside agent/core/config/agent.py, not in agent.results,
+(agent.core.config.camera.CameraSection); it lives in the config package, not in agent.results,
 so that reading a config imports no tracker, OpenCV or ONNX. agent.results re-exports
 it and its logic takes these sections as its parameters.
 """
