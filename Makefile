@@ -41,7 +41,7 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m agent.dev.bench --demo $(DEMO)
+	$(PY) -m agent.cli.bench --demo $(DEMO)
 
 # Not in CI: the agent for SOAK_MINUTES under broker restarts and v4 <-> v6 swaps, then a tally.
 SOAK_MINUTES ?= 10
