@@ -46,7 +46,7 @@ bench: setup
 # Not in CI: the agent for SOAK_MINUTES under broker restarts and v4 <-> v6 swaps, then a tally.
 SOAK_MINUTES ?= 10
 soak: setup
-	$(PY) -m agent.dev.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
+	$(PY) -m agent.cli.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
 
 bench-fleet: setup
 	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.dev.bench_fleet --devices 10000 --rollout-devices 1000
