@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
-	$(PY) -m agent.dev.demo --dest $(DEMO) --store engines
+	$(PY) -m agent.cli.demo --dest $(DEMO) --store engines
 
 run: setup
 	$(VENV)/bin/edge-agent run --config config.toml
