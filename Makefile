@@ -49,7 +49,7 @@ soak: setup
 	$(PY) -m agent.cli.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
 
 bench-fleet: setup
-	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.dev.bench_fleet --devices 10000 --rollout-devices 1000
+	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.cli.bench_fleet --devices 10000 --rollout-devices 1000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests
