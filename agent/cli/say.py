@@ -1,4 +1,4 @@
-"""Output of the dev commands (bench, soak, demo): lines printed as they come, and the exit codes."""
+"""Lines printed as they come (benches, soak, demo, rollouts), and the exit codes of the dev commands."""
 
 from __future__ import annotations
 

@@ -21,11 +21,10 @@ repeat from their journal) to a device whose outcome is unknown.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -144,17 +143,25 @@ def stage_name(index: int) -> str:
     return STAGE_NAMES[index] if index < len(STAGE_NAMES) else f"wave {index}"
 
 
+def _drop(line: str) -> None:
+    """A ``report`` that keeps nothing."""
+
+
 class Rollout:
-    """Runs one record to its outcome through a connected ``FleetLink``."""
+    """Runs one record to its outcome through a connected ``FleetLink``.
+
+    ``report`` takes the progress lines for a person (agent/cli/ prints them); without it they are
+    dropped, and the record and the log still carry every step.
+    """
 
     def __init__(self, link: FleetLink, record: RolloutRecord, store: RolloutStore, *,
-                 out: TextIO | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
+                 report: Callable[[str], None] | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
                  refresh_after_s: float = REFRESH_AFTER_S, clock: Callable[[], float] = time.time) -> None:
         self.link = link
         self.record = record
         self.store = store
         self.plan = record.plan.plan()
-        self.out = out or sys.stdout
+        self._report = report or _drop
         self.deploy_timeout_s = deploy_timeout_s
         self.refresh_after_s = refresh_after_s
         self.clock = clock
@@ -210,7 +217,7 @@ class Rollout:
             self._print(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
 
     def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        self._report(line)
 
     def save(self, force: bool = False) -> None:
         now = time.monotonic()
