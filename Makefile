@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
-	$(PY) -m agent.dev.demo --dest $(DEMO) --store engines
+	$(PY) -m agent.cli.demo --dest $(DEMO) --store engines
 
 run: setup
 	$(VENV)/bin/edge-agent run --config config.toml
@@ -41,15 +41,15 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m agent.dev.bench --demo $(DEMO)
+	$(PY) -m agent.cli.bench --demo $(DEMO)
 
 # Not in CI: the agent for SOAK_MINUTES under broker restarts and v4 <-> v6 swaps, then a tally.
 SOAK_MINUTES ?= 10
 soak: setup
-	$(PY) -m agent.dev.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
+	$(PY) -m agent.cli.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
 
 bench-fleet: setup
-	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.dev.bench_fleet --devices 10000 --rollout-devices 1000
+	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.cli.bench_fleet --devices 10000 --rollout-devices 1000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests

@@ -1,3 +1,4 @@
-from agent.cli.main import main
+"""``python -m agent``: the ``edge-agent`` command (agent.cli parses, prints and exits)."""
+from agent.cli import run
 
-raise SystemExit(main())
+run()

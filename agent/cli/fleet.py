@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.control import signed_fields, valid_days_argument
+from agent.cli.say import say
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
 from agent.fleet.record import RecordError
@@ -85,7 +86,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
                 record = saved
             else:
                 record = plan_rollout(rollout_id, spec, link.view)
-            rollout = Rollout(link, record, store, deploy_timeout_s=deploy_timeout)
+            rollout = Rollout(link, record, store, report=say, deploy_timeout_s=deploy_timeout)
             link.on_message = rollout.observe
             result = await rollout.run()
         return EXIT_OK if result.ok else EXIT_FAILURE

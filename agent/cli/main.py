@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
+from agent.cli.build import add_build_parser
 from agent.cli.cameras import add_camera_parsers
 from agent.cli.control import add_control_parsers, add_key_parsers
 from agent.cli.fleet import add_fleet_parsers
@@ -16,7 +17,6 @@ from agent.cli.model import add_tool_parsers
 from agent.cli.profile import add_profile_parser
 from agent.cli.top import add_top_parser
 from agent.core.config import ConfigError, load_config
-from agent.models.build import add_build_parser
 
 __all__ = ["main"]
 

@@ -1,21 +1,23 @@
-"""``edge-agent model profile``'s arguments, kept apart from the profiler so the CLI starts fast.
+"""``edge-agent model profile``: its arguments, what it prints and its exit codes.
 
-The profiler (agent.tools.profile: the frame pipeline, OpenCV) is imported
-only when the command runs.
+The profiler (agent.tools.profile: the frame pipeline, OpenCV) does the work;
+its defaults are written there once and read here for the help text.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_BINS", "DEFAULT_FRAMES", "add_profile_parser"]
+from agent.tools.profile import DEFAULT_BINS, DEFAULT_FRAMES
 
-DEFAULT_FRAMES = 300
-DEFAULT_BINS = 10
+__all__ = ["add_profile_parser", "cmd_profile"]
+
 DEFAULT_THREADS = 2
+EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -28,10 +30,28 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _run(args: argparse.Namespace) -> int:
-    from agent.tools.profile import cmd_profile
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Profile ``args.model_dir`` on a video or an image folder and write the reference into its manifest."""
+    from agent.models.loader import EngineOptions
+    from agent.tools.profile import ProfileError, image_frames, profile, video_frames, write_reference
 
-    return cmd_profile(args)
+    folder: Path = args.model_dir
+    try:
+        if args.video is not None:
+            frames, source = video_frames(args.video, args.frames), args.video.name
+        else:
+            frames, source = image_frames(args.images, args.frames), args.images.name
+        reference = profile(folder, frames, source=source, bins=args.bins,
+                            options=EngineOptions(threads=args.threads))
+        path = write_reference(folder, reference)
+    except ProfileError as exc:
+        print(f"edge-agent: cannot profile {folder}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    model, means = reference["model"], {k: v["mean"] for k, v in reference["inputs"].items()}
+    print(f"profiled {model['name']} {model['version']} on {reference['samples']} frames of "
+          f"{source}: brightness {means['brightness']:.1f}, contrast {means['contrast']:.1f}, "
+          f"sharpness {means['sharpness']:.0f}; wrote the reference into {path}")
+    return EXIT_OK
 
 
 def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -50,5 +70,5 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"histogram bins per statistic (default {DEFAULT_BINS})")
     parser.add_argument("--threads", type=_at_least(1), default=DEFAULT_THREADS,
                         help=f"inference threads (default {DEFAULT_THREADS})")
-    parser.set_defaults(handler=_run)
+    parser.set_defaults(handler=cmd_profile)
     return parser

@@ -1,4 +1,4 @@
-"""``make bench``: side-by-side measurements on the demo model and video, printed as ratios.
+"""``make bench``: side-by-side measurements on the demo model and video, reported as ratios.
 
 1. pipeline: frames/s of the whole agent pipeline (capture thread decoding the
    demo video, preprocessing, inference, postprocessing) against a bare ONNX
@@ -24,7 +24,6 @@ Numbers only; nothing here asserts a timing.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from agent.core.config import DeploySection, SourceSection
+from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from agent.dev.bench_tools import bench_tools
 from agent.models.bundle import pack_bundle
@@ -51,16 +51,13 @@ from agent.vision.pipeline import FrameResult, Pipeline
 from agent.vision.sources import FrameSource
 from agent.vision.transforms import Preprocessor
 
-__all__ = ["main"]
+__all__ = ["BENCHES", "bench_pipeline", "bench_results", "bench_swaps", "run_bench"]
 
 THREADS = 2
 WARMUP_FRAMES = 10
 CLOSE_TIMEOUT_S = 60.0
 """Bound on the results publisher's flush after a round (it has at most its hand-over queue to encode)."""
 
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def bare_fps(model: Path, tensor: np.ndarray, frames: int, threads: int) -> float:
@@ -120,7 +117,7 @@ def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
     return (pipeline.counters.frames_processed - done + frames) / elapsed, recorder
 
 
-def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int, report: Report) -> None:
     import cv2
 
     installed = store.current("text-det")
@@ -130,8 +127,8 @@ def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> N
     engine = OnnxRuntimeEngine.load(installed.model_path, threads=THREADS)
     tensor, _ = Preprocessor(installed.manifest.preprocess, engine.inputs[0]).prep(image)
     engine.close()
-    _say(f"\n== pipeline vs bare ONNX Runtime ({installed.manifest.name} {installed.manifest.version}, "
-         f"{THREADS} threads, {frames} frames x {rounds} rounds, 640x480) ==")
+    report(f"\n== pipeline vs bare ONNX Runtime ({installed.manifest.name} {installed.manifest.version}, "
+           f"{THREADS} threads, {frames} frames x {rounds} rounds, 640x480) ==")
     bare, piped, unfused, monitored = [], [], [], []
     recorder = None
     video = demo / "video.mp4"
@@ -141,22 +138,22 @@ def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int) -> N
         piped.append(fps)
         monitored.append(pipeline_fps(store, video, frames, THREADS, fuse=True, monitors=True)[0])
         unfused.append(pipeline_fps(store, video, frames, THREADS, fuse=False)[0])
-        _say(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} | with monitors "
-             f"{monitored[-1]:.2f} | without fused preprocessing {unfused[-1]:.2f}")
+        report(f"round {i + 1}: bare {bare[-1]:.2f} fps | pipeline {piped[-1]:.2f} | with monitors "
+               f"{monitored[-1]:.2f} | without fused preprocessing {unfused[-1]:.2f}")
     b, p, u = statistics.median(bare), statistics.median(piped), statistics.median(unfused)
     m = statistics.median(monitored)
-    _say(f"bare loop            {b:7.2f} fps (median)")
-    _say(f"agent pipeline       {p:7.2f} fps  ratio {p / b:.3f}  (goal >= 0.95)")
-    _say(f"  unfused preprocess {u:7.2f} fps  ratio {u / b:.3f}  (for comparison)")
-    _say(f"monitors on          {m:7.2f} fps  ratio to monitors off {m / p:.3f}  (goal >= 0.98)")
+    report(f"bare loop            {b:7.2f} fps (median)")
+    report(f"agent pipeline       {p:7.2f} fps  ratio {p / b:.3f}  (goal >= 0.95)")
+    report(f"  unfused preprocess {u:7.2f} fps  ratio {u / b:.3f}  (for comparison)")
+    report(f"monitors on          {m:7.2f} fps  ratio to monitors off {m / p:.3f}  (goal >= 0.98)")
     if recorder is not None:
         snap = recorder.snapshot()
         for stage, s in snap.stages.items():
-            _say(f"  {stage:<13} p50 {s.p50_ms:8.2f} ms   p99 {s.p99_ms:8.2f} ms")
+            report(f"  {stage:<13} p50 {s.p50_ms:8.2f} ms   p99 {s.p99_ms:8.2f} ms")
     from agent.dev.monitor_cost import measure_monitor_cost
 
     cost = measure_monitor_cost(video, installed.path, frames=min(frames * 2, 300))
-    _say("monitors' own cost: " + "; ".join(cost.lines()))
+    report("monitors' own cost: " + "; ".join(cost.lines()))
 
 
 class _TakingSession:
@@ -234,10 +231,10 @@ def results_fps(store: ModelStore, video: Path, frames: int, state_dir: Path) ->
             "failures": publisher.failures.count, "handoff_dropped": publisher.handoff_dropped}
 
 
-def bench_results(demo: Path, store: ModelStore, frames: int, rounds: int) -> None:
+def bench_results(demo: Path, store: ModelStore, frames: int, rounds: int, report: Report) -> None:
     installed = store.current("text-det")
-    _say(f"\n== results, tracking and events on vs off ({installed.manifest.name} {installed.manifest.version}, "
-         f"{THREADS} threads, {frames} frames x {rounds} rounds, every frame published, 1 zone, 1 line) ==")
+    report(f"\n== results, tracking and events on vs off ({installed.manifest.name} {installed.manifest.version}, "
+           f"{THREADS} threads, {frames} frames x {rounds} rounds, every frame published, 1 zone, 1 line) ==")
     video = demo / "video.mp4"
     off, on = [], []
     costs: list[dict[str, float]] = []
@@ -247,18 +244,18 @@ def bench_results(demo: Path, store: ModelStore, frames: int, rounds: int) -> No
             costs.append(results_fps(store, video, frames, Path(tmp)))
             on.append(costs[-1]["fps"])
             c = costs[-1]
-            _say(f"round {i + 1}: off {off[-1]:.2f} fps | on {on[-1]:.2f} fps | observer "
-                 f"{c['observe_us']:.0f} us/frame | publishing {c['publish_us']:.0f} us/frame"
-                 f" | results {c['published']:.0f}, events "
-                 f"{c['events']:.0f}, counts {c['counts']:.0f}, failures {c['failures']:.0f}, "
-                 f"handoff dropped {c['handoff_dropped']:.0f}")
+            report(f"round {i + 1}: off {off[-1]:.2f} fps | on {on[-1]:.2f} fps | observer "
+                   f"{c['observe_us']:.0f} us/frame | publishing {c['publish_us']:.0f} us/frame"
+                   f" | results {c['published']:.0f}, events "
+                   f"{c['events']:.0f}, counts {c['counts']:.0f}, failures {c['failures']:.0f}, "
+                   f"handoff dropped {c['handoff_dropped']:.0f}")
     f_off, f_on = statistics.median(off), statistics.median(on)
-    _say(f"results off          {f_off:7.2f} fps (median)")
-    _say(f"results on           {f_on:7.2f} fps  ratio {f_on / f_off:.3f}  (goal >= 0.98)")
-    _say(f"observer (frame thread: tracking, zones, lines, hand-over) "
-         f"{statistics.median(c['observe_us'] for c in costs):.0f} us/frame (median of rounds)")
-    _say(f"publishing (asyncio side: payloads built and encoded, CPU of its thread) "
-         f"{statistics.median(c['publish_us'] for c in costs):.0f} us/frame (median of rounds)")
+    report(f"results off          {f_off:7.2f} fps (median)")
+    report(f"results on           {f_on:7.2f} fps  ratio {f_on / f_off:.3f}  (goal >= 0.98)")
+    report(f"observer (frame thread: tracking, zones, lines, hand-over) "
+           f"{statistics.median(c['observe_us'] for c in costs):.0f} us/frame (median of rounds)")
+    report(f"publishing (asyncio side: payloads built and encoded, CPU of its thread) "
+           f"{statistics.median(c['publish_us'] for c in costs):.0f} us/frame (median of rounds)")
 
 
 class GapRecorder:
@@ -282,7 +279,7 @@ def _bundle(demo: Path, version: str, out_dir: Path) -> tuple[Path, str]:
     return out, sha256_file(out)
 
 
-async def _swaps(demo: Path, root: Path, swaps: int) -> dict[str, Any]:
+async def _swaps(demo: Path, root: Path, swaps: int, report: Report) -> dict[str, Any]:
     store = ModelStore(root / "engines", keep=3)
     store.install(demo / "models" / "text-det-v4")
     bundles = {v: _bundle(demo, v, root) for v in ("v4", "v6")}
@@ -319,7 +316,7 @@ async def _swaps(demo: Path, root: Path, swaps: int) -> dict[str, Any]:
         await asyncio.sleep(0.3)
         rss.append(rss_bytes())
         if (i + 1) % 10 == 0:
-            _say(f"  {i + 1}/{swaps} swaps, RSS {rss[-1] / 1e6:.1f} MB")
+            report(f"  {i + 1}/{swaps} swaps, RSS {rss[-1] / 1e6:.1f} MB")
     await asyncio.sleep(0.5)
     pipeline.stop(10.0)
     source.stop()
@@ -333,10 +330,10 @@ def _theil_sen(values: list[float]) -> float:
     return statistics.median(slopes) if slopes else 0.0
 
 
-def bench_swaps(demo: Path, swaps: int) -> None:
-    _say(f"\n== hot swap: {swaps} swaps between text-det v4 and v6 at full rate (pace=none) ==")
+def bench_swaps(demo: Path, swaps: int, report: Report) -> None:
+    report(f"\n== hot swap: {swaps} swaps between text-det v4 and v6 at full rate (pace=none) ==")
     with tempfile.TemporaryDirectory() as tmp:
-        out = asyncio.run(_swaps(demo, Path(tmp), swaps))
+        out = asyncio.run(_swaps(demo, Path(tmp), swaps, report))
     gaps: GapRecorder = out["gaps"]
     times = np.array(gaps.times)
     deltas = np.diff(times)
@@ -354,47 +351,36 @@ def bench_swaps(demo: Path, swaps: int) -> None:
         for d, v in inside:
             worst_window = max(worst_window, d / medians[v])
     rss = out["rss"]
-    _say(f"frames processed {len(times)}, frames skipped across swaps {skipped}, "
-         f"source overwrites {out['dropped']} (goal 0)")
-    _say("median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
-    _say(f"largest gap at a swap / median gap of the slower model: {worst_switch:.2f} (goal <= 2)")
-    _say(f"largest gap while a new model loads and warms / median gap: {worst_window:.2f}")
+    report(f"frames processed {len(times)}, frames skipped across swaps {skipped}, "
+           f"source overwrites {out['dropped']} (goal 0)")
+    report("median gap: " + ", ".join(f"{v} {m * 1000:.1f} ms" for v, m in sorted(medians.items())))
+    report(f"largest gap at a swap / median gap of the slower model: {worst_switch:.2f} (goal <= 2)")
+    report(f"largest gap while a new model loads and warms / median gap: {worst_window:.2f}")
     if rss:
-        _say(f"RSS after first swap {rss[0] / 1e6:.1f} MB, after {len(rss)} swaps {rss[-1] / 1e6:.1f} MB, "
-             f"growth {(rss[-1] - rss[0]) / 1e6:.1f} MB (goal < 10 MB); "
-             "Theil-Sen slope over the last half "
-             f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
+        report(f"RSS after first swap {rss[0] / 1e6:.1f} MB, after {len(rss)} swaps {rss[-1] / 1e6:.1f} MB, "
+               f"growth {(rss[-1] - rss[0]) / 1e6:.1f} MB (goal < 10 MB); "
+               "Theil-Sen slope over the last half "
+               f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.dev.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, default=Path("demo"))
-    parser.add_argument("--frames", type=int, default=150)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--swaps", type=int, default=100)
-    parser.add_argument("--only", choices=("pipeline", "swap", "cameras", "results", "tools"), default=None)
-    parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
-    parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
-                        help="camera counts of the cameras run, comma separated")
-    args = parser.parse_args(argv)
+BENCHES = ("pipeline", "swap", "cameras", "results", "tools")
+"""The parts of ``make bench``, in the order they run (``only`` picks one)."""
+
+
+def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: int, only: str | None = None,
+              camera_frames: int, cameras: tuple[int, ...] = CAMERA_COUNTS) -> None:
+    """Run every bench (or only ``only``) on the demo folder; each line of figures goes to ``report``."""
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
-        store.install(args.demo / "models" / "text-det-v4")
-        if args.only in (None, "pipeline"):
-            bench_pipeline(args.demo, store, args.frames, args.rounds)
-        if args.only in (None, "results"):
-            bench_results(args.demo, store, args.frames, args.rounds)
-        if args.only in (None, "cameras"):
-            counts = tuple(int(n) for n in args.cameras.split(","))
-            bench_cameras(args.demo, store, args.camera_frames, THREADS, counts)
-            bench_rtsp_recovery(args.demo)
-    if args.only in (None, "swap"):
-        bench_swaps(args.demo, args.swaps)
-    if args.only in (None, "tools"):
-        bench_tools(args.demo)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
+        store.install(demo / "models" / "text-det-v4")
+        if only in (None, "pipeline"):
+            bench_pipeline(demo, store, frames, rounds, report)
+        if only in (None, "results"):
+            bench_results(demo, store, frames, rounds, report)
+        if only in (None, "cameras"):
+            bench_cameras(demo, store, camera_frames, THREADS, cameras, report=report)
+            bench_rtsp_recovery(demo, report=report)
+    if only in (None, "swap"):
+        bench_swaps(demo, swaps, report)
+    if only in (None, "tools"):
+        bench_tools(demo, report)

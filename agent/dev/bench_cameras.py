@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from agent.core.config import CameraSection
+from agent.dev.base import DevError, Report
 from agent.dev.rtsp_bench import RtspServerError, measure_rtsp_recovery, rtsp_server_unavailable
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.store import ModelStore
@@ -47,9 +48,6 @@ BARE_WARMUP_RUNS = 5
 MIN_BARE_FRAMES = 32
 """The bare loop times at least this many frames, so that a small run is not a handful of calls."""
 
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def _bare_fps(store: ModelStore, options: EngineOptions, image: np.ndarray, batch: int, frames: int) -> float:
@@ -103,17 +101,18 @@ def _pipeline_fps(store: ModelStore, options: EngineOptions, video: Path, camera
 
 
 def bench_cameras(demo: Path, store: ModelStore, frames_per_camera: int, threads: int,
-                  counts: tuple[int, ...] = CAMERA_COUNTS) -> None:
+                  counts: tuple[int, ...] = CAMERA_COUNTS, *, report: Report) -> None:
+    """Pipeline against bare engine frames/s for each camera count, unbatched then batched, to ``report``."""
     video = demo / "video.mp4"
     capture = cv2.VideoCapture(str(video))
     ok, image = capture.read()
     capture.release()
     if not ok:
-        raise SystemExit(f"cannot read a frame of {video}")
-    _say(f"\n== cameras on one engine (text-det v4, {threads} threads, {frames_per_camera} frames a camera, "
-         "pace=none) ==")
-    _say("cameras  mode       pipeline fps  bare fps  ratio  (goal >= 0.95)  fairness min/max  (goal >= 0.9)"
-         "  mean batch")
+        raise DevError(f"cannot read a frame of {video}")
+    report(f"\n== cameras on one engine (text-det v4, {threads} threads, {frames_per_camera} frames a camera, "
+           "pace=none) ==")
+    report("cameras  mode       pipeline fps  bare fps  ratio  (goal >= 0.95)  fairness min/max  (goal >= 0.9)"
+           "  mean batch")
     for batched in (False, True):
         options = EngineOptions(threads=threads, fuse_preprocessing=not batched)
         for cameras in counts:
@@ -123,26 +122,26 @@ def bench_cameras(demo: Path, store: ModelStore, frames_per_camera: int, threads
             fps, fairness, mean_batch = _pipeline_fps(store, options, video, cameras, frames)
             bare = statistics.fmean((before, _bare_fps(store, options, image, batch, frames)))
             mode = "batched" if batched else "unbatched"
-            _say(f"{cameras:>7}  {mode:<9}  {fps:12.2f}  {bare:8.2f}  {fps / bare:5.3f}  "
-                 f"{'':14}  {fairness:16.3f}  {'':13}  {mean_batch:10.2f}")
+            report(f"{cameras:>7}  {mode:<9}  {fps:12.2f}  {bare:8.2f}  {fps / bare:5.3f}  "
+                   f"{'':14}  {fairness:16.3f}  {'':13}  {mean_batch:10.2f}")
 
 
 RTSP_OUTAGE_S = 3.0
 """How long the bench's RTSP server stays away: longer than one reopen, shorter than a stall."""
 
 
-def bench_rtsp_recovery(demo: Path) -> None:
+def bench_rtsp_recovery(demo: Path, *, report: Report) -> None:
     """The RTSP recovery figures of ``measure_rtsp_recovery``, or why they could not be measured."""
-    _say(f"\n== RTSP recovery (server away {RTSP_OUTAGE_S:.0f} s, agent defaults; goal <= 5 s) ==")
+    report(f"\n== RTSP recovery (server away {RTSP_OUTAGE_S:.0f} s, agent defaults; goal <= 5 s) ==")
     missing = rtsp_server_unavailable()
     if missing is not None:
-        _say(f"skipped: {missing}")
+        report(f"skipped: {missing}")
         return
     try:
         result = measure_rtsp_recovery(demo / "video.mp4", outage_s=RTSP_OUTAGE_S)
     except RtspServerError as exc:
-        _say(f"not measured: {exc}")
+        report(f"not measured: {exc}")
         return
     full = "never within the watch" if result.full_rate_s is None else f"{result.full_rate_s:.2f} s"
-    _say(f"first frame after the server's return {result.first_frame_s:.2f} s, full rate {full}, "
-         f"reconnecting seen {result.reconnecting_seen}, reopens {result.reopens}")
+    report(f"first frame after the server's return {result.first_frame_s:.2f} s, full rate {full}, "
+           f"reconnecting seen {result.reconnecting_seen}, reopens {result.reopens}")

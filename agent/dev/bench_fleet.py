@@ -1,6 +1,6 @@
 """Fleet benchmark: simulated devices on one mosquitto, a staged rollout, one and two consumers.
 
-    python -m agent.dev.bench_fleet --devices 500 [--devices 1000 ...] [--json results.json]
+    python -m agent.cli.bench_fleet --devices 500 [--devices 1000 ...] [--json results.json]
 
 For each fleet size it starts its own mosquitto on a free port, the simulator
 (``edge-agent fleet simulate``, one process, one MQTT connection per device),
@@ -21,7 +21,6 @@ share its cores.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import cProfile
@@ -43,6 +42,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.dev.base import DevError
 from agent.fleet.consumer import Consumer, ConsumerOptions
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
@@ -52,7 +52,7 @@ from agent.mqtt.settings import parse_broker_url
 from agent.sim.device import SimDevice
 from agent.sim.simulate import SimSpec, device_ids
 
-__all__ = ["main"]
+__all__ = ["FLOOD_RATE", "bench_consumers", "bench_fleet", "profile_consumer"]
 
 SIM_DEPLOY_S = 0.5
 SIM_PROBATION_S = 1.0
@@ -299,7 +299,7 @@ def raise_open_files(need: int) -> None:
     it and needs one descriptor per connected device (the simulators raise their own)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise SystemExit(f"{need} open files needed for mosquitto; the hard limit is {hard} (ulimit -Hn)")
+        raise DevError(f"{need} open files needed for mosquitto; the hard limit is {hard} (ulimit -Hn)")
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -391,39 +391,3 @@ def profile_consumer(messages: int) -> str:
     count = rounds * len(templates)
     return f"{count} messages, {1e6 * elapsed / count:.1f} us each (without the profiler)\n{out.getvalue()}"
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.dev.bench_fleet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--devices", type=int, default=10000, help="simulated devices on one mosquitto")
-    parser.add_argument("--rollout-devices", type=int, default=1000, help="of them, those the rollout targets")
-    parser.add_argument("--flood-rate", type=float, default=FLOOD_RATE,
-                        help="messages/s the flood publisher offers per consumer instance")
-    parser.add_argument("--skip-fleet", action="store_true", help="only the consumers under the flood")
-    parser.add_argument("--skip-consumers", action="store_true", help="only the simulated fleet and the rollout")
-    parser.add_argument("--profile", type=int, metavar="MESSAGES",
-                        help="only print a cProfile of the consumer's handling of this many messages")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    if args.profile:
-        print(profile_consumer(args.profile))
-        return 0
-    if not 0 < args.rollout_devices <= args.devices:
-        parser.error("--rollout-devices must be within 1..--devices")
-    result: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
-    if not args.skip_consumers:
-        print("--- consumers, flooded", flush=True)
-        result["consumers"] = bench_consumers(args.flood_rate)
-        print(json.dumps(result["consumers"], indent=1), flush=True)
-    if not args.skip_fleet:
-        print(f"--- {args.devices} simulated devices, rollout over {args.rollout_devices}", flush=True)
-        result["fleet"] = bench_fleet(args.devices, args.rollout_devices)
-        print(json.dumps(result["fleet"], indent=1), flush=True)
-    result["load_average_end"] = os.getloadavg()
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

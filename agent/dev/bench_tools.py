@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from agent.dev.base import Report
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.compare import compare_models
 from agent.tools.frames import covering_frames, read_video_frames
@@ -68,9 +69,6 @@ VARIANTS: dict[str, QuantizeOptions] = {
 """Text detector variants (the mixed one with the model's target agreement); the classifier gets the
 per-channel ones and the TensorRT one."""
 
-
-def _say(text: str) -> None:
-    print(text, flush=True)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> dict[str, bool]:
@@ -122,7 +120,7 @@ def paired_speed(reference: Path, variants: Sequence[Path], feed: dict[str, np.n
 
 
 def _variants(source: ModelRef, variants: dict[str, QuantizeOptions], calibration: list[np.ndarray],
-              search: list[np.ndarray], target: float, work: Path) -> list[tuple[str, ModelRef]]:
+              search: list[np.ndarray], target: float, work: Path, report: Report) -> list[tuple[str, ModelRef]]:
     made = []
     simplified = work / "simplified"
     simplify_model(source, simplified)
@@ -133,9 +131,9 @@ def _variants(source: ModelRef, variants: dict[str, QuantizeOptions], calibratio
         result = quantize_model(source, calibration, work / f"q{index}", options,
                                 target_agreement=target if mixed else None, eval_frames=search if mixed else ())
         made.append((label, resolve_model(result.path.parent)))
-        _say(f"  quantized: {label} ({time.monotonic() - started:.0f} s)")
+        report(f"  quantized: {label} ({time.monotonic() - started:.0f} s)")
         if result.sensitivity is not None:
-            _say("    " + format_sensitivity(result.sensitivity, SENSITIVITY_ROWS).replace("\n", "\n    "))
+            report("    " + format_sensitivity(result.sensitivity, SENSITIVITY_ROWS).replace("\n", "\n    "))
     return made
 
 
@@ -150,15 +148,15 @@ def _table(source: ModelRef, made: list[tuple[str, ModelRef]], frames: list[np.n
     return rows
 
 
-def _print(rows: list[Row], metric: str) -> None:
+def _report_table(rows: list[Row], metric: str, report: Report) -> None:
     """The table; ``x rewr.`` is the speed against the FP32 model with the exact rewrites, i.e. what INT8
     itself adds (the rewrites are part of every INT8 variant but the one without them)."""
     rewritten = rows[1].speed_ratio
-    _say(f"  {'variant':<34} {metric:>8} {'rel.err':>8} {'ms':>8} {'x FP32':>7} {'x rewr.':>8} {'MB':>6}")
+    report(f"  {'variant':<34} {metric:>8} {'rel.err':>8} {'ms':>8} {'x FP32':>7} {'x rewr.':>8} {'MB':>6}")
     for r in rows:
         rel = "-" if r.rel_error is None else f"{r.rel_error:.3f}"
-        _say(f"  {r.label:<34} {r.agreement:>8.3f} {rel:>8} {r.ms:>8.1f} {r.speed_ratio:>7.2f} "
-             f"{r.speed_ratio / rewritten:>8.2f} {r.size_mb:>6.2f}")
+        report(f"  {r.label:<34} {r.agreement:>8.3f} {rel:>8} {r.ms:>8.1f} {r.speed_ratio:>7.2f} "
+               f"{r.speed_ratio / rewritten:>8.2f} {r.size_mb:>6.2f}")
 
 
 def _frame_sets(demo: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -169,63 +167,65 @@ def _frame_sets(demo: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np
     return calibration, frames[3::4][:SEARCH_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
 
 
-def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], metric: str, goal: float) -> None:
+def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], metric: str, goal: float,
+                 report: Report) -> None:
     source = resolve_model(demo / "models" / folder)
     calibration, search, held_out = _frame_sets(demo)
-    _say(f"\n== INT8 and graph rewrites: {source.manifest.name} {source.manifest.version}, {THREADS} threads, "
-         f"{len(calibration)} calibration frames (covering), target search on {len(search)} frames, "
-         f"agreement on {len(held_out)} other frames ==")
+    report(f"\n== INT8 and graph rewrites: {source.manifest.name} {source.manifest.version}, {THREADS} threads, "
+           f"{len(calibration)} calibration frames (covering), target search on {len(search)} frames, "
+           f"agreement on {len(held_out)} other frames ==")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = _table(source, _variants(source, variants, calibration, search, goal, Path(tmp)), held_out)
-    _print(rows, metric)
+        rows = _table(source, _variants(source, variants, calibration, search, goal, Path(tmp), report), held_out)
+    _report_table(rows, metric, report)
     best = max(rows[2:], key=lambda r: r.speed_ratio)
     both = [r for r in rows[2:] if r.speed_ratio >= SPEED_GOAL and r.agreement >= goal]
-    _say(f"  fastest INT8: {best.label} x{best.speed_ratio:.2f} at {metric} {best.agreement:.3f} "
-         f"(goals: x{SPEED_GOAL} and {metric} >= {goal}); variants meeting both: "
-         f"{', '.join(r.label for r in both) or 'none'}")
+    report(f"  fastest INT8: {best.label} x{best.speed_ratio:.2f} at {metric} {best.agreement:.3f} "
+           f"(goals: x{SPEED_GOAL} and {metric} >= {goal}); variants meeting both: "
+           f"{', '.join(r.label for r in both) or 'none'}")
 
 
-def _bench_pruning(demo: Path) -> None:
+def _bench_pruning(demo: Path, report: Report) -> None:
     from agent.tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
 
     frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
     training, held_out = frames[0::4][:RECOVERY_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
     source = resolve_model(demo / "models" / "text-det-v4")
     options = RecoverOptions(steps=RECOVERY_STEPS, threads=THREADS)
-    _say(f"\n== {PRUNE_RATIO:.0%} pruning and recovery: {source.manifest.name} {source.manifest.version}, "
-         f"{len(training)} unlabelled training frames, {RECOVERY_STEPS} steps of {options.batch_size} "
-         f"{options.crop}x{options.crop} crops, agreement on {len(held_out)} other frames ==")
+    report(f"\n== {PRUNE_RATIO:.0%} pruning and recovery: {source.manifest.name} {source.manifest.version}, "
+           f"{len(training)} unlabelled training frames, {RECOVERY_STEPS} steps of {options.batch_size} "
+           f"{options.crop}x{options.crop} crops, agreement on {len(held_out)} other frames ==")
     with tempfile.TemporaryDirectory() as tmp:
         for pattern in ("channels", "2:4"):
             result = prune_recover_folder(source, Path(tmp) / pattern.replace(":", ""), pattern, PRUNE_RATIO,
                                           calibration=covering_frames(training, REFIT_FRAMES), training=training,
                                           evaluation=held_out,
                                           options=options)
-            _say(f"  {pattern}:")
-            _say("    " + format_stages(result).replace("\n", "\n    "))
+            report(f"  {pattern}:")
+            report("    " + format_stages(result).replace("\n", "\n    "))
             last = result.stages[-1]
             if pattern == "channels":
                 met = last.speedup >= PRUNED_SPEED_GOAL and last.agreement >= PRUNED_F1_GOAL
-                _say(f"    goal x{PRUNED_SPEED_GOAL} at F1 >= {PRUNED_F1_GOAL}: x{last.speedup:.2f} at F1 "
-                     f"{last.agreement:.3f}: {'met' if met else 'not met'}")
-    _say(f"\n== {PRUNE_RATIO:.0%} magnitude pruning of the classifier (no recovery), {AGREEMENT_FRAMES} frames ==")
+                report(f"    goal x{PRUNED_SPEED_GOAL} at F1 >= {PRUNED_F1_GOAL}: x{last.speedup:.2f} at F1 "
+                       f"{last.agreement:.3f}: {'met' if met else 'not met'}")
+    report(f"\n== {PRUNE_RATIO:.0%} magnitude pruning of the classifier (no recovery), {AGREEMENT_FRAMES} frames ==")
     with tempfile.TemporaryDirectory() as tmp:
         classifier = resolve_model(demo / "models" / "orientation-0.0.11")
         patterns: tuple[Pattern, ...] = ("unstructured", "2:4")
         for weight_pattern in patterns:
             out = Path(tmp) / weight_pattern.replace(":", "")
-            _, report = prune_folder(classifier, out, PRUNE_RATIO, weight_pattern)
+            _, pruned = prune_folder(classifier, out, PRUNE_RATIO, weight_pattern)
             comparison = compare_models(classifier, resolve_model(out), held_out, threads=THREADS)
-            _say(f"  {weight_pattern:<13} sparsity {report.sparsity:5.1%}: top-1 {comparison.agreement.value:.3f}, "
-                 f"speed x{comparison.speedup:.2f} (dense kernels)")
+            report(f"  {weight_pattern:<13} sparsity {pruned.sparsity:5.1%}: top-1 {comparison.agreement.value:.3f}, "
+                   f"speed x{comparison.speedup:.2f} (dense kernels)")
 
 
-def bench_tools(demo: Path) -> None:
+def bench_tools(demo: Path, report: Report) -> None:
+    """The model tools' figures (INT8 variants, graph rewrites, pruning), one line at a time to ``report``."""
     flags = cpu_flags()
-    _say("\n== model tools ==")
-    _say("CPU flags: " + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items()))
-    _bench_model(demo, "text-det-v4", VARIANTS, "box F1", F1_GOAL)
+    report("\n== model tools ==")
+    report("CPU flags: " + ", ".join(f"{flag} {'yes' if present else 'no'}" for flag, present in flags.items()))
+    _bench_model(demo, "text-det-v4", VARIANTS, "box F1", F1_GOAL, report)
     classifier = {label: VARIANTS[label] for label in ("QDQ u8s8 per-channel", "QDQ u8s8 per-channel, average",
                                                        MIXED, "QDQ s8s8 symmetric (TensorRT)")}
-    _bench_model(demo, "orientation-0.0.11", classifier, "top-1", TOP1_GOAL)
-    _bench_pruning(demo)
+    _bench_model(demo, "orientation-0.0.11", classifier, "top-1", TOP1_GOAL, report)
+    _bench_pruning(demo, report)

@@ -1,6 +1,6 @@
 """What fusing the normalisation into the graph saves: preprocessing and inference per frame.
 
-``python -m agent.dev.bench_transforms --demo demo`` prints, for every demo model and a
+``python -m agent.cli.bench_transforms --demo demo`` prints, for every demo model and a
 640x480 frame of the demo video, the median milliseconds of the float
 preprocessing path against the uint8 (fused) path, and of ONNX Runtime on the
 original model against the fused one, with the largest output difference.
@@ -8,10 +8,9 @@ original model against the fused one, with the largest output difference.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from agent.dev.base import DevError
 from agent.models.graph import fuse_preprocessing
 from agent.models.manifest import MANIFEST_FILE, Manifest
 from agent.runtime.base import TensorSpec
 from agent.vision.transforms import Preprocessor
 
-__all__ = ["FusedComparison", "compare_fused", "main", "measure", "measure_preprocess"]
+__all__ = ["DEFAULT_REPEATS", "DEFAULT_THREADS", "FusedComparison", "compare_demo", "compare_fused", "measure",
+           "measure_preprocess"]
 
 DEFAULT_REPEATS = 30
 DEFAULT_THREADS = 2
@@ -130,23 +131,15 @@ def _video_frame(path: Path, index: int) -> np.ndarray:
     finally:
         capture.release()
     if not ok:
-        raise SystemExit(f"cannot read frame {index} of {path}")
+        raise DevError(f"cannot read frame {index} of {path}")
     return np.asarray(frame)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, default=Path("demo"))
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    args = parser.parse_args(argv)
-    cv2.setNumThreads(args.threads)
-    frame = _video_frame(args.demo / "video.mp4", FRAME_INDEX)
-    for folder in sorted((args.demo / "models").iterdir()):
+def compare_demo(demo: Path, repeats: int = DEFAULT_REPEATS,
+                 threads: int = DEFAULT_THREADS) -> Iterator[FusedComparison]:
+    """The comparison for every model folder of ``demo``/models, on one frame of the demo video, as each is done."""
+    cv2.setNumThreads(threads)
+    frame = _video_frame(demo / "video.mp4", FRAME_INDEX)
+    for folder in sorted((demo / "models").iterdir()):
         if (folder / MANIFEST_FILE).is_file():
-            print(compare_fused(folder, frame, args.repeats, args.threads).line())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            yield compare_fused(folder, frame, repeats, threads)

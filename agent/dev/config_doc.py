@@ -1,6 +1,6 @@
 """docs/configuration.md, rendered from the config models so the page cannot drift from the code.
 
-``python -m agent.dev.config_doc > docs/configuration.md``; a test checks the page is current.
+``python -m agent.cli.config_doc > docs/configuration.md``; a test checks the page is current.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ file's folder. Any key can be overridden from the environment as
 `{ENV_PREFIX}MQTT__URL=mqtts://broker:8883`; values parse as TOML scalars
 (`4`, `true`, `"text"`) and fall back to plain strings.
 
-This page is generated from `agent/core/config/agent.py` (`python -m agent.dev.config_doc`).
+This page is generated from `agent/core/config/agent.py` (`python -m agent.cli.config_doc`).
 """
 
 
@@ -80,6 +80,7 @@ def _section(lines: list[str], level: str, title: str, model: type[BaseModel], d
 
 
 def render_markdown() -> str:
+    """docs/configuration.md's text: the header, then one table of keys per config section."""
     lines = [HEADER]
     for name, section_field in AgentConfig.model_fields.items():
         model: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
@@ -89,6 +90,3 @@ def render_markdown() -> str:
         _section(lines, "##", title, model, section_field.description, name)
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    print(render_markdown(), end="")

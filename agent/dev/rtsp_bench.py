@@ -7,19 +7,17 @@ through a FrameSource (OpenCV's FFmpeg backend), takes the server away for
 return the first frame and the full frame rate came back. Numbers only: the
 bench prints them, the transport tests hold them to the issue's bound::
 
-    python -m agent.dev.rtsp_bench --video demo/video.mp4 --outage 3 --runs 3
+    python -m agent.cli.rtsp_bench --video demo/video.mp4 --outage 3 --runs 3
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import queue
 import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,8 +29,8 @@ from agent.core.config import SourceSection
 from agent.vision.sources import Frame, FrameSource, SourceState
 
 __all__ = [
-    "SYSTEM_PYTHON", "RecoveryResult", "RtspServer", "RtspServerError", "full_rate_at", "main",
-    "measure_rtsp_recovery", "rtsp_server_unavailable",
+    "SYSTEM_PYTHON", "RecoveryResult", "RtspServer", "RtspServerError", "full_rate_at",
+    "measure_rtsp_recovery", "recovery_summary", "rtsp_server_unavailable",
 ]
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -50,11 +48,12 @@ SUSTAIN_S = 2.0
 """Full rate must hold this long from the frame it is credited to, so a burst of buffered frames is not it."""
 WAIT_STEP_S = 0.05
 PROBE_SCRIPT = (
-    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
+    "import sys; import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
     "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
     "missing = [e for e in ('filesrc', 'decodebin', 'videoconvert', 'valve') if not Gst.ElementFactory.find(e)]; "
     "encoders = [e for e in ('x264enc', 'jpegenc') if Gst.ElementFactory.find(e)]; "
-    "print('missing elements: ' + ', '.join(missing) if missing else '' if encoders else 'no x264enc nor jpegenc')"
+    "sys.stdout.write('missing elements: ' + ', '.join(missing) if missing else '' if encoders else "
+    "'no x264enc nor jpegenc')"
 )
 
 
@@ -281,28 +280,11 @@ def _video_fps(video: Path) -> float:
         capture.release()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print one JSON line per run, then the median of each figure."""
-    parser = argparse.ArgumentParser(description="RTSP recovery time of a FrameSource with the agent's defaults")
-    parser.add_argument("--video", type=Path, default=Path("demo/video.mp4"))
-    parser.add_argument("--outage", type=float, default=3.0, help="seconds the server stays away")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args(argv)
-    missing = rtsp_server_unavailable()
-    if missing is not None:
-        print(json.dumps({"skipped": missing}))
-        return 0
-    results = [measure_rtsp_recovery(args.video, outage_s=args.outage) for _ in range(args.runs)]
-    for result in results:
-        print(json.dumps(result.as_dict()))
+def recovery_summary(results: Sequence[RecoveryResult]) -> dict[str, Any]:
+    """The median of each figure over ``results`` (runs that never reached full rate are counted apart)."""
     full = [r.full_rate_s for r in results if r.full_rate_s is not None]
-    print(json.dumps({
+    return {
         "median_first_frame_s": round(statistics.median(r.first_frame_s for r in results), 3),
         "median_full_rate_s": round(statistics.median(full), 3) if full else None,
         "runs": len(results), "runs_without_full_rate": len(results) - len(full),
-    }))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    }

@@ -15,6 +15,11 @@ It exits when stdin closes or on SIGTERM. Each client gets its own pipeline
 from the start of the file, H.264 (x264) when the encoder is there, else MJPEG,
 paced at the file's frame rate by the pipeline clock. The file is stdlib and
 ``gi`` only, so it runs outside the agent's virtual environment.
+
+It keeps its own ``main`` (arguments, the ``READY``/``OK`` lines, the exit code)
+rather than one in agent/cli/: it is a script of another interpreter, run by path
+and spoken to over stdin/stdout, and importing agent.cli would need the agent's
+virtual environment, which the system Python does not have.
 """
 
 from __future__ import annotations

@@ -4,15 +4,15 @@ Starts a mosquitto with persistence on loopback, serves the demo text detectors 
 as bundles) over loopback HTTP, runs ``edge-agent run`` as a subprocess on the demo video,
 and meanwhile stops and restarts the broker and deploys v6, v4, v6, ... in turn. A
 persistent-session subscriber counts every telemetry, event and reply message by topic and
-sequence number. At the end it prints frames processed, messages the agent made, received,
+sequence number. At the end it tallies frames processed, messages the agent made, received,
 dropped (by the agent's own count) and unaccounted for, reconnects, deployments, and the
-agent's resident memory at start and end. Exit status 1 when a message is unaccounted for
-or the agent did not stop cleanly. Numbers only; nothing here asserts a timing.
+agent's resident memory at start and end; the soak fails (``soak_passed``) when a message is
+unaccounted for or the agent did not stop cleanly. Numbers only; nothing here asserts a timing.
+``python -m agent.cli.soak`` runs it and prints the tally.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import http.server
@@ -24,7 +24,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -38,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.models.bundle import pack_bundle
 from agent.models.store import ModelStore
 
-__all__ = ["main"]
+__all__ = ["Soak", "soak_passed"]
 
 DEVICE = "soak"
 SEQUENCED = ("telemetry/latency", "telemetry/health", "events", "reply")
@@ -188,6 +187,8 @@ def read_outbox(path: Path) -> tuple[dict[str, int], int, list[tuple[str, bytes]
 
 
 class Soak:
+    """One soak run in ``work``: broker, artifact server, the agent as a subprocess, the churn, the tally."""
+
     def __init__(self, minutes: float, demo: Path, work: Path) -> None:
         self.minutes = minutes
         self.demo = demo
@@ -215,7 +216,8 @@ class Soak:
             time.sleep(POLL_S)
         self.deploys["no final state in time"] += 1
 
-    def run(self) -> int:
+    def run(self) -> dict[str, Any]:
+        """Soak the agent for ``minutes`` and return the tally (figure name -> value)."""
         artifacts = self.work / "artifacts"
         artifacts.mkdir()
         sha = {}
@@ -254,9 +256,9 @@ class Soak:
             agent.send_signal(signal.SIGTERM)
             code = agent.wait(STOP_TIMEOUT_S)
             log.close()
-        return self._report(counter, code, http_server)
+        return self._tally(counter, code, http_server)
 
-    def _report(self, counter: Counter, code: int, http_server: http.server.HTTPServer) -> int:
+    def _tally(self, counter: Counter, code: int, http_server: http.server.HTTPServer) -> dict[str, Any]:
         last, dropped, left = read_outbox(self.work / "state" / "outbox.sqlite3")
         made = sum(last.get(key, 0) for key in SEQUENCED)
         waiting = {(t.removeprefix(f"edge/{DEVICE}/"), json.loads(p)["seq"]) for t, p in left}
@@ -273,7 +275,7 @@ class Soak:
         latency = counter.get("telemetry/latency") or {}
         first = counter.first_health[-1] if counter.first_health else {}
         missing = unaccounted()
-        report = {
+        tally = {
             "minutes": self.minutes,
             "frames_processed": max(health.get("frames_processed", 0), latency.get("frames_processed", 0)),
             "telemetry_made": made, "telemetry_received": received, "telemetry_dropped": dropped,
@@ -288,25 +290,9 @@ class Soak:
         counter.close()
         http_server.shutdown()
         self.broker.stop()
-        for key, value in report.items():
-            print(f"{key:>28}: {value}")
-        print(json.dumps(report, sort_keys=True))
-        return 0 if missing <= dropped and code == 0 else 1
+        return tally
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.dev.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="how long the agent runs")
-    parser.add_argument("--demo", type=Path, default=Path("demo"), help="the demo assets (make setup)")
-    parser.add_argument("--workdir", type=Path, help="keep the run's files here (default: a temp folder)")
-    args = parser.parse_args(argv)
-    if not (args.demo / "video.mp4").is_file():
-        parser.error(f"{args.demo}/video.mp4 is missing: run make setup")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="edge-soak-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"soak: {args.minutes} min, files in {work}", flush=True)
-    return Soak(args.minutes, args.demo.resolve(), work).run()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def soak_passed(tally: dict[str, Any]) -> bool:
+    """Every message the agent made reached the subscriber or was dropped by its own count, and it stopped cleanly."""
+    return bool(tally["telemetry_unaccounted"] <= tally["telemetry_dropped"] and tally["agent_exit_code"] == 0)

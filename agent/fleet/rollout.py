@@ -21,11 +21,10 @@ repeat from their journal) to a device whose outcome is unknown.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -144,17 +143,25 @@ def stage_name(index: int) -> str:
     return STAGE_NAMES[index] if index < len(STAGE_NAMES) else f"wave {index}"
 
 
+def _drop(line: str) -> None:
+    """A ``report`` that keeps nothing."""
+
+
 class Rollout:
-    """Runs one record to its outcome through a connected ``FleetLink``."""
+    """Runs one record to its outcome through a connected ``FleetLink``.
+
+    ``report`` takes the progress lines for a person (agent/cli/ prints them); without it they are
+    dropped, and the record and the log still carry every step.
+    """
 
     def __init__(self, link: FleetLink, record: RolloutRecord, store: RolloutStore, *,
-                 out: TextIO | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
+                 report: Callable[[str], None] | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
                  refresh_after_s: float = REFRESH_AFTER_S, clock: Callable[[], float] = time.time) -> None:
         self.link = link
         self.record = record
         self.store = store
         self.plan = record.plan.plan()
-        self.out = out or sys.stdout
+        self._report = report or _drop
         self.deploy_timeout_s = deploy_timeout_s
         self.refresh_after_s = refresh_after_s
         self.clock = clock
@@ -207,10 +214,10 @@ class Rollout:
         self._news_at = time.monotonic()
         if not quiet:
             detail = f"  ({error})" if error else ""
-            self._print(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
+            self._say(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
 
-    def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+    def _say(self, line: str) -> None:
+        self._report(line)
 
     def save(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -225,10 +232,10 @@ class Rollout:
         self.reconcile()
         self.save(force=True)
         if record.outcome == "running":
-            self._print(f"rollout {record.rollout_id}: {record.name} {record.version} to group {record.group}: "
-                        f"{len(record.devices)} devices in {len(record.waves)} stages"
-                        + (f", {len(record.already)} already on it" if record.already else "")
-                        + (f", {len(record.skipped)} not online (skipped)" if record.skipped else ""))
+            self._say(f"rollout {record.rollout_id}: {record.name} {record.version} to group {record.group}: "
+                      f"{len(record.devices)} devices in {len(record.waves)} stages"
+                      + (f", {len(record.already)} already on it" if record.already else "")
+                      + (f", {len(record.skipped)} not online (skipped)" if record.skipped else ""))
             while record.stage < len(record.waves) and record.outcome == "running":
                 await self._run_stage(record.stage)
                 if record.outcome == "running":
@@ -248,14 +255,14 @@ class Rollout:
                                record.count(FINAL_BAD), record.count(("reverted",)), record.reason)
         log.info("rollout_finished", rollout=record.rollout_id, outcome=result.outcome, committed=result.committed,
                  failed=result.failed, reverted=result.reverted, reason=result.reason)
-        self._print(f"rollout {record.rollout_id} {result.outcome}: {result.committed} committed, "
-                    f"{result.failed} failed, {result.reverted} rolled back"
-                    + (f" ({result.reason})" if result.reason else ""))
+        self._say(f"rollout {record.rollout_id} {result.outcome}: {result.committed} committed, "
+                  f"{result.failed} failed, {result.reverted} rolled back"
+                  + (f" ({result.reason})" if result.reason else ""))
         return result
 
     async def _run_stage(self, index: int) -> None:
         wave = self.record.waves[index]
-        self._print(f"{stage_name(index)}: {len(wave)} devices")
+        self._say(f"{stage_name(index)}: {len(wave)} devices")
         await self._send([d for d in wave if self.record.devices[d].state == "pending"])
         await self._settle(wave)
         tried = self.record.in_stages(index)
@@ -273,7 +280,7 @@ class Rollout:
             self.record.outcome = "aborting"
             self.record.reason = (f"{failed} of {len(tried)} devices failed "
                                   f"({failure_share(failed, len(tried)):.0%} > {self.plan.abort_failures_pct:g}%)")
-            self._print(f"abort: {self.record.reason}")
+            self._say(f"abort: {self.record.reason}")
             self.save(force=True)
             return False
         return True
@@ -282,10 +289,10 @@ class Rollout:
         record, wave = self.record, self.record.waves[index]
         failed = record.count(FINAL_BAD, tried)
         what = f"healthy for {self.plan.wait_healthy_s:g}s" if healthy else "settled"
-        self._print(f"{stage_name(index)} {what}: {record.count(FINAL_GOOD, wave)}/{len(wave)} committed, "
-                    f"{record.count(FINAL_BAD, wave)} failed; so far {record.count(FINAL_GOOD, tried)}/"
-                    f"{len(record.devices)} committed, failure share {failure_share(failed, len(tried)):.1%} "
-                    f"(abort above {self.plan.abort_failures_pct:g}%)")
+        self._say(f"{stage_name(index)} {what}: {record.count(FINAL_GOOD, wave)}/{len(wave)} committed, "
+                  f"{record.count(FINAL_BAD, wave)} failed; so far {record.count(FINAL_GOOD, tried)}/"
+                  f"{len(record.devices)} committed, failure share {failure_share(failed, len(tried)):.1%} "
+                  f"(abort above {self.plan.abort_failures_pct:g}%)")
 
     async def _send(self, devices: list[str]) -> None:
         for start in range(0, len(devices), SEND_BATCH):
@@ -342,7 +349,7 @@ class Rollout:
         view = self.link.view
         committed = [d for d in devices if self.record.devices[d].state in FINAL_GOOD]
         baseline = {d: view.device(d).alarms_seen for d in committed}
-        self._print(f"watching {len(committed)} committed devices for {self.plan.wait_healthy_s:g}s")
+        self._say(f"watching {len(committed)} committed devices for {self.plan.wait_healthy_s:g}s")
         deadline = asyncio.get_running_loop().time() + self.plan.wait_healthy_s
         while asyncio.get_running_loop().time() < deadline:
             for device in committed:
@@ -388,7 +395,7 @@ class Rollout:
         """Roll back every device whose retained model shows the new version."""
         record, view = self.record, self.link.view
         targets = [d for d in record.devices if self._took_new(d)]
-        self._print(f"rolling back {len(targets)} devices that serve {record.name} {record.version}")
+        self._say(f"rolling back {len(targets)} devices that serve {record.name} {record.version}")
         for device in targets:
             entry = record.devices[device]
             body: dict[str, Any] = {"id": entry.rollback_id, "reason": f"rollout {record.rollout_id} aborted"}
@@ -401,7 +408,7 @@ class Rollout:
                 reply = self.link.reply(device, entry.rollback_id)
                 serving = view.device(device).version
                 if reply is not None and not reply.ok and reply.error is not None:
-                    self._print(f"  {device:<24} rollback refused ({reply.error.code}: {reply.error.message})")
+                    self._say(f"  {device:<24} rollback refused ({reply.error.code}: {reply.error.message})")
                     pending.discard(device)
                 elif serving != record.version:
                     self._set(device, entry, "reverted", None)
@@ -411,7 +418,7 @@ class Rollout:
                 await self._refresh_when_quiet()
                 await self.link.wait_changed(TICK_S)
         for device in sorted(pending):
-            self._print(f"  {device:<24} did not confirm the rollback within {REVERT_TIMEOUT_S:g}s")
+            self._say(f"  {device:<24} did not confirm the rollback within {REVERT_TIMEOUT_S:g}s")
         for device, entry in record.devices.items():
             if entry.state in DEPLOYING:
                 log.warning("rollout_device_unsettled", device=device, state=entry.state)

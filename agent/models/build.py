@@ -10,17 +10,15 @@ phases (parse, configure, build, save) always. The timing cache persists per
 platform beside the engines, so a rebuild for a new profile or model version is
 faster.
 
-The CLI, ``edge-agent model build MODEL.onnx``, is :func:`add_build_parser` (for the
-agent's top-level parser) and :func:`main` (``python -m agent.models.build``).
+The CLI, ``edge-agent model build MODEL.onnx`` (also ``python -m agent.cli.build``),
+is agent/cli/build.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import multiprocessing
 import queue
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -37,7 +35,6 @@ from agent.models.build_spec import (
     BuildSpecError,
     model_inputs,
     model_precision,
-    parse_shape,
     plan_precision,
     profile_text,
     resolve_profiles,
@@ -54,11 +51,9 @@ __all__ = [
     "BuildJob",
     "BuildProgress",
     "BuiltEngine",
-    "add_build_parser",
-    "build_main",
     "build_plan",
+    "copy_engine",
     "ensure_engine",
-    "main",
     "run_build_worker",
 ]
 
@@ -352,70 +347,7 @@ def _spec_record(spec: BuildSpec) -> dict[str, Any]:
     return record
 
 
-def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``build`` to a ``model`` sub-command group; it runs :func:`build_main`."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "build", help="build (or fetch from the cache) the TensorRT engine of an ONNX model "
-        "on this device")
-    _add_arguments(parser)
-    return parser
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="the ONNX model")
-    parser.add_argument("--store", type=Path, default=Path("engines"),
-                        help="model store whose .engine-cache holds engines (default: engines)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME:MIN:OPT:MAX",
-                        help="profile of a dynamic input, dims joined by 'x'; repeatable")
-    parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB)
-    parser.add_argument("--sparse", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--dla-core", type=int, default=None)
-    parser.add_argument("--version-compatible", action="store_true",
-                        help="build a plan the lean runtime can run")
-    parser.add_argument("--output", type=Path, default=None, help="also copy the engine here")
-    parser.set_defaults(func=build_main)
-
-
-def build_main(args: argparse.Namespace) -> int:
-    """Run a parsed ``model build``: 0 built or cached, 2 bad request, 1 build failed."""
-    try:
-        shapes = dict(parse_shape(text) for text in args.shape)
-        spec = BuildSpec(precision=args.precision, shapes=shapes, workspace_mb=args.workspace_mb,
-                         sparse=args.sparse, dla_core=args.dla_core,
-                         version_compatible=args.version_compatible)
-    except BuildSpecError as exc:
-        print(f"edge-agent model build: {exc}", file=sys.stderr)
-        return 2
-
-    def show(progress: BuildProgress) -> None:
-        steps = f" {progress.step}/{progress.steps}" if progress.steps else ""
-        print(f"  {progress.event:<6} {progress.phase}{steps}", file=sys.stderr)
-
-    try:
-        built = ensure_engine(args.model, spec, EngineCache.in_store(args.store), on_progress=show)
-    except BuildSpecError as exc:
-        print(f"edge-agent model build: {exc}", file=sys.stderr)
-        return 2
-    except EngineError as exc:
-        print(f"edge-agent model build: {exc}", file=sys.stderr)
-        return 1
-    if args.output is not None:
-        _write_atomic(args.output, built.path.read_bytes())
-    print(f"{'cached' if built.cached else 'built'} {built.path} ({built.key.precision}, "
-          f"TensorRT {built.key.tensorrt_version}, {built.key.gpu_name} "
-          f"sm{built.key.compute_capability})")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m agent.models.build MODEL.onnx [options]``."""
-    parser = argparse.ArgumentParser(prog="python -m agent.models.build",
-                                     description="Build the TensorRT engine of an ONNX model.")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    return build_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def copy_engine(built: BuiltEngine, dest: Path) -> Path:
+    """Copy ``built``'s engine file to ``dest`` atomically (a reader sees no half-written plan); return ``dest``."""
+    _write_atomic(dest, built.path.read_bytes())
+    return dest

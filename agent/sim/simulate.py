@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import structlog
 
-from agent.core.config.agent import MqttSection
+from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionState
 from agent.sim.device import SimDevice, fails

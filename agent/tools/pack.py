@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from agent.cli.profile import DEFAULT_FRAMES as PROFILE_FRAMES
 from agent.models.bundle import pack_bundle
 from agent.models.fetch import STATEMENT_VALID_S, load_private_key, sign_file
 from agent.models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
@@ -38,6 +37,7 @@ from agent.models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, Pre
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.errors import PackError
 from agent.tools.frames import read_video_frames
+from agent.tools.profile import DEFAULT_FRAMES as PROFILE_FRAMES
 from agent.tools.profile import ProfileError, profile, video_frames
 from agent.vision.transforms import Preprocessor
 

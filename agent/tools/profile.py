@@ -9,9 +9,7 @@ files' hashes in the manifest stay valid (manifest.json is not among them).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,7 +19,6 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.cli.profile import DEFAULT_BINS, DEFAULT_FRAMES
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
 from agent.models.store import InstalledModel
@@ -34,9 +31,10 @@ from agent.vision.sources import Frame
 from agent.vision.summary import summarize
 
 __all__ = [
+    "DEFAULT_BINS",
+    "DEFAULT_FRAMES",
     "IMAGE_SUFFIXES",
     "ProfileError",
-    "cmd_profile",
     "image_frames",
     "open_model",
     "profile",
@@ -48,7 +46,10 @@ log = structlog.get_logger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 LATENCY_WINDOW = 16
-EXIT_OK, EXIT_FAILURE = 0, 1
+DEFAULT_FRAMES = 300
+"""Frames profiled by default, spread evenly over the video (or the first images of a folder)."""
+DEFAULT_BINS = 10
+"""Histogram bins per statistic by default (the drift monitor compares the live window on the same bins)."""
 
 
 class ProfileError(RuntimeError):
@@ -158,23 +159,3 @@ def write_reference(folder: Path, reference: dict[str, Any]) -> Path:
         os.fsync(handle.fileno())
     tmp.replace(path)
     return path
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    folder: Path = args.model_dir
-    try:
-        if args.video is not None:
-            frames, source = video_frames(args.video, args.frames), args.video.name
-        else:
-            frames, source = image_frames(args.images, args.frames), args.images.name
-        reference = profile(folder, frames, source=source, bins=args.bins,
-                            options=EngineOptions(threads=args.threads))
-        path = write_reference(folder, reference)
-    except ProfileError as exc:
-        print(f"edge-agent: cannot profile {folder}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    model, means = reference["model"], {k: v["mean"] for k, v in reference["inputs"].items()}
-    print(f"profiled {model['name']} {model['version']} on {reference['samples']} frames of "
-          f"{source}: brightness {means['brightness']:.1f}, contrast {means['contrast']:.1f}, "
-          f"sharpness {means['sharpness']:.0f}; wrote the reference into {path}")
-    return EXIT_OK

@@ -96,7 +96,7 @@ def test_configuration_page_is_generated_from_the_code():
     from agent.dev.config_doc import render_markdown
 
     page = (REPO / "docs" / "configuration.md").read_text()
-    assert page == render_markdown(), "run: python -m agent.dev.config_doc > docs/configuration.md"
+    assert page == render_markdown(), "run: python -m agent.cli.config_doc > docs/configuration.md"
 
 
 def test_every_setting_has_a_meaning_in_the_docs():

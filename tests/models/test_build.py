@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 
+from agent.cli.build import main
 from agent.models.build import (
     BuildError,
     BuildJob,
     BuildProgress,
     build_plan,
     ensure_engine,
-    main,
     run_build_worker,
 )
 from agent.models.build_spec import (

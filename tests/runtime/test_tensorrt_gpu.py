@@ -193,7 +193,7 @@ def test_swapping_engines_gives_device_memory_back(cache):
 
 
 def test_the_cli_builds_then_finds_the_engine_in_the_cache(tmp_path):
-    command = [sys.executable, "-m", "agent.models.build", str(TEXT_DET), "--store",
+    command = [sys.executable, "-m", "agent.cli.build", str(TEXT_DET), "--store",
                str(tmp_path), "--shape", "x:1x3x32x32:1x3x320x320:1x3x640x640"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr

@@ -1,0 +1,40 @@
+"""``python -m agent.cli.bench`` (``make bench``): the benches of agent.dev.bench, printed as they run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import agent.dev.bench as dev_bench
+from agent.cli.say import EXIT_OK, fail, say
+from agent.dev.base import DevError
+from agent.dev.bench_cameras import CAMERA_COUNTS
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the bench's options and run it; the figures go to stdout, 1 when a bench cannot go on."""
+    parser = argparse.ArgumentParser(prog="python -m agent.cli.bench",
+                                     description=(dev_bench.__doc__ or "").splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo"))
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--swaps", type=int, default=100)
+    parser.add_argument("--only", choices=dev_bench.BENCHES, default=None)
+    parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
+    parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
+                        help="camera counts of the cameras run, comma separated")
+    args = parser.parse_args(argv)
+    try:
+        dev_bench.run_bench(args.demo, say, frames=args.frames, rounds=args.rounds, swaps=args.swaps,
+                            only=args.only, camera_frames=args.camera_frames,
+                            cameras=tuple(int(n) for n in args.cameras.split(",")))
+    except DevError as exc:
+        return fail("bench", exc)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
