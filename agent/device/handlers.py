@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from agent.device.commands import CommandFailed
-from agent.models.manager import DeployFailed, DeployRequest
+from agent.device.monitors import Signals
+from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
 from agent.models.probation import Probation
-from agent.vision.cameras import CameraError, camera_entry, described, first_frame_error
+from agent.models.store import ModelStore
+from agent.runtime.slot import EngineSlot
+from agent.vision.cameras import CameraError, CameraSet, camera_entry, described, first_frame_error
+from agent.vision.pipeline import Pipeline
 from agent.wire.schema import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
 from agent.wire.signals import FeedbackCommand
-
-if TYPE_CHECKING:
-    from agent.device.daemon import Agent
 
 __all__ = ["CommandHandlers"]
 
 
 class CommandHandlers:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    """The handler of each command name (``table``), given the parts of the agent they act on.
+
+    Given the model's name, the slot, the store, the deployment manager, the camera set (with
+    callables that keep and publish a change to it), the monitors, the frame worker, and
+    callables for the latest deployment and the health fields (both change while the agent runs).
+    The router runs each handler as its own task; camera changes take one lock.
+    """
+
+    def __init__(self, *, model_name: str, slot: EngineSlot, store: ModelStore, manager: DeploymentManager,
+                 cameras: CameraSet, cameras_changed: Callable[[], None],
+                 publish_cameras: Callable[[], Awaitable[None]], signals: Signals, pipeline: Pipeline,
+                 deployment: Callable[[], DeploymentStatus | None],
+                 health_fields: Callable[[], dict[str, Any]]) -> None:
+        self.model_name = model_name
+        self.slot = slot
+        self.store = store
+        self.manager = manager
+        self.camera_set = cameras
+        self.cameras_changed = cameras_changed
+        self.publish_cameras = publish_cameras
+        self.signals = signals
+        self.pipeline = pipeline
+        self.deployment = deployment
+        self.health_fields = health_fields
         self._cameras_lock = asyncio.Lock()
         """One camera change at a time: each reads the set the previous one left."""
 
@@ -32,8 +56,7 @@ class CommandHandlers:
         """Add, update, remove or list cameras; a change is kept in the state folder and published
         (retained ``cameras``). An added or updated camera must deliver a frame, else the change is
         undone and answered ``camera_unavailable``."""
-        agent = self.agent
-        cameras = agent.cameras
+        cameras = self.camera_set
         async with self._cameras_lock:
             if command.action == "list":
                 return {"cameras": described(cameras)}
@@ -53,23 +76,23 @@ class CommandHandlers:
                     undo = (lambda: cameras.remove(name)) if before is None else (lambda: cameras.update(before))
                     await asyncio.to_thread(undo)
                     raise CameraError("camera_unavailable", f"{error}; nothing was changed")
-            agent.cameras_changed()
-        await agent.publish_cameras()
+            self.cameras_changed()
+        await self.publish_cameras()
         return {"action": command.action, "camera": name, "cameras": [c.name for c in cameras.configs()]}
 
     async def feedback(self, command: FeedbackCommand) -> dict[str, Any]:
         """Labels for recent frames (ids from ``status`` and the latency payload's ``last_frame_id``)."""
-        return self.agent.signals.feedback(command)
+        return self.signals.feedback(command)
 
     async def ping(self, command: PingCommand) -> dict[str, Any]:
         return {"pong": True}
 
     async def status(self, command: StatusCommand) -> dict[str, Any]:
-        agent = self.agent
-        serving = agent.slot.serving
-        store = agent.store
-        name = agent.config.model.name
-        deployment = agent.deployment
+        serving = self.slot.serving
+        store = self.store
+        name = self.model_name
+        deployment = self.deployment()
+        last = self.pipeline.last_result
         return {
             "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
             if serving else None,
@@ -79,22 +102,21 @@ class CommandHandlers:
                 "deployment_id": deployment.deployment_id, "version": deployment.version,
                 "state": deployment.state.value, "step": deployment.step.value,
             },
-            "health": agent.health_fields(),
-            "last_frame_id": agent.pipeline.last_result.frame.index if agent.pipeline.last_result else None,
-            "last_frame_camera": agent.pipeline.last_result.camera if agent.pipeline.last_result else None,
+            "health": self.health_fields(),
+            "last_frame_id": last.frame.index if last else None,
+            "last_frame_camera": last.camera if last else None,
         }
 
     def _probation(self, command: DeployCommand) -> Probation | None:
         if command.probation is None:
             return None
-        base = self.agent.manager.default_probation()  # type: ignore[union-attr]
+        base = self.manager.default_probation()
         spec = command.probation
         return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
                          base.min_frames)
 
     async def deploy(self, command: DeployCommand) -> dict[str, Any]:
-        manager = self.agent.manager
-        assert manager is not None
+        manager = self.manager
         request = DeployRequest(
             name=command.name, version=command.version, url=command.url, sha256=command.sha256,
             signature=command.signature, format=command.format, probation=self._probation(command),
@@ -110,8 +132,7 @@ class CommandHandlers:
                 "state": "active"}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
-        manager = self.agent.manager
-        assert manager is not None
+        manager = self.manager
         try:
             serving = await manager.rollback(command.reason or "rollback command")
         except DeployFailed as exc:

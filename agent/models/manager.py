@@ -113,6 +113,19 @@ FeedsFor = Callable[[Serving], dict[str, np.ndarray]]
 
 
 class DeploymentManager:
+    """Runs deployments and rollbacks, one at a time, and hands each new engine to the slot.
+
+    Given the model store, the engine slot, the engine options and ``[deploy]`` settings, the
+    key that signs deploy statements, and callables from the agent: ``feeds_for`` (inputs from
+    a live frame, to warm a model up), ``stats`` (a version's frame counters, for probation),
+    ``report`` (publish a deployment's state) and ``swapped`` (a new engine serves). It owns
+    the deployment lock, the current ``DeploymentStatus``, the download in flight and one
+    low-priority ``model-loader`` thread for staging, loading, warming and validation, so the
+    serving engine keeps its frame rate; downloads run in their own thread. After a swap a
+    probation task watches the new model and swaps back by itself past its bounds; ``close``
+    cancels it, aborts the download and stops the loader.
+    """
+
     def __init__(
         self,
         *,

@@ -59,6 +59,16 @@ def _stages(snapshot: LatencySnapshot) -> dict[str, StageLatency]:
 
 
 class Telemetry:
+    """The agent's one way out to the broker: builds every outgoing payload and publishes it.
+
+    Given the topics, the device id, the agent's version and a sequencer (the outbox's, so
+    sequence numbers survive a restart); the MQTT session is attached later (``attach``), and
+    the monitors attach an egress guard that blocks or redacts what may not leave. It owns the
+    envelope (device id, timestamp, per-topic sequence number) and the QoS and retain choice
+    of each kind of message. It owns no thread or task: the agent's tasks (the results
+    publisher's among them) await its ``publish`` methods on the asyncio loop.
+    """
+
     def __init__(self, topics: Topics, device_id: str, agent_version: str,
                  sequencer: Sequencer | None = None) -> None:
         self.topics = topics

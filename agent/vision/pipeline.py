@@ -153,7 +153,17 @@ class _OneSource:
 
 
 class Pipeline:
-    """The frame worker: batches from the scheduler through the serving engine to the observers."""
+    """The frame worker: batches from the scheduler through the serving engine to the observers.
+
+    Given the frames (a scheduler over the cameras, or a single source), the engine slot it
+    leases the serving model from for each batch, and the latency recorder; observers (the
+    monitors, the results publisher, the live view) are appended to ``observers``. It owns the
+    per-camera latency recorders, the frame counters (per model version too, for probation),
+    the newest result (``last_result``, which also warms a candidate model up), the
+    ``first_frame`` event and the ``last_heartbeat`` the watchdog reads, and one
+    ``frame-worker`` thread (``start``/``stop``). An observer that raises is counted and
+    logged; inference goes on.
+    """
 
     def __init__(
         self,
@@ -171,8 +181,6 @@ class Pipeline:
         self.observers: list[Observer] = list(observers or [])
         self.counters = PipelineCounters()
         self.first_frame = threading.Event()
-        self.last_progress = time.monotonic()
-        """When the last frame was processed."""
         self.last_heartbeat = time.monotonic()
         """When the worker loop last went round, with or without a frame (the watchdog's signal)."""
         self.last_result: FrameResult | None = None
@@ -193,10 +201,6 @@ class Pipeline:
             return True
         self._thread.join(timeout)
         return not self._thread.is_alive()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -256,7 +260,6 @@ class Pipeline:
                 log.warning("frame_failed", model=name, version=version, camera=frame.source,
                             frame=frame.index, error=error)
             results.append(FrameResult(frame, name, version, timings, prediction, finite, error, batch))
-        self.last_progress = time.monotonic()
         self.first_frame.set()
         return results
 
@@ -334,12 +337,3 @@ class Pipeline:
         prepared = _Prepared(serving)
         tensor, _ = prepared.preprocessor.prep(result.frame.image)
         return {prepared.input_name: tensor}
-
-    def info(self) -> dict[str, Any]:
-        serving = self.slot.serving
-        return {
-            "frames_processed": self.counters.frames_processed,
-            "errors": self.counters.errors,
-            "model": None if serving is None else serving.name,
-            "version": None if serving is None else serving.version,
-        }
