@@ -56,7 +56,7 @@ from agent.vision.cameras import (
 )
 from agent.vision.pipeline import Pipeline
 from agent.vision.scheduler import Scheduler
-from agent.wire.schema import CamerasPayload, CommandError, StatusPayload
+from agent.wire import CamerasPayload, CommandError, StatusPayload
 from agent.wire.topics import Topics
 
 try:  # Python 3.10 (JetPack 6) has no asyncio.TaskGroup

@@ -9,7 +9,7 @@ from agent.device.commands import CommandFailed
 from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.probation import Probation
 from agent.vision.cameras import CameraError, camera_entry, described, first_frame_error
-from agent.wire.schema import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from agent.wire import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
 from agent.wire.signals import FeedbackCommand
 
 if TYPE_CHECKING:

@@ -43,7 +43,7 @@ from agent.fleet.record import (
     deployment_id_for,
 )
 from agent.fleet.view import FleetView, Message
-from agent.wire.schema import DeploymentPayload, ReplyPayload
+from agent.wire import DeploymentPayload, ReplyPayload
 
 __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT_S",

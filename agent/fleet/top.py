@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.fleet.view import SIGNALS, STATE_RANK, decode, largest, split_topic
-from agent.wire.schema import (
+from agent.wire import (
     DeploymentPayload,
     EventPayload,
     HealthPayload,

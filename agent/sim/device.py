@@ -2,7 +2,7 @@
 
 Used by agent.sim.simulate, which gives it a real MQTT session. The command
 handlers run behind the real ``CommandRouter`` and ``CommandJournal``; the
-payloads are built by the real ``Telemetry`` builders from agent.wire.schema,
+payloads are built by the real ``Telemetry`` builders from agent.wire,
 except drift, bias and leak, which are JSON objects of the same shape as the
 agent's (per-metric ``state`` in ok, warn, alarm). The numbers are made up:
 nothing is downloaded or inferred here.
@@ -23,7 +23,7 @@ from agent import __version__
 from agent.device.commands import CommandFailed, CommandJournal, CommandRouter, Outcome
 from agent.monitor.latency import LatencySnapshot, StageStats
 from agent.monitor.telemetry import Telemetry
-from agent.wire.schema import CommandError, DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from agent.wire import CommandError, DeployCommand, PingCommand, RollbackCommand, StatusCommand
 from agent.wire.topics import Topics
 
 if TYPE_CHECKING:

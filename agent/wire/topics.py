@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agent.core.errors import AgentError
+
 __all__ = [
     "CONSUMERS_SEGMENT",
     "GROUP_SEGMENT",
@@ -30,8 +32,10 @@ FORBIDDEN_CHARACTERS = "/+#\0"
 MAX_SEGMENT_LENGTH = 128
 
 
-class TopicError(ValueError):
-    """A prefix, device id, group, kind or command name cannot be used in a topic."""
+class TopicError(AgentError, ValueError):
+    """A prefix, device id, group, kind or command name cannot be used in a topic.
+
+    Also a ValueError: config validators raise it inside pydantic, which reports ValueErrors by field."""
 
 
 def check_segment(value: str, what: str) -> str:
