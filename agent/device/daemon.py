@@ -30,7 +30,7 @@ from agent.device.systemd import Notifier, SystemdError, WatchdogFeeder
 from agent.models.bootguard import BOOT_RECORD_FILE, CRASH_LOOP_CODE, CRASH_TEST_ENV, BootGuard, CrashLoop
 from agent.models.fetch import load_public_key
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeploymentManager, DeploymentStatus, Step
+from agent.models.manager import DeploymentManager, DeploymentStatus
 from agent.models.store import ModelStore, StoreError
 from agent.monitor import health
 from agent.monitor.latency import LatencyRecorder
@@ -56,7 +56,7 @@ from agent.vision.cameras import (
 )
 from agent.vision.pipeline import Pipeline
 from agent.vision.scheduler import Scheduler
-from agent.wire import CamerasPayload, CommandError, StatusPayload
+from agent.wire import CamerasPayload, CommandError, DeploymentState, DeploymentStep, DeviceState, StatusPayload
 from agent.wire.topics import Topics
 
 try:  # Python 3.10 (JetPack 6) has no asyncio.TaskGroup
@@ -234,7 +234,7 @@ class Agent:
             return None
         return DeploymentStatus(
             deployment_id=f"{CRASH_LOOP_CODE}-{int(self.started_at)}", name=serving.name,
-            version=verdict.version, state=Step.ROLLED_BACK, step=Step.ACTIVE, progress=1.0,
+            version=verdict.version, state=DeploymentState.ROLLED_BACK, step=DeploymentStep.ACTIVE, progress=1.0,
             error={"code": CRASH_LOOP_CODE, "message": f"{verdict.message}; serving {serving.version}"},
             detail={"failures": verdict.failures, "serving_version": serving.version},
         )
@@ -248,12 +248,12 @@ class Agent:
         self._broker.start()
         return self._broker.url
 
-    def status_payload(self, state: str) -> StatusPayload:
+    def status_payload(self, state: DeviceState) -> StatusPayload:
         return self.telemetry.status(state, started_at=self.started_at, groups=self.config.agent.groups)
 
     async def _on_connect(self) -> None:
         """Birth, on every (re)connect: retained online status, serving model, latest deployment."""
-        await self.telemetry.publish_state(self.topics.status, self.status_payload("online"))
+        await self.telemetry.publish_state(self.topics.status, self.status_payload(DeviceState.ONLINE))
         await self.publish_model()
         await self.publish_cameras()
         if self.deployment is not None:
@@ -272,8 +272,8 @@ class Agent:
             error=status.error,
         )
         await self.telemetry.publish_state(self.topics.deployment, payload)
-        if status.state.value in ("committed", "failed", "rolled_back"):
-            severity = "info" if status.state.value == "committed" else "warning"
+        if status.state in DeploymentState.FINAL:
+            severity = "info" if status.state is DeploymentState.COMMITTED else "warning"
             message = f"deployment {status.deployment_id} of {status.name} {status.version}: {status.state.value}"
             if status.error:
                 message += f" ({status.error['message']})"
@@ -350,7 +350,7 @@ class Agent:
         settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
         self.session = MqttSession(
             settings, url=url, client_id=f"edge-agent-{self.device_id}",
-            will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
+            will=(self.topics.status, self.telemetry.encode(self.status_payload(DeviceState.LOST))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
             on_message=self.router.on_message, on_connect=self._on_connect, outbox=self.outbox,
         )
@@ -550,7 +550,8 @@ class Agent:
         assert self.session is not None
         try:
             await asyncio.wait_for(
-                self.telemetry.publish_state(self.topics.status, self.status_payload("offline")), timeout=bound / 4)
+                self.telemetry.publish_state(self.topics.status, self.status_payload(DeviceState.OFFLINE)),
+                timeout=bound / 4)
             await asyncio.wait_for(self.session.stop(), timeout=bound / 4)
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)

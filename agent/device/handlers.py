@@ -9,7 +9,7 @@ from agent.device.commands import CommandFailed
 from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.probation import Probation
 from agent.vision.cameras import CameraError, camera_entry, described, first_frame_error
-from agent.wire import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from agent.wire import CamerasCommand, DeployCommand, DeploymentState, PingCommand, RollbackCommand, StatusCommand
 from agent.wire.signals import FeedbackCommand
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class CommandHandlers:
             raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}",
                                 {"deployment_id": request.deployment_id, "step": exc.step.value}) from exc
         return {"deployment_id": request.deployment_id, "name": serving.name, "version": serving.version,
-                "state": "active"}
+                "state": DeploymentState.ACTIVE}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         manager = self.agent.manager
