@@ -25,7 +25,7 @@ from agent.core.config import AgentConfig, ConfigError, load_config
 from agent.fleet.control import ControlClient
 from agent.fleet.local import LocalAgentError, local_target
 from agent.models.fetch import load_private_key
-from agent.wire.schema import PayloadError, StatusPayload, decode_payload
+from agent.wire import PayloadError, StatusPayload, decode_payload
 
 __all__ = ["DEFAULT_PREFIX", "EXIT_FAILURE", "EXIT_USAGE", "ConnectError", "Connection",
            "add_connection_arguments", "connect", "fail", "resolve", "silence_hint"]

@@ -36,7 +36,7 @@ from agent.models.fetch import (
     sign_file,
     sign_statement,
 )
-from agent.wire.schema import DeploymentPayload
+from agent.wire import DeploymentPayload
 
 __all__ = ["add_control_parsers", "add_key_parsers", "artifact_format", "artifact_sha256", "signed_fields",
            "valid_days_argument"]

@@ -63,7 +63,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from agent.wire.schema import json_schemas
+    from agent.wire import json_schemas
 
     schemas = json_schemas()
     if args.name:

@@ -26,7 +26,8 @@ from typing import IO, Any
 import cv2
 
 from agent.core.config import SourceSection
-from agent.vision.sources import Frame, FrameSource, SourceState
+from agent.vision.sources import Frame, FrameSource
+from agent.wire import CameraState as SourceState
 
 __all__ = [
     "SYSTEM_PYTHON", "RecoveryResult", "RtspServer", "RtspServerError", "full_rate_at",

@@ -10,7 +10,7 @@ from agent.device.startup import CamerasSource
 from agent.monitor.latency import CameraRecorders
 from agent.monitor.telemetry import Telemetry
 from agent.vision.cameras import CameraSet, described, save_cameras
-from agent.wire.schema import CamerasPayload
+from agent.wire import CamerasPayload
 from agent.wire.topics import Topics
 
 __all__ = ["CameraBook"]

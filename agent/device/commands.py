@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from agent.mqtt.authority import CommandAuthority
-from agent.wire.schema import CommandError, parse_command
+from agent.wire import CommandError, parse_command
 from agent.wire.topics import Topics
 
 __all__ = ["CommandFailed", "CommandJournal", "CommandRouter", "Outcome"]

@@ -54,7 +54,7 @@ from agent.runtime.slot import EngineSlot, Serving
 from agent.vision.cameras import CAMERAS_FILE, CameraError, CameraSet
 from agent.vision.pipeline import Pipeline
 from agent.vision.scheduler import Scheduler
-from agent.wire.schema import CommandError, StatusPayload
+from agent.wire import CommandError, DeploymentState, DeviceState, StatusPayload
 from agent.wire.topics import Topics
 
 if sys.version_info >= (3, 11):
@@ -179,12 +179,12 @@ class Agent:
         self._broker.start()
         return self._broker.url
 
-    def status_payload(self, state: str) -> StatusPayload:
+    def status_payload(self, state: DeviceState) -> StatusPayload:
         return self.telemetry.status(state, started_at=self.started_at, groups=self.config.agent.groups)
 
     async def _on_connect(self) -> None:
         """Birth, on every (re)connect: retained online status, serving model, latest deployment."""
-        await self.telemetry.publish_state(self.topics.status, self.status_payload("online"))
+        await self.telemetry.publish_state(self.topics.status, self.status_payload(DeviceState.ONLINE))
         await self.publish_model()
         await self.camera_book.publish()
         if self.deployment is not None:
@@ -203,8 +203,8 @@ class Agent:
             error=status.error,
         )
         await self.telemetry.publish_state(self.topics.deployment, payload)
-        if status.state.value in ("committed", "failed", "rolled_back"):
-            severity = "info" if status.state.value == "committed" else "warning"
+        if status.state in DeploymentState.FINAL:
+            severity = "info" if status.state is DeploymentState.COMMITTED else "warning"
             message = f"deployment {status.deployment_id} of {status.name} {status.version}: {status.state.value}"
             if status.error:
                 message += f" ({status.error['message']})"
@@ -272,7 +272,7 @@ class Agent:
         settings = self._broker.session_settings(self.config.mqtt) if self._broker else self.config.mqtt
         self.session = MqttSession(
             settings, url=url, client_id=f"edge-agent-{self.device_id}",
-            will=(self.topics.status, self.telemetry.encode(self.status_payload("lost"))),
+            will=(self.topics.status, self.telemetry.encode(self.status_payload(DeviceState.LOST))),
             subscriptions=self.topics.command_filters(self.config.agent.groups),
             on_message=self.router.on_message, on_connect=self._on_connect, outbox=self.outbox,
         )
@@ -383,7 +383,8 @@ class Agent:
         assert self.session is not None
         try:
             await asyncio.wait_for(
-                self.telemetry.publish_state(self.topics.status, self.status_payload("offline")), timeout=bound / 4)
+                self.telemetry.publish_state(self.topics.status, self.status_payload(DeviceState.OFFLINE)),
+                timeout=bound / 4)
             await asyncio.wait_for(self.session.stop(), timeout=bound / 4)
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)

@@ -14,7 +14,7 @@ from agent.models.store import ModelStore
 from agent.runtime.slot import EngineSlot
 from agent.vision.cameras import CameraError, CameraSet, camera_entry, described, first_frame_error
 from agent.vision.pipeline import Pipeline
-from agent.wire.schema import CamerasCommand, DeployCommand, PingCommand, RollbackCommand, StatusCommand
+from agent.wire import CamerasCommand, DeployCommand, DeploymentState, PingCommand, RollbackCommand, StatusCommand
 from agent.wire.signals import FeedbackCommand
 
 __all__ = ["CommandHandlers"]
@@ -129,7 +129,7 @@ class CommandHandlers:
             raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}",
                                 {"deployment_id": request.deployment_id, "step": exc.step.value}) from exc
         return {"deployment_id": request.deployment_id, "name": serving.name, "version": serving.version,
-                "state": "active"}
+                "state": DeploymentState.ACTIVE}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         manager = self.manager

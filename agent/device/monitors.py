@@ -18,7 +18,7 @@ from agent.monitor.telemetry import Telemetry
 from agent.runtime.cuda import device_memory
 from agent.runtime.slot import Serving
 from agent.vision.summary import Monitors
-from agent.wire.schema import PAYLOADS
+from agent.wire import PAYLOADS
 from agent.wire.signals import BiasPayload, DriftPayload, FeedbackCommand, LeakPayload
 
 __all__ = ["Signals"]

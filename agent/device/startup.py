@@ -15,13 +15,14 @@ import structlog
 from agent.core.config import AgentConfig, CameraSection, ModelSection
 from agent.models.bootguard import CRASH_LOOP_CODE, BootGuard, CrashLoop
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeploymentStatus, Step
+from agent.models.manager import DeploymentStatus
 from agent.models.store import ModelStore, StoreError
 from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key
 from agent.runtime.base import EngineError
 from agent.runtime.slot import Serving
 from agent.runtime.tensorrt import select_runtime
 from agent.vision.cameras import CameraError, load_cameras
+from agent.wire import DeploymentState, DeploymentStep
 
 __all__ = [
     "NONCES_FILE",
@@ -113,7 +114,8 @@ def crash_loop_status(verdict: CrashLoop | None, serving: Serving, started_at: f
         return None
     return DeploymentStatus(
         deployment_id=f"{CRASH_LOOP_CODE}-{int(started_at)}", name=serving.name,
-        version=verdict.version, state=Step.ROLLED_BACK, step=Step.ACTIVE, progress=1.0,
+        version=verdict.version, state=DeploymentState.ROLLED_BACK, step=DeploymentStep.ACTIVE,
+        progress=1.0,
         error={"code": CRASH_LOOP_CODE, "message": f"{verdict.message}; serving {serving.version}"},
         detail={"failures": verdict.failures, "serving_version": serving.version},
     )

@@ -1,6 +1,6 @@
 """The control plane's side of the wire: send a command to a device or group and wait for replies.
 
-Talks to agents only through the contract in agent.wire.schema: commands on
+Talks to agents only through the contract in agent.wire: commands on
 ``<prefix>/<id>/cmd/<name>`` (or ``<prefix>/group/<g>/cmd/<name>``), replies on
 ``<prefix>/<id>/reply`` matched by the command's id.
 """
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.mqtt.authority import sign_command
 from agent.mqtt.settings import parse_broker_url
-from agent.wire.schema import DeploymentPayload, ReplyPayload, decode_payload
+from agent.wire import DeploymentPayload, ReplyPayload, decode_payload
 
 __all__ = ["ControlClient", "ControlError", "NoReplyError", "Reply", "new_command_id"]
 

@@ -23,7 +23,7 @@ import structlog
 
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.view import FleetView, Message
-from agent.wire.schema import ReplyPayload
+from agent.wire import ReplyPayload
 
 __all__ = ["CONTROL_FILTERS", "RETAINED_SUFFIXES", "SUBSCRIBE_QOS", "SYNC_TIMEOUT_S", "FleetLink", "LinkError"]
 

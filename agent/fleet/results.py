@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-from agent.wire.schema import EventPayload, PayloadError
+from agent.wire import EventPayload, PayloadError
 
 __all__ = [
     "CAMERA_TOPICS",

@@ -42,7 +42,7 @@ from agent.fleet.record import (
     deployment_id_for,
 )
 from agent.fleet.view import FleetView, Message
-from agent.wire.schema import DeploymentPayload, ReplyPayload
+from agent.wire import DeploymentPayload, DeploymentState, ReplyPayload
 
 __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT_S",
@@ -354,7 +354,7 @@ class Rollout:
         while asyncio.get_running_loop().time() < deadline:
             for device in committed:
                 entry = self.record.devices[device]
-                if entry.state != "committed":
+                if entry.state != DeploymentState.COMMITTED:
                     continue
                 why = self._unhealthy(device, baseline[device])
                 if why is not None:

@@ -31,7 +31,7 @@ from agent.fleet.results import (
 from agent.fleet.seqtrack import Gap
 from agent.fleet.tensorboard import EventFileWriter
 from agent.fleet.view import SIGNALS, STATE_RANK, FleetView, Message, summarise
-from agent.wire.schema import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
+from agent.wire import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
 
 __all__ = ["FleetMetrics", "History", "TensorBoardSink"]
 

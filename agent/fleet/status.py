@@ -15,7 +15,7 @@ from typing import Any
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.view import SIGNALS, DeviceView, FleetView
-from agent.wire.schema import HealthPayload
+from agent.wire import HealthPayload
 
 __all__ = ["STATUS_FILTERS", "CamerasView", "cameras_cell", "collect", "device_rows", "render_table",
            "terminal_safe"]

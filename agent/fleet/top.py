@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.fleet.view import SIGNALS, STATE_RANK, decode, largest, split_topic
-from agent.wire.schema import (
+from agent.wire import (
     DeploymentPayload,
+    DeploymentState,
     EventPayload,
     HealthPayload,
     LatencyPayload,
@@ -49,7 +50,7 @@ MAX_EVENTS = 8
 """The newest events the view keeps: what fits under the tables on a 40-line terminal."""
 HEALTH_CAMERA = "source"
 """The name shown for the health telemetry's one camera, which carries none."""
-FINAL_DEPLOYMENT_STATES = frozenset({"committed", "failed", "rolled_back"})
+FINAL_DEPLOYMENT_STATES = DeploymentState.FINAL
 """A deployment in one of these is over; any other state is shown as in progress."""
 END_TO_END = "end_to_end"
 NONE = "-"

@@ -2,7 +2,7 @@
 
 ``FleetView.apply(topic, payload)`` takes any message of the contract
 (``<prefix>/<id>/status|model|deployment|reply|events|telemetry/<kind>``) and
-updates that device's ``DeviceView``. Payloads of agent.wire.schema are
+updates that device's ``DeviceView``. Payloads of agent.wire are
 validated; the drift, bias and leak telemetry is read tolerantly: any JSON
 object, whose ``state`` fields (``ok``, ``warn``, ``alarm``; others ignored)
 anywhere in the document give the signal's worst state. Pure: no I/O, no clock.
@@ -25,7 +25,7 @@ from agent.fleet.results import (
     read_counts,
     read_results,
 )
-from agent.wire.schema import (
+from agent.wire import (
     DeploymentPayload,
     EventPayload,
     HealthPayload,

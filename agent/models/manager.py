@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,9 @@ from agent.models.probation import Probation, ProbationVerdict, judge
 from agent.models.store import ModelStore, StoreError
 from agent.runtime.base import EngineError
 from agent.runtime.slot import EngineSlot, Serving
+from agent.wire import DeploymentState, DeploymentStep
 
-__all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus", "Step"]
+__all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,24 +57,10 @@ PROBATION_GIVE_UP = 3.0
 """Commit (with a note) when the window has passed this many times over without enough frames."""
 
 
-class Step(str, Enum):
-    RECEIVED = "received"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    BUILDING = "building"
-    LOADING = "loading"
-    WARMING = "warming"
-    VALIDATING = "validating"
-    ACTIVE = "active"
-    COMMITTED = "committed"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-
-
 class DeployFailed(Exception):
     """A deployment step failed; the old model keeps serving."""
 
-    def __init__(self, step: Step, code: str, message: str) -> None:
+    def __init__(self, step: DeploymentStep, code: str, message: str) -> None:
         super().__init__(f"{step.value}: {message}")
         self.step = step
         self.code = code
@@ -100,8 +86,8 @@ class DeploymentStatus:
     deployment_id: str
     name: str
     version: str
-    state: Step
-    step: Step
+    state: DeploymentState
+    step: DeploymentStep
     progress: float
     error: dict[str, str] | None = None
     detail: dict[str, Any] | None = None
@@ -164,8 +150,8 @@ class DeploymentManager:
         return Probation(s.probation_s, s.max_error_rate, s.max_nonfinite, s.max_latency_ratio,
                          s.min_probation_frames)
 
-    async def _step(self, req: DeployRequest, step: Step, progress: float, **detail: Any) -> None:
-        self.current = DeploymentStatus(req.deployment_id, req.name, req.version, step, step,
+    async def _step(self, req: DeployRequest, step: DeploymentStep, progress: float, **detail: Any) -> None:
+        self.current = DeploymentStatus(req.deployment_id, req.name, req.version, step.state, step,
                                         progress, detail=detail or None)
         await self.report(self.current)
 
@@ -176,11 +162,11 @@ class DeploymentManager:
     async def deploy(self, req: DeployRequest) -> Serving:
         """Run one deployment to ``active``; raises DeployFailed (old model still serving)."""
         if self._lock.locked():
-            raise DeployFailed(Step.RECEIVED, "busy",
+            raise DeployFailed(DeploymentStep.RECEIVED, "busy",
                                "another deployment or rollback is in progress; retry when it ends")
         async with self._lock:
             await self._cancel_probation(commit=True)
-            await self._step(req, Step.RECEIVED, 0.0, url=redact_url(req.url))
+            await self._step(req, DeploymentStep.RECEIVED, 0.0, url=redact_url(req.url))
             serving = self.slot.serving
             # The old model's figures before anything else loads beside it: the baseline.
             baseline = self.stats(serving.version) if serving is not None else None
@@ -188,7 +174,7 @@ class DeploymentManager:
             try:
                 new = await self._prepare_or_fail(req, work)
             except DeployFailed as exc:
-                self.current = DeploymentStatus(req.deployment_id, req.name, req.version, Step.FAILED,
+                self.current = DeploymentStatus(req.deployment_id, req.name, req.version, DeploymentState.FAILED,
                                                 exc.step, 0.0, {"code": exc.code, "message": exc.message})
                 await self.report(self.current)
                 log.warning("deployment_failed", deployment=req.deployment_id, step=exc.step.value,
@@ -197,7 +183,7 @@ class DeploymentManager:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             await self._swap_in(new, req.name)
-            await self._step(req, Step.ACTIVE, 1.0)
+            await self._step(req, DeploymentStep.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
             self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
             return new
@@ -210,39 +196,40 @@ class DeploymentManager:
         except DeployFailed:
             raise
         except Exception as exc:
-            step = self.current.step if self.current is not None else Step.RECEIVED
+            step = self.current.step if self.current is not None else DeploymentStep.RECEIVED
             log.exception("deployment_error", deployment=req.deployment_id, step=step.value)
             raise DeployFailed(step, "internal_error", f"{type(exc).__name__}: {exc}") from exc
 
     async def _prepare(self, req: DeployRequest, work: Path) -> Serving:
         serving = self.slot.serving
         if serving is not None and serving.name != req.name:
-            raise DeployFailed(Step.RECEIVED, "wrong_model",
+            raise DeployFailed(DeploymentStep.RECEIVED, "wrong_model",
                                f"this agent serves {serving.name!r}; a deploy of {req.name!r} does not fit it")
         if req.version in self.store.versions(req.name) and self.store.current_version(req.name) == req.version:
-            raise DeployFailed(Step.RECEIVED, "already_serving", f"{req.name} {req.version} is already serving")
+            raise DeployFailed(DeploymentStep.RECEIVED, "already_serving",
+                               f"{req.name} {req.version} is already serving")
         loop = asyncio.get_running_loop()
 
         def progress(done: int, total: int | None) -> None:
             fraction = done / total if total else 0.0
             asyncio.run_coroutine_threadsafe(
-                self._step(req, Step.DOWNLOADING, round(0.4 * fraction, 3), bytes=done, total=total), loop)
+                self._step(req, DeploymentStep.DOWNLOADING, round(0.4 * fraction, 3), bytes=done, total=total), loop)
 
         self._check_statement(req)
-        await self._step(req, Step.DOWNLOADING, 0.0)
+        await self._step(req, DeploymentStep.DOWNLOADING, 0.0)
         fetched = await self._fetch(req, work, progress)
-        await self._step(req, Step.VERIFYING, 0.45, size=fetched.size)
+        await self._step(req, DeploymentStep.VERIFYING, 0.45, size=fetched.size)
         try:
             await asyncio.to_thread(verify_artifact, fetched, sha256=req.sha256)
             folder = await self._in_loader(self._stage, req, fetched.path, work)
         except FetchError as exc:
-            raise DeployFailed(Step.VERIFYING, exc.code, exc.message) from exc
+            raise DeployFailed(DeploymentStep.VERIFYING, exc.code, exc.message) from exc
         except BundleError as exc:
-            raise DeployFailed(Step.VERIFYING, "bad_bundle", str(exc)) from exc
+            raise DeployFailed(DeploymentStep.VERIFYING, "bad_bundle", str(exc)) from exc
         if self.options.runtime == "tensorrt" and req.format != "engine":
             # The engine is built (or found in the engine cache) inside the load, in a worker process.
-            await self._step(req, Step.BUILDING, 0.5)
-        await self._step(req, Step.LOADING, 0.55)
+            await self._step(req, DeploymentStep.BUILDING, 0.5)
+        await self._step(req, DeploymentStep.LOADING, 0.55)
         installed_here = req.version not in self.store.versions(req.name)
         try:
             installed = await self._in_loader(lambda: self.store.install(folder, activate=False))
@@ -251,7 +238,7 @@ class DeploymentManager:
             if installed_here:
                 self.store.remove(req.name, req.version)
             code = "disk_full" if getattr(exc, "errno", None) == 28 or "No space" in str(exc) else "load_failed"
-            raise DeployFailed(Step.LOADING, code, str(exc)) from exc
+            raise DeployFailed(DeploymentStep.LOADING, code, str(exc)) from exc
         try:
             await self._validate(req, new)
         except DeployFailed:
@@ -267,14 +254,14 @@ class DeploymentManager:
             return
         if req.statement is None:
             hint = (" (a signature over the artifact's bytes alone is no longer accepted)" if req.signature else "")
-            raise DeployFailed(Step.RECEIVED, "signature_missing",
+            raise DeployFailed(DeploymentStep.RECEIVED, "signature_missing",
                                "this agent requires a signed statement (name, version, format, sha256, expiry) "
                                f"and the deploy carries none{hint}")
         try:
             verify_statement(self.public_key, req.statement, name=req.name, version=req.version,
                              format=req.format, sha256=req.sha256)
         except FetchError as exc:
-            raise DeployFailed(Step.RECEIVED, exc.code, exc.message) from exc
+            raise DeployFailed(DeploymentStep.RECEIVED, exc.code, exc.message) from exc
 
     async def _fetch(self, req: DeployRequest, work: Path, progress: Callable[[int, int | None], None]) -> Fetched:
         """The download, bounded by ``download_timeout_s`` and stopped at once by ``close()``."""
@@ -285,7 +272,7 @@ class DeploymentManager:
                                   allowed_schemes=tuple(s.allowed_schemes), file_roots=tuple(s.file_roots),
                                   deadline_s=s.download_timeout_s, progress=progress)
         except FetchError as exc:
-            raise DeployFailed(Step.DOWNLOADING, exc.code, exc.message) from exc
+            raise DeployFailed(DeploymentStep.DOWNLOADING, exc.code, exc.message) from exc
         finally:
             self._download = None
 
@@ -307,24 +294,24 @@ class DeploymentManager:
         try:  # the monitors' data, parsed now and kept on the manifest: the swap only assigns it
             await self._in_loader(new.manifest.monitor_data)
         except ManifestError as exc:
-            raise DeployFailed(Step.VALIDATING, "bad_bundle", str(exc)) from exc
+            raise DeployFailed(DeploymentStep.VALIDATING, "bad_bundle", str(exc)) from exc
         try:
             check_fits_input(new.manifest.preprocess, new.engine.inputs)
             check_fits_head(new.engine.outputs, new.manifest.head)
         except ValueError as exc:
-            raise DeployFailed(Step.VALIDATING, "does_not_fit_head", str(exc)) from exc
-        await self._step(req, Step.WARMING, 0.7)
+            raise DeployFailed(DeploymentStep.VALIDATING, "does_not_fit_head", str(exc)) from exc
+        await self._step(req, DeploymentStep.WARMING, 0.7)
         try:
             feeds = self.feeds_for(new)
             timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice)
         except DeployFailed:
             raise
         except Exception as exc:  # the new engine failed on a real frame
-            raise DeployFailed(Step.WARMING, "inference_failed", f"{type(exc).__name__}: {exc}") from exc
-        await self._step(req, Step.VALIDATING, 0.85, warm_ms=round(float(np.median(timings)), 2))
+            raise DeployFailed(DeploymentStep.WARMING, "inference_failed", f"{type(exc).__name__}: {exc}") from exc
+        await self._step(req, DeploymentStep.VALIDATING, 0.85, warm_ms=round(float(np.median(timings)), 2))
         warm = float(np.median(timings[1:] if len(timings) > 1 else timings))
         if warm > self.settings.latency_budget_ms:
-            raise DeployFailed(Step.VALIDATING, "over_latency_budget",
+            raise DeployFailed(DeploymentStep.VALIDATING, "over_latency_budget",
                                f"warm inference takes {warm:.1f} ms, "
                                f"the budget is {self.settings.latency_budget_ms:.1f} ms")
         try:
@@ -332,7 +319,7 @@ class DeploymentManager:
         except DeployFailed:
             raise
         except Exception as exc:
-            raise DeployFailed(Step.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
+            raise DeployFailed(DeploymentStep.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
     def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None) -> list[float]:
@@ -344,7 +331,7 @@ class DeploymentManager:
             timings.append((time.perf_counter() - start) * 1000.0)
             for name, value in outputs.items():
                 if value.dtype.kind == "f" and not np.isfinite(value).all():
-                    raise DeployFailed(Step.WARMING, "non_finite_output",
+                    raise DeployFailed(DeploymentStep.WARMING, "non_finite_output",
                                        f"output {name!r} holds NaN or infinity on a real frame")
         return timings
 
@@ -362,10 +349,10 @@ class DeploymentManager:
             head_output = manifest.head.output_name
             output = outputs[head_output] if head_output else next(iter(outputs.values()))
             if not np.isfinite(output).all():
-                raise DeployFailed(Step.VALIDATING, "non_finite_output",
+                raise DeployFailed(DeploymentStep.VALIDATING, "non_finite_output",
                                    f"golden input {golden.input_file} gives NaN/inf")
             if output.shape != expected.shape or not np.allclose(output, expected, rtol=golden.rtol, atol=golden.atol):
-                raise DeployFailed(Step.VALIDATING, "golden_mismatch",
+                raise DeployFailed(DeploymentStep.VALIDATING, "golden_mismatch",
                                    f"output for {golden.input_file} differs from {golden.output_file}")
 
     async def _swap_in(self, new: Serving, name: str) -> Serving | None:
@@ -392,7 +379,7 @@ class DeploymentManager:
                 break
         if verdict.ok:
             verdict.detail.setdefault("frames", self.stats(new.version)["frames"])
-            await self._step(req, Step.COMMITTED, 1.0, **verdict.detail)
+            await self._step(req, DeploymentStep.COMMITTED, 1.0, **verdict.detail)
             log.info("deployment_committed", deployment=req.deployment_id, version=new.version)
             return
         async with self._lock:
@@ -401,9 +388,9 @@ class DeploymentManager:
                 await self._rollback_to_previous(req.name, f"probation: {verdict.reason}")
             except DeployFailed as exc:
                 log.error("rollback_failed", error=exc.message)
-            self.current = DeploymentStatus(req.deployment_id, req.name, req.version, Step.ROLLED_BACK,
-                                            Step.ACTIVE, 1.0, {"code": "probation_failed", "message": verdict.reason},
-                                            verdict.detail)
+            self.current = DeploymentStatus(req.deployment_id, req.name, req.version,
+                                            DeploymentState.ROLLED_BACK, DeploymentStep.ACTIVE, 1.0,
+                                            {"code": "probation_failed", "message": verdict.reason}, verdict.detail)
             await self.report(self.current)
 
     async def _cancel_probation(self, commit: bool) -> None:
@@ -412,20 +399,21 @@ class DeploymentManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            if commit and self.current is not None and self.current.state == Step.ACTIVE:
-                self.current = replace(self.current, state=Step.COMMITTED, step=Step.COMMITTED,
+            if commit and self.current is not None and self.current.state == DeploymentState.ACTIVE:
+                self.current = replace(self.current, state=DeploymentState.COMMITTED, step=DeploymentStep.COMMITTED,
                                        detail={"note": "committed early by a newer command"})
                 await self.report(self.current)
 
     async def rollback(self, reason: str) -> Serving:
         """Swap back to the store's ``previous`` version (by command)."""
         if self._lock.locked():
-            raise DeployFailed(Step.RECEIVED, "busy", "a deployment or rollback is in progress; retry when it ends")
+            raise DeployFailed(DeploymentStep.RECEIVED, "busy",
+                               "a deployment or rollback is in progress; retry when it ends")
         async with self._lock:
             await self._cancel_probation(commit=False)
             serving = await self._rollback_to_previous(self._serving_name(), reason)
-            if self.current is not None and self.current.state == Step.ACTIVE:
-                self.current = replace(self.current, state=Step.ROLLED_BACK,
+            if self.current is not None and self.current.state == DeploymentState.ACTIVE:
+                self.current = replace(self.current, state=DeploymentState.ROLLED_BACK,
                                        error={"code": "rolled_back_by_command", "message": reason})
                 await self.report(self.current)
             return serving
@@ -433,20 +421,20 @@ class DeploymentManager:
     def _serving_name(self) -> str:
         serving = self.slot.serving
         if serving is None:
-            raise DeployFailed(Step.RECEIVED, "no_model", "nothing is serving")
+            raise DeployFailed(DeploymentStep.RECEIVED, "no_model", "nothing is serving")
         return serving.name
 
     async def _rollback_to_previous(self, name: str, reason: str) -> Serving:
         try:
             previous = self.store.previous(name)
         except StoreError as exc:
-            raise DeployFailed(Step.LOADING, "no_previous", str(exc)) from exc
+            raise DeployFailed(DeploymentStep.LOADING, "no_previous", str(exc)) from exc
         try:
             restored = await self._in_loader(load_serving, previous, self.load_options)
             feeds = self.feeds_for(restored)
             await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
         except (EngineError, DeployFailed, ValueError) as exc:
-            raise DeployFailed(Step.LOADING, "rollback_load_failed", str(exc)) from exc
+            raise DeployFailed(DeploymentStep.LOADING, "rollback_load_failed", str(exc)) from exc
         old = self.slot.swap(restored)
         await self._in_loader(restore_thread_priority)
         self.store.activate(name, restored.version)

@@ -1,6 +1,6 @@
 """Builds the agent's payloads (envelope, sequence numbers) and publishes them through the session.
 
-Every outgoing payload is a pydantic model of agent.wire.schema, validated on
+Every outgoing payload is a pydantic model of agent.wire, validated on
 construction, so nothing leaves the device that is not in the schema.
 """
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from agent.monitor.egress import EgressBlocked, EgressGuard
 from agent.monitor.latency import LatencySnapshot
-from agent.wire.schema import (
+from agent.wire import (
     BrokerHealth,
     CameraHealth,
     CameraLatency,

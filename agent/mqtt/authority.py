@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from agent.wire.schema import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError
+from agent.wire import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError
 
 __all__ = [
     "DOMAIN",

@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 
 import structlog
 
-from agent.wire.schema import Sequencer
+from agent.wire import Sequencer
 
 __all__ = [
     "DEFAULT_OUTBOX_CAPACITY",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from agent.core.backoff import Backoff
 from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox, Outbox
 from agent.mqtt.settings import parse_broker_url, read_password, tls_parameters
+from agent.wire import SessionState
 
 __all__ = [
     "OPERATION_TIMEOUT_S",
@@ -72,15 +72,6 @@ class SessionError(Exception):
 
 class SessionStoppedError(SessionError):
     """A publish or run() on a session that has stopped."""
-
-
-class SessionState(enum.Enum):
-    DISCONNECTED = "disconnected"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKING_OFF = "backing_off"
-    REFUSED = "refused"
-    STOPPED = "stopped"
 
 
 @dataclass(frozen=True)

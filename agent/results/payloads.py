@@ -12,6 +12,7 @@ from agent.results.recognize import Reading
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 from agent.vision.heads import Classification, Detection, Prediction
+from agent.wire import EventPayload, ModelRef, clip_text
 from agent.wire.results import (
     BoxItem,
     ClassifyResult,
@@ -23,7 +24,6 @@ from agent.wire.results import (
     TextItem,
     TextResult,
 )
-from agent.wire.schema import EventPayload, ModelRef, clip_text
 
 __all__ = ["counts_payload", "event_payload", "results_payload"]
 

@@ -39,7 +39,7 @@ from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 from agent.vision.heads import Detection, Prediction
 from agent.vision.pipeline import FrameResult
-from agent.wire.schema import ModelRef
+from agent.wire import ModelRef
 from agent.wire.topics import Topics
 
 __all__ = ["HANDOFF_QUEUE", "ResultsPublisher"]

@@ -1,11 +1,12 @@
 """The inside of one simulated agent: what it serves, how it deploys, what telemetry it sends.
 
-Used by agent.sim.simulate, which gives it a real MQTT session. The command
-handlers run behind the real ``CommandRouter`` and ``CommandJournal``; the
-payloads are built by the real ``Telemetry`` builders from agent.wire.schema,
-except drift, bias and leak, which are JSON objects of the same shape as the
-agent's (per-metric ``state`` in ok, warn, alarm). The numbers are made up:
-nothing is downloaded or inferred here.
+Used by agent.sim.simulate, which gives it a real MQTT session. It knows the agent only
+through the wire contract: commands are parsed by ``parse_command`` and answered once per
+command name and id (a repeat is answered from an in-memory reply cache, a repeat that
+arrives while the first runs waits for its outcome); every payload is a model of agent.wire,
+except drift, bias and leak, which are JSON objects of the same shape as the agent's
+(per-metric ``state`` in ok, warn, alarm). The numbers are made up: nothing is downloaded
+or inferred here.
 """
 
 from __future__ import annotations
@@ -15,30 +16,67 @@ import hashlib
 import json
 import random
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
 
 from agent import __version__
-from agent.device.commands import CommandFailed, CommandJournal, CommandRouter, Outcome
-from agent.monitor.latency import LatencySnapshot, StageStats
-from agent.monitor.telemetry import Telemetry
-from agent.wire.schema import CommandError, DeployCommand, PingCommand, RollbackCommand, StatusCommand
-from agent.wire.topics import Topics
+from agent.core.errors import CodedError
+from agent.wire import (
+    BrokerHealth,
+    CameraHealth,
+    CameraLatency,
+    CameraState,
+    CameraStatus,
+    CommandBase,
+    CommandError,
+    DeployCommand,
+    DeploymentPayload,
+    DeploymentState,
+    DeploymentStep,
+    DeviceState,
+    ErrorInfo,
+    EventPayload,
+    HealthPayload,
+    LatencyPayload,
+    ModelBrief,
+    ModelPayload,
+    ModelRef,
+    PingCommand,
+    ReplyPayload,
+    RollbackCommand,
+    Sequencer,
+    SessionState,
+    StageLatency,
+    StatusCommand,
+    StatusPayload,
+    Topics,
+    clip_text,
+    encode_payload,
+    parse_command,
+)
 
 if TYPE_CHECKING:
     from agent.sim.simulate import SimSpec
 
-__all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimDevice", "SimModel", "fails", "fraction"]
+__all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimCommandFailed", "SimDevice", "SimModel", "fails", "fraction"]
+
+log = structlog.get_logger(__name__)
+
+Severity = Literal["info", "warning", "alarm"]
 
 SIM_RUNTIME = "simulated"
 SIM_CAMERA = "camera0"
 """The one camera a simulated device reports in its health."""
 DEPLOY_STEPS = (
-    ("received", 0.0), ("downloading", 0.2), ("verifying", 0.45), ("loading", 0.6),
-    ("warming", 0.75), ("validating", 0.9),
+    (DeploymentStep.RECEIVED, 0.0), (DeploymentStep.DOWNLOADING, 0.2), (DeploymentStep.VERIFYING, 0.45),
+    (DeploymentStep.LOADING, 0.6), (DeploymentStep.WARMING, 0.75), (DeploymentStep.VALIDATING, 0.9),
 )
-"""The agent's deployment states up to ``active``, with the progress each reports."""
+"""The agent's deployment steps up to ``active``, with the progress each reports."""
 BASE_FPS = 15.0
 BASE_LATENCY_MS = (18.0, 60.0)
 """End-to-end p50 of a simulated device lies in this range (by hash of its id)."""
@@ -50,8 +88,34 @@ DRIFT_OK_PSI = 0.03
 RSS_BYTES = 180_000_000
 MEMORY_AVAILABLE_BYTES = 4_000_000_000
 DISK_FREE_BYTES = 20_000_000_000
-JOURNAL_SIZE = 100
-"""Command ids a simulated agent remembers."""
+REPLIES_KEPT = 100
+"""Command outcomes a simulated agent remembers (by command name and id), to answer a repeat."""
+DROPPED_FRAMES_EVERY = 200
+"""One frame in this many is reported overwritten."""
+QOS = 1
+"""Everything a simulated agent publishes (state, telemetry, events, replies), as the agent does."""
+
+
+class SimCommandFailed(CodedError):
+    """A simulated handler could not do what the command asked; ``code``, ``message`` and ``result`` go
+    in the reply."""
+
+    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a command's reply says, kept to answer a repeat of its id."""
+
+    ok: bool
+    error: ErrorInfo | None = None
+    result: dict[str, Any] | None = None
+
+
+def _error(code: str, message: str) -> ErrorInfo:
+    return ErrorInfo(code=code, message=clip_text(message))
 
 
 @dataclass(frozen=True)
@@ -78,11 +142,17 @@ def fails(device_id: str, version: str, rate: float) -> bool:
 
 
 class SimDevice:
-    def __init__(self, spec: SimSpec, device_id: str, state_dir: Path) -> None:
+    """One simulated agent's state, command handling and telemetry, behind one MQTT session.
+
+    ``state_dir`` is accepted for the callers that pass one; a simulated agent keeps its replies
+    in memory (a restarted simulator is a new fleet)."""
+
+    def __init__(self, spec: SimSpec, device_id: str, state_dir: Path | None = None) -> None:
         self.spec = spec
         self.device_id = device_id
         self.topics = Topics(spec.prefix, device_id)
-        self.telemetry = Telemetry(self.topics, device_id, f"{__version__}-sim")
+        self.agent_version = f"{__version__}-sim"
+        self.sequencer = Sequencer()
         self.started_at = time.time()
         self.current = SimModel(spec.model_name, spec.model_version, _sha(spec.model_version), self.started_at)
         self.previous: SimModel | None = None
@@ -94,47 +164,110 @@ class SimDevice:
         self._probation: asyncio.Task[None] | None = None
         self._random = random.Random(device_id)
         self._latency_ms = BASE_LATENCY_MS[0] + (BASE_LATENCY_MS[1] - BASE_LATENCY_MS[0]) * fraction(device_id, "ms")
-        journal = CommandJournal(state_dir / device_id / "commands.json", JOURNAL_SIZE)
-        handlers: dict[str, Any] = {"ping": self.ping, "status": self.status, "deploy": self.deploy,
-                                    "rollback": self.rollback}
-        self.router = CommandRouter(self.topics, journal, handlers, self._reply, self._rejected)
+        self._handlers: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
+            "ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback}
+        self._answered: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
+        self._running: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, session: Any) -> None:
         """The MQTT session that carries this device's messages."""
         self._session = session
-        self.telemetry.attach(session)
+
+    def _envelope(self, key: str) -> dict[str, Any]:
+        return {"device_id": self.device_id, "ts": time.time(), "seq": self.sequencer.next(key)}
+
+    async def _publish(self, topic: str, data: bytes, retain: bool = False) -> None:
+        await self._session.publish(topic, data, qos=QOS, retain=retain)
 
     # ----- state topics ----------------------------------------------------------------------
-    def status_bytes(self, state: str) -> bytes:
-        return self.telemetry.encode(self.telemetry.status(state, started_at=self.started_at,
-                                                           groups=(self.spec.group,)))
+    def _status(self, state: DeviceState) -> StatusPayload:
+        return StatusPayload(**self._envelope("status"), state=state, agent_version=self.agent_version,
+                             started_at=self.started_at, groups=(self.spec.group,))
+
+    def status_bytes(self, state: DeviceState) -> bytes:
+        return encode_payload(self._status(state))
+
+    async def publish_status(self, state: DeviceState) -> None:
+        await self._publish(self.topics.status, self.status_bytes(state), retain=True)
 
     async def on_connect(self) -> None:
-        await self.telemetry.publish_state(self.topics.status, self.telemetry.status(
-            "online", started_at=self.started_at, groups=(self.spec.group,)))
+        await self.publish_status(DeviceState.ONLINE)
         await self._publish_model()
         if self.deployment is not None:
             await self._publish_deployment(**self.deployment)
 
     async def _publish_model(self) -> None:
-        previous = {"name": self.previous.name, "version": self.previous.version} if self.previous else None
-        serving = _Serving(self.current)
-        await self.telemetry.publish_state(self.topics.model, self.telemetry.model(serving, previous))
+        previous = ModelRef(name=self.previous.name, version=self.previous.version) if self.previous else None
+        payload = ModelPayload(**self._envelope("model"), name=self.current.name, version=self.current.version,
+                               sha256=self.current.sha256, runtime=SIM_RUNTIME, since=self.current.since,
+                               previous=previous)
+        await self._publish(self.topics.model, encode_payload(payload), retain=True)
 
     async def _publish_deployment(self, **fields: Any) -> None:
         self.deployment = fields
-        await self.telemetry.publish_state(self.topics.deployment, self.telemetry.deployment(**fields))
+        error = fields["error"]
+        payload = DeploymentPayload(**self._envelope("deployment"), updated=time.time(),
+                                    **{**fields, "error": None if error is None else _error(**error)})
+        await self._publish(self.topics.deployment, encode_payload(payload), retain=True)
 
-    async def _event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> None:
-        await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
+    async def _event(self, kind: str, severity: Severity, message: str, data: dict[str, Any] | None = None) -> None:
+        payload = EventPayload(**self._envelope("events"), kind=kind, severity=severity,
+                               message=clip_text(message), data=data or {})
+        await self._publish(self.topics.events, encode_payload(payload))
 
-    async def _reply(self, command_id: str | None, outcome: Outcome) -> None:
-        payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
-        await self.telemetry.publish(self.topics.reply, payload)
+    async def _reply(self, command_id: str | None, name: str, outcome: _Outcome) -> None:
+        payload = ReplyPayload(**self._envelope("reply"), id=command_id, command=clip_text(name), ok=outcome.ok,
+                               error=outcome.error, result=outcome.result)
+        await self._publish(self.topics.reply, encode_payload(payload))
 
-    async def _rejected(self, name: str, error: CommandError) -> None:
-        await self._event("command_rejected", "warning", f"command {name!r} rejected: {error.message}",
-                          {"command": name, "code": error.code})
+    # ----- command handling ------------------------------------------------------------------
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Called by the MQTT session for every message; a command runs in its own task."""
+        name = self.topics.command_name(topic)
+        if name is None:
+            return
+        task = asyncio.create_task(self._command(name, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _command(self, name: str, payload: bytes) -> None:
+        try:
+            command = parse_command(name, payload)
+        except CommandError as exc:
+            await self._reply(exc.command_id, name, _Outcome(False, _error(exc.code, exc.message)))
+            await self._event("command_rejected", "warning", f"command {name!r} rejected: {exc.message}",
+                              {"command": name, "code": exc.code})
+            return
+        key = (name, command.id)
+        outcome = self._answered.get(key)
+        running = self._running.get(key)
+        if outcome is None and running is not None:
+            outcome = await asyncio.shield(running)
+        elif outcome is None:
+            future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+            self._running[key] = future
+            try:
+                outcome = await self._run(name, command)
+            finally:
+                self._running.pop(key, None)
+            self._answered[key] = outcome
+            while len(self._answered) > REPLIES_KEPT:
+                self._answered.popitem(last=False)
+            future.set_result(outcome)
+        await self._reply(command.id, name, outcome)
+
+    async def _run(self, name: str, command: CommandBase) -> _Outcome:
+        handler = self._handlers.get(name)
+        if handler is None:
+            return _Outcome(False, _error("unknown_command", f"{name!r} is not handled here"))
+        try:
+            return _Outcome(True, None, await handler(command))
+        except SimCommandFailed as exc:
+            return _Outcome(False, _error(exc.code, exc.message), exc.result)
+        except Exception as exc:  # a handler bug must still be answered
+            log.exception("sim_command_crashed", device=self.device_id, command=name, id=command.id)
+            return _Outcome(False, _error("internal_error", f"{type(exc).__name__}: {exc}"))
 
     # ----- commands ----------------------------------------------------------------------------
     async def ping(self, command: PingCommand) -> dict[str, Any]:
@@ -147,41 +280,45 @@ class SimDevice:
 
     async def deploy(self, command: DeployCommand) -> dict[str, Any]:
         if self._busy:
-            raise CommandFailed("busy", "another deployment or rollback is in progress; retry when it ends")
+            raise SimCommandFailed("busy", "another deployment or rollback is in progress; retry when it ends")
         self._busy = True
         try:
             await self._finish_probation()
             fields = {"deployment_id": command.id, "name": command.name, "version": command.version}
             pause = self.spec.slow_deploy_s / len(DEPLOY_STEPS)
             failing = fails(self.device_id, command.version, self.spec.fail_rate)
-            for state, progress in DEPLOY_STEPS:
-                await self._publish_deployment(**fields, state=state, step=state, progress=progress, error=None)
+            for step, progress in DEPLOY_STEPS:
+                await self._publish_deployment(**fields, state=step.state, step=step, progress=progress, error=None)
                 await asyncio.sleep(pause)
-                if failing and self.spec.fail_mode == "download" and state == "downloading":
+                if failing and self.spec.fail_mode == "download" and step is DeploymentStep.DOWNLOADING:
                     error = {"code": "download_failed", "message": "simulated: the artifact could not be fetched"}
-                    await self._publish_deployment(**fields, state="failed", step=state, progress=0.0, error=error)
+                    await self._publish_deployment(**fields, state=DeploymentState.FAILED, step=step, progress=0.0,
+                                                   error=error)
                     await self._event("deployment_failed", "warning", f"deployment {command.id}: failed", fields)
-                    raise CommandFailed(error["code"], f"downloading: {error['message']}",
-                                        {"deployment_id": command.id, "step": state})
+                    raise SimCommandFailed(error["code"], f"downloading: {error['message']}",
+                                        {"deployment_id": command.id, "step": step})
             await self._swap(SimModel(command.name, command.version, command.sha256, time.time()), "deploy")
-            await self._publish_deployment(**fields, state="active", step="active", progress=1.0, error=None)
+            await self._publish_deployment(**fields, state=DeploymentState.ACTIVE, step=DeploymentStep.ACTIVE,
+                                           progress=1.0, error=None)
             self._probation = asyncio.create_task(self._watch(fields, failing))
         finally:
             self._busy = False
-        return {"deployment_id": command.id, "name": command.name, "version": command.version, "state": "active"}
+        return {"deployment_id": command.id, "name": command.name, "version": command.version,
+                "state": DeploymentState.ACTIVE}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         if self._busy:
-            raise CommandFailed("busy", "a deployment or rollback is in progress; retry when it ends")
+            raise SimCommandFailed("busy", "a deployment or rollback is in progress; retry when it ends")
         if self.previous is None:
-            raise CommandFailed("no_previous", f"no version of {self.current.name} served before this one")
+            raise SimCommandFailed("no_previous", f"no version of {self.current.name} served before this one")
         self._busy = True
         try:
             await self._cancel_probation()
             await self._swap(self.previous, command.reason or "rollback command")
-            if self.deployment is not None and self.deployment["state"] == "active":
+            if self.deployment is not None and self.deployment["state"] is DeploymentState.ACTIVE:
                 error = {"code": "rolled_back_by_command", "message": command.reason or "rollback command"}
-                await self._publish_deployment(**{**self.deployment, "state": "rolled_back", "error": error})
+                await self._publish_deployment(**{**self.deployment, "state": DeploymentState.ROLLED_BACK,
+                                                  "error": error})
         finally:
             self._busy = False
         return {"name": self.current.name, "version": self.current.version}
@@ -196,14 +333,16 @@ class SimDevice:
     async def _watch(self, fields: dict[str, Any], failing: bool) -> None:
         await asyncio.sleep(self.spec.probation_s)
         if not failing:
-            await self._publish_deployment(**fields, state="committed", step="committed", progress=1.0, error=None)
+            await self._publish_deployment(**fields, state=DeploymentState.COMMITTED, step=DeploymentStep.COMMITTED,
+                                           progress=1.0, error=None)
             await self._event("deployment_committed", "info", f"deployment {fields['deployment_id']}: committed",
                               {"deployment_id": fields["deployment_id"]})
             return
         assert self.previous is not None
         await self._swap(self.previous, "probation: simulated failure")
         error = {"code": "probation_failed", "message": "simulated: error rate over the bound"}
-        await self._publish_deployment(**fields, state="rolled_back", step="active", progress=1.0, error=error)
+        await self._publish_deployment(**fields, state=DeploymentState.ROLLED_BACK, step=DeploymentStep.ACTIVE,
+                                       progress=1.0, error=error)
         await self._event("deployment_rolled_back", "warning",
                           f"deployment {fields['deployment_id']}: rolled_back ({error['message']})",
                           {"deployment_id": fields["deployment_id"], "error": error})
@@ -214,8 +353,9 @@ class SimDevice:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if self.deployment is not None and self.deployment["state"] == "active":
-                await self._publish_deployment(**{**self.deployment, "state": "committed", "step": "committed"})
+            if self.deployment is not None and self.deployment["state"] is DeploymentState.ACTIVE:
+                await self._publish_deployment(**{**self.deployment, "state": DeploymentState.COMMITTED,
+                                                  "step": DeploymentStep.COMMITTED})
 
     async def _cancel_probation(self) -> None:
         task, self._probation = self._probation, None
@@ -225,7 +365,9 @@ class SimDevice:
 
     async def stop(self) -> None:
         await self._cancel_probation()
-        await self.router.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ----- telemetry ---------------------------------------------------------------------------
     async def telemetry_loop(self) -> None:
@@ -238,23 +380,30 @@ class SimDevice:
         uptime = time.time() - self.started_at
         fps = BASE_FPS * (0.95 + 0.05 * self._random.random())
         frames = int(BASE_FPS * uptime)
-        snapshot = self._latency(fps)
-        await self.telemetry.publish(self.topics.telemetry("latency"), self.telemetry.latency(
-            snapshot, frames, frames // 200, cameras={SIM_CAMERA: (snapshot, frames // 200)}))
-        await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(
-            uptime_s=round(uptime, 1), camera={"state": "running", "reopens": 0, "last_error": None, "fps": fps},
-            broker={"state": "connected", "reconnects": 0},
-            model={"name": self.current.name, "version": self.current.version, "runtime": SIM_RUNTIME},
+        dropped = frames // DROPPED_FRAMES_EVERY
+        stages = self._stages()
+        latency = LatencyPayload(
+            **self._envelope("telemetry/latency"), window_frames=WINDOW_FRAMES, fps=round(fps, 2),
+            frames_processed=frames, frames_dropped=dropped, stages=stages,
+            cameras=[CameraLatency(name=SIM_CAMERA, window_frames=WINDOW_FRAMES, fps=round(fps, 2),
+                                   frames_processed=0, frames_dropped=dropped, stages=stages)])
+        await self._publish(self.topics.telemetry("latency"), encode_payload(latency))
+        health = HealthPayload(
+            **self._envelope("telemetry/health"), uptime_s=round(uptime, 1),
+            camera=CameraHealth(state=CameraState.OPEN, reopens=0, last_error=None, fps=fps),
+            broker=BrokerHealth(state=SessionState.CONNECTED, reconnects=0),
+            model=ModelBrief(name=self.current.name, version=self.current.version, runtime=SIM_RUNTIME),
             cpu_percent=round(40 + 20 * self._random.random(), 1), memory_rss_bytes=RSS_BYTES,
             memory_available_bytes=MEMORY_AVAILABLE_BYTES, temperatures_c={}, gpu_load=None,
             disk_free_bytes=DISK_FREE_BYTES, outbox_depth=0, frames_processed=frames,
-            cameras=[{"name": SIM_CAMERA, "state": "open", "reopens": 0, "last_error": None, "fps": fps,
-                      "inferred_fps": fps, "frames_captured": frames, "frames_overwritten": 0,
-                      "frames_inferred": frames, "errors": 0}]))
+            cameras=[CameraStatus(name=SIM_CAMERA, state=CameraState.OPEN, reopens=0, last_error=None, fps=fps,
+                                  inferred_fps=fps, frames_captured=frames, frames_overwritten=0,
+                                  frames_inferred=frames, errors=0)])
+        await self._publish(self.topics.telemetry("health"), encode_payload(health))
         for kind, document in (("drift", self._drift()), ("bias", self._bias()), ("leak", self._leak())):
-            envelope = self.telemetry.envelope(f"telemetry/{kind}")
+            envelope = self._envelope(f"telemetry/{kind}")
             await self._session.publish(self.topics.telemetry(kind),
-                                                  json.dumps({**envelope, **document}).encode(), qos=1)
+                                        json.dumps({**envelope, **document}).encode(), qos=QOS)
         if self.alarmed and not self._alarm_sent:
             self._alarm_sent = True
             message = f"drift brightness: ok -> alarm (psi {DRIFT_ALARM_PSI}, bound {DRIFT_ALARM_BOUND})"
@@ -262,11 +411,11 @@ class SimDevice:
                               {"signal": "drift", "metric": "brightness", "measure": "psi", "previous": "ok",
                                "state": "alarm", "value": DRIFT_ALARM_PSI, "threshold": DRIFT_ALARM_BOUND})
 
-    def _latency(self, fps: float) -> LatencySnapshot:
+    def _stages(self) -> dict[str, StageLatency]:
         p50 = self._latency_ms * (1.0 + 0.1 * self._random.random())
         stages = {"end_to_end": _stage(p50)}
         stages.update({name: _stage(p50 * share) for name, share in STAGE_SHARES.items()})
-        return LatencySnapshot(window_frames=WINDOW_FRAMES, fps=round(fps, 2), frames_processed=0, stages=stages)
+        return stages
 
     def _drift(self) -> dict[str, Any]:
         psi = DRIFT_ALARM_PSI if self.alarmed else DRIFT_OK_PSI * (1 + self._random.random())
@@ -289,33 +438,6 @@ class SimDevice:
                                                      "slope_per_hour": 0.1, "bound_per_hour": 50.0}}}
 
 
-def _stage(p50: float) -> StageStats:
-    return StageStats(p50_ms=round(p50, 3), p95_ms=round(p50 * 1.4, 3), p99_ms=round(p50 * 1.8, 3),
-                      max_ms=round(p50 * 2.5, 3), count=WINDOW_FRAMES)
-
-
-@dataclass(frozen=True)
-class _Serving:
-    """What ``Telemetry.model()`` reads from a serving engine."""
-
-    model: SimModel
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def version(self) -> str:
-        return self.model.version
-
-    @property
-    def sha256(self) -> str:
-        return self.model.sha256
-
-    @property
-    def runtime(self) -> str:
-        return SIM_RUNTIME
-
-    @property
-    def since(self) -> float:
-        return self.model.since
+def _stage(p50: float) -> StageLatency:
+    return StageLatency(p50_ms=round(p50, 3), p95_ms=round(p50 * 1.4, 3), p99_ms=round(p50 * 1.8, 3),
+                        max_ms=round(p50 * 2.5, 3), count=WINDOW_FRAMES)

@@ -2,8 +2,8 @@
 
 Each ``SimAgent`` is the agent's wire side without its frames: a real
 ``MqttSession`` (its own connection, retained ``status`` with the ``lost`` will,
-reconnects, outbox), the real ``Topics``, ``Telemetry`` builders and schema
-payloads, and a real ``CommandRouter`` with its on-disk ``CommandJournal``. It
+reconnects, outbox), the real ``Topics`` and the payload and command models of
+agent.wire, with each command id answered once (agent.sim.device). It
 answers ping, status, deploy and rollback; a deploy walks the deployment states
 (received, downloading, verifying, loading, warming, validating, active, then
 committed after probation) on the retained ``deployment`` topic and swaps the
@@ -37,7 +37,7 @@ from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionState
 from agent.sim.device import SimDevice, fails
-from agent.wire.topics import Topics
+from agent.wire import DeviceState, Topics
 
 __all__ = ["DEVICES_PER_PROCESS", "SimError", "SimFleet", "SimProcesses", "SimSpec", "auto_processes", "device_ids",
            "fails", "raise_fd_limit"]
@@ -146,7 +146,7 @@ def raise_fd_limit(agents: int) -> int:
 
 
 class SimAgent:
-    """One simulated device: a real session and router around a ``SimDevice``."""
+    """One simulated device: a real session around a ``SimDevice``."""
 
     def __init__(self, spec: SimSpec, device_id: str, state_dir: Path) -> None:
         self.device = SimDevice(spec, device_id, state_dir)
@@ -154,9 +154,9 @@ class SimAgent:
                                reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
         self.session = MqttSession(
             settings, client_id=f"edge-sim-{device_id}",
-            will=(self.device.topics.status, self.device.status_bytes("lost")),
+            will=(self.device.topics.status, self.device.status_bytes(DeviceState.LOST)),
             subscriptions=self.device.topics.command_filters((spec.group,)),
-            on_message=self.device.router.on_message, on_connect=self.device.on_connect,
+            on_message=self.device.on_message, on_connect=self.device.on_connect,
             outbox=MemoryOutbox(OUTBOX_CAPACITY),
         )
         self.device.attach(self.session)
@@ -175,10 +175,7 @@ class SimAgent:
 
     async def stop(self) -> None:
         await self.device.stop()
-        await self.device.telemetry.publish_state(self.device.topics.status,
-                                                  self.device.telemetry.status(
-                                                      "offline", started_at=self.device.started_at,
-                                                      groups=(self.device.spec.group,)))
+        await self.device.publish_status(DeviceState.OFFLINE)
         await self.session.stop()
 
 

@@ -26,6 +26,7 @@ from agent.device.commands import CommandFailed
 from agent.models.bootguard import write_json_atomic
 from agent.monitor.latency import CameraRecorders
 from agent.vision.sources import FrameSource, SourceError, SourceStats, redact_uri
+from agent.wire import CameraState
 
 __all__ = [
     "CAMERAS_FILE", "CAMERA_ERROR_CODES", "Camera", "CameraError", "CameraSet", "camera_entry", "camera_rows",
@@ -36,8 +37,6 @@ log = structlog.get_logger(__name__)
 
 CAMERA_STOP_TIMEOUT_S = 5.0
 """How long a removed or replaced camera's capture thread is given to end."""
-DISABLED_STATE = "disabled"
-REFUSED_STATE = "refused"
 CAMERA_ERROR_CODES = ("camera_invalid", "camera_exists", "camera_not_found", "camera_unsupported",
                       "camera_unavailable")
 
@@ -192,7 +191,7 @@ def camera_rows(cameras: CameraSet, recorders: CameraRecorders) -> list[dict[str
         inferred_fps = snapshot.fps if snapshot is not None else 0.0
         if camera is None:
             refused = cameras.refused.get(config.name)
-            rows.append({"name": config.name, "state": REFUSED_STATE if refused else DISABLED_STATE,
+            rows.append({"name": config.name, "state": CameraState.REFUSED if refused else CameraState.DISABLED,
                          "reopens": 0, "last_error": refused,
                          "fps": 0.0, "inferred_fps": 0.0, "frames_captured": 0, "frames_overwritten": 0,
                          "frames_inferred": 0, "errors": 0})

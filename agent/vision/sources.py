@@ -43,11 +43,12 @@ import structlog
 
 from agent.core.backoff import Backoff
 from agent.core.config import SourceSection
+from agent.wire import CameraState
 
 __all__ = [
-    "JETSON_CSI_PIPELINE", "LIVE_STATES", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",
+    "JETSON_CSI_PIPELINE", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",
     "FrameSource", "Pacer", "PipelineWithoutAppsinkError", "SourceError", "SourceKind", "SourceOpenError",
-    "SourceReadError", "SourceStalledError", "SourceState", "SourceStats", "SourceUnreachableError",
+    "SourceReadError", "SourceStalledError", "SourceStats", "SourceUnreachableError",
     "UnsupportedSchemeError", "UnsupportedSourceError", "check_backend", "classify_uri", "has_gstreamer",
     "open_capture", "redact_uri",
 ]
@@ -155,24 +156,6 @@ class SourceKind(enum.Enum):
     GSTREAMER = "gstreamer"
     NETWORK = "network"
     FILE = "file"
-
-
-class SourceState(enum.Enum):
-    """Where a source stands; the values are the lowercase names telemetry shows."""
-
-    STARTING = "starting"
-    OPEN = "open"
-    STALLED = "stalled"
-    """Open, but no frame arrived for ``read_timeout_s``: the camera sends nothing; a reopen follows."""
-    BLOCKED = "blocked"
-    """Open and frames arrive, but nobody took one for ``read_timeout_s``: the agent is behind."""
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    STOPPED = "stopped"
-
-
-LIVE_STATES = frozenset({SourceState.OPEN, SourceState.STALLED, SourceState.BLOCKED})
-"""States of a source whose capture is open."""
 
 
 _BACKENDS = {
@@ -328,7 +311,7 @@ class Frame:
 class SourceStats:
     """A snapshot of one source for health and telemetry."""
 
-    state: SourceState
+    state: CameraState
     frames_captured: int
     frames_dropped: int
     """Frames overwritten in the mailbox before anyone took them."""
@@ -425,7 +408,7 @@ class FrameSource:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._slot: Frame | None = None
-        self._state = SourceState.STARTING
+        self._state = CameraState.STARTING
         self._captured = 0
         self._dropped = 0
         self._reopens = 0
@@ -442,20 +425,20 @@ class FrameSource:
         """An unpaced file's reader waits for the consumer to take the frame in the slot."""
 
     @property
-    def state(self) -> SourceState:
+    def state(self) -> CameraState:
         with self._cond:
             return self._shown_state(time.monotonic())
 
-    def _shown_state(self, now: float) -> SourceState:
+    def _shown_state(self, now: float) -> CameraState:
         """The thread's state, with STALLED and BLOCKED read off the clock while the source is open."""
-        if self._state is not SourceState.OPEN or self._arrived_at is None:
+        if self._state is not CameraState.OPEN or self._arrived_at is None:
             return self._state
         bound = self.config.read_timeout_s
         silent = now - self._arrived_at >= bound
         unclaimed = self._slot is not None and now - self._taken_at >= bound
         if unclaimed and (self._awaiting_take or not silent):
-            return SourceState.BLOCKED
-        return SourceState.STALLED if silent else SourceState.OPEN
+            return CameraState.BLOCKED
+        return CameraState.STALLED if silent else CameraState.OPEN
 
     def start(self) -> None:
         if self._thread is not None:
@@ -468,7 +451,7 @@ class FrameSource:
         """End the thread (it releases the capture); False if it did not end within ``timeout``."""
         self._stopping.set()
         with self._cond:
-            self._state = SourceState.STOPPED
+            self._state = CameraState.STOPPED
             self._slot = None
             self._cond.notify_all()
         if self._thread is None:
@@ -484,7 +467,7 @@ class FrameSource:
         with self._cond:
             self._cond.wait_for(
                 lambda: self._slot is not None
-                or self._state in (SourceState.ENDED, SourceState.STOPPED),
+                or self._state in (CameraState.ENDED, CameraState.STOPPED),
                 max(0.0, timeout),
             )
             frame, self._slot = self._slot, None
@@ -518,11 +501,11 @@ class FrameSource:
             outcome = self._session(backoff, looping)
             looping = outcome is _Outcome.LOOPED
             if outcome is _Outcome.ENDED:
-                self._set_state(SourceState.ENDED)
+                self._set_state(CameraState.ENDED)
                 log.info("source_ended", source=self.config.name, uri=self._shown_uri)
                 return
             if outcome in (_Outcome.FAILED, _Outcome.STALLED):
-                self._set_state(SourceState.STALLED if outcome is _Outcome.STALLED else SourceState.RECONNECTING)
+                self._set_state(CameraState.STALLED if outcome is _Outcome.STALLED else CameraState.RECONNECTING)
                 delay = backoff.next_delay()
                 (log.info if backoff.attempts == 1 else log.debug)(
                     "source_reopening", source=self.config.name, uri=self._shown_uri,
@@ -556,8 +539,8 @@ class FrameSource:
 
     def _opened(self, capture: Capture, looping: bool) -> None:
         with self._cond:
-            if self._state is not SourceState.STOPPED:
-                self._state = SourceState.OPEN
+            if self._state is not CameraState.STOPPED:
+                self._state = CameraState.OPEN
             self._opened_at = time.time()
             self._arrived_at = self._taken_at = time.monotonic()
         (log.debug if looping else log.info)(
@@ -635,7 +618,7 @@ class FrameSource:
     def _publish(self, image: np.ndarray) -> None:
         captured_at, wall_time = time.monotonic(), time.time()
         with self._cond:
-            if self._state is SourceState.STOPPED:
+            if self._state is CameraState.STOPPED:
                 return
             frame = Frame(self._captured, image, captured_at, wall_time, self.config.name)
             if self._slot is not None:
@@ -655,8 +638,8 @@ class FrameSource:
             "source_failed", source=self.config.name, uri=self._shown_uri, code=error.code, error=str(error),
         )
 
-    def _set_state(self, state: SourceState) -> None:
+    def _set_state(self, state: CameraState) -> None:
         with self._cond:
-            if self._state is not SourceState.STOPPED:
+            if self._state is not CameraState.STOPPED:
                 self._state = state
             self._cond.notify_all()

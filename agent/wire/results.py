@@ -19,7 +19,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.wire.schema import MAX_TEXT_LENGTH, Envelope, ModelRef, register_payload
+from agent.wire.base import MAX_TEXT_LENGTH
+from agent.wire.payloads import Envelope, ModelRef, register_payload
 
 __all__ = [
     "COUNTS_SUFFIX",

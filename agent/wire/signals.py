@@ -13,7 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.wire.schema import CommandBase, Envelope, register_command, register_payload
+from agent.wire.commands import CommandBase, register_command
+from agent.wire.payloads import Envelope, register_payload
 
 __all__ = [
     "MAX_FEEDBACK_ITEMS",

@@ -6,7 +6,7 @@ from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressGuard
 from agent.monitor.leak import RESOURCES, LeakMonitor
-from agent.wire.schema import PAYLOADS
+from agent.wire import PAYLOADS
 
 
 def test_the_defaults_are_valid_and_reach_every_monitor():

@@ -9,7 +9,7 @@ import pytest
 from agent.core.names import check_name
 from agent.fleet.plan import PlanError, parse_duration, parse_percent
 from agent.mqtt.authority import NONCE_PATTERN
-from agent.wire.schema import CommandError, parse_command
+from agent.wire import CommandError, parse_command
 
 SHA = "0" * 64
 

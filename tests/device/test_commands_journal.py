@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.device.commands import COMPACT_FACTOR, CommandJournal, CommandRouter, Outcome
-from agent.wire.schema import CommandError
+from agent.wire import CommandError
 from agent.wire.topics import Topics
 
 TOPICS = Topics("edge", "dev1")

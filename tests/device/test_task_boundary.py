@@ -10,7 +10,7 @@ import structlog
 
 from agent.core.config import AgentConfig
 from agent.device.daemon import Agent
-from agent.wire.schema import HealthPayload
+from agent.wire import HealthPayload
 
 
 def _agent(tmp_path: Path, demo_dir: Path) -> Agent:

@@ -26,7 +26,7 @@ from agent.core.names import NAME_PATTERN
 from agent.device.commands import CommandJournal, CommandRouter, Outcome
 from agent.device.systemd import one_line
 from agent.monitor.telemetry import Telemetry
-from agent.wire.schema import (
+from agent.wire import (
     ARTIFACT_URL_SCHEMES,
     COMMANDS,
     ERROR_CODE_PATTERN,

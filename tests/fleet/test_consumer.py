@@ -15,7 +15,7 @@ from agent.fleet.consumer import Consumer, ConsumerOptions
 from agent.fleet.control import ControlClient
 from agent.fleet.seqtrack import MAX_MEMBERS, Membership
 from agent.fleet.view import Message
-from agent.wire.schema import LatencyPayload, StageLatency, encode_payload
+from agent.wire import LatencyPayload, StageLatency, encode_payload
 from tests.fleet.test_tensorboard import read_scalars
 from tests.support.fleetproc import start, stop
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll, poll_async

@@ -13,7 +13,7 @@ import pytest
 from agent.results.payloads import counts_payload, event_payload
 from agent.results.zones import ResultEvent
 from agent.sim.device import fraction
-from agent.wire.schema import encode_payload
+from agent.wire import encode_payload
 from tests.support.fleetproc import simulated_fleet, start, stop
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.results.payloads import event_payload
 from agent.results.zones import ResultEvent
-from agent.wire.schema import EventPayload, StatusPayload, encode_payload
+from agent.wire import EventPayload, StatusPayload, encode_payload
 from tests.support.fleetproc import start, stop
 from tests.support.mosquitto import Mosquitto, MqttProbe, poll
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
-from agent.wire.schema import ModelPayload, StatusPayload, encode_payload
+from agent.wire import ModelPayload, StatusPayload, encode_payload
 from tests.support.mosquitto import Mosquitto, MqttProbe
 
 DEVICES = 1100

@@ -18,8 +18,8 @@ from agent.fleet.control import ControlClient
 from agent.fleet.results import OBJECT_EVENT_KINDS
 from agent.results.payloads import counts_payload, event_payload
 from agent.results.zones import EVENT_KINDS, ResultEvent
+from agent.wire import EventPayload, ModelRef, encode_payload
 from agent.wire.results import BoxItem, ClassifyResult, ClassItem, CountsPayload, DetectResult, ResultsPayload
-from agent.wire.schema import EventPayload, ModelRef, encode_payload
 from tests.support.fleetproc import start, stop
 from tests.support.mosquitto import Mosquitto, MqttProbe, free_port, poll
 

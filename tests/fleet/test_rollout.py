@@ -20,7 +20,7 @@ from agent.fleet.record import ROLLBACK_SUFFIX, RolloutStore
 from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.view import FleetView
 from agent.sim.device import fails
-from agent.wire.schema import DeploymentPayload, ErrorInfo, ReplyPayload, StatusPayload, encode_payload
+from agent.wire import DeploymentPayload, ErrorInfo, ReplyPayload, StatusPayload, encode_payload
 from tests.support.fleetproc import payloads, retained, run, simulated_fleet, start, stop
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, poll
 

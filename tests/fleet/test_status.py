@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.sim.device import fraction
-from agent.wire.schema import ModelPayload, StatusPayload, encode_payload
+from agent.wire import ModelPayload, StatusPayload, encode_payload
 from tests.support.fleetproc import run, simulated_fleet
 from tests.support.mosquitto import Mosquitto, MqttProbe
 

@@ -24,7 +24,7 @@ from agent.models.fetch import (
     sign_statement,
 )
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeploymentManager, DeployRequest, Step
+from agent.models.manager import DeployFailed, DeploymentManager, DeployRequest
 from agent.models.probation import Probation
 from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder
@@ -33,6 +33,7 @@ from agent.vision.cameras import CameraSet
 from agent.vision.pipeline import FrameResult, Pipeline
 from agent.vision.scheduler import Scheduler
 from agent.vision.sources import FrameSource
+from agent.wire import DeploymentState, DeploymentStep
 from tests.support.artifacts import ArtifactServer, bundle_of, nan_model, sha256, slow_bundle
 
 LONG_PROBATION = Probation(window_s=3600.0, max_error_rate=1.0, max_nonfinite=0, max_latency_ratio=100.0)
@@ -148,8 +149,9 @@ def test_hot_swap_to_v6_serves_every_frame_and_closes_the_old_engine(tmp_path, d
     assert set(versions[:first_new]) == {"v4"} and set(versions[first_new:]) == {"v6"}
     rig.assert_no_frame_skipped()
     states = [r.state for r in rig.reports]
-    assert states[:2] == [Step.RECEIVED, Step.DOWNLOADING]
-    for step in (Step.VERIFYING, Step.LOADING, Step.WARMING, Step.VALIDATING, Step.ACTIVE):
+    assert states[:2] == [DeploymentState.RECEIVED, DeploymentState.DOWNLOADING]
+    for step in (DeploymentState.VERIFYING, DeploymentState.LOADING, DeploymentState.WARMING,
+                 DeploymentState.VALIDATING, DeploymentState.ACTIVE):
         assert step in states
     assert rig.store.current_version("text-det") == "v6"
     assert rig.store.previous_version("text-det") == "v4"
@@ -209,7 +211,7 @@ def _bad(tmp_path, demo_dir, request: DeployRequest, **settings: object) -> tupl
     assert {v for _, v in rig.frames} == {"v4"}, "the old model must keep serving"
     rig.assert_no_frame_skipped()
     assert rig.store.current_version("text-det") == "v4"
-    assert rig.reports[-1].state == Step.FAILED
+    assert rig.reports[-1].state == DeploymentState.FAILED
     assert rig.reports[-1].error["code"] == failure.code
     leftovers = [p for p in (tmp_path / "engines").rglob("*") if ".download" in p.name or p.name.startswith(".tmp")]
     assert leftovers == []
@@ -224,7 +226,7 @@ def _request(url: str, digest: str = "0" * 64, **fields: object) -> DeployReques
 
 def test_unreachable_url_is_refused(tmp_path, demo_dir):
     failure, _ = _bad(tmp_path, demo_dir, _request("http://127.0.0.1:9/model.onnx"))
-    assert (failure.step, failure.code) == (Step.DOWNLOADING, "unreachable")
+    assert (failure.step, failure.code) == (DeploymentStep.DOWNLOADING, "unreachable")
 
 
 def test_404_is_refused(tmp_path, demo_dir, server):
@@ -242,7 +244,7 @@ def test_truncated_download_is_refused(tmp_path, demo_dir, server):
 def test_hash_mismatch_is_refused_before_anything_is_unpacked(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
     failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bundle.name), "a" * 64, format="bundle", version="v6"))
-    assert (failure.step, failure.code) == (Step.VERIFYING, "hash_mismatch")
+    assert (failure.step, failure.code) == (DeploymentStep.VERIFYING, "hash_mismatch")
 
 
 def _statement(key: Path, bundle: Path, version: str = "v6", **fields: object) -> dict[str, object]:
@@ -277,8 +279,8 @@ def test_a_deploy_without_a_valid_statement_naming_it_is_refused_before_download
     request = _request(server.url(f"slow/{bundle.name}"), sha256(bundle), format="bundle",
                        **{"version": "v6", **fields})
     failure, rig = _bad(tmp_path / "rig", demo_dir, request, public_key_file=tmp_path / "ok.pub")
-    assert (failure.step, failure.code) == (Step.RECEIVED, code), failure.message
-    assert Step.DOWNLOADING not in [r.state for r in rig.reports], "refused before any byte was fetched"
+    assert (failure.step, failure.code) == (DeploymentStep.RECEIVED, code), failure.message
+    assert DeploymentState.DOWNLOADING not in [r.state for r in rig.reports], "refused before any byte was fetched"
     if case == "bytes_only":
         assert "no longer accepted" in failure.message
 
@@ -304,28 +306,28 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path, demo_dir, server):
     junk = server.root / "junk.onnx"
     junk.write_bytes(b"this is not a model" * 100)
     failure, _ = _bad(tmp_path, demo_dir, _request(server.url("junk.onnx"), sha256(junk)))
-    assert (failure.step, failure.code) == (Step.LOADING, "load_failed")
+    assert (failure.step, failure.code) == (DeploymentStep.LOADING, "load_failed")
 
 
 def test_a_model_whose_output_does_not_fit_the_head_is_refused(tmp_path, demo_dir, server):
     other = server.root / "orientation.onnx"
     shutil.copy(demo_dir / "models" / "orientation-0.0.11" / "model.onnx", other)
     failure, _ = _bad(tmp_path, demo_dir, _request(server.url(other.name), sha256(other)))
-    assert failure.step in (Step.LOADING, Step.VALIDATING)
+    assert failure.step in (DeploymentStep.LOADING, DeploymentStep.VALIDATING)
     assert failure.code in ("does_not_fit_head", "load_failed")
 
 
 def test_a_model_that_outputs_nan_is_refused(tmp_path, demo_dir, server):
     bad = nan_model(demo_dir / "models" / "text-det-v4" / "model.onnx", server.root / "nan.onnx")
     failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bad.name), sha256(bad)))
-    assert (failure.step, failure.code) == (Step.WARMING, "non_finite_output")
+    assert (failure.step, failure.code) == (DeploymentStep.WARMING, "non_finite_output")
 
 
 def test_a_model_over_the_latency_budget_is_refused(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
     failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bundle.name), sha256(bundle), format="bundle",
                                                    version="v6"), latency_budget_ms=0.01)
-    assert (failure.step, failure.code) == (Step.VALIDATING, "over_latency_budget")
+    assert (failure.step, failure.code) == (DeploymentStep.VALIDATING, "over_latency_budget")
 
 
 def test_a_scheme_that_is_not_allowed_is_refused(tmp_path, demo_dir):
@@ -356,7 +358,7 @@ def test_probation_rolls_back_a_model_much_slower_than_the_old_one(tmp_path, dem
                                               version="v6", probation=Probation(2.0, 1.0, 0, 1.3, 5)))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 180
-            while rig.reports[-1].state not in (Step.ROLLED_BACK, Step.COMMITTED):
+            while rig.reports[-1].state not in (DeploymentState.ROLLED_BACK, DeploymentState.COMMITTED):
                 assert loop.time() < deadline
                 await asyncio.sleep(0.2)
             await rig.frames_past(len(rig.frames) + 3)
@@ -366,7 +368,7 @@ def test_probation_rolls_back_a_model_much_slower_than_the_old_one(tmp_path, dem
 
     rig = run(scenario())
     final = rig.reports[-1]
-    assert final.state == Step.ROLLED_BACK, final
+    assert final.state == DeploymentState.ROLLED_BACK, final
     assert "p95 latency" in final.error["message"]
     assert [s[0] for s in rig.swaps] == ["v6", "v4"]
     assert rig.frames[-1][1] == "v4"
@@ -391,7 +393,7 @@ def test_rollback_command_swaps_to_previous(tmp_path, demo_dir, server):
 
     rig, restored = run(scenario())
     assert restored.version == "v4"
-    assert rig.reports[-1].state == Step.ROLLED_BACK
+    assert rig.reports[-1].state == DeploymentState.ROLLED_BACK
     assert rig.frames[-1][1] == "v4"
     rig.assert_no_frame_skipped()
 

@@ -12,7 +12,7 @@ import pytest
 from agent.core.config import DriftSection
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
-from agent.wire.schema import PAYLOADS
+from agent.wire import PAYLOADS
 from agent.wire.signals import MONITOR_PAYLOADS, DriftPayload
 from tests.support.fleetproc import simulated_fleet
 from tests.support.monitor_support import video

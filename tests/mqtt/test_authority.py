@@ -27,7 +27,7 @@ from agent.mqtt.authority import (
     signed_message,
     verify_command,
 )
-from agent.wire.schema import CommandError, parse_command
+from agent.wire import CommandError, parse_command
 from agent.wire.topics import Topics
 from tests.support.agentproc import AgentProcess, agent_config
 from tests.support.mosquitto import Mosquitto

@@ -18,7 +18,7 @@ from agent.core.config import MqttSection
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStoppedError
 from agent.mqtt.settings import SessionConfigError
-from agent.wire.schema import StatusPayload, decode_payload, encode_payload
+from agent.wire import StatusPayload, decode_payload, encode_payload
 from agent.wire.topics import Topics
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, poll_async
 

@@ -23,7 +23,7 @@ from agent.results import (
     results_payload,
 )
 from agent.vision.transforms import Detection, Prediction
-from agent.wire.schema import ModelRef, encode_payload
+from agent.wire import ModelRef, encode_payload
 from tests.results.test_recognize import Detector, needs_rec, video_frames
 from tests.results.test_tracks import FPS
 

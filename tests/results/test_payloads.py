@@ -22,8 +22,8 @@ from agent.results import (
     results_payload,
 )
 from agent.vision.transforms import Classification, Detection, Prediction
+from agent.wire import EventPayload, ModelRef, PayloadError, decode_payload, encode_payload
 from agent.wire.results import CountsPayload, ObjectEventData, ResultsPayload
-from agent.wire.schema import EventPayload, ModelRef, PayloadError, decode_payload, encode_payload
 from tests.results.test_recognize import DEMO, Detector, needs_rec, recognizer
 from tests.results.test_tracks import obj
 

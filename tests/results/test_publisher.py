@@ -22,7 +22,7 @@ from agent.vision.cameras import CameraError, camera_entry
 from agent.vision.pipeline import FrameResult
 from agent.vision.sources import Frame
 from agent.vision.transforms import Detection, Prediction
-from agent.wire.schema import PAYLOADS, ModelRef, encode_payload, json_schemas
+from agent.wire import PAYLOADS, ModelRef, encode_payload, json_schemas
 from agent.wire.topics import Topics
 from tests.support.mosquitto import Mosquitto, poll
 

@@ -27,7 +27,7 @@ from agent.tools.errors import PackError
 from agent.tools.inspection import format_inspection, inspect_bundle
 from agent.tools.modelref import find_manifest
 from agent.tools.pack import build_manifest, pack_model
-from agent.wire.schema import DeployCommand
+from agent.wire import DeployCommand
 
 PROFILE_FRAMES = 12
 

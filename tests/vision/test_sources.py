@@ -30,7 +30,6 @@ from agent.vision.sources import (
     PipelineWithoutAppsinkError,
     SourceError,
     SourceKind,
-    SourceState,
     SourceStats,
     SourceUnreachableError,
     UnsupportedSchemeError,
@@ -40,6 +39,7 @@ from agent.vision.sources import (
     open_capture,
     redact_uri,
 )
+from agent.wire import CameraState
 
 DEMO_VIDEO = Path(__file__).resolve().parents[2] / "demo" / "video.mp4"
 WAIT_S = 60.0
@@ -117,7 +117,7 @@ def test_unpaced_file_gives_every_frame_in_order_to_a_slow_consumer_then_ends(
             time.sleep(0.002)
             taken.append(frame)
         stats = source.stats()
-        assert source.state is SourceState.ENDED
+        assert source.state is CameraState.ENDED
         assert source.get(0.0) is None
     assert [f.index for f in taken] == list(range(len(reference)))
     assert [digest(f.image) for f in taken] == reference
@@ -142,7 +142,7 @@ def test_native_pace_overwrites_frames_a_slow_consumer_misses_and_counts_them(vi
             taken.append(frame)
             time.sleep(3 * period)
     stats = source.stats()
-    assert stats.state is SourceState.STOPPED
+    assert stats.state is CameraState.STOPPED
     assert stats.frames_dropped > 0
     assert stats.frames_captured - len(taken) - stats.frames_dropped in (0, 1)
     indices = [f.index for f in taken]
@@ -162,7 +162,7 @@ def test_looping_file_goes_on_past_its_last_frame_from_frame_0(
         stats = source.stats()
     assert [f.index for f in taken] == list(range(count + 10))
     assert [digest(f.image) for f in taken[count:]] == reference[:10]
-    assert stats.state is SourceState.OPEN
+    assert stats.state is CameraState.OPEN
     assert stats.frames_dropped == 0 and stats.reopens == 0
 
 
@@ -172,11 +172,11 @@ def test_missing_file_reconnects_until_it_appears_then_delivers(
     path = tmp_path / "camera.mp4"
     with running(section(path, pace="none")) as source:
         stats = take_until(source, lambda s: s.reopens >= 2)
-        assert stats.state is SourceState.RECONNECTING
+        assert stats.state is CameraState.RECONNECTING
         assert stats.last_error is not None and str(path) in stats.last_error
         assert stats.frames_captured == 0 and stats.opened_at is None
         place(video, path)
-        take_until(source, lambda s: s.state is SourceState.OPEN and s.frames_captured > 0)
+        take_until(source, lambda s: s.state is CameraState.OPEN and s.frames_captured > 0)
         frame = source.get(WAIT_S)
     assert frame is not None and frame.image.shape == (480, 640, 3)
 
@@ -195,12 +195,12 @@ def test_file_cut_while_read_recovers_when_restored(
         for _ in range(30):
             assert source.get(WAIT_S) is not None
         cut(path)
-        failed = take_until(source, lambda s: s.state is SourceState.RECONNECTING)
+        failed = take_until(source, lambda s: s.state is CameraState.RECONNECTING)
         assert failed.last_error is not None and str(path) in failed.last_error
         place(video, path)
         take_until(
             source,
-            lambda s: s.state is SourceState.OPEN and s.frames_captured > failed.frames_captured,
+            lambda s: s.state is CameraState.OPEN and s.frames_captured > failed.frames_captured,
         )
         assert source.get(WAIT_S) is not None
 
@@ -259,7 +259,7 @@ def test_unreachable_stream_reconnects_and_never_shows_its_password() -> None:
     assert "s3cret" not in stats.last_error
     assert stats.last_error_code == SourceUnreachableError.code
     assert "Connection refused" in stats.last_error
-    assert stats.state is SourceState.RECONNECTING
+    assert stats.state is CameraState.RECONNECTING
 
 
 def test_unknown_host_is_unreachable_and_says_so() -> None:
@@ -313,7 +313,7 @@ def test_absent_camera_device_is_an_open_error_naming_it() -> None:
 def test_absent_camera_shows_in_stats_and_the_thread_keeps_retrying() -> None:
     with running(section("98")) as source:
         stats = take_until(source, lambda s: s.reopens >= 2)
-    assert stats.state is SourceState.RECONNECTING
+    assert stats.state is CameraState.RECONNECTING
     assert stats.last_error_code == DeviceMissingError.code
     assert stats.last_error is not None and "/dev/video98" in stats.last_error
 
@@ -395,7 +395,7 @@ def test_stop_ends_a_reconnecting_source_and_get_returns_none(tmp_path: Path) ->
     source.start()
     with pytest.raises(SourceError, match="already started"):
         source.start()
-    take_until(source, lambda s: s.state is SourceState.RECONNECTING)
+    take_until(source, lambda s: s.state is CameraState.RECONNECTING)
     assert source.stop(WAIT_S)
-    assert source.state is SourceState.STOPPED
+    assert source.state is CameraState.STOPPED
     assert source.get(1.0) is None

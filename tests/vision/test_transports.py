@@ -39,11 +39,11 @@ from agent.vision.sources import (
     SourceOpenError,
     SourceReadError,
     SourceStalledError,
-    SourceState,
     SourceStats,
     SourceUnreachableError,
     open_capture,
 )
+from agent.wire import CameraState
 from tests.support.mjpeg_server import MjpegServer
 from tests.support.system_venv import SystemVenvError, system_opencv_gstreamer, system_venv
 
@@ -166,7 +166,7 @@ def test_rtsp_camera_delivers_the_served_video_through_opencv_ffmpeg(rtsp: RtspS
         assert source.kind is SourceKind.NETWORK
         wait_frames(taker, 20)
         stats = source.stats()
-    assert stats.state is SourceState.OPEN and stats.reopens == 0 and stats.last_error is None
+    assert stats.state is CameraState.OPEN and stats.reopens == 0 and stats.last_error is None
     assert all(f.image.shape == FRAME_SHAPE for f in taker.frames)
     assert [f.index for f in taker.frames] == sorted({f.index for f in taker.frames})
 
@@ -190,7 +190,7 @@ def test_rtsp_server_restart_shows_reconnecting_and_is_back_at_full_rate_within_
     assert result.reopens >= 1
     assert result.full_rate_s is not None, f"full rate never held for the measurement: {result}"
     assert result.full_rate_s <= RECOVERY_BOUND_S, f"back at full rate only after {result.full_rate_s:.2f} s"
-    assert other_stats.state is SourceState.OPEN and other_stats.reopens == 0
+    assert other_stats.state is CameraState.OPEN and other_stats.reopens == 0
     (first_at, first_index), (last_at, last_index) = kept[0], kept[-1]
     other_fps = (last_index - first_index) / (last_at - first_at)
     assert other_fps >= OTHER_RATE_SHARE * mjpeg.fps, f"the other camera fell to {other_fps:.1f} fps meanwhile"
@@ -201,7 +201,7 @@ def test_silent_rtsp_camera_is_stalled_then_reopened_and_recovers_when_it_sends_
     with running(section(rtsp.url, read_timeout_s=STALL_TIMEOUT_S)) as source, Taker(source) as taker:
         wait_frames(taker, 5)
         rtsp.stall()
-        stalled = wait_stats(source, lambda s: s.state is SourceState.STALLED, "showed stalled")
+        stalled = wait_stats(source, lambda s: s.state is CameraState.STALLED, "showed stalled")
         reopened = wait_stats(source, lambda s: s.stalls >= 1 and s.reopens >= 1, "was reopened for its stall")
         rtsp.resume()
         back = time.monotonic()
@@ -209,7 +209,7 @@ def test_silent_rtsp_camera_is_stalled_then_reopened_and_recovers_when_it_sends_
         final = source.stats()
     assert stalled.last_frame_age_s is not None and stalled.last_frame_age_s >= STALL_TIMEOUT_S
     assert reopened.last_error_code in (SourceStalledError.code, SourceOpenError.code)
-    assert final.stalls >= 1 and final.state is SourceState.OPEN
+    assert final.stalls >= 1 and final.state is CameraState.OPEN
     assert all(f.image.shape == FRAME_SHAPE for f in taker.frames)
 
 
@@ -218,12 +218,12 @@ def test_agent_that_takes_no_frame_shows_blocked_and_the_stream_is_never_reopene
     with running(section(rtsp.url, read_timeout_s=STALL_TIMEOUT_S)) as source, Taker(source) as taker:
         wait_frames(taker, 5)
         taker.paused.set()
-        blocked = wait_stats(source, lambda s: s.state is SourceState.BLOCKED, "showed blocked")
+        blocked = wait_stats(source, lambda s: s.state is CameraState.BLOCKED, "showed blocked")
         time.sleep(2 * STALL_TIMEOUT_S)
         still = source.stats()
         taker.paused.clear()
-        resumed = wait_stats(source, lambda s: s.state is SourceState.OPEN, "came back to open once taken from")
-    assert still.state is SourceState.BLOCKED
+        resumed = wait_stats(source, lambda s: s.state is CameraState.OPEN, "came back to open once taken from")
+    assert still.state is CameraState.BLOCKED
     assert still.reopens == 0 and still.stalls == 0 and still.last_error is None
     assert still.frames_dropped > blocked.frames_dropped, "a blocked source keeps capturing and overwriting"
     assert still.last_frame_age_s is not None and still.last_frame_age_s < STALL_TIMEOUT_S
@@ -235,7 +235,7 @@ def test_rtsp_path_the_server_does_not_serve_is_an_open_error_that_hides_the_pas
     wrong = rtsp.url.replace("rtsp://", "rtsp://admin:s3cret@").replace("/live", "/no-such-stream")
     with running(section(wrong, reopen_min_s=0.05, reopen_max_s=0.1)) as source:
         stats = wait_stats(source, lambda s: s.reopens >= 1 and s.last_error is not None, "failed to open")
-    assert stats.last_error_code == SourceOpenError.code and stats.state is SourceState.RECONNECTING
+    assert stats.last_error_code == SourceOpenError.code and stats.state is CameraState.RECONNECTING
     assert stats.last_error is not None and "accepts connections but OpenCV could not open" in stats.last_error
     assert "s3cret" not in stats.last_error and "***@127.0.0.1" in stats.last_error
 
@@ -257,7 +257,7 @@ def test_http_mjpeg_camera_delivers_the_served_frames(mjpeg: MjpegServer) -> Non
     with running(section(mjpeg.url)) as source, Taker(source) as taker:
         wait_frames(taker, 20)
         stats = source.stats()
-    assert stats.state is SourceState.OPEN and stats.reopens == 0
+    assert stats.state is CameraState.OPEN and stats.reopens == 0
     first = taker.frames[0].image
     assert first.shape == FRAME_SHAPE
     served = cv2.imdecode(np.frombuffer(mjpeg.parts[0], np.uint8), cv2.IMREAD_COLOR)
@@ -270,7 +270,7 @@ def test_http_mjpeg_camera_cut_off_reconnects_and_comes_back(mjpeg: MjpegServer)
     with running(section(mjpeg.url)) as source, Taker(source) as taker:
         wait_frames(taker, 5)
         mjpeg.stop()
-        gone = wait_stats(source, lambda s: s.state is SourceState.RECONNECTING, "showed reconnecting")
+        gone = wait_stats(source, lambda s: s.state is CameraState.RECONNECTING, "showed reconnecting")
         wait_stats(source, lambda s: s.last_error_code == SourceUnreachableError.code, "was unreachable")
         mjpeg.start()
         back = time.monotonic()
@@ -283,7 +283,7 @@ def test_silent_mjpeg_camera_is_stalled_and_reopened(mjpeg: MjpegServer) -> None
     with running(section(mjpeg.url, read_timeout_s=STALL_TIMEOUT_S)) as source, Taker(source) as taker:
         wait_frames(taker, 5)
         mjpeg.stall()
-        wait_stats(source, lambda s: s.state is SourceState.STALLED, "showed stalled")
+        wait_stats(source, lambda s: s.state is CameraState.STALLED, "showed stalled")
         stats = wait_stats(source, lambda s: s.stalls >= 1, "was reopened for its stall")
         mjpeg.resume()
         wait_frames(taker, 5, after=time.monotonic())
@@ -321,7 +321,7 @@ def test_camera_that_opens_but_delivers_zero_size_frames_is_a_clear_error_and_th
     mjpeg: MjpegServer, thread_crashes: list[BaseException]
 ) -> None:
     with running(section(mjpeg.url, reopen_min_s=0.05, reopen_max_s=0.1), opener=ZeroSizeFrames) as source:
-        stats = wait_stats(source, lambda s: s.reopens >= 2 and s.state is SourceState.RECONNECTING, "was reopened")
+        stats = wait_stats(source, lambda s: s.reopens >= 2 and s.state is CameraState.RECONNECTING, "was reopened")
         assert source.get(0.2) is None
     assert stats.frames_captured == 0
     assert stats.last_error_code == EmptyFrameError.code

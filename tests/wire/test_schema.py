@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from agent.wire.schema import (
+from agent.wire import (
     MAX_COMMAND_BYTES,
     PAYLOADS,
     CommandError,
@@ -256,7 +256,7 @@ def test_sequencer_hands_out_each_number_once_across_threads():
 
 
 def test_clip_text_keeps_short_text_and_cuts_long_text_saying_how_much():
-    from agent.wire.schema import MAX_TEXT_LENGTH, clip_text
+    from agent.wire import MAX_TEXT_LENGTH, clip_text
 
     assert clip_text("field 'x': is required") == "field 'x': is required"
     long = "field 'unknown': is not a known field; " * 200
@@ -278,7 +278,7 @@ def test_nesting_too_deep_to_read_is_bad_json_not_a_crash():
 
 
 def test_a_cameras_command_needs_the_fields_of_its_action():
-    from agent.wire.schema import CamerasCommand
+    from agent.wire import CamerasCommand
 
     assert parse_command("cameras", b'{"id": "c1", "action": "list"}') == CamerasCommand(id="c1", action="list")
     for body, text in ((b'{"id": "c2", "action": "add"}', "'add' needs 'camera'"),

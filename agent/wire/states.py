@@ -1,0 +1,143 @@
+"""One enum per state machine of the contract, with the named sets that code branches on.
+
+The values are the strings on the wire (docs/mqtt.md); an enum member equals its
+value (``DeploymentState.COMMITTED == "committed"``) and formats as it, so a member
+can go wherever the string went. Never write a state as a bare string: name it here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+__all__ = ["CameraState", "DeploymentState", "DeploymentStep", "DeviceState", "SessionState"]
+
+
+class _State(str, Enum):
+    """A state: a str whose ``str()`` and ``format()`` are its value (as ``enum.StrEnum``, py3.11+)."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(str.__str__(self), format_spec)
+
+
+class DeviceState(_State):
+    """The retained ``status`` of a device: ``lost`` is its will, published by the broker."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    """After a clean stop."""
+    LOST = "lost"
+    """The connection died without a clean stop."""
+
+    GONE: ClassVar[frozenset[DeviceState]]
+    """Not connected, for whatever reason."""
+
+
+DeviceState.GONE = frozenset({DeviceState.OFFLINE, DeviceState.LOST})
+
+
+class DeploymentState(_State):
+    """Where a deployment stands (the ``deployment`` topic's ``state``; docs/mqtt.md)."""
+
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    BUILDING = "building"
+    LOADING = "loading"
+    WARMING = "warming"
+    VALIDATING = "validating"
+    ACTIVE = "active"
+    """Serving, in probation."""
+    COMMITTED = "committed"
+    FAILED = "failed"
+    """It never served; the old model kept serving."""
+    ROLLED_BACK = "rolled_back"
+    """It served, then the old model came back (probation or a rollback command)."""
+
+    FINAL: ClassVar[frozenset[DeploymentState]]
+    """No state follows these."""
+    BAD: ClassVar[frozenset[DeploymentState]]
+    """Final, and the deployed model is not serving."""
+
+
+DeploymentState.FINAL = frozenset({DeploymentState.COMMITTED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK})
+DeploymentState.BAD = frozenset({DeploymentState.FAILED, DeploymentState.ROLLED_BACK})
+
+
+class DeploymentStep(_State):
+    """What a deployment is doing (or was doing when it failed): its states before the final ones."""
+
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    BUILDING = "building"
+    """Only when the artifact must be built for this device (an engine from ONNX)."""
+    LOADING = "loading"
+    WARMING = "warming"
+    VALIDATING = "validating"
+    ACTIVE = "active"
+    """Serving, in probation."""
+    COMMITTED = "committed"
+
+    PREPARING: ClassVar[frozenset[DeploymentStep]]
+    """Steps before the new model serves: a failure in them leaves the old one serving, untouched."""
+
+    @property
+    def state(self) -> DeploymentState:
+        """The deployment's state while it is at this step."""
+        return DeploymentState(self.value)
+
+
+DeploymentStep.PREPARING = frozenset({
+    DeploymentStep.RECEIVED, DeploymentStep.DOWNLOADING, DeploymentStep.VERIFYING, DeploymentStep.BUILDING,
+    DeploymentStep.LOADING, DeploymentStep.WARMING, DeploymentStep.VALIDATING,
+})
+
+
+class CameraState(_State):
+    """A camera's capture (``telemetry/health`` ``cameras[].state``, the ``cameras`` topic; docs/cameras.md)."""
+
+    STARTING = "starting"
+    OPEN = "open"
+    STALLED = "stalled"
+    """Open, but no frame arrived for ``read_timeout_s``: the camera sends nothing; a reopen follows."""
+    BLOCKED = "blocked"
+    """Open and frames arrive, but nobody took one for ``read_timeout_s``: the agent is behind."""
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    STOPPED = "stopped"
+    DISABLED = "disabled"
+    """Configured, not opened."""
+    REFUSED = "refused"
+    """This OpenCV can never open it (e.g. a GStreamer pipeline on the pip wheel)."""
+
+    LIVE: ClassVar[frozenset[CameraState]]
+    """States of a camera whose capture is open."""
+    NOT_OPENED: ClassVar[frozenset[CameraState]]
+    """Configured cameras the agent does not capture from."""
+
+
+CameraState.LIVE = frozenset({CameraState.OPEN, CameraState.STALLED, CameraState.BLOCKED})
+CameraState.NOT_OPENED = frozenset({CameraState.DISABLED, CameraState.REFUSED})
+
+
+class SessionState(_State):
+    """The MQTT session's connection to the broker (``telemetry/health`` ``broker.state``)."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"
+    """Waiting before the next connection attempt."""
+    REFUSED = "refused"
+    """The broker refused the CONNECT (credentials, authorisation): retried, but a person must act."""
+    STOPPED = "stopped"
+
+    AWAY: ClassVar[frozenset[SessionState]]
+    """Not connected: what is published waits in the outbox."""
+
+
+SessionState.AWAY = frozenset(set(SessionState) - {SessionState.CONNECTED})
