@@ -21,6 +21,7 @@ from agent.core.names import ModelName, ModelVersion
 from agent.wire.base import MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_URL_LENGTH, WireModel, describe, is_text
 
 __all__ = [
+    "ARTIFACT_URL_SCHEMES",
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "ArtifactStatement",

@@ -22,7 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from agent.models.fetch import Fetched, FetchError, fetch_artifact, redact_url, verify_artifact
-from agent.models.manager import DeployFailed, Step
+from agent.models.manager import DeployFailed
+from agent.wire import DeploymentState, DeploymentStep
 from tests.models.test_manager import LONG_PROBATION, Rig, _request
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, bundle_of, sha256
@@ -225,8 +226,8 @@ def test_a_download_past_its_deadline_fails_and_frees_the_lock_for_a_rollback(tm
         failure, took, restored, last = asyncio.run(scenario())
     finally:
         server.close()
-    assert (failure.step, failure.code) == (Step.DOWNLOADING, "download_timeout")
-    assert last.state == Step.FAILED and last.error["code"] == "download_timeout"  # type: ignore[attr-defined]
+    assert (failure.step, failure.code) == (DeploymentStep.DOWNLOADING, "download_timeout")
+    assert last.state == DeploymentState.FAILED and last.error["code"] == "download_timeout"  # type: ignore[attr-defined]
     assert took < TRICKLE_BYTES * TRICKLE_EVERY_S / 2, f"the deadline of {deadline_s} s took {took:.1f} s"
     print(f"download_timeout after {took:.2f} s (deadline {deadline_s} s)")
     assert restored == "v4", "the rollback ran at once: the lock was free"

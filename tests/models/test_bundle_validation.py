@@ -22,11 +22,12 @@ from agent.device.monitors import Signals
 from agent.fleet.control import ControlClient
 from agent.models.bundle import MAX_MEMBERS, MAX_UNPACKED_BYTES, BundleError, unpack_bundle, unpack_limit
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeployRequest, Step
+from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.manifest import Manifest, ManifestError, sha256_file
 from agent.models.store import ModelStore
 from agent.monitor.telemetry import Telemetry
 from agent.vision.summary import Monitors
+from agent.wire import DeploymentState, DeploymentStep
 from agent.wire.topics import Topics
 from tests.models.test_loader_tensorrt import OPTIONS as TRT_OPTIONS
 from tests.models.test_loader_tensorrt import double_gpu  # noqa: F401 (the fixture)
@@ -97,7 +98,7 @@ def refused_by_the_manager(tmp_path: Path, demo: Path, server: ArtifactServer,
         return caught.value, rig
 
     failure, rig = run(scenario())
-    assert rig.reports[-1].state == Step.FAILED and rig.reports[-1].error["code"] == failure.code
+    assert rig.reports[-1].state == DeploymentState.FAILED and rig.reports[-1].error["code"] == failure.code
     assert {v for _, v in rig.frames} == {"v4"}, "the old model must keep serving"
     rig.assert_no_frame_skipped()
     assert rig.swaps == []
@@ -331,7 +332,7 @@ def test_a_bundle_with_colliding_members_ends_the_deployment_failed_with_bad_bun
         (member("manifest.json", body), body), (member("model.onnx", model), model),
         (member("model.onnx/x", b"x"), b"x")])
     failure, _ = refused_by_the_manager(tmp_path, demo_dir, www, bundle)
-    assert (failure.step, failure.code) == (Step.VERIFYING, "bad_bundle") and "collides" in failure.message
+    assert (failure.step, failure.code) == (DeploymentStep.VERIFYING, "bad_bundle") and "collides" in failure.message
 
 
 OUTSIDE = [

@@ -27,11 +27,12 @@ from agent.device.monitors import Signals
 from agent.models.bundle import MAX_MEMBERS, BundleError, unpack_bundle
 from agent.models.graph import check_fits_head, check_fits_input
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeployRequest, Step
+from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.manifest import Manifest
 from agent.models.store import ModelStore
 from agent.monitor.telemetry import Telemetry
 from agent.runtime.slot import Serving
+from agent.wire import DeploymentState
 from agent.wire.topics import Topics
 from tests.models.test_manager import LONG_PROBATION, Rig
 from tests.support.artifacts import ArtifactServer, sha256
@@ -299,11 +300,11 @@ def test_mutated_bundles_through_the_manager_end_active_or_failed_with_a_code(de
                 new = loop.run_until_complete(rig.manager.deploy(request))
             except DeployFailed as exc:
                 assert exc.code and exc.code != "internal_error", exc
-                assert rig.reports[-1].state == Step.FAILED and rig.reports[-1].error["code"] == exc.code
+                assert rig.reports[-1].state == DeploymentState.FAILED and rig.reports[-1].error["code"] == exc.code
                 assert rig.slot.serving is before
                 outcomes[exc.code] = outcomes.get(exc.code, 0) + 1
                 return
-            assert rig.reports[-1].state == Step.ACTIVE and rig.slot.serving is new
+            assert rig.reports[-1].state == DeploymentState.ACTIVE and rig.slot.serving is new
             outcomes["active"] = outcomes.get("active", 0) + 1
 
         case()
@@ -315,4 +316,4 @@ def test_mutated_bundles_through_the_manager_end_active_or_failed_with_a_code(de
         loop.close()
         server.close()
     rig.assert_no_frame_skipped()
-    assert rig.manager.current is not None and rig.manager.current.state in (Step.FAILED, Step.ACTIVE)
+    assert rig.manager.current is not None and rig.manager.current.state in (DeploymentState.FAILED, DeploymentState.ACTIVE)

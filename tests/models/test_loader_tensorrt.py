@@ -15,7 +15,7 @@ import pytest
 from agent.core.config import DeploySection, SourceSection
 from agent.models import engine_cache
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeploymentManager, DeployRequest, Step
+from agent.models.manager import DeploymentManager, DeployRequest
 from agent.models.probation import Probation
 from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder
@@ -24,6 +24,7 @@ from agent.runtime.cuda import GpuInfo
 from agent.runtime.slot import EngineSlot
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import FrameSource
+from agent.wire import DeploymentStep
 from tests.support import trt_double
 from tests.support.artifacts import bundle_of, sha256
 
@@ -88,7 +89,7 @@ def test_deploy_builds_an_engine_swaps_it_in_and_a_second_load_hits_the_cache(tm
 
     new, reports, versions = asyncio.run(scenario())
     assert new.runtime == "tensorrt"
-    assert Step.BUILDING in reports and reports.index(Step.BUILDING) < reports.index(Step.LOADING)
+    assert DeploymentStep.BUILDING in reports and reports.index(DeploymentStep.BUILDING) < reports.index(DeploymentStep.LOADING)
     assert versions[-1] == "v6" and versions[0] == "v4"
     cache = list((tmp_path / "engines" / ".engine-cache").glob("*.engine"))
     assert len(cache) == 2  # one engine per model, each built once
