@@ -23,6 +23,7 @@ from agent import __version__
 from agent.core.config.agent import AgentConfig, CameraSection, ResultsSettings
 from agent.core.log import bind_context
 from agent.device.commands import CommandJournal, CommandRouter, Outcome
+from agent.device.errors import DeviceError
 from agent.device.handlers import CommandHandlers
 from agent.device.liveview import LiveView, LiveViewError
 from agent.device.monitors import Signals
@@ -79,7 +80,7 @@ RETAINED_KEYS = ("status", "model", "deployment", "cameras")
 """Retained topics: not queued in the outbox, so their sequence numbers are saved at once."""
 
 
-class StartupError(RuntimeError):
+class StartupError(DeviceError, RuntimeError):
     """The agent cannot start: no loadable model, no source, no broker binary."""
 
 

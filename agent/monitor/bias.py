@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.core.config.monitor import MonitorSection
 from agent.monitor.alarms import Judge, SignalEvent
+from agent.monitor.errors import MonitorError
 from agent.monitor.features import FrameSummary, summarize
 from agent.monitor.feedback import (
     FEEDBACK_SLICINGS,
@@ -56,7 +57,7 @@ DIGITS = 6
 MAX_REGIONS = 32
 
 
-class BiasConfigError(ValueError):
+class BiasConfigError(MonitorError, ValueError):
     """The manifest's ``slices`` or the bias settings are invalid; the message names the key."""
 
 

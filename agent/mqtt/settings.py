@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from agent.core.config.agent import MqttSection
+from agent.mqtt.errors import MqttError
 from agent.wire.topics import TopicError, check_device_id
 
 __all__ = [
@@ -35,7 +36,7 @@ CREDENTIAL_NAME = "mqtt-password"
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
-class SessionConfigError(ValueError):
+class SessionConfigError(MqttError, ValueError):
     """The MQTT settings cannot make a connection; the message names the setting."""
 
 

@@ -27,9 +27,10 @@ from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256
 from agent.models.store import InstalledModel
 from agent.monitor.features import summarize
 from agent.monitor.latency import LatencyRecorder
-from agent.monitor.reference import ReferenceBuilder, ReferenceError
+from agent.monitor.reference import ReferenceBuilder, ReferenceDataError
 from agent.runtime.base import EngineError
 from agent.runtime.slot import EngineSlot
+from agent.tools.errors import ToolError
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import Frame
 
@@ -51,7 +52,7 @@ LATENCY_WINDOW = 16
 EXIT_OK, EXIT_FAILURE = 0, 1
 
 
-class ProfileError(RuntimeError):
+class ProfileError(ToolError, RuntimeError):
     """The model or the sample frames cannot be profiled; the message says which and why."""
 
 
@@ -134,7 +135,7 @@ def profile(
             frame = Frame(index, image, time.monotonic(), time.time(), source)
             builder.observe(summarize(pipeline.process(frame)))
         reference = builder.build(manifest.name, manifest.version, sha256, source)
-    except ReferenceError as exc:
+    except ReferenceDataError as exc:
         raise ProfileError(f"{manifest.name} {manifest.version}: {exc}") from exc
     finally:
         slot.clear()
