@@ -29,6 +29,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from agent.core.errors import AgentError
+
 __all__ = [
     "LEVELS",
     "LoggingError",
@@ -60,7 +62,7 @@ _context_lock = threading.Lock()
 _handler: logging.Handler | None = None
 
 
-class LoggingError(ValueError):
+class LoggingError(AgentError, ValueError):
     """The logging setup asked for is invalid; the message names the setting."""
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from agent.core.errors import CodedError
+from agent.device.errors import DeviceError
 from agent.mqtt.authority import CommandAuthority
 from agent.wire import CommandError, parse_command
 from agent.wire.topics import Topics
@@ -35,13 +37,12 @@ MAX_LOGGED_MESSAGE = 1024
 """A rejected command's name and error are cut to this in the log: the sender chose them."""
 
 
-class CommandFailed(Exception):
-    """A handler could not do what the command asked; ``code`` and ``message`` go in the reply."""
+class CommandFailed(DeviceError, CodedError):
+    """A handler could not do what the command asked; ``code`` and ``message`` go in the reply, ``result``
+    (when given) in its result."""
 
     def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.result = result
 
 
@@ -272,8 +273,9 @@ class CommandRouter:
         log.info("command_received", command=name, id=command.id)
         try:
             result = await handler(command)
-        except CommandFailed as exc:
-            return Outcome(name, False, {"code": exc.code, "message": exc.message}, exc.result)
+        except CodedError as exc:  # ours, from any layer (a camera's, a deployment's): its code is the reply's
+            result = exc.result if isinstance(exc, CommandFailed) else None
+            return Outcome(name, False, {"code": exc.code, "message": exc.message}, result)
         except Exception as exc:  # a handler bug must still be answered
             log.exception("command_crashed", command=name, id=command.id)
             return Outcome(name, False, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})

@@ -33,6 +33,7 @@ import numpy as np
 import structlog
 
 from agent.core.config import LiveViewSection, ResultsSettings
+from agent.device.errors import DeviceError
 from agent.monitor.features import FailureCount
 from agent.vision.heads import Detection
 from agent.vision.pipeline import FrameResult
@@ -63,7 +64,7 @@ MAX_TOKEN_BYTES = 4096
 """A token file larger than this is not a token."""
 
 
-class LiveViewError(Exception):
+class LiveViewError(DeviceError):
     """The live view could not start (a token file that cannot be read)."""
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 import structlog
 
 from agent.core.config import AgentConfig, CameraSection, ModelSection
+from agent.device.errors import DeviceError
 from agent.models.bootguard import CRASH_LOOP_CODE, BootGuard, CrashLoop
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeploymentStatus
@@ -44,7 +45,7 @@ CamerasSource = Literal["config", "commands"]
 """Where the camera set came from: the config file, or the state folder ``cmd/cameras`` wrote."""
 
 
-class StartupError(RuntimeError):
+class StartupError(DeviceError, RuntimeError):
     """The agent cannot start: no loadable model, no source, no broker binary."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.device.errors import DeviceError
+
 __all__ = [
     "NOTIFY_SOCKET_ENV",
     "WATCHDOG_PID_ENV",
@@ -53,7 +55,7 @@ MAX_VALUE_CHARS = 1024
 """A notification value is clipped here: STATUS= is read by people, and a datagram is bounded."""
 
 
-class SystemdError(ValueError):
+class SystemdError(DeviceError, ValueError):
     """systemd's environment or a notification is malformed; the message names which."""
 
 

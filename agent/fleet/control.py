@@ -18,6 +18,7 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.fleet.errors import FleetError
 from agent.mqtt.authority import sign_command
 from agent.mqtt.settings import parse_broker_url
 from agent.wire import DeploymentPayload, ReplyPayload, decode_payload
@@ -27,7 +28,7 @@ __all__ = ["ControlClient", "ControlError", "NoReplyError", "Reply", "new_comman
 DEFAULT_TIMEOUT_S = 300.0
 
 
-class ControlError(RuntimeError):
+class ControlError(FleetError, RuntimeError):
     """The command could not be sent or no reply came in time."""
 
 

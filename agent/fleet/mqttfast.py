@@ -29,6 +29,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from agent.fleet.errors import FleetError
+
 __all__ = ["Batch", "FastSubscriber", "MqttFastError", "pack_connect", "pack_publish", "tls_context", "varint"]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
@@ -49,7 +51,7 @@ Batch = list[tuple[str, bytes]]
 """(topic, payload) of the PUBLISH packets of one read."""
 
 
-class MqttFastError(ConnectionError):
+class MqttFastError(FleetError, ConnectionError):
     """The connection failed, was refused, or the broker sent what this client does not speak."""
 
 

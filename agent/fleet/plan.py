@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from agent.fleet.errors import FleetError
+
 __all__ = [
     "PlanError",
     "RolloutPlan",
@@ -31,7 +33,7 @@ DURATION_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 PERCENT_PATTERN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%?\s*")
 
 
-class PlanError(ValueError):
+class PlanError(FleetError, ValueError):
     """A rollout option is invalid; the message names it."""
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.names import check_name
+from agent.fleet.errors import FleetError
 from agent.fleet.plan import RolloutPlan
 
 __all__ = [
@@ -49,7 +50,7 @@ DeviceState = Literal[
 Outcome = Literal["running", "aborting", "succeeded", "aborted"]
 
 
-class RecordError(ValueError):
+class RecordError(FleetError, ValueError):
     """A rollout record cannot be read or does not fit the command line; the message says why."""
 
 

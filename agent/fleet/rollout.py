@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from agent.fleet.errors import FleetError
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves, failure_share
 from agent.fleet.record import (
@@ -74,7 +75,7 @@ REVERTIBLE = ("active", "committed", "unhealthy", "timeout")
 STAGE_NAMES = ("canary",)
 
 
-class RolloutError(RuntimeError):
+class RolloutError(FleetError, RuntimeError):
     """The rollout cannot start or go on; the message says why."""
 
 

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from agent.fleet.errors import FleetError
+
 __all__ = [
     "FILE_VERSION",
     "EventFileWriter",
@@ -44,7 +46,7 @@ VALUE_TAG = (1 << 3) | 2
 VALUE_SIMPLE = (2 << 3) | 5
 
 
-class RecordError(ValueError):
+class RecordError(FleetError, ValueError):
     """An event file record is truncated or fails its checksum."""
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 
 from agent.fleet.consumer import Consumer
+from agent.fleet.errors import FleetError
 
 __all__ = [
     "LISTEN_HOST",
@@ -50,7 +51,7 @@ OPEN_PATHS = frozenset({"/", "/healthz"})
 """Served without the token: the static page (no data in it) and the liveness probe."""
 
 
-class ListenError(ValueError):
+class ListenError(FleetError, ValueError):
     """A listen address or token file that cannot be used."""
 
 

@@ -41,6 +41,7 @@ from agent.models.build_spec import (
     target_precision,
 )
 from agent.models.engine_cache import EngineCache, EngineKey, Platform
+from agent.models.errors import ModelError
 from agent.models.manifest import sha256_file
 from agent.models.sparsity import sparsity_report
 from agent.runtime.base import EngineError
@@ -68,7 +69,7 @@ SPAWN: Final = "spawn"
 """A fresh interpreter: no CUDA context or threads inherited from the agent."""
 
 
-class BuildError(EngineError):
+class BuildError(ModelError, EngineError):
     """An engine could not be built (bad request, parser error, TensorRT failure, worker died)."""
 
 

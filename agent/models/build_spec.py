@@ -14,6 +14,7 @@ from typing import Literal
 
 import onnx
 
+from agent.models.errors import ModelError
 from agent.runtime.tensorrt import ShapeProfile
 
 __all__ = [
@@ -42,7 +43,7 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 FLOAT16 = onnx.TensorProto.FLOAT16
 
 
-class BuildSpecError(ValueError):
+class BuildSpecError(ModelError, ValueError):
     """A build request does not fit the model or this TensorRT (names what and why)."""
 
 

@@ -10,6 +10,7 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from agent.models.errors import ModelError
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_relative
 
 __all__ = ["BundleError", "pack_bundle", "stage_bare_model", "unpack_bundle", "unpack_limit"]
@@ -28,7 +29,7 @@ UNREADABLE = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, U
 """What reading a malformed or truncated (compressed) tar raises."""
 
 
-class BundleError(ValueError):
+class BundleError(ModelError, ValueError):
     """A bundle is malformed or unsafe (paths escaping, links, too large, no manifest)."""
 
 

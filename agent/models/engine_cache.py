@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from agent.models.errors import ModelError
 from agent.models.manifest import Manifest
 from agent.runtime.base import EngineLoadError
 from agent.runtime.cuda import gpu_probe
@@ -62,7 +63,7 @@ FIELD_LABELS = {
 PLATFORM_FIELDS = ("tensorrt_version", "gpu_name", "compute_capability")
 
 
-class EngineKeyMismatch(EngineLoadError):
+class EngineKeyMismatch(ModelError, EngineLoadError):
     """A prebuilt engine was built for another platform than this device."""
 
 

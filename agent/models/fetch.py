@@ -51,6 +51,9 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from agent.core.errors import CodedError
+from agent.models.errors import ModelError
+
 __all__ = [
     "STATEMENT_VALID_S",
     "DownloadAbort",
@@ -85,13 +88,11 @@ short enough that a leaked or superseded statement stops working by itself."""
 Progress = Callable[[int, int | None], None]
 
 
-class FetchError(RuntimeError):
+class FetchError(ModelError, CodedError, RuntimeError):
     """The artifact could not be fetched or failed verification; ``code`` names the step."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)

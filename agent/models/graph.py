@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from agent.models.errors import ModelError
 from agent.models.manifest import HeadSpec, PreprocessSpec
 from agent.runtime.base import TensorSpec
 
@@ -50,7 +51,7 @@ NHWC_TO_NCHW = (0, 3, 1, 2)
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16})
 
 
-class SpecMismatchError(ValueError):
+class SpecMismatchError(ModelError, ValueError):
     """A manifest's preprocess or head does not fit the model's inputs or outputs."""
 
 

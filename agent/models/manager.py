@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from agent.core.errors import CodedError
 from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
+from agent.models.errors import ModelError
 from agent.models.fetch import (
     DownloadAbort,
     Fetched,
@@ -57,14 +59,15 @@ PROBATION_GIVE_UP = 3.0
 """Commit (with a note) when the window has passed this many times over without enough frames."""
 
 
-class DeployFailed(Exception):
-    """A deployment step failed; the old model keeps serving."""
+class DeployFailed(ModelError, CodedError):
+    """A deployment step failed; the old model keeps serving. ``code`` and ``message`` are the deployment's error."""
 
     def __init__(self, step: DeploymentStep, code: str, message: str) -> None:
-        super().__init__(f"{step.value}: {message}")
+        super().__init__(code, message)
         self.step = step
-        self.code = code
-        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.step.value}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from agent.core.names import NAME_PATTERN, ModelName, ModelVersion, check_name
+from agent.models.errors import ModelError
 from agent.monitor.bias import BiasConfigError, SliceSpec
-from agent.monitor.reference import Reference, ReferenceError
+from agent.monitor.reference import Reference, ReferenceDataError
 
 __all__ = [
     "MANIFEST_FILE",
@@ -47,7 +48,7 @@ PATH_PART = re.compile(r"[^\x00-\x1f\x7f\\/]{1,255}")
 """One component of a bundle-relative path: no control characters, no separators."""
 
 
-class ManifestError(ValueError):
+class ManifestError(ModelError, ValueError):
     """A manifest is missing, unreadable or invalid."""
 
 
@@ -228,7 +229,7 @@ class Manifest(_Strict):
         try:
             reference = None if self.reference is None else Reference.parse(self.reference)
             slices = SliceSpec.parse(self.slices)
-        except (ReferenceError, BiasConfigError) as exc:
+        except (ReferenceDataError, BiasConfigError) as exc:
             raise ManifestError(str(exc)) from exc
         if reference is not None and reference.task != self.task:
             raise ManifestError(f"reference.task: {reference.task!r} is not the model's task {self.task!r}")

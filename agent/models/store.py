@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.models.bootguard import write_json_atomic
+from agent.models.errors import ModelError
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_name
 
 __all__ = ["InstalledModel", "ModelStore", "StoreError"]
@@ -31,7 +32,7 @@ QUARANTINE_FILE = "quarantine.json"
 """Per model: versions that must not become current again without an explicit deploy."""
 
 
-class StoreError(RuntimeError):
+class StoreError(ModelError, RuntimeError):
     """The store cannot do what was asked (missing version, bad folder, disk full)."""
 
 

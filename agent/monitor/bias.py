@@ -26,8 +26,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.core.config import BiasSection
-from agent.core.errors import AgentError
 from agent.monitor.alarms import Judge, SignalEvent
+from agent.monitor.errors import MonitorError
 from agent.monitor.features import FrameSummary
 from agent.monitor.feedback import (
     FEEDBACK_SLICINGS,
@@ -53,8 +53,8 @@ DIGITS = 6
 MAX_REGIONS = 32
 
 
-class BiasConfigError(AgentError, ValueError):
-    """The manifest's ``slices`` are invalid; the message names the key."""
+class BiasConfigError(MonitorError, ValueError):
+    """The manifest's ``slices`` or the bias settings are invalid; the message names the key."""
 
 
 class SliceSpec(BaseModel):

@@ -35,6 +35,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from agent.core.config import EgressSection
+from agent.monitor.errors import MonitorError
 
 __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 
@@ -68,7 +69,7 @@ RECORD_TOPICS = ("results/",)
 may hold hundreds of boxes; an image among them is still caught by the numbers bound (MAX_NUMBERS)."""
 
 
-class EgressBlocked(Exception):
+class EgressBlocked(MonitorError):
     """An outgoing payload was refused; ``reason`` is one of REASONS."""
 
     def __init__(self, suffix: str, reason: str, detail: str) -> None:

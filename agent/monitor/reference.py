@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.monitor.errors import MonitorError
 from agent.monitor.features import FrameSummary
 from agent.monitor.stats import Binned, quantile_edges
 
@@ -32,7 +33,7 @@ __all__ = [
     "Distribution",
     "Reference",
     "ReferenceBuilder",
-    "ReferenceError",
+    "ReferenceDataError",
     "output_metrics",
 ]
 
@@ -42,7 +43,7 @@ MAX_BINS = 1000
 """Bins or categories per distribution: profiles use tens; a bound keeps a manifest's cost small."""
 
 
-class ReferenceError(ValueError):
+class ReferenceDataError(MonitorError, ValueError):
     """A reference is missing, malformed, or cannot be built from the sample."""
 
 
@@ -118,7 +119,7 @@ class Reference(_Strict):
 
     @classmethod
     def parse(cls, data: dict[str, Any] | Reference) -> Reference:
-        """Validate a manifest's ``reference``; ReferenceError names the field that is wrong."""
+        """Validate a manifest's ``reference``; ReferenceDataError names the field that is wrong."""
         if isinstance(data, Reference):
             return data
         try:
@@ -126,7 +127,7 @@ class Reference(_Strict):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ReferenceError(f"reference.{where}: {first['msg']}") from exc
+            raise ReferenceDataError(f"reference.{where}: {first['msg']}") from exc
 
     def distribution(self, metric: str) -> Distribution | Categories | None:
         if metric in INPUT_METRICS:
@@ -153,7 +154,7 @@ class ReferenceBuilder:
 
     def __init__(self, task: str, labels: Sequence[str] = (), bins: int = 10) -> None:
         if task not in ("classify", "detect", "text_detect"):
-            raise ReferenceError(f"unknown task {task!r}")
+            raise ReferenceDataError(f"unknown task {task!r}")
         self.task = task
         self.labels = tuple(labels)
         self.bins = bins
@@ -172,7 +173,7 @@ class ReferenceBuilder:
             self.failed += 1
             return
         if summary.task != self.task:
-            raise ReferenceError(f"the model's task is {self.task!r} but a prediction says "
+            raise ReferenceDataError(f"the model's task is {self.task!r} but a prediction says "
                                  f"{summary.task!r}")
         if self.task == "classify":
             if summary.top_label is not None:
@@ -184,9 +185,9 @@ class ReferenceBuilder:
 
     def build(self, name: str, version: str, sha256: str, source: str) -> Reference:
         if self.frames == 0:
-            raise ReferenceError("no frames were profiled")
+            raise ReferenceDataError("no frames were profiled")
         if self.failed == self.frames:
-            raise ReferenceError(f"the model failed on all {self.frames} profiled frames")
+            raise ReferenceDataError(f"the model failed on all {self.frames} profiled frames")
         inputs = {m: _distribution(v, self.bins) for m, v in self._inputs.items()}
         input_dists = {m: d for m, d in inputs.items() if d is not None}
         confidence = _distribution(self._scores, self.bins, scores=True)

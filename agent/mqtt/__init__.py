@@ -4,6 +4,7 @@ It knows no models or frames; the daemon gives it bytes and topics.
 """
 
 from agent.mqtt.broker import BrokerError, EmbeddedBroker
+from agent.mqtt.errors import MqttError
 from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxItem
 from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStatus
 from agent.mqtt.settings import SessionConfigError
@@ -12,6 +13,7 @@ __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "MemoryOutbox",
+    "MqttError",
     "MqttSession",
     "Outbox",
     "OutboxItem",

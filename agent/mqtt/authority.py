@@ -42,6 +42,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from agent.mqtt.errors import MqttError
 from agent.wire import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError
 
 __all__ = [
@@ -75,7 +76,7 @@ MAX_REMEMBERED_NONCES = 100_000
 """Beyond this many live nonces the ones expiring soonest are forgotten (and it is logged)."""
 
 
-class AuthorityError(CommandError):
+class AuthorityError(MqttError, CommandError):
     """A command is refused because it is not proven to come from the control plane, now."""
 
 

@@ -32,6 +32,7 @@ from types import TracebackType
 import structlog
 
 from agent.core.config import MqttSection
+from agent.mqtt.errors import MqttError
 
 __all__ = [
     "BROKER_START_TIMEOUT_S",
@@ -74,7 +75,7 @@ CONNECTION_FILE = "mqtt-embedded.json"
 PRIVATE_MODE = 0o600
 
 
-class BrokerError(RuntimeError):
+class BrokerError(MqttError, RuntimeError):
     """The embedded broker cannot be started or has ended; the message says why."""
 
 

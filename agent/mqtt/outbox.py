@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 import structlog
 
+from agent.mqtt.errors import MqttError
 from agent.wire import Sequencer
 
 __all__ = [
@@ -83,7 +84,7 @@ def is_corruption(exc: sqlite3.Error) -> bool:
     return any(message in text for message in CORRUPT_MESSAGES)
 
 
-class OutboxError(RuntimeError):
+class OutboxError(MqttError, RuntimeError):
     """The outbox database cannot be opened or created; the message names the file."""
 
 

@@ -31,6 +31,7 @@ from aiomqtt.exceptions import MqttConnectError
 
 from agent.core.backoff import Backoff
 from agent.core.config import MqttSection
+from agent.mqtt.errors import MqttError
 from agent.mqtt.outbox import MemoryOutbox, Outbox
 from agent.mqtt.settings import parse_broker_url, read_password, tls_parameters
 from agent.wire import SessionState
@@ -66,7 +67,7 @@ MessageHandler = Callable[[str, bytes], Awaitable[None]]
 ConnectHandler = Callable[[], Awaitable[None]]
 
 
-class SessionError(Exception):
+class SessionError(MqttError):
     """The MQTT session cannot do what was asked."""
 
 

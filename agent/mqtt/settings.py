@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.core.config import BrokerAddress, BrokerUrlError, MqttSection
 from agent.core.config import parse_broker_url as broker_address
+from agent.mqtt.errors import MqttError
 from agent.wire.topics import TopicError, check_device_id
 
 __all__ = [
@@ -32,7 +33,7 @@ CREDENTIAL_NAME = "mqtt-password"
 """The file name looked up in ``$CREDENTIALS_DIRECTORY`` (systemd LoadCredential=)."""
 
 
-class SessionConfigError(ValueError):
+class SessionConfigError(MqttError, ValueError):
     """The MQTT settings cannot make a connection; the message names the setting."""
 
 

@@ -8,10 +8,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from agent.core.errors import AgentError
+
 __all__ = ["Engine", "EngineError", "EngineLoadError", "TensorSpec"]
 
 
-class EngineError(RuntimeError):
+class EngineError(AgentError, RuntimeError):
     """An engine failed to load or to infer."""
 
 

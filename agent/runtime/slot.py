@@ -20,14 +20,14 @@ from typing import Any
 
 import structlog
 
-from agent.runtime.base import Engine
+from agent.runtime.base import Engine, EngineError
 
 __all__ = ["EngineSlot", "Serving", "SlotEmptyError"]
 
 log = structlog.get_logger(__name__)
 
 
-class SlotEmptyError(RuntimeError):
+class SlotEmptyError(EngineError):
     """No engine has been put in the slot yet."""
 
 

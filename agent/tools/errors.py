@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from agent.core.errors import AgentError
+
 __all__ = [
     "CompareError",
     "DistillError",
@@ -14,7 +16,7 @@ __all__ = [
 ]
 
 
-class ToolError(Exception):
+class ToolError(AgentError):
     """A model tool cannot do what it was asked; the message names what is wrong."""
 
 

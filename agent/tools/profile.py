@@ -23,9 +23,10 @@ from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
 from agent.models.store import InstalledModel
 from agent.monitor.latency import LatencyRecorder
-from agent.monitor.reference import ReferenceBuilder, ReferenceError
+from agent.monitor.reference import ReferenceBuilder, ReferenceDataError
 from agent.runtime.base import EngineError
 from agent.runtime.slot import EngineSlot
+from agent.tools.errors import ToolError
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import Frame
 from agent.vision.summary import summarize
@@ -52,7 +53,7 @@ DEFAULT_BINS = 10
 """Histogram bins per statistic by default (the drift monitor compares the live window on the same bins)."""
 
 
-class ProfileError(RuntimeError):
+class ProfileError(ToolError, RuntimeError):
     """The model or the sample frames cannot be profiled; the message says which and why."""
 
 
@@ -135,7 +136,7 @@ def profile(
             frame = Frame(index, image, time.monotonic(), time.time(), source)
             builder.observe(summarize(pipeline.process(frame)))
         reference = builder.build(manifest.name, manifest.version, sha256, source)
-    except ReferenceError as exc:
+    except ReferenceDataError as exc:
         raise ProfileError(f"{manifest.name} {manifest.version}: {exc}") from exc
     finally:
         slot.clear()

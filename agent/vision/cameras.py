@@ -22,9 +22,10 @@ import structlog
 from pydantic import ValidationError
 
 from agent.core.config import CameraSection, check_camera_set
-from agent.device.commands import CommandFailed
+from agent.core.errors import CodedError
 from agent.models.bootguard import write_json_atomic
 from agent.monitor.latency import CameraRecorders
+from agent.vision.errors import VisionError
 from agent.vision.sources import FrameSource, SourceError, SourceStats, redact_uri
 from agent.wire import CameraState
 
@@ -41,7 +42,7 @@ CAMERA_ERROR_CODES = ("camera_invalid", "camera_exists", "camera_not_found", "ca
                       "camera_unavailable")
 
 
-class CameraError(CommandFailed):
+class CameraError(VisionError, CodedError):
     """A camera cannot be added, changed or removed as asked; ``code`` and ``message`` reach the reply."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from agent.models.graph import SpecMismatchError, check_fits_input
 from agent.models.manifest import PreprocessSpec
 from agent.runtime.base import TensorSpec
+from agent.vision.errors import VisionError
 
 __all__ = ["INTERPOLATION", "Geometry", "Preprocessor", "TransformError"]
 
@@ -29,7 +30,7 @@ BGR = (0, 1, 2)
 RGB_FROM_BGR = (2, 1, 0)
 
 
-class TransformError(ValueError):
+class TransformError(VisionError, ValueError):
     """A frame, a spec or a model output does not fit the transform asked of it."""
 
 

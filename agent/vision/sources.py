@@ -43,6 +43,7 @@ import structlog
 
 from agent.core.backoff import Backoff
 from agent.core.config import SourceSection
+from agent.vision.errors import VisionError
 from agent.wire import CameraState
 
 __all__ = [
@@ -91,7 +92,7 @@ _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://.*", re.DOTALL)
 _APPSINK = re.compile(r"(?:^|!)\s*appsink(?:\s|!|$)")
 
 
-class SourceError(Exception):
+class SourceError(VisionError):
     """A frame source cannot be used as asked; ``code`` names the kind of failure for telemetry."""
 
     code: ClassVar[str] = "source_failed"

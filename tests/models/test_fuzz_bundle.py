@@ -316,4 +316,5 @@ def test_mutated_bundles_through_the_manager_end_active_or_failed_with_a_code(de
         loop.close()
         server.close()
     rig.assert_no_frame_skipped()
-    assert rig.manager.current is not None and rig.manager.current.state in (DeploymentState.FAILED, DeploymentState.ACTIVE)
+    current = rig.manager.current
+    assert current is not None and current.state in (DeploymentState.FAILED, DeploymentState.ACTIVE)

@@ -24,7 +24,7 @@ from agent.runtime.cuda import GpuInfo
 from agent.runtime.slot import EngineSlot
 from agent.vision.pipeline import Pipeline
 from agent.vision.sources import FrameSource
-from agent.wire import DeploymentStep
+from agent.wire import DeploymentState
 from tests.support import trt_double
 from tests.support.artifacts import bundle_of, sha256
 
@@ -89,7 +89,8 @@ def test_deploy_builds_an_engine_swaps_it_in_and_a_second_load_hits_the_cache(tm
 
     new, reports, versions = asyncio.run(scenario())
     assert new.runtime == "tensorrt"
-    assert DeploymentStep.BUILDING in reports and reports.index(DeploymentStep.BUILDING) < reports.index(DeploymentStep.LOADING)
+    building, loading = DeploymentState.BUILDING, DeploymentState.LOADING
+    assert building in reports and reports.index(building) < reports.index(loading)
     assert versions[-1] == "v6" and versions[0] == "v4"
     cache = list((tmp_path / "engines" / ".engine-cache").glob("*.engine"))
     assert len(cache) == 2  # one engine per model, each built once

@@ -6,7 +6,7 @@ import pytest
 
 from agent.core.config import DriftSection, MonitorSection
 from agent.monitor.drift import DriftMonitor
-from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceError
+from agent.monitor.reference import Reference, ReferenceBuilder, ReferenceDataError
 from agent.vision.summary import observe, summarize
 from agent.wire.signals import DriftPayload
 from tests.support.monitor_support import (
@@ -205,5 +205,5 @@ def test_the_snapshot_is_a_valid_drift_payload(text_reference):
 def test_a_malformed_reference_is_refused_with_the_field_named(text_reference):
     data = text_reference.model_dump(mode="json")
     data["inputs"]["brightness"]["counts"] = [1, 2]
-    with pytest.raises(ReferenceError, match=r"reference\.inputs\.brightness"):
+    with pytest.raises(ReferenceDataError, match=r"reference\.inputs\.brightness"):
         drift_monitor(data, window=10)
