@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from agent.device.commands import CommandFailed
+from agent.models.behaviour import BehaviourBounds
 from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.probation import Probation
 from agent.vision.cameras import CameraError, camera_entry, described, first_frame_error
@@ -89,8 +90,14 @@ class CommandHandlers:
             return None
         base = self.agent.manager.default_probation()  # type: ignore[union-attr]
         spec = command.probation
+        behaviour = base.behaviour
+        if spec.behaviour is not None:
+            try:
+                behaviour = BehaviourBounds.from_settings(self.agent.config.deploy, **spec.behaviour.model_dump())
+            except ValueError as exc:  # a deploy's bound that does not fit the config's others
+                raise CommandFailed("invalid_probation", str(exc)) from exc
         return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
-                         base.min_frames)
+                         base.min_frames, behaviour)
 
     async def deploy(self, command: DeployCommand) -> dict[str, Any]:
         manager = self.agent.manager
