@@ -17,8 +17,8 @@ import pytest
 from agent.fleet.control import ControlClient
 from tests.support.agentproc import AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, bundle_of, sha256, zero_bundle
-from tests.support.mosquitto import Mosquitto, MqttProbe
 from tests.support.monitor_support import SCENE_FRAMES, video
+from tests.support.mosquitto import Mosquitto, MqttProbe
 
 pytestmark = pytest.mark.slow
 
