@@ -1,7 +1,7 @@
 """Behavioural probation end to end: the real agent as a subprocess, a real mosquitto, bundles over HTTP.
 
-The camera is the demo video's two text scenes, so that the old model (v4) sees
-text on every loop. A v4 whose probability map is multiplied by zero passes the
+The camera is the demo video's page scene, so that the old model (v4) sees text
+on every frame (about six boxes) and v6 sees the same. A v4 whose probability map is multiplied by zero passes the
 NaN, latency and warm-up checks, serves, sees nothing, and is rolled back by
 probation with a reason naming the metric and its bound; v6 then commits.
 """
@@ -23,8 +23,10 @@ from tests.support.mosquitto import Mosquitto, MqttProbe
 pytestmark = pytest.mark.slow
 
 DEVICE = "dev-behaviour"
-TEXT_SCENES = 2
-"""The demo video's first two scenes (a text image, a page) are where the detectors see text."""
+PAGE_SCENE = 1
+"""The demo video's second scene, a printed page: v4 and v6 both find about six text boxes a frame. One
+scene, not several: consecutive frames of a scene with fewer boxes after a baseline over a richer one
+would move the ratio the test does not mean to measure (docs/deployment.md, limits)."""
 MIN_FRAMES = 15
 """Frames per camera behavioural probation judges on: v6 infers slowly on a shared CI core."""
 PROBATION_S = 20.0
@@ -39,7 +41,7 @@ SETTLE_S = 300.0
 def rig(tmp_path_factory, demo_dir):
     tmp = tmp_path_factory.mktemp("behaviour")
     clip = tmp / "text.mp4"
-    frames = video()[: TEXT_SCENES * SCENE_FRAMES]
+    frames = video()[PAGE_SCENE * SCENE_FRAMES:(PAGE_SCENE + 1) * SCENE_FRAMES]
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (width, height))
     for frame in frames:
@@ -87,6 +89,18 @@ def _event(rig, kind: str, deployment_id: str) -> dict:
         and json.loads(m.payload)["data"].get("deployment_id") == deployment_id,
         what=f"a {kind} event for {deployment_id}")
     return json.loads(message.payload)
+
+
+def test_a_deploys_behaviour_bound_that_contradicts_the_configs_is_refused_and_changes_nothing(rig, demo_dir):
+    server = rig["server"]
+    v6 = bundle_of(demo_dir, "text-det-v6", server.root)
+    probation = {"window_s": 5, "max_error_rate": 0.1, "max_latency_ratio": 2, "behaviour": {"min_count_ratio": 20}}
+    reply = _deploy(rig, {"id": "deploy-bad-bound", "name": "text-det", "version": "v6", "url": server.url(v6.name),
+                          "sha256": sha256(v6), "format": "bundle", "probation": probation})
+    assert not reply.ok and reply.error.code == "invalid_probation", reply
+    assert "max_count_ratio" in reply.error.message
+    model = rig["probe"].snapshot(f"edge/{DEVICE}/model")[-1]
+    assert json.loads(model.payload)["version"] == "v4"
 
 
 def test_a_model_that_sees_nothing_serves_then_rolls_back_and_v6_commits(rig, demo_dir):
