@@ -239,7 +239,7 @@ class Agent:
         self.manager = DeploymentManager(
             store=self.store, slot=self.slot, options=self.engine_options, settings=deploy,
             public_key=public_key, feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
-            report=self.publish_deployment, swapped=self._swapped,
+            report=self.publish_deployment, swapped=self._swapped, outputs=self.signals.outputs,
         )
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,

@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.device.commands import CommandFailed
 from agent.device.monitors import Signals
+from agent.models.behaviour import BehaviourBounds
 from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
 from agent.models.probation import Probation
 from agent.models.store import ModelStore
@@ -112,8 +113,14 @@ class CommandHandlers:
             return None
         base = self.manager.default_probation()
         spec = command.probation
+        behaviour = base.behaviour
+        if spec.behaviour is not None:
+            try:
+                behaviour = BehaviourBounds.from_settings(self.agent.config.deploy, **spec.behaviour.model_dump())
+            except ValueError as exc:  # a deploy's bound that does not fit the config's others
+                raise CommandFailed("invalid_probation", str(exc)) from exc
         return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
-                         base.min_frames)
+                         base.min_frames, behaviour)
 
     async def deploy(self, command: DeployCommand) -> dict[str, Any]:
         manager = self.manager

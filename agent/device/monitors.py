@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from agent.core.config import AgentConfig
+from agent.models.behaviour import OutputWindow
 from agent.models.manifest import ManifestError, MonitorData
 from agent.monitor.bias import BiasMonitor
 from agent.monitor.drift import DriftMonitor
@@ -41,7 +42,9 @@ class Signals:
         self.drift = DriftMonitor(section)
         self.bias = BiasMonitor(section)
         self.leak = LeakMonitor(section, sampler=ResourceSampler(device_reader=device_memory), egress=self.egress)
-        self.observer = Monitors([self.drift, self.bias])
+        self.outputs = OutputWindow(config.deploy.behaviour_window)
+        """What the models output, frame by frame, for behavioural probation."""
+        self.observer = Monitors([self.drift, self.bias, self.outputs])
         self.failures = 0
         """Models whose monitor data could not be applied (each also an event)."""
         self._pending: list[tuple[str, str, str, dict[str, Any]]] = []

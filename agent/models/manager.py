@@ -7,8 +7,9 @@ All heavy work runs on one dedicated loader thread at a low CPU priority, so the
 serving engine keeps its frame rate while the new one is prepared beside it. The
 swap is ``slot.swap()``: a reference switch between two frames. The old engine is
 closed after its last frame. During probation the new model's errors,
-non-finite outputs and latency are compared with the old model's; past the
-bounds it swaps back by itself.
+non-finite outputs and latency are compared with the old model's, and what it
+outputs with the old model's outputs and its reference (agent.models.behaviour);
+past the bounds it swaps back by itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import structlog
 
 from agent.core.errors import CodedError
+from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputWindow
 from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
 from agent.models.errors import ModelError
 from agent.models.fetch import (
@@ -127,6 +129,7 @@ class DeploymentManager:
         stats: Callable[[str], dict[str, Any]],
         report: Report,
         swapped: Swapped,
+        outputs: OutputWindow | None = None,
     ) -> None:
         self.store = store
         self.slot = slot
@@ -137,6 +140,8 @@ class DeploymentManager:
         self.stats = stats
         self.report = report
         self.swapped = swapped
+        self.outputs = outputs
+        """The frames' outputs behavioural probation reads; None: it is not judged."""
         self.current: DeploymentStatus | None = None
         self._lock = asyncio.Lock()
         self._probation: asyncio.Task[None] | None = None
@@ -151,7 +156,7 @@ class DeploymentManager:
     def default_probation(self) -> Probation:
         s = self.settings
         return Probation(s.probation_s, s.max_error_rate, s.max_nonfinite, s.max_latency_ratio,
-                         s.min_probation_frames)
+                         s.min_probation_frames, BehaviourBounds.from_settings(s))
 
     async def _step(self, req: DeployRequest, step: DeploymentStep, progress: float, **detail: Any) -> None:
         self.current = DeploymentStatus(req.deployment_id, req.name, req.version, step.state, step,
@@ -185,10 +190,11 @@ class DeploymentManager:
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            await self._swap_in(new, req.name)
+            old = await self._swap_in(new, req.name)
             await self._step(req, DeploymentStep.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
-            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation))
+            probe = self._behaviour_probe(probation, new, old)
+            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation, probe))
             return new
 
     async def _prepare_or_fail(self, req: DeployRequest, work: Path) -> Serving:
@@ -367,14 +373,27 @@ class DeploymentManager:
         return old
 
     # ----- probation and rollback -----------------------------------------------------------
+    def _behaviour_probe(self, probation: Probation, new: Serving, old: Serving | None) -> BehaviourProbe | None:
+        """The old model's outputs just before the swap, to judge the new one's against (with its reference)."""
+        if self.outputs is None or probation.behaviour is None:
+            return None
+        try:
+            reference = new.manifest.monitor_data().reference
+        except ManifestError:  # validated before the swap; a model without data is judged on the old one only
+            reference = None
+        return BehaviourProbe(self.outputs, probation.behaviour, new.version, old.version if old else None,
+                              reference)
+
     async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
-                     probation: Probation) -> None:
+                     probation: Probation, probe: BehaviourProbe | None = None) -> None:
         started = time.monotonic()
         verdict = ProbationVerdict(ok=True, reason="")
         while True:
             await asyncio.sleep(PROBATION_POLL_S)
             elapsed = time.monotonic() - started
             verdict = judge(probation, self.stats(new.version), baseline, final=elapsed >= probation.window_s)
+            if probe is not None and verdict.ok:
+                verdict = _with_behaviour(verdict, probe)
             if not verdict.ok or (elapsed >= probation.window_s and verdict.final):
                 break
             if elapsed >= PROBATION_GIVE_UP * max(probation.window_s, PROBATION_POLL_S):
@@ -453,3 +472,13 @@ class DeploymentManager:
             self._download.fire(FetchError("cancelled", "the agent is stopping"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+
+
+def _with_behaviour(verdict: ProbationVerdict, probe: BehaviourProbe) -> ProbationVerdict:
+    """A passing health verdict with the behavioural one: that failure fails probation; a pass is
+    final only once there are enough frames to judge what the new model sees."""
+    seen = probe.judge()
+    detail = {**verdict.detail, "behaviour": seen.detail}
+    if not seen.ok:
+        return ProbationVerdict(False, f"behaviour: {seen.reason}", True, detail)
+    return ProbationVerdict(True, "", verdict.final and seen.final, detail)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.models.behaviour import BehaviourBounds
+
 __all__ = ["Probation", "ProbationVerdict", "judge"]
 
 
@@ -15,6 +17,8 @@ class Probation:
     max_nonfinite: int
     max_latency_ratio: float
     min_frames: int = 10
+    behaviour: BehaviourBounds | None = None
+    """Bounds on what the new model outputs (agent.models.behaviour); None: not judged."""
 
 
 @dataclass(frozen=True)

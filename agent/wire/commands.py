@@ -25,6 +25,7 @@ __all__ = [
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "ArtifactStatement",
+    "BehaviourSpec",
     "CamerasCommand",
     "Command",
     "CommandBase",
@@ -103,10 +104,30 @@ class StatusCommand(CommandBase):
     command_name: ClassVar[str] = "status"
 
 
+class BehaviourSpec(WireModel):
+    """A deploy's own behavioural probation bounds; an absent one is the agent's ``[deploy] behaviour_*``."""
+
+    min_frames: int | None = Field(default=None, ge=1, description="frames per camera, new and old, to judge")
+    min_count_ratio: float | None = Field(default=None, gt=0, description="new / old detections per frame, lowest")
+    max_count_ratio: float | None = Field(default=None, gt=0, description="new / old detections per frame, highest")
+    max_score_js: float | None = Field(default=None, gt=0, le=1, description="score distribution JS, new vs old")
+    max_label_js: float | None = Field(default=None, gt=0, le=1, description="label mix JS, new vs old")
+    max_reference_psi: float | None = Field(default=None, gt=0, description="output PSI against the reference")
+    max_reference_js: float | None = Field(default=None, gt=0, le=1, description="output JS against the reference")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> BehaviourSpec:
+        low, high = self.min_count_ratio, self.max_count_ratio
+        if low is not None and high is not None and low >= high:
+            raise ValueError(f"min_count_ratio {low} must be below max_count_ratio {high}")
+        return self
+
+
 class ProbationSpec(WireModel):
     window_s: float = Field(gt=0, description="how long the new model is watched, seconds")
     max_error_rate: float = Field(ge=0, le=1, description="failed frames / frames")
     max_latency_ratio: float = Field(ge=1, description="new p95 latency / old p95 latency")
+    behaviour: BehaviourSpec | None = Field(default=None, description="bounds on what the new model outputs")
 
 
 def _ed25519_base64(value: str) -> str:

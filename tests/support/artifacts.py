@@ -141,3 +141,32 @@ def nan_model(source: Path, out: Path) -> Path:
     graph.node.append(helper.make_node("Mul", [inner, "nan_const"], [original]))
     onnx.save(model, str(out))
     return out
+
+
+def zero_model(source: Path, out: Path) -> Path:
+    """The real text detector with its probability map multiplied by zero: loads, infers as fast and as
+    finite as the original (it passes the NaN and latency checks) and sees nothing."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    original = graph.output[0].name
+    graph.initializer.append(numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero_const"))
+    inner = original + "_before_zero"
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == original:
+                node.output[i] = inner
+    graph.node.append(helper.make_node("Mul", [inner, "zero_const"], [original]))
+    onnx.save(model, str(out))
+    return out
+
+
+def zero_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """A bundle of the demo v4 detector as ``version``, its model replaced by ``zero_model``."""
+    folder = out_dir / f"text-det-zero-{version}"
+    shutil.copytree(demo / "models" / "text-det-v4", folder)
+    zero_model(folder / "model.onnx", folder / "model.onnx")
+    manifest = Manifest.read(folder / "manifest.json")
+    manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
+    out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
+    return out

@@ -68,6 +68,16 @@ def test_deploy_with_signature_and_probation():
     assert command.format == "bundle"
 
 
+def test_deploy_with_its_own_behaviour_bounds_leaves_the_others_to_the_agent():
+    probation = {"window_s": 60, "max_error_rate": 0.01, "max_latency_ratio": 1.5,
+                 "behaviour": {"min_count_ratio": 0.2, "max_reference_psi": 3}}
+    command = parse_command("deploy", json.dumps({**DEPLOY, "probation": probation}).encode())
+    assert isinstance(command, DeployCommand) and command.probation is not None
+    behaviour = command.probation.behaviour
+    assert behaviour is not None and behaviour.min_count_ratio == 0.2 and behaviour.max_reference_psi == 3.0
+    assert behaviour.max_score_js is None
+
+
 def test_simple_commands():
     assert parse_command("ping", b'{"id":"p"}') == PingCommand(id="p")
     rollback = parse_command("rollback", b'{"id":"r","reason":"too slow"}')
@@ -108,6 +118,18 @@ def test_oversized_payload_is_refused_before_parsing():
             {"probation": {"window_s": 0, "max_error_rate": 0.1, "max_latency_ratio": 2}},
             "probation.window_s",
             "greater than 0",
+        ),
+        (
+            {"probation": {"window_s": 5, "max_error_rate": 0.1, "max_latency_ratio": 2,
+                           "behaviour": {"max_score_js": 1.5}}},
+            "probation.behaviour.max_score_js",
+            "less than or equal to 1",
+        ),
+        (
+            {"probation": {"window_s": 5, "max_error_rate": 0.1, "max_latency_ratio": 2,
+                           "behaviour": {"min_count_ratio": 2.0, "max_count_ratio": 1.0}}},
+            "probation.behaviour",
+            "must be below",
         ),
         ({"id": 5}, "id", "valid string"),
         ({"id": ""}, "id", "at least 1"),

@@ -41,5 +41,31 @@ class DeploySection(Section):
     """Probation fails when the new model's p95 latency exceeds the old one's by this factor."""
     min_probation_frames: int = Field(default=10, ge=1)
     """Frames needed before probation judges error rate and latency."""
+    behaviour_window: int = Field(default=3000, ge=10, le=1_000_000)
+    """Recent frames' outputs kept (all cameras, all versions) for behavioural probation: enough
+    for ``behaviour_baseline_frames`` on each camera."""
+    behaviour_min_frames: int = Field(default=30, ge=1)
+    """Frames a camera needs from the new model, and from the old one, before its behaviour is judged."""
+    behaviour_baseline_frames: int = Field(default=300, ge=1)
+    """The old model's last frames per camera before the swap that make its baseline."""
+    behaviour_min_baseline_count: float = Field(default=0.5, gt=0)
+    """The old model's mean detections per frame at which it 'saw something' on a camera: below it a
+    new model that detects nothing there is not judged, and the upper ratio is taken against this."""
+    behaviour_min_count_ratio: float = Field(default=0.1, gt=0)
+    """Probation fails when new / old mean detections per frame on a camera is below this (sees nothing).
+    The demo detector v4 -> v6 is 0.87; a model that detects nothing is 0."""
+    behaviour_max_count_ratio: float = Field(default=10.0, gt=0)
+    """Probation fails when new / old mean detections per frame on a camera is above this (sees everything)."""
+    behaviour_max_score_js: float = Field(default=0.6, gt=0, le=1)
+    """Probation fails past this JS distance between the new and old score distributions on a camera
+    (v4 -> v6 of the demo detector: 0.27)."""
+    behaviour_max_label_js: float = Field(default=0.6, gt=0, le=1)
+    """Probation fails past this JS distance between the new and old label mix on a camera."""
+    behaviour_max_reference_psi: float = Field(default=1.5, gt=0)
+    """Probation fails past this PSI of an output metric against the bundle's reference (the drift
+    monitor's arithmetic; v6 against v4's reference: 0.51, a model that detects nothing: 2.2)."""
+    behaviour_max_reference_js: float = Field(default=0.5, gt=0, le=1)
+    """Probation fails past this JS distance of an output metric against the bundle's reference
+    (v6 against v4's reference: 0.29, a model that detects nothing: 0.57)."""
     journal_size: int = Field(default=1000, ge=10, le=1_000_000)
     """Command ids remembered (across restarts) to answer repeats without redoing them."""
