@@ -216,7 +216,7 @@ def make_video(photos: list[Path], path: Path, fps: int = VIDEO_FPS,
 
     width, height = VIDEO_SIZE
     tmp = path.with_name(path.stem + ".part.mp4")
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise DevError("OpenCV cannot write mp4v video here (no FFmpeg backend?)")
     frames_per_photo = int(fps * seconds_per_photo)

@@ -54,7 +54,7 @@ from agent.runtime.slot import EngineSlot, Serving
 from agent.vision.cameras import CAMERAS_FILE, CameraError, CameraSet
 from agent.vision.pipeline import Pipeline
 from agent.vision.scheduler import Scheduler
-from agent.wire import CommandError, DeploymentState, DeviceState, StatusPayload
+from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload
 from agent.wire.topics import Topics
 
 if sys.version_info >= (3, 11):
@@ -204,7 +204,7 @@ class Agent:
         )
         await self.telemetry.publish_state(self.topics.deployment, payload)
         if status.state in DeploymentState.FINAL:
-            severity = "info" if status.state is DeploymentState.COMMITTED else "warning"
+            severity: Severity = "info" if status.state is DeploymentState.COMMITTED else "warning"
             message = f"deployment {status.deployment_id} of {status.name} {status.version}: {status.state.value}"
             if status.error:
                 message += f" ({status.error['message']})"
@@ -212,7 +212,7 @@ class Agent:
                              {"deployment_id": status.deployment_id, "step": status.step.value,
                               "error": status.error, **(status.detail or {})})
 
-    async def event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> None:
+    async def event(self, kind: str, severity: Severity, message: str, data: dict[str, Any] | None = None) -> None:
         await self.telemetry.publish(self.topics.events, self.telemetry.event(kind, severity, message, data))
 
     async def _swapped(self, new: Serving, old: Serving | None, reason: str) -> None:

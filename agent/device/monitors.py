@@ -19,14 +19,14 @@ from agent.monitor.telemetry import Telemetry
 from agent.runtime.cuda import device_memory
 from agent.runtime.slot import Serving
 from agent.vision.summary import Monitors
-from agent.wire import PAYLOADS
+from agent.wire import PAYLOADS, Severity
 from agent.wire.signals import BiasPayload, DriftPayload, FeedbackCommand, LeakPayload
 
 __all__ = ["Signals"]
 
 log = structlog.get_logger(__name__)
 
-Event = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+Event = Callable[[str, Severity, str, dict[str, Any]], Awaitable[None]]
 INVALID_DATA_EVENT = "monitor_data_invalid"
 
 
@@ -47,7 +47,7 @@ class Signals:
         self.observer = Monitors([self.drift, self.bias, self.outputs])
         self.failures = 0
         """Models whose monitor data could not be applied (each also an event)."""
-        self._pending: list[tuple[str, str, str, dict[str, Any]]] = []
+        self._pending: list[tuple[str, Severity, str, dict[str, Any]]] = []
         telemetry.egress = self.egress
 
     def serving(self, serving: Serving, swapped: bool) -> None:

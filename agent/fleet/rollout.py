@@ -355,7 +355,7 @@ class Rollout:
         while asyncio.get_running_loop().time() < deadline:
             for device in committed:
                 entry = self.record.devices[device]
-                if entry.state != DeploymentState.COMMITTED:
+                if entry.state != DeploymentState.COMMITTED.value:
                     continue
                 why = self._unhealthy(device, baseline[device])
                 if why is not None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -55,6 +55,8 @@ from agent.wire import DeploymentState, DeploymentStep
 __all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus"]
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 PROBATION_POLL_S = 0.5
 PROBATION_GIVE_UP = 3.0
@@ -163,7 +165,7 @@ class DeploymentManager:
                                         progress, detail=detail or None)
         await self.report(self.current)
 
-    async def _in_loader(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _in_loader(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ----- deploy ---------------------------------------------------------------------------

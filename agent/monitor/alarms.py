@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.monitor.stats import Hysteresis, Level, Thresholds, Transition
+from agent.wire import Severity
 
 __all__ = ["Judge", "SignalEvent"]
 
-SEVERITY = {Level.OK: "info", Level.WARN: "warning", Level.ALARM: "alarm"}
+SEVERITY: dict[Level, Severity] = {Level.OK: "info", Level.WARN: "warning", Level.ALARM: "alarm"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class SignalEvent:
         return "alarm_raised" if self.raised else "alarm_cleared"
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return SEVERITY[Level[self.state.upper()]] if self.raised else "info"
 
     @property
@@ -60,7 +61,7 @@ class SignalEvent:
                 "previous": self.previous, "state": self.state, "value": self.value,
                 "threshold": self.threshold}
 
-    def as_event(self) -> tuple[str, str, str, dict[str, Any]]:
+    def as_event(self) -> tuple[str, Severity, str, dict[str, Any]]:
         """``(kind, severity, message, data)`` as the events topic takes them."""
         return self.kind, self.severity, self.message, self.data()
 

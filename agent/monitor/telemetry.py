@@ -21,7 +21,9 @@ from agent.wire import (
     CameraLatency,
     CameraStatus,
     DeploymentPayload,
+    DeviceState,
     Envelope,
+    ErrorInfo,
     EventPayload,
     HealthPayload,
     LatencyPayload,
@@ -31,6 +33,7 @@ from agent.wire import (
     ReplyPayload,
     ResultsHealth,
     Sequencer,
+    Severity,
     StageLatency,
     StatusPayload,
     clip_text,
@@ -89,7 +92,7 @@ class Telemetry:
         return encode_payload(payload)
 
     # ----- builders -----------------------------------------------------------------------
-    def status(self, state: str, *, started_at: float, groups: tuple[str, ...]) -> StatusPayload:
+    def status(self, state: DeviceState, *, started_at: float, groups: tuple[str, ...]) -> StatusPayload:
         return StatusPayload(**self.envelope("status"), state=state, agent_version=self.agent_version,
                              started_at=started_at, groups=tuple(groups))
 
@@ -127,14 +130,14 @@ class Telemetry:
         fields["error"] = _clipped(fields.get("error"))
         return DeploymentPayload(**self.envelope("deployment"), updated=time.time(), **fields)
 
-    def event(self, kind: str, severity: str, message: str, data: dict[str, Any] | None = None) -> EventPayload:
+    def event(self, kind: str, severity: Severity, message: str, data: dict[str, Any] | None = None) -> EventPayload:
         return EventPayload(**self.envelope("events"), kind=kind, severity=severity,
                             message=clip_text(message), data=data or {})
 
     def reply(self, command_id: str | None, command: str, ok: bool, error: dict[str, str] | None,
               result: dict[str, Any] | None) -> ReplyPayload:
         return ReplyPayload(**self.envelope("reply"), id=command_id, command=clip_text(command),
-                            ok=ok, error=_clipped(error), result=result)
+                            ok=ok, error=None if error is None else ErrorInfo(**_clipped(error) or {}), result=result)
 
     # ----- publishing ---------------------------------------------------------------------
     async def publish_state(self, topic: str, payload: BaseModel) -> None:

@@ -27,7 +27,8 @@ ORT_TYPES = {
 
 def _libc_malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
 

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -51,6 +51,7 @@ from agent.wire import (
     RollbackCommand,
     Sequencer,
     SessionState,
+    Severity,
     StageLatency,
     StatusCommand,
     StatusPayload,
@@ -67,7 +68,6 @@ __all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimCommandFailed", "SimDevice", "SimM
 
 log = structlog.get_logger(__name__)
 
-Severity = Literal["info", "warning", "alarm"]
 
 SIM_RUNTIME = "simulated"
 SIM_CAMERA = "camera0"

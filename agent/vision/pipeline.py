@@ -87,7 +87,7 @@ class PipelineCounters:
 
     def stats(self, version: str) -> dict[str, Any]:
         """Frames, errors, non-finite outputs and inference p95 of one model version."""
-        per = dict(self.by_version.get(version, {"frames": 0, "errors": 0, "nonfinite": 0}))
+        per: dict[str, Any] = dict(self.by_version.get(version, {"frames": 0, "errors": 0, "nonfinite": 0}))
         times = list(self.infer_ms.get(version, ()))
         per["p95_ms"] = round(float(np.percentile(times, 95)), 3) if times else None
         return per

@@ -45,6 +45,7 @@ __all__ = [
     "ReplyPayload",
     "ResultsHealth",
     "Sequencer",
+    "Severity",
     "StageLatency",
     "StatusPayload",
     "decode_payload",
@@ -55,6 +56,10 @@ __all__ = [
 _VALUE = Field(strict=False)
 """A state field takes its enum member or the member's value (the models are strict otherwise);
 JSON carries the value either way."""
+
+
+Severity = Literal["info", "warning", "alarm"]
+"""How much an event matters: ``alarm`` wants a person, ``warning`` a look, ``info`` a record."""
 
 
 class Envelope(WireModel):
@@ -121,7 +126,7 @@ class ReplyPayload(Envelope):
 
 class EventPayload(Envelope):
     kind: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
-    severity: Literal["info", "warning", "alarm"]
+    severity: Severity
     message: str = Field(max_length=MAX_TEXT_LENGTH)
     data: dict[str, Any] = Field(default_factory=dict)
 
