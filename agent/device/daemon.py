@@ -245,7 +245,7 @@ class Agent:
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
             cameras=self.cameras, cameras_changed=self.camera_book.changed, publish_cameras=self.camera_book.publish,
             signals=self.signals, pipeline=self.pipeline, deployment=lambda: self.deployment,
-            health_fields=self.health_fields)
+            health_fields=self.health_fields, deploy_settings=self.config.deploy)
         journal = CommandJournal(self.config.agent.state_dir / JOURNAL_FILE, deploy.journal_size)
         self.router = CommandRouter(self.topics, journal, handlers.table(), self._reply,
                                     self._rejected, command_authority(self.config))

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from agent.core.config import DeploySection
 from agent.device.commands import CommandFailed
 from agent.device.monitors import Signals
 from agent.models.behaviour import BehaviourBounds
@@ -34,7 +35,7 @@ class CommandHandlers:
                  cameras: CameraSet, cameras_changed: Callable[[], None],
                  publish_cameras: Callable[[], Awaitable[None]], signals: Signals, pipeline: Pipeline,
                  deployment: Callable[[], DeploymentStatus | None],
-                 health_fields: Callable[[], dict[str, Any]]) -> None:
+                 health_fields: Callable[[], dict[str, Any]], deploy_settings: DeploySection) -> None:
         self.model_name = model_name
         self.slot = slot
         self.store = store
@@ -46,6 +47,8 @@ class CommandHandlers:
         self.pipeline = pipeline
         self.deployment = deployment
         self.health_fields = health_fields
+        self.deploy_settings = deploy_settings
+        """``[deploy]``: the behavioural bounds a deploy's own are laid over."""
         self._cameras_lock = asyncio.Lock()
         """One camera change at a time: each reads the set the previous one left."""
 
@@ -116,7 +119,7 @@ class CommandHandlers:
         behaviour = base.behaviour
         if spec.behaviour is not None:
             try:
-                behaviour = BehaviourBounds.from_settings(self.agent.config.deploy, **spec.behaviour.model_dump())
+                behaviour = BehaviourBounds.from_settings(self.deploy_settings, **spec.behaviour.model_dump())
             except ValueError as exc:  # a deploy's bound that does not fit the config's others
                 raise CommandFailed("invalid_probation", str(exc)) from exc
         return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
