@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.device.commands import CommandFailed, CommandJournal, CommandRouter, Outcome
 from agent.vision.cameras import CameraError
-from agent.wire.schema import CommandError
+from agent.wire import CommandError
 from agent.wire.topics import Topics
 
 TOPICS = Topics("edge", "dev1")

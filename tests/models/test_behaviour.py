@@ -15,8 +15,8 @@ import pytest
 from agent.core.config import DeploySection
 from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputRow, OutputWindow, judge_behaviour, rows_of
 from agent.models.manifest import Manifest
-from agent.monitor.features import summarize
 from agent.monitor.reference import Reference, ReferenceBuilder
+from agent.vision.summary import summarize
 from tests.support.artifacts import zero_model
 from tests.support.monitor_support import DEMO, SCENE_FRAMES, TEXT_DET, model_results
 

@@ -13,8 +13,9 @@ import pytest
 
 from agent.models.manifest import Manifest
 from agent.models.shadow import ShadowDecision, ShadowError, ShadowGate, ShadowSpec, agreement, box_f1
-from agent.monitor.features import FrameSummary, summarize
+from agent.monitor.features import FrameSummary
 from agent.vision.heads import Detection
+from agent.vision.summary import summarize
 from tests.support.artifacts import zero_model
 from tests.support.monitor_support import DEMO, SCENE_FRAMES, TEXT_DET, model_results
 
