@@ -113,6 +113,9 @@ class _Model(BaseModel):
 
 
 class DeviceEntry(_Model):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A state assigned as its value becomes its RolloutState member."""
+
     stage: int = Field(ge=0)
     deployment_id: str = Field(min_length=1, max_length=MAX_DEPLOYMENT_ID)
     state: RolloutState = RolloutState.PENDING
