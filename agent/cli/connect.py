@@ -25,7 +25,7 @@ from agent.core.config import AgentConfig, ConfigError, load_config
 from agent.fleet.control import ControlClient
 from agent.fleet.local import LocalAgentError, local_target
 from agent.models.fetch import load_private_key
-from agent.wire import PayloadError, StatusPayload, decode_payload
+from agent.wire import DeviceState, PayloadError, StatusPayload, decode_payload
 
 __all__ = ["DEFAULT_PREFIX", "EXIT_FAILURE", "EXIT_USAGE", "ConnectError", "Connection",
            "add_connection_arguments", "connect", "fail", "resolve", "silence_hint"]
@@ -140,9 +140,9 @@ def silence_hint(connection: Connection) -> str:
         status = None
     if status is None:
         return f"; the broker holds no status of device {connection.device!r}: is that its id?"
-    if status.state == "online":
+    if status.state == DeviceState.ONLINE:
         return f"; device {connection.device!r} says it is online"
     ago = max(0.0, time.time() - status.ts)
-    why = "its connection dropped without a goodbye" if status.state == "lost" else "it stopped"
+    why = "its connection dropped without a goodbye" if status.state == DeviceState.LOST else "it stopped"
     return (f"; device {connection.device!r} is {status.state} since {ago:.0f} s ago ({why}): "
             "the agent is not running")

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from agent.cli.connect import ConnectError, Connection, add_connection_arguments, connect, resolve
 from agent.fleet.top import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
+from agent.wire import CameraState, DeploymentState, DeviceState, SignalState
 
 __all__ = ["add_top_parser", "render"]
 
@@ -42,9 +43,13 @@ SNAPSHOT_WINDOW_S = 6.0
 BAR_WIDTH = 30
 SNAPSHOT_WIDTH = 160
 """Columns of the printed view when piped (a terminal gives its own width)."""
-STATE_STYLES = {"ok": "green", "warn": "yellow", "alarm": "bold red", "online": "green", "offline": "yellow",
-                "lost": "bold red", "open": "green", "failed": "bold red", "rolled_back": "yellow",
-                "committed": "green", "warning": "yellow", "info": "dim"}
+STATE_STYLES: dict[str, str] = {
+    SignalState.OK: "green", SignalState.WARN: "yellow", SignalState.ALARM: "bold red",
+    DeviceState.ONLINE: "green", DeviceState.OFFLINE: "yellow", DeviceState.LOST: "bold red",
+    CameraState.OPEN: "green", DeploymentState.FAILED: "bold red", DeploymentState.ROLLED_BACK: "yellow",
+    DeploymentState.COMMITTED: "green",
+    "warning": "yellow", "info": "dim",  # event severities (wire.Severity; ``alarm`` shares the signal's style)
+}
 NONE = "-"
 
 

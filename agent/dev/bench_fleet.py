@@ -51,6 +51,7 @@ from agent.mqtt.broker import EmbeddedBroker, free_port
 from agent.mqtt.settings import parse_broker_url
 from agent.sim.device import SimDevice
 from agent.sim.simulate import SimSpec, device_ids
+from agent.wire import DeploymentState, DeviceState
 
 __all__ = ["FLOOD_RATE", "bench_consumers", "bench_fleet", "profile_consumer"]
 
@@ -114,7 +115,7 @@ class Phase:
 async def wait_online(url: str, devices: int, prefix: str = "edge") -> None:
     async with FleetLink(ControlClient(url, prefix), ("status",)) as link:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while sum(d.status == "online" for d in link.view.devices.values()) < devices:
+        while sum(d.status == DeviceState.ONLINE for d in link.view.devices.values()) < devices:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{devices} devices not online within {CONNECT_TIMEOUT_S:.0f}s")
             await link.wait_changed(POLL_S)
@@ -124,7 +125,7 @@ async def committed_at(url: str, rollout_id: str) -> dict[str, float]:
     async with FleetLink(ControlClient(url), ("deployment",)) as link:
         return {d.device_id: d.deployment.updated for d in link.view.devices.values()
                 if d.deployment is not None and d.deployment.deployment_id.startswith(rollout_id)
-                and d.deployment.state == "committed"}
+                and d.deployment.state == DeploymentState.COMMITTED}
 
 
 def run_rollout(url: str, devices: int, work: Path, broker_pid: int) -> dict[str, Any]:

@@ -36,13 +36,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.models.bundle import pack_bundle
 from agent.models.store import ModelStore
+from agent.wire import DeploymentState
 
 __all__ = ["Soak", "soak_passed"]
 
 DEVICE = "soak"
 SEQUENCED = ("telemetry/latency", "telemetry/health", "events", "reply")
 """Topic suffixes that pass through the agent's outbox; each counts 1, 2, 3, ..."""
-FINAL_STATES = ("committed", "failed", "rolled_back")
 BROKER_EVERY_S = 40.0
 OUTAGE_S = 5.0
 DEPLOY_EVERY_S = 30.0
@@ -207,7 +207,7 @@ class Soak:
         while time.monotonic() < deadline:
             state = counter.get("deployment")
             reply = counter.get("reply")
-            if state and state["deployment_id"] == command_id and state["state"] in FINAL_STATES:
+            if state and state["deployment_id"] == command_id and state["state"] in DeploymentState.FINAL:
                 self.deploys[state["state"]] += 1
                 return
             if reply and reply.get("id") == command_id and not reply["ok"]:

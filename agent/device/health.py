@@ -17,6 +17,7 @@ from agent.results import ResultsPublisher
 from agent.runtime.slot import EngineSlot
 from agent.vision.cameras import CameraSet, camera_rows, overwritten
 from agent.vision.pipeline import Pipeline
+from agent.wire import SessionState
 from agent.wire.topics import Topics
 
 __all__ = ["DeviceHealth"]
@@ -61,7 +62,7 @@ class DeviceHealth:
             "uptime_s": round(time.time() - self.started_at, 1),
             "camera": {key: first[key] for key in ("state", "reopens", "last_error", "fps")},
             "cameras": cameras,
-            "broker": {"state": status.state.name.lower() if status else "disconnected",
+            "broker": {"state": status.state if status else SessionState.DISCONNECTED,
                        "reconnects": status.reconnects if status else 0},
             "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
             if serving else None,

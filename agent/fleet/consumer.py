@@ -41,6 +41,7 @@ from agent.fleet.mqttfast import Batch, FastSubscriber, MqttFastError, tls_conte
 from agent.fleet.seqtrack import Digest, Membership, SeqTracker
 from agent.fleet.sinks import FleetMetrics, History, TensorBoardSink
 from agent.fleet.view import FleetView, Message, in_contract, split_topic
+from agent.wire import SignalState
 from agent.wire.topics import check_segment
 
 __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]
@@ -283,7 +284,7 @@ class Consumer:
             } for d in self.view.in_group(None)]
             active = [{"device": d.device_id, "signal": signal, "state": state, "ts": d.last_seen}
                       for d in self.view.in_group(None) for signal, state in sorted(d.signals.items())
-                      if state == "alarm"]
+                      if state == SignalState.ALARM]
             alarms = [{"device": a.device_id, "ts": a.ts, "kind": a.kind, "severity": a.severity,
                        "message": a.message} for a in reversed(self.view.alarms)]
         return {"instance": self.instance_id, "share_group": self.options.share_group,

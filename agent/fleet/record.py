@@ -13,23 +13,24 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Collection
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.core.names import check_name
 from agent.fleet.errors import FleetError
 from agent.fleet.plan import RolloutPlan
+from agent.wire import DeploymentState
 
 __all__ = [
-    "DEPLOYING",
-    "FINAL_BAD",
-    "FINAL_GOOD",
     "DeviceEntry",
     "PlanModel",
     "RecordError",
     "RolloutRecord",
+    "RolloutState",
     "RolloutStore",
     "deployment_id_for",
     "new_rollout_id",
@@ -40,13 +41,66 @@ MAX_DEPLOYMENT_ID = 120
 ROLLBACK_SUFFIX = "-rollback"
 DEVICE_HASH_CHARS = 16
 
-DEPLOYING = ("received", "downloading", "verifying", "building", "loading", "warming", "validating", "active")
-FINAL_GOOD = ("committed",)
-FINAL_BAD = ("failed", "rolled_back", "timeout", "unhealthy")
-DeviceState = Literal[
-    "pending", "sent", "received", "downloading", "verifying", "building", "loading", "warming",
-    "validating", "active", "committed", "failed", "rolled_back", "timeout", "unhealthy", "reverted",
-]
+_D = DeploymentState
+
+
+class RolloutState(str, Enum):
+    """A device's state in a rollout: its deployment's states (same values), and the rollout's own."""
+
+    PENDING = "pending"
+    """Not sent yet."""
+    SENT = "sent"
+    """The deploy command went out; the device has not reported yet."""
+    RECEIVED = _D.RECEIVED.value
+    DOWNLOADING = _D.DOWNLOADING.value
+    VERIFYING = _D.VERIFYING.value
+    BUILDING = _D.BUILDING.value
+    LOADING = _D.LOADING.value
+    WARMING = _D.WARMING.value
+    VALIDATING = _D.VALIDATING.value
+    ACTIVE = _D.ACTIVE.value
+    COMMITTED = _D.COMMITTED.value
+    FAILED = _D.FAILED.value
+    ROLLED_BACK = _D.ROLLED_BACK.value
+    TIMEOUT = "timeout"
+    """No outcome within the deploy timeout."""
+    UNHEALTHY = "unhealthy"
+    """Committed, then went offline, left the version or raised an alarm while watched."""
+    REVERTED = "reverted"
+    """Rolled back by the rollout's abort."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, format_spec: str) -> str:
+        return str.__format__(str.__str__(self), format_spec)
+
+    DEPLOYING: ClassVar[frozenset[RolloutState]]
+    """The device is working on the deployment."""
+    FINAL_GOOD: ClassVar[frozenset[RolloutState]]
+    FINAL_BAD: ClassVar[frozenset[RolloutState]]
+    """Final and counted as failed against the rollout's bound."""
+    FINAL: ClassVar[frozenset[RolloutState]]
+    """Nothing more to wait for in this stage."""
+    JUDGED: ClassVar[frozenset[RolloutState]]
+    """States the rollout decided; the devices' own reports no longer change them."""
+    REVERTIBLE: ClassVar[frozenset[RolloutState]]
+    """States after which an abort rolls the device back (when it serves the new version)."""
+
+
+RolloutState.DEPLOYING = frozenset({
+    RolloutState.RECEIVED, RolloutState.DOWNLOADING, RolloutState.VERIFYING, RolloutState.BUILDING,
+    RolloutState.LOADING, RolloutState.WARMING, RolloutState.VALIDATING, RolloutState.ACTIVE,
+})
+RolloutState.FINAL_GOOD = frozenset({RolloutState.COMMITTED})
+RolloutState.FINAL_BAD = frozenset({
+    RolloutState.FAILED, RolloutState.ROLLED_BACK, RolloutState.TIMEOUT, RolloutState.UNHEALTHY,
+})
+RolloutState.FINAL = RolloutState.FINAL_GOOD | RolloutState.FINAL_BAD | {RolloutState.REVERTED}
+RolloutState.JUDGED = frozenset({RolloutState.TIMEOUT, RolloutState.UNHEALTHY, RolloutState.REVERTED})
+RolloutState.REVERTIBLE = frozenset({
+    RolloutState.ACTIVE, RolloutState.COMMITTED, RolloutState.UNHEALTHY, RolloutState.TIMEOUT,
+})
 Outcome = Literal["running", "aborting", "succeeded", "aborted"]
 
 
@@ -59,9 +113,12 @@ class _Model(BaseModel):
 
 
 class DeviceEntry(_Model):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A state assigned as its value becomes its RolloutState member."""
+
     stage: int = Field(ge=0)
     deployment_id: str = Field(min_length=1, max_length=MAX_DEPLOYMENT_ID)
-    state: DeviceState = "pending"
+    state: RolloutState = RolloutState.PENDING
     error: str | None = None
     sent_at: float | None = None
     """Unix time the deploy command was first sent (the deploy timeout counts from it)."""
@@ -75,7 +132,7 @@ class DeviceEntry(_Model):
 
     @property
     def final(self) -> bool:
-        return self.state in FINAL_GOOD or self.state in FINAL_BAD or self.state == "reverted"
+        return self.state in RolloutState.FINAL
 
 
 class PlanModel(_Model):
@@ -119,7 +176,7 @@ class RolloutRecord(_Model):
         """Devices of stages 0..upto (inclusive)."""
         return [device for wave in self.waves[: upto + 1] for device in wave]
 
-    def count(self, states: tuple[str, ...], devices: list[str] | None = None) -> int:
+    def count(self, states: Collection[RolloutState], devices: list[str] | None = None) -> int:
         names = self.devices if devices is None else devices
         return sum(self.devices[d].state in states for d in names)
 

@@ -32,18 +32,16 @@ from agent.fleet.errors import FleetError
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves, failure_share
 from agent.fleet.record import (
-    DEPLOYING,
-    FINAL_BAD,
-    FINAL_GOOD,
     DeviceEntry,
     PlanModel,
     RecordError,
     RolloutRecord,
+    RolloutState,
     RolloutStore,
     deployment_id_for,
 )
 from agent.fleet.view import FleetView, Message
-from agent.wire import DeploymentPayload, DeploymentState, ReplyPayload
+from agent.wire import DeploymentPayload, DeploymentState, DeviceState, ReplyPayload, SignalState
 
 __all__ = [
     "DEFAULT_DEPLOY_TIMEOUT_S",
@@ -68,10 +66,6 @@ TICK_S = 0.5
 SAVE_EVERY_S = 0.5
 """The record is written at most this often while devices report (and at every stage boundary)."""
 SEND_BATCH = 100
-JUDGED = ("timeout", "unhealthy", "reverted")
-"""States the rollout decided; the devices' own reports no longer change them."""
-REVERTIBLE = ("active", "committed", "unhealthy", "timeout")
-"""Device states after which an abort rolls the device back (when it serves the new version)."""
 STAGE_NAMES = ("canary",)
 
 
@@ -112,10 +106,10 @@ def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float
     members = view.in_group(spec.group)
     if not members:
         raise RolloutError(f"no device reports group {spec.group!r} in its retained status")
-    online = [d for d in members if d.status == "online"]
+    online = [d for d in members if d.status == DeviceState.ONLINE]
     already = [d.device_id for d in online if d.model == spec.name and d.version == spec.version]
     targets = [d.device_id for d in online if d.device_id not in already]
-    skipped = [d.device_id for d in members if d.status != "online"]
+    skipped = [d.device_id for d in members if d.status != DeviceState.ONLINE]
     if not targets and not already:
         raise RolloutError(f"no device of group {spec.group!r} is online ({len(skipped)} offline or lost)")
     waves = assign_waves(rollout_id, targets, spec.plan) if targets else []
@@ -174,7 +168,7 @@ class Rollout:
     def observe(self, message: Message) -> None:
         """Called by the link for every message: follow our deployments and replies."""
         entry = self.record.devices.get(message.device_id)
-        if entry is None or entry.state in JUDGED:
+        if entry is None or entry.state in RolloutState.JUDGED:
             return
         data = message.data
         if isinstance(data, DeploymentPayload) and data.deployment_id == entry.deployment_id:
@@ -182,7 +176,7 @@ class Rollout:
             self._set(message.device_id, entry, data.state, error)
         elif isinstance(data, ReplyPayload) and data.id == entry.deployment_id:
             if data.error is not None and not entry.final:
-                self._set(message.device_id, entry, "failed", f"{data.error.code}: {data.error.message}")
+                self._set(message.device_id, entry, RolloutState.FAILED, f"{data.error.code}: {data.error.message}")
             elif data.ok:
                 # A repeat answered from the agent's journal brings no new deployment state:
                 # the retained one (already seen) says where the device is.
@@ -201,15 +195,16 @@ class Rollout:
         previous run ended: its deployment topic, carrying this rollout's id, says so.
         """
         for device, entry in self.record.devices.items():
-            if entry.state == "sent":
+            if entry.state == RolloutState.SENT:
                 entry.last_sent_at = None
-            if entry.state not in JUDGED:
+            if entry.state not in RolloutState.JUDGED:
                 self._follow_retained(device, entry, quiet=True)
 
-    def _set(self, device: str, entry: DeviceEntry, state: str, error: str | None, quiet: bool = False) -> None:
+    def _set(self, device: str, entry: DeviceEntry, state: RolloutState | DeploymentState, error: str | None,
+             quiet: bool = False) -> None:
         if state == entry.state:
             return
-        entry.state = state  # type: ignore[assignment]
+        entry.state = RolloutState(state)
         entry.error = error
         self._dirty = True
         self._news_at = time.monotonic()
@@ -252,8 +247,9 @@ class Rollout:
 
     def _result(self) -> RolloutResult:
         record = self.record
-        result = RolloutResult(record.rollout_id, record.outcome, record.count(FINAL_GOOD),
-                               record.count(FINAL_BAD), record.count(("reverted",)), record.reason)
+        result = RolloutResult(record.rollout_id, record.outcome, record.count(RolloutState.FINAL_GOOD),
+                               record.count(RolloutState.FINAL_BAD), record.count({RolloutState.REVERTED}),
+                               record.reason)
         log.info("rollout_finished", rollout=record.rollout_id, outcome=result.outcome, committed=result.committed,
                  failed=result.failed, reverted=result.reverted, reason=result.reason)
         self._say(f"rollout {record.rollout_id} {result.outcome}: {result.committed} committed, "
@@ -264,7 +260,7 @@ class Rollout:
     async def _run_stage(self, index: int) -> None:
         wave = self.record.waves[index]
         self._say(f"{stage_name(index)}: {len(wave)} devices")
-        await self._send([d for d in wave if self.record.devices[d].state == "pending"])
+        await self._send([d for d in wave if self.record.devices[d].state == RolloutState.PENDING])
         await self._settle(wave)
         tried = self.record.in_stages(index)
         self._summary(index, tried)
@@ -276,7 +272,7 @@ class Rollout:
             self._within_bound(tried)
 
     def _within_bound(self, tried: list[str]) -> bool:
-        failed = self.record.count(FINAL_BAD, tried)
+        failed = self.record.count(RolloutState.FINAL_BAD, tried)
         if self.plan.aborts(failed, len(tried)):
             self.record.outcome = "aborting"
             self.record.reason = (f"{failed} of {len(tried)} devices failed "
@@ -288,10 +284,11 @@ class Rollout:
 
     def _summary(self, index: int, tried: list[str], healthy: bool = False) -> None:
         record, wave = self.record, self.record.waves[index]
-        failed = record.count(FINAL_BAD, tried)
+        failed = record.count(RolloutState.FINAL_BAD, tried)
         what = f"healthy for {self.plan.wait_healthy_s:g}s" if healthy else "settled"
-        self._say(f"{stage_name(index)} {what}: {record.count(FINAL_GOOD, wave)}/{len(wave)} committed, "
-                  f"{record.count(FINAL_BAD, wave)} failed; so far {record.count(FINAL_GOOD, tried)}/"
+        good, bad = RolloutState.FINAL_GOOD, RolloutState.FINAL_BAD
+        self._say(f"{stage_name(index)} {what}: {record.count(good, wave)}/{len(wave)} committed, "
+                  f"{record.count(bad, wave)} failed; so far {record.count(good, tried)}/"
                   f"{len(record.devices)} committed, failure share {failure_share(failed, len(tried)):.1%} "
                   f"(abort above {self.plan.abort_failures_pct:g}%)")
 
@@ -308,8 +305,8 @@ class Rollout:
         entry.sent_at = entry.sent_at or now
         entry.last_sent_at = now
         entry.sends += 1
-        if entry.state == "pending":
-            self._set(device, entry, "sent", None)
+        if entry.state == RolloutState.PENDING:
+            self._set(device, entry, RolloutState.SENT, None)
         self._dirty = True
 
     async def _settle(self, wave: list[str]) -> None:
@@ -326,9 +323,9 @@ class Rollout:
                 if entry.sent_at is None:
                     resend.append(device)
                 elif now - entry.sent_at > self.deploy_timeout_s:
-                    self._set(device, entry, "timeout", f"no outcome within {self.deploy_timeout_s:g}s")
-                elif entry.state == "sent" and (entry.last_sent_at is None
-                                                or now - entry.last_sent_at > RESEND_AFTER_S):
+                    self._set(device, entry, RolloutState.TIMEOUT, f"no outcome within {self.deploy_timeout_s:g}s")
+                elif entry.state == RolloutState.SENT and (entry.last_sent_at is None
+                                                         or now - entry.last_sent_at > RESEND_AFTER_S):
                     resend.append(device)
             if resend:
                 await self._send(resend)
@@ -343,24 +340,24 @@ class Rollout:
         log.info("rollout_refresh", rollout=self.record.rollout_id)
         await self.link.refresh()
         for device, entry in self.record.devices.items():
-            if entry.state not in JUDGED and entry.state != "pending":
+            if entry.state not in RolloutState.JUDGED and entry.state != RolloutState.PENDING:
                 self._follow_retained(device, entry)
 
     async def _watch_healthy(self, devices: list[str]) -> None:
         view = self.link.view
-        committed = [d for d in devices if self.record.devices[d].state in FINAL_GOOD]
+        committed = [d for d in devices if self.record.devices[d].state in RolloutState.FINAL_GOOD]
         baseline = {d: view.device(d).alarms_seen for d in committed}
         self._say(f"watching {len(committed)} committed devices for {self.plan.wait_healthy_s:g}s")
         deadline = asyncio.get_running_loop().time() + self.plan.wait_healthy_s
         while asyncio.get_running_loop().time() < deadline:
             for device in committed:
                 entry = self.record.devices[device]
-                if entry.state != DeploymentState.COMMITTED.value:
+                if entry.state != RolloutState.COMMITTED:
                     continue
                 why = self._unhealthy(device, baseline[device])
                 if why is not None:
-                    self._set(device, entry, "unhealthy", why)
-            failed = self.record.count(FINAL_BAD, devices)
+                    self._set(device, entry, RolloutState.UNHEALTHY, why)
+            failed = self.record.count(RolloutState.FINAL_BAD, devices)
             if self.plan.aborts(failed, len(devices)):
                 return
             self.save()
@@ -368,13 +365,13 @@ class Rollout:
 
     def _unhealthy(self, device: str, alarms_before: int) -> str | None:
         view = self.link.view.device(device)
-        if view.status != "online":
+        if view.status != DeviceState.ONLINE:
             return f"status {view.status}"
         if view.version != self.record.version:
             return f"serves {view.model} {view.version}, not {self.record.version}"
         if view.alarms_seen > alarms_before:
             return "raised an alarm"
-        alarmed = [signal for signal, state in view.signals.items() if state == "alarm"]
+        alarmed = [signal for signal, state in view.signals.items() if state == SignalState.ALARM]
         return f"{', '.join(alarmed)} in alarm" if alarmed else None
 
     # ----- abort -------------------------------------------------------------------------
@@ -386,11 +383,12 @@ class Rollout:
         back would put the new version back.
         """
         entry, view = self.record.devices[device], self.link.view.device(device)
-        if entry.state not in REVERTIBLE or (view.model, view.version) != (self.record.name, self.record.version):
+        if (entry.state not in RolloutState.REVERTIBLE
+                or (view.model, view.version) != (self.record.name, self.record.version)):
             return False
         deployment = view.deployment
         return not (deployment is not None and deployment.deployment_id == entry.deployment_id
-                    and deployment.state in FINAL_BAD)
+                    and deployment.state in DeploymentState.BAD)
 
     async def _revert(self) -> None:
         """Roll back every device whose retained model shows the new version."""
@@ -412,7 +410,7 @@ class Rollout:
                     self._say(f"  {device:<24} rollback refused ({reply.error.code}: {reply.error.message})")
                     pending.discard(device)
                 elif serving != record.version:
-                    self._set(device, entry, "reverted", None)
+                    self._set(device, entry, RolloutState.REVERTED, None)
                     pending.discard(device)
             self.save()
             if pending:
@@ -421,5 +419,5 @@ class Rollout:
         for device in sorted(pending):
             self._say(f"  {device:<24} did not confirm the rollback within {REVERT_TIMEOUT_S:g}s")
         for device, entry in record.devices.items():
-            if entry.state in DEPLOYING:
+            if entry.state in RolloutState.DEPLOYING:
                 log.warning("rollout_device_unsettled", device=device, state=entry.state)

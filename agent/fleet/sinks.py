@@ -31,7 +31,7 @@ from agent.fleet.results import (
 from agent.fleet.seqtrack import Gap
 from agent.fleet.tensorboard import EventFileWriter
 from agent.fleet.view import SIGNALS, STATE_RANK, FleetView, Message, summarise
-from agent.wire import EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
+from agent.wire import DeviceState, EventPayload, HealthPayload, LatencyPayload, ModelPayload, StatusPayload
 
 __all__ = ["FleetMetrics", "History", "TensorBoardSink"]
 
@@ -45,7 +45,7 @@ MAX_ZONE_LABELS = 256
 """Zone and line names with their own series, fleet-wide."""
 MAX_OBJECT_LABELS = 256
 """Object labels with their own series, fleet-wide (a detector's classes: COCO has 80)."""
-STATUS_STATES = ("online", "offline", "lost")
+STATUS_STATES: tuple[str, ...] = tuple(DeviceState)
 SEVERITIES = ("info", "warning", "alarm")
 HISTORY_POINTS = 120
 """Points per device and series kept for the dashboard's charts."""
@@ -136,7 +136,7 @@ class FleetMetrics:
         state = view.device(message.device_id)
         model = (state.model or "", state.version or "")
         if isinstance(data, StatusPayload):
-            self.up.set((device,), 1 if data.state == "online" else 0)
+            self.up.set((device,), 1 if data.state == DeviceState.ONLINE else 0)
         elif isinstance(data, ModelPayload):
             self.info.set((device,), 1, model)
         elif isinstance(data, LatencyPayload):

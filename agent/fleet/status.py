@@ -15,7 +15,7 @@ from typing import Any
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.view import SIGNALS, DeviceView, FleetView
-from agent.wire import HealthPayload
+from agent.wire import DeviceState, HealthPayload, SignalState
 
 __all__ = ["STATUS_FILTERS", "CamerasView", "cameras_cell", "collect", "device_rows", "render_table",
            "terminal_safe"]
@@ -107,7 +107,7 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(str(line[i])) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(value).ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()
              for line in cells]
-    online = sum(row["status"] == "online" for row in rows)
-    alarmed = sum(any(row[s] == "alarm" for s in SIGNALS) or row["alarm_events"] > 0 for row in rows)
+    online = sum(row["status"] == DeviceState.ONLINE for row in rows)
+    alarmed = sum(any(row[s] == SignalState.ALARM for s in SIGNALS) or row["alarm_events"] > 0 for row in rows)
     lines.append(f"{len(rows)} devices, {online} online, {alarmed} with alarms")
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from agent.fleet.view import SIGNALS, STATE_RANK, decode, largest, split_topic
 from agent.wire import (
     DeploymentPayload,
     DeploymentState,
+    DeviceState,
     EventPayload,
     HealthPayload,
     LatencyPayload,
@@ -299,7 +300,7 @@ class TopModel:
     def rows(self, now: float) -> TopRows:
         """The view at device time ``now`` (seconds; the uptime is counted to it)."""
         status = self.status
-        started = status.started_at if status is not None and status.state == "online" else None
+        started = status.started_at if status is not None and status.state == DeviceState.ONLINE else None
         latency = self.latency
         signals = [SignalRow(kind, _signal_state(self.signals[kind]), _signal_detail(kind, self.signals[kind]))
                    if kind in self.signals else SignalRow(kind, NONE, "") for kind in SIGNALS]

@@ -27,12 +27,14 @@ from agent.fleet.results import (
 )
 from agent.wire import (
     DeploymentPayload,
+    DeviceState,
     EventPayload,
     HealthPayload,
     LatencyPayload,
     ModelPayload,
     PayloadError,
     ReplyPayload,
+    SignalState,
     StatusPayload,
     decode_payload,
 )
@@ -58,8 +60,10 @@ SIGNALS = ("drift", "bias", "leak")
 TELEMETRY_KINDS = ("health", "latency", *SIGNALS)
 """The telemetry kinds of the wire contract (docs/mqtt.md); a message of any other kind is not
 kept anywhere (a device publishing ever new kinds would grow every per-kind table)."""
-STATE_RANK = {"ok": 0, "warn": 1, "alarm": 2}
-RANKED = tuple(STATE_RANK)
+RANKED = (SignalState.OK, SignalState.WARN, SignalState.ALARM)
+"""The judged states, best first."""
+STATE_RANK: dict[str, int] = {state: rank for rank, state in enumerate(RANKED)}
+"""A judged state's rank (ok < warn < alarm), keyed so that a state read from JSON finds its rank."""
 ALARM_SEVERITIES = ("warning", "alarm")
 MAX_ALARMS = 200
 """Recent alarm and warning events kept for the whole fleet (oldest dropped)."""
@@ -74,7 +78,7 @@ MAX_OBJECT_EVENTS = 20
 class Summary:
     """What the consumer reads from a tolerantly read telemetry document, found in one walk of it."""
 
-    state: str | None
+    state: SignalState | None
     """The worst ``state`` field (ok < warn < alarm) anywhere in the document."""
     psi: float | None
     """The largest ``psi`` number anywhere (drift)."""
@@ -127,7 +131,7 @@ class DeviceView:
     frames_processed: int | None = None
     cameras: tuple[tuple[str, str, float], ...] = ()
     """``(name, state, capture fps)`` of each camera in the latest health telemetry."""
-    signals: dict[str, str] = field(default_factory=dict)
+    signals: dict[str, SignalState] = field(default_factory=dict)
     drift_score: float | None = None
     """The largest PSI in the latest drift telemetry."""
     bias_score: float | None = None
@@ -142,7 +146,7 @@ class DeviceView:
 
     @property
     def alarmed(self) -> bool:
-        return any(state == "alarm" for state in self.signals.values())
+        return any(state == SignalState.ALARM for state in self.signals.values())
 
 
 def split_topic(prefix: str, topic: str) -> tuple[str, str] | None:
@@ -306,7 +310,7 @@ class FleetView:
         view.status = data.state
         view.groups = data.groups
         view.started_at = data.started_at
-        if data.state == "online":
+        if data.state == DeviceState.ONLINE:
             view.last_seen = max(view.last_seen or 0.0, data.ts)
 
     def _on_model(self, view: DeviceView, data: ModelPayload | None) -> None:
@@ -335,7 +339,7 @@ class FleetView:
         self.alarms.append(Alarm(view.device_id, data.ts, data.kind, data.severity, data.message))
         signal, state = data.data.get("signal"), data.data.get("state")
         if signal in SIGNALS and state in STATE_RANK:
-            view.signals[signal] = state
+            view.signals[signal] = SignalState(state)
 
     def _on_telemetry_latency(self, view: DeviceView, data: LatencyPayload | None) -> None:
         if data is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.monitor.stats import Hysteresis, Level, Thresholds, Transition
-from agent.wire import Severity
+from agent.wire import Severity, SignalState
 
 __all__ = ["Judge", "SignalEvent"]
 
@@ -30,8 +30,8 @@ class SignalEvent:
     """What was measured: ``brightness``, ``brightness_band.selection_rate``, ``rss``, ..."""
     measure: str
     """How: ``psi``, ``js``, ``ratio``, ``slope_per_hour``, ..."""
-    previous: str
-    state: str
+    previous: SignalState
+    state: SignalState
     value: float | None
     threshold: float | None
     """The bound crossed (an enter bound when raised, a clear bound when cleared)."""

@@ -38,6 +38,7 @@ from agent.monitor.feedback import (
     RecentFrames,
 )
 from agent.monitor.stats import Thresholds
+from agent.wire import SignalState, SliceStatus
 
 __all__ = ["FOUR_FIFTHS", "BiasConfigError", "BiasMonitor", "SliceSpec", "brightness_band", "time_of_day"]
 
@@ -267,7 +268,7 @@ class BiasMonitor:
             "feedback": self._feedback(),
         }
 
-    def _judge(self, metric: str, measure: str, thresholds: Thresholds, value: float) -> str:
+    def _judge(self, metric: str, measure: str, thresholds: Thresholds, value: float) -> SignalState:
         judge = self._judges.get(metric)
         if judge is None:
             judge = self._judges[metric] = Judge(SIGNAL, metric, {measure: thresholds})
@@ -285,20 +286,20 @@ class BiasMonitor:
             enough = a.samples >= s.bias_min_samples
             slices[name] = {
                 "samples": a.samples,
-                "status": "measured" if enough else "insufficient_samples",
+                "status": SliceStatus.MEASURED if enough else SliceStatus.INSUFFICIENT_SAMPLES,
                 "selection_rate": _ratio(a.positives, a.judged) if enough else None,
                 "mean_confidence": _ratio(a.confidence_sum, a.confidence_n) if enough else None,
             }
-        measured = [v for v in slices.values() if v["status"] == "measured"]
+        measured = [v for v in slices.values() if v["status"] == SliceStatus.MEASURED]
         rates = [v["selection_rate"] for v in measured if v["selection_rate"] is not None]
         selection = _parity(rates)
         confidence = _parity(
             [v["mean_confidence"] for v in measured if v["mean_confidence"] is not None])
         ratio, difference = selection["min_ratio"], selection["max_difference"]
         if not any(a.judged for a in aggregates.values()):
-            state = "not_applicable"
+            state = SignalState.NOT_APPLICABLE
         elif ratio is None or difference is None:
-            state = "insufficient_samples"
+            state = SignalState.INSUFFICIENT_SAMPLES
         else:
             effective = 1.0 if difference < s.bias_min_difference else ratio
             thresholds = Thresholds(s.bias_ratio_alarm, s.bias_ratio_warn, s.bias_clear_margin,
@@ -319,7 +320,7 @@ class BiasMonitor:
             gaps = LabelledOutcomes.odds_gap(slices)
             gap = gaps["equalized_odds_gap"]
             if gap is None:
-                state = "insufficient_samples"
+                state = SignalState.INSUFFICIENT_SAMPLES
             else:
                 thresholds = Thresholds(s.bias_odds_alarm, s.bias_odds_warn, s.bias_clear_margin)
                 state = self._judge(f"{slicing}.equalized_odds", "gap", thresholds, gap)

@@ -23,6 +23,7 @@ from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary
 from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics
 from agent.monitor.stats import InputStats, Thresholds, bin_counts, js_distance, psi
+from agent.wire import SignalState
 
 __all__ = ["DriftMonitor"]
 
@@ -30,8 +31,6 @@ log = structlog.get_logger(__name__)
 
 SIGNAL = "drift"
 DIGITS = 6
-NO_REFERENCE = "no_reference"
-INSUFFICIENT = "insufficient_samples"
 
 
 class _Row(NamedTuple):
@@ -133,14 +132,14 @@ class DriftMonitor:
         numeric = name != "classes"
         mean = _round(float(np.mean(values))) if numeric and values else None
         expected = None if reference is None else reference.distribution(name)
-        entry: dict[str, Any] = {"state": NO_REFERENCE, "samples": len(values), "psi": None,
+        entry: dict[str, Any] = {"state": SignalState.NO_REFERENCE, "samples": len(values), "psi": None,
                                  "js": None, "mean": mean, "reference_mean": None}
         if expected is None:
             return entry
         if isinstance(expected, Distribution):
             entry["reference_mean"] = _round(expected.mean)
         if frames < self.min_samples or not values:
-            entry["state"] = INSUFFICIENT
+            entry["state"] = SignalState.INSUFFICIENT_SAMPLES
             return entry
         ref_counts, live_counts = _histograms(expected, values)
         # The pseudo-count goes into every bin of both histograms, so that a bin a small window

@@ -16,6 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.wire import SliceStatus
 from agent.wire.signals import FeedbackCommand, FeedbackItem
 
 __all__ = [
@@ -162,7 +163,7 @@ class LabelledOutcomes:
             enough = t.samples >= self.min_labelled
             out.setdefault(slicing, {})[name] = {
                 "samples": t.samples,
-                "status": "measured" if enough else "insufficient_samples",
+                "status": SliceStatus.MEASURED if enough else SliceStatus.INSUFFICIENT_SAMPLES,
                 "accuracy": _rate(t.correct, t.judged) if enough else None,
                 "recall": _rate(t.tp, t.tp + t.fn) if enough else None,
                 "fpr": _rate(t.fp, t.fp + t.tn) if enough else None,
@@ -172,7 +173,7 @@ class LabelledOutcomes:
     @staticmethod
     def odds_gap(slices: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
         """TPR and FPR spreads between the measured slices, and the larger of the two."""
-        measured = [s for s in slices.values() if s["status"] == "measured"]
+        measured = [s for s in slices.values() if s["status"] == SliceStatus.MEASURED]
         tpr = _spread([s["recall"] for s in measured])
         fpr = _spread([s["fpr"] for s in measured])
         known = [v for v in (tpr, fpr) if v is not None]

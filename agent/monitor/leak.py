@@ -29,6 +29,7 @@ from agent.core.config import LeakSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.egress import EgressGuard
 from agent.monitor.stats import Thresholds, theil_sen
+from agent.wire import SignalState
 
 __all__ = ["NVMAP_CLIENTS", "RESOURCES", "DeviceReader", "LeakMonitor",
            "ResourceSample", "ResourceSampler", "parse_nvmap_clients", "read_nvmap"]
@@ -199,10 +200,10 @@ class LeakMonitor:
             "bound_per_swap": bound_swap,
         }
         if not timed:
-            entry["state"] = "unavailable"
+            entry["state"] = SignalState.UNAVAILABLE
             return entry
         if entry["slope_per_hour"] is None and entry["slope_per_swap"] is None:
-            entry["state"] = "insufficient_samples"
+            entry["state"] = SignalState.INSUFFICIENT_SAMPLES
             return entry
         judge = self._judges.get(name)
         if judge is None:

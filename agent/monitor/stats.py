@@ -17,6 +17,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from agent.wire import SignalState
+
 __all__ = [
     "PSI_EPSILON",
     "STATS_WIDTH",
@@ -209,8 +211,9 @@ class Level(enum.IntEnum):
     ALARM = 2
 
     @property
-    def label(self) -> str:
-        return self.name.lower()
+    def label(self) -> SignalState:
+        """The state on the wire."""
+        return SignalState(self.name.lower())
 
 
 @dataclass(frozen=True)

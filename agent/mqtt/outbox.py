@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import structlog
 
 from agent.mqtt.errors import MqttError
-from agent.wire import Sequencer
+from agent.wire import OutboxState, Sequencer
 
 __all__ = [
     "DEFAULT_OUTBOX_CAPACITY",
@@ -72,7 +72,6 @@ REOPEN_INTERVAL_S = 5.0
 MAX_MEMORY_BYTES = 32 * 1024 * 1024
 """Payload bytes kept in memory while the database takes no writes, beside ``max_messages``:
 snapshots are large, and a device with a full disk must not run out of memory as well."""
-OutboxState = Literal["disk", "memory"]
 
 
 def is_corruption(exc: sqlite3.Error) -> bool:
@@ -253,7 +252,7 @@ class SqliteOutbox:
             if not isinstance(exc, sqlite3.Error) or not is_corruption(exc):
                 if not self._failing:
                     log.error("mqtt_outbox_unavailable", path=str(self.path), error=str(exc),
-                              state="memory")
+                              state=OutboxState.MEMORY)
                 self._failing = True
                 return None
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self._clock())}")
@@ -268,7 +267,7 @@ class SqliteOutbox:
                 return self._connect(durable)
             except (OSError, sqlite3.Error) as again:
                 log.error("mqtt_outbox_unavailable", path=str(self.path), error=str(again),
-                          state="memory")
+                          state=OutboxState.MEMORY)
                 self._failing = True
                 return None
 
@@ -369,7 +368,7 @@ class SqliteOutbox:
     @property
     def state(self) -> OutboxState:
         """``disk`` while every waiting message is in the database, else ``memory``."""
-        return "memory" if self._db is None or self._failing or self._spill else "disk"
+        return OutboxState.MEMORY if self._db is None or self._failing or self._spill else OutboxState.DISK
 
     @property
     def dropped(self) -> int:

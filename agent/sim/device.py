@@ -52,6 +52,7 @@ from agent.wire import (
     Sequencer,
     SessionState,
     Severity,
+    SignalState,
     StageLatency,
     StatusCommand,
     StatusPayload,
@@ -408,8 +409,9 @@ class SimDevice:
             self._alarm_sent = True
             message = f"drift brightness: ok -> alarm (psi {DRIFT_ALARM_PSI}, bound {DRIFT_ALARM_BOUND})"
             await self._event("alarm_raised", "alarm", message,
-                              {"signal": "drift", "metric": "brightness", "measure": "psi", "previous": "ok",
-                               "state": "alarm", "value": DRIFT_ALARM_PSI, "threshold": DRIFT_ALARM_BOUND})
+                              {"signal": "drift", "metric": "brightness", "measure": "psi",
+                               "previous": SignalState.OK, "state": SignalState.ALARM,
+                               "value": DRIFT_ALARM_PSI, "threshold": DRIFT_ALARM_BOUND})
 
     def _stages(self) -> dict[str, StageLatency]:
         p50 = self._latency_ms * (1.0 + 0.1 * self._random.random())
@@ -419,22 +421,23 @@ class SimDevice:
 
     def _drift(self) -> dict[str, Any]:
         psi = DRIFT_ALARM_PSI if self.alarmed else DRIFT_OK_PSI * (1 + self._random.random())
-        state = "alarm" if self.alarmed else "ok"
+        state = SignalState.ALARM if self.alarmed else SignalState.OK
         return {"version": self.current.version,
                 "reference": {"model": self.current.name, "version": self.current.version, "samples": 500},
                 "window": WINDOW_FRAMES, "samples": WINDOW_FRAMES,
                 "metrics": {"brightness": {"state": state, "samples": WINDOW_FRAMES, "psi": round(psi, 4),
                                            "js": round(psi / 3, 4), "mean": 121.0, "reference_mean": 118.5},
-                            "confidence": {"state": "ok", "samples": WINDOW_FRAMES, "psi": 0.02, "js": 0.01,
+                            "confidence": {"state": SignalState.OK, "samples": WINDOW_FRAMES, "psi": 0.02, "js": 0.01,
                                            "mean": 0.81, "reference_mean": 0.8}}}
 
     def _bias(self) -> dict[str, Any]:
         return {"window": WINDOW_FRAMES, "samples": WINDOW_FRAMES,
-                "slicings": {"brightness_band": {"state": "ok", "selection_rate": {"max_difference": 0.04,
-                                                                                   "min_ratio": 0.93}}}}
+                "slicings": {"brightness_band": {"state": SignalState.OK,
+                                                 "selection_rate": {"max_difference": 0.04, "min_ratio": 0.93}}}}
 
     def _leak(self) -> dict[str, Any]:
-        return {"samples": 60, "resources": {"rss": {"unit": "MB", "value": RSS_BYTES / 1e6, "state": "ok",
+        return {"samples": 60, "resources": {"rss": {"unit": "MB", "value": RSS_BYTES / 1e6,
+                                                     "state": SignalState.OK,
                                                      "slope_per_hour": 0.1, "bound_per_hour": 50.0}}}
 
 

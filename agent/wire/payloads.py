@@ -24,7 +24,7 @@ from agent.wire.base import (
     WireModel,
     describe,
 )
-from agent.wire.states import CameraState, DeploymentState, DeviceState, SessionState
+from agent.wire.states import CameraState, DeploymentState, DeviceState, OutboxState, SessionState
 
 __all__ = [
     "PAYLOADS",
@@ -196,8 +196,8 @@ class HealthPayload(Envelope):
         ge=0,
         description="messages the outbox dropped unsent (full or too old), over the device's life",
     )
-    outbox_state: Literal["disk", "memory"] = Field(
-        default="disk",
+    outbox_state: Annotated[OutboxState, _VALUE] = Field(
+        default=OutboxState.DISK,
         description="memory: the outbox database takes no writes (full disk, read-only) and "
         "messages wait in memory, bounded, lost with the process",
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.wire.commands import CommandBase, register_command
 from agent.wire.payloads import Envelope, register_payload
+from agent.wire.states import SignalState, SliceStatus
 
 __all__ = [
     "MAX_FEEDBACK_ITEMS",
@@ -53,11 +54,11 @@ class FeedbackCommand(CommandBase):
     items: tuple[FeedbackItem, ...] = Field(min_length=1, max_length=MAX_FEEDBACK_ITEMS)
 
 
-Judged = Literal["ok", "warn", "alarm"]
-DriftState = Literal["ok", "warn", "alarm", "no_reference", "insufficient_samples"]
-BiasState = Literal["ok", "warn", "alarm", "insufficient_samples", "not_applicable"]
-LeakState = Literal["ok", "warn", "alarm", "insufficient_samples", "unavailable"]
-SliceStatus = Literal["measured", "insufficient_samples"]
+_S = SignalState
+DriftState = Literal[_S.OK, _S.WARN, _S.ALARM, _S.NO_REFERENCE, _S.INSUFFICIENT_SAMPLES]
+BiasState = Literal[_S.OK, _S.WARN, _S.ALARM, _S.INSUFFICIENT_SAMPLES, _S.NOT_APPLICABLE]
+LeakState = Literal[_S.OK, _S.WARN, _S.ALARM, _S.INSUFFICIENT_SAMPLES, _S.UNAVAILABLE]
+"""The states each signal's metrics can take (members of SignalState; JSON carries their values)."""
 
 
 def _fraction(description: str | None = None) -> Any:
@@ -100,7 +101,7 @@ class DriftPayload(Envelope):
 
 class SliceStats(_Wire):
     samples: int = Field(ge=0, description="frames of this slice in the window")
-    status: SliceStatus
+    status: SliceStatus = Field(strict=False)
     selection_rate: float | None = _fraction()
     mean_confidence: float | None = _fraction()
 
@@ -120,7 +121,7 @@ class Slicing(_Wire):
 
 class LabelledSlice(_Wire):
     samples: int = Field(ge=0, description="labelled frames of this slice")
-    status: SliceStatus
+    status: SliceStatus = Field(strict=False)
     accuracy: float | None = _fraction()
     recall: float | None = _fraction()
     fpr: float | None = _fraction()

@@ -10,7 +10,16 @@ from __future__ import annotations
 from enum import Enum
 from typing import ClassVar
 
-__all__ = ["CameraState", "DeploymentState", "DeploymentStep", "DeviceState", "SessionState"]
+__all__ = [
+    "CameraState",
+    "DeploymentState",
+    "DeploymentStep",
+    "DeviceState",
+    "OutboxState",
+    "SessionState",
+    "SignalState",
+    "SliceStatus",
+]
 
 
 class _State(str, Enum):
@@ -141,3 +150,43 @@ class SessionState(_State):
 
 
 SessionState.AWAY = frozenset(set(SessionState) - {SessionState.CONNECTED})
+
+
+class OutboxState(_State):
+    """Where the outbox keeps what waits to be sent (``telemetry/health`` ``outbox_state``)."""
+
+    DISK = "disk"
+    MEMORY = "memory"
+    """The outbox database takes no writes (full disk, read-only): bounded, lost with the process."""
+
+
+class SignalState(_State):
+    """A drift, bias or leak metric's state (``telemetry/drift|bias|leak`` ``state``; docs/signals.md)."""
+
+    OK = "ok"
+    WARN = "warn"
+    ALARM = "alarm"
+    INSUFFICIENT_SAMPLES = "insufficient_samples"
+    """Too few samples in the window to measure."""
+    NO_REFERENCE = "no_reference"
+    """Drift: the model's manifest has no ``reference`` (``edge-agent model profile`` makes one)."""
+    NOT_APPLICABLE = "not_applicable"
+    """Bias: the positive rule does not apply (a classifier without ``bias_positive_labels``)."""
+    UNAVAILABLE = "unavailable"
+    """Leak: the resource cannot be read here (no GPU reader, no NVMAP debugfs)."""
+
+    JUDGED: ClassVar[frozenset[SignalState]]
+    """States a measured metric is judged into (through hysteresis)."""
+    RAISED: ClassVar[frozenset[SignalState]]
+    """Judged states that an alarm event announces."""
+
+
+SignalState.JUDGED = frozenset({SignalState.OK, SignalState.WARN, SignalState.ALARM})
+SignalState.RAISED = frozenset({SignalState.WARN, SignalState.ALARM})
+
+
+class SliceStatus(_State):
+    """Whether one slice of a bias slicing had enough samples to be measured (``telemetry/bias``)."""
+
+    MEASURED = "measured"
+    INSUFFICIENT_SAMPLES = SignalState.INSUFFICIENT_SAMPLES.value
