@@ -16,6 +16,9 @@ from agent.models.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 90.0
+SLOW_MACHINE = {"latency_budget_ms": 120_000.0}
+"""``[deploy]`` for a shared test machine: a deployment must not fail for being slow here (a loaded
+parallel run measured 3.6 s for a warm inference the default 2 s budget refuses)."""
 
 
 def toml_value(value: Any) -> str:
