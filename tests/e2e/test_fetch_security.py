@@ -22,10 +22,10 @@ import pytest
 
 from agent.models.fetch import Fetched, FetchError, fetch_artifact, redact_url, verify_artifact
 from agent.models.manager import DeployFailed, Step
-from tests.models.test_manager import LONG_PROBATION, Rig, _request
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, bundle_of, sha256
 from tests.support.certificates import make_certificates
+from tests.support.deploy_rig import LONG_PROBATION, Rig, deploy_request
 from tests.support.http import LoopbackServer, QuietHandler
 from tests.support.mosquitto import MqttProbe
 
@@ -195,11 +195,11 @@ def test_a_download_past_its_deadline_fails_and_frees_the_lock_for_a_rollback(tm
         rig = Rig(tmp_path, demo_dir, download_timeout_s=deadline_s)
         await rig.start()
         try:
-            await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+            await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                               version="v6", probation=LONG_PROBATION))
             began = time.monotonic()
             with pytest.raises(DeployFailed) as caught:
-                await rig.manager.deploy(_request(trickle.url("/trickle"), "0" * 64, version="v7"))
+                await rig.manager.deploy(deploy_request(trickle.url("/trickle"), "0" * 64, version="v7"))
             took = time.monotonic() - began
             last = rig.reports[-1]
             restored = await rig.manager.rollback("right after the timeout")
