@@ -359,17 +359,17 @@ class Agent:
         try:
             async with TaskGroup() as tasks:
                 tasks.create_task(self.session.run(), name="mqtt")
-                tasks.create_task(self._guarded("ready", self._ready_when_first_frame), name="ready")
+                tasks.create_task(self.guarded("ready", self._ready_when_first_frame), name="ready")
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.publish_health))
                 tasks.create_task(self._watchdog(), name="watchdog")
-                tasks.create_task(self._guarded("results", self.results.run), name="results")
+                tasks.create_task(self.guarded("results", self.results.run), name="results")
                 for period, action in self.signals.timers():
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
-                    tasks.create_task(self._guarded("fallback_event", self._report_fallback))
+                    tasks.create_task(self.guarded("fallback_event", self._report_fallback))
                 if crash_loop is not None:
-                    tasks.create_task(self._guarded("crash_loop_report",
+                    tasks.create_task(self.guarded("crash_loop_report",
                                                     lambda: self.publish_deployment(crash_loop)))
                 await self._stop.wait()
                 await self._shutdown()
@@ -397,7 +397,7 @@ class Agent:
         await self.event("fell_back_to_previous", "alarm",
                          f"current model did not load: {self.fallback_reason}")
 
-    async def _guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
+    async def guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
         """Run ``action`` behind a boundary: a failure is logged and counted, never raised
         into the TaskGroup (which would cancel inference and abort the process)."""
         try:
@@ -449,7 +449,7 @@ class Agent:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 # Telemetry must never take the agent down.
-                await self._guarded(getattr(action, "__name__", "timer"), action)
+                await self.guarded(getattr(action, "__name__", "timer"), action)
 
     async def publish_latency(self) -> None:
         dropped = overwritten(self.cameras)
@@ -505,7 +505,7 @@ class Agent:
             async def tick() -> None:
                 self._watchdog_tick(feeder, interval)
 
-            await self._guarded("watchdog", tick)
+            await self.guarded("watchdog", tick)
 
     def _watchdog_tick(self, feeder: WatchdogFeeder, interval: float | None) -> None:
         """One check of frame progress: feed systemd's watchdog and refresh STATUS= if alive."""

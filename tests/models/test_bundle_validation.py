@@ -120,13 +120,22 @@ def test_a_served_model_with_bad_monitor_data_serves_without_them_and_reports_it
     async def event(kind: str, severity: str, message: str, data: dict[str, Any]) -> None:
         events.append((kind, severity, message))
 
-    signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), event)
+    class Session:
+        """Takes the drift report the event goes out with."""
+
+        async def publish(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+            return None
+
+    telemetry = Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test")
+    telemetry.attach(Session())
+    signals = Signals(AgentConfig(), telemetry, event)
     signals.serving(serving, swapped=True)
     serving.engine.close()
     assert signals.failures == 1
     assert signals.drift.reference is None and signals.bias.spec.regions == {}
-    assert signals._pending and signals._pending[0][0] == "monitor_data_invalid"
-    assert "reference" in signals._pending[0][2]
+    asyncio.run(signals.publish_drift())  # the event waits for the monitors' next report
+    assert [kind for kind, _, _ in events] == ["monitor_data_invalid"]
+    assert "reference" in events[0][2]
 
 
 def test_a_monitor_that_raises_on_every_frame_is_counted_and_inference_goes_on(tmp_path, demo_dir):
