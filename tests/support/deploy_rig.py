@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ class Rig:
         self.reports: list[object] = []
         self.swaps: list[tuple[str, str | None, str]] = []
         defaults = {"allowed_schemes": ("http", "file"), "latency_budget_ms": 30_000.0, "load_nice": 0}
-        self.settings = DeploySection(**{**defaults, **settings})
+        self.settings = DeploySection.model_validate({**defaults, **settings})
         public = self.settings.public_key_file
         self.manager = DeploymentManager(
             store=self.store, slot=self.slot, options=later, settings=self.settings,
@@ -114,7 +115,7 @@ def deploy_request(url: str, digest: str = "0" * 64, **fields: object) -> Deploy
 
 
 def refused(tmp: Path, demo: Path, request: DeployRequest, rig_class: type[Rig] = Rig,
-            **settings: object) -> tuple[DeployFailed, Rig]:
+            **settings: Any) -> tuple[DeployFailed, Rig]:
     """Deploy ``request`` to a rig serving v4: it must fail, report the failure's code, leave nothing
     half-written in the store and v4 serving every frame, with no swap."""
     async def scenario() -> tuple[DeployFailed, Rig]:
