@@ -37,8 +37,11 @@ demo-deploy: $(STAMP)
 demo-rollback: $(STAMP)
 	$(VENV)/bin/edge-agent rollback --config config.toml --reason "make demo-rollback"
 
+# The suite in parallel (pytest-xdist): most tests wait on subprocesses, brokers and video, so more
+# workers than cores still pays; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m agent.cli.bench --demo $(DEMO)

@@ -32,6 +32,15 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto that saves sessions and queues when stopped (SIGTERM); killed after the test."""
+    broker = Mosquitto(tmp_path / "broker", persistence=True)
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture
 def mqtt_probe() -> Iterator[Callable[..., MqttProbe]]:
     """Make probes: ``mqtt_probe(port, filters, persistent=False)``; all closed after the test."""
     probes: list[MqttProbe] = []

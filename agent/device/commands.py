@@ -281,6 +281,10 @@ class CommandRouter:
             return Outcome(name, False, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
         return Outcome(name, True, None, result)
 
+    async def wait_idle(self) -> None:
+        """Wait until every command in flight has finished (and replied)."""
+        await asyncio.gather(*self._tasks)
+
     async def drain(self) -> None:
         for task in list(self._tasks):
             task.cancel()

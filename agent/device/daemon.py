@@ -83,7 +83,7 @@ class Agent:
     frame worker, the live view's server, the manager's downloads and builds. Tasks in the
     TaskGroup: the MQTT session, the ready wait (READY=1, then ``on_ready``), the health, latency
     and monitor timers, the systemd watchdog (``liveness``), the results publisher, and one-off
-    reports of a fallback or a crash loop; each runs behind ``_guarded``, so a failure is logged
+    reports of a fallback or a crash loop; each runs behind ``guarded``, so a failure is logged
     and counted in health, never raised into the group.
     """
 
@@ -281,17 +281,17 @@ class Agent:
         try:
             async with TaskGroup() as tasks:
                 tasks.create_task(self.session.run(), name="mqtt")
-                tasks.create_task(self._guarded("ready", self._ready_when_first_frame), name="ready")
+                tasks.create_task(self.guarded("ready", self._ready_when_first_frame), name="ready")
                 tasks.create_task(self._every(self.config.telemetry.latency_period_s, self.health.publish_latency))
                 tasks.create_task(self._every(self.config.telemetry.health_period_s, self.health.publish_health))
-                tasks.create_task(self.liveness.watch(self._stop, self._guarded), name="watchdog")
-                tasks.create_task(self._guarded("results", self.results.run), name="results")
+                tasks.create_task(self.liveness.watch(self._stop, self.guarded), name="watchdog")
+                tasks.create_task(self.guarded("results", self.results.run), name="results")
                 for period, action in self.signals.timers():
                     tasks.create_task(self._every(period, action))
                 if self.fallback_reason:
-                    tasks.create_task(self._guarded("fallback_event", self._report_fallback))
+                    tasks.create_task(self.guarded("fallback_event", self._report_fallback))
                 if crash_loop is not None:
-                    tasks.create_task(self._guarded("crash_loop_report",
+                    tasks.create_task(self.guarded("crash_loop_report",
                                                     lambda: self.publish_deployment(crash_loop)))
                 await self._stop.wait()
                 await self._shutdown()
@@ -319,7 +319,7 @@ class Agent:
         await self.event("fell_back_to_previous", "alarm",
                          f"current model did not load: {self.fallback_reason}")
 
-    async def _guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
+    async def guarded(self, name: str, action: Callable[[], Awaitable[None]]) -> bool:
         """Run ``action`` behind a boundary: a failure is logged and counted, never raised
         into the TaskGroup (which would cancel inference and abort the process)."""
         try:
@@ -360,7 +360,7 @@ class Agent:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
             except asyncio.TimeoutError:
                 # Telemetry must never take the agent down.
-                await self._guarded(getattr(action, "__name__", "timer"), action)
+                await self.guarded(getattr(action, "__name__", "timer"), action)
 
     # ----- stop --------------------------------------------------------------------------
     async def _shutdown(self) -> None:

@@ -326,7 +326,7 @@ class DeploymentManager:
                                f"warm inference takes {warm:.1f} ms, "
                                f"the budget is {self.settings.latency_budget_ms:.1f} ms")
         try:
-            await self._in_loader(self._golden, new)
+            await self._in_loader(self.check_goldens, new)
         except DeployFailed:
             raise
         except Exception as exc:
@@ -347,7 +347,7 @@ class DeploymentManager:
         return timings
 
     @staticmethod
-    def _golden(new: Serving) -> None:
+    def check_goldens(new: Serving) -> None:
         manifest = new.manifest
         folder = new.folder
         for golden in manifest.golden:

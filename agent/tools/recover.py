@@ -54,6 +54,7 @@ __all__ = [
     "Stage",
     "dense_graph",
     "format_stages",
+    "load_onnx2torch",
     "logits_graph",
     "prune_recover_folder",
     "recover",
@@ -109,7 +110,7 @@ class RecoverResult:
     seconds: float
 
 
-def _onnx2torch() -> Any:
+def load_onnx2torch() -> Any:
     """onnx2torch, importable without torchvision: it imports ``torchvision.ops`` for RoiAlign and NMS only,
     and PyPI's torchvision does not load beside the CPU torch wheel. A stand-in that refuses those two
     operators is put in its place when torchvision is missing."""
@@ -140,7 +141,7 @@ def to_torch(model: onnx.ModelProto) -> Any:
     if any(not node.name for node in model.graph.node):
         raise DistillError("every node needs a name to map the trained parameters back")
     try:
-        module = _onnx2torch().convert(model)
+        module = load_onnx2torch().convert(model)
     except DistillError:
         raise
     except Exception as exc:  # the converter raises NotImplementedError and friends for unknown operators

@@ -39,6 +39,7 @@ __all__ = [
     "format_sensitivity",
     "layer_sensitivity",
     "mixed_precision",
+    "next_float_nodes",
     "quantizable_nodes",
 ]
 
@@ -128,7 +129,7 @@ def layer_sensitivity(prepared: onnx.ModelProto, calibration: list[dict[str, np.
     return sorted(layers, key=lambda layer: -layer.rel_error)
 
 
-def _schedule(done: dict[int, float], target: float, total: int) -> int | None:
+def next_float_nodes(done: dict[int, float], target: float, total: int) -> int | None:
     """The next number of float nodes to try, or None when the search is over."""
     met = sorted(k for k, value in done.items() if value >= target)
     missed = sorted(k for k, value in done.items() if value < target)
@@ -163,7 +164,7 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
         models: dict[int, onnx.ModelProto] = {}
         metric = "top1"
         while len(steps) < MAX_SEARCH_STEPS:
-            k = _schedule(done, target, len(order))
+            k = next_float_nodes(done, target, len(order))
             if k is None or k in done:
                 break
             variant_options = type(options)(**{**asdict(options),

@@ -156,20 +156,10 @@ def test_an_artifact_over_http_is_told_from_its_first_bytes(tmp_path, bundle, ca
 
 
 def test_a_server_with_ranges_sends_only_the_head_and_the_size_it_is_checked_against(demo_dir):
-    import http.server
-    import threading
-
     from agent.cli.control import artifact_format
-    from tests.vision.test_sources import RangeHandler
+    from tests.support.http import LoopbackServer, RangeHandler
 
-    class ModelHandler(RangeHandler):
-        body = (demo_dir / "models" / "text-det-v6" / "model.onnx").read_bytes()
-        """Larger than the head: the ONNX graph field is checked against the size in Content-Range."""
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        assert artifact_format(f"http://127.0.0.1:{server.server_address[1]}/model", None) == "onnx"
-    finally:
-        server.shutdown()
-        server.server_close()
+    # Larger than the head: the ONNX graph field is checked against the size in Content-Range.
+    model = (demo_dir / "models" / "text-det-v6" / "model.onnx").read_bytes()
+    with LoopbackServer(RangeHandler.serving(model)) as server:
+        assert artifact_format(server.url("model"), None) == "onnx"

@@ -45,7 +45,7 @@ class Device:
         async def scenario() -> None:
             for name, document in commands:
                 await self.router.on_message(TOPICS.command(name), json.dumps(document).encode())
-                await asyncio.gather(*list(self.router._tasks))
+                await self.router.wait_idle()
         before = len(self.replies)
         asyncio.run(scenario())
         return [(i, o.command, o.ok) for i, o in self.replies[before:]]

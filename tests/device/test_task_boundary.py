@@ -32,8 +32,8 @@ def test_a_failing_task_is_logged_counted_and_shown_in_health_without_raising(tm
         return None
 
     async def run() -> list[bool]:
-        return [await agent._guarded("ready", broken), await agent._guarded("ready", broken),
-                await agent._guarded("watchdog", fine)]
+        return [await agent.guarded("ready", broken), await agent.guarded("ready", broken),
+                await agent.guarded("watchdog", fine)]
 
     with structlog.testing.capture_logs() as logs:
         outcomes = asyncio.run(run())
@@ -53,6 +53,6 @@ def test_a_notifier_given_a_version_with_a_newline_does_not_fail_the_watchdog_ti
         agent.notifier.status("serving text-det v5\n at 1.0 fps")
         agent.notifier.ready("serving text-det v5\n")
 
-    assert asyncio.run(agent._guarded("watchdog", tick)) is True
+    assert asyncio.run(agent.guarded("watchdog", tick)) is True
     assert agent.task_failures == {}
     agent.outbox.close()

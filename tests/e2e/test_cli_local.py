@@ -18,7 +18,7 @@ import pytest
 
 from agent.cli.main import main
 from agent.mqtt.broker import CONNECTION_FILE, PASSWORD_FILE
-from tests.support.agentproc import REPO, agent_config
+from tests.support.agentproc import REPO, SLOW_MACHINE, agent_config
 from tests.support.mosquitto import WAIT_S, free_port, poll
 from tests.support.tmux import Tmux
 
@@ -34,7 +34,7 @@ def edge_agent(*args: str, timeout: float = CLI_TIMEOUT_S) -> subprocess.Complet
 
 def _config(tmp_path: Path, demo_dir: Path) -> Path:
     return agent_config(tmp_path, demo_dir, "embedded", telemetry={"health_period_s": 10.0},
-                        deploy={"file_roots": [str(demo_dir / "models")]})
+                        deploy={"file_roots": [str(demo_dir / "models")], **SLOW_MACHINE})
 
 
 def test_commands_with_config_reach_the_agent_the_terminal_summary_names(tmp_path, demo_dir):

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.models.store import ModelStore
-from tests.support.agentproc import AgentProcess, agent_config
+from tests.support.agentproc import SLOW_MACHINE, AgentProcess, agent_config
 from tests.support.faultkit import ArtifactServer, OutboxView, bundle, log_events, payloads_by_seq, short_clip
 from tests.support.mosquitto import Mosquitto, MqttProbe, poll
 from tests.support.tmpfs import small_tmpfs
@@ -81,15 +80,6 @@ def assert_every_seq_arrived_once(probe: MqttProbe, outbox: OutboxView) -> None:
 def in_order(probe: MqttProbe, topic: str) -> list[dict[str, Any]]:
     """The payloads of a topic by sequence number, one copy each."""
     return [body(copies[0]) for _, copies in sorted(payloads_by_seq(probe.snapshot(topic)).items())]
-
-
-@pytest.fixture
-def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A mosquitto that saves sessions and queues when stopped (SIGTERM); killed after the test."""
-    broker = Mosquitto(tmp_path / "broker", persistence=True)
-    broker.start()
-    yield broker
-    broker.kill()
 
 
 def test_five_broker_outages_lose_no_telemetry_and_never_stop_the_frames(tmp_path, demo_dir, mqtt_probe,
@@ -192,8 +182,6 @@ def test_agent_killed_with_telemetry_queued_keeps_it_and_continues_the_numbers(
 
 
 DEPLOY_ID = "deploy-v6"
-SLOW_MACHINE = {"latency_budget_ms": 120_000.0}
-"""The test machine is shared: a deployment must not fail for being slow here."""
 
 
 def deploy_command(server: ArtifactServer, sha256: str, command_id: str = DEPLOY_ID) -> bytes:

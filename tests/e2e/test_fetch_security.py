@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.server
 import json
 import os
 import ssl
@@ -24,10 +23,11 @@ import pytest
 from agent.models.fetch import Fetched, FetchError, fetch_artifact, redact_url, verify_artifact
 from agent.models.manager import DeployFailed
 from agent.wire import DeploymentState, DeploymentStep
-from tests.models.test_manager import LONG_PROBATION, Rig, _request
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, bundle_of, sha256
 from tests.support.certificates import make_certificates
+from tests.support.deploy_rig import LONG_PROBATION, Rig, deploy_request
+from tests.support.http import LoopbackServer, QuietHandler
 from tests.support.mosquitto import MqttProbe
 
 TRICKLE_BYTES = 25
@@ -36,11 +36,8 @@ TRICKLE_EVERY_S = 3.0
 MAX = 1 << 20
 
 
-class TrickleHandler(http.server.BaseHTTPRequestHandler):
+class TrickleHandler(QuietHandler):
     """/trickle: 25 bytes, one every 3 s; /empty: Content-Length 0; /redirect?to=URL: a 302 to URL."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        return
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
@@ -68,27 +65,16 @@ class TrickleHandler(http.server.BaseHTTPRequestHandler):
             return  # the client gave up: what the deadline is for
 
 
-class TrickleServer:
+class TrickleServer(LoopbackServer):
+    """``TrickleHandler`` on loopback; ``requested`` is set at the first trickle asked for."""
+
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TrickleHandler)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False  # type: ignore[attr-defined]
+        super().__init__(TrickleHandler, tls=tls)
         self.httpd.requests = threading.Event()  # type: ignore[attr-defined]
-        self.scheme = "https" if tls else "http"
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property
     def requested(self) -> threading.Event:
         return self.httpd.requests  # type: ignore[attr-defined,no-any-return]
-
-    def url(self, path: str) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -210,11 +196,11 @@ def test_a_download_past_its_deadline_fails_and_frees_the_lock_for_a_rollback(tm
         rig = Rig(tmp_path, demo_dir, download_timeout_s=deadline_s)
         await rig.start()
         try:
-            await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+            await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                               version="v6", probation=LONG_PROBATION))
             began = time.monotonic()
             with pytest.raises(DeployFailed) as caught:
-                await rig.manager.deploy(_request(trickle.url("/trickle"), "0" * 64, version="v7"))
+                await rig.manager.deploy(deploy_request(trickle.url("/trickle"), "0" * 64, version="v7"))
             took = time.monotonic() - began
             last = rig.reports[-1]
             restored = await rig.manager.rollback("right after the timeout")

@@ -231,7 +231,7 @@ def test_every_command_gets_one_reply_that_fits_the_schema_and_echoes_its_id(
 
     async def scenario() -> None:
         await router.on_message(topic, payload)
-        await asyncio.gather(*list(router._tasks))
+        await router.wait_idle()
 
     asyncio.run(scenario())
     assert len(answers.replies) == 1
@@ -366,7 +366,7 @@ def test_fuzzed_deploy_field_values_are_refused_with_a_code_or_accepted_only_whe
 
     async def scenario() -> None:
         await router.on_message(TOPICS.command("deploy"), payload)
-        await asyncio.gather(*list(router._tasks))
+        await router.wait_idle()
 
     asyncio.run(scenario())
     assert len(answers.replies) == 1

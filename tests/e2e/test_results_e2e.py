@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_faults import persistent_broker  # noqa: F401  (the fixture: a broker that keeps sessions)
 from tests.support.agentproc import AgentProcess, agent_config
 from tests.support.faultkit import OutboxView, log_events, payloads_by_seq
 from tests.support.mosquitto import MqttProbe, poll
@@ -109,7 +108,7 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
 
 
 def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(
-        tmp_path, demo_dir, mqtt_probe, persistent_broker):  # noqa: F811  (the fixture)
+        tmp_path, demo_dir, mqtt_probe, persistent_broker):
     broker = persistent_broker
     probe = mqtt_probe(broker.port, [EVENTS, HEALTH], persistent=True)
     agent = AgentProcess(camera_config(tmp_path, demo_dir, broker.url, ZONE))
@@ -126,6 +125,11 @@ def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(
         down = time.time()
         poll(lambda: any(json.loads(p)["kind"] in OBJECT_EVENTS for t, p in outbox.messages() if t == EVENTS),
              WAIT_S, "object events queued while the broker is down")
+        # Down until the agent itself has counted results dropped offline (its queued health says so):
+        # a loaded machine may take longer to see the broker gone than to queue the first event.
+        poll(lambda: any(json.loads(p)["results"]["dropped_offline"] > dropped_before
+                         for t, p in outbox.messages() if t == HEALTH), WAIT_S,
+             "a queued health report counting results dropped while the broker is down")
         broker.start()
         probe.wait_for(lambda m: m.topic == EVENTS and body(m)["ts"] > down and body(m)["kind"] == "object_left",
                        timeout=WAIT_S, what="events made during the outage")

@@ -5,8 +5,6 @@ and signed commands end to end."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import ssl
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.mqtt.authority import sign_command
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.certificates import Fleet, make_fleet
-from tests.support.mosquitto import MOSQUITTO_PASSWD, Mosquitto, MqttProbe, free_port
+from tests.support.mosquitto import Mosquitto, MqttProbe, free_port, run_as_me, write_passwords
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +52,7 @@ class FleetBroker(Mosquitto):
         return f"mqtts://127.0.0.1:{self.device_port}"
 
     def _write_config(self) -> None:
-        passwd = self.workdir / "passwd"
-        passwd.write_text("")
-        for user, password in (CONTROL, ("telemetry", "telemetry-secret")):
-            subprocess.run([str(MOSQUITTO_PASSWD), "-b", str(passwd), user, password], check=True)
+        passwd = write_passwords(self.workdir / "passwd", dict([CONTROL, ("telemetry", "telemetry-secret")]))
         installed = {
             "/etc/mosquitto/certs/fleet-ca.pem": self.fleet.ca,
             "/etc/mosquitto/certs/broker.pem": self.fleet.server_cert,
@@ -76,8 +71,7 @@ class FleetBroker(Mosquitto):
         lines = [text, "log_dest stderr", "log_type all",
                  f"listener {self.port} 127.0.0.1", "allow_anonymous false",
                  f"password_file {passwd}", f"acl_file {SHIPPED / 'control.acl'}"]
-        if os.geteuid() == 0:
-            lines.insert(0, f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        lines[:0] = run_as_me()
         self.config_path.write_text("\n".join(lines) + "\n")
 
 

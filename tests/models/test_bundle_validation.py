@@ -22,19 +22,19 @@ from agent.device.monitors import Signals
 from agent.fleet.control import ControlClient
 from agent.models.bundle import MAX_MEMBERS, MAX_UNPACKED_BYTES, BundleError, unpack_bundle, unpack_limit
 from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeployRequest
+from agent.models.manager import DeployFailed
 from agent.models.manifest import Manifest, ManifestError, sha256_file
 from agent.models.store import ModelStore
+from agent.monitor.features import Monitors
 from agent.monitor.telemetry import Telemetry
-from agent.vision.summary import Monitors
-from agent.wire import DeploymentState, DeploymentStep
+from agent.wire import DeploymentStep
 from agent.wire.topics import Topics
 from tests.models.test_loader_tensorrt import OPTIONS as TRT_OPTIONS
 from tests.models.test_loader_tensorrt import double_gpu  # noqa: F401 (the fixture)
-from tests.models.test_manager import LONG_PROBATION, Rig
 from tests.support.agentproc import AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, sha256
 from tests.support.bundles import DEMO_SOURCE, demo_files, demo_manifest, manifest_bundle, member, write_tar
+from tests.support.deploy_rig import Rig, deploy_request, refused
 from tests.support.tmpfs import small_tmpfs
 
 BAD_MONITOR_DATA = [
@@ -52,18 +52,18 @@ class MonitoredRig(Rig):
     def __init__(self, tmp: Path, demo: Path, **settings: object) -> None:
         super().__init__(tmp, demo, **settings)
         self.events: list[tuple[str, str, str, dict[str, Any]]] = []
-        self.signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), self._event)
+        self.signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), self.event)
         self.pipeline.observers.append(self.signals.observer)
         serving = self.slot.serving
         assert serving is not None
         self.signals.serving(serving, swapped=False)
 
-    async def _event(self, kind: str, severity: str, message: str, data: dict[str, Any]) -> None:
+    async def event(self, kind: str, severity: str, message: str, data: dict[str, Any]) -> None:
         self.events.append((kind, severity, message, data))
 
-    async def _swapped(self, new, old, reason) -> None:  # type: ignore[no-untyped-def]
+    async def on_swap(self, new, old, reason) -> None:  # type: ignore[no-untyped-def]
         self.signals.serving(new, swapped=True)
-        await super()._swapped(new, old, reason)
+        await super().on_swap(new, old, reason)
 
 
 @pytest.fixture
@@ -83,27 +83,9 @@ def run(coro):  # type: ignore[no-untyped-def]
 def refused_by_the_manager(tmp_path: Path, demo: Path, server: ArtifactServer,
                            bundle: Path) -> tuple[DeployFailed, MonitoredRig]:
     """Deploy ``bundle`` as text-det v9 to a rig serving v4; it must fail and leave v4 serving every frame."""
-    request = DeployRequest("text-det", "v9", server.url(bundle.name), sha256(bundle), format="bundle",
-                            probation=LONG_PROBATION)
-
-    async def scenario() -> tuple[DeployFailed, MonitoredRig]:
-        rig = MonitoredRig(tmp_path, demo)
-        await rig.start()
-        try:
-            with pytest.raises(DeployFailed) as caught:
-                await rig.manager.deploy(request)
-            await rig.frames_past(len(rig.frames) + 3)
-        finally:
-            rig.stop()
-        return caught.value, rig
-
-    failure, rig = run(scenario())
-    assert rig.reports[-1].state == DeploymentState.FAILED and rig.reports[-1].error["code"] == failure.code
-    assert {v for _, v in rig.frames} == {"v4"}, "the old model must keep serving"
-    rig.assert_no_frame_skipped()
-    assert rig.swaps == []
-    assert rig.store.current_version("text-det") == "v4"
-    assert rig.store.versions("text-det") == ["v4"]
+    request = deploy_request(server.url(bundle.name), sha256(bundle), format="bundle")
+    failure, rig = refused(tmp_path, demo, request, rig_class=MonitoredRig)
+    assert isinstance(rig, MonitoredRig)
     return failure, rig
 
 
@@ -114,7 +96,7 @@ def test_a_bundle_with_bad_monitor_data_is_refused_before_the_swap_and_the_old_m
     failure, rig = refused_by_the_manager(tmp_path, demo_dir, www, bundle)
     assert failure.code == "bad_bundle" and field in failure.message, failure.message
     restarted = load_serving(rig.store.current("text-det"), EngineOptions(threads=1))
-    signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), rig._event)
+    signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), rig.event)
     signals.serving(restarted, swapped=False)
     assert restarted.version == "v4" and signals.failures == 0
     restarted.engine.close()
@@ -139,13 +121,22 @@ def test_a_served_model_with_bad_monitor_data_serves_without_them_and_reports_it
     async def event(kind: str, severity: str, message: str, data: dict[str, Any]) -> None:
         events.append((kind, severity, message))
 
-    signals = Signals(AgentConfig(), Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test"), event)
+    class Session:
+        """Takes the drift report the event goes out with."""
+
+        async def publish(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+            return None
+
+    telemetry = Telemetry(Topics("edge", "dev-bv"), "dev-bv", "test")
+    telemetry.attach(Session())
+    signals = Signals(AgentConfig(), telemetry, event)
     signals.serving(serving, swapped=True)
     serving.engine.close()
     assert signals.failures == 1
     assert signals.drift.reference is None and signals.bias.spec.regions == {}
-    assert signals._pending and signals._pending[0][0] == "monitor_data_invalid"
-    assert "reference" in signals._pending[0][2]
+    asyncio.run(signals.publish_drift())  # the event waits for the monitors' next report
+    assert [kind for kind, _, _ in events] == ["monitor_data_invalid"]
+    assert "reference" in events[0][2]
 
 
 def test_a_monitor_that_raises_on_every_frame_is_counted_and_inference_goes_on(tmp_path, demo_dir):

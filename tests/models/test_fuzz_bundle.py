@@ -34,9 +34,9 @@ from agent.monitor.telemetry import Telemetry
 from agent.runtime.slot import Serving
 from agent.wire import DeploymentState
 from agent.wire.topics import Topics
-from tests.models.test_manager import LONG_PROBATION, Rig
 from tests.support.artifacts import ArtifactServer, sha256
 from tests.support.bundles import demo_files, demo_manifest, manifest_bundle, member
+from tests.support.deploy_rig import LONG_PROBATION, Rig
 
 TAR_EXAMPLES = 200
 MANIFEST_EXAMPLES = 200

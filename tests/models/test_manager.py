@@ -14,103 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.config import CameraSection, DeploySection, SourceSection
 from agent.models.fetch import (
     Statement,
     generate_keypair,
     load_private_key,
-    load_public_key,
     sign_file,
     sign_statement,
 )
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeploymentManager, DeployRequest
+from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.probation import Probation
-from agent.models.store import ModelStore
-from agent.monitor.latency import LatencyRecorder
-from agent.runtime.slot import EngineSlot
-from agent.vision.cameras import CameraSet
-from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.scheduler import Scheduler
-from agent.vision.sources import FrameSource
 from agent.wire import DeploymentState, DeploymentStep
 from tests.support.artifacts import ArtifactServer, bundle_of, nan_model, sha256, slow_bundle
-
-LONG_PROBATION = Probation(window_s=3600.0, max_error_rate=1.0, max_nonfinite=0, max_latency_ratio=100.0)
-
-
-class Rig:
-    """A serving pipeline (text-det v4) with a deployment manager, like the daemon wires them.
-
-    With ``cameras`` > 0, that many cameras (copies of the demo video) share the engine
-    through the scheduler; ``batched_first`` serves v4 unfused (dynamic batch) and has
-    the manager load fused (batch 1) models, or the other way round."""
-
-    def __init__(self, tmp: Path, demo: Path, cameras: int = 0, batched_first: bool = False,
-                 **settings: object) -> None:
-        self.store = ModelStore(tmp / "engines")
-        self.store.install(demo / "models" / "text-det-v4")
-        self.slot = EngineSlot()
-        first = EngineOptions(threads=1, fuse_preprocessing=not batched_first)
-        later = EngineOptions(threads=1, fuse_preprocessing=batched_first or not cameras)
-        self.slot.swap(load_serving(self.store.current("text-det"), first))
-        self.frames: list[tuple[int, str]] = []
-        self.by_camera: dict[str, list[int]] = {}
-        self.batches: list[tuple[str, int]] = []
-        self.source: FrameSource | CameraSet
-        if cameras:
-            videos = [shutil.copy(demo / "video.mp4", tmp / f"cam{i}.mp4") for i in range(cameras)]
-            self.source = CameraSet([CameraSection(name=f"cam{i}", uri=str(v), pace="none")
-                                     for i, v in enumerate(videos)], "text-det")
-            frames: FrameSource | Scheduler = Scheduler(self.source)
-        else:
-            self.source = frames = FrameSource(SourceSection(uri=str(demo / "video.mp4"), pace="none", loop=True))
-        self.pipeline = Pipeline(frames, self.slot, LatencyRecorder(200), observers=[self._seen])
-        self.reports: list[object] = []
-        self.swaps: list[tuple[str, str | None, str]] = []
-        defaults = {"allowed_schemes": ("http", "file"), "latency_budget_ms": 30_000.0, "load_nice": 0}
-        self.settings = DeploySection(**{**defaults, **settings})
-        public = self.settings.public_key_file
-        self.manager = DeploymentManager(
-            store=self.store, slot=self.slot, options=later, settings=self.settings,
-            public_key=load_public_key(public) if public else None,
-            feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
-            report=self._report, swapped=self._swapped,
-        )
-
-    def _seen(self, result: FrameResult) -> None:
-        self.frames.append((result.frame.index, result.version))
-        self.by_camera.setdefault(result.camera, []).append(result.frame.index)
-        self.batches.append((result.version, result.batch))
-        assert result.error is None, result.error
-
-    async def _report(self, status: object) -> None:
-        self.reports.append(status)
-
-    async def _swapped(self, new, old, reason) -> None:  # type: ignore[no-untyped-def]
-        self.swaps.append((new.version, old.version if old else None, reason))
-
-    async def start(self) -> None:
-        self.source.start()
-        self.pipeline.start()
-        await self.frames_past(len(self.frames) + 3)
-
-    async def frames_past(self, count: int, timeout: float = 120.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.frames) < count:
-            assert loop.time() < deadline, f"only {len(self.frames)} frames processed"
-            await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        self.manager.close()
-        self.pipeline.stop(10)
-        self.source.stop()
-        self.slot.clear()
-
-    def assert_no_frame_skipped(self) -> None:
-        for camera, indices in self.by_camera.items():
-            assert indices == list(range(indices[0], indices[0] + len(indices))), f"{camera}: a frame was skipped"
+from tests.support.deploy_rig import LONG_PROBATION, Rig, deploy_request, refused
 
 
 @pytest.fixture
@@ -195,55 +110,27 @@ def test_hot_swaps_between_a_batched_and_an_unbatched_model_skip_no_frame_on_any
     assert third == second, "rolled back v4 is loaded like v6 was"
 
 
-def _bad(tmp_path, demo_dir, request: DeployRequest, **settings: object) -> tuple[DeployFailed, Rig]:
-    async def scenario():
-        rig = Rig(tmp_path, demo_dir, **settings)
-        await rig.start()
-        try:
-            with pytest.raises(DeployFailed) as caught:
-                await rig.manager.deploy(request)
-            await rig.frames_past(len(rig.frames) + 3)
-        finally:
-            rig.stop()
-        return caught.value, rig
-
-    failure, rig = run(scenario())
-    assert {v for _, v in rig.frames} == {"v4"}, "the old model must keep serving"
-    rig.assert_no_frame_skipped()
-    assert rig.store.current_version("text-det") == "v4"
-    assert rig.reports[-1].state == DeploymentState.FAILED
-    assert rig.reports[-1].error["code"] == failure.code
-    leftovers = [p for p in (tmp_path / "engines").rglob("*") if ".download" in p.name or p.name.startswith(".tmp")]
-    assert leftovers == []
-    assert rig.store.versions("text-det") == ["v4"]
-    return failure, rig
-
-
-def _request(url: str, digest: str = "0" * 64, **fields: object) -> DeployRequest:
-    return DeployRequest(**{"name": "text-det", "version": "v9", "url": url, "sha256": digest,
-                            "probation": LONG_PROBATION, **fields})
-
-
 def test_unreachable_url_is_refused(tmp_path, demo_dir):
-    failure, _ = _bad(tmp_path, demo_dir, _request("http://127.0.0.1:9/model.onnx"))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request("http://127.0.0.1:9/model.onnx"))
     assert (failure.step, failure.code) == (DeploymentStep.DOWNLOADING, "unreachable")
 
 
 def test_404_is_refused(tmp_path, demo_dir, server):
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url("missing.onnx")))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url("missing.onnx")))
     assert failure.code == "http_error" and "404" in failure.message
 
 
 def test_truncated_download_is_refused(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(f"truncated/{bundle.name}"), sha256(bundle),
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(f"truncated/{bundle.name}"), sha256(bundle),
                                                    format="bundle", version="v6"))
     assert failure.code == "truncated"
 
 
 def test_hash_mismatch_is_refused_before_anything_is_unpacked(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bundle.name), "a" * 64, format="bundle", version="v6"))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(bundle.name), "a" * 64, format="bundle",
+                                                            version="v6"))
     assert (failure.step, failure.code) == (DeploymentStep.VERIFYING, "hash_mismatch")
 
 
@@ -276,9 +163,9 @@ def test_a_deploy_without_a_valid_statement_naming_it_is_refused_before_download
         # An old signed artifact (v6's statement) deployed as another version.
         "other_version": {"statement": good, "version": "v7"},
     }[case]
-    request = _request(server.url(f"slow/{bundle.name}"), sha256(bundle), format="bundle",
+    request = deploy_request(server.url(f"slow/{bundle.name}"), sha256(bundle), format="bundle",
                        **{"version": "v6", **fields})
-    failure, rig = _bad(tmp_path / "rig", demo_dir, request, public_key_file=tmp_path / "ok.pub")
+    failure, rig = refused(tmp_path / "rig", demo_dir, request, public_key_file=tmp_path / "ok.pub")
     assert (failure.step, failure.code) == (DeploymentStep.RECEIVED, code), failure.message
     assert DeploymentState.DOWNLOADING not in [r.state for r in rig.reports], "refused before any byte was fetched"
     if case == "bytes_only":
@@ -294,7 +181,7 @@ def test_a_bundle_with_its_signed_statement_is_accepted(tmp_path, demo_dir, serv
         rig = Rig(tmp_path, demo_dir, public_key_file=tmp_path / "ok.pub")
         await rig.start()
         try:
-            return await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+            return await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                                      version="v6", statement=statement))
         finally:
             rig.stop()
@@ -305,41 +192,41 @@ def test_a_bundle_with_its_signed_statement_is_accepted(tmp_path, demo_dir, serv
 def test_a_file_that_is_not_onnx_is_refused(tmp_path, demo_dir, server):
     junk = server.root / "junk.onnx"
     junk.write_bytes(b"this is not a model" * 100)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url("junk.onnx"), sha256(junk)))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url("junk.onnx"), sha256(junk)))
     assert (failure.step, failure.code) == (DeploymentStep.LOADING, "load_failed")
 
 
 def test_a_model_whose_output_does_not_fit_the_head_is_refused(tmp_path, demo_dir, server):
     other = server.root / "orientation.onnx"
     shutil.copy(demo_dir / "models" / "orientation-0.0.11" / "model.onnx", other)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(other.name), sha256(other)))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(other.name), sha256(other)))
     assert failure.step in (DeploymentStep.LOADING, DeploymentStep.VALIDATING)
     assert failure.code in ("does_not_fit_head", "load_failed")
 
 
 def test_a_model_that_outputs_nan_is_refused(tmp_path, demo_dir, server):
     bad = nan_model(demo_dir / "models" / "text-det-v4" / "model.onnx", server.root / "nan.onnx")
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bad.name), sha256(bad)))
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(bad.name), sha256(bad)))
     assert (failure.step, failure.code) == (DeploymentStep.WARMING, "non_finite_output")
 
 
 def test_a_model_over_the_latency_budget_is_refused(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bundle.name), sha256(bundle), format="bundle",
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                                    version="v6"), latency_budget_ms=0.01)
     assert (failure.step, failure.code) == (DeploymentStep.VALIDATING, "over_latency_budget")
 
 
 def test_a_scheme_that_is_not_allowed_is_refused(tmp_path, demo_dir):
     model = demo_dir / "models" / "text-det-v6" / "model.onnx"
-    failure, _ = _bad(tmp_path, demo_dir, _request(model.as_uri(), sha256(model)), allowed_schemes=("https",),
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(model.as_uri(), sha256(model)), allowed_schemes=("https",),
                       file_roots=(demo_dir,))
     assert failure.code == "scheme_not_allowed"
 
 
 def test_a_bundle_whose_manifest_names_another_version_is_refused(tmp_path, demo_dir, server):
     bundle = bundle_of(demo_dir, "text-det-v6", server.root)
-    failure, _ = _bad(tmp_path, demo_dir, _request(server.url(bundle.name), sha256(bundle), format="bundle",
+    failure, _ = refused(tmp_path, demo_dir, deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                                    version="v7"))
     assert failure.code == "bad_bundle" and "v6" in failure.message
 
@@ -354,7 +241,7 @@ def test_probation_rolls_back_a_model_much_slower_than_the_old_one(tmp_path, dem
         await rig.start()
         await rig.frames_past(20)
         try:
-            await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+            await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                               version="v6", probation=Probation(2.0, 1.0, 0, 1.3, 5)))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 180
@@ -383,7 +270,7 @@ def test_rollback_command_swaps_to_previous(tmp_path, demo_dir, server):
         rig = Rig(tmp_path, demo_dir)
         await rig.start()
         try:
-            await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+            await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                               version="v6"))
             restored = await rig.manager.rollback("operator asked")
             await rig.frames_past(len(rig.frames) + 3)
@@ -405,11 +292,11 @@ def test_a_second_deploy_while_one_runs_is_refused_clearly(tmp_path, demo_dir, s
         rig = Rig(tmp_path, demo_dir)
         await rig.start()
         try:
-            first = asyncio.create_task(rig.manager.deploy(_request(
+            first = asyncio.create_task(rig.manager.deploy(deploy_request(
                 server.url(f"slow/{bundle.name}"), sha256(bundle), format="bundle", version="v6")))
             await asyncio.sleep(0.3)
             with pytest.raises(DeployFailed) as caught:
-                await rig.manager.deploy(_request(server.url(bundle.name), sha256(bundle), format="bundle",
+                await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
                                                   version="v6"))
             await first
         finally:

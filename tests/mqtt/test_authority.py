@@ -216,7 +216,7 @@ def route(tmp_path: Path, payloads: list[tuple[str, bytes]], now: float = NOW) -
     async def scenario() -> None:
         for topic, payload in payloads:
             await router.on_message(topic, payload)
-            await asyncio.gather(*list(router._tasks))
+            await router.wait_idle()
 
     asyncio.run(scenario())
     return recorder

@@ -16,6 +16,12 @@ from agent.models.store import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 90.0
+ANY_PORT = "127.0.0.1:0"
+"""The live view's listen address for test agents: a free port each, never the default 8090 that parallel
+tests (and a ``make run`` beside them) would share."""
+SLOW_MACHINE = {"latency_budget_ms": 120_000.0}
+"""``[deploy]`` for a shared test machine: a deployment must not fail for being slow here (a loaded
+parallel run measured 3.6 s for a warm inference the default 2 s budget refuses)."""
 
 
 def toml_value(value: Any) -> str:
@@ -51,6 +57,7 @@ def agent_config(tmp: Path, demo: Path, mqtt_url: str, device_id: str = "dev1",
         "source": {"uri": str(demo / "video.mp4"), "pace": "native", "loop": True},
         "model": {"name": "text-det", "store": str(store_root), "threads": 1},
         "telemetry": {"health_period_s": 1.0, "latency_period_s": 0.5},
+        "live_view": {"listen": ANY_PORT},
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.server
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from agent.models.bundle import pack_bundle
 from agent.models.manifest import Manifest
+from tests.support.http import LoopbackServer
 
 
 class ArtifactHandler(http.server.SimpleHTTPRequestHandler):
@@ -45,20 +46,12 @@ class ArtifactHandler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-class ArtifactServer:
+class ArtifactServer(LoopbackServer):
+    """The files of ``root`` (and its /truncated/ and /slow/ views) on loopback HTTP."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        handler = lambda *a, **k: ArtifactHandler(*a, directory=str(root), **k)  # noqa: E731
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(ArtifactHandler, directory=str(root)))
 
 
 def sha256(path: Path) -> str:

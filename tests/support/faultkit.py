@@ -4,7 +4,6 @@ received, its JSON log, and a model server that can be made slow."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import sqlite3
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 import cv2
 
 from agent.models.bundle import pack_bundle
+from tests.support.http import LoopbackServer, QuietHandler
 from tests.support.mosquitto import ProbeMessage
 
 __all__ = [
@@ -131,7 +131,7 @@ class ArtifactServer:
         self._lock = threading.Lock()
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = server.folder / self.path.lstrip("/")
                 if not path.is_file():
@@ -151,17 +151,10 @@ class ArtifactServer:
                 except (BrokenPipeError, ConnectionResetError):
                     return
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(Handler)
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/{name}"
+        return self._http.url(name)
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._http.close()

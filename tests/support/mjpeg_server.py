@@ -1,6 +1,6 @@
 """A real HTTP MJPEG camera on loopback: ``multipart/x-mixed-replace`` JPEG parts of the demo video.
 
-Made with the standard library's ``http.server``, the way cheap IP cameras and
+Made on the tests' ``LoopbackServer`` (the standard library's ``http.server``), the way cheap IP cameras and
 ``mjpg-streamer`` serve ``/video.mjpg``: one response that never ends, one JPEG
 per part, paced at the video's frame rate and looping. ``stall()`` keeps every
 connection open but sends nothing (a camera that hangs); ``stop()`` closes the
@@ -9,7 +9,6 @@ listening socket and every stream, ``start()`` listens again on the same port.
 
 from __future__ import annotations
 
-import http.server
 import socket
 import threading
 import time
@@ -19,6 +18,8 @@ from types import TracebackType
 from typing import Any
 
 import cv2
+
+from tests.support.http import LoopbackServer, QuietHandler
 
 BOUNDARY = "edgeagentframe"
 JPEG_QUALITY = 85
@@ -51,8 +52,7 @@ class MjpegServer:
         self.sent = 0
         self._running = threading.Event()
         self._stalled = threading.Event()
-        self._http: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LoopbackServer | None = None
         self._streams: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -63,7 +63,7 @@ class MjpegServer:
     def start(self) -> MjpegServer:
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path != PATH:
                     self.send_error(404)
@@ -77,16 +77,9 @@ class MjpegServer:
                 with suppress(OSError):
                     server._stream(self.wfile)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._http.daemon_threads = True
-        self.port = self._http.server_address[1]
         self._running.set()
-        self._thread = threading.Thread(target=self._http.serve_forever, name="mjpeg-server", daemon=True)
-        self._thread.start()
+        self._http = LoopbackServer(Handler, port=self.port)
+        self.port = self._http.port
         return self
 
     def _stream(self, out: Any) -> None:
@@ -117,8 +110,7 @@ class MjpegServer:
         """Stop listening and cut every open stream, like a camera that loses power."""
         self._running.clear()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.close()
             self._http = None
         with self._lock:
             for connection in self._streams:

@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.mqtt.broker import free_port, password_line
 from tests.support.certificates import TlsFiles
 
 __all__ = [
@@ -36,20 +37,26 @@ __all__ = [
     "free_port",
     "poll",
     "poll_async",
+    "run_as_me",
+    "write_passwords",
 ]
 
 MOSQUITTO = Path("/usr/sbin/mosquitto")
-MOSQUITTO_PASSWD = Path("/usr/bin/mosquitto_passwd")
 WAIT_S = 30.0
 """Upper bound for anything the tests wait for; never an expectation of speed."""
 POLL_S = 0.02
 STOP_S = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def write_passwords(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file for ``users`` (the product's own ``$7$`` lines, no mosquitto_passwd)."""
+    path.write_text("".join(password_line(user, password) for user, password in users.items()))
+    return path
+
+
+def run_as_me() -> list[str]:
+    """The ``user`` line a mosquitto started as root needs to stay this user (else it drops to "mosquitto")."""
+    return [f"user {pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []
 
 
 def poll(condition: Callable[[], bool], timeout: float = WAIT_S, what: str = "condition") -> None:
@@ -122,8 +129,7 @@ class Mosquitto:
             "log_type all",
             "connection_messages true",
         ]
-        if os.geteuid() == 0:
-            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        lines += run_as_me()
         if self.persistence:
             lines += ["persistence true", f"persistence_location {self.workdir}/"]
         else:
@@ -139,12 +145,7 @@ class Mosquitto:
         if self.users is None:
             lines.append("allow_anonymous true")
         else:
-            password_file = self.workdir / "passwords"
-            password_file.write_text("")
-            for user, password in self.users.items():
-                subprocess.run(
-                    [str(MOSQUITTO_PASSWD), "-b", str(password_file), user, password], check=True
-                )
+            password_file = write_passwords(self.workdir / "passwords", self.users)
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         self.config_path.write_text("\n".join(lines) + "\n")
 

@@ -96,7 +96,7 @@ def test_goldens_pass_the_deployment_check_on_the_float_and_the_fused_engine(ori
     for fused in (True, False):
         serving = load_serving(installed, EngineOptions(threads=1, fuse_preprocessing=fused))
         assert (serving.engine.inputs[0].dtype == np.uint8) is fused
-        DeploymentManager._golden(serving)
+        DeploymentManager.check_goldens(serving)
         serving.engine.close()
     frame = np.load(installed.path / "golden_0_frame.npy")
     assert frame.dtype == np.uint8 and frame.shape == (1, 224, 224, 3)
@@ -113,7 +113,7 @@ def test_a_wrong_golden_output_fails_the_check_for_the_fused_engine(orientation_
     installed = ModelStore(tmp_path / "engines").install(tmp_path / "again")
     serving = load_serving(installed, EngineOptions(threads=1, fuse_preprocessing=True))
     with pytest.raises(DeployFailed, match=r"golden_0_frame\.npy differs"):
-        DeploymentManager._golden(serving)
+        DeploymentManager.check_goldens(serving)
     serving.engine.close()
 
 

@@ -18,7 +18,7 @@ from agent.tools.frames import covering_frames, read_frames, read_video_frames
 from agent.tools.modelref import resolve_model
 from agent.tools.onnxutil import default_opset
 from agent.tools.quantize import QuantizeOptions, calibration_feeds, prepare_for_quantization, quantize_model
-from agent.tools.sensitivity import MAX_SEARCH_STEPS, _schedule
+from agent.tools.sensitivity import MAX_SEARCH_STEPS, next_float_nodes
 from agent.vision.transforms import Preprocessor
 
 CALIBRATION_FRAMES = 8
@@ -138,13 +138,13 @@ def test_covering_selection_takes_each_distinct_scene_before_a_second_frame_of_a
 def test_the_search_finds_the_fewest_float_nodes_that_meet_the_target():
     needed = 37
     done: dict[int, float] = {}
-    while (k := _schedule(done, 0.95, 150)) is not None:
+    while (k := next_float_nodes(done, 0.95, 150)) is not None:
         assert k not in done
         done[k] = 0.96 if k >= needed else 0.5
     assert min(k for k, value in done.items() if value >= 0.95) == needed
     assert len(done) <= MAX_SEARCH_STEPS
-    assert _schedule({0: 0.97}, 0.95, 150) is None, "all-INT8 meeting the target ends the search"
-    assert _schedule({0: 0.1, 150: 0.2}, 0.95, 150) is None, "even all-float misses: nothing more to try"
+    assert next_float_nodes({0: 0.97}, 0.95, 150) is None, "all-INT8 meeting the target ends the search"
+    assert next_float_nodes({0: 0.1, 150: 0.2}, 0.95, 150) is None, "even all-float misses: nothing more to try"
 
 
 def test_target_agreement_keeps_sensitive_layers_in_float_and_writes_the_per_layer_report(tmp_path, demo_dir,

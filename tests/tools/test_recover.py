@@ -120,10 +120,10 @@ def torch():
     """torch and onnx2torch (``make setup`` installs both), else the test is skipped."""
     module = pytest.importorskip("torch")
     from agent.tools.errors import DistillError
-    from agent.tools.recover import _onnx2torch
+    from agent.tools.recover import load_onnx2torch
 
     try:
-        _onnx2torch()
+        load_onnx2torch()
     except DistillError as exc:
         pytest.skip(str(exc))
     return module
@@ -204,5 +204,5 @@ def test_quantized_and_recovered_models_pack_into_bundles_whose_goldens_pass_dep
     installed = ModelStore(tmp_path / "engines").install(tmp_path / "staged")
     for fused in (True, False):
         serving = load_serving(installed, EngineOptions(threads=1, fuse_preprocessing=fused))
-        DeploymentManager._golden(serving)
+        DeploymentManager.check_goldens(serving)
         serving.engine.close()

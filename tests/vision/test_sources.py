@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import itertools
 import os
-import re
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +37,7 @@ from agent.vision.sources import (
     redact_uri,
 )
 from agent.wire import CameraState
+from tests.support.http import LoopbackServer, RangeHandler
 
 DEMO_VIDEO = Path(__file__).resolve().parents[2] / "demo" / "video.mp4"
 WAIT_S = 60.0
@@ -205,40 +203,10 @@ def test_file_cut_while_read_recovers_when_restored(
         assert source.get(WAIT_S) is not None
 
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves one file with HTTP Range support, which FFmpeg needs to read an mp4 over HTTP."""
-
-    body: ClassVar[bytes] = b""
-
-    def do_GET(self) -> None:
-        start, end = 0, len(self.body) - 1
-        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-        if wanted:
-            start, end = int(wanted[1]), int(wanted[2] or end)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(self.body)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        with suppress(BrokenPipeError, ConnectionResetError):
-            self.wfile.write(self.body[start : end + 1])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def http_video(video: Path) -> Iterator[str]:
-    RangeHandler.body = video.read_bytes()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/video.mp4"
-    server.shutdown()
-    server.server_close()
+    with LoopbackServer(RangeHandler.serving(video.read_bytes())) as server:
+        yield server.url("video.mp4")
 
 
 def test_network_stream_over_http_delivers_frames(http_video: str) -> None:
