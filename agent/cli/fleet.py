@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.control import artifact_format, signed_fields, valid_days_argument
+from agent.cli.progress import ProgressBoard
 from agent.cli.say import say
 from agent.fleet.artifact import FORMATS
 from agent.fleet.control import ControlClient, ControlError
@@ -75,8 +76,10 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
         sha256, statement, artifact = saved.sha256, saved.statement, saved.format
     else:
         artifact = artifact_format(args.url, args.format)  # what the devices are told the bytes are
-        fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
-                               format=artifact, key=args.sign, valid_days=args.valid_days)
+        with ProgressBoard() as board:
+            fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                                   format=artifact, key=args.sign, valid_days=args.valid_days,
+                                   progress=board.reporter())
         sha256, statement = fields["sha256"], fields.get("statement")
     spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, artifact, plan, statement)
 
@@ -88,9 +91,11 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
                 record = saved
             else:
                 record = plan_rollout(rollout_id, spec, link.view)
-            rollout = Rollout(link, record, store, report=say, deploy_timeout_s=deploy_timeout)
-            link.on_message = rollout.observe
-            result = await rollout.run()
+            with ProgressBoard() as board:
+                rollout = Rollout(link, record, store, report=say, progress=board.reporter(),
+                                  deploy_timeout_s=deploy_timeout)
+                link.on_message = rollout.observe
+                result = await rollout.run()
         return EXIT_OK if result.ok else EXIT_FAILURE
 
     try:

@@ -233,6 +233,10 @@ def test_a_rollout_without_format_sends_what_the_artifact_is(
     sent = [json.loads(m.payload) for m in probe.snapshot()]
     assert len(sent) == 2 and {command["format"] for command in sent} == {"onnx"}
     assert record(tmp_path / "rollouts", "ro-onnx")["format"] == "onnx"
+    progress = done.stderr.splitlines()
+    assert any(line.startswith("sha256 model.onnx ") and line.endswith(" KiB 100.0%") for line in progress), \
+        "the control plane's own read of the artifact, to hash it"
+    assert "canary 1/1 100.0%" in progress and "wave 1 1/1 100.0%" in progress, "piped, a line per stage's tenth"
 
 
 def test_a_rollout_with_a_format_its_artifact_contradicts_is_refused_before_any_device_is_told(
