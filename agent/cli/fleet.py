@@ -175,7 +175,7 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--rollout-id", help="name of the rollout; an existing one is resumed")
     deploy.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where rollouts are recorded")
     deploy.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
-                        help="structured log events on stderr (progress goes to stdout)")
+                        help="structured log events on stderr (the rollout's lines go to stdout, its bars to stderr)")
     deploy.set_defaults(handler=cmd_fleet_deploy)
 
 

@@ -47,6 +47,8 @@ START_S = 240.0
 COMMAND_S = 300.0
 """A deploy downloads, verifies, loads, warms and validates PP-OCRv6 on two shared cores."""
 STOP_S = 30.0
+SLOW_MACHINE = "latency_budget_ms = 60000.0\nmax_latency_ratio = 100.0"
+"""The deploy bounds of a loaded test machine: a warm-up or probation judged on speed would fail by chance."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def _sandbox(tmp_path: Path, demo_dir: Path, ports: dict[str, int]) -> Path:
     # Copies, not links: file:// deploys read only inside [deploy] file_roots, with symlinks resolved first.
     shutil.copytree(demo_dir / "models", demo / "models", ignore=shutil.ignore_patterns("corrupt.onnx"))
     config = (REPO / "config.toml").read_text(encoding="utf-8")
-    assert "[live_view]" not in config, "the tour's config keeps the live view's default listen address"
+    assert "[live_view]" not in config and config.count("\n[deploy]\n") == 1, "the layout the tour's config takes"
+    # Two shared cores serve v4 while v6 warms (other tests beside it): bounds as loose as the other e2e tests'.
+    config = config.replace("\n[deploy]\n", f"\n[deploy]\n{SLOW_MACHINE}\n")
     config += f'\n[live_view]\nlisten = "127.0.0.1:{ports["live"]}"\n'
     (clone / "config.toml").write_text(config, encoding="utf-8")
     return clone
