@@ -62,7 +62,6 @@ def build_main(args: argparse.Namespace) -> int:
 
     board = ProgressBoard()
     report = board.reporter()
-
     steps: dict[str, int] = {}
 
     def show(progress: BuildProgress) -> None:
