@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent.cli.progress import ProgressBoard
 from agent.models.build_spec import DEFAULT_WORKSPACE_MB
 
 __all__ = ["add_build_parser", "build_main", "main"]
@@ -59,12 +60,22 @@ def build_main(args: argparse.Namespace) -> int:
         print(f"edge-agent model build: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    board = ProgressBoard()
+    report = board.reporter()
+    steps: dict[str, int] = {}
+
     def show(progress: BuildProgress) -> None:
-        steps = f" {progress.step}/{progress.steps}" if progress.steps else ""
-        print(f"  {progress.event:<6} {progress.phase}{steps}", file=sys.stderr)
+        """TensorRT's phases as stages: a phase with steps (said at its start) fills its bar as they pass;
+        one without goes from 0 to done."""
+        if progress.event == "start":
+            steps[progress.phase] = progress.steps
+        total = steps.get(progress.phase) or 1
+        done = total if progress.event == "finish" else min(progress.step, total) if progress.event == "step" else 0
+        report(progress.phase, done, total)
 
     try:
-        built = ensure_engine(args.model, spec, EngineCache.in_store(args.store), on_progress=show)
+        with board:
+            built = ensure_engine(args.model, spec, EngineCache.in_store(args.store), on_progress=show)
     except BuildSpecError as exc:
         print(f"edge-agent model build: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -25,6 +25,7 @@ from agent.cli.connect import (
     silence_hint,
 )
 from agent.cli.progress import ProgressBoard
+from agent.core.progress import Progress
 from agent.fleet.artifact import FORMATS, HEAD_BYTES, sniff
 from agent.fleet.control import ControlError, NoReplyError, Reply, new_command_id
 from agent.models.fetch import (
@@ -45,35 +46,48 @@ EXIT_OK = 0
 HASH_CHUNK = 1024 * 1024
 READ_TIMEOUT_S = 60.0
 """The control plane gives up on an artifact server silent this long while hashing."""
+HASH_STAGE = "sha256"
+"""The stage the control plane's own read of an artifact (to hash and sign it) is shown under, in KiB."""
+KIB = 1024
 FORMAT_BY_SUFFIX = {".tar": "bundle", ".tgz": "bundle", ".gz": "bundle", ".onnx": "onnx", ".engine": "engine",
                     ".plan": "engine", ".trt": "engine"}
 """The format of an artifact this control plane cannot read, by its name."""
 
 
-def artifact_sha256(url: str) -> str:
-    """The artifact's sha256, streamed from ``url`` as this control plane sees it."""
+def artifact_sha256(url: str, progress: Progress | None = None) -> str:
+    """The artifact's sha256, streamed from ``url`` as this control plane sees it (``progress``: in KiB)."""
     parts = urlsplit(url)
     digest = hashlib.sha256()
     if parts.scheme not in ("file", "http", "https"):
         raise SystemExit(f"edge-agent: cannot read {redact_url(url)} (scheme {parts.scheme or 'none'}) to hash it")
+    stage = f"{HASH_STAGE} {PurePosixPath(unquote(parts.path)).name}"
     try:
         with (Path(unquote(parts.path)).open("rb") if parts.scheme == "file"
               else urllib.request.urlopen(url, timeout=READ_TIMEOUT_S)) as stream:
+            if parts.scheme == "file":
+                size = Path(unquote(parts.path)).stat().st_size
+            else:  # a server that names no length: a count without a bar
+                length = str(getattr(stream, "headers", {}).get("Content-Length", ""))
+                size = int(length) if length.isdigit() else 0
+            done = 0
             while chunk := stream.read(HASH_CHUNK):
                 digest.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(stage, done // KIB, size // KIB, note="KiB")
     except OSError as exc:
         raise SystemExit(f"edge-agent: cannot read {redact_url(url)} to hash it: {exc}") from exc
     return digest.hexdigest()
 
 
 def signed_fields(*, url: str, sha256: str, name: str, version: str, format: str | Callable[[], str],
-                  key: Path | None, valid_days: float) -> dict[str, Any]:
+                  key: Path | None, valid_days: float, progress: Progress | None = None) -> dict[str, Any]:
     """A deploy's ``sha256`` and, with ``key``, its ``statement``: what this control plane downloaded and
     hashed itself is what it signs (a given ``--sha256`` must match those bytes). ``format`` may be
-    asked for only once the bytes are known to be the ones named."""
+    asked for only once the bytes are known to be the ones named. ``progress``: the download."""
     if sha256 != "auto" and key is None:
         return {"sha256": sha256.lower()}
-    digest = artifact_sha256(url)
+    digest = artifact_sha256(url, progress)
     if sha256 != "auto" and digest != sha256.lower():
         raise SystemExit(f"edge-agent: {redact_url(url)} does not hash to the --sha256 given; not signing it")
     fields: dict[str, Any] = {"sha256": digest}
@@ -185,12 +199,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         fail(f"--format {args.format}, but the statement is signed for {signed_format}", EXIT_USAGE)
     format_of = functools.cache(lambda: artifact_format(args.url, args.format or signed_format))
     body: dict[str, Any] = {"id": command_id, "name": args.name, "version": args.version, "url": args.url}
-    if statement is not None:
-        sha256 = statement.get("sha256") if args.sha256 == "auto" and isinstance(statement, dict) else args.sha256
-        body.update(sha256=sha256, statement=statement)
-    else:
-        body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
-                                  format=format_of, key=args.sign, valid_days=args.valid_days))
+    with ProgressBoard() as board:
+        if statement is not None:
+            sha256 = statement.get("sha256") if args.sha256 == "auto" and isinstance(statement, dict) else args.sha256
+            body.update(sha256=sha256, statement=statement)
+        else:
+            body.update(signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                                      format=format_of, key=args.sign, valid_days=args.valid_days,
+                                      progress=board.reporter()))
     body["format"] = format_of()
     if args.probation_window is not None:
         body["probation"] = {"window_s": args.probation_window, "max_error_rate": args.max_error_rate,

@@ -11,8 +11,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.cli.control import signed_fields, valid_days_argument
+from agent.cli.control import artifact_format, signed_fields, valid_days_argument
+from agent.cli.progress import ProgressBoard
 from agent.cli.say import say
+from agent.fleet.artifact import FORMATS
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
 from agent.fleet.record import RecordError
@@ -71,12 +73,15 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     except RecordError as exc:
         return _fail(str(exc), EXIT_USAGE)
     if saved is not None:
-        sha256, statement = saved.sha256, saved.statement
+        sha256, statement, artifact = saved.sha256, saved.statement, saved.format
     else:
-        fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
-                               format=args.format, key=args.sign, valid_days=args.valid_days)
+        artifact = artifact_format(args.url, args.format)  # what the devices are told the bytes are
+        with ProgressBoard() as board:
+            fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
+                                   format=artifact, key=args.sign, valid_days=args.valid_days,
+                                   progress=board.reporter())
         sha256, statement = fields["sha256"], fields.get("statement")
-    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, args.format, plan, statement)
+    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, artifact, plan, statement)
 
     async def main() -> int:
         async with FleetLink(_client(args)) as link:
@@ -86,9 +91,11 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
                 record = saved
             else:
                 record = plan_rollout(rollout_id, spec, link.view)
-            rollout = Rollout(link, record, store, report=say, deploy_timeout_s=deploy_timeout)
-            link.on_message = rollout.observe
-            result = await rollout.run()
+            with ProgressBoard() as board:
+                rollout = Rollout(link, record, store, report=say, progress=board.reporter(),
+                                  deploy_timeout_s=deploy_timeout)
+                link.on_message = rollout.observe
+                result = await rollout.run()
         return EXIT_OK if result.ok else EXIT_FAILURE
 
     try:
@@ -157,7 +164,8 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--sign", type=Path, help="ed25519 private key (PEM): hash the artifact here and sign a "
                         "statement binding name, version, format and that sha256")
     valid_days_argument(deploy)
-    deploy.add_argument("--format", choices=("onnx", "bundle", "engine"), default="bundle")
+    deploy.add_argument("--format", choices=FORMATS,
+                        help="default: what the artifact's content is (tar bundle, ONNX model, TensorRT engine)")
     deploy.add_argument("--canary", default="5%", help="share of the group deployed first (default 5%%)")
     deploy.add_argument("--waves", default="25%,50%,100%", help="cumulative shares after the canary")
     deploy.add_argument("--abort-failures", default="10%",
@@ -167,7 +175,7 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--rollout-id", help="name of the rollout; an existing one is resumed")
     deploy.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where rollouts are recorded")
     deploy.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
-                        help="structured log events on stderr (progress goes to stdout)")
+                        help="structured log events on stderr (the rollout's lines go to stdout, its bars to stderr)")
     deploy.set_defaults(handler=cmd_fleet_deploy)
 
 

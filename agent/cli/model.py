@@ -3,7 +3,9 @@
 Each handler imports its tool when it runs, so ``edge-agent --help`` stays fast
 and torch is needed only by ``export``, ``distill`` and ``prune --recover``. Every tool
 error is printed as one line naming what is wrong (exit 1); argparse answers
-usage errors (exit 2).
+usage errors (exit 2). Calibration, the sensitivity search, distillation and
+recovery show their progress on stderr (agent.cli.progress: bars on a terminal,
+lines when piped).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from agent.cli.progress import ProgressBoard
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "add_tool_parsers", "guarded", "known_errors", "progress_printer"]
 
@@ -118,8 +122,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                               optimize=not args.no_optimize, float_first=args.float_first)
     source = resolve_model(args.model, args.manifest)
     calibration, evaluation = _calibration_split(args)
-    result = quantize_model(source, calibration, args.output, options, version=args.version,
-                            target_agreement=args.target_agreement, eval_frames=evaluation)
+    with ProgressBoard() as board:
+        result = quantize_model(source, calibration, args.output, options, version=args.version,
+                                target_agreement=args.target_agreement, eval_frames=evaluation,
+                                progress=board.reporter())
     if result.sensitivity is not None:
         print(format_sensitivity(result.sensitivity, args.top))
     upgraded = f", opset {result.source_opset} -> {result.opset}" if result.opset != result.source_opset else ""
@@ -178,14 +184,11 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
             chosen["crop"] = None
         options = RecoverOptions(threads=args.threads, **chosen)
     training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
-
-    def step_done(step: int, steps: int, loss: float) -> None:
-        if step == steps or step % max(1, steps // 10) == 0:
-            print(f"recover: step {step}/{steps}, loss {loss:.4f}", file=sys.stderr, flush=True)
-
-    result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
-                                  calibration=covering_frames(training, REFIT_FRAMES), training=training,
-                                  evaluation=evaluation, options=options, version=args.version, progress=step_done)
+    with ProgressBoard() as board:
+        result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
+                                      calibration=covering_frames(training, REFIT_FRAMES), training=training,
+                                      evaluation=evaluation, options=options, version=args.version,
+                                      progress=board.reporter())
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_stages(result))
     print(f"{args.output}: {result.manifest.name} {result.manifest.version} (report in prune_report.json)")
     return EXIT_OK
@@ -229,12 +232,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)
     teacher = resolve_model(args.teacher, args.manifest)
     training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
-
-    def epoch_done(epoch: int, epochs: int, loss: float) -> None:
-        print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr, flush=True)
-
-    result = distill(teacher, load_torch_model(args.student), training, args.output, options,
-                     eval_frames=evaluation, progress=epoch_done)
+    with ProgressBoard() as board:
+        result = distill(teacher, load_torch_model(args.student), training, args.output, options,
+                         eval_frames=evaluation, progress=board.reporter())
     print(f"{result.path}: student trained on {result.samples} frame views for {len(result.losses)} epochs")
     if result.comparison is not None:
         print(format_comparison(result.comparison))

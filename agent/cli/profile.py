@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cli.progress import ProgressBoard
 from agent.tools.profile import DEFAULT_BINS, DEFAULT_FRAMES
 
 __all__ = ["add_profile_parser", "cmd_profile"]
@@ -41,8 +42,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
             frames, source = video_frames(args.video, args.frames), args.video.name
         else:
             frames, source = image_frames(args.images, args.frames), args.images.name
-        reference = profile(folder, frames, source=source, bins=args.bins,
-                            options=EngineOptions(threads=args.threads))
+        with ProgressBoard() as board:
+            reference = profile(folder, frames, source=source, bins=args.bins,
+                                options=EngineOptions(threads=args.threads), progress=board.reporter(),
+                                expected=args.frames)
         path = write_reference(folder, reference)
     except ProfileError as exc:
         print(f"edge-agent: cannot profile {folder}: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from agent.core.progress import Progress
 from agent.fleet.errors import FleetError
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves, failure_share
@@ -146,17 +147,21 @@ class Rollout:
     """Runs one record to its outcome through a connected ``FleetLink``.
 
     ``report`` takes the progress lines for a person (agent/cli/ prints them); without it they are
-    dropped, and the record and the log still carry every step.
+    dropped, and the record and the log still carry every step. ``progress`` is told, per stage
+    (``canary``, ``wave 1``, ...), how many of the stage's devices have an outcome.
     """
 
     def __init__(self, link: FleetLink, record: RolloutRecord, store: RolloutStore, *,
-                 report: Callable[[str], None] | None = None, deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S,
-                 refresh_after_s: float = REFRESH_AFTER_S, clock: Callable[[], float] = time.time) -> None:
+                 report: Callable[[str], None] | None = None, progress: Progress | None = None,
+                 deploy_timeout_s: float = DEFAULT_DEPLOY_TIMEOUT_S, refresh_after_s: float = REFRESH_AFTER_S,
+                 clock: Callable[[], float] = time.time) -> None:
         self.link = link
         self.record = record
         self.store = store
         self.plan = record.plan.plan()
         self._report = report or _drop
+        self._progress = progress
+        self._settled = [sum(record.devices[device].final for device in wave) for wave in record.waves]
         self.deploy_timeout_s = deploy_timeout_s
         self.refresh_after_s = refresh_after_s
         self.clock = clock
@@ -204,7 +209,11 @@ class Rollout:
              quiet: bool = False) -> None:
         if state == entry.state:
             return
+        was_final = entry.final
         entry.state = RolloutState(state)
+        if entry.final != was_final:
+            self._settled[entry.stage] += 1 if entry.final else -1
+            self._stage_progress(entry.stage)
         entry.error = error
         self._dirty = True
         self._news_at = time.monotonic()
@@ -214,6 +223,10 @@ class Rollout:
 
     def _say(self, line: str) -> None:
         self._report(line)
+
+    def _stage_progress(self, index: int) -> None:
+        if self._progress is not None:
+            self._progress(stage_name(index), self._settled[index], len(self.record.waves[index]))
 
     def save(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -260,6 +273,7 @@ class Rollout:
     async def _run_stage(self, index: int) -> None:
         wave = self.record.waves[index]
         self._say(f"{stage_name(index)}: {len(wave)} devices")
+        self._stage_progress(index)
         await self._send([d for d in wave if self.record.devices[d].state == RolloutState.PENDING])
         await self._settle(wave)
         tried = self.record.in_stages(index)

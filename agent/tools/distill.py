@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import structlog
 
+from agent.core.progress import Progress
 from agent.tools.compare import Comparison, compare_models
 from agent.tools.errors import DistillError
 from agent.tools.export import export_onnx, require_torch
@@ -41,8 +42,8 @@ log = structlog.get_logger(__name__)
 
 ROTATIONS = (None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)
 
-Progress = Callable[[int, int, float], None]
-"""(epoch, epochs, mean loss of that epoch)."""
+PROGRESS_STAGE = "train"
+"""The stage the epochs are reported under: ``progress("train", epoch, epochs, note="loss ...")``."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _train(student: Any, pairs: list[tuple[np.ndarray, np.ndarray]], kind: str, 
         losses.append(total / count)
         log.info("distill_epoch", epoch=epoch + 1, epochs=options.epochs, loss=round(losses[-1], 5))
         if progress is not None:
-            progress(epoch + 1, options.epochs, losses[-1])
+            progress(PROGRESS_STAGE, epoch + 1, options.epochs, note=f"loss {losses[-1]:.4f}")
     return losses
 
 

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import structlog
 
+from agent.core.progress import Progress
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
 from agent.models.store import InstalledModel
@@ -51,6 +52,8 @@ DEFAULT_FRAMES = 300
 """Frames profiled by default, spread evenly over the video (or the first images of a folder)."""
 DEFAULT_BINS = 10
 """Histogram bins per statistic by default (the drift monitor compares the live window on the same bins)."""
+PROGRESS_STAGE = "profile"
+"""The stage each profiled frame is reported under."""
 
 
 class ProfileError(ToolError, RuntimeError):
@@ -111,8 +114,13 @@ def profile(
     source: str = "frames",
     options: EngineOptions | None = None,
     bins: int = DEFAULT_BINS,
+    progress: Progress | None = None,
+    expected: int = 0,
 ) -> dict[str, Any]:
-    """The reference statistics of ``model`` on ``frames`` (BGR uint8 images), as a dict."""
+    """The reference statistics of ``model`` on ``frames`` (BGR uint8 images), as a dict.
+
+    ``progress`` is told of each frame profiled, out of ``expected`` (at most: a short video gives fewer;
+    0 when not known), and of the whole once the frames run out."""
     installed = open_model(model)
     manifest = installed.manifest
     if not installed.model_path.is_file():
@@ -132,9 +140,15 @@ def profile(
     pipeline = Pipeline(None, slot, LatencyRecorder(LATENCY_WINDOW))  # type: ignore[arg-type]
     builder = ReferenceBuilder(manifest.task, manifest.head.labels, bins)
     try:
+        done = 0
         for index, image in enumerate(frames):
             frame = Frame(index, image, time.monotonic(), time.time(), source)
             builder.observe(summarize(pipeline.process(frame)))
+            done = index + 1
+            if progress is not None and done < expected:
+                progress(PROGRESS_STAGE, done, expected)
+        if progress is not None:
+            progress(PROGRESS_STAGE, done, done)
         reference = builder.build(manifest.name, manifest.version, sha256, source)
     except ReferenceDataError as exc:
         raise ProfileError(f"{manifest.name} {manifest.version}: {exc}") from exc

@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import structlog
 
+from agent.core.progress import Progress
 from agent.models.manifest import Manifest, sha256_file
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.errors import QuantizeError
@@ -70,6 +71,8 @@ SIMPLIFIED_SUFFIX = "-simplified"
 PROBE_FRAMES = 2
 """Frames each layer's sensitivity is measured on (a ranking, not the agreement: the search measures that)."""
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+CALIBRATE_STAGE = "calibrate"
+"""The stage calibration reports its frames under, as ONNX Runtime's calibrator takes them."""
 
 Method = Literal["minmax", "average", "entropy", "percentile"]
 METHODS = ("minmax", "average", "entropy", "percentile")
@@ -187,22 +190,30 @@ def calibration_feeds(model: onnx.ModelProto, manifest: Manifest,
 
 
 class _Reader:
-    """ONNX Runtime's CalibrationDataReader over prepared feeds."""
+    """ONNX Runtime's CalibrationDataReader over prepared feeds; each feed taken is a calibrated frame."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, feeds: list[dict[str, np.ndarray]], progress: Progress | None = None) -> None:
         self._feeds = iter(feeds)
+        self._total = len(feeds)
+        self._taken = 0
+        self._progress = progress
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._feeds, None)
+        feed = next(self._feeds, None)
+        if feed is not None and self._progress is not None:
+            self._taken += 1
+            self._progress(CALIBRATE_STAGE, self._taken, self._total)
+        return feed
 
 
 def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], options: QuantizeOptions,
                   *, calibration_cache: Path | None = None, only_nodes: Sequence[str] | None = None,
-                  ) -> onnx.ModelProto:
+                  progress: Progress | None = None) -> onnx.ModelProto:
     """``model`` (prepared) quantized with ranges calibrated on ``feeds``.
 
     ``calibration_cache``: a JSON file of tensor ranges; written by the first call, read by later ones
-    (so a sensitivity analysis calibrates once). ``only_nodes``: quantize just these nodes.
+    (so a sensitivity analysis calibrates once). ``only_nodes``: quantize just these nodes. ``progress``:
+    told of each calibration frame as the calibrator takes it.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -226,7 +237,7 @@ def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], op
         onnx.save(model, str(source))
         try:
             quantize_static(
-                str(source), str(target), Reader(feeds),
+                str(source), str(target), Reader(feeds, progress),
                 quant_format=QuantFormat.QDQ if options.format == "qdq" else QuantFormat.QOperator,
                 activation_type=activations, weight_type=QuantType.QInt8,
                 per_channel=options.per_channel, reduce_range=options.reduce_range,
@@ -245,13 +256,14 @@ def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], op
 
 def quantize_model(src: ModelRef, frames: Sequence[np.ndarray], out_dir: Path, options: QuantizeOptions,
                    *, version: str | None = None, target_agreement: float | None = None,
-                   eval_frames: Sequence[np.ndarray] = ()) -> QuantizeResult:
+                   eval_frames: Sequence[np.ndarray] = (), progress: Progress | None = None) -> QuantizeResult:
     """Quantize ``src`` on ``frames`` into the model folder ``out_dir`` (model.onnx + manifest).
 
     With ``target_agreement``, the most sensitive nodes stay in float until the agreement with ``src``
     on ``eval_frames`` reaches it (``sensitivity.mixed_precision``); the per-layer report is written
     beside the model as ``sensitivity_report.json``. The manifest keeps the source's preprocessing,
     head and reference; goldens are dropped (they hold float outputs); the version gets ``-int8``.
+    ``progress`` is told of the calibration frames and, with a target, of the layers and the search.
     """
     check_empty(out_dir)
     started = time.monotonic()
@@ -260,10 +272,11 @@ def quantize_model(src: ModelRef, frames: Sequence[np.ndarray], out_dir: Path, o
     feeds = calibration_feeds(prepared, src.manifest, frames)
     report = None
     if target_agreement is None:
-        quantized = quantize_onnx(prepared, feeds, options)
+        quantized = quantize_onnx(prepared, feeds, options, progress=progress)
     else:
         probes = calibration_feeds(prepared, src.manifest, list(eval_frames)[:PROBE_FRAMES])
-        quantized, report = mixed_precision(src, prepared, feeds, probes, eval_frames, options, target_agreement)
+        quantized, report = mixed_precision(src, prepared, feeds, probes, eval_frames, options, target_agreement,
+                                            progress=progress)
     set_metadata(quantized, quantization={**asdict(options), "frames": len(frames)},
                  source_sha256=sha256_file(src.path), opset=str(default_opset(quantized)))
     if report is not None:

@@ -37,6 +37,7 @@ import onnx
 import structlog
 from onnx import numpy_helper
 
+from agent.core.progress import Progress
 from agent.models.manifest import Manifest
 from agent.tools.compare import compare_models
 from agent.tools.distill import teacher_targets
@@ -77,8 +78,8 @@ CROP_CANDIDATES = 12
 TRAINED_OPS = frozenset({"Conv", "ConvTranspose", "BatchNormalization", "Gemm"})
 """Operators whose parameters onnx2torch makes trainable and ``write_back`` copies into the graph."""
 
-Progress = Callable[[int, int, float], None]
-"""(step, steps, loss of that step)."""
+PROGRESS_STAGE = "recover"
+"""The stage the steps are reported under: ``progress("recover", step, steps, note="loss ...")``."""
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def recover(teacher: ModelRef, student: onnx.ModelProto, frames: Sequence[np.nda
                 parameter.mul_(mask)
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step + 1, options.steps, losses[-1])
+            progress(PROGRESS_STAGE, step + 1, options.steps, note=f"loss {losses[-1]:.4f}")
     module.eval()
     seconds = time.monotonic() - started
     log.info("recovered", steps=options.steps, samples=len(pairs), first_loss=round(losses[0], 5),

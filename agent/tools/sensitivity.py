@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import structlog
 
+from agent.core.progress import UNKNOWN_TOTAL, Progress
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.tools.compare import compare_models
 from agent.tools.errors import QuantizeError
@@ -52,6 +53,8 @@ MAX_SEARCH_STEPS = 18
 """Doubling then bisection to one node needs 2 * log2(n) + 2 steps: 18 covers 256 candidate nodes."""
 NEGLIGIBLE_ERROR = 1e-6
 """A node whose quantization changes the output less than this is not worth keeping in float."""
+LAYERS_STAGE, SEARCH_STAGE = "sensitivity", "search"
+"""The stages reported: one quantizable node measured at a time, then one variant of the search at a time."""
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,23 @@ def _rel_error(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
 
 
 def layer_sensitivity(prepared: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
-                      probes: Sequence[dict[str, np.ndarray]], options: Any, cache: Path) -> list[LayerSensitivity]:
-    """Every quantizable node's sensitivity, most sensitive first (``options``: a ``QuantizeOptions``)."""
+                      probes: Sequence[dict[str, np.ndarray]], options: Any, cache: Path,
+                      progress: Progress | None = None) -> list[LayerSensitivity]:
+    """Every quantizable node's sensitivity, most sensitive first (``options``: a ``QuantizeOptions``).
+
+    ``progress``: the calibration (the first node's quantization fills ``cache``), then each node measured."""
     from agent.tools.quantize import quantize_onnx
 
     reference = _outputs(prepared, probes)
     excluded = set(options.exclude_nodes)
     layers = []
-    for node in quantizable_nodes(prepared):
-        if node.name in excluded:
-            continue
-        single = quantize_onnx(prepared, calibration, options, calibration_cache=cache, only_nodes=[node.name])
+    nodes = [node for node in quantizable_nodes(prepared) if node.name not in excluded]
+    for index, node in enumerate(nodes):
+        single = quantize_onnx(prepared, calibration, options, calibration_cache=cache, only_nodes=[node.name],
+                               progress=progress if index == 0 else None)
         layers.append(LayerSensitivity(node.name, node.op_type, _rel_error(_outputs(single, probes), reference)))
+        if progress is not None:
+            progress(LAYERS_STAGE, index + 1, len(nodes))
     return sorted(layers, key=lambda layer: -layer.rel_error)
 
 
@@ -145,7 +153,8 @@ def next_float_nodes(done: dict[int, float], target: float, total: int) -> int |
 
 def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                     probes: Sequence[dict[str, np.ndarray]], eval_frames: Sequence[np.ndarray], options: Any,
-                    target: float, *, threads: int = PROBE_THREADS) -> tuple[onnx.ModelProto, SensitivityReport]:
+                    target: float, *, threads: int = PROBE_THREADS,
+                    progress: Progress | None = None) -> tuple[onnx.ModelProto, SensitivityReport]:
     """The INT8 model with the fewest float nodes whose agreement with ``source`` reaches ``target``."""
     from agent.tools.quantize import quantize_onnx
 
@@ -156,7 +165,7 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edge-agent-sens-") as tmp:
         cache = Path(tmp) / "ranges.json"
-        ranked = [layer for layer in layer_sensitivity(prepared, calibration, probes, options, cache)
+        ranked = [layer for layer in layer_sensitivity(prepared, calibration, probes, options, cache, progress)
                   if layer.rel_error > NEGLIGIBLE_ERROR]
         order = [layer.node for layer in ranked]
         done: dict[int, float] = {}
@@ -178,6 +187,9 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
             done[k], models[k] = agreement.value, model
             steps.append(SearchStep(k, agreement.value, agreement.rel_error))
             log.info("sensitivity_step", kept_float=k, agreement=round(agreement.value, 4), target=target)
+            if progress is not None:
+                progress(SEARCH_STAGE, len(steps), UNKNOWN_TOTAL,
+                         note=f"{k} float -> {agreement.metric} {agreement.value:.3f} (target {target:.3f})")
     passing = [k for k, value in done.items() if value >= target]
     chosen = min(passing) if passing else max(done, key=lambda k: (done[k], -k))
     kept = set(order[:chosen])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,8 +33,12 @@ PLAN = ("--canary", "5%", "--waves", "25%,50%,100%", "--abort-failures", "10%", 
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
+    """A tar (the simulated devices do not open it; ``fleet deploy`` reads its format from its content)."""
     path = tmp_path / "model.tar"
-    path.write_bytes(b"a model bundle, as the devices would download it")
+    inner = tmp_path / "manifest.json"
+    inner.write_text("a model bundle, as the devices would download it")
+    with tarfile.open(path, "w") as bundle:
+        bundle.add(inner, arcname="manifest.json")
     return path
 
 
@@ -216,6 +221,30 @@ def test_a_signed_rollout_sends_every_device_the_statement_of_what_the_control_p
         verify_statement(key, command["statement"], name="text-det", version=NEW, format="bundle",
                          sha256=sha256(artifact))
     assert record(tmp_path / "rollouts", "ro-signed")["statement"] == sent[0]["statement"]
+
+
+def test_a_rollout_without_format_sends_what_the_artifact_is(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], demo_dir: Path, tmp_path: Path) -> None:
+    probe = mqtt_probe(mosquitto.port, ["edge/+/cmd/deploy"])
+    onnx_model = demo_dir / "models" / "text-det-v6" / "model.onnx"
+    with simulated_fleet(mosquitto.port, 2, tmp_path / "sim.log", *FAST):
+        done = run(*deploy_args(mosquitto, onnx_model, tmp_path / "rollouts", "ro-onnx"))
+        assert done.returncode == 0, done.stdout + done.stderr
+    sent = [json.loads(m.payload) for m in probe.snapshot()]
+    assert len(sent) == 2 and {command["format"] for command in sent} == {"onnx"}
+    assert record(tmp_path / "rollouts", "ro-onnx")["format"] == "onnx"
+    progress = done.stderr.splitlines()
+    assert any(line.startswith("sha256 model.onnx ") and line.endswith(" KiB 100.0%") for line in progress), \
+        "the control plane's own read of the artifact, to hash it"
+    assert "canary 1/1 100.0%" in progress and "wave 1 1/1 100.0%" in progress, "piped, a line per stage's tenth"
+
+
+def test_a_rollout_with_a_format_its_artifact_contradicts_is_refused_before_any_device_is_told(
+        mosquitto: Mosquitto, artifact: Path, tmp_path: Path) -> None:
+    done = run(*deploy_args(mosquitto, artifact, tmp_path / "rollouts", "ro-wrong"), "--format", "onnx")
+    assert done.returncode == 2
+    assert "--format onnx, but" in done.stderr and "is a tar archive (a bundle)" in done.stderr, done.stderr
+    assert not (tmp_path / "rollouts" / "ro-wrong.json").exists()
 
 
 class Impostor:

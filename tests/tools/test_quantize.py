@@ -155,7 +155,8 @@ def test_target_agreement_keeps_sensitive_layers_in_float_and_writes_the_per_lay
     code = main(["model", "quantize", str(demo_dir / "models" / "orientation-0.0.11"), "--calib-video",
                  str(demo_dir / "video.mp4"), "--frames", "4", "--eval-frames", "6", "--target", "cpu",
                  "--per-channel", "--method", "average", "--target-agreement", "1.0", "--top", "5", "-o", str(out)])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     report = json.loads((out / "sensitivity_report.json").read_text())
     assert code == (0 if report["met"] else 1)
     assert report["metric"] == "top1" and report["target"] == 1.0
@@ -167,4 +168,10 @@ def test_target_agreement_keeps_sensitive_layers_in_float_and_writes_the_per_lay
     props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
     assert json.loads(props["edge_agent.float_nodes"]) == kept
     assert "precision" in printed and "more layers" in printed and "against target 1.000" in printed
+    progress = captured.err.splitlines()
+    assert "calibrate 4/4 100.0%" in progress, "the calibration that fills the range cache"
+    measured = [line for line in progress if line.startswith("sensitivity ")]
+    assert measured[-1].endswith(" 100.0%") and len(measured) <= 11, "piped, a line a tenth of the layers"
+    searched = [line for line in progress if line.startswith("search ")]
+    assert len(searched) == len(report["steps"]) and searched[0].startswith("search 1 0 float -> top1 ")
     Manifest.read(out / "manifest.json").verify_files(out)

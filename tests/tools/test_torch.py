@@ -67,13 +67,13 @@ def test_bad_export_requests_are_named(tmp_path, capsys):
 def test_distill_trains_a_student_on_the_teachers_outputs_exports_and_compares_it(tmp_path, demo_dir):
     teacher = resolve_model(demo_dir / "models" / "orientation-0.0.11")
     frames = read_video_frames(demo_dir / "video.mp4", 8)
-    seen: list[tuple[int, int, float]] = []
+    seen: list[tuple[int, int, str]] = []
     result = distill(teacher, orientation_student(), frames[::2], tmp_path / "student.onnx",
                      DistillOptions(epochs=2, batch_size=8), eval_frames=frames[1::2],
-                     progress=lambda *epoch: seen.append(epoch))
+                     progress=lambda stage, done, total, note="": seen.append((done, total, stage)))
     assert result.samples == 16, "each training frame and its three turns"
     assert len(result.losses) == 2 and all(math.isfinite(loss) for loss in result.losses)
-    assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
+    assert seen == [(1, 2, "train"), (2, 2, "train")]
     engine = OnnxRuntimeEngine.load(result.path)
     assert engine.outputs[0].shape[1] == 4
     probabilities = engine.infer({"x": np.zeros((1, 3, 224, 224), np.float32)})["output"]
