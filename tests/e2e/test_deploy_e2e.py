@@ -44,6 +44,9 @@ def rig(tmp_path_factory, demo_dir):
     server.close()
     broker.kill()
 
+AGENT_START_S = 180.0
+"""A loaded machine (a parallel test run on 2 cores) can take minutes to start an agent."""
+
 
 def _send(rig, name, body, timeout=240.0):
     client = ControlClient(rig["broker"].url)
@@ -178,7 +181,7 @@ def test_restart_serves_current_and_falls_back_to_previous_when_current_does_not
     probe = mqtt_probe(mosquitto.port, ["edge/dev-restart/#"])
     agent = AgentProcess(config)
     probe.wait_for(lambda m: m.topic.endswith("/model") and json.loads(m.payload)["version"] == "v6",
-                   what="serving current (v6)")
+                   timeout=AGENT_START_S, what="serving current (v6)")
     client = ControlClient(mosquitto.url)
     failed = asyncio.run(client.send("deploy", {"id": "once", "name": "text-det", "version": "v9",
                                                 "url": "http://127.0.0.1:9/x.tar", "sha256": "0" * 64},

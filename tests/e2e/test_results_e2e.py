@@ -91,7 +91,10 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
     # The rate: at most 5 a second (the default), so a 15 fps camera gives about a third of its frames.
     span_s = results[-1]["capture_ts"] - results[0]["capture_ts"]
     assert len(results) <= 5 * span_s + 2
-    assert health["results"]["held"] > 0
+    # The limiter held frames back, unless the engine itself ran under the rate (a loaded machine):
+    # then every frame inferred was published or dropped offline, and there was nothing to hold.
+    counted = health["results"]["published"] + health["results"]["dropped_offline"]
+    assert health["results"]["held"] > 0 or health["frames_processed"] <= counted
 
     texts = {r["frame_id"]: r["prediction"]["texts"] for r in results}
     on_writing = [t for f, t in texts.items() if f % VIDEO_FRAMES in HANDWRITING]

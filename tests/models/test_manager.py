@@ -242,7 +242,7 @@ def test_probation_rolls_back_a_model_much_slower_than_the_old_one(tmp_path, dem
         await rig.frames_past(20)
         try:
             await rig.manager.deploy(deploy_request(server.url(bundle.name), sha256(bundle), format="bundle",
-                                              version="v6", probation=Probation(2.0, 1.0, 0, 1.3, 5)))
+                                              version="v6", probation=Probation(20.0, 1.0, 0, 1.3, 5)))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 180
             while rig.reports[-1].state not in (DeploymentState.ROLLED_BACK, DeploymentState.COMMITTED):
