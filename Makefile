@@ -54,8 +54,11 @@ soak: setup
 bench-fleet: setup
 	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.cli.bench_fleet --devices 10000 --rollout-devices 1000
 
+# ruff, mypy --strict over agent/, and the house's layer contracts (import-linter, pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/mypy agent
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) $(DEMO) build var

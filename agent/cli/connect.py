@@ -22,6 +22,7 @@ from typing import NoReturn
 import aiomqtt
 
 from agent.core.config import AgentConfig, ConfigError, load_config
+from agent.core.errors import AgentError
 from agent.fleet.control import ControlClient
 from agent.fleet.local import LocalAgentError, local_target
 from agent.models.fetch import load_private_key
@@ -70,7 +71,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser, *, groups: bool = 
                             help="ed25519 private key (PEM) of the control plane: sign the command itself")
 
 
-class ConnectError(Exception):
+class ConnectError(AgentError):
     """The arguments name no agent this command can reach; ``code`` is the exit status."""
 
     def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:

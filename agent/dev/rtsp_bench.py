@@ -26,6 +26,7 @@ from typing import IO, Any
 import cv2
 
 from agent.core.config import SourceSection
+from agent.dev.base import DevError
 from agent.vision.sources import Frame, FrameSource
 from agent.wire import CameraState as SourceState
 
@@ -58,7 +59,7 @@ PROBE_SCRIPT = (
 )
 
 
-class RtspServerError(RuntimeError):
+class RtspServerError(DevError, RuntimeError):
     """The RTSP server process did not start, answer or stop as asked."""
 
 

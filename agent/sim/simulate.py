@@ -34,6 +34,7 @@ from typing import Any, Literal
 import structlog
 
 from agent.core.config import MqttSection
+from agent.core.errors import AgentError
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionState
 from agent.sim.device import SimDevice, fails
@@ -71,7 +72,7 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
 
 
-class SimError(RuntimeError):
+class SimError(AgentError, RuntimeError):
     """The simulated fleet cannot run as asked; the message says why."""
 
 
