@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from agent.cli.control import artifact_format, signed_fields, valid_days_argument
 from agent.cli.progress import ProgressBoard
-from agent.cli.say import say
+from agent.cli.say import run_until_signal, say
 from agent.fleet.artifact import FORMATS
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
@@ -33,18 +31,6 @@ def _client(args: argparse.Namespace) -> ControlClient:
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"edge-agent: {message}", file=sys.stderr)
     return code
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Run ``main(stop)``; SIGINT and SIGTERM set ``stop`` so it can end cleanly."""
-    async def runner() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await main(stop)
-
-    return asyncio.run(runner())
 
 
 # ----- fleet deploy ---------------------------------------------------------------------------

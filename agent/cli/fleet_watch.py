@@ -45,7 +45,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 def _until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    from agent.cli.fleet import run_until_signal
+    from agent.cli.say import run_until_signal
 
     try:
         return run_until_signal(main)

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.cli.guard import guarded
 from agent.cli.progress import ProgressBoard
+from agent.cli.say import EXIT_FAILURE, EXIT_OK
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "add_tool_parsers", "guarded", "known_errors", "progress_printer"]
+__all__ = ["add_tool_parsers", "progress_printer"]
 
-EXIT_OK, EXIT_FAILURE = 0, 1
 PROGRESS_STEP = 0.1
 """Long runs report on stderr each time another 10% is done."""
 DEFAULT_COMPARE_FRAMES = 50
@@ -29,39 +30,6 @@ DEFAULT_CALIBRATION_FRAMES = 32
 DEFAULT_EVAL_FRAMES = 16
 """Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
 DEFAULT_REPORT_ROWS = 20
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def known_errors() -> tuple[type[Exception], ...]:
-    """The errors a tool reports as a one-line message (imported late: they pull in OpenCV and ONNX)."""
-    from agent.models.bundle import BundleError
-    from agent.models.graph import SpecMismatchError
-    from agent.models.manifest import ManifestError
-    from agent.runtime.base import EngineError
-    from agent.tools.errors import ToolError
-    from agent.vision.transforms import TransformError
-
-    return (ToolError, ManifestError, SpecMismatchError, TransformError, EngineError, BundleError,
-            FileNotFoundError, PermissionError, IsADirectoryError)
-
-
-def guarded(command: str, handler: Handler) -> Handler:
-    """``handler`` with the tools' errors printed as ``edge-agent model <command>: <message>``."""
-
-    def run(args: argparse.Namespace) -> int:
-        from agent.models.fetch import FetchError
-
-        try:
-            return handler(args)
-        except FetchError as exc:
-            print(f"edge-agent model {command}: {exc.message}", file=sys.stderr)
-        except known_errors() as exc:
-            print(f"edge-agent model {command}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-    return run
-
 
 def progress_printer(what: str) -> Callable[[int, int], None]:
     """A progress callback printing ``what: 30% (15/50)`` to stderr every 10%."""

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from agent.cli.model import EXIT_FAILURE, EXIT_OK, guarded
+from agent.cli.guard import guarded
+from agent.cli.say import EXIT_FAILURE, EXIT_OK
 from agent.models.fetch import STATEMENT_VALID_S
 from agent.tools.errors import PackError
 

@@ -63,7 +63,7 @@ from agent.wire import (
 )
 
 if TYPE_CHECKING:
-    from agent.sim.simulate import SimSpec
+    from agent.sim.spec import SimSpec
 
 __all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimCommandFailed", "SimDevice", "SimModel", "fails", "fraction"]
 

@@ -27,18 +27,17 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
 from agent.core.config import MqttSection
-from agent.core.errors import AgentError
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionState
 from agent.sim.device import SimDevice, fails
-from agent.wire import DeviceState, Topics
+from agent.sim.spec import SimError, SimSpec
+from agent.wire import DeviceState
 
 __all__ = ["DEVICES_PER_PROCESS", "SimError", "SimFleet", "SimProcesses", "SimSpec", "auto_processes", "device_ids",
            "fails", "raise_fd_limit"]
@@ -70,55 +69,6 @@ CHILD_STOP_MARGIN_S = 10.0
 JOURNAL_SIZE = 100
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
-
-
-class SimError(AgentError, RuntimeError):
-    """The simulated fleet cannot run as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class SimSpec:
-    url: str
-    devices: int
-    group: str = "sim"
-    prefix: str = "edge"
-    id_prefix: str = "sim"
-    model_name: str = "text-det"
-    model_version: str = "1.0.0"
-    fail_rate: float = 0.0
-    fail_mode: Literal["probation", "download"] = "probation"
-    slow_deploy_s: float = 0.5
-    """Seconds from received to active."""
-    probation_s: float = 1.0
-    """Seconds from active to committed (or rolled back)."""
-    period_s: float = 5.0
-    """Telemetry period (health, latency, drift, bias, leak)."""
-    alarm_rate: float = 0.0
-    """Share of devices (by hash) whose drift is in alarm."""
-    state_dir: Path | None = None
-    """Journals live under it; a temporary folder (removed at the end) when None."""
-    shard: int = 0
-    shards: int = 1
-    """This process simulates every ``shards``-th device of the fleet, from the ``shard``-th on
-    (``SimProcesses`` starts one process per shard)."""
-
-    def __post_init__(self) -> None:
-        MqttSection(url=self.url, prefix=self.prefix)
-        Topics(self.prefix, f"{self.id_prefix}-0")
-        Topics(self.prefix, self.group)
-        if self.devices < 1:
-            raise SimError(f"devices must be at least 1, got {self.devices}")
-        for name in ("fail_rate", "alarm_rate"):
-            value = getattr(self, name)
-            if not 0 <= value <= 1:
-                raise SimError(f"{name.replace('_', '-')} must be within 0..1, got {value}")
-        for name in ("slow_deploy_s", "probation_s"):
-            if getattr(self, name) < 0:
-                raise SimError(f"{name} must not be negative")
-        if self.period_s <= 0:
-            raise SimError(f"period must be above 0 s, got {self.period_s}")
-        if not 0 <= self.shard < self.shards:
-            raise SimError(f"shard must be within 0..{self.shards - 1}, got {self.shard}")
 
 
 def auto_processes(devices: int) -> int:

@@ -276,7 +276,7 @@ def quantize_model(src: ModelRef, frames: Sequence[np.ndarray], out_dir: Path, o
     else:
         probes = calibration_feeds(prepared, src.manifest, list(eval_frames)[:PROBE_FRAMES])
         quantized, report = mixed_precision(src, prepared, feeds, probes, eval_frames, options, target_agreement,
-                                            progress=progress)
+                                            progress=progress, quantize=quantize_onnx)
     set_metadata(quantized, quantization={**asdict(options), "frames": len(frames)},
                  source_sha256=sha256_file(src.path), opset=str(default_opset(quantized)))
     if report is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+Quantize = Callable[..., onnx.ModelProto]
+"""agent.tools.quantize.quantize_onnx's shape: the prepared model, feeds and options in, the INT8 model out."""
 
 REPORT_FILE = "sensitivity_report.json"
 PROBE_THREADS = 2
@@ -118,18 +121,18 @@ def _rel_error(outputs: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -
 
 def layer_sensitivity(prepared: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                       probes: Sequence[dict[str, np.ndarray]], options: Any, cache: Path,
-                      progress: Progress | None = None) -> list[LayerSensitivity]:
+                      progress: Progress | None = None, *, quantize: Quantize) -> list[LayerSensitivity]:
     """Every quantizable node's sensitivity, most sensitive first (``options``: a ``QuantizeOptions``).
 
-    ``progress``: the calibration (the first node's quantization fills ``cache``), then each node measured."""
-    from agent.tools.quantize import quantize_onnx
+    ``progress``: the calibration (the first node's quantization fills ``cache``), then each node measured.
+    ``quantize``: agent.tools.quantize's ``quantize_onnx`` (given, so that this module does not import it back)."""
 
     reference = _outputs(prepared, probes)
     excluded = set(options.exclude_nodes)
     layers = []
     nodes = [node for node in quantizable_nodes(prepared) if node.name not in excluded]
     for index, node in enumerate(nodes):
-        single = quantize_onnx(prepared, calibration, options, calibration_cache=cache, only_nodes=[node.name],
+        single = quantize(prepared, calibration, options, calibration_cache=cache, only_nodes=[node.name],
                                progress=progress if index == 0 else None)
         layers.append(LayerSensitivity(node.name, node.op_type, _rel_error(_outputs(single, probes), reference)))
         if progress is not None:
@@ -154,9 +157,10 @@ def next_float_nodes(done: dict[int, float], target: float, total: int) -> int |
 def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: list[dict[str, np.ndarray]],
                     probes: Sequence[dict[str, np.ndarray]], eval_frames: Sequence[np.ndarray], options: Any,
                     target: float, *, threads: int = PROBE_THREADS,
-                    progress: Progress | None = None) -> tuple[onnx.ModelProto, SensitivityReport]:
-    """The INT8 model with the fewest float nodes whose agreement with ``source`` reaches ``target``."""
-    from agent.tools.quantize import quantize_onnx
+                    progress: Progress | None = None,
+                    quantize: Quantize) -> tuple[onnx.ModelProto, SensitivityReport]:
+    """The INT8 model with the fewest float nodes whose agreement with ``source`` reaches ``target``
+    (``quantize``: agent.tools.quantize's ``quantize_onnx``)."""
 
     if not 0.0 < target <= 1.0:
         raise QuantizeError(f"target agreement {target} is outside (0, 1]")
@@ -165,7 +169,8 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edge-agent-sens-") as tmp:
         cache = Path(tmp) / "ranges.json"
-        ranked = [layer for layer in layer_sensitivity(prepared, calibration, probes, options, cache, progress)
+        ranked = [layer for layer in layer_sensitivity(prepared, calibration, probes, options, cache, progress,
+                                                          quantize=quantize)
                   if layer.rel_error > NEGLIGIBLE_ERROR]
         order = [layer.node for layer in ranked]
         done: dict[int, float] = {}
@@ -178,7 +183,7 @@ def mixed_precision(source: ModelRef, prepared: onnx.ModelProto, calibration: li
                 break
             variant_options = type(options)(**{**asdict(options),
                                                "exclude_nodes": (*options.exclude_nodes, *order[:k])})
-            model = quantize_onnx(prepared, calibration, variant_options, calibration_cache=cache)
+            model = quantize(prepared, calibration, variant_options, calibration_cache=cache)
             path = Path(tmp) / f"k{k}.onnx"
             onnx.save(model, str(path))
             agreement = compare_models(source, ModelRef(path, source.manifest), eval_frames,
