@@ -172,7 +172,7 @@ def add_shadow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shadow", metavar="DURATION",
                         help="run the new model beside the serving one on live frames for at most this long "
                              "(60s, 10m) and serve it only if it agrees; default terms: the agent's [deploy] shadow_*")
-    parser.add_argument("--min-agreement", help="agreement to promote at, 0.95 or 95% (with --shadow)")
+    parser.add_argument("--min-agreement", help="agreement to promote at, 0.95 or 95%% (with --shadow)")
     parser.add_argument("--shadow-budget", type=int, help="the candidate sees every n-th frame (with --shadow)")
 
 

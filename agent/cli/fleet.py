@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.cli.control import signed_fields, valid_days_argument
+from agent.cli.control import add_shadow_arguments, shadow_terms, signed_fields, valid_days_argument
 from agent.cli.say import say
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
@@ -62,6 +62,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
         deploy_timeout = parse_duration(args.deploy_timeout, "--deploy-timeout")
+        shadow = shadow_terms(args)
     except PlanError as exc:
         return _fail(str(exc), EXIT_USAGE)
     store = RolloutStore(args.state_dir)
@@ -76,7 +77,8 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
         fields = signed_fields(url=args.url, sha256=args.sha256, name=args.name, version=args.version,
                                format=args.format, key=args.sign, valid_days=args.valid_days)
         sha256, statement = fields["sha256"], fields.get("statement")
-    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, args.format, plan, statement)
+    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, args.format, plan, statement,
+                       saved.shadow if saved is not None else shadow)
 
     async def main() -> int:
         async with FleetLink(_client(args)) as link:
@@ -168,6 +170,7 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where rollouts are recorded")
     deploy.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="structured log events on stderr (progress goes to stdout)")
+    add_shadow_arguments(deploy)
     deploy.set_defaults(handler=cmd_fleet_deploy)
 
 

@@ -40,12 +40,14 @@ MAX_DEPLOYMENT_ID = 120
 ROLLBACK_SUFFIX = "-rollback"
 DEVICE_HASH_CHARS = 16
 
-DEPLOYING = ("received", "downloading", "verifying", "building", "loading", "warming", "validating", "active")
+DEPLOYING = ("received", "downloading", "verifying", "building", "loading", "warming", "validating", "shadow",
+             "active")
 FINAL_GOOD = ("committed",)
-FINAL_BAD = ("failed", "rolled_back", "timeout", "unhealthy")
+FINAL_BAD = ("failed", "rolled_back", "discarded", "timeout", "unhealthy")
 DeviceState = Literal[
     "pending", "sent", "received", "downloading", "verifying", "building", "loading", "warming",
-    "validating", "active", "committed", "failed", "rolled_back", "timeout", "unhealthy", "reverted",
+    "validating", "shadow", "active", "committed", "failed", "rolled_back", "discarded", "timeout", "unhealthy",
+    "reverted",
 ]
 Outcome = Literal["running", "aborting", "succeeded", "aborted"]
 
@@ -68,6 +70,8 @@ class DeviceEntry(_Model):
     last_sent_at: float | None = None
     """Unix time it was last sent; None asks for a send at once (after a resume)."""
     sends: int = Field(default=0, ge=0)
+    agreement: float | None = None
+    """The device's shadow agreement with its serving model (a shadowed canary), as it last reported it."""
 
     @property
     def rollback_id(self) -> str:
@@ -100,6 +104,8 @@ class RolloutRecord(_Model):
     statement: dict[str, Any] | None = None
     """The signed statement every device's deploy carries (agent.cli.control.signed_fields)."""
     plan: PlanModel
+    shadow: dict[str, Any] | None = None
+    """The canary's shadow terms (the deploy's ``shadow``): the canary runs in shadow first; None: it swaps."""
     waves: list[list[str]]
     devices: dict[str, DeviceEntry]
     already: list[str] = Field(default_factory=list, description="devices serving the version before it started")
@@ -113,6 +119,9 @@ class RolloutRecord(_Model):
                                    "url": self.url, "sha256": self.sha256, "format": self.format}
         if self.statement:
             body["statement"] = self.statement
+        if self.shadow is not None and entry.stage == 0:
+            body["mode"] = "shadow"
+            body["shadow"] = self.shadow
         return body
 
     def in_stages(self, upto: int) -> list[str]:
