@@ -11,6 +11,7 @@ from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan
 from agent.fleet.record import RolloutRecord, RolloutStore
 from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
+from agent.fleet.status import device_rows, render_table
 from agent.fleet.view import FleetView
 from agent.wire import DeploymentPayload, ErrorInfo, StatusPayload, encode_payload
 from tests.support.mosquitto import Mosquitto, MqttProbe
@@ -88,3 +89,16 @@ def test_a_canary_that_agrees_in_shadow_is_recorded_with_its_agreement(
     probe.publish("edge/cam-9/deployment", encode_payload(committed), retain=True)
     assert _run(mosquitto, record, RolloutStore(tmp_path), []) == "succeeded"
     assert record.devices["cam-9"].state == "committed" and record.devices["cam-9"].agreement == 0.99
+
+
+def test_fleet_status_shows_each_devices_shadow_agreement():
+    view = FleetView()
+    view.apply("edge/cam-9/status", encode_payload(_status("cam-9")))
+    deployment = DeploymentPayload(
+        device_id="cam-9", ts=2.0, seq=9, deployment_id="d-9", name="text-det", version=NEW, state="shadow",
+        step="shadow", progress=0.9, updated=2.0, shadow={"candidate": NEW, "frames": 12, "agreement": 0.987})
+    view.apply("edge/cam-9/deployment", encode_payload(deployment))
+    rows = device_rows(view)
+    assert rows[0]["shadow_agreement"] == 0.987
+    table = render_table(rows).splitlines()
+    assert "AGREEMENT" in table[0].split() and "0.987" in table[1].split()
