@@ -261,7 +261,8 @@ class DeploymentManager:
         finally:
             report = self.shadow.finish()
             self._shadow_report = (req.deployment_id, report)
-            await self._in_loader(lambda: None)  # one loader thread: every comparison queued before is done
+            with contextlib.suppress(RuntimeError):  # the loader is shut down when the agent stops
+                await self._in_loader(lambda: None)  # one loader thread: every comparison queued before is done
         if reason is None:
             log.info("shadow_promoted", deployment=req.deployment_id, version=new.version,
                      agreement=report["agreement"], frames=report["frames"])

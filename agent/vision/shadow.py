@@ -8,6 +8,11 @@ both predictions are summarized and the gate records their agreement. The frame
 worker only copies the image: it never waits for the candidate, and a sample that
 finds the candidate still busy with the previous one is skipped (and counted), so
 the serving frames keep their pace and none is dropped.
+
+The budget ``every_nth`` is also a share of time: after a comparison that took
+``t``, the candidate rests ``(every_nth - 1) * t`` before it takes the next
+sample, so a candidate slower than the serving model still works at most
+1 / ``every_nth`` of the time instead of back to back.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class ShadowRunner:
         self.nice = nice
         self.failures = FailureCount("shadow_compare_failed")
         self._in_flight = 0
+        self._rest_until = 0.0
+        """``time.monotonic()`` before which the candidate takes no sample (its share of time)."""
         self._lock = threading.Lock()
         self._prepared: _Prepared | None = None
 
@@ -62,7 +69,7 @@ class ShadowRunner:
         if candidate is None or not gate.wants(result.frame.index):
             return
         with self._lock:
-            if self._in_flight >= MAX_IN_FLIGHT:
+            if self._in_flight >= MAX_IN_FLIGHT or time.monotonic() < self._rest_until:
                 busy = True
             else:
                 busy = False
@@ -77,12 +84,14 @@ class ShadowRunner:
             self._done()
             raise
 
-    def _done(self) -> None:
+    def _done(self, rest_s: float = 0.0) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._rest_until = time.monotonic() + rest_s
 
     def _compare(self, candidate: Serving, served: FrameResult) -> None:
         """On the loader thread: the candidate on the same frame, then the gate records both."""
+        started = time.monotonic()
         try:
             if self.gate.serving is not candidate:
                 return  # the run ended while the frame waited
@@ -92,7 +101,8 @@ class ShadowRunner:
         except Exception as exc:  # the comparison must never reach the loader's other work
             self.failures.failed("shadow", exc)
         finally:
-            self._done()
+            spec = self.gate.spec
+            self._done((time.monotonic() - started) * (spec.every_nth - 1) if spec is not None else 0.0)
 
     def _at_loader_niceness(self) -> None:
         """Nice the loader thread (it loaded the candidate there, niced already) to ``nice``; never un-nice

@@ -75,7 +75,8 @@ class DeploySection(Section):
     """Frames compared (all cameras) before a shadow run is decided."""
     shadow_every_nth: int = Field(default=5, ge=1)
     """The shadow budget: the candidate sees every n-th frame of each camera (5: a fifth of the frames),
-    on the model-loader thread at ``load_nice``; a sample that finds it still busy is skipped."""
+    on the model-loader thread at ``load_nice``, and works at most 1/n of the time (after a comparison
+    that took t it rests (n - 1) t); a sample that finds it busy or resting is skipped."""
     shadow_duration_s: float = Field(default=600.0, gt=0)
     """The longest a shadow run lasts: by then it is promoted, or discarded (too few frames, no promote)."""
     shadow_auto_promote: bool = True
