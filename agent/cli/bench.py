@@ -10,6 +10,7 @@ import agent.dev.bench as dev_bench
 from agent.cli.say import EXIT_OK, fail, say
 from agent.dev.base import DevError
 from agent.dev.bench_cameras import CAMERA_COUNTS
+from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S
 
 __all__ = ["main"]
 
@@ -26,11 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--camera-frames", type=int, default=60, help="frames per camera in the cameras run")
     parser.add_argument("--cameras", default=",".join(map(str, CAMERA_COUNTS)),
                         help="camera counts of the cameras run, comma separated")
+    parser.add_argument("--shadow-rounds", type=int, default=SHADOW_ROUNDS,
+                        help="shadow on rounds (each after an off one)")
+    parser.add_argument("--shadow-seconds", type=float, default=SHADOW_S, help="length of a shadow round")
     args = parser.parse_args(argv)
     try:
         dev_bench.run_bench(args.demo, say, frames=args.frames, rounds=args.rounds, swaps=args.swaps,
                             only=args.only, camera_frames=args.camera_frames,
-                            cameras=tuple(int(n) for n in args.cameras.split(",")))
+                            cameras=tuple(int(n) for n in args.cameras.split(",")),
+                            shadow_rounds=args.shadow_rounds, shadow_s=args.shadow_seconds)
     except DevError as exc:
         return fail("bench", exc)
     return EXIT_OK

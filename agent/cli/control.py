@@ -28,6 +28,7 @@ from agent.cli.progress import ProgressBoard
 from agent.core.progress import Progress
 from agent.fleet.artifact import FORMATS, HEAD_BYTES, sniff
 from agent.fleet.control import ControlError, NoReplyError, Reply, new_command_id
+from agent.fleet.plan import PlanError, parse_duration, parse_percent
 from agent.models.fetch import (
     STATEMENT_VALID_S,
     Statement,
@@ -39,8 +40,8 @@ from agent.models.fetch import (
 )
 from agent.wire import DeploymentPayload
 
-__all__ = ["add_control_parsers", "add_key_parsers", "artifact_format", "artifact_sha256", "signed_fields",
-           "valid_days_argument"]
+__all__ = ["add_control_parsers", "add_key_parsers", "add_shadow_arguments", "artifact_format", "artifact_sha256",
+           "parse_agreement", "shadow_terms", "signed_fields", "valid_days_argument"]
 
 EXIT_OK = 0
 HASH_CHUNK = 1024 * 1024
@@ -151,6 +152,44 @@ def artifact_format(url: str, given: str | None) -> str:
     return given
 
 
+def parse_agreement(text: str, what: str = "--min-agreement") -> float:
+    """``"95%"`` or ``"0.95"`` -> 0.95; within [0, 1]."""
+    if text.strip().endswith("%"):
+        return parse_percent(text.strip(), what) / 100.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise PlanError(f"{what} {text!r} is not a share like 0.95 or 95%") from None
+    if not 0.0 <= value <= 1.0:
+        raise PlanError(f"{what} {text!r} is outside [0, 1] (or 0%..100%)")
+    return value
+
+
+def shadow_terms(args: argparse.Namespace) -> dict[str, Any] | None:
+    """A deploy's ``shadow`` object from ``--shadow DURATION`` and its companions; None without ``--shadow``."""
+    if args.shadow is None:
+        if args.min_agreement is not None or args.shadow_budget is not None:
+            raise PlanError("--min-agreement and --shadow-budget need --shadow DURATION")
+        return None
+    terms: dict[str, Any] = {"duration_s": parse_duration(args.shadow, "--shadow")}
+    if args.min_agreement is not None:
+        terms["min_agreement"] = parse_agreement(args.min_agreement)
+    if args.shadow_budget is not None:
+        if args.shadow_budget < 1:
+            raise PlanError(f"--shadow-budget {args.shadow_budget}: the candidate must see every n-th frame, n >= 1")
+        terms["budget"] = args.shadow_budget
+    return terms
+
+
+def add_shadow_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--shadow DURATION``, ``--min-agreement``, ``--shadow-budget`` (edge-agent deploy, fleet deploy)."""
+    parser.add_argument("--shadow", metavar="DURATION",
+                        help="run the new model beside the serving one on live frames for at most this long "
+                             "(60s, 10m) and serve it only if it agrees; default terms: the agent's [deploy] shadow_*")
+    parser.add_argument("--min-agreement", help="agreement to promote at, 0.95 or 95%% (with --shadow)")
+    parser.add_argument("--shadow-budget", type=int, help="the candidate sees every n-th frame (with --shadow)")
+
+
 def _outcome(reply: Reply) -> str:
     """One line for a person: what the device now serves, or why it refused."""
     payload = reply.payload
@@ -158,6 +197,11 @@ def _outcome(reply: Reply) -> str:
         error = payload.error
         return f"[{reply.device_id}] {payload.command} refused: " + (f"{error.code}: {error.message}" if error else "?")
     result = payload.result or {}
+    if payload.command == "deploy" and result.get("shadow"):
+        shadow = result["shadow"]
+        return (f"[{reply.device_id}] agreed in shadow ({shadow.get('agreement')} over {shadow.get('frames')} "
+                f"frames): now serving {result.get('name')} {result.get('version')} "
+                f"(deployment {result.get('deployment_id')}, on probation)")
     if payload.command == "deploy":
         return (f"[{reply.device_id}] now serving {result.get('name')} {result.get('version')} "
                 f"(deployment {result.get('deployment_id')}, on probation)")
@@ -191,6 +235,10 @@ def _finish(replies: list[Reply], *, outcomes: bool = False) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    try:
+        shadow = shadow_terms(args)
+    except PlanError as exc:
+        fail(str(exc), EXIT_USAGE)
     connection = connect(args)  # a missing agent is said before a large artifact is hashed
     command_id = new_command_id()
     statement = json.loads(args.statement.read_text(encoding="ascii")) if args.statement is not None else None
@@ -211,6 +259,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.probation_window is not None:
         body["probation"] = {"window_s": args.probation_window, "max_error_rate": args.max_error_rate,
                              "max_latency_ratio": args.max_latency_ratio}
+    if shadow is not None:
+        body.update(mode="shadow", shadow=shadow)
+        args.timeout += shadow["duration_s"]  # the reply comes when the shadow run ends
 
     with ProgressBoard() as board:
         def progress(device: str, status: DeploymentPayload) -> None:
@@ -224,6 +275,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else {}
     return _finish(_send(args, connect(args), "rollback", body), outcomes=True)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _finish(_send(args, connect(args), "promote", {}), outcomes=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -257,8 +312,10 @@ def add_control_parsers(sub: Any) -> None:
     deploy.add_argument("--probation-window", type=float, help="seconds of probation after the swap")
     deploy.add_argument("--max-error-rate", type=float, default=0.05)
     deploy.add_argument("--max-latency-ratio", type=float, default=1.5)
+    add_shadow_arguments(deploy)
     deploy.set_defaults(handler=cmd_deploy)
     for name, handler, text in (("rollback", cmd_rollback, "swap back to the previous model"),
+                                ("promote", cmd_promote, "serve the shadow run's candidate waiting for a promote"),
                                 ("status", cmd_status, "ask for the device's status"),
                                 ("ping", cmd_ping, "check that the device answers")):
         parser = sub.add_parser(name, help=text)

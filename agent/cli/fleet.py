@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.control import artifact_format, signed_fields, valid_days_argument
+from agent.cli.control import add_shadow_arguments, artifact_format, shadow_terms, signed_fields, valid_days_argument
 from agent.cli.progress import ProgressBoard
 from agent.cli.say import run_until_signal, say
 from agent.fleet.artifact import FORMATS
@@ -50,6 +50,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
         deploy_timeout = parse_duration(args.deploy_timeout, "--deploy-timeout")
+        shadow = shadow_terms(args)
     except PlanError as exc:
         return _fail(str(exc), EXIT_USAGE)
     store = RolloutStore(args.state_dir)
@@ -67,7 +68,8 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
                                    format=artifact, key=args.sign, valid_days=args.valid_days,
                                    progress=board.reporter())
         sha256, statement = fields["sha256"], fields.get("statement")
-    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, artifact, plan, statement)
+    spec = RolloutSpec(args.group, args.name, args.version, args.url, sha256, artifact, plan, statement,
+                       saved.shadow if saved is not None else shadow)
 
     async def main() -> int:
         async with FleetLink(_client(args)) as link:
@@ -162,6 +164,7 @@ def _deploy_parser(fleet: Any) -> None:
     deploy.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, help="where rollouts are recorded")
     deploy.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
                         help="structured log events on stderr (the rollout's lines go to stdout, its bars to stderr)")
+    add_shadow_arguments(deploy)
     deploy.set_defaults(handler=cmd_fleet_deploy)
 
 

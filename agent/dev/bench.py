@@ -15,7 +15,9 @@
    (the agent's ``ResultsPublisher`` as the frame observer, every frame published, its
    asyncio side encoding each payload for a broker session that takes it) against off,
    interleaved in the same rounds, and the observer's cost per frame (see ``bench_results``).
-5. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+5. shadow: serving frames/s with v6 in shadow beside v4 at the default budget against
+   without, and the largest serving gap during the shadow runs (see ``agent.dev.bench_shadow``).
+6. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.dev.bench_tools``).
 
@@ -36,6 +38,7 @@ import numpy as np
 from agent.core.config import DeploySection, SourceSection
 from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
+from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S, bench_shadow
 from agent.dev.bench_tools import bench_tools
 from agent.models.bundle import pack_bundle
 from agent.models.loader import EngineOptions, load_serving
@@ -363,12 +366,13 @@ def bench_swaps(demo: Path, swaps: int, report: Report) -> None:
                f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
-BENCHES = ("pipeline", "swap", "cameras", "results", "tools")
+BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "tools")
 """The parts of ``make bench``, in the order they run (``only`` picks one)."""
 
 
 def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: int, only: str | None = None,
-              camera_frames: int, cameras: tuple[int, ...] = CAMERA_COUNTS) -> None:
+              camera_frames: int, cameras: tuple[int, ...] = CAMERA_COUNTS, shadow_rounds: int = SHADOW_ROUNDS,
+              shadow_s: float = SHADOW_S) -> None:
     """Run every bench (or only ``only``) on the demo folder; each line of figures goes to ``report``."""
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
@@ -382,5 +386,7 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
             bench_rtsp_recovery(demo, report=report)
     if only in (None, "swap"):
         bench_swaps(demo, swaps, report)
+    if only in (None, "shadow"):
+        bench_shadow(demo, report, rounds=shadow_rounds, seconds=shadow_s)
     if only in (None, "tools"):
         bench_tools(demo, report)

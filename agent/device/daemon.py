@@ -54,6 +54,7 @@ from agent.runtime.slot import EngineSlot, Serving
 from agent.vision.cameras import CAMERAS_FILE, CameraError, CameraSet
 from agent.vision.pipeline import Pipeline
 from agent.vision.scheduler import Scheduler
+from agent.vision.shadow import ShadowRunner
 from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload
 from agent.wire.topics import Topics
 
@@ -200,7 +201,7 @@ class Agent:
         payload = self.telemetry.deployment(
             deployment_id=status.deployment_id, name=status.name, version=status.version,
             state=status.state.value, step=status.step.value, progress=status.progress,
-            error=status.error,
+            error=status.error, shadow=status.shadow,
         )
         await self.telemetry.publish_state(self.topics.deployment, payload)
         if status.state in DeploymentState.FINAL:
@@ -240,7 +241,10 @@ class Agent:
             store=self.store, slot=self.slot, options=self.engine_options, settings=deploy,
             public_key=public_key, feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
             report=self.publish_deployment, swapped=self._swapped, outputs=self.signals.outputs,
+            event=self.event,
         )
+        self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
+                                                   deploy.load_nice or None))
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
             cameras=self.cameras, cameras_changed=self.camera_book.changed, publish_cameras=self.camera_book.publish,

@@ -1,10 +1,10 @@
-"""What each command does: ping, status, deploy, rollback, feedback, cameras."""
+"""What each command does: ping, status, deploy, promote, rollback, feedback, cameras."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.core.config import DeploySection
 from agent.device.commands import CommandFailed
@@ -12,14 +12,31 @@ from agent.device.monitors import Signals
 from agent.models.behaviour import BehaviourBounds
 from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
 from agent.models.probation import Probation
+from agent.models.shadow import ShadowError, ShadowSpec
 from agent.models.store import ModelStore
 from agent.runtime.slot import EngineSlot
 from agent.vision.cameras import CameraError, CameraSet, camera_entry, described, first_frame_error
 from agent.vision.pipeline import Pipeline
-from agent.wire import CamerasCommand, DeployCommand, DeploymentState, PingCommand, RollbackCommand, StatusCommand
+from agent.wire import (
+    CamerasCommand,
+    DeployCommand,
+    DeploymentState,
+    PingCommand,
+    PromoteCommand,
+    RollbackCommand,
+    ShadowOptions,
+    StatusCommand,
+)
 from agent.wire.signals import FeedbackCommand
 
 __all__ = ["CommandHandlers"]
+
+V = TypeVar("V")
+
+
+def _given(value: V | None, default: V) -> V:
+    """The command's own value, or the config's when it gave none."""
+    return default if value is None else value
 
 
 class CommandHandlers:
@@ -53,8 +70,8 @@ class CommandHandlers:
         """One camera change at a time: each reads the set the previous one left."""
 
     def table(self) -> dict[str, Any]:
-        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
-                "feedback": self.feedback, "cameras": self.cameras}
+        return {"ping": self.ping, "status": self.status, "deploy": self.deploy, "promote": self.promote,
+                "rollback": self.rollback, "feedback": self.feedback, "cameras": self.cameras}
 
     async def cameras(self, command: CamerasCommand) -> dict[str, Any]:
         """Add, update, remove or list cameras; a change is kept in the state folder and published
@@ -125,21 +142,53 @@ class CommandHandlers:
         return Probation(spec.window_s, spec.max_error_rate, base.max_nonfinite, spec.max_latency_ratio,
                          base.min_frames, behaviour)
 
+    def _shadow(self, command: DeployCommand) -> tuple[ShadowSpec | None, float]:
+        """A shadow deploy's terms, the deploy's own over ``[deploy] shadow_*``; (None, 0) for a swap."""
+        if command.mode != "shadow":
+            return None, 0.0
+        s = self.deploy_settings
+        own = command.shadow or ShadowOptions()
+        try:
+            spec = ShadowSpec(
+                min_agreement=_given(own.min_agreement, s.shadow_min_agreement),
+                min_frames=_given(own.min_frames, s.shadow_min_frames),
+                every_nth=_given(own.budget, s.shadow_every_nth),
+                auto_promote=_given(own.auto_promote, s.shadow_auto_promote))
+        except ShadowError as exc:
+            raise CommandFailed(exc.code, exc.message) from exc
+        return spec, _given(own.duration_s, s.shadow_duration_s)
+
     async def deploy(self, command: DeployCommand) -> dict[str, Any]:
         manager = self.manager
+        shadow, duration_s = self._shadow(command)
         request = DeployRequest(
             name=command.name, version=command.version, url=command.url, sha256=command.sha256,
             signature=command.signature, format=command.format, probation=self._probation(command),
             deployment_id=command.id,
             statement=command.statement.model_dump() if command.statement else None,
+            shadow=shadow, shadow_duration_s=duration_s,
         )
         try:
             serving = await manager.deploy(request)
         except DeployFailed as exc:
-            raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}",
-                                {"deployment_id": request.deployment_id, "step": exc.step.value}) from exc
-        return {"deployment_id": request.deployment_id, "name": serving.name, "version": serving.version,
-                "state": DeploymentState.ACTIVE}
+            result: dict[str, Any] = {"deployment_id": request.deployment_id, "step": exc.step.value}
+            report = manager.shadow_report(request.deployment_id)
+            if report is not None:
+                result["shadow"] = report
+            raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}", result) from exc
+        answer: dict[str, Any] = {"deployment_id": request.deployment_id, "name": serving.name,
+                                  "version": serving.version, "state": DeploymentState.ACTIVE}
+        if shadow is not None:
+            answer["shadow"] = manager.shadow_report(request.deployment_id)
+        return answer
+
+    async def promote(self, command: PromoteCommand) -> dict[str, Any]:
+        """Serve the candidate of the shadow run waiting for a promote (its bound met)."""
+        try:
+            serving = await self.manager.promote()
+        except DeployFailed as exc:
+            raise CommandFailed(exc.code, exc.message) from exc
+        return {"name": serving.name, "version": serving.version, "state": DeploymentState.ACTIVE}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         manager = self.manager

@@ -275,7 +275,7 @@ class Consumer:
                 "drift_psi": d.drift_score, "last_seen": d.last_seen,
                 "deployment": None if d.deployment is None else {
                     "id": d.deployment.deployment_id, "version": d.deployment.version,
-                    "state": d.deployment.state},
+                    "state": d.deployment.state, "agreement": d.shadow_agreement},
                 "series": self.history.of(d.device_id),
                 "counts": {camera: zones for camera, zones in sorted(d.counts.items())},
                 "object_events": [{"ts": e.ts, "kind": e.kind, "camera": e.camera, "label": e.label,

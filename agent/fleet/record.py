@@ -58,10 +58,12 @@ class RolloutState(str, Enum):
     LOADING = _D.LOADING.value
     WARMING = _D.WARMING.value
     VALIDATING = _D.VALIDATING.value
+    SHADOW = _D.SHADOW.value
     ACTIVE = _D.ACTIVE.value
     COMMITTED = _D.COMMITTED.value
     FAILED = _D.FAILED.value
     ROLLED_BACK = _D.ROLLED_BACK.value
+    DISCARDED = _D.DISCARDED.value
     TIMEOUT = "timeout"
     """No outcome within the deploy timeout."""
     UNHEALTHY = "unhealthy"
@@ -90,11 +92,12 @@ class RolloutState(str, Enum):
 
 RolloutState.DEPLOYING = frozenset({
     RolloutState.RECEIVED, RolloutState.DOWNLOADING, RolloutState.VERIFYING, RolloutState.BUILDING,
-    RolloutState.LOADING, RolloutState.WARMING, RolloutState.VALIDATING, RolloutState.ACTIVE,
+    RolloutState.LOADING, RolloutState.WARMING, RolloutState.VALIDATING, RolloutState.SHADOW, RolloutState.ACTIVE,
 })
 RolloutState.FINAL_GOOD = frozenset({RolloutState.COMMITTED})
 RolloutState.FINAL_BAD = frozenset({
-    RolloutState.FAILED, RolloutState.ROLLED_BACK, RolloutState.TIMEOUT, RolloutState.UNHEALTHY,
+    RolloutState.FAILED, RolloutState.ROLLED_BACK, RolloutState.DISCARDED, RolloutState.TIMEOUT,
+    RolloutState.UNHEALTHY,
 })
 RolloutState.FINAL = RolloutState.FINAL_GOOD | RolloutState.FINAL_BAD | {RolloutState.REVERTED}
 RolloutState.JUDGED = frozenset({RolloutState.TIMEOUT, RolloutState.UNHEALTHY, RolloutState.REVERTED})
@@ -125,6 +128,8 @@ class DeviceEntry(_Model):
     last_sent_at: float | None = None
     """Unix time it was last sent; None asks for a send at once (after a resume)."""
     sends: int = Field(default=0, ge=0)
+    agreement: float | None = None
+    """The device's shadow agreement with its serving model (a shadowed canary), as it last reported it."""
 
     @property
     def rollback_id(self) -> str:
@@ -157,6 +162,8 @@ class RolloutRecord(_Model):
     statement: dict[str, Any] | None = None
     """The signed statement every device's deploy carries (agent.cli.control.signed_fields)."""
     plan: PlanModel
+    shadow: dict[str, Any] | None = None
+    """The canary's shadow terms (the deploy's ``shadow``): the canary runs in shadow first; None: it swaps."""
     waves: list[list[str]]
     devices: dict[str, DeviceEntry]
     already: list[str] = Field(default_factory=list, description="devices serving the version before it started")
@@ -170,6 +177,9 @@ class RolloutRecord(_Model):
                                    "url": self.url, "sha256": self.sha256, "format": self.format}
         if self.statement:
             body["statement"] = self.statement
+        if self.shadow is not None and entry.stage == 0:
+            body["mode"] = "shadow"
+            body["shadow"] = self.shadow
         return body
 
     def in_stages(self, upto: int) -> list[str]:

@@ -12,6 +12,11 @@
     abort: a rollback command to every device whose retained ``model`` shows the
         new version; the fleet is left on the version it had
 
+With shadow terms (``fleet deploy --shadow``) the canary's deploys run in shadow: each
+canary device judges the new model beside its serving one and serves it only on
+agreement; a canary device that discards it aborts the rollout before any wave. The
+record keeps each device's reported agreement.
+
 Everything is written to the rollout record as it happens; a rollout restarted
 with the same id reads the record and the retained topics, sends nothing to a
 device that already committed, and sends again (same id: the agents answer a
@@ -86,6 +91,8 @@ class RolloutSpec:
     format: str
     plan: RolloutPlan
     statement: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
+    """The canary's shadow terms (a deploy's ``shadow``: ``duration_s``, ``min_agreement``, ...); None: no shadow."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,8 @@ def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float
     return RolloutRecord(
         rollout_id=rollout_id, created=time.time() if now is None else now, group=spec.group, name=spec.name,
         version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, statement=spec.statement,
-        plan=PlanModel.model_validate(spec.plan.to_json()), waves=waves, devices=devices, already=already,
-        skipped=skipped,
+        plan=PlanModel.model_validate(spec.plan.to_json()), shadow=spec.shadow, waves=waves, devices=devices,
+        already=already, skipped=skipped,
     )
 
 
@@ -178,6 +185,7 @@ class Rollout:
         data = message.data
         if isinstance(data, DeploymentPayload) and data.deployment_id == entry.deployment_id:
             error = f"{data.error.code}: {data.error.message}" if data.error else None
+            _take_agreement(entry, data)
             self._set(message.device_id, entry, data.state, error)
         elif isinstance(data, ReplyPayload) and data.id == entry.deployment_id:
             if data.error is not None and not entry.final:
@@ -191,6 +199,7 @@ class Rollout:
         deployment = self.link.view.device(device).deployment
         if deployment is not None and deployment.deployment_id == entry.deployment_id:
             error = f"{deployment.error.code}: {deployment.error.message}" if deployment.error else None
+            _take_agreement(entry, deployment)
             self._set(device, entry, deployment.state, error, quiet=quiet)
 
     def reconcile(self) -> None:
@@ -219,7 +228,8 @@ class Rollout:
         self._news_at = time.monotonic()
         if not quiet:
             detail = f"  ({error})" if error else ""
-            self._say(f"  {device:<24} {stage_name(entry.stage):<8} {state}{detail}")
+            agreement = f"  agreement {entry.agreement:.3f}" if entry.agreement is not None else ""
+            self._say(f"  {device:<24} {stage_name(entry.stage):<8} {state}{agreement}{detail}")
 
     def _say(self, line: str) -> None:
         self._report(line)
@@ -278,12 +288,29 @@ class Rollout:
         await self._settle(wave)
         tried = self.record.in_stages(index)
         self._summary(index, tried)
+        if index == 0 and self.record.shadow is not None and not self._canary_agreed(wave):
+            return
         if not self._within_bound(tried):
             return
         if self.plan.wait_healthy_s > 0:
             await self._watch_healthy(tried)
             self._summary(index, tried, healthy=True)
             self._within_bound(tried)
+
+    def _canary_agreed(self, wave: list[str]) -> bool:
+        """A shadowed canary: any device that discarded the new model aborts the rollout before the waves."""
+        discarded = [d for d in wave if self.record.devices[d].state == DeploymentState.DISCARDED.value]
+        agreements = ", ".join(f"{d} {self.record.devices[d].agreement}" for d in wave)
+        bound = (self.record.shadow or {}).get("min_agreement", "the agents' [deploy] shadow_min_agreement")
+        self._say(f"canary in shadow: agreement {agreements} (bound {bound})")
+        if not discarded:
+            return True
+        self.record.outcome = "aborting"
+        self.record.reason = (f"the canary discarded {self.record.version} in shadow on {len(discarded)} of "
+                              f"{len(wave)} devices ({', '.join(discarded)})")
+        self._say(f"abort: {self.record.reason}")
+        self.save(force=True)
+        return False
 
     def _within_bound(self, tried: list[str]) -> bool:
         failed = self.record.count(RolloutState.FINAL_BAD, tried)
@@ -336,8 +363,8 @@ class Rollout:
                 entry = self.record.devices[device]
                 if entry.sent_at is None:
                     resend.append(device)
-                elif now - entry.sent_at > self.deploy_timeout_s:
-                    self._set(device, entry, RolloutState.TIMEOUT, f"no outcome within {self.deploy_timeout_s:g}s")
+                elif now - entry.sent_at > self._timeout_s(entry):
+                    self._set(device, entry, RolloutState.TIMEOUT, f"no outcome within {self._timeout_s(entry):g}s")
                 elif entry.state == RolloutState.SENT and (entry.last_sent_at is None
                                                          or now - entry.last_sent_at > RESEND_AFTER_S):
                     resend.append(device)
@@ -345,6 +372,13 @@ class Rollout:
                 await self._send(resend)
             await self._refresh_when_quiet()
             await self.link.wait_changed(TICK_S)
+
+    def _timeout_s(self, entry: DeviceEntry) -> float:
+        """The deploy timeout, plus the shadow run's duration for a shadowed canary device."""
+        shadow = self.record.shadow
+        if shadow is None or entry.stage != 0:
+            return self.deploy_timeout_s
+        return self.deploy_timeout_s + float(shadow.get("duration_s") or 0.0)
 
     async def _refresh_when_quiet(self) -> None:
         """A broker drops what overflows its queue for one client; the retained state does not lie."""
@@ -435,3 +469,10 @@ class Rollout:
         for device, entry in record.devices.items():
             if entry.state in RolloutState.DEPLOYING:
                 log.warning("rollout_device_unsettled", device=device, state=entry.state)
+
+
+def _take_agreement(entry: DeviceEntry, deployment: DeploymentPayload) -> None:
+    """Keep the device's shadow agreement from its deployment's report, when it has one."""
+    agreement = (deployment.shadow or {}).get("agreement")
+    if isinstance(agreement, (int, float)):
+        entry.agreement = float(agreement)

@@ -21,7 +21,8 @@ __all__ = ["STATUS_FILTERS", "CamerasView", "cameras_cell", "collect", "device_r
            "terminal_safe"]
 
 STATUS_FILTERS = ("status", "model", "deployment", "events", "telemetry/#")
-COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "CAMERAS", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "LAST_SEEN")
+COLUMNS = ("DEVICE", "STATUS", "MODEL", "VERSION", "CAMERAS", "FPS", "P95_MS", "DRIFT", "BIAS", "LEAK", "AGREEMENT",
+           "LAST_SEEN")
 NONE = "-"
 UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 """Unicode categories stripped from device-supplied text before it reaches a terminal: control
@@ -92,7 +93,7 @@ def device_rows(view: FleetView, group: str | None = None, alarm: bool = False,
         "device": d.device_id, "status": d.status or "unknown", "groups": list(d.groups), "model": d.model,
         "version": d.version, "cameras": cameras.get(d.device_id), "fps": d.fps, "latency_p95_ms": d.latency_p95_ms,
         **{signal: d.signals.get(signal) for signal in SIGNALS},
-        "alarm_events": d.alarms_seen,
+        "alarm_events": d.alarms_seen, "shadow_agreement": d.shadow_agreement,
         "last_seen_s": None if d.last_seen is None else round(max(now - d.last_seen, 0.0), 1),
     } for d in selected(view, group, alarm)]
 
@@ -102,7 +103,8 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         cells.append([row["device"], row["status"], row["model"] or NONE, row["version"] or NONE,
                       cameras_cell(row.get("cameras")), _number(row["fps"], 1), _number(row["latency_p95_ms"], 1),
-                      *(row[s] or NONE for s in SIGNALS), _age(row["last_seen_s"])])
+                      *(row[s] or NONE for s in SIGNALS), _number(row.get("shadow_agreement"), 3),
+                      _age(row["last_seen_s"])])
     cells = [[terminal_safe(value) for value in line] for line in cells]
     widths = [max(len(str(line[i])) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(str(value).ljust(width) for value, width in zip(line, widths, strict=True)).rstrip()

@@ -148,6 +148,12 @@ class DeviceView:
     def alarmed(self) -> bool:
         return any(state == SignalState.ALARM for state in self.signals.values())
 
+    @property
+    def shadow_agreement(self) -> float | None:
+        """The latest deployment's shadow agreement (a shadow deploy's report), None without one."""
+        agreement = (self.deployment.shadow or {}).get("agreement") if self.deployment is not None else None
+        return float(agreement) if isinstance(agreement, (int, float)) else None
+
 
 def split_topic(prefix: str, topic: str) -> tuple[str, str] | None:
     """``(device_id, suffix)`` of ``<prefix>/<id>/<suffix>``; None for other topics."""

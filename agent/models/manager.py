@@ -1,7 +1,7 @@
 """The deployment state machine: fetch, verify, load, warm, validate, swap, watch, commit or roll back.
 
     received -> downloading -> verifying -> (building) -> loading -> warming ->
-    validating -> active -> committed            or  failed / rolled_back
+    validating -> [shadow] -> active -> committed     or  failed / rolled_back / discarded
 
 All heavy work runs on one dedicated loader thread at a low CPU priority, so the
 serving engine keeps its frame rate while the new one is prepared beside it. The
@@ -9,7 +9,11 @@ swap is ``slot.swap()``: a reference switch between two frames. The old engine i
 closed after its last frame. During probation the new model's errors,
 non-finite outputs and latency are compared with the old model's, and what it
 outputs with the old model's outputs and its reference (agent.models.behaviour);
-past the bounds it swaps back by itself.
+past the bounds it swaps back by itself. A shadow deploy (``DeployRequest.shadow``) holds the
+warmed candidate beside the serving model instead of swapping: the frame worker's shadow
+observer (agent.vision.shadow) has it infer sampled frames on the loader thread
+(``run_beside``), the gate (agent.models.shadow) compares, and the run ends promoted (the
+swap and probation as above) or discarded, with its report.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import ManifestError
 from agent.models.priority import lowered_priority, restore_thread_priority
 from agent.models.probation import Probation, ProbationVerdict, judge
+from agent.models.shadow import ShadowDecision, ShadowGate, ShadowSpec
 from agent.models.store import ModelStore, StoreError
 from agent.runtime.base import EngineError
 from agent.runtime.slot import EngineSlot, Serving
-from agent.wire import DeploymentState, DeploymentStep
+from agent.wire import DeploymentState, DeploymentStep, Severity
 
 __all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus"]
 
@@ -61,6 +66,10 @@ T = TypeVar("T")
 PROBATION_POLL_S = 0.5
 PROBATION_GIVE_UP = 3.0
 """Commit (with a note) when the window has passed this many times over without enough frames."""
+SHADOW_POLL_S = 1.0
+"""How often a shadow run is decided and its report republished: a retained message a second at most."""
+SHADOW_PROGRESS = 0.9
+"""The deployment's progress while in shadow (loaded, warmed and validated; not serving)."""
 
 
 class DeployFailed(ModelError, CodedError):
@@ -86,6 +95,10 @@ class DeployRequest:
     deployment_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     statement: Mapping[str, Any] | None = None
     """The signed statement (agent.models.fetch.Statement and its signature) the deploy carries."""
+    shadow: ShadowSpec | None = None
+    """A shadow deploy's terms: judged beside the serving model before it serves; None: swap at once."""
+    shadow_duration_s: float = 0.0
+    """The longest the shadow run lasts."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +111,14 @@ class DeploymentStatus:
     progress: float
     error: dict[str, str] | None = None
     detail: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
+    """The deployment's shadow report, once it has one."""
 
 
 Report = Callable[[DeploymentStatus], Awaitable[None]]
 Swapped = Callable[[Serving, Serving | None, str], Awaitable[None]]
 FeedsFor = Callable[[Serving], dict[str, np.ndarray]]
+Event = Callable[[str, Severity, str, dict[str, Any]], Awaitable[None]]
 
 
 class DeploymentManager:
@@ -116,7 +132,8 @@ class DeploymentManager:
     low-priority ``model-loader`` thread for staging, loading, warming and validation, so the
     serving engine keeps its frame rate; downloads run in their own thread. After a swap a
     probation task watches the new model and swaps back by itself past its bounds; ``close``
-    cancels it, aborts the download and stops the loader.
+    cancels it, aborts the download and stops the loader. It owns the shadow gate (``shadow``)
+    the frame worker's shadow observer reads, and ``event`` (optional) tells how a shadow run ended.
     """
 
     def __init__(
@@ -132,6 +149,7 @@ class DeploymentManager:
         report: Report,
         swapped: Swapped,
         outputs: OutputWindow | None = None,
+        event: Event | None = None,
     ) -> None:
         self.store = store
         self.slot = slot
@@ -144,6 +162,13 @@ class DeploymentManager:
         self.swapped = swapped
         self.outputs = outputs
         """The frames' outputs behavioural probation reads; None: it is not judged."""
+        self.event = event
+        self.shadow = ShadowGate()
+        """The shadow run in progress, if any (agent.vision.shadow reads it on the frame worker)."""
+        self._shadow_report: tuple[str, dict[str, Any]] | None = None
+        """The last shadow run's deployment id and report, carried on its deployment's later states."""
+        self._promote: asyncio.Event | None = None
+        self._promoted: asyncio.Future[Serving] | None = None
         self.current: DeploymentStatus | None = None
         self._lock = asyncio.Lock()
         self._probation: asyncio.Task[None] | None = None
@@ -162,11 +187,22 @@ class DeploymentManager:
 
     async def _step(self, req: DeployRequest, step: DeploymentStep, progress: float, **detail: Any) -> None:
         self.current = DeploymentStatus(req.deployment_id, req.name, req.version, step.state, step,
-                                        progress, detail=detail or None)
+                                        progress, detail=detail or None, shadow=self.shadow_report(req.deployment_id))
         await self.report(self.current)
+
+    def shadow_report(self, deployment_id: str) -> dict[str, Any] | None:
+        """The shadow report of deployment ``deployment_id`` (live while it runs), None if it had none."""
+        if self.shadow.running and self.current is not None and self.current.deployment_id == deployment_id:
+            return self.shadow.report()
+        kept = self._shadow_report
+        return kept[1] if kept is not None and kept[0] == deployment_id else None
 
     async def _in_loader(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def run_beside(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` on the loader thread, beside the serving model (a shadow candidate's frame)."""
+        self._executor.submit(job)
 
     # ----- deploy ---------------------------------------------------------------------------
     async def deploy(self, req: DeployRequest) -> Serving:
@@ -181,6 +217,7 @@ class DeploymentManager:
             # The old model's figures before anything else loads beside it: the baseline.
             baseline = self.stats(serving.version) if serving is not None else None
             work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self.store.work_dir()))
+            installed_here = req.version not in self.store.versions(req.name)
             try:
                 new = await self._prepare_or_fail(req, work)
             except DeployFailed as exc:
@@ -192,12 +229,106 @@ class DeploymentManager:
                 raise
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            old = await self._swap_in(new, req.name)
+            if req.shadow is not None:
+                await self._shadow_or_discard(req, req.shadow, new, installed_here)
+            try:
+                old = await self._swap_in(new, req.name)
+            except BaseException as exc:
+                self._settle_promote(exc)
+                raise
+            self._settle_promote(new)
             await self._step(req, DeploymentStep.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
             probe = self._behaviour_probe(probation, new, old)
             self._probation = asyncio.create_task(self._watch(req, new, baseline, probation, probe))
             return new
+
+    # ----- shadow ---------------------------------------------------------------------------
+    async def _shadow_or_discard(self, req: DeployRequest, spec: ShadowSpec, new: Serving,
+                                 installed_here: bool) -> None:
+        """Run the candidate in shadow until it is promoted (returns) or discarded (raises DeployFailed:
+        the candidate is closed, never served, and the deployment ends ``discarded``)."""
+        loop = asyncio.get_running_loop()
+        self._promote, self._promoted = asyncio.Event(), loop.create_future()
+        self.shadow.start(new.version, spec, new)
+        log.info("shadow_started", deployment=req.deployment_id, version=new.version, every_nth=spec.every_nth,
+                 min_agreement=spec.min_agreement, min_frames=spec.min_frames)
+        try:
+            reason = await self._shadow_run(req, spec)
+        except BaseException:
+            self._settle_promote(DeployFailed(DeploymentStep.SHADOW, "cancelled", "the shadow run was stopped"))
+            raise
+        finally:
+            report = self.shadow.finish()
+            self._shadow_report = (req.deployment_id, report)
+            with contextlib.suppress(RuntimeError):  # the loader is shut down when the agent stops
+                await self._in_loader(lambda: None)  # one loader thread: every comparison queued before is done
+        if reason is None:
+            log.info("shadow_promoted", deployment=req.deployment_id, version=new.version,
+                     agreement=report["agreement"], frames=report["frames"])
+            await self._shadow_event("shadow_promoted", "info", f"{req.name} {req.version} agreed in shadow: "
+                                     f"promoted", req, report)
+            return
+        self._settle_promote(DeployFailed(DeploymentStep.SHADOW, "shadow_discarded", reason))
+        await self._in_loader(new.engine.close)
+        if installed_here:
+            self.store.remove(req.name, req.version)
+        log.warning("shadow_discarded", deployment=req.deployment_id, version=new.version, reason=reason)
+        await self._shadow_event("shadow_discarded", "warning", f"{req.name} {req.version} discarded in shadow: "
+                                 f"{reason}", req, report)
+        self.current = DeploymentStatus(req.deployment_id, req.name, req.version, DeploymentState.DISCARDED,
+                                        DeploymentStep.SHADOW, SHADOW_PROGRESS,
+                                        {"code": "shadow_discarded", "message": reason}, shadow=report)
+        await self.report(self.current)
+        raise DeployFailed(DeploymentStep.SHADOW, "shadow_discarded", reason)
+
+    async def _shadow_run(self, req: DeployRequest, spec: ShadowSpec) -> str | None:
+        """Decide every SHADOW_POLL_S until the run ends: None (promote) or the reason it is discarded."""
+        assert self._promote is not None
+        started = time.monotonic()
+        while True:
+            ended = time.monotonic() - started >= req.shadow_duration_s
+            decision, reason = self.shadow.decide(ended=ended)
+            if decision is ShadowDecision.PROMOTE or (decision is ShadowDecision.READY and self._promote.is_set()):
+                return None
+            if decision is ShadowDecision.DISCARD:
+                return reason
+            if ended:  # READY, and no promote came
+                return (f"the bound was met but no promote command came within the shadow's "
+                        f"{req.shadow_duration_s:g} s")
+            await self._step(req, DeploymentStep.SHADOW, SHADOW_PROGRESS, decision=decision.value)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._promote.wait(), SHADOW_POLL_S)
+
+    async def _shadow_event(self, kind: str, severity: Severity, message: str, req: DeployRequest,
+                            report: dict[str, Any]) -> None:
+        if self.event is not None:
+            await self.event(kind, severity, message, {"deployment_id": req.deployment_id, "version": req.version,
+                                                       "shadow": report})
+
+    def _settle_promote(self, outcome: Serving | BaseException) -> None:
+        future, self._promote, self._promoted = self._promoted, None, None
+        if future is not None and not future.done():
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+                future.exception()  # read here: with no promote waiting, asyncio must not log it as lost
+            else:
+                future.set_result(outcome)
+
+    async def promote(self) -> Serving:
+        """A ``promote`` command: the waiting shadow run's candidate serves (returns once it does).
+
+        ``no_shadow``: no shadow run in progress; ``not_ready``: its bound is not met (yet)."""
+        promote, promoted = self._promote, self._promoted
+        if promote is None or promoted is None or not self.shadow.running:
+            raise DeployFailed(DeploymentStep.RECEIVED, "no_shadow", "no shadow run is in progress")
+        decision, reason = self.shadow.decide()
+        if decision is not ShadowDecision.READY:
+            detail = f" ({reason})" if reason else ""
+            raise DeployFailed(DeploymentStep.SHADOW, "not_ready",
+                               f"the shadow run cannot be promoted: {decision.value}{detail}")
+        promote.set()
+        return await asyncio.shield(promoted)
 
     async def _prepare_or_fail(self, req: DeployRequest, work: Path) -> Serving:
         """``_prepare``, with an unexpected error turned into a failure at the step it reached:

@@ -9,8 +9,9 @@ over >= ``min_frames`` compared frames, otherwise discard with the reason. Bad
 requests (a shadow while one runs, a promote with none pending, a min-agreement
 outside [0, 1], a zero budget) are ``ShadowError`` with a code, and change nothing.
 
-Not wired yet: the frame loop does not run a candidate; this module is what it
-will call (docs/deployment.md, "Shadow deploy").
+The deployment manager starts and ends a run; the frame worker's shadow observer
+(agent.vision.shadow) hands sampled frames to the candidate off the frame worker
+and records them here (docs/deployment.md, "Shadow deploy").
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from agent.core.errors import CodedError
 from agent.monitor.features import FrameSummary
 from agent.monitor.stats import bin_counts, js_distance
+from agent.runtime.slot import Serving
 
 __all__ = [
     "MATCH_IOU",
@@ -139,6 +141,8 @@ class _Camera:
     candidate_scores: list[float] = field(default_factory=list)
     serving_ms: float = 0.0
     candidate_ms: float = 0.0
+    skipped: int = 0
+    """Sampled frames the candidate did not see: it was still busy with an earlier one."""
 
     def report(self) -> dict[str, Any]:
         edges = tuple(np.linspace(0.0, 1.0, SCORE_BINS + 1)[1:-1])
@@ -155,6 +159,7 @@ class _Camera:
             "detections_difference": round((self.candidate_detections - self.serving_detections) / frames, DIGITS),
             "score_js": js,
             "latency_ratio": round(self.candidate_ms / self.serving_ms, DIGITS) if self.serving_ms > 0 else None,
+            "skipped": self.skipped,
         }
 
 
@@ -168,17 +173,25 @@ class ShadowGate:
         self._lock = threading.Lock()
         self.spec: ShadowSpec | None = None
         self.candidate: str | None = None
+        self.serving: Serving | None = None
+        """The candidate's loaded engine, when the run is live (the shadow observer infers with it)."""
         self._cameras: dict[str, _Camera] = {}
 
     @property
     def running(self) -> bool:
         return self.spec is not None
 
-    def start(self, candidate: str, spec: ShadowSpec) -> None:
+    def start(self, candidate: str, spec: ShadowSpec, serving: Serving | None = None) -> None:
         with self._lock:
             if self.spec is not None:
                 raise ShadowError("busy", f"a shadow run of {self.candidate} is in progress; retry when it ends")
-            self.spec, self.candidate, self._cameras = spec, candidate, {}
+            self.spec, self.candidate, self.serving, self._cameras = spec, candidate, serving, {}
+
+    def skip(self, camera: str) -> None:
+        """A sampled frame of ``camera`` the candidate could not take (busy): counted in the report."""
+        with self._lock:
+            if self.spec is not None:
+                self._cameras.setdefault(camera, _Camera()).skipped += 1
 
     def wants(self, index: int) -> bool:
         """Whether the candidate sees frame ``index`` of a camera (the budget)."""
@@ -244,5 +257,5 @@ class ShadowGate:
             raise ShadowError("no_shadow", "no shadow run is in progress")
         report = self.report()
         with self._lock:
-            self.spec, self.candidate, self._cameras = None, None, {}
+            self.spec, self.candidate, self.serving, self._cameras = None, None, None, {}
         return report

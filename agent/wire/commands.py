@@ -34,7 +34,9 @@ __all__ = [
     "ErrorCode",
     "PingCommand",
     "ProbationSpec",
+    "PromoteCommand",
     "RollbackCommand",
+    "ShadowOptions",
     "StatusCommand",
     "parse_command",
     "register_command",
@@ -130,6 +132,20 @@ class ProbationSpec(WireModel):
     behaviour: BehaviourSpec | None = Field(default=None, description="bounds on what the new model outputs")
 
 
+class ShadowOptions(WireModel):
+    """A shadow deploy's own terms; an absent one is the agent's ``[deploy] shadow_*``.
+
+    Refused at parse (``bad_payload``, nothing changes): a ``min_agreement`` outside [0, 1]
+    and a zero budget."""
+
+    min_agreement: float | None = Field(default=None, ge=0, le=1,
+                                        description="mean per-frame agreement, 0..1, needed to promote")
+    min_frames: int | None = Field(default=None, ge=1, description="compared frames (all cameras) the decision needs")
+    budget: int | None = Field(default=None, ge=1, description="the candidate sees every n-th frame of each camera")
+    duration_s: float | None = Field(default=None, gt=0, description="the longest the shadow run lasts, seconds")
+    auto_promote: bool | None = Field(default=None, description="false: wait for a promote command")
+
+
 def _ed25519_base64(value: str) -> str:
     try:
         raw = base64.b64decode(value, validate=True)
@@ -175,6 +191,15 @@ class DeployCommand(CommandBase):
     statement: ArtifactStatement | None = Field(default=None, description="the signed statement of the artifact")
     format: Literal["onnx", "bundle", "engine"] = "onnx"
     probation: ProbationSpec | None = None
+    mode: Literal["swap", "shadow"] = Field(default="swap", description="shadow: judged beside the serving "
+                                                                        "model on live frames before it serves")
+    shadow: ShadowOptions | None = Field(default=None, description="shadow mode's terms")
+
+    @model_validator(mode="after")
+    def _shadow_needs_mode(self) -> DeployCommand:
+        if self.shadow is not None and self.mode != "shadow":
+            raise ValueError("'shadow' options need \"mode\": \"shadow\"")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -204,6 +229,12 @@ class RollbackCommand(CommandBase):
     reason: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
+class PromoteCommand(CommandBase):
+    """``cmd/promote``: serve the candidate of a shadow run that met its bound and waits (``auto_promote`` false)."""
+
+    command_name: ClassVar[str] = "promote"
+
+
 class CamerasCommand(CommandBase):
     """``cmd/cameras``: add, update, remove or list the device's cameras without a restart.
 
@@ -225,11 +256,12 @@ class CamerasCommand(CommandBase):
         return self
 
 
-Command = PingCommand | StatusCommand | DeployCommand | RollbackCommand
+Command = PingCommand | StatusCommand | DeployCommand | RollbackCommand | PromoteCommand
 
 
 COMMANDS: dict[str, type[CommandBase]] = {
-    cls.command_name: cls for cls in (PingCommand, StatusCommand, DeployCommand, RollbackCommand, CamerasCommand)
+    cls.command_name: cls for cls in (PingCommand, StatusCommand, DeployCommand, RollbackCommand, PromoteCommand,
+                                        CamerasCommand)
 }
 """Command model by name (what follows ``cmd/``); agent.wire.signals adds feedback."""
 

@@ -104,6 +104,8 @@ class DeploymentPayload(Envelope):
     progress: float = Field(ge=0, le=1)
     error: ErrorInfo | None = None
     updated: float = Field(ge=0, description="unix time of this state, seconds")
+    shadow: dict[str, Any] | None = Field(default=None, description="a shadow run's report: frames compared, "
+                                                                    "agreement, per camera (docs/deployment.md)")
 
 
 class ReplyPayload(Envelope):

@@ -58,6 +58,8 @@ class DeploymentState(_State):
     LOADING = "loading"
     WARMING = "warming"
     VALIDATING = "validating"
+    SHADOW = "shadow"
+    """Loaded and warmed, seeing sampled live frames beside the serving model; not serving."""
     ACTIVE = "active"
     """Serving, in probation."""
     COMMITTED = "committed"
@@ -65,6 +67,8 @@ class DeploymentState(_State):
     """It never served; the old model kept serving."""
     ROLLED_BACK = "rolled_back"
     """It served, then the old model came back (probation or a rollback command)."""
+    DISCARDED = "discarded"
+    """Its shadow run did not agree with the serving model (or was not promoted): it never served."""
 
     FINAL: ClassVar[frozenset[DeploymentState]]
     """No state follows these."""
@@ -72,8 +76,9 @@ class DeploymentState(_State):
     """Final, and the deployed model is not serving."""
 
 
-DeploymentState.FINAL = frozenset({DeploymentState.COMMITTED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK})
-DeploymentState.BAD = frozenset({DeploymentState.FAILED, DeploymentState.ROLLED_BACK})
+DeploymentState.FINAL = frozenset({DeploymentState.COMMITTED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK,
+                                   DeploymentState.DISCARDED})
+DeploymentState.BAD = frozenset({DeploymentState.FAILED, DeploymentState.ROLLED_BACK, DeploymentState.DISCARDED})
 
 
 class DeploymentStep(_State):
@@ -87,6 +92,8 @@ class DeploymentStep(_State):
     LOADING = "loading"
     WARMING = "warming"
     VALIDATING = "validating"
+    SHADOW = "shadow"
+    """Beside the serving model on sampled frames, judged by agreement (a ``"mode": "shadow"`` deploy)."""
     ACTIVE = "active"
     """Serving, in probation."""
     COMMITTED = "committed"
@@ -102,7 +109,7 @@ class DeploymentStep(_State):
 
 DeploymentStep.PREPARING = frozenset({
     DeploymentStep.RECEIVED, DeploymentStep.DOWNLOADING, DeploymentStep.VERIFYING, DeploymentStep.BUILDING,
-    DeploymentStep.LOADING, DeploymentStep.WARMING, DeploymentStep.VALIDATING,
+    DeploymentStep.LOADING, DeploymentStep.WARMING, DeploymentStep.VALIDATING, DeploymentStep.SHADOW,
 })
 
 

@@ -31,7 +31,7 @@ def test_status_table_shows_every_device_and_filters_alarms(mosquitto: Mosquitto
 
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["DEVICE", "STATUS", "MODEL", "VERSION", "CAMERAS", "FPS", "P95_MS", "DRIFT", "BIAS",
-                                "LEAK", "LAST_SEEN"]
+                                "LEAK", "AGREEMENT", "LAST_SEEN"]
     body = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert set(body) == {f"sim-{i:04d}" for i in range(DEVICES)}
     assert all(cells[1:4] == ["online", "text-det", "1.0.0"] for cells in body.values())
@@ -47,7 +47,7 @@ def test_status_table_shows_every_device_and_filters_alarms(mosquitto: Mosquitto
         assert row["last_seen_s"] is not None
 
     assert {row["device"] for row in json.loads(only_alarms.stdout)} == alarmed
-    header = "DEVICE  STATUS  MODEL  VERSION  CAMERAS  FPS  P95_MS  DRIFT  BIAS  LEAK  LAST_SEEN"
+    header = "DEVICE  STATUS  MODEL  VERSION  CAMERAS  FPS  P95_MS  DRIFT  BIAS  LEAK  AGREEMENT  LAST_SEEN"
     assert other_group.stdout.splitlines() == [header, "0 devices, 0 online, 0 with alarms"]
 
 

@@ -15,6 +15,8 @@ from onnx import helper, numpy_helper
 
 from agent.models.bundle import pack_bundle
 from agent.models.manifest import Manifest
+from agent.tools.modelref import resolve_model
+from agent.tools.prune import prune_folder
 from tests.support.http import LoopbackServer
 
 
@@ -161,5 +163,17 @@ def zero_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     manifest = Manifest.read(folder / "manifest.json")
     manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
     out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
+    return out
+
+
+def pruned_bundle(demo: Path, out_dir: Path, sparsity: float = 0.5) -> Path:
+    """A bundle of the demo v4 detector magnitude-pruned to ``sparsity`` (agent.tools.prune): at 0.5 it
+    runs clean and fast but finds almost nothing on the page scene (box F1 0 against v4)."""
+    folder = out_dir / f"text-det-v4-pruned{round(sparsity * 100)}"
+    if not folder.exists():
+        prune_folder(resolve_model(demo / "models" / "text-det-v4"), folder, sparsity, "unstructured")
+    manifest = Manifest.read(folder / "manifest.json")
+    out = out_dir / f"{manifest.name}-{manifest.version}.tar"
     pack_bundle(folder, out)
     return out

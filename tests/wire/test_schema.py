@@ -242,7 +242,8 @@ def test_not_a_number_is_refused_on_the_wire():
 
 def test_json_schemas_cover_every_payload_and_command():
     schemas = json_schemas()
-    commands = {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback", "cmd/feedback", "cmd/cameras"}
+    commands = {"cmd/ping", "cmd/status", "cmd/deploy", "cmd/rollback", "cmd/promote", "cmd/feedback",
+                "cmd/cameras"}
     assert set(PAYLOADS) | commands == set(schemas)
     assert {"telemetry/drift", "telemetry/bias", "telemetry/leak"} <= set(PAYLOADS)
     deploy = schemas["cmd/deploy"]

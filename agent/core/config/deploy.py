@@ -67,5 +67,19 @@ class DeploySection(Section):
     behaviour_max_reference_js: float = Field(default=0.5, gt=0, le=1)
     """Probation fails past this JS distance of an output metric against the bundle's reference
     (v6 against v4's reference: 0.29, a model that detects nothing: 0.57)."""
+    shadow_min_agreement: float = Field(default=0.9, ge=0, le=1)
+    """A shadow run promotes its candidate when the mean per-frame agreement with the serving model
+    (matched-box F1 at IoU 0.5, top-1 for classifiers) is at least this (the demo detector v4 -> v6 on
+    its page scene: 0.99; a model that detects nothing: 0). Choose it on the cameras' real scenes."""
+    shadow_min_frames: int = Field(default=30, ge=1)
+    """Frames compared (all cameras) before a shadow run is decided."""
+    shadow_every_nth: int = Field(default=5, ge=1)
+    """The shadow budget: the candidate sees every n-th frame of each camera (5: a fifth of the frames),
+    on the model-loader thread at ``load_nice``, and works at most 1/n of the time (after a comparison
+    that took t it rests (n - 1) t); a sample that finds it busy or resting is skipped."""
+    shadow_duration_s: float = Field(default=600.0, gt=0)
+    """The longest a shadow run lasts: by then it is promoted, or discarded (too few frames, no promote)."""
+    shadow_auto_promote: bool = True
+    """Promote as soon as the bound is met; false: wait for a ``promote`` command within the duration."""
     journal_size: int = Field(default=1000, ge=10, le=1_000_000)
     """Command ids remembered (across restarts) to answer repeats without redoing them."""

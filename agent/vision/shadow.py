@@ -1,0 +1,135 @@
+"""The frame worker's side of a shadow run: sampled frames to the candidate, off the frame worker.
+
+A pipeline observer. While a shadow run is live (agent.models.shadow.ShadowGate),
+on the frames its budget samples it copies the frame and hands the copy, with the
+serving model's result, to ``submit`` (the deployment manager's low-priority
+model-loader thread). There the candidate preprocesses and infers the same frame,
+both predictions are summarized and the gate records their agreement. The frame
+worker only copies the image: it never waits for the candidate, and a sample that
+finds the candidate still busy with the previous one is skipped (and counted), so
+the serving frames keep their pace and none is dropped.
+
+The budget ``every_nth`` is also a share of time: after a comparison that took
+``t``, the candidate rests ``(every_nth - 1) * t`` before it takes the next
+sample, so a candidate slower than the serving model still works at most
+1 / ``every_nth`` of the time instead of back to back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+
+from agent.models.priority import lower_thread_priority
+from agent.models.shadow import ShadowGate
+from agent.monitor.features import FailureCount
+from agent.runtime.slot import Serving
+from agent.vision.pipeline import FrameResult, _Prepared, all_finite
+from agent.vision.summary import summarize
+from agent.vision.transforms import Prediction
+
+__all__ = ["ShadowRunner"]
+
+log = structlog.get_logger(__name__)
+
+Submit = Callable[[Callable[[], None]], None]
+MAX_IN_FLIGHT = 1
+"""Sampled frames waiting for, or in, the candidate: one, so that a candidate slower than the budget
+allows falls behind by skipping samples, never by queueing frames (and their memory)."""
+
+
+class ShadowRunner:
+    """Pipeline observer that runs a shadow run's candidate beside the serving model.
+
+    Given the gate (the run's terms, its candidate engine and its comparisons), ``submit``
+    (runs a job off the frame worker; the manager's loader thread) and the niceness the
+    candidate infers at. Failures of the candidate are frames with agreement 0 (the gate
+    counts them); failures of the runner itself are counted in ``failures`` and logged.
+    """
+
+    def __init__(self, gate: ShadowGate, submit: Submit, nice: int | None) -> None:
+        self.gate = gate
+        self.submit = submit
+        self.nice = nice
+        self.failures = FailureCount("shadow_compare_failed")
+        self._in_flight = 0
+        self._rest_until = 0.0
+        """``time.monotonic()`` before which the candidate takes no sample (its share of time)."""
+        self._lock = threading.Lock()
+        self._prepared: _Prepared | None = None
+
+    def __call__(self, result: FrameResult) -> None:
+        gate = self.gate
+        candidate = gate.serving
+        if candidate is None or not gate.wants(result.frame.index):
+            return
+        with self._lock:
+            if self._in_flight >= MAX_IN_FLIGHT or time.monotonic() < self._rest_until:
+                busy = True
+            else:
+                busy = False
+                self._in_flight += 1
+        if busy:
+            gate.skip(result.camera)
+            return
+        copy = replace(result, frame=replace(result.frame, image=result.frame.image.copy()))
+        try:
+            self.submit(lambda: self._compare(candidate, copy))
+        except Exception:
+            self._done()
+            raise
+
+    def _done(self, rest_s: float = 0.0) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._rest_until = time.monotonic() + rest_s
+
+    def _compare(self, candidate: Serving, served: FrameResult) -> None:
+        """On the loader thread: the candidate on the same frame, then the gate records both."""
+        started = time.monotonic()
+        try:
+            if self.gate.serving is not candidate:
+                return  # the run ended while the frame waited
+            ran = self._infer(candidate, served)
+            serving_ms = served.timings_ms.get("infer", 0.0) / max(served.batch, 1)
+            self.gate.compare(summarize(served), summarize(ran), serving_ms, ran.timings_ms["infer"])
+        except Exception as exc:  # the comparison must never reach the loader's other work
+            self.failures.failed("shadow", exc)
+        finally:
+            spec = self.gate.spec
+            self._done((time.monotonic() - started) * (spec.every_nth - 1) if spec is not None else 0.0)
+
+    def _at_loader_niceness(self) -> None:
+        """Nice the loader thread (it loaded the candidate there, niced already) to ``nice``; never un-nice
+        it per frame: that needs a privilege, and the manager restores the threads after a swap."""
+        if self.nice and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < self.nice:
+            lower_thread_priority(self.nice)
+
+    def _infer(self, candidate: Serving, served: FrameResult) -> FrameResult:
+        prepared = self._prepared
+        if prepared is None or prepared.serving is not candidate:
+            prepared = self._prepared = _Prepared(candidate)
+        frame = served.frame
+        prediction: Prediction | None = None
+        finite, error = True, None
+        start = time.perf_counter()
+        infer_ms = 0.0
+        self._at_loader_niceness()
+        try:
+            tensor, geometry = prepared.preprocessor.prep(frame.image)
+            started = time.perf_counter()
+            outputs = candidate.engine.infer({prepared.input_name: tensor})
+            infer_ms = (time.perf_counter() - started) * 1000.0
+            finite = all_finite(outputs)
+            if finite:
+                prediction = prepared.head(outputs, geometry)
+        except Exception as exc:  # the candidate failed on this frame: agreement 0
+            error = f"{type(exc).__name__}: {exc}"
+        total_ms = (time.perf_counter() - start) * 1000.0
+        return FrameResult(frame, candidate.name, candidate.version, {"infer": infer_ms, "total": total_ms},
+                           prediction, finite, error)
