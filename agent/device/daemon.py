@@ -131,7 +131,7 @@ class Agent:
         if config.live_view.enabled:
             try:
                 self.live_view = LiveView(config.live_view, lambda: [c.name for c in self.cameras.active()],
-                                          results_settings)
+                                          results_settings, self.results.tracks)
             except LiveViewError as exc:
                 raise StartupError(str(exc)) from exc
             self.pipeline.observers.append(self.live_view.observe)

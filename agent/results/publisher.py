@@ -86,6 +86,7 @@ class ResultsPublisher:
         self.state_dir = state_dir
         self.queue_size = queue_size
         self._cameras: dict[str, CameraResults] = {}
+        self._tracked: dict[str, tuple[int, tuple[TrackedObject, ...]]] = {}
         self._queue: deque[Outcome] = deque()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,10 +117,12 @@ class ResultsPublisher:
             return
         camera = self._camera(result.camera)
         if camera is None:
+            self._tracked.pop(result.camera, None)
             return
         frame = result.frame
         detections = tuple(d for d in prediction.items if isinstance(d, Detection))
         outcome = camera.on_frame(frame.image, frame.index, frame.wall_time, frame.captured_at, detections)
+        self._tracked[result.camera] = (frame.index, outcome.tracked)
         if not outcome.publish:
             self.held += 1
             if not outcome.events and outcome.counts is None:
@@ -131,6 +134,12 @@ class ResultsPublisher:
             prediction=prediction if outcome.publish else None, tracked=outcome.tracked,
             events=outcome.events, counts=outcome.counts,
         ))
+
+    def tracks(self, camera: str, frame_id: int) -> tuple[TrackedObject, ...]:
+        """The tracked objects of the camera's frame ``frame_id`` if it is the last one seen (for the
+        live view's track ids, on the frame thread after ``observe``); empty otherwise."""
+        seen = self._tracked.get(camera)
+        return seen[1] if seen is not None and seen[0] == frame_id else ()
 
     def _camera(self, name: str) -> CameraResults | None:
         settings = self.settings_of(name)
