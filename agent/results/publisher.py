@@ -11,7 +11,10 @@ the daemon) builds the payloads and publishes them:
   ``dropped_offline`` while the broker is away;
 - each event on ``events`` through the outbox (QoS 1, the topic's sequence numbers, kept
   across broker outages and restarts), as every other event of the agent;
-- ``counts/<camera>`` retained, when they change (re-sent on every reconnect).
+- ``counts/<camera>`` retained, when they change (re-sent on every reconnect);
+- the events' pictures on ``snapshots/<camera>`` when the camera's snapshots go over MQTT: the
+  bytes of one JPEG, QoS 1, sent at once or counted as dropped (never queued), let out by the
+  egress guard only there (``check_image``; a blocked one is counted).
 
 All three pass the egress guard's redaction (a value that may not leave is replaced, the
 message is never dropped), as replies and events do.
@@ -31,10 +34,12 @@ from typing import Any
 import structlog
 
 from agent.core.config import ResultsSettings
+from agent.monitor.egress import EgressBlocked
 from agent.monitor.features import FailureCount
 from agent.monitor.telemetry import Telemetry
 from agent.results.camera import CameraResults
 from agent.results.payloads import counts_payload, event_payload, results_payload
+from agent.results.snapshots import Picture
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 from agent.vision.heads import Detection, Prediction
@@ -53,7 +58,8 @@ second, 10 s of ten. A loop that far behind is stuck; newer outcomes are dropped
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one frame of one camera has to publish (no image: the frame stays with the worker)."""
+    """What one frame of one camera has to publish (no frame: it stays with the worker; only the
+    events' size-bounded JPEGs when the camera's snapshots go over MQTT)."""
 
     camera: str
     frame_id: int
@@ -67,6 +73,7 @@ class Outcome:
     tracked: tuple[TrackedObject, ...]
     events: tuple[tuple[ResultEvent, str | None], ...]
     counts: dict[str, dict[str, int]] | None
+    pictures: tuple[Picture, ...] = ()
 
 
 class ResultsPublisher:
@@ -102,6 +109,9 @@ class ResultsPublisher:
         self.events = 0
         self.counts = 0
         self.handoff_dropped = 0
+        self.snapshots_sent = 0
+        self.snapshots_dropped_offline = 0
+        self.snapshots_blocked = 0
 
     # ----- the frame thread ---------------------------------------------------------------
     def observe(self, result: FrameResult) -> None:
@@ -132,7 +142,7 @@ class ResultsPublisher:
             camera=result.camera, frame_id=frame.index, capture_ts=frame.wall_time, width=width, height=height,
             model=ModelRef(name=result.model, version=result.version), qos=camera.settings.qos,
             prediction=prediction if outcome.publish else None, tracked=outcome.tracked,
-            events=outcome.events, counts=outcome.counts,
+            events=outcome.events, counts=outcome.counts, pictures=outcome.pictures,
         ))
 
     def tracks(self, camera: str, frame_id: int) -> tuple[TrackedObject, ...]:
@@ -200,7 +210,7 @@ class ResultsPublisher:
         await self._done.wait()
 
     async def publish(self, outcome: Outcome) -> None:
-        """Events first (in their order), then the counts they changed, then the frame's results."""
+        """Events first (in their order), then their pictures, the counts they changed, the frame's results."""
         telemetry, camera = self.telemetry, outcome.camera
         for event, snapshot in outcome.events:
             envelope = telemetry.envelope("events")
@@ -208,6 +218,8 @@ class ResultsPublisher:
                 device_id=envelope["device_id"], seq=envelope["seq"], ts=envelope["ts"], camera=camera,
                 event=event, snapshot=snapshot))
             self.events += 1
+        for picture in outcome.pictures:
+            await self._send_picture(picture)
         if outcome.counts is not None:
             topic = self.topics.counts(camera)
             envelope = telemetry.envelope(topic.removeprefix(self.topics.base + "/"))
@@ -228,8 +240,21 @@ class ResultsPublisher:
             else:
                 self.dropped_offline += 1
 
+    async def _send_picture(self, picture: Picture) -> None:
+        try:
+            sent = await self.telemetry.publish_image(self.topics.snapshots(picture.camera), picture.data)
+        except EgressBlocked:  # counted and logged by the guard
+            self.snapshots_blocked += 1
+            return
+        if sent:
+            self.snapshots_sent += 1
+        else:
+            self.snapshots_dropped_offline += 1
+
     def health(self) -> dict[str, Any]:
         """``telemetry/health``'s ``results``."""
         return {"published": self.published, "dropped_offline": self.dropped_offline, "held": self.held,
                 "events": self.events, "counts": self.counts, "handoff_dropped": self.handoff_dropped,
-                "failures": self.failures.count}
+                "failures": self.failures.count, "snapshots_sent": self.snapshots_sent,
+                "snapshots_dropped_offline": self.snapshots_dropped_offline,
+                "snapshots_blocked": self.snapshots_blocked}

@@ -123,10 +123,16 @@ class RateSettings(_Settings):
 
 
 class SnapshotSettings(_Settings):
-    """A JPEG of an event's best frame, kept in a local folder. Off by default."""
+    """A JPEG of an event's best frame, kept in a local folder or sent over MQTT. Off by default."""
 
     enabled: bool = False
-    """Pictures are written for the ``events`` below (local folder only, so far)."""
+    """Pictures are made for the ``events`` below and go to the ``sink``."""
+    sink: Literal["folder", "mqtt"] = "folder"
+    """``folder``: written under ``folder``, pruned by retention, never sent. ``mqtt``: each picture
+    published as the bytes of one JPEG on ``<prefix>/<id>/snapshots/<camera>`` (QoS 1, sent on
+    the live connection or counted as dropped, never queued in the outbox), counted in the leak
+    telemetry's ``egress`` (``images``, ``image_bytes``); the egress guard lets a JPEG out on that
+    topic only, up to ``[monitor] egress_max_image_bytes``."""
     events: tuple[Literal["object_entered", "object_left", "zone_entered", "zone_left", "line_crossed"], ...] = (
         "object_left",
     )
