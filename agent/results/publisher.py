@@ -40,6 +40,7 @@ from agent.monitor.telemetry import Telemetry
 from agent.results.camera import CameraResults
 from agent.results.payloads import counts_payload, event_payload, results_payload
 from agent.results.snapshots import Picture
+from agent.results.stages import SecondStages, StageReading
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 from agent.vision.heads import Detection, Prediction
@@ -74,6 +75,8 @@ class Outcome:
     events: tuple[tuple[ResultEvent, str | None], ...]
     counts: dict[str, dict[str, int]] | None
     pictures: tuple[Picture, ...] = ()
+    read: StageReading | None = None
+    """What the camera's second stage read in the published prediction's boxes (None: no second stage)."""
 
 
 class ResultsPublisher:
@@ -81,17 +84,20 @@ class ResultsPublisher:
 
     ``settings_of(camera)`` gives a camera's current ``ResultsSettings`` (None: the camera
     is gone); a camera whose settings changed (``cmd/cameras update``) starts its tracks,
-    zones and rate again.
+    zones and rate again. ``second_stages`` serve the recognizers the cameras name
+    (``results.second_stage``): a frame whose results go out has its boxes read first, on the
+    frame thread, so its results carry the text.
     """
 
     def __init__(self, telemetry: Telemetry, topics: Topics,
                  settings_of: Callable[[str], ResultsSettings | None], state_dir: Path,
-                 queue_size: int = HANDOFF_QUEUE) -> None:
+                 queue_size: int = HANDOFF_QUEUE, second_stages: SecondStages | None = None) -> None:
         self.telemetry = telemetry
         self.topics = topics
         self.settings_of = settings_of
         self.state_dir = state_dir
         self.queue_size = queue_size
+        self.second_stages = second_stages
         self._cameras: dict[str, CameraResults] = {}
         self._tracked: dict[str, tuple[int, tuple[TrackedObject, ...]]] = {}
         self._queue: deque[Outcome] = deque()
@@ -138,11 +144,15 @@ class ResultsPublisher:
             if not outcome.events and outcome.counts is None:
                 return
         height, width = frame.image.shape[:2]
+        read = None
+        stage = camera.settings.second_stage
+        if outcome.publish and stage is not None and self.second_stages is not None:
+            read = self.second_stages.read(stage, result.camera, frame.image, detections)
         self._hand_over(Outcome(
             camera=result.camera, frame_id=frame.index, capture_ts=frame.wall_time, width=width, height=height,
             model=ModelRef(name=result.model, version=result.version), qos=camera.settings.qos,
             prediction=prediction if outcome.publish else None, tracked=outcome.tracked,
-            events=outcome.events, counts=outcome.counts, pictures=outcome.pictures,
+            events=outcome.events, counts=outcome.counts, pictures=outcome.pictures, read=read,
         ))
 
     def tracks(self, camera: str, frame_id: int) -> tuple[TrackedObject, ...]:
@@ -234,7 +244,8 @@ class ResultsPublisher:
                 device_id=envelope["device_id"], seq=envelope["seq"], ts=envelope["ts"], camera=camera,
                 frame_id=outcome.frame_id, capture_ts=outcome.capture_ts, width=outcome.width,
                 height=outcome.height, model=outcome.model, prediction=outcome.prediction,
-                tracked=outcome.tracked)
+                tracked=outcome.tracked, readings=None if outcome.read is None else outcome.read.readings,
+                second_stage=None if outcome.read is None else outcome.read.model)
             if await telemetry.publish_live(topic, payload, outcome.qos):
                 self.published += 1
             else:
@@ -257,4 +268,6 @@ class ResultsPublisher:
                 "events": self.events, "counts": self.counts, "handoff_dropped": self.handoff_dropped,
                 "failures": self.failures.count, "snapshots_sent": self.snapshots_sent,
                 "snapshots_dropped_offline": self.snapshots_dropped_offline,
-                "snapshots_blocked": self.snapshots_blocked}
+                "snapshots_blocked": self.snapshots_blocked,
+                **({} if self.second_stages is None else
+                   {f"second_stage_{k}": v for k, v in self.second_stages.health().items()})}

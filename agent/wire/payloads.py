@@ -182,6 +182,10 @@ class ResultsHealth(WireModel):
                                            "was away (never queued)")
     snapshots_blocked: int = Field(default=0, ge=0, description="event pictures the egress guard kept in "
                                    "(not a JPEG, or over egress_max_image_bytes)")
+    second_stage_frames: int = Field(default=0, ge=0, description="frames whose boxes a second stage read")
+    second_stage_crops: int = Field(default=0, ge=0, description="boxes (crops) it read")
+    second_stage_failures: int = Field(default=0, ge=0, description="frames whose reading failed (logged as "
+                                       "second_stage_failed; their results go out without text)")
 
 
 class HealthPayload(Envelope):

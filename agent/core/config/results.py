@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.core.names import check_name
+
 __all__ = [
     "LineSettings",
     "RateSettings",
@@ -178,6 +180,16 @@ class ResultsSettings(_Settings):
     """How often ``results/<camera>`` is published."""
     snapshots: SnapshotSettings = SnapshotSettings()
     """A picture of an event's best frame (off by default)."""
+    second_stage: str | None = None
+    """A model of the store run on each box's crop of the frames whose results go out (the rate's),
+    e.g. ``"text-rec"``: a recognizer (``task: recognize``, ``ctc`` head) whose text the results
+    carry (``text``, ``text_confidence``, ``second_stage``). Loaded at start from its current
+    version in the store; not installed: logged, and the results go out without text. None: none."""
+
+    @field_validator("second_stage")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value, "second_stage")
 
     @model_validator(mode="after")
     def _unique_names(self) -> ResultsSettings:
