@@ -15,9 +15,11 @@
    (the agent's ``ResultsPublisher`` as the frame observer, every frame published, its
    asyncio side encoding each payload for a broker session that takes it) against off,
    interleaved in the same rounds, and the observer's cost per frame (see ``bench_results``).
-5. liveview: frames/s of the pipeline with the live view serving one MJPEG client against
+5. stages: frames/s of the pipeline with the results publisher reading each published frame's
+   text boxes with the recognizer (text-rec) against without, and its ms per crop (see ``bench_stages``).
+6. liveview: frames/s of the pipeline with the live view serving one MJPEG client against
    off, alternating rounds, and its costs per frame and per JPEG (see ``bench_liveview``).
-6. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+7. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.dev.bench_tools``).
 
@@ -39,6 +41,7 @@ from agent.core.config import DeploySection, SourceSection
 from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from agent.dev.bench_liveview import bench_liveview
+from agent.dev.bench_stages import bench_second_stage
 from agent.dev.bench_tools import bench_tools
 from agent.models.bundle import pack_bundle
 from agent.models.loader import EngineOptions, load_serving
@@ -366,7 +369,7 @@ def bench_swaps(demo: Path, swaps: int, report: Report) -> None:
                f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
-BENCHES = ("pipeline", "swap", "cameras", "results", "liveview", "tools")
+BENCHES = ("pipeline", "swap", "cameras", "results", "stages", "liveview", "tools")
 """The parts of ``make bench``, in the order they run (``only`` picks one)."""
 
 
@@ -380,9 +383,13 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
             bench_pipeline(demo, store, frames, rounds, report)
         if only in (None, "results"):
             bench_results(demo, store, frames, rounds, report)
+        def fps_of(extra: list[Any]) -> float:
+            return pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True, extra=extra)[0]
+
+        if only in (None, "stages"):
+            bench_second_stage(store, demo, frames, rounds, fps_of, Path(tmp) / "state", report)
         if only in (None, "liveview"):
-            bench_liveview(demo, store, frames, rounds, lambda extra: pipeline_fps(
-                store, demo / "video.mp4", frames, THREADS, fuse=True, extra=extra)[0], report)
+            bench_liveview(demo, store, frames, rounds, fps_of, report)
         if only in (None, "cameras"):
             bench_cameras(demo, store, camera_frames, THREADS, cameras, report=report)
             bench_rtsp_recovery(demo, report=report)
