@@ -27,7 +27,7 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,16 @@ from agent.vision.pipeline import FrameResult
 from agent.wire import ModelRef
 from agent.wire.topics import Topics
 
-__all__ = ["HANDOFF_QUEUE", "ResultsPublisher"]
+__all__ = ["HANDOFF_PICTURE_BYTES", "HANDOFF_QUEUE", "ResultsPublisher"]
 
 log = structlog.get_logger(__name__)
 
 HANDOFF_QUEUE = 512
 """Outcomes waiting for the asyncio loop at most: 100 s of one camera at the default 5 results a
 second, 10 s of ten. A loop that far behind is stuck; newer outcomes are dropped and counted."""
+HANDOFF_PICTURE_BYTES = 16_000_000
+"""Snapshot JPEGs waiting for the asyncio loop at most, all cameras together: 80 pictures of the
+default 200 kB. A picture past it is dropped and counted (its event still goes out)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class ResultsPublisher:
         self._cameras: dict[str, CameraResults] = {}
         self._tracked: dict[str, tuple[int, tuple[TrackedObject, ...]]] = {}
         self._queue: deque[Outcome] = deque()
+        self._picture_bytes = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -118,6 +122,7 @@ class ResultsPublisher:
         self.snapshots_sent = 0
         self.snapshots_dropped_offline = 0
         self.snapshots_blocked = 0
+        self.snapshots_dropped_queue = 0
 
     # ----- the frame thread ---------------------------------------------------------------
     def observe(self, result: FrameResult) -> None:
@@ -175,6 +180,15 @@ class ResultsPublisher:
 
     def _hand_over(self, outcome: Outcome) -> None:
         with self._lock:
+            size, kept = 0, []
+            for picture in outcome.pictures:
+                if self._picture_bytes + size + len(picture.data) > HANDOFF_PICTURE_BYTES:
+                    self.snapshots_dropped_queue += 1
+                    continue
+                size += len(picture.data)
+                kept.append(picture)
+            if len(kept) < len(outcome.pictures):
+                outcome = replace(outcome, pictures=tuple(kept))
             if len(self._queue) >= self.queue_size:
                 self.handoff_dropped += 1
                 if not self._overflowing:
@@ -184,6 +198,7 @@ class ResultsPublisher:
                 return
             was_empty = not self._queue
             self._queue.append(outcome)
+            self._picture_bytes += size
             loop = self._loop
         if was_empty and loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: the agent is stopping
@@ -199,6 +214,7 @@ class ResultsPublisher:
                 with self._lock:
                     batch = list(self._queue)
                     self._queue.clear()
+                    self._picture_bytes = 0
                     self._overflowing = False
                 if not batch:
                     if self._closing:
@@ -268,6 +284,6 @@ class ResultsPublisher:
                 "events": self.events, "counts": self.counts, "handoff_dropped": self.handoff_dropped,
                 "failures": self.failures.count, "snapshots_sent": self.snapshots_sent,
                 "snapshots_dropped_offline": self.snapshots_dropped_offline,
-                "snapshots_blocked": self.snapshots_blocked,
+                "snapshots_blocked": self.snapshots_blocked, "snapshots_dropped_queue": self.snapshots_dropped_queue,
                 **({} if self.second_stages is None else
                    {f"second_stage_{k}": v for k, v in self.second_stages.health().items()})}

@@ -182,6 +182,8 @@ class ResultsHealth(WireModel):
                                            "was away (never queued)")
     snapshots_blocked: int = Field(default=0, ge=0, description="event pictures the egress guard kept in "
                                    "(not a JPEG, or over egress_max_image_bytes)")
+    snapshots_dropped_queue: int = Field(default=0, ge=0, description="event pictures dropped on the device: "
+                                         "too many bytes of them waited for the publisher")
     second_stage_frames: int = Field(default=0, ge=0, description="frames whose boxes a second stage read")
     second_stage_crops: int = Field(default=0, ge=0, description="boxes (crops) it read")
     second_stage_failures: int = Field(default=0, ge=0, description="frames whose reading failed (logged as "

@@ -94,3 +94,29 @@ def test_a_snapshot_goes_on_the_camera_s_topic_as_a_jpeg_only_when_enabled(tmp_p
     assert counts["images"] == 2 and counts["image_bytes"] == sum(len(p.payload) for p in pictures)
     assert results.health()["snapshots_sent"] == 2
     assert results.health()["snapshots_dropped_offline"] == results.health()["snapshots_blocked"] == 0
+
+
+BOUND = 2_000_000
+"""The hand-over's bound on pictures' bytes for the test: a few of its ~300 kB pictures."""
+
+
+def test_pictures_waiting_for_the_loop_are_bounded_in_bytes_and_the_rest_counted_events_kept(tmp_path, monkeypatch):
+    import agent.results.publisher
+
+    monkeypatch.setattr(agent.results.publisher, "HANDOFF_PICTURE_BYTES", BOUND)
+    noisy = np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)  # JPEGs of ~300 kB
+    settings = ResultsSettings(rate=RateSettings(mode="every_frame"), snapshots=SnapshotSettings(
+        enabled=True, sink="mqtt", events=("object_entered",), quality=100, max_bytes=10_000_000))
+    telemetry = Telemetry(TOPICS, "dev1", "test")
+    results = ResultsPublisher(telemetry, TOPICS, lambda name: settings, tmp_path / "state")
+    boxes = tuple(Detection((10.0 + 30 * i, 10.0 + 20 * (i % 20), 35.0 + 30 * i, 28.0 + 20 * (i % 20)), 0.9, "text")
+                  for i in range(20))
+    for index in range(12):  # no loop takes them: the bytes of the pictures waiting grow
+        frame = Frame(index=index, image=noisy, captured_at=time.monotonic(), wall_time=time.time(), source="front")
+        results.observe(FrameResult(frame, "text-det", "v4", {}, Prediction("text_detect", boxes), True))
+    waiting = [o for o in results._queue]
+    kept = sum(len(p.data) for o in waiting for p in o.pictures)
+    assert 0 < kept <= BOUND
+    assert results.snapshots_dropped_queue > 0 and results.failures.count == 0
+    assert sum(len(o.events) for o in waiting) == 20, "every object's event is kept, with or without its picture"
+    assert sum(len(o.pictures) for o in waiting) + results.snapshots_dropped_queue == 20
