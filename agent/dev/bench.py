@@ -17,7 +17,11 @@
    interleaved in the same rounds, and the observer's cost per frame (see ``bench_results``).
 5. shadow: serving frames/s with v6 in shadow beside v4 at the default budget against
    without, and the largest serving gap during the shadow runs (see ``agent.dev.bench_shadow``).
-6. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+6. stages: frames/s of the pipeline with the results publisher reading each published frame's
+   text boxes with the recognizer (text-rec) against without, and its ms per crop (see ``bench_stages``).
+7. liveview: frames/s of the pipeline with the live view serving one MJPEG client against
+   off, alternating rounds, and its costs per frame and per JPEG (see ``bench_liveview``).
+8. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.dev.bench_tools``).
 
@@ -38,7 +42,9 @@ import numpy as np
 from agent.core.config import DeploySection, SourceSection
 from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
+from agent.dev.bench_liveview import bench_liveview
 from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S, bench_shadow
+from agent.dev.bench_stages import bench_second_stage
 from agent.dev.bench_tools import bench_tools
 from agent.models.bundle import pack_bundle
 from agent.models.loader import EngineOptions, load_serving
@@ -366,7 +372,7 @@ def bench_swaps(demo: Path, swaps: int, report: Report) -> None:
                f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
-BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "tools")
+BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "stages", "liveview", "tools")
 """The parts of ``make bench``, in the order they run (``only`` picks one)."""
 
 
@@ -381,6 +387,13 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
             bench_pipeline(demo, store, frames, rounds, report)
         if only in (None, "results"):
             bench_results(demo, store, frames, rounds, report)
+        def fps_of(extra: list[Any]) -> float:
+            return pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True, extra=extra)[0]
+
+        if only in (None, "stages"):
+            bench_second_stage(store, demo, frames, rounds, fps_of, Path(tmp) / "state", report)
+        if only in (None, "liveview"):
+            bench_liveview(demo, store, frames, rounds, fps_of, report)
         if only in (None, "cameras"):
             bench_cameras(demo, store, camera_frames, THREADS, cameras, report=report)
             bench_rtsp_recovery(demo, report=report)

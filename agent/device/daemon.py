@@ -50,6 +50,7 @@ from agent.mqtt.outbox import OutboxError, SqliteOutbox
 from agent.mqtt.session import MqttSession
 from agent.mqtt.settings import SessionConfigError, check_certificate_identity
 from agent.results import ResultsPublisher
+from agent.results.stages import SecondStages, second_stage_options
 from agent.runtime.slot import EngineSlot, Serving
 from agent.vision.cameras import CAMERAS_FILE, CameraError, CameraSet
 from agent.vision.pipeline import Pipeline
@@ -126,13 +127,15 @@ class Agent:
         self.signals = Signals(config, self.telemetry, self.event)
         self.pipeline.observers.append(self.signals.observer)
         results_settings = self.camera_book.results_settings
-        self.results = ResultsPublisher(self.telemetry, self.topics, results_settings, config.agent.state_dir)
+        self.second_stages = SecondStages()
+        self.results = ResultsPublisher(self.telemetry, self.topics, results_settings, config.agent.state_dir,
+                                        second_stages=self.second_stages)
         self.pipeline.observers.append(self.results.observe)
         self.live_view: LiveView | None = None
         if config.live_view.enabled:
             try:
                 self.live_view = LiveView(config.live_view, lambda: [c.name for c in self.cameras.active()],
-                                          results_settings)
+                                          results_settings, self.results.tracks)
             except LiveViewError as exc:
                 raise StartupError(str(exc)) from exc
             self.pipeline.observers.append(self.live_view.observe)
@@ -265,6 +268,9 @@ class Agent:
             os.abort()
         crash_loop = crash_loop_status(self.crash_loop, serving, self.started_at)
         self.slot.swap(serving)
+        self.second_stages.load(self.store, [c.results.second_stage for c in self.cameras.configs()
+                                             if c.results.second_stage is not None],
+                                second_stage_options(self.engine_options))
         self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
@@ -380,6 +386,7 @@ class Agent:
         if not finished:
             log.warning("frame_worker_did_not_stop", timeout_s=bound / 2)
         await asyncio.to_thread(self.cameras.stop, bound / 4)
+        self.second_stages.close()
         try:  # what the last frames saw (events above all) goes into the outbox before the flush
             await asyncio.wait_for(self.results.close(), timeout=bound / 4)
         except asyncio.TimeoutError:

@@ -11,7 +11,11 @@ into inference.
 Served: ``/`` (a page of every camera), ``/cameras/<name>/stream.mjpg``
 (``multipart/x-mixed-replace``) and ``/cameras/<name>/snapshot.jpg``. Boxes (polygons
 for text), labels and scores are drawn, with the camera's zones and lines from its
-``results`` table; track ids are not (they live inside the results publisher).
+``results`` table. Each box is labelled ``#<track id> <label> <score>`` on a filled tag of the
+box colour: the id of the track the box continued on that frame, as the results publisher's
+tracker gave it (``tracks_of``, called on the frame thread right after the publisher saw the
+frame); a box not tracked (yet, or results off) has no ``#``. The page lists each camera's
+tracked objects as they were when it was served (``<ul class="tracks">``).
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ import structlog
 from agent.core.config import LiveViewSection, ResultsSettings
 from agent.device.errors import DeviceError
 from agent.monitor.features import FailureCount
+from agent.results import TrackedObject
 from agent.vision.heads import Detection
 from agent.vision.pipeline import FrameResult
 
-__all__ = ["BOX_COLOR", "LiveView", "LiveViewError"]
+__all__ = ["BOX_COLOR", "LABEL_TEXT_COLOR", "LiveView", "LiveViewError", "annotate", "box_label"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +57,10 @@ THICKNESS = 2
 """Pixels: visible on a 640x480 frame, thin enough not to hide small text."""
 LABEL_SCALE = 0.5
 """OpenCV font scale of the labels."""
+LABEL_TEXT_COLOR = (255, 255, 255)
+"""BGR white: a box's label is written in it on a filled tag of ``BOX_COLOR``, readable on any photo."""
+LABEL_PAD = 2
+"""Pixels of tag around a box's label text."""
 BOUNDARY = "liveviewframe"
 """The multipart boundary of the MJPEG stream."""
 FRAME_WAIT_S = 5.0
@@ -68,11 +77,16 @@ class LiveViewError(DeviceError):
     """The live view could not start (a token file that cannot be read)."""
 
 
+TracksOf = Callable[[str, int], tuple[TrackedObject, ...]]
+"""``tracks_of(camera, frame_id)``: the tracked objects of that camera's frame (empty when it has none)."""
+
+
 @dataclass(frozen=True)
 class _Latest:
     frame_id: int
     image: np.ndarray
     detections: tuple[Detection, ...]
+    tracked: tuple[TrackedObject, ...] = ()
 
 
 @dataclass
@@ -82,9 +96,18 @@ class _Encoded:
     at: float
 
 
-def annotate(image: np.ndarray, detections: tuple[Detection, ...], results: ResultsSettings | None) -> np.ndarray:
-    """A copy of ``image`` with the zones, lines, boxes (polygons for text) and labels drawn."""
+def box_label(detection: Detection, track_id: int | None) -> str:
+    """What is written by a box: ``#<track id> <label> <score>``, without the ``#`` part when not tracked."""
+    text = f"{detection.label} {detection.score:.2f}"
+    return text if track_id is None else f"#{track_id} {text}"
+
+
+def annotate(image: np.ndarray, detections: tuple[Detection, ...], results: ResultsSettings | None,
+             tracked: tuple[TrackedObject, ...] = ()) -> np.ndarray:
+    """A copy of ``image`` with the zones, lines, boxes (polygons for text) and their labels drawn;
+    a box that continued a track in ``tracked`` is labelled with the track's id."""
     out: np.ndarray = image.copy()
+    track_of = {id(t.detection): t.track_id for t in tracked if t.detection is not None}
     if results is not None:
         for zone in results.zones:
             points = np.array(zone.polygon, dtype=np.int32).reshape(-1, 1, 2)
@@ -101,23 +124,35 @@ def annotate(image: np.ndarray, detections: tuple[Detection, ...], results: Resu
             cv2.polylines(out, [points.reshape(-1, 1, 2)], True, BOX_COLOR, THICKNESS)
         else:
             cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOR, THICKNESS)
-        cv2.putText(out, f"{detection.label} {detection.score:.2f}", (x1, max(10, y1 - 4)),
-                    cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, BOX_COLOR, 1, cv2.LINE_AA)
+        _tag(out, box_label(detection, track_of.get(id(detection))), x1, y1)
     return out
+
+
+def _tag(out: np.ndarray, text: str, x: int, y: int) -> None:
+    """``text`` on a filled tag of the box colour whose bottom-left is the box's top-left corner
+    (inside the frame when the box touches its top)."""
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)
+    bottom = max(y, height + baseline + 2 * LABEL_PAD)
+    cv2.rectangle(out, (x, bottom - height - baseline - 2 * LABEL_PAD), (x + width + 2 * LABEL_PAD, bottom),
+                  BOX_COLOR, cv2.FILLED)
+    cv2.putText(out, text, (x + LABEL_PAD, bottom - baseline - LABEL_PAD), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE,
+                LABEL_TEXT_COLOR, 1, cv2.LINE_AA)
 
 
 class LiveView:
     """The pipeline observer and the HTTP server of the live view.
 
     ``cameras()`` names the cameras served now; ``settings_of(camera)`` gives a camera's
-    ``results`` table (its zones and lines), None when it has none.
+    ``results`` table (its zones and lines), None when it has none; ``tracks_of`` (``TracksOf``)
+    the tracked objects of a frame, for the track ids (None: no ids drawn).
     """
 
     def __init__(self, settings: LiveViewSection, cameras: Callable[[], list[str]],
-                 settings_of: Callable[[str], ResultsSettings | None]) -> None:
+                 settings_of: Callable[[str], ResultsSettings | None], tracks_of: TracksOf | None = None) -> None:
         self.settings = settings
         self.cameras = cameras
         self.settings_of = settings_of
+        self.tracks_of = tracks_of
         self.token = _read_token(settings.token_file)
         self._latest: dict[str, _Latest] = {}
         self._encoded: dict[str, _Encoded] = {}
@@ -140,7 +175,9 @@ class LiveView:
             if prediction is None:
                 return
             detections = tuple(d for d in prediction.items if isinstance(d, Detection))
-            latest = _Latest(result.frame.index, result.frame.image, detections)
+            index = result.frame.index
+            tracked = self.tracks_of(result.camera, index) if self.tracks_of is not None else ()
+            latest = _Latest(index, result.frame.image, detections, tracked)
             with self._lock:
                 self._latest[result.camera] = latest
         except Exception as exc:  # the live view must never stop inference
@@ -161,7 +198,7 @@ class LiveView:
             if cached is not None and cached.frame_id == latest.frame_id:
                 return cached
             try:
-                picture = annotate(latest.image, latest.detections, self.settings_of(camera))
+                picture = annotate(latest.image, latest.detections, self.settings_of(camera), latest.tracked)
                 ok, data = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, self.settings.jpeg_quality])
                 if not ok:
                     raise ValueError("cv2.imencode refused the frame")
@@ -239,17 +276,30 @@ class LiveView:
             given = (query.get("token") or [""])[0]
         return hmac.compare_digest(given.encode(), self.token.encode())
 
+    def tracked(self, camera: str) -> tuple[TrackedObject, ...]:
+        """The tracked objects of the camera's latest inferred frame."""
+        with self._lock:
+            latest = self._latest.get(camera)
+        return latest.tracked if latest is not None else ()
+
     def page(self, token: str | None) -> str:
         suffix = f"?token={quote(token)}" if token else ""
         cards = "".join(
             f'<figure><figcaption>{html.escape(name)}</figcaption>'
             f'<img src="/cameras/{quote(name)}/stream.mjpg{suffix}" alt="{html.escape(name)}">'
-            f'<a href="/cameras/{quote(name)}/snapshot.jpg{suffix}">snapshot</a></figure>'
+            f'<a href="/cameras/{quote(name)}/snapshot.jpg{suffix}">snapshot</a>'
+            f'<ul class="tracks">{self._track_items(name)}</ul></figure>'
             for name in self.cameras())
         return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>edge-agent live view</title>"
                 "<style>body{font-family:sans-serif;margin:8px;background:#222;color:#eee}"
-                "figure{display:inline-block;margin:4px}a{color:#9cf}</style></head>"
+                "figure{display:inline-block;margin:4px;vertical-align:top}a{color:#9cf}"
+                "ul.tracks{font-size:12px;max-height:8em;overflow:auto}</style></head>"
                 f"<body><h1>edge-agent live view</h1>{cards or '<p>no camera enabled</p>'}</body></html>")
+
+
+    def _track_items(self, camera: str) -> str:
+        return "".join(f'<li data-track="{t.track_id}">#{t.track_id} {html.escape(t.label)} {t.score:.2f}</li>'
+                       for t in self.tracked(camera))
 
 
 def _read_token(path: Path | None) -> str | None:

@@ -10,6 +10,8 @@ Subscriptions of one instance:
 - ``<prefix>/+/status|model|deployment|counts/+``, not shared: retained state is small,
   every instance needs all of it, and shared subscriptions get no retained
   messages on subscribe (MQTT 5, 4.8.2);
+- ``<prefix>/+/snapshots/+``, not shared: the cameras' event pictures (JPEGs, when a camera's
+  snapshots go over MQTT; few), of which every instance's dashboard shows the latest;
 - ``<prefix>/_consumers/<group>/+``: the instances' digests of the sequence
   numbers they saw, so that gaps are found across the group (agent.fleet.seqtrack).
   Only that exact topic carries digests (a device's own tree never does: a device
@@ -55,6 +57,8 @@ they stay out of gap tracking (their drops are by design, counted in the device'
 COUNTS_SUFFIX = "counts/+"
 """Retained per camera; read with the other retained state by every instance."""
 RESULTS_QOS = 0
+SNAPSHOTS_SUFFIX = "snapshots/+"
+"""Not shared: each instance keeps every camera's latest picture for its dashboard."""
 CONSUMERS_SEGMENT = "_consumers"
 """The reserved topic level of the consumers' digests (a device id never takes it)."""
 DIGEST_PERIOD_S = 1.0
@@ -142,7 +146,7 @@ class Consumer:
         shared = [f"$share/{group}/{prefix}/+/{s}" if group else f"{prefix}/+/{s}"
                   for s in (*SHARED_SUFFIXES, RESULTS_SUFFIX)]
         peers = [f"{prefix}/{CONSUMERS_SEGMENT}/{group}/+"] if group else []
-        return shared + self.state_filters() + peers
+        return shared + self.state_filters() + [f"{prefix}/+/{SNAPSHOTS_SUFFIX}"] + peers
 
     def qos_of(self, topic_filter: str) -> int:
         if topic_filter in self.state_filters():
@@ -264,6 +268,13 @@ class Consumer:
                                 last=gap.last, missing=gap.missing)
             self.metrics.housekeeping(self.tracker.duplicates, self.tracker.restarts, len(self.members.members()))
 
+    def picture(self, device_id: str, camera: str) -> bytes | None:
+        """The latest JPEG of the device's camera on ``snapshots/<camera>``; None when none came."""
+        with self.lock:
+            view = self.view.devices.get(device_id)
+            seen = None if view is None else view.snapshots.get(camera)
+        return None if seen is None else seen[1].jpeg
+
     def snapshot(self) -> dict[str, Any]:
         """What the dashboard shows, as JSON-ready data (taken under the lock)."""
         with self.lock:
@@ -281,6 +292,8 @@ class Consumer:
                 "object_events": [{"ts": e.ts, "kind": e.kind, "camera": e.camera, "label": e.label,
                                    "track_id": e.track_id, "zone": e.place, "message": e.message}
                                   for e in reversed(d.object_events)],
+                "snapshots": [{"camera": camera, "n": n, "bytes": len(picture.jpeg)}
+                              for camera, (n, picture) in sorted(d.snapshots.items())],
             } for d in self.view.in_group(None)]
             active = [{"device": d.device_id, "signal": signal, "state": state, "ts": d.last_seen}
                       for d in self.view.in_group(None) for signal, state in sorted(d.signals.items())

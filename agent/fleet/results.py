@@ -5,6 +5,8 @@ validate it against ``ResultsPayload`` (nor import agent.results, which brings O
 tracker): one ``orjson`` parse, then only the fields the fleet uses are checked, and a message
 whose shape is wrong is rejected as a whole. ``counts/<camera>`` (retained, rare) is read the same
 way; object events are ``EventPayload``s already validated, whose ``data`` is read here.
+``snapshots/<camera>`` (a camera's event pictures, when its snapshots go over MQTT) is the bytes
+of one JPEG: checked to be one, within ``MAX_SNAPSHOT_BYTES``, and kept as it came.
 """
 
 from __future__ import annotations
@@ -19,18 +21,21 @@ from agent.wire import EventPayload, PayloadError
 
 __all__ = [
     "CAMERA_TOPICS",
+    "MAX_SNAPSHOT_BYTES",
     "OBJECT_EVENT_KINDS",
     "CountsDigest",
     "ObjectEvent",
     "ResultsDigest",
+    "SnapshotPicture",
     "camera_topic",
     "loose_object",
     "object_event",
     "read_counts",
     "read_results",
+    "read_snapshot",
 ]
 
-CAMERA_TOPICS = ("results", "counts")
+CAMERA_TOPICS = ("results", "counts", "snapshots")
 """Topic kinds with the camera's name as their last level: ``<prefix>/<id>/results/<camera>``."""
 OBJECT_EVENT_KINDS = ("object_entered", "object_left", "zone_entered", "zone_left", "line_crossed")
 """agent.results.zones.EVENT_KINDS (a test keeps them equal)."""
@@ -40,10 +45,16 @@ ITEMS = {"detect": "boxes", "classify": "top_k", "text_detect": "texts"}
 """The list of items of each head's prediction."""
 TEXT_LABEL = "text"
 """The label a text box is counted under (text items carry no label)."""
+MAX_SNAPSHOT_BYTES = 4_000_000
+"""The largest picture the fleet keeps: four times a device's default egress bound for one image
+(``egress_max_image_bytes``); one picture per camera is kept, so a fleet's memory stays bounded."""
+JPEG_START = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 
 
 def camera_topic(suffix: str) -> tuple[str, str] | None:
-    """``(kind, camera)`` of ``results/<camera>`` or ``counts/<camera>``; None for any other suffix."""
+    """``(kind, camera)`` of ``results/<camera>``, ``counts/<camera>`` or ``snapshots/<camera>``; None
+    for any other suffix."""
     kind, _, camera = suffix.partition("/")
     if kind not in CAMERA_TOPICS or not _name(camera) or "/" in camera or "+" in camera or "#" in camera:
         return None
@@ -152,6 +163,23 @@ def read_counts(data: bytes, camera: str) -> CountsDigest:
             for zone, labels in zones.items()):
         raise PayloadError("zones must map zone names to {label: count}")
     return CountsDigest(document["device_id"], camera, document["seq"], float(document["ts"]), zones)
+
+
+@dataclass(frozen=True)
+class SnapshotPicture:
+    """A camera's latest event picture: the JPEG as it came."""
+
+    camera: str
+    jpeg: bytes
+
+
+def read_snapshot(data: bytes, camera: str) -> SnapshotPicture:
+    """``snapshots/<camera>``: the bytes of one JPEG of at most ``MAX_SNAPSHOT_BYTES``."""
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise PayloadError(f"a snapshot of {len(data)} bytes, at most {MAX_SNAPSHOT_BYTES}")
+    if not (data.startswith(JPEG_START) and data.endswith(JPEG_END)):
+        raise PayloadError("a snapshot is the bytes of one JPEG")
+    return SnapshotPicture(camera, bytes(data))
 
 
 def object_event(device_id: str, event: EventPayload) -> ObjectEvent | None:

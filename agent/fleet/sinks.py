@@ -108,6 +108,8 @@ class FleetMetrics:
         self.zone_objects = r.add("edge_fleet_zone_objects", "gauge",
                                   "Objects in a zone now, by label, from the retained counts",
                                   ("device", "camera", "zone", "label"))
+        self.snapshots = r.add("edge_fleet_snapshots_total", "counter",
+                               "Event pictures (JPEGs) received on snapshots/<camera>", ("device", "camera"))
         self.value_overflow = r.add("edge_fleet_label_overflow_values", "gauge",
                                     "Values beyond a label's bound, counted under \"_other\"", ("label",))
         self.cpu_seconds = r.add("process_cpu_seconds_total", "counter", "CPU time of this consumer process")
@@ -120,6 +122,10 @@ class FleetMetrics:
         data = message.data
         if isinstance(data, ResultsDigest):
             self._observe_results(device, data)
+            return
+        if per_camera is not None and per_camera[0] == "snapshots":
+            if data is not None:
+                self.snapshots.inc((device, self.cameras.label(per_camera[1])))
             return
         if per_camera is not None:
             self._observe_counts(device, per_camera[1], data if isinstance(data, CountsDigest) else None)

@@ -19,11 +19,13 @@ from agent.fleet.results import (
     CountsDigest,
     ObjectEvent,
     ResultsDigest,
+    SnapshotPicture,
     camera_topic,
     loose_object,
     object_event,
     read_counts,
     read_results,
+    read_snapshot,
 )
 from agent.wire import (
     DeploymentPayload,
@@ -143,6 +145,9 @@ class DeviceView:
     """Per camera, the latest retained counts: objects per zone and label."""
     object_events: deque[ObjectEvent] = field(default_factory=lambda: deque(maxlen=MAX_OBJECT_EVENTS))
     results_seen: int = 0
+    snapshots: dict[str, tuple[int, SnapshotPicture]] = field(default_factory=dict)
+    """Per camera (at most ``MAX_CAMERAS``), the latest picture of ``snapshots/<camera>`` and how many
+    came before it and it (the dashboard's cue that it changed)."""
 
     @property
     def alarmed(self) -> bool:
@@ -244,6 +249,8 @@ def decode(suffix: str, data: bytes) -> Any:
     per_camera = camera_topic(suffix)
     if per_camera is not None:
         kind, camera = per_camera
+        if kind == "snapshots":
+            return read_snapshot(data, camera)
         return read_results(data, camera) if kind == "results" else read_counts(data, camera)
     if in_contract(suffix):
         return loose_object(data)
@@ -299,6 +306,9 @@ class FleetView:
         if isinstance(data, ResultsDigest):
             view.results_seen += 1
             return
+        if isinstance(data, SnapshotPicture) or (data is None and message.suffix.startswith("snapshots/")):
+            self._on_snapshot(view, message.suffix.removeprefix("snapshots/"), data)
+            return
         if isinstance(data, CountsDigest) or (data is None and message.suffix.startswith("counts/")):
             self._on_counts(view, message.suffix.removeprefix("counts/"), data)
             return
@@ -332,6 +342,13 @@ class FleetView:
             view.counts.pop(camera, None)
         elif camera in view.counts or len(view.counts) < MAX_CAMERAS:
             view.counts[camera] = data.zones
+
+    def _on_snapshot(self, view: DeviceView, camera: str, data: SnapshotPicture | None) -> None:
+        if data is None:
+            view.snapshots.pop(camera, None)
+        elif camera in view.snapshots or len(view.snapshots) < MAX_CAMERAS:
+            seen = view.snapshots.get(camera, (0, data))[0]
+            view.snapshots[camera] = (seen + 1, data)
 
     def _on_events(self, view: DeviceView, data: EventPayload | None) -> None:
         if data is None:

@@ -3,10 +3,11 @@
 Standard library only (``http.server`` in a daemon thread). The page is one
 static file (agent/fleet/static/dashboard.html) with inline CSS, JavaScript and
 SVG charts, so it works where nothing can be fetched from the internet; it
-polls ``/api/fleet`` every two seconds.
+polls ``/api/fleet`` every two seconds, and fetches a camera's latest event
+picture from ``/api/snapshot/<device>/<camera>`` (a JPEG) when it changed.
 
 Bound to loopback unless told otherwise. On any other address a bearer token
-is required for ``/metrics`` and ``/api/fleet`` (``Authorization: Bearer <token>``);
+is required for ``/metrics``, ``/api/fleet`` and ``/api/snapshot/...`` (``Authorization: Bearer <token>``);
 the page itself and ``/healthz`` carry no fleet data and are served without it
 (the page reads the token from its URL fragment, ``#token=...``, which browsers
 never send to the server).
@@ -20,11 +21,13 @@ import json
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 
@@ -49,6 +52,9 @@ TOKEN_BYTES = 32
 """Entropy of a generated bearer token (256 bits, URL-safe base64)."""
 OPEN_PATHS = frozenset({"/", "/healthz"})
 """Served without the token: the static page (no data in it) and the liveness probe."""
+SNAPSHOT_PATH = "/api/snapshot/"
+"""``/api/snapshot/<device>/<camera>``: the camera's latest event picture, ``image/jpeg``."""
+JPEG_CONTENT_TYPE = "image/jpeg"
 
 
 class ListenError(FleetError, ValueError):
@@ -126,6 +132,7 @@ class FleetHttpServer:
             raise ListenError(f"{host} is not a loopback address: a bearer token is required")
         page = dashboard_page() if dashboard else None
         routes: dict[str, tuple[str, Any]] = {"/healthz": ("text/plain", lambda: b"ok\n")}
+        pictures = consumer.picture if dashboard else None
         if metrics:
             routes["/metrics"] = (PROMETHEUS_CONTENT_TYPE, lambda: consumer.metrics.registry.render().encode())
         if page is not None:
@@ -133,7 +140,7 @@ class FleetHttpServer:
             routes["/api/fleet"] = ("application/json", lambda: json.dumps(consumer.snapshot()).encode())
         server_class = _Server6 if ":" in host else _Server
         try:
-            self._server = server_class((host, port), _handler(routes, access))
+            self._server = server_class((host, port), _handler(routes, access, pictures))
         except OSError as exc:
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="fleet-http", daemon=True)
@@ -161,20 +168,35 @@ class FleetHttpServer:
         self._server.server_close()
 
 
-def _handler(routes: dict[str, tuple[str, Any]], access: HttpAccess) -> type[BaseHTTPRequestHandler]:
+def _picture_route(path: str, pictures: Callable[[str, str], bytes | None] | None) -> tuple[str, Any] | None:
+    """The route of ``/api/snapshot/<device>/<camera>`` (the names URL-quoted), None when no picture came."""
+    if pictures is None or not path.startswith(SNAPSHOT_PATH):
+        return None
+    device, sep, camera = path.removeprefix(SNAPSHOT_PATH).partition("/")
+    if not sep or "/" in camera:
+        return None
+    jpeg = pictures(unquote(device), unquote(camera))
+    return None if jpeg is None else (JPEG_CONTENT_TYPE, lambda: jpeg)
+
+
+def _handler(routes: dict[str, tuple[str, Any]], access: HttpAccess,
+             pictures: Callable[[str, str], bytes | None] | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            route = routes.get(path)
+            authorized = access.allows(path, self.headers.get("Authorization"))
+            if path.startswith(SNAPSHOT_PATH):  # asked before the lookup: no token, no hint of what exists
+                if not authorized:
+                    self._unauthorized(path)
+                    return
+                route = _picture_route(path, pictures)
+            else:
+                route = routes.get(path)
             if route is None:
                 self.send_error(404, f"no such page: {path}; try {', '.join(sorted(routes))}")
                 return
-            if not access.allows(path, self.headers.get("Authorization")):
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Bearer realm="edge-fleet"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                log.warning("fleet_http_unauthorized", path=path, client=self.client_address[0])
+            if not authorized:
+                self._unauthorized(path)
                 return
             content_type, body = route
             data = body()
@@ -184,6 +206,13 @@ def _handler(routes: dict[str, tuple[str, Any]], access: HttpAccess) -> type[Bas
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(data)
+
+        def _unauthorized(self, path: str) -> None:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="edge-fleet"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            log.warning("fleet_http_unauthorized", path=path, client=self.client_address[0])
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("fleet_http_request", request=format % args)

@@ -16,6 +16,12 @@ commas: the chunks are summed, weighted by the bits a character of their
 alphabet carries), numbers written out in a string (``"12,34,56,..."``), and
 numbers spread over many small arrays (all numbers of a payload together).
 
+The one image that may leave is a camera's snapshot, when its ``results.snapshots.sink`` is
+``mqtt``: ``check_image(suffix, data)`` lets the bytes of one JPEG out on ``snapshots/<camera>``
+only, up to ``egress_max_image_bytes``; each is counted (``images``, ``image_bytes``) in the
+leak payload beside the blocked counts. Any other topic given an image, or that topic given
+anything but a JPEG, is blocked (``image_topic``, ``not_jpeg``).
+
 Replies, events and retained state are never dropped (a reply must reach the
 control plane with its id, an event is an outbox entry, retained state is what
 the fleet reads): ``redact()`` replaces each offending value with a marker
@@ -42,7 +48,13 @@ __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]
 log = structlog.get_logger(__name__)
 
 REASONS = ("unknown_topic", "too_large", "not_json", "schema", "long_string", "encoded_blob",
-           "control_characters", "array", "numbers", "numeric_text")
+           "control_characters", "array", "numbers", "numeric_text", "image_topic", "not_jpeg")
+IMAGE_TOPIC = re.compile(r"snapshots/[^/+#\x00]+")
+"""The only topic suffix an image may leave on: one camera's snapshots."""
+JPEG_START = b"\xff\xd8\xff"
+"""A JPEG begins with its start-of-image marker and the first segment's marker..."""
+JPEG_END = b"\xff\xd9"
+"""...and ends with the end-of-image marker."""
 REDACTED_PREFIX = "redacted."
 """``by_reason`` key prefix of values replaced in replies, events and retained state."""
 DATA_URI = re.compile(r"data:[\w/+.-]+;base64,", re.IGNORECASE)
@@ -160,6 +172,10 @@ class EgressGuard:
         self.checked = 0
         self.blocked: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.redacted: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.max_image_bytes = settings.egress_max_image_bytes
+        self.images = 0
+        """Snapshots let out (``check_image``)."""
+        self.image_bytes = 0
 
     def check(self, suffix: str, payload: bytes) -> bytes:
         """``payload`` unchanged when it may leave; EgressBlocked (counted) when not."""
@@ -174,6 +190,29 @@ class EgressGuard:
             raise
         return payload
 
+    def check_image(self, suffix: str, data: bytes) -> bytes:
+        """``data`` unchanged when it is one JPEG for ``snapshots/<camera>`` within the size bound
+        (counted in ``images`` and ``image_bytes``); EgressBlocked (counted) when not."""
+        with self._lock:
+            self.checked += 1
+        try:
+            if not IMAGE_TOPIC.fullmatch(suffix):
+                raise EgressBlocked(suffix, "image_topic", "images leave only on snapshots/<camera>")
+            if not isinstance(data, (bytes, bytearray)) or not (data.startswith(JPEG_START)
+                                                                 and data.endswith(JPEG_END)):
+                raise EgressBlocked(suffix, "not_jpeg", "a snapshot is the bytes of one JPEG")
+            if len(data) > self.max_image_bytes:
+                raise EgressBlocked(suffix, "too_large", f"{len(data)} bytes, at most {self.max_image_bytes}")
+        except EgressBlocked as blocked:
+            with self._lock:
+                self.blocked[blocked.reason] += 1
+            log.warning("egress_blocked", topic=suffix, reason=blocked.reason, bytes=len(data))
+            raise
+        with self._lock:
+            self.images += 1
+            self.image_bytes += len(data)
+        return data
+
     def allows(self, suffix: str, payload: bytes) -> bool:
         try:
             self.check(suffix, payload)
@@ -185,7 +224,8 @@ class EgressGuard:
         with self._lock:
             blocked = {k: v for k, v in self.blocked.items() if v}
             blocked |= {REDACTED_PREFIX + k: v for k, v in self.redacted.items() if v}
-            return {"checked": self.checked, "blocked": sum(blocked.values()), "by_reason": blocked}
+            return {"checked": self.checked, "blocked": sum(blocked.values()), "by_reason": blocked,
+                    "images": self.images, "image_bytes": self.image_bytes}
 
     def redact(self, suffix: str, payload: bytes) -> bytes:
         """``payload`` with every value that may not leave replaced by a marker (each counted);

@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 QOS_STATE = 1
 QOS_TELEMETRY = 1
+QOS_IMAGE = 1
+"""Snapshots: a picture is sent once, and its sender waits for the broker to have it."""
 
 
 def _clipped(error: dict[str, str] | None) -> dict[str, str] | None:
@@ -176,6 +178,14 @@ class Telemetry:
         """A camera's results: sent now or not at all (never queued), through the egress guard's
         redaction as events are; False when the broker is away, for the caller to count."""
         return bool(await self._session.publish_now(topic, self._redacted(topic, self.encode(payload)), qos=qos))
+
+    async def publish_image(self, topic: str, data: bytes) -> bool:
+        """A camera's snapshot (the bytes of one JPEG): through the egress guard's ``check_image``
+        (EgressBlocked, counted, when it may not leave), then sent now at QoS 1 or not at all;
+        False when the broker is away, for the caller to count."""
+        if self.egress is not None:
+            data = self.egress.check_image(topic.removeprefix(self.topics.base + "/"), data)
+        return bool(await self._session.publish_now(topic, data, qos=QOS_IMAGE))
 
     def signal(self, model: type[Envelope], suffix: str, snapshot: dict[str, Any]) -> Envelope:
         """A drift, bias or leak payload around a monitor's snapshot."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from agent.core.config import ResultsSettings
 from agent.results.rate import RateLimiter
-from agent.results.snapshots import FolderSink, Snapshots
+from agent.results.snapshots import FolderSink, MqttSink, Picture, Snapshots, SnapshotSink
 from agent.results.tracker import TrackedObject, Tracker
 from agent.results.zones import ResultEvent, Scene
 from agent.vision.heads import Detection
@@ -28,12 +28,14 @@ __all__ = ["CameraResults", "FrameOutcome"]
 @dataclass(frozen=True)
 class FrameOutcome:
     """What one frame gave: its tracked objects, its events (each with its snapshot's name or
-    None), whether its results go out now (the rate), and the counts when they changed."""
+    None), whether its results go out now (the rate), the counts when they changed, and the
+    events' pictures to send when the camera's snapshots go over MQTT."""
 
     tracked: tuple[TrackedObject, ...]
     events: tuple[tuple[ResultEvent, str | None], ...]
     publish: bool
     counts: dict[str, dict[str, int]] | None
+    pictures: tuple[Picture, ...] = ()
 
 
 class CameraResults:
@@ -47,7 +49,9 @@ class CameraResults:
         self.scene = Scene(settings)
         self.rate = RateLimiter(settings.rate)
         folder = settings.snapshots.folder
-        sink = FolderSink(folder if folder.is_absolute() else state_dir / folder, settings.snapshots)
+        self.mqtt_sink = MqttSink() if settings.snapshots.sink == "mqtt" else None
+        sink: SnapshotSink = self.mqtt_sink or FolderSink(folder if folder.is_absolute() else state_dir / folder,
+                                                          settings.snapshots)
         self.snapshots = Snapshots(camera, settings.snapshots, sink)
         self._counts: dict[str, dict[str, int]] | None = None
 
@@ -62,4 +66,5 @@ class CameraResults:
         changed = counts if counts != self._counts else None
         self._counts = counts
         publish = self.rate.admit(now, self.scene.track_ids())
-        return FrameOutcome(tracked, with_pictures, publish, changed)
+        pictures = self.mqtt_sink.take() if self.mqtt_sink is not None else ()
+        return FrameOutcome(tracked, with_pictures, publish, changed, pictures)

@@ -1,13 +1,15 @@
-"""Snapshots: a JPEG of an event's best frame, size-bounded, kept in a local folder with retention.
+"""Snapshots: a JPEG of an event's best frame, size-bounded, kept in a local folder or sent over MQTT.
 
 Off by default (``SnapshotSettings.enabled``). Per camera, ``Snapshots.observe`` keeps,
 for each live track, the frame where its score was highest (scaled down, or cropped to
 the box, before it is kept, so memory stays bounded); ``Snapshots.on_event`` renders
 that picture for an event of a kind the settings name (boxes, labels and track ids
-drawn if asked), fits it under ``max_bytes``, writes it into the folder sink and
+drawn if asked), fits it under ``max_bytes``, stores it in the camera's sink and
 returns its name for the event's ``snapshot`` field. ``FolderSink`` writes atomically
 and deletes pictures older than ``retention_s``, then the oldest while the folder
-holds more than ``retention_bytes``.
+holds more than ``retention_bytes``. ``MqttSink`` (``sink = "mqtt"``) only keeps the
+JPEG for the frame's outcome: the results publisher sends it from the asyncio loop on
+``snapshots/<camera>`` through the egress guard (the frame thread never waits on MQTT).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -25,7 +28,8 @@ from agent.core.config import SnapshotSettings
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 
-__all__ = ["MAX_KEPT_TRACKS", "FolderSink", "Snapshots", "encode_jpeg", "render"]
+__all__ = ["MAX_KEPT_TRACKS", "FolderSink", "MqttSink", "Picture", "SnapshotSink", "Snapshots", "encode_jpeg",
+           "render"]
 
 MAX_KEPT_TRACKS = 64
 """Tracks whose best frame is kept at most per camera; past it, the lowest scores are dropped."""
@@ -112,12 +116,50 @@ def encode_jpeg(picture: np.ndarray, quality: int, max_bytes: int) -> bytes:
                                  interpolation=cv2.INTER_AREA)
 
 
+class SnapshotSink(Protocol):
+    """Where a camera's pictures go: ``store`` returns the name the event's ``snapshot`` field carries."""
+
+    def store(self, camera: str, name: str, data: bytes) -> str: ...
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One snapshot to send over MQTT: the event's picture name and the JPEG's bytes."""
+
+    camera: str
+    name: str
+    data: bytes
+
+
+class MqttSink:
+    """Pictures kept for the results publisher to send on ``snapshots/<camera>`` (``take`` hands them over)."""
+
+    def __init__(self) -> None:
+        self._pending: list[Picture] = []
+
+    def store(self, camera: str, name: str, data: bytes) -> str:
+        picture = Picture(camera, f"{camera}/{name}{JPEG_SUFFIX}", data)
+        self._pending.append(picture)
+        return picture.name
+
+    def take(self) -> tuple[Picture, ...]:
+        """The pictures stored since the last call (a frame's events' pictures), in order."""
+        pending, self._pending = tuple(self._pending), []
+        return pending
+
+
 class FolderSink:
     """Pictures in ``folder/<camera>/``, written atomically, pruned by age and total size."""
 
     def __init__(self, folder: Path, settings: SnapshotSettings) -> None:
         self.folder = folder
         self.settings = settings
+
+    def store(self, camera: str, name: str, data: bytes) -> str:
+        """Write the picture, then prune the folder; its name under the folder."""
+        path = self.write(camera, name, data)
+        self.prune()
+        return f"{camera}/{path.name}"
 
     def write(self, camera: str, name: str, data: bytes) -> Path:
         target = self.folder / camera / f"{name}{JPEG_SUFFIX}"
@@ -155,7 +197,7 @@ class FolderSink:
 class Snapshots:
     """One camera's snapshots; every method does nothing while ``settings.enabled`` is false."""
 
-    def __init__(self, camera: str, settings: SnapshotSettings, sink: FolderSink) -> None:
+    def __init__(self, camera: str, settings: SnapshotSettings, sink: SnapshotSink) -> None:
         self.camera = camera
         self.settings = settings
         self.sink = sink
@@ -163,7 +205,7 @@ class Snapshots:
         self._gone: list[int] = []
         """Tracks absent from the last frame: kept through it for their ``object_left``, then dropped."""
         self.written = 0
-        """Pictures written since start: what the egress telemetry counts."""
+        """Pictures stored since start (those over MQTT are counted again by the egress guard as they leave)."""
 
     def observe(self, frame: np.ndarray, frame_id: int, objects: Sequence[TrackedObject]) -> None:
         """Keep this frame for each matched object whose score is its best so far. Call it with each
@@ -195,7 +237,6 @@ class Snapshots:
         picture = _draw(kept.picture, kept.boxes) if self.settings.draw_boxes else kept.picture
         data = encode_jpeg(picture, self.settings.quality, self.settings.max_bytes)
         name = f"{round(event.ts * 1000)}-{event.kind}-{event.track_id}-f{kept.frame_id}"
-        path = self.sink.write(self.camera, name, data)
+        stored = self.sink.store(self.camera, name, data)
         self.written += 1
-        self.sink.prune()
-        return f"{self.camera}/{path.name}"
+        return stored

@@ -179,6 +179,17 @@ class ResultsHealth(WireModel):
     handoff_dropped: int = Field(ge=0, description="frames' outcomes the frame thread could not hand to the "
                                  "publisher (its queue was full): their results and events are lost")
     failures: int = Field(ge=0, description="frames whose results failed (logged; inference goes on)")
+    snapshots_sent: int = Field(default=0, ge=0, description="event pictures sent on snapshots/<camera> (sink mqtt)")
+    snapshots_dropped_offline: int = Field(default=0, ge=0, description="event pictures not sent: the broker "
+                                           "was away (never queued)")
+    snapshots_blocked: int = Field(default=0, ge=0, description="event pictures the egress guard kept in "
+                                   "(not a JPEG, or over egress_max_image_bytes)")
+    snapshots_dropped_queue: int = Field(default=0, ge=0, description="event pictures dropped on the device: "
+                                         "too many bytes of them waited for the publisher")
+    second_stage_frames: int = Field(default=0, ge=0, description="frames whose boxes a second stage read")
+    second_stage_crops: int = Field(default=0, ge=0, description="boxes (crops) it read")
+    second_stage_failures: int = Field(default=0, ge=0, description="frames whose reading failed (logged as "
+                                       "second_stage_failed; their results go out without text)")
 
 
 class HealthPayload(Envelope):

@@ -167,6 +167,8 @@ class EgressCounts(_Wire):
     checked: int = Field(ge=0)
     blocked: int = Field(ge=0)
     by_reason: dict[str, int]
+    images: int = Field(default=0, ge=0, description="snapshots sent as JPEGs on snapshots/<camera>")
+    image_bytes: int = Field(default=0, ge=0, description="their bytes together")
 
 
 class LeakPayload(Envelope):

@@ -89,6 +89,10 @@ class Topics:
         """Retained: objects per zone and label of one camera."""
         return f"{self.base}/counts/{check_segment(camera, 'camera name')}"
 
+    def snapshots(self, camera: str) -> str:
+        """One camera's event pictures, when its snapshots go over MQTT: bytes of one JPEG, QoS 1, not retained."""
+        return f"{self.base}/snapshots/{check_segment(camera, 'camera name')}"
+
     def telemetry(self, kind: str) -> str:
         return f"{self.base}/telemetry/{check_segment(kind, 'telemetry kind')}"
 

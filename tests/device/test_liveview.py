@@ -3,7 +3,9 @@ HTTP page, stream and snapshot, and a real headless Chromium rendering the page.
 
 The demo video is a slideshow (the handwriting and the page, then four photos without text,
 3 s each at 15 fps, looping); the boxes are drawn in magenta (``BOX_COLOR``), a colour its
-photos hardly hold, so counting magenta pixels finds the drawn boxes.
+photos hardly hold, so counting magenta pixels finds the drawn boxes, and the solid magenta
+areas left once the thin outlines are opened away are the labels' tags (``#<track id> ...``).
+The page lists the tracked objects with their ids (``data-track``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 
 from agent.device.liveview import BOUNDARY, BOX_COLOR
+from tests.device.test_liveview_tracks import TAG_PIXELS, tag_pixels
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.faultkit import log_events
 from tests.support.mosquitto import poll
@@ -92,6 +95,8 @@ def test_snapshot_is_an_annotated_jpeg_of_the_frame_size_and_the_stream_is_multi
         poll(lambda: box_pixels(snapshot(url)) >= BOX_PIXELS, WAIT_S, "a snapshot with boxes on the text photos")
         status, page = get(url)
         assert status == 200 and f"/cameras/{CAMERA}/stream.mjpg".encode() in page
+        poll(lambda: re.search(rb'<li data-track="(\d+)">#\1 text \d\.\d\d</li>', get(url)[1]) is not None,
+             WAIT_S, "the page listing the text photos' tracks with their ids")
         with urllib.request.urlopen(url + f"cameras/{CAMERA}/stream.mjpg", timeout=10) as stream:
             assert stream.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
             head = stream.read(1)
@@ -109,6 +114,7 @@ def test_snapshot_is_an_annotated_jpeg_of_the_frame_size_and_the_stream_is_multi
 def test_headless_chromium_shows_the_page_with_boxes_on_the_text_photos(tmp_path, demo_dir, mosquitto):
     agent = start_agent(tmp_path, demo_dir, mosquitto.url)
     shots: list[int] = []
+    tags: list[int] = []
     try:
         url = live_view_url(agent)
         for attempt in range(CHROMIUM_TRIES):
@@ -124,11 +130,13 @@ def test_headless_chromium_shows_the_page_with_boxes_on_the_text_photos(tmp_path
             image = cv2.imread(str(picture), cv2.IMREAD_COLOR)
             assert image is not None, "chromium wrote a PNG"
             shots.append(box_pixels(image))
+            tags.append(tag_pixels(image))
             if shots[-1] >= BOX_PIXELS:
                 break
     finally:
         agent.terminate()
     assert shots[-1] >= BOX_PIXELS, f"box-coloured pixels in each screenshot: {shots}"
+    assert tags[-1] >= TAG_PIXELS, f"pixels of the labels' (track ids') tags in each screenshot: {tags}"
 
 
 def test_a_listen_beyond_loopback_without_a_token_is_refused(tmp_path, demo_dir, mosquitto):

@@ -4,7 +4,9 @@ without text, 3 s each at 15 fps, looping).
 
 Results arrive per camera with rising frame ids and boxes on the text photos; object events
 go through the outbox and arrive in order, none lost, across a broker restart; the retained
-zone counts follow the slideshow.
+zone counts follow the slideshow. Snapshots go on ``snapshots/<camera>`` as JPEGs only when
+enabled with ``sink = "mqtt"``; with ``second_stage = "text-rec"`` the results carry the text
+the recognizer read, words that are on the page photo.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
+from agent.models.store import ModelStore
 from tests.support.agentproc import AgentProcess, agent_config
 from tests.support.faultkit import OutboxView, log_events, payloads_by_seq
 from tests.support.mosquitto import MqttProbe, poll
@@ -28,6 +33,7 @@ CAMERA = "front"
 RESULTS = f"edge/{DEVICE}/results/{CAMERA}"
 COUNTS = f"edge/{DEVICE}/counts/{CAMERA}"
 EVENTS = f"edge/{DEVICE}/events"
+SNAPSHOTS = f"edge/{DEVICE}/snapshots/{CAMERA}"
 HEALTH = f"edge/{DEVICE}/telemetry/health"
 WAIT_S = 45.0
 """Generous for a shared machine; one loop of the video is 18 s."""
@@ -66,7 +72,7 @@ def camera_config(tmp: Path, demo: Path, url: str, results: str = "") -> Path:
 
 def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_photos(
         tmp_path, demo_dir, mosquitto, mqtt_probe):
-    probe = mqtt_probe(mosquitto.port, [RESULTS, HEALTH])
+    probe = mqtt_probe(mosquitto.port, [RESULTS, HEALTH, f"edge/{DEVICE}/snapshots/+"])
     agent = AgentProcess(camera_config(tmp_path, demo_dir, mosquitto.url))
     try:
         poll(lambda: any(body(m)["frame_id"] >= VIDEO_FRAMES for m in probe.snapshot(RESULTS)), WAIT_S,
@@ -108,6 +114,67 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
     assert all(0.0 <= v <= 1.0 for point in box["polygon_norm"] for v in point)
     assert all(0.0 <= x <= 640 and 0.0 <= y <= 480 for x, y in box["polygon"])
     assert any(item["track_id"] is not None for t in on_page for item in t), "tracked boxes carry their id"
+    assert all(r["second_stage"] is None for r in results) and all(
+        item["text"] is None for t in texts.values() for item in t), "no second stage named: no text"
+    assert not [m for m in probe.snapshot() if "/snapshots/" in m.topic], "snapshots off (the default): none"
+
+
+SNAPSHOTS_ON = """
+[camera.results.snapshots]
+enabled = true
+sink = "mqtt"
+events = ["object_entered"]
+max_side = 320
+"""
+PAGE_WORDS = ("segmentation", "markers", "coins")
+"""Printed on the page photo (tests/results/test_recognize.py reads them from page.png)."""
+
+
+def test_snapshots_over_mqtt_arrive_as_jpegs_on_the_cameras_topic_when_enabled(
+        tmp_path, demo_dir, mosquitto, mqtt_probe):
+    probe = mqtt_probe(mosquitto.port, [SNAPSHOTS, EVENTS, HEALTH])
+    agent = AgentProcess(camera_config(tmp_path, demo_dir, mosquitto.url, SNAPSHOTS_ON))
+    try:
+        poll(lambda: len(probe.snapshot(SNAPSHOTS)) >= 3, WAIT_S, "three snapshots on the camera's topic")
+        health = body(probe.wait_for(lambda m: m.topic == HEALTH and body(m)["results"]["snapshots_sent"] >= 3,
+                                     what="health counting the snapshots"))
+    finally:
+        code = agent.terminate()
+    assert code == 0, agent.log()[-3000:]
+    for picture in probe.snapshot(SNAPSHOTS):
+        assert picture.payload[:3] == b"\xff\xd8\xff" and picture.payload[-2:] == b"\xff\xd9"
+        image = cv2.imdecode(np.frombuffer(picture.payload, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and max(image.shape[:2]) <= 320
+    named = [body(m)["data"]["snapshot"] for m in probe.snapshot(EVENTS) if body(m)["kind"] == "object_entered"]
+    assert named and all(str(n).startswith(f"{CAMERA}/") and str(n).endswith(".jpg") for n in named)
+    assert health["results"]["snapshots_blocked"] == 0
+    assert not (tmp_path / "state" / "snapshots").exists(), "sent, not written to the folder"
+
+
+def test_the_second_stage_reads_the_words_of_the_page_photo_into_the_results(
+        tmp_path, demo_dir, mosquitto, mqtt_probe):
+    config = camera_config(tmp_path, demo_dir, mosquitto.url)
+    config.write_text(config.read_text().replace(
+        "[camera.results.tracker]", '[camera.results]\nsecond_stage = "text-rec"\n\n[camera.results.tracker]', 1))
+    ModelStore(tmp_path / "engines").install(demo_dir / "models" / "text-rec-v4")
+    probe = mqtt_probe(mosquitto.port, [RESULTS])
+
+    def read() -> list[str]:
+        return [item["text"] for m in probe.snapshot(RESULTS) for item in body(m)["prediction"]["texts"]
+                if item["text"]]
+
+    agent = AgentProcess(config)
+    try:
+        poll(lambda: all(any(word in t for t in read()) for word in PAGE_WORDS), WAIT_S * 2,
+             "the page's words in the results")
+    finally:
+        code = agent.terminate()
+    assert code == 0, agent.log()[-3000:]
+    results = [body(m) for m in probe.snapshot(RESULTS)]
+    with_text = [r for r in results if any(item["text"] for item in r["prediction"]["texts"])]
+    assert all(r["second_stage"] == {"name": "text-rec", "version": "v4"} for r in with_text)
+    assert all(0.0 <= item["text_confidence"] <= 1.0 for r in with_text for item in r["prediction"]["texts"])
+    assert "second_stage_serving" in agent.log()
 
 
 def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -109,3 +110,53 @@ def test_dashboard_shows_each_devices_zone_counts_and_last_object_events(mosquit
     newest, oldest = first.index("car #9 object left after 2.5 s"), first.index("person #3 zone entered door")
     assert newest < oldest, "newest event first"
     assert '<span class="zone">front / yard: dog 1</span>' in second and '<td class="events">\u2013</td>' in second
+
+
+PICTURE_BGR = (40, 160, 40)
+"""The published snapshot's colour: a green the dashboard's own page never uses."""
+PICTURE_PIXELS = 10_000
+"""Pixels of that colour that mean the picture is on the screenshot: it is shown at most 240x180 (43,200)."""
+
+
+def test_dashboard_shows_each_cameras_latest_snapshot_picture_sent_over_mqtt(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    port = free_port()
+    log = tmp_path / "dashboard.log"
+    dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--port", str(port), log=log)
+    url = f"http://127.0.0.1:{port}/"
+    probe = MqttProbe(mosquitto.port)
+    old = cv2.imencode(".jpg", np.full((120, 160, 3), (200, 40, 40), np.uint8))[1].tobytes()
+    image = np.full((180, 240, 3), PICTURE_BGR, np.uint8)
+    cv2.putText(image, "#3", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    try:
+        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        probe.publish("edge/cam-1/snapshots/front", old)
+        probe.publish("edge/cam-1/snapshots/front", jpeg)
+        probe.publish("edge/cam-1/snapshots/back", b"\x89PNG not a jpeg")
+        poll(lambda: '"n": 2' in api(port), what="the second picture at the consumer")
+        with urllib.request.urlopen(f"{url}api/snapshot/cam-1/front", timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/jpeg" and response.read() == jpeg, "the latest"
+        for missing in ("api/snapshot/cam-1/back", "api/snapshot/cam-9/front", "api/snapshot/cam-1"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url + missing, timeout=10)
+            assert refused.value.code == 404, missing
+        dom = chromium(url, tmp_path / "profile-dom", "--dump-dom")
+        shot = chromium(url, tmp_path / "profile-shot", f"--screenshot={tmp_path / 'pictures.png'}")
+    finally:
+        probe.close()
+        stop(dashboard)
+    assert dom.returncode == 0, dom.stderr
+    assert shot.returncode == 0, shot.stderr
+    rows = section(dom.stdout, "objects", "tbody")
+    assert '<tr data-device="cam-1">' in rows
+    shown = re.search(r'<img class="snapshot" data-key="cam-1/front" alt="cam-1/front" src="(blob:[^"]+)">', rows)
+    assert shown is not None, rows
+    assert "cam-1/back" not in rows, "a payload that is not a JPEG is not a picture"
+    screenshot = cv2.imread(str(tmp_path / "pictures.png"), cv2.IMREAD_COLOR)
+    difference = np.abs(screenshot.astype(np.int16) - np.array(PICTURE_BGR, dtype=np.int16))
+    green = int(np.count_nonzero(np.all(difference <= 30, axis=-1)))
+    assert green >= PICTURE_PIXELS, f"{green} pixels of the picture's colour on the screenshot"

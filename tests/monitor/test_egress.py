@@ -9,7 +9,7 @@ from typing import Any
 import cv2
 import pytest
 
-from agent.core.config import DriftSection, MonitorSection
+from agent.core.config import DriftSection, EgressSection, MonitorSection
 from agent.monitor.drift import DriftMonitor
 from agent.monitor.egress import EgressBlocked, EgressGuard
 from agent.wire import PAYLOADS
@@ -47,7 +47,7 @@ def test_a_real_drift_payload_passes_unchanged(guard):
     monitor = DriftMonitor(DriftSection(drift_window=10, drift_min_samples=10))
     encoded = DriftPayload(**ENVELOPE, **monitor.snapshot()).model_dump_json().encode()
     assert guard.check("telemetry/drift", encoded) is encoded
-    assert guard.counts() == {"checked": 1, "blocked": 0, "by_reason": {}}
+    assert guard.counts() == {"checked": 1, "blocked": 0, "by_reason": {}, "images": 0, "image_bytes": 0}
 
 
 def test_ordinary_event_text_is_not_mistaken_for_binary(guard):
@@ -103,7 +103,7 @@ def test_every_block_is_counted_by_reason(guard, crop):
     guard.allows("telemetry/frames", event())
     guard.allows("events", event())
     assert guard.counts() == {"checked": 4, "blocked": 3,
-                              "by_reason": {"not_json": 2, "unknown_topic": 1}}
+                              "by_reason": {"not_json": 2, "unknown_topic": 1}, "images": 0, "image_bytes": 0}
 
 
 def jpeg_base64(crop: Any) -> str:
@@ -187,4 +187,32 @@ def test_every_payload_a_simulated_fleet_publishes_passes_unchanged(
         # The simulator's signal payloads are simpler than the agent's schema: only what the
         # detectors find is asked here (redact applies them all, without the schema).
         assert guard.redact(message.topic.split("/", 2)[2], message.payload) is message.payload
-    assert guard.counts() == {"checked": len(messages), "blocked": 0, "by_reason": {}}
+    assert guard.counts() == {"checked": len(messages), "blocked": 0, "by_reason": {}, "images": 0,
+                              "image_bytes": 0}
+
+
+def test_a_jpeg_leaves_only_on_a_camera_s_snapshots_topic_and_is_counted(guard, crop):
+    jpeg = cv2.imencode(".jpg", crop)[1].tobytes()
+    assert guard.check_image("snapshots/front", jpeg) is jpeg
+    assert guard.counts()["images"] == 1 and guard.counts()["image_bytes"] == len(jpeg)
+    for suffix in ("results/front", "events", "snapshots", "snapshots/front/more", "telemetry/health"):
+        with pytest.raises(EgressBlocked) as caught:
+            guard.check_image(suffix, jpeg)
+        assert caught.value.reason == "image_topic", suffix
+    png = cv2.imencode(".png", crop)[1].tobytes()
+    for data in (png, crop.tobytes(), jpeg[:-2], b'{"ts": 1}'):
+        with pytest.raises(EgressBlocked) as caught:
+            guard.check_image("snapshots/front", data)
+        assert caught.value.reason == "not_jpeg"
+    assert blocked_reason(guard, "snapshots/front", jpeg) == "unknown_topic", "no JSON payload goes there either"
+    counts = guard.counts()
+    assert counts["images"] == 1 and counts["by_reason"] == {"image_topic": 5, "not_jpeg": 4, "unknown_topic": 1}
+
+
+def test_a_snapshot_larger_than_the_image_bound_is_blocked(crop):
+    guard = EgressGuard(MODELS, EgressSection(egress_max_image_bytes=4096))
+    big = cv2.imencode(".jpg", cv2.resize(video()[60], (640, 480)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert len(big) > 4096
+    with pytest.raises(EgressBlocked) as caught:
+        guard.check_image("snapshots/front", big)
+    assert caught.value.reason == "too_large" and guard.counts()["images"] == 0

@@ -130,7 +130,8 @@ def test_live_results_reach_a_subscriber_and_are_dropped_and_counted_while_the_b
     # Frame 1 (broker away): its results dropped; its two objects' events and new counts kept
     # (the outbox and the retained state), for the next connection.
     assert results.health() == {"published": 1, "dropped_offline": 1, "held": 0, "events": 4, "counts": 2,
-                                "handoff_dropped": 0, "failures": 0}
+                                "handoff_dropped": 0, "failures": 0, "snapshots_sent": 0,
+                                "snapshots_dropped_offline": 0, "snapshots_blocked": 0, "snapshots_dropped_queue": 0}
     assert link.status().outbox_depth == 4
 
 

@@ -163,6 +163,9 @@ class EgressSection(Section):
     """An unbroken base64-alphabet run this long in any string is taken for encoded binary."""
     egress_max_array_items: int = Field(default=256, ge=16)
     """A list (nested lists counted whole) with more values than this is taken for pixel data."""
+    egress_max_image_bytes: int = Field(default=1_000_000, ge=4096)
+    """A snapshot (the only image that may leave, on ``snapshots/<camera>``, as one JPEG) larger than
+    this is blocked; a camera's ``results.snapshots.max_bytes`` (200 kB by default) keeps under it."""
 
 
 class MonitorSection(EgressSection, LeakSection, BiasSection, DriftSection):

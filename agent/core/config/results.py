@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.core.names import check_name
+
 __all__ = [
     "LineSettings",
     "RateSettings",
@@ -123,10 +125,16 @@ class RateSettings(_Settings):
 
 
 class SnapshotSettings(_Settings):
-    """A JPEG of an event's best frame, kept in a local folder. Off by default."""
+    """A JPEG of an event's best frame, kept in a local folder or sent over MQTT. Off by default."""
 
     enabled: bool = False
-    """Pictures are written for the ``events`` below (local folder only, so far)."""
+    """Pictures are made for the ``events`` below and go to the ``sink``."""
+    sink: Literal["folder", "mqtt"] = "folder"
+    """``folder``: written under ``folder``, pruned by retention, never sent. ``mqtt``: each picture
+    published as the bytes of one JPEG on ``<prefix>/<id>/snapshots/<camera>`` (QoS 1, sent on
+    the live connection or counted as dropped, never queued in the outbox), counted in the leak
+    telemetry's ``egress`` (``images``, ``image_bytes``); the egress guard lets a JPEG out on that
+    topic only, up to ``[monitor] egress_max_image_bytes``."""
     events: tuple[Literal["object_entered", "object_left", "zone_entered", "zone_left", "line_crossed"], ...] = (
         "object_left",
     )
@@ -172,6 +180,16 @@ class ResultsSettings(_Settings):
     """How often ``results/<camera>`` is published."""
     snapshots: SnapshotSettings = SnapshotSettings()
     """A picture of an event's best frame (off by default)."""
+    second_stage: str | None = None
+    """A model of the store run on each box's crop of the frames whose results go out (the rate's),
+    e.g. ``"text-rec"``: a recognizer (``task: recognize``, ``ctc`` head) whose text the results
+    carry (``text``, ``text_confidence``, ``second_stage``). Loaded at start from its current
+    version in the store; not installed: logged, and the results go out without text. None: none."""
+
+    @field_validator("second_stage")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value, "second_stage")
 
     @model_validator(mode="after")
     def _unique_names(self) -> ResultsSettings:
