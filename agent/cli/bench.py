@@ -8,9 +8,7 @@ from pathlib import Path
 
 import agent.dev.bench as dev_bench
 from agent.cli.say import EXIT_OK, fail, say
-from agent.dev.base import DevError
-from agent.dev.bench_cameras import CAMERA_COUNTS
-from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S
+from agent.dev import CAMERA_COUNTS, SHADOW_ROUNDS, SHADOW_S, DevError
 
 __all__ = ["main"]
 

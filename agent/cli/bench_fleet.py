@@ -11,7 +11,7 @@ from typing import Any
 
 import agent.dev.bench_fleet as dev_bench_fleet
 from agent.cli.say import EXIT_OK, fail, say
-from agent.dev.base import DevError
+from agent.dev import DevError
 
 __all__ = ["main"]
 

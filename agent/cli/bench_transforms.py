@@ -8,7 +8,7 @@ from pathlib import Path
 
 import agent.dev.bench_transforms as dev_bench_transforms
 from agent.cli.say import EXIT_OK, fail, say
-from agent.dev.base import DevError
+from agent.dev import DevError
 
 __all__ = ["main"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.progress import ProgressBoard
-from agent.models.build_spec import DEFAULT_WORKSPACE_MB
+from agent.models import DEFAULT_WORKSPACE_MB
 
 __all__ = ["add_build_parser", "build_main", "main"]
 
@@ -46,10 +46,16 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_main(args: argparse.Namespace) -> int:
     """Run a parsed ``model build``: 0 built or cached, 2 bad request, 1 build failed."""
-    from agent.models.build import BuildProgress, copy_engine, ensure_engine
-    from agent.models.build_spec import BuildSpec, BuildSpecError, parse_shape
-    from agent.models.engine_cache import EngineCache
-    from agent.runtime.base import EngineError
+    from agent.models import (
+        BuildProgress,
+        BuildSpec,
+        BuildSpecError,
+        EngineCache,
+        copy_engine,
+        ensure_engine,
+        parse_shape,
+    )
+    from agent.runtime import EngineError
 
     try:
         shapes = dict(parse_shape(text) for text in args.shape)

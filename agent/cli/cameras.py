@@ -11,7 +11,7 @@ from typing import Any
 
 from agent.cli.connect import connect
 from agent.cli.control import _common, _finish, _send
-from agent.core.config import parse_scalar as _parse_scalar
+from agent.core import parse_scalar as _parse_scalar
 
 __all__ = ["add_camera_parsers", "camera_body"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.dev.config_doc import render_markdown
+from agent.dev import render_markdown
 
 __all__ = ["main"]
 

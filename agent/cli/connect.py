@@ -21,11 +21,9 @@ from typing import NoReturn
 
 import aiomqtt
 
-from agent.core.config import AgentConfig, ConfigError, load_config
-from agent.core.errors import AgentError
-from agent.fleet.control import ControlClient
-from agent.fleet.local import LocalAgentError, local_target
-from agent.models.fetch import load_private_key
+from agent.core import AgentConfig, AgentError, ConfigError, load_config
+from agent.fleet import ControlClient, LocalAgentError, local_target
+from agent.models import load_private_key
 from agent.wire import DeviceState, PayloadError, StatusPayload, decode_payload
 
 __all__ = ["DEFAULT_PREFIX", "EXIT_FAILURE", "EXIT_USAGE", "ConnectError", "Connection",

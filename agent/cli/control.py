@@ -25,11 +25,20 @@ from agent.cli.connect import (
     silence_hint,
 )
 from agent.cli.progress import ProgressBoard
-from agent.core.progress import Progress
-from agent.fleet.artifact import FORMATS, HEAD_BYTES, sniff
-from agent.fleet.control import ControlError, NoReplyError, Reply, new_command_id
-from agent.fleet.plan import PlanError, parse_duration, parse_percent
-from agent.models.fetch import (
+from agent.core import Progress
+from agent.fleet import (
+    FORMATS,
+    HEAD_BYTES,
+    ControlError,
+    NoReplyError,
+    PlanError,
+    Reply,
+    new_command_id,
+    parse_duration,
+    parse_percent,
+    sniff,
+)
+from agent.models import (
     STATEMENT_VALID_S,
     Statement,
     generate_keypair,

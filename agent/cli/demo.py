@@ -8,7 +8,7 @@ from pathlib import Path
 
 import agent.dev.demo as dev_demo
 from agent.cli.say import EXIT_OK, fail, say
-from agent.dev.base import DevError
+from agent.dev import DevError
 
 __all__ = ["main"]
 

@@ -12,10 +12,17 @@ from typing import Any
 from agent.cli.control import add_shadow_arguments, artifact_format, shadow_terms, signed_fields, valid_days_argument
 from agent.cli.progress import ProgressBoard
 from agent.cli.say import run_until_signal, say
-from agent.fleet.artifact import FORMATS
-from agent.fleet.control import ControlClient, ControlError
-from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
-from agent.fleet.record import RecordError
+from agent.fleet import (
+    FORMATS,
+    ControlClient,
+    ControlError,
+    PlanError,
+    RecordError,
+    RolloutPlan,
+    parse_duration,
+    parse_percent,
+    parse_percents,
+)
 
 __all__ = ["add_fleet_parsers"]
 
@@ -41,10 +48,17 @@ def _plan(args: argparse.Namespace) -> RolloutPlan:
 
 
 def cmd_fleet_deploy(args: argparse.Namespace) -> int:
-    from agent.core.log import configure_logging
-    from agent.fleet.link import FleetLink
-    from agent.fleet.record import RolloutStore, new_rollout_id
-    from agent.fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
+    from agent.core import configure_logging
+    from agent.fleet import (
+        FleetLink,
+        Rollout,
+        RolloutError,
+        RolloutSpec,
+        RolloutStore,
+        check_resume,
+        new_rollout_id,
+        plan_rollout,
+    )
 
     configure_logging(args.log_level)
     try:
@@ -96,8 +110,8 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
 
 # ----- fleet simulate -------------------------------------------------------------------------
 def cmd_fleet_simulate(args: argparse.Namespace) -> int:
-    from agent.core.log import configure_logging
-    from agent.sim.simulate import SimError, SimFleet, SimProcesses, SimSpec, auto_processes
+    from agent.core import configure_logging
+    from agent.sim import SimError, SimFleet, SimProcesses, SimSpec, auto_processes
 
     configure_logging(args.log_level)
     try:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.fleet.control import ControlClient, ControlError
+from agent.fleet import ControlClient, ControlError
 
 __all__ = ["add_watch_parsers"]
 
@@ -26,8 +26,8 @@ def _client(args: argparse.Namespace) -> ControlClient:
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
-    from agent.core.log import configure_logging
-    from agent.fleet.status import collect, device_rows, render_table
+    from agent.core import configure_logging
+    from agent.fleet import collect, device_rows, render_table
 
     configure_logging("warning")
     try:
@@ -57,9 +57,8 @@ def _until_signal(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 def _serve(args: argparse.Namespace, dashboard_port: int | None, listen_sets_dashboard: bool) -> int:
     """``--listen HOST:PORT`` is the address of the page (``dashboard``) or of /metrics (``watch``);
     every HTTP server of the command binds its host."""
-    from agent.core.log import configure_logging
-    from agent.fleet.consumer import Consumer, ConsumerOptions
-    from agent.fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
+    from agent.core import configure_logging
+    from agent.fleet import LISTEN_HOST, Consumer, ConsumerOptions, FleetHttpServer, HttpAccess, parse_listen
 
     configure_logging(args.log_level)
     servers: list[FleetHttpServer] = []
@@ -111,8 +110,8 @@ def cmd_fleet_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_events(args: argparse.Namespace) -> int:
-    from agent.core.log import configure_logging
-    from agent.fleet.events import EventFilter, stream_events
+    from agent.core import configure_logging
+    from agent.fleet import EventFilter, stream_events
 
     configure_logging(args.log_level)
     try:

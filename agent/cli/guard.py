@@ -19,12 +19,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 def known_errors() -> tuple[type[Exception], ...]:
     """The errors a tool reports as a one-line message (imported late: they pull in OpenCV and ONNX)."""
-    from agent.models.bundle import BundleError
-    from agent.models.graph import SpecMismatchError
-    from agent.models.manifest import ManifestError
-    from agent.runtime.base import EngineError
-    from agent.tools.errors import ToolError
-    from agent.vision.transforms import TransformError
+    from agent.models import BundleError, ManifestError, SpecMismatchError
+    from agent.runtime import EngineError
+    from agent.tools import ToolError
+    from agent.vision import TransformError
 
     return (ToolError, ManifestError, SpecMismatchError, TransformError, EngineError, BundleError,
             FileNotFoundError, PermissionError, IsADirectoryError)
@@ -34,7 +32,7 @@ def guarded(command: str, handler: Handler) -> Handler:
     """``handler`` with the tools' errors printed as ``edge-agent model <command>: <message>``."""
 
     def run(args: argparse.Namespace) -> int:
-        from agent.models.fetch import FetchError
+        from agent.models import FetchError
 
         try:
             return handler(args)

@@ -16,7 +16,7 @@ from agent.cli.fleet import add_fleet_parsers
 from agent.cli.model import add_tool_parsers
 from agent.cli.profile import add_profile_parser
 from agent.cli.top import add_top_parser
-from agent.core.config import ConfigError, load_config
+from agent.core import ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -36,8 +36,8 @@ def _config_or_exit(path: Path) -> object:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.core.log import bind_context, configure_logging
-    from agent.device.daemon import StartupError, run_agent
+    from agent.core import bind_context, configure_logging
+    from agent.device import StartupError, run_agent
 
     config = _config_or_exit(args.config)
     configure_logging(config.agent.log_level)  # type: ignore[attr-defined]

@@ -45,14 +45,14 @@ def progress_printer(what: str) -> Callable[[int, int], None]:
 
 
 def _frames(args: argparse.Namespace, count: int) -> list[Any]:
-    from agent.tools.frames import read_frames
+    from agent.tools import read_frames
 
     return read_frames(count, video=getattr(args, "video", None) or getattr(args, "calib_video", None),
                        images=getattr(args, "calib_images", None))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from agent.tools.export import export_onnx, load_torch_model, parse_shape
+    from agent.tools import export_onnx, load_torch_model, parse_shape
 
     shape = parse_shape(args.input_shape)
     result = export_onnx(load_torch_model(args.model), shape, args.output, opset=args.opset,
@@ -66,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _calibration_split(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """(calibration, held-out) frames: the held-out ones spread evenly over what was read, the
     calibration frames chosen from the rest to cover the scene (``--select cover``) or evenly."""
-    from agent.tools.frames import COVER_POOL, covering_frames
+    from agent.tools import COVER_POOL, covering_frames
 
     held = args.eval_frames if args.target_agreement is not None else 0
     pool = COVER_POOL if args.select == "cover" else 1
@@ -80,9 +80,7 @@ def _calibration_split(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from agent.tools.modelref import resolve_model
-    from agent.tools.quantize import QuantizeOptions, quantize_model
-    from agent.tools.sensitivity import format_sensitivity
+    from agent.tools import QuantizeOptions, format_sensitivity, quantize_model, resolve_model
 
     options = QuantizeOptions(method=args.method, target=args.target, per_channel=args.per_channel,
                               format=args.format, reduce_range=args.reduce_range,
@@ -104,8 +102,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_simplify(args: argparse.Namespace) -> int:
-    from agent.tools.modelref import resolve_model
-    from agent.tools.quantize import simplify_model
+    from agent.tools import resolve_model, simplify_model
 
     manifest, report = simplify_model(resolve_model(args.model, args.manifest), args.output, version=args.version)
     print(f"{args.output}: {manifest.name} {manifest.version}, {report.nodes_before} -> {report.nodes_after} nodes "
@@ -122,8 +119,7 @@ def _held_out(frames: list[Any], count: int) -> tuple[list[Any], list[Any]]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from agent.tools.modelref import resolve_model
-    from agent.tools.prune import format_report, prune_folder
+    from agent.tools import format_report, prune_folder, resolve_model
 
     source = resolve_model(args.model, args.manifest)
     if args.pattern == "channels" or args.recover:
@@ -138,9 +134,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _prune_recover(args: argparse.Namespace, source: Any) -> int:
-    from agent.tools.errors import PruneError
-    from agent.tools.frames import covering_frames, read_video_frames
-    from agent.tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
+    from agent.tools import (
+        REFIT_FRAMES,
+        PruneError,
+        RecoverOptions,
+        covering_frames,
+        format_stages,
+        prune_recover_folder,
+        read_video_frames,
+    )
 
     if args.video is None:
         raise PruneError("channel pruning and --recover need --video: frames to refit, recover and report on")
@@ -164,7 +166,7 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
 
 def _pair(args: argparse.Namespace) -> tuple[Any, Any]:
     """A and B; an .onnx without a manifest takes --manifest, else the other side's folder."""
-    from agent.tools.modelref import find_manifest, resolve_model
+    from agent.tools import find_manifest, resolve_model
 
     sides = (args.a, args.b)
     own = [path.is_dir() and find_manifest(path) is not None for path in sides]
@@ -179,7 +181,7 @@ def _pair(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from agent.tools.compare import compare_models, format_comparison
+    from agent.tools import compare_models, format_comparison
 
     a, b = _pair(args)
     frames = _frames(args, args.frames)
@@ -190,11 +192,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from agent.tools.compare import format_comparison
-    from agent.tools.distill import DistillOptions, distill
-    from agent.tools.export import load_torch_model
-    from agent.tools.frames import read_video_frames
-    from agent.tools.modelref import resolve_model
+    from agent.tools import (
+        DistillOptions,
+        distill,
+        format_comparison,
+        load_torch_model,
+        read_video_frames,
+        resolve_model,
+    )
 
     options = DistillOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)

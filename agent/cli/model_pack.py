@@ -9,8 +9,8 @@ from typing import Any
 
 from agent.cli.guard import guarded
 from agent.cli.say import EXIT_FAILURE, EXIT_OK
-from agent.models.fetch import STATEMENT_VALID_S
-from agent.tools.errors import PackError
+from agent.models import STATEMENT_VALID_S
+from agent.tools import PackError
 
 __all__ = ["add_pack_parsers"]
 
@@ -52,8 +52,7 @@ def _preprocess_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from agent.tools.modelref import find_manifest
-    from agent.tools.pack import build_manifest, pack_model
+    from agent.tools import build_manifest, find_manifest, pack_model
 
     template = None
     if args.preprocess_from is not None:
@@ -84,7 +83,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from agent.tools.inspection import format_inspection, inspect_bundle
+    from agent.tools import format_inspection, inspect_bundle
 
     result = inspect_bundle(args.bundle, public_key=args.pubkey, signature=args.signature)
     if args.json:

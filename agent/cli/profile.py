@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.progress import ProgressBoard
-from agent.tools.profile import DEFAULT_BINS, DEFAULT_FRAMES
+from agent.tools import DEFAULT_BINS, DEFAULT_FRAMES
 
 __all__ = ["add_profile_parser", "cmd_profile"]
 
@@ -33,8 +33,8 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Profile ``args.model_dir`` on a video or an image folder and write the reference into its manifest."""
-    from agent.models.loader import EngineOptions
-    from agent.tools.profile import ProfileError, image_frames, profile, video_frames, write_reference
+    from agent.models import EngineOptions
+    from agent.tools import ProfileError, image_frames, profile, video_frames, write_reference
 
     folder: Path = args.model_dir
     try:

@@ -21,7 +21,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from agent.core.progress import Progress as ProgressCallback
+from agent.core import Progress as ProgressCallback
 
 __all__ = ["ProgressBoard", "is_terminal"]
 

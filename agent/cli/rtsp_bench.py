@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.cli.say import EXIT_OK, say
-from agent.dev.rtsp_bench import measure_rtsp_recovery, recovery_summary, rtsp_server_unavailable
+from agent.dev import measure_rtsp_recovery, recovery_summary, rtsp_server_unavailable
 
 __all__ = ["main"]
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import Console
 from rich.text import Text
 
-from agent.mqtt.broker import PASSWORD_FILE
-from agent.vision.sources import redact_uri
+from agent.mqtt import PASSWORD_FILE
+from agent.vision import redact_uri
 
 if TYPE_CHECKING:
-    from agent.device.daemon import Agent
+    from agent.device import Agent
 
 __all__ = ["command_name", "print_summary", "summary_rows"]
 

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.cli.connect import ConnectError, Connection, add_connection_arguments, connect, resolve
-from agent.fleet.top import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
+from agent.fleet import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
 from agent.wire import CameraState, DeploymentState, DeviceState, SignalState
 
 __all__ = ["add_top_parser", "render"]
@@ -226,7 +226,7 @@ async def _live(args: argparse.Namespace, connection: Connection, console: Conso
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from agent.core.log import configure_logging
+    from agent.core import configure_logging
 
     configure_logging("warning")
     connection = connect(args)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.core.errors import AgentError
+from agent.core import AgentError
 
 __all__ = ["DevError", "Report"]
 

@@ -39,26 +39,26 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.config import DeploySection, SourceSection
+from agent.core import DeploySection, SourceSection
 from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from agent.dev.bench_liveview import bench_liveview
 from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S, bench_shadow
 from agent.dev.bench_stages import bench_second_stage
 from agent.dev.bench_tools import bench_tools
-from agent.models.bundle import pack_bundle
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeploymentManager, DeployRequest
-from agent.models.manifest import sha256_file
-from agent.models.probation import Probation
-from agent.models.store import ModelStore
-from agent.monitor.health import rss_bytes
-from agent.monitor.latency import LatencyRecorder
-from agent.runtime.onnxrt import OnnxRuntimeEngine
-from agent.runtime.slot import EngineSlot
-from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import FrameSource
-from agent.vision.transforms import Preprocessor
+from agent.models import (
+    DeploymentManager,
+    DeployRequest,
+    EngineOptions,
+    ModelStore,
+    Probation,
+    load_serving,
+    pack_bundle,
+    sha256_file,
+)
+from agent.monitor import LatencyRecorder, rss_bytes
+from agent.runtime import EngineSlot, OnnxRuntimeEngine
+from agent.vision import FrameResult, FrameSource, Pipeline, Preprocessor
 
 __all__ = ["BENCHES", "bench_pipeline", "bench_results", "bench_swaps", "run_bench"]
 
@@ -88,10 +88,9 @@ def _source(video: Path) -> FrameSource:
 
 def _monitors(serving: Any) -> list[Any]:
     """The agent's per-frame monitors (drift and bias), set up as the daemon does."""
-    from agent.core.config import MonitorSection
-    from agent.monitor.bias import BiasMonitor
-    from agent.monitor.drift import DriftMonitor
-    from agent.vision.summary import Monitors
+    from agent.core import MonitorSection
+    from agent.monitor import BiasMonitor, DriftMonitor
+    from agent.vision import Monitors
 
     section = MonitorSection()
     drift = DriftMonitor(section, serving.manifest.reference, serving.version)
@@ -193,7 +192,7 @@ class TimedObserver:
 
 def _results_settings(width: int, height: int) -> Any:
     """Every frame published, a zone on the left half and a line down the middle: all of it runs."""
-    from agent.core.config import LineSettings, RateSettings, ResultsSettings, ZoneSettings
+    from agent.core import LineSettings, RateSettings, ResultsSettings, ZoneSettings
 
     half = width / 2
     return ResultsSettings(
@@ -206,9 +205,9 @@ def results_fps(store: ModelStore, video: Path, frames: int, state_dir: Path) ->
     """Pipeline frames/s with the results publisher observing, and its costs per frame."""
     import threading
 
-    from agent.monitor.telemetry import Telemetry
+    from agent.monitor import Telemetry
     from agent.results import ResultsPublisher
-    from agent.wire.topics import Topics
+    from agent.wire import Topics
 
     topics = Topics("edge", "bench")
     telemetry = Telemetry(topics, "bench", "bench")

@@ -25,17 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.core.config import CameraSection
+from agent.core import CameraSection
 from agent.dev.base import DevError, Report
 from agent.dev.rtsp_bench import RtspServerError, measure_rtsp_recovery, rtsp_server_unavailable
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.store import ModelStore
-from agent.monitor.latency import LatencyRecorder
-from agent.runtime.slot import EngineSlot
-from agent.vision.cameras import CameraSet
-from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
-from agent.vision.scheduler import Scheduler
-from agent.vision.transforms import Preprocessor
+from agent.models import EngineOptions, ModelStore, load_serving
+from agent.monitor import LatencyRecorder
+from agent.runtime import EngineSlot
+from agent.vision import MAX_BATCH_FRAMES, CameraSet, FrameResult, Pipeline, Preprocessor, Scheduler
 
 __all__ = ["CAMERA_COUNTS", "bench_cameras"]
 

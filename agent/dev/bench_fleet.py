@@ -43,14 +43,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.dev.base import DevError
-from agent.fleet.consumer import Consumer, ConsumerOptions
-from agent.fleet.control import ControlClient
-from agent.fleet.link import FleetLink
-from agent.fleet.mqttfast import pack_connect, pack_publish
-from agent.mqtt.broker import EmbeddedBroker, free_port
-from agent.mqtt.settings import parse_broker_url
-from agent.sim.device import SimDevice
-from agent.sim.simulate import SimSpec, device_ids
+from agent.fleet import Consumer, ConsumerOptions, ControlClient, FleetLink, pack_connect, pack_publish
+from agent.mqtt import EmbeddedBroker, free_port, parse_broker_url
+from agent.sim import SimDevice, SimSpec, device_ids
 from agent.wire import DeploymentState, DeviceState
 
 __all__ = ["FLOOD_RATE", "bench_consumers", "bench_fleet", "profile_consumer"]

@@ -23,16 +23,13 @@ from typing import Any
 
 import cv2
 
-from agent.core.config import LiveViewSection, SourceSection
+from agent.core import LiveViewSection, SourceSection
 from agent.dev.base import DevError, Report
-from agent.device.liveview import BOUNDARY, LiveView, annotate
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.store import ModelStore
-from agent.monitor.latency import LatencyRecorder
-from agent.runtime.slot import EngineSlot
-from agent.vision.heads import Detection
-from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.sources import Frame, FrameSource
+from agent.device import BOUNDARY, LiveView, annotate
+from agent.models import EngineOptions, ModelStore, load_serving
+from agent.monitor import LatencyRecorder
+from agent.runtime import EngineSlot
+from agent.vision import Detection, Frame, FrameResult, FrameSource, Pipeline
 
 __all__ = ["CAMERA", "bench_liveview"]
 

@@ -25,19 +25,23 @@ from typing import Any
 
 import numpy as np
 
-from agent.core.config import DeploySection, SourceSection
+from agent.core import DeploySection, SourceSection
 from agent.dev.base import Report
-from agent.models.bundle import pack_bundle
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
-from agent.models.manifest import sha256_file
-from agent.models.shadow import ShadowSpec
-from agent.models.store import ModelStore
-from agent.monitor.latency import LatencyRecorder
-from agent.runtime.slot import EngineSlot
-from agent.vision.pipeline import FrameResult, Pipeline
-from agent.vision.shadow import ShadowRunner
-from agent.vision.sources import FrameSource
+from agent.models import (
+    DeployFailed,
+    DeploymentManager,
+    DeploymentStatus,
+    DeployRequest,
+    EngineOptions,
+    ModelStore,
+    ShadowSpec,
+    load_serving,
+    pack_bundle,
+    sha256_file,
+)
+from agent.monitor import LatencyRecorder
+from agent.runtime import EngineSlot
+from agent.vision import FrameResult, FrameSource, Pipeline, ShadowRunner
 from agent.wire import DeploymentStep
 
 __all__ = ["SHADOW_ROUNDS", "SHADOW_S", "bench_shadow"]

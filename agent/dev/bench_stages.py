@@ -23,14 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.core.config import RateSettings, ResultsSettings
+from agent.core import RateSettings, ResultsSettings
 from agent.dev.base import DevError, Report
-from agent.models.loader import EngineOptions
-from agent.models.store import ModelStore
-from agent.monitor.telemetry import Telemetry
-from agent.results import ResultsPublisher
-from agent.results.stages import SecondStages, StageReading, second_stage_options
-from agent.wire.topics import Topics
+from agent.models import EngineOptions, ModelStore
+from agent.monitor import Telemetry
+from agent.results import ResultsPublisher, SecondStages, StageReading, second_stage_options
+from agent.wire import Topics
 
 __all__ = ["STAGE", "bench_second_stage"]
 

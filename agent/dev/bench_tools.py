@@ -25,13 +25,21 @@ import numpy as np
 import onnx
 
 from agent.dev.base import Report
-from agent.runtime.onnxrt import OnnxRuntimeEngine
-from agent.tools.compare import compare_models
-from agent.tools.frames import covering_frames, read_video_frames
-from agent.tools.modelref import ModelRef, resolve_model
-from agent.tools.prune import Pattern, prune_folder
-from agent.tools.quantize import QuantizeOptions, calibration_feeds, quantize_model, simplify_model
-from agent.tools.sensitivity import format_sensitivity
+from agent.runtime import OnnxRuntimeEngine
+from agent.tools import (
+    ModelRef,
+    Pattern,
+    QuantizeOptions,
+    calibration_feeds,
+    compare_models,
+    covering_frames,
+    format_sensitivity,
+    prune_folder,
+    quantize_model,
+    read_video_frames,
+    resolve_model,
+    simplify_model,
+)
 
 __all__ = ["CPU_FLAGS", "bench_tools", "cpu_flags"]
 
@@ -185,7 +193,7 @@ def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], 
 
 
 def _bench_pruning(demo: Path, report: Report) -> None:
-    from agent.tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
+    from agent.tools import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
 
     frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
     training, held_out = frames[0::4][:RECOVERY_FRAMES], frames[1::4][:AGREEMENT_FRAMES]

@@ -20,10 +20,9 @@ import onnx
 import onnxruntime as ort
 
 from agent.dev.base import DevError
-from agent.models.graph import fuse_preprocessing
-from agent.models.manifest import MANIFEST_FILE, Manifest
-from agent.runtime.base import TensorSpec
-from agent.vision.transforms import Preprocessor
+from agent.models import MANIFEST_FILE, Manifest, fuse_preprocessing
+from agent.runtime import TensorSpec
+from agent.vision import Preprocessor
 
 __all__ = ["DEFAULT_REPEATS", "DEFAULT_THREADS", "FusedComparison", "compare_demo", "compare_fused", "measure",
            "measure_preprocess"]

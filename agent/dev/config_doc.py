@@ -10,7 +10,7 @@ from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
 
-from agent.core.config import ENV_PREFIX, AgentConfig
+from agent.core import ENV_PREFIX, AgentConfig
 
 __all__ = ["render_markdown"]
 

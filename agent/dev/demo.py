@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.dev.base import DevError, Report
-from agent.models.manifest import HeadSpec, Manifest, PreprocessSpec
-from agent.models.store import ModelStore
+from agent.models import HeadSpec, Manifest, ModelStore, PreprocessSpec
 
 __all__ = ["DEMO_MODELS", "PHOTOS", "make_video", "setup"]
 

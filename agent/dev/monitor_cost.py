@@ -19,16 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from agent.core.config import MonitorSection
-from agent.monitor.bias import BiasMonitor
-from agent.monitor.drift import DriftMonitor
-from agent.monitor.leak import LeakMonitor
-from agent.monitor.reference import Reference, ReferenceBuilder
-from agent.monitor.stats import input_stats
-from agent.vision.summary import Monitors, summarize
+from agent.core import MonitorSection
+from agent.monitor import BiasMonitor, DriftMonitor, LeakMonitor, Reference, ReferenceBuilder, input_stats
+from agent.vision import Monitors, summarize
 
 if TYPE_CHECKING:
-    from agent.vision.pipeline import FrameResult
+    from agent.vision import FrameResult
 
 __all__ = ["MonitorCost", "measure_monitor_cost", "time_monitors"]
 
@@ -108,13 +104,11 @@ def measure_monitor_cost(
     section: MonitorSection | None = None,
 ) -> MonitorCost:
     """All monitors on ``frames`` real frames of ``video`` with ``model_dir``'s real predictions."""
-    from agent.models.loader import EngineOptions, load_serving
-    from agent.models.manifest import sha256_file
-    from agent.monitor.latency import LatencyRecorder
-    from agent.runtime.slot import EngineSlot
-    from agent.tools.profile import open_model, video_frames
-    from agent.vision.pipeline import Pipeline
-    from agent.vision.sources import Frame
+    from agent.models import EngineOptions, load_serving, sha256_file
+    from agent.monitor import LatencyRecorder
+    from agent.runtime import EngineSlot
+    from agent.tools import open_model, video_frames
+    from agent.vision import Frame, Pipeline
 
     installed = open_model(model_dir)
     manifest = installed.manifest

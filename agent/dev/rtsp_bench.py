@@ -25,9 +25,9 @@ from typing import IO, Any
 
 import cv2
 
-from agent.core.config import SourceSection
+from agent.core import SourceSection
 from agent.dev.base import DevError
-from agent.vision.sources import Frame, FrameSource
+from agent.vision import Frame, FrameSource
 from agent.wire import CameraState as SourceState
 
 __all__ = [

@@ -34,8 +34,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.models.bundle import pack_bundle
-from agent.models.store import ModelStore
+from agent.models import ModelStore, pack_bundle
 from agent.wire import DeploymentState
 
 __all__ = ["Soak", "soak_passed"]

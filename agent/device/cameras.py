@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.core.config import ResultsSettings
+from agent.core import ResultsSettings
 from agent.device.startup import CamerasSource
-from agent.monitor.latency import CameraRecorders
-from agent.monitor.telemetry import Telemetry
-from agent.vision.cameras import CameraSet, described, save_cameras
-from agent.wire import CamerasPayload
-from agent.wire.topics import Topics
+from agent.monitor import CameraRecorders, Telemetry
+from agent.vision import CameraSet, described, save_cameras
+from agent.wire import CamerasPayload, Topics
 
 __all__ = ["CameraBook"]
 

@@ -22,11 +22,10 @@ from typing import Any
 
 import structlog
 
-from agent.core.errors import CodedError
+from agent.core import CodedError
 from agent.device.errors import DeviceError
-from agent.mqtt.authority import CommandAuthority
-from agent.wire import CommandError, parse_command
-from agent.wire.topics import Topics
+from agent.mqtt import CommandAuthority
+from agent.wire import CommandError, Topics, parse_command
 
 __all__ = ["CommandFailed", "CommandJournal", "CommandRouter", "Outcome"]
 

@@ -20,8 +20,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.core.config import AgentConfig
-from agent.core.log import bind_context
+from agent.core import AgentConfig, bind_context
 from agent.device.cameras import CameraBook
 from agent.device.commands import CommandJournal, CommandRouter, Outcome
 from agent.device.handlers import CommandHandlers
@@ -39,25 +38,29 @@ from agent.device.startup import (
     load_initial,
 )
 from agent.device.systemd import Notifier, SystemdError
-from agent.models.bootguard import BOOT_RECORD_FILE, CRASH_TEST_ENV, BootGuard, CrashLoop
-from agent.models.fetch import load_public_key
-from agent.models.manager import DeploymentManager, DeploymentStatus
-from agent.models.store import ModelStore
-from agent.monitor.latency import LatencyRecorder
-from agent.monitor.telemetry import Telemetry
-from agent.mqtt.broker import EmbeddedBroker
-from agent.mqtt.outbox import OutboxError, SqliteOutbox
-from agent.mqtt.session import MqttSession
-from agent.mqtt.settings import SessionConfigError, check_certificate_identity
-from agent.results import ResultsPublisher
-from agent.results.stages import SecondStages, second_stage_options
-from agent.runtime.slot import EngineSlot, Serving
-from agent.vision.cameras import CAMERAS_FILE, CameraError, CameraSet
-from agent.vision.pipeline import Pipeline
-from agent.vision.scheduler import Scheduler
-from agent.vision.shadow import ShadowRunner
-from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload
-from agent.wire.topics import Topics
+from agent.models import (
+    BOOT_RECORD_FILE,
+    CRASH_TEST_ENV,
+    BootGuard,
+    CrashLoop,
+    DeploymentManager,
+    DeploymentStatus,
+    ModelStore,
+    load_public_key,
+)
+from agent.monitor import LatencyRecorder, Telemetry
+from agent.mqtt import (
+    EmbeddedBroker,
+    MqttSession,
+    OutboxError,
+    SessionConfigError,
+    SqliteOutbox,
+    check_certificate_identity,
+)
+from agent.results import ResultsPublisher, SecondStages, second_stage_options
+from agent.runtime import EngineSlot, Serving
+from agent.vision import CAMERAS_FILE, CameraError, CameraSet, Pipeline, Scheduler, ShadowRunner
+from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload, Topics
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.core.errors import AgentError
+from agent.core import AgentError
 
 __all__ = ["DeviceError"]
 

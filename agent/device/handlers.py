@@ -6,28 +6,33 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from agent.core.config import DeploySection
+from agent.core import DeploySection
 from agent.device.commands import CommandFailed
 from agent.device.monitors import Signals
-from agent.models.behaviour import BehaviourBounds
-from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
-from agent.models.probation import Probation
-from agent.models.shadow import ShadowError, ShadowSpec
-from agent.models.store import ModelStore
-from agent.runtime.slot import EngineSlot
-from agent.vision.cameras import CameraError, CameraSet, camera_entry, described, first_frame_error
-from agent.vision.pipeline import Pipeline
+from agent.models import (
+    BehaviourBounds,
+    DeployFailed,
+    DeploymentManager,
+    DeploymentStatus,
+    DeployRequest,
+    ModelStore,
+    Probation,
+    ShadowError,
+    ShadowSpec,
+)
+from agent.runtime import EngineSlot
+from agent.vision import CameraError, CameraSet, Pipeline, camera_entry, described, first_frame_error
 from agent.wire import (
     CamerasCommand,
     DeployCommand,
     DeploymentState,
+    FeedbackCommand,
     PingCommand,
     PromoteCommand,
     RollbackCommand,
     ShadowOptions,
     StatusCommand,
 )
-from agent.wire.signals import FeedbackCommand
 
 __all__ = ["CommandHandlers"]
 

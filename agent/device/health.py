@@ -9,16 +9,20 @@ from typing import Any
 
 import structlog
 
-from agent.monitor import health
-from agent.monitor.telemetry import Telemetry
-from agent.mqtt.outbox import SqliteOutbox
-from agent.mqtt.session import MqttSession
+from agent.monitor import (
+    ProcessSampler,
+    Telemetry,
+    disk_free_bytes,
+    memory_available_bytes,
+    read_gpu_load,
+    read_temperatures,
+    rss_bytes,
+)
+from agent.mqtt import MqttSession, SqliteOutbox
 from agent.results import ResultsPublisher
-from agent.runtime.slot import EngineSlot
-from agent.vision.cameras import CameraSet, camera_rows, overwritten
-from agent.vision.pipeline import Pipeline
-from agent.wire import SessionState
-from agent.wire.topics import Topics
+from agent.runtime import EngineSlot
+from agent.vision import CameraSet, Pipeline, camera_rows, overwritten
+from agent.wire import SessionState, Topics
 
 __all__ = ["DeviceHealth"]
 
@@ -49,7 +53,7 @@ class DeviceHealth:
         self.started_at = started_at
         self.task_failures = task_failures
         self.session = session
-        self.sampler = health.ProcessSampler()
+        self.sampler = ProcessSampler()
 
     def fields(self) -> dict[str, Any]:
         """The health payload's fields (``status`` answers with them too)."""
@@ -67,11 +71,11 @@ class DeviceHealth:
             "model": {"name": serving.name, "version": serving.version, "runtime": serving.runtime}
             if serving else None,
             "cpu_percent": self.sampler.cpu_percent(),
-            "memory_rss_bytes": health.rss_bytes(),
-            "memory_available_bytes": health.memory_available_bytes() or 0,
-            "temperatures_c": health.read_temperatures(),
-            "gpu_load": health.read_gpu_load(),
-            "disk_free_bytes": health.disk_free_bytes(self.store_root) or 0,
+            "memory_rss_bytes": rss_bytes(),
+            "memory_available_bytes": memory_available_bytes() or 0,
+            "temperatures_c": read_temperatures(),
+            "gpu_load": read_gpu_load(),
+            "disk_free_bytes": disk_free_bytes(self.store_root) or 0,
             "outbox_depth": self.outbox.depth,
             "outbox_dropped": self.outbox.dropped,
             "outbox_state": self.outbox.state,

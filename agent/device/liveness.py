@@ -11,10 +11,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from agent.device.systemd import Notifier, WatchdogFeeder
-from agent.models.bootguard import BootGuard
-from agent.runtime.slot import EngineSlot
-from agent.vision.cameras import CameraSet
-from agent.vision.pipeline import Pipeline
+from agent.models import BootGuard
+from agent.runtime import EngineSlot
+from agent.vision import CameraSet, Pipeline
 
 __all__ = ["FIRST_FRAME_TIMEOUT_S", "WATCHDOG_DEFAULT_PERIOD_S", "Liveness"]
 

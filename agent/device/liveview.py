@@ -36,12 +36,11 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.core.config import LiveViewSection, ResultsSettings
+from agent.core import LiveViewSection, ResultsSettings
 from agent.device.errors import DeviceError
-from agent.monitor.features import FailureCount
+from agent.monitor import FailureCount
 from agent.results import TrackedObject
-from agent.vision.heads import Detection
-from agent.vision.pipeline import FrameResult
+from agent.vision import Detection, FrameResult
 
 __all__ = ["BOX_COLOR", "LABEL_TEXT_COLOR", "LiveView", "LiveViewError", "annotate", "box_label"]
 

@@ -8,19 +8,12 @@ from typing import Any
 
 import structlog
 
-from agent.core.config import AgentConfig
-from agent.models.behaviour import OutputWindow
-from agent.models.manifest import ManifestError, MonitorData
-from agent.monitor.bias import BiasMonitor
-from agent.monitor.drift import DriftMonitor
-from agent.monitor.egress import EgressGuard
-from agent.monitor.leak import LeakMonitor, ResourceSampler
-from agent.monitor.telemetry import Telemetry
-from agent.runtime.cuda import device_memory
-from agent.runtime.slot import Serving
-from agent.vision.summary import Monitors
-from agent.wire import PAYLOADS, Severity
-from agent.wire.signals import BiasPayload, DriftPayload, FeedbackCommand, LeakPayload
+from agent.core import AgentConfig
+from agent.models import ManifestError, MonitorData, OutputWindow
+from agent.monitor import BiasMonitor, DriftMonitor, EgressGuard, LeakMonitor, ResourceSampler, Telemetry
+from agent.runtime import Serving, device_memory
+from agent.vision import Monitors
+from agent.wire import PAYLOADS, BiasPayload, DriftPayload, FeedbackCommand, LeakPayload, Severity
 
 __all__ = ["Signals"]
 

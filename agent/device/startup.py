@@ -12,17 +12,21 @@ from typing import Literal
 
 import structlog
 
-from agent.core.config import AgentConfig, CameraSection, ModelSection
+from agent.core import AgentConfig, CameraSection, ModelSection
 from agent.device.errors import DeviceError
-from agent.models.bootguard import CRASH_LOOP_CODE, BootGuard, CrashLoop
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.manager import DeploymentStatus
-from agent.models.store import ModelStore, StoreError
-from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key
-from agent.runtime.base import EngineError
-from agent.runtime.slot import Serving
-from agent.runtime.tensorrt import select_runtime
-from agent.vision.cameras import CameraError, load_cameras
+from agent.models import (
+    CRASH_LOOP_CODE,
+    BootGuard,
+    CrashLoop,
+    DeploymentStatus,
+    EngineOptions,
+    ModelStore,
+    StoreError,
+    load_serving,
+)
+from agent.mqtt import CommandAuthority, NonceCache, load_command_key
+from agent.runtime import EngineError, Serving, select_runtime
+from agent.vision import CameraError, load_cameras
 from agent.wire import DeploymentState, DeploymentStep
 
 __all__ = [

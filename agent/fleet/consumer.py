@@ -43,8 +43,7 @@ from agent.fleet.mqttfast import Batch, FastSubscriber, MqttFastError, tls_conte
 from agent.fleet.seqtrack import Digest, Membership, SeqTracker
 from agent.fleet.sinks import FleetMetrics, History, TensorBoardSink
 from agent.fleet.view import FleetView, Message, in_contract, split_topic
-from agent.wire import SignalState
-from agent.wire.topics import check_segment
+from agent.wire import SignalState, check_segment
 
 __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]
 

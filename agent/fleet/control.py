@@ -19,8 +19,7 @@ import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.fleet.errors import FleetError
-from agent.mqtt.authority import sign_command
-from agent.mqtt.settings import parse_broker_url
+from agent.mqtt import parse_broker_url, sign_command
 from agent.wire import DeploymentPayload, ReplyPayload, decode_payload
 
 __all__ = ["ControlClient", "ControlError", "NoReplyError", "Reply", "new_command_id"]

@@ -22,8 +22,7 @@ from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.link import SUBSCRIBE_QOS
 from agent.fleet.mqttfast import Batch, MqttFastError
 from agent.fleet.view import FleetView, split_topic
-from agent.wire import EventPayload
-from agent.wire.topics import check_segment
+from agent.wire import EventPayload, check_segment
 
 __all__ = ["EventFilter", "EventStream", "stream_events"]
 

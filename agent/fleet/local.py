@@ -21,10 +21,9 @@ from pathlib import Path
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.core.config import AgentConfig
+from agent.core import AgentConfig
 from agent.fleet.control import ControlClient, ControlError
-from agent.mqtt.broker import CONNECTION_FILE
-from agent.mqtt.settings import SessionConfigError, parse_broker_url, read_password, tls_parameters
+from agent.mqtt import CONNECTION_FILE, SessionConfigError, parse_broker_url, read_password, tls_parameters
 
 __all__ = ["LocalAgentError", "LocalTarget", "local_target"]
 

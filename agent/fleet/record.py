@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.core.names import check_name
+from agent.core import check_name
 from agent.fleet.errors import FleetError
 from agent.fleet.plan import RolloutPlan
 from agent.wire import DeploymentState

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from agent.core.progress import Progress
+from agent.core import Progress
 from agent.fleet.errors import FleetError
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves, failure_share

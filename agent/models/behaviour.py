@@ -29,9 +29,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from agent.monitor.features import FrameSummary
-from agent.monitor.reference import Categories, Distribution, Reference, output_metrics
-from agent.monitor.stats import PSI_EPSILON, bin_counts, js_distance, psi
+from agent.monitor import (
+    PSI_EPSILON,
+    Categories,
+    Distribution,
+    FrameSummary,
+    Reference,
+    bin_counts,
+    js_distance,
+    output_metrics,
+    psi,
+)
 
 __all__ = [
     "BehaviourBounds",

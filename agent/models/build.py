@@ -44,8 +44,7 @@ from agent.models.engine_cache import EngineCache, EngineKey, Platform
 from agent.models.errors import ModelError
 from agent.models.manifest import sha256_file
 from agent.models.sparsity import sparsity_report
-from agent.runtime.base import EngineError
-from agent.runtime.tensorrt import ShapeProfile, make_logger
+from agent.runtime import EngineError, ShapeProfile, make_logger
 
 __all__ = [
     "BuildError",

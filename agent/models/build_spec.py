@@ -15,7 +15,7 @@ from typing import Literal
 import onnx
 
 from agent.models.errors import ModelError
-from agent.runtime.tensorrt import ShapeProfile
+from agent.runtime import ShapeProfile
 
 __all__ = [
     "DEFAULT_WORKSPACE_MB",

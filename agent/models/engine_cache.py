@@ -30,9 +30,7 @@ import structlog
 
 from agent.models.errors import ModelError
 from agent.models.manifest import Manifest
-from agent.runtime.base import EngineLoadError
-from agent.runtime.cuda import gpu_probe
-from agent.runtime.tensorrt import import_tensorrt
+from agent.runtime import EngineLoadError, gpu_probe, import_tensorrt
 
 __all__ = [
     "CACHE_DIR",

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
-from agent.core.errors import CodedError
+from agent.core import CodedError
 from agent.models.errors import ModelError
 
 __all__ = [

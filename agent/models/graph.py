@@ -24,7 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.models.errors import ModelError
 from agent.models.manifest import HeadSpec, PreprocessSpec
-from agent.runtime.base import TensorSpec
+from agent.runtime import TensorSpec
 
 __all__ = [
     "BOX_COORDS",

@@ -11,9 +11,7 @@ from agent.models.graph import fuse_preprocessing
 from agent.models.manifest import Manifest
 from agent.models.priority import lowered_priority
 from agent.models.store import InstalledModel
-from agent.runtime.base import Engine, EngineLoadError
-from agent.runtime.onnxrt import OnnxRuntimeEngine
-from agent.runtime.slot import Serving
+from agent.runtime import Engine, EngineLoadError, OnnxRuntimeEngine, Serving
 
 __all__ = ["EngineOptions", "load_serving"]
 
@@ -58,7 +56,7 @@ def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
     from agent.models.build import ensure_engine
     from agent.models.build_spec import BuildSpec, parse_shape
     from agent.models.engine_cache import EngineCache, Platform, _fsync_write, check_prebuilt
-    from agent.runtime.tensorrt import TensorRTEngine
+    from agent.runtime import TensorRTEngine
 
     manifest = installed.manifest
     if manifest.format == "engine":

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from agent.core.errors import CodedError
+from agent.core import CodedError
 from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputWindow
 from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
 from agent.models.errors import ModelError
@@ -53,8 +53,7 @@ from agent.models.priority import lowered_priority, restore_thread_priority
 from agent.models.probation import Probation, ProbationVerdict, judge
 from agent.models.shadow import ShadowDecision, ShadowGate, ShadowSpec
 from agent.models.store import ModelStore, StoreError
-from agent.runtime.base import EngineError
-from agent.runtime.slot import EngineSlot, Serving
+from agent.runtime import EngineError, EngineSlot, Serving
 from agent.wire import DeploymentState, DeploymentStep, Severity
 
 __all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus"]

@@ -17,10 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from agent.core.names import NAME_PATTERN, ModelName, ModelVersion, check_name
+from agent.core import NAME_PATTERN, ModelName, ModelVersion, check_name
 from agent.models.errors import ModelError
-from agent.monitor.bias import BiasConfigError, SliceSpec
-from agent.monitor.reference import Reference, ReferenceDataError
+from agent.monitor import BiasConfigError, Reference, ReferenceDataError, SliceSpec
 
 __all__ = [
     "MANIFEST_FILE",

@@ -25,10 +25,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.core.errors import CodedError
-from agent.monitor.features import FrameSummary
-from agent.monitor.stats import bin_counts, js_distance
-from agent.runtime.slot import Serving
+from agent.core import CodedError
+from agent.monitor import FrameSummary, bin_counts, js_distance
+from agent.runtime import Serving
 
 __all__ = [
     "MATCH_IOU",

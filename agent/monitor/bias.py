@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.core.config import BiasSection
+from agent.core import BiasSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.errors import MonitorError
 from agent.monitor.features import FrameSummary

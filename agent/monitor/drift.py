@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import structlog
 
-from agent.core.config import DriftSection
+from agent.core import DriftSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.features import FrameSummary
 from agent.monitor.reference import INPUT_METRICS, Categories, Distribution, Reference, output_metrics

@@ -40,7 +40,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from agent.core.config import EgressSection
+from agent.core import EgressSection
 from agent.monitor.errors import MonitorError
 
 __all__ = ["REASONS", "EgressBlocked", "EgressGuard"]

@@ -16,8 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.wire import SliceStatus
-from agent.wire.signals import FeedbackCommand, FeedbackItem
+from agent.wire import FeedbackCommand, FeedbackItem, SliceStatus
 
 __all__ = [
     "FEEDBACK_SLICINGS",

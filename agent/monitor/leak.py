@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from agent.core.config import LeakSection
+from agent.core import LeakSection
 from agent.monitor.alarms import Judge, SignalEvent
 from agent.monitor.egress import EgressGuard
 from agent.monitor.stats import Thresholds, theil_sen

@@ -36,10 +36,10 @@ from agent.wire import (
     Severity,
     StageLatency,
     StatusPayload,
+    Topics,
     clip_text,
     encode_payload,
 )
-from agent.wire.topics import Topics
 
 __all__ = ["Telemetry"]
 

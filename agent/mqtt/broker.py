@@ -31,7 +31,7 @@ from types import TracebackType
 
 import structlog
 
-from agent.core.config import MqttSection
+from agent.core import MqttSection
 from agent.mqtt.errors import MqttError
 
 __all__ = [

@@ -29,8 +29,7 @@ import paho.mqtt.client as paho
 import structlog
 from aiomqtt.exceptions import MqttConnectError
 
-from agent.core.backoff import Backoff
-from agent.core.config import MqttSection
+from agent.core import Backoff, MqttSection
 from agent.mqtt.errors import MqttError
 from agent.mqtt.outbox import MemoryOutbox, Outbox
 from agent.mqtt.settings import parse_broker_url, read_password, tls_parameters

@@ -14,10 +14,10 @@ from aiomqtt import TLSParameters
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from agent.core.config import BrokerAddress, BrokerUrlError, MqttSection
-from agent.core.config import parse_broker_url as broker_address
+from agent.core import BrokerAddress, BrokerUrlError, MqttSection
+from agent.core import parse_broker_url as broker_address
 from agent.mqtt.errors import MqttError
-from agent.wire.topics import TopicError, check_device_id
+from agent.wire import TopicError, check_device_id
 
 __all__ = [
     "CREDENTIAL_NAME",

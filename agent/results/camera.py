@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.core.config import ResultsSettings
+from agent.core import ResultsSettings
 from agent.results.rate import RateLimiter
 from agent.results.snapshots import FolderSink, MqttSink, Picture, Snapshots, SnapshotSink
 from agent.results.tracker import TrackedObject, Tracker
 from agent.results.zones import ResultEvent, Scene
-from agent.vision.heads import Detection
+from agent.vision import Detection
 
 __all__ = ["CameraResults", "FrameOutcome"]
 

@@ -11,18 +11,20 @@ from collections.abc import Sequence
 from agent.results.recognize import Reading
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
-from agent.vision.heads import Classification, Detection, Prediction
-from agent.wire import EventPayload, ModelRef, clip_text
-from agent.wire.results import (
+from agent.vision import Classification, Detection, Prediction
+from agent.wire import (
     BoxItem,
     ClassifyResult,
     ClassItem,
     CountsPayload,
     DetectResult,
+    EventPayload,
+    ModelRef,
     ObjectEventData,
     ResultsPayload,
     TextItem,
     TextResult,
+    clip_text,
 )
 
 __all__ = ["counts_payload", "event_payload", "results_payload"]

@@ -33,20 +33,16 @@ from typing import Any
 
 import structlog
 
-from agent.core.config import ResultsSettings
-from agent.monitor.egress import EgressBlocked
-from agent.monitor.features import FailureCount
-from agent.monitor.telemetry import Telemetry
+from agent.core import ResultsSettings
+from agent.monitor import EgressBlocked, FailureCount, Telemetry
 from agent.results.camera import CameraResults
 from agent.results.payloads import counts_payload, event_payload, results_payload
 from agent.results.snapshots import Picture
 from agent.results.stages import SecondStages, StageReading
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
-from agent.vision.heads import Detection, Prediction
-from agent.vision.pipeline import FrameResult
-from agent.wire import ModelRef
-from agent.wire.topics import Topics
+from agent.vision import Detection, FrameResult, Prediction
+from agent.wire import ModelRef, Topics
 
 __all__ = ["HANDOFF_PICTURE_BYTES", "HANDOFF_QUEUE", "ResultsPublisher"]
 

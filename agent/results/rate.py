@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from agent.core.config import RateSettings
+from agent.core import RateSettings
 
 __all__ = ["RATE_SLACK_S", "RateLimiter"]
 

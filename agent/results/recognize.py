@@ -19,10 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from agent.models.manifest import Manifest, PreprocessSpec, confined
-from agent.runtime.base import Engine
-from agent.vision.heads import Detection
-from agent.vision.preprocess import TransformError
+from agent.models import Manifest, PreprocessSpec, confined
+from agent.runtime import Engine
+from agent.vision import Detection, TransformError
 
 __all__ = [
     "MAX_CROP_ASPECT",

@@ -24,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from agent.core.config import SnapshotSettings
+from agent.core import SnapshotSettings
 from agent.results.tracker import TrackedObject
 from agent.results.zones import ResultEvent
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import structlog
 
-from agent.core.errors import AgentError
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.store import ModelStore
-from agent.monitor.features import FailureCount
+from agent.core import AgentError
+from agent.models import EngineOptions, ModelStore, load_serving
+from agent.monitor import FailureCount
 from agent.results.recognize import Reading, SecondStage
-from agent.runtime.slot import EngineSlot, Serving
-from agent.vision.heads import Detection
+from agent.runtime import EngineSlot, Serving
+from agent.vision import Detection
 from agent.wire import ModelRef
 
 __all__ = ["SecondStages", "StageReading", "second_stage_options"]

@@ -20,8 +20,8 @@ import numpy as np
 from norfair.tracker import Detection as NorfairDetection
 from norfair.tracker import Tracker as NorfairTracker
 
-from agent.core.config import TrackerSettings
-from agent.vision.heads import Detection
+from agent.core import TrackerSettings
+from agent.vision import Detection
 
 __all__ = ["TrackedObject", "Tracker"]
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agent.core.config import LineSettings, ResultsSettings, ZoneSettings
+from agent.core import LineSettings, ResultsSettings, ZoneSettings
 from agent.results.tracker import TrackedObject
 
 __all__ = ["EVENT_KINDS", "EventKind", "ResultEvent", "Scene", "crossing_side", "inside"]

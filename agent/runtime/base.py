@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from agent.core.errors import AgentError
+from agent.core import AgentError
 
 __all__ = ["Engine", "EngineError", "EngineLoadError", "TensorSpec"]
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent import __version__
-from agent.core.errors import CodedError
+from agent.core import CodedError
 from agent.wire import (
     BrokerHealth,
     CameraHealth,

@@ -32,9 +32,8 @@ from typing import Any
 
 import structlog
 
-from agent.core.config import MqttSection
-from agent.mqtt.outbox import MemoryOutbox
-from agent.mqtt.session import MqttSession, SessionState
+from agent.core import MqttSection
+from agent.mqtt import MemoryOutbox, MqttSession, SessionState
 from agent.sim.device import SimDevice, fails
 from agent.sim.spec import SimError, SimSpec
 from agent.wire import DeviceState

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.core.config import MqttSection
-from agent.core.errors import AgentError
+from agent.core import AgentError, MqttSection
 from agent.wire import Topics
 
 __all__ = ["SimError", "SimSpec"]

@@ -262,7 +262,7 @@ def _pointwise(g: _Graph, node: onnx.NodeProto) -> tuple[int, int] | None:
 def _run(model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
          ) -> Iterator[dict[str, np.ndarray]]:
     """Per feed, the tensors ``names`` of ``model``."""
-    from agent.runtime.onnxrt import OnnxRuntimeEngine
+    from agent.runtime import OnnxRuntimeEngine
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)

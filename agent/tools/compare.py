@@ -19,7 +19,7 @@ import numpy as np
 
 from agent.tools.errors import CompareError
 from agent.tools.modelref import DEFAULT_THREADS, ModelRef, Runner
-from agent.vision.transforms import Detection, Prediction
+from agent.vision import Detection, Prediction
 
 __all__ = [
     "DEFAULT_IOU",

@@ -29,12 +29,12 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.core.progress import Progress
+from agent.core import Progress
 from agent.tools.compare import Comparison, compare_models
 from agent.tools.errors import DistillError
 from agent.tools.export import export_onnx, require_torch
 from agent.tools.modelref import ModelRef, Runner
-from agent.vision.transforms import softmax
+from agent.vision import softmax
 
 __all__ = ["DistillOptions", "DistillResult", "distill", "teacher_targets"]
 

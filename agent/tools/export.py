@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.runtime import OnnxRuntimeEngine
 from agent.tools.errors import ExportError
 from agent.tools.onnxutil import default_opset, set_metadata
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.models.fetch import FetchError, load_public_key, verify_statement
-from agent.models.manifest import MANIFEST_FILE, Manifest
+from agent.models import MANIFEST_FILE, FetchError, Manifest, load_public_key, verify_statement
 from agent.tools.errors import PackError
 from agent.tools.pack import signature_path
 

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from agent.models.graph import fuse_preprocessing
-from agent.models.manifest import MANIFEST_FILE, Manifest
-from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.models import MANIFEST_FILE, Manifest, fuse_preprocessing
+from agent.runtime import OnnxRuntimeEngine
 from agent.tools.errors import ToolError
-from agent.vision.transforms import Geometry, Prediction, Preprocessor, make_head
+from agent.vision import Geometry, Prediction, Preprocessor, make_head
 
 __all__ = [
     "DEFAULT_THREADS",

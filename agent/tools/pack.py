@@ -30,16 +30,27 @@ from typing import Any
 import numpy as np
 import onnx
 
-from agent.models.bundle import pack_bundle
-from agent.models.fetch import STATEMENT_VALID_S, load_private_key, sign_file
-from agent.models.graph import SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
-from agent.models.manifest import MANIFEST_FILE, Golden, HeadSpec, Manifest, PreprocessSpec
-from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.models import (
+    MANIFEST_FILE,
+    STATEMENT_VALID_S,
+    Golden,
+    HeadSpec,
+    Manifest,
+    PreprocessSpec,
+    SpecMismatchError,
+    check_fits_head,
+    check_fits_input,
+    fuse_preprocessing,
+    load_private_key,
+    pack_bundle,
+    sign_file,
+)
+from agent.runtime import OnnxRuntimeEngine
 from agent.tools.errors import PackError
 from agent.tools.frames import read_video_frames
 from agent.tools.profile import DEFAULT_FRAMES as PROFILE_FRAMES
 from agent.tools.profile import ProfileError, profile, video_frames
-from agent.vision.transforms import Preprocessor
+from agent.vision import Preprocessor
 
 __all__ = [
     "GOLDEN_ATOL",

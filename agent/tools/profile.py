@@ -19,18 +19,20 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.core.progress import Progress
-from agent.models.loader import EngineOptions, load_serving
-from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, sha256_file
-from agent.models.store import InstalledModel
-from agent.monitor.latency import LatencyRecorder
-from agent.monitor.reference import ReferenceBuilder, ReferenceDataError
-from agent.runtime.base import EngineError
-from agent.runtime.slot import EngineSlot
+from agent.core import Progress
+from agent.models import (
+    MANIFEST_FILE,
+    EngineOptions,
+    InstalledModel,
+    Manifest,
+    ManifestError,
+    load_serving,
+    sha256_file,
+)
+from agent.monitor import LatencyRecorder, ReferenceBuilder, ReferenceDataError
+from agent.runtime import EngineError, EngineSlot
 from agent.tools.errors import ToolError
-from agent.vision.pipeline import Pipeline
-from agent.vision.sources import Frame
-from agent.vision.summary import summarize
+from agent.vision import Frame, Pipeline, summarize
 
 __all__ = [
     "DEFAULT_BINS",

@@ -23,8 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from agent.models.manifest import Manifest
-from agent.models.sparsity import prune_model_2to4, sparsity_report
+from agent.models import Manifest, prune_model_2to4, sparsity_report
 from agent.tools.errors import PruneError
 from agent.tools.modelref import ModelRef, check_empty, write_model_folder
 from agent.tools.onnxutil import constants_to_initializers, set_metadata, weight_uses

@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 import structlog
 
-from agent.core.progress import Progress
-from agent.models.manifest import Manifest, sha256_file
-from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.core import Progress
+from agent.models import Manifest, sha256_file
+from agent.runtime import OnnxRuntimeEngine
 from agent.tools.errors import QuantizeError
 from agent.tools.graphopt import HARDSWISH_OPSET, GraphOptReport, optimize_graph
 from agent.tools.modelref import ModelRef, check_empty, write_model_folder
@@ -48,7 +48,7 @@ from agent.tools.onnxutil import (
     upgrade_opset,
 )
 from agent.tools.sensitivity import REPORT_FILE, SensitivityReport, mixed_precision
-from agent.vision.transforms import Preprocessor
+from agent.vision import Preprocessor
 
 __all__ = [
     "MIN_QDQ_OPSET",

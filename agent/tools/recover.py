@@ -37,8 +37,8 @@ import onnx
 import structlog
 from onnx import numpy_helper
 
-from agent.core.progress import Progress
-from agent.models.manifest import Manifest
+from agent.core import Progress
+from agent.models import Manifest
 from agent.tools.compare import compare_models
 from agent.tools.distill import teacher_targets
 from agent.tools.errors import DistillError

@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 import structlog
 
-from agent.core.progress import UNKNOWN_TOTAL, Progress
-from agent.runtime.onnxrt import OnnxRuntimeEngine
+from agent.core import UNKNOWN_TOTAL, Progress
+from agent.runtime import OnnxRuntimeEngine
 from agent.tools.compare import compare_models
 from agent.tools.errors import QuantizeError
 from agent.tools.modelref import ModelRef

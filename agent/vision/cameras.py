@@ -21,10 +21,9 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from agent.core.config import CameraSection, check_camera_set
-from agent.core.errors import CodedError
-from agent.models.bootguard import write_json_atomic
-from agent.monitor.latency import CameraRecorders
+from agent.core import CameraSection, CodedError, check_camera_set
+from agent.models import write_json_atomic
+from agent.monitor import CameraRecorders
 from agent.vision.errors import VisionError
 from agent.vision.sources import FrameSource, SourceError, SourceStats, redact_uri
 from agent.wire import CameraState

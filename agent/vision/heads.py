@@ -15,8 +15,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from agent.models.graph import BOX_COORDS
-from agent.models.manifest import HeadSpec
+from agent.models import BOX_COORDS, HeadSpec
 from agent.vision.preprocess import Geometry, TransformError
 from agent.vision.textdet import text_boxes
 

@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 import structlog
 
-from agent.monitor.features import FailureCount
-from agent.monitor.latency import CameraRecorders, LatencyRecorder
-from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
+from agent.monitor import CameraRecorders, FailureCount, LatencyRecorder
+from agent.runtime import EngineSlot, Serving, SlotEmptyError
 from agent.vision.preprocess import Geometry
 from agent.vision.scheduler import Scheduler
 from agent.vision.sources import Frame, FrameSource

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.models.graph import SpecMismatchError, check_fits_input
-from agent.models.manifest import PreprocessSpec
-from agent.runtime.base import TensorSpec
+from agent.models import PreprocessSpec, SpecMismatchError, check_fits_input
+from agent.runtime import TensorSpec
 from agent.vision.errors import VisionError
 
 __all__ = ["INTERPOLATION", "Geometry", "Preprocessor", "TransformError"]

@@ -25,10 +25,9 @@ from dataclasses import replace
 
 import structlog
 
-from agent.models.priority import lower_thread_priority
-from agent.models.shadow import ShadowGate
-from agent.monitor.features import FailureCount
-from agent.runtime.slot import Serving
+from agent.models import ShadowGate, lower_thread_priority
+from agent.monitor import FailureCount
+from agent.runtime import Serving
 from agent.vision.pipeline import FrameResult, _Prepared, all_finite
 from agent.vision.summary import summarize
 from agent.vision.transforms import Prediction

@@ -41,8 +41,7 @@ import cv2
 import numpy as np
 import structlog
 
-from agent.core.backoff import Backoff
-from agent.core.config import SourceSection
+from agent.core import Backoff, SourceSection
 from agent.vision.errors import VisionError
 from agent.wire import CameraState
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agent.monitor.features import FailureCount, FrameSummary, SummaryObserver
-from agent.monitor.stats import input_stats
+from agent.monitor import FailureCount, FrameSummary, SummaryObserver, input_stats
 from agent.vision.pipeline import FrameResult
 
 __all__ = ["Monitors", "observe", "summarize"]

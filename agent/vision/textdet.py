@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from agent.models.manifest import HeadSpec
+from agent.models import HeadSpec
 
 __all__ = [
     "MAX_TEXT_CANDIDATES",

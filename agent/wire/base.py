@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.core.errors import AgentError
+from agent.core import AgentError
 
 __all__ = [
     "ERROR_CODE_PATTERN",

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.core.errors import CodedError
-from agent.core.names import ModelName, ModelVersion
+from agent.core import CodedError, ModelName, ModelVersion
 from agent.wire.base import MAX_ID_LENGTH, MAX_TEXT_LENGTH, MAX_URL_LENGTH, WireModel, describe, is_text
 
 __all__ = [

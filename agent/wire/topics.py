@@ -11,14 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.core.names import (
-    CONSUMERS_SEGMENT,
-    GROUP_SEGMENT,
-    RESERVED_SEGMENTS,
-    TopicError,
-    check_device_id,
-    check_segment,
-)
+from agent.core import CONSUMERS_SEGMENT, GROUP_SEGMENT, RESERVED_SEGMENTS, TopicError, check_device_id, check_segment
 
 __all__ = [
     "CONSUMERS_SEGMENT",
