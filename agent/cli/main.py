@@ -16,7 +16,7 @@ from agent.cli.fleet import add_fleet_parsers
 from agent.cli.model import add_tool_parsers
 from agent.cli.profile import add_profile_parser
 from agent.cli.top import add_top_parser
-from agent.core import ConfigError, load_config
+from agent.core import AgentConfig, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _config_or_exit(path: Path) -> object:
+def _config_or_exit(path: Path) -> AgentConfig:
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -40,12 +40,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.device import StartupError, run_agent
 
     config = _config_or_exit(args.config)
-    configure_logging(config.agent.log_level)  # type: ignore[attr-defined]
-    bind_context(device_id=config.agent.device_id, model_version=None)  # type: ignore[attr-defined]
+    configure_logging(config.agent.log_level)
+    bind_context(device_id=config.agent.device_id, model_version=None)
     from agent.cli.summary import print_summary
 
     try:
-        return run_agent(config, lambda agent: print_summary(agent, args.config))  # type: ignore[arg-type]
+        return run_agent(config, lambda agent: print_summary(agent, args.config))
     except StartupError as exc:
         import structlog
 
@@ -56,8 +56,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
-    cameras = ", ".join(c.name for c in config.cameras)  # type: ignore[attr-defined]
-    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url}, "  # type: ignore[attr-defined]
+    cameras = ", ".join(c.name for c in config.cameras)
+    print(f"{args.config}: ok (device {config.agent.device_id}, broker {config.mqtt.url}, "
           f"cameras {cameras})")
     return EXIT_OK
 

@@ -236,7 +236,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     return asyncio.run(_live(args, connection, console))
 
 
-def add_top_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_top_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     top = sub.add_parser("top", help="one device's live view: cameras, model, latency, deployment, signals, events")
     add_connection_arguments(top, groups=False, signing=False)
     top.set_defaults(handler=cmd_top)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, get_args, get_origin
+from typing import Any, cast, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -83,7 +83,7 @@ def render_markdown() -> str:
     """docs/configuration.md's text: the header, then one table of keys per config section."""
     lines = [HEADER]
     for name, section_field in AgentConfig.model_fields.items():
-        model: type[BaseModel] = section_field.annotation  # type: ignore[assignment]
+        model = cast("type[BaseModel]", section_field.annotation)
         title = f"[{name}]"
         if get_origin(model) is tuple:  # an array of tables: [[camera]]
             model, title = get_args(model)[0], f"[[{name}]]"

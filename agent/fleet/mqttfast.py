@@ -121,7 +121,7 @@ class _Protocol(asyncio.Protocol):
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.client._transport = transport  # type: ignore[assignment]
+        self.client._transport = transport  # type: ignore[assignment]  # paho's socket choice, private
 
     def data_received(self, data: bytes) -> None:
         self.client._received(data)

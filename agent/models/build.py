@@ -126,7 +126,7 @@ def _progress_monitor(trt: Any, emit: Emit) -> Any | None:
     if base is None:
         return None
 
-    class _Monitor(base):  # type: ignore[misc, valid-type]
+    class _Monitor(base):  # type: ignore[misc, valid-type]  # TensorRT's IProgressMonitor, untyped
         def __init__(self) -> None:
             super().__init__()
 

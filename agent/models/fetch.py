@@ -164,7 +164,7 @@ def _watched(base: type[http.client.HTTPConnection], abort: DownloadAbort) -> Ca
             abort.watch(sock)
             return sock
 
-        connection._create_connection = create  # type: ignore[attr-defined]
+        connection._create_connection = create  # type: ignore[attr-defined]  # http.client's hook, private
         return connection
 
     return make

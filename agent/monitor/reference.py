@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,8 +131,8 @@ class Reference(_Strict):
 
     def distribution(self, metric: str) -> Distribution | Categories | None:
         if metric in INPUT_METRICS:
-            return getattr(self.inputs, metric)  # type: ignore[no-any-return]
-        return getattr(self.outputs, metric)  # type: ignore[no-any-return]
+            return cast("Distribution | None", getattr(self.inputs, metric))
+        return cast("Distribution | Categories | None", getattr(self.outputs, metric))
 
 
 def score_edges(bins: int) -> tuple[float, ...]:

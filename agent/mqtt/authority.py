@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.mqtt.errors import MqttError
-from agent.wire import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError
+from agent.wire import MAX_COMMAND_BYTES, MAX_ID_LENGTH, CommandError, ErrorCode
 
 __all__ = [
     "DOMAIN",
@@ -97,9 +97,10 @@ def _usable_id(command_id: object) -> bool:
     return command_id.isprintable()
 
 
-def _refuse(code: str, message: str, document: Any) -> AuthorityError:
+def _refuse(code: ErrorCode, message: str, document: Any) -> AuthorityError:
     command_id = document.get("id") if isinstance(document, dict) else None
-    return AuthorityError(code, message, command_id if _usable_id(command_id) else None)  # type: ignore[arg-type]
+    usable = isinstance(command_id, str) and _usable_id(command_id)
+    return AuthorityError(code, message, command_id if usable else None)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

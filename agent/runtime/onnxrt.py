@@ -54,11 +54,11 @@ def available_providers() -> list[str]:
 
 
 def _spec(arg: object) -> TensorSpec:
-    name = arg.name  # type: ignore[attr-defined]
-    ort_type = arg.type  # type: ignore[attr-defined]
+    name = arg.name  # type: ignore[attr-defined]  # onnxruntime is untyped
+    ort_type = arg.type  # type: ignore[attr-defined]  # onnxruntime is untyped
     if ort_type not in ORT_TYPES:
         raise EngineLoadError(f"tensor {name!r} has type {ort_type}, which the agent does not handle")
-    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)  # type: ignore[attr-defined]
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)  # type: ignore[attr-defined]  # onnxruntime is untyped
     return TensorSpec(name, shape, np.dtype(ORT_TYPES[ort_type]))
 
 
@@ -75,8 +75,8 @@ class OnnxRuntimeEngine:
     def __init__(self, session: object, providers: Sequence[str]) -> None:
         self._session = session
         self.providers = tuple(providers)
-        self.inputs = tuple(_spec(a) for a in session.get_inputs())  # type: ignore[attr-defined]
-        self.outputs = tuple(_spec(a) for a in session.get_outputs())  # type: ignore[attr-defined]
+        self.inputs = tuple(_spec(a) for a in session.get_inputs())  # type: ignore[attr-defined]  # onnxruntime is untyped
+        self.outputs = tuple(_spec(a) for a in session.get_outputs())  # type: ignore[attr-defined]  # onnxruntime is untyped
         self._output_names = [o.name for o in self.outputs]
 
     @classmethod
@@ -112,7 +112,7 @@ class OnnxRuntimeEngine:
         return cls(session, providers)
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._output_names, dict(feeds))  # type: ignore[attr-defined]
+        results = self._session.run(self._output_names, dict(feeds))  # type: ignore[attr-defined]  # onnxruntime is untyped
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:

@@ -134,7 +134,7 @@ def make_logger(trt: ModuleType) -> Any:
     severity = trt.ILogger.Severity
     errors = (severity.INTERNAL_ERROR, severity.ERROR)
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]  # tensorrt has no type stubs
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: deque[str] = deque(maxlen=KEPT_LOG_ERRORS)

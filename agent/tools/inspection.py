@@ -13,7 +13,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from agent.models import MANIFEST_FILE, FetchError, Manifest, load_public_key, verify_statement
 from agent.tools.errors import PackError
@@ -49,9 +49,9 @@ class BundleInspection:
         return not self.problems
 
 
-def _digest(handle: object) -> str:
+def _digest(handle: IO[bytes]) -> str:
     digest = hashlib.sha256()
-    while chunk := handle.read(CHUNK):  # type: ignore[attr-defined]
+    while chunk := handle.read(CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
 

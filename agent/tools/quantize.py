@@ -223,7 +223,7 @@ def quantize_onnx(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], op
         quantize_static,
     )
 
-    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]
+    class Reader(_Reader, CalibrationDataReader):  # type: ignore[misc]  # onnxruntime's class is untyped
         pass
 
     methods = {"minmax": CalibrationMethod.MinMax, "average": CalibrationMethod.MinMax,

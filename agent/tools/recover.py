@@ -124,8 +124,8 @@ def load_onnx2torch() -> Any:
 
         vision = types.ModuleType("torchvision")
         ops = types.ModuleType("torchvision.ops")
-        ops.roi_align = ops.nms = ops.batched_nms = unavailable  # type: ignore[attr-defined]
-        vision.ops = ops  # type: ignore[attr-defined]
+        ops.roi_align = ops.nms = ops.batched_nms = unavailable  # type: ignore[attr-defined]  # a stand-in module
+        vision.ops = ops  # type: ignore[attr-defined]  # a stand-in torchvision
         sys.modules["torchvision"], sys.modules["torchvision.ops"] = vision, ops
     try:
         return importlib.import_module("onnx2torch")

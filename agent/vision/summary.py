@@ -53,12 +53,14 @@ class Monitors:
         index = result.frame.index
         try:
             interested = [m for m in self.monitors if m.wants(index)]
-            summary = summarize(result) if interested else None
+            if not interested:
+                return
+            summary = summarize(result)
         except Exception as exc:  # a frame the summary cannot read: the monitors skip it
             self.failures.failed("summarize", exc)
             return
         for monitor in interested:
             try:
-                monitor.observe(summary)  # type: ignore[arg-type]
+                monitor.observe(summary)
             except Exception as exc:  # a broken monitor must not stop the others or inference
                 self.failures.failed(monitor, exc)
