@@ -1,20 +1,29 @@
-"""The fleet package."""
+"""The fleet package.
+
+This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
+Each name is imported on first use (PEP 562), so importing one module of the package does
+not import its siblings (a Jetson's capture-only venv, a fast CLI).
+"""
 
 from __future__ import annotations
 
-from agent.fleet.artifact import FORMATS, HEAD_BYTES, sniff
-from agent.fleet.consumer import Consumer, ConsumerOptions
-from agent.fleet.control import ControlClient, ControlError, NoReplyError, Reply, new_command_id
-from agent.fleet.events import EventFilter, stream_events
-from agent.fleet.link import FleetLink
-from agent.fleet.local import LocalAgentError, local_target
-from agent.fleet.mqttfast import pack_connect, pack_publish
-from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
-from agent.fleet.record import RecordError, RolloutStore, new_rollout_id
-from agent.fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
-from agent.fleet.status import collect, device_rows, render_table
-from agent.fleet.top import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
-from agent.fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.fleet.artifact import FORMATS, HEAD_BYTES, sniff
+    from agent.fleet.consumer import Consumer, ConsumerOptions
+    from agent.fleet.control import ControlClient, ControlError, NoReplyError, Reply, new_command_id
+    from agent.fleet.events import EventFilter, stream_events
+    from agent.fleet.link import FleetLink
+    from agent.fleet.local import LocalAgentError, local_target
+    from agent.fleet.mqttfast import pack_connect, pack_publish
+    from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
+    from agent.fleet.record import RecordError, RolloutStore, new_rollout_id
+    from agent.fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
+    from agent.fleet.status import collect, device_rows, render_table
+    from agent.fleet.top import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
+    from agent.fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
 
 __all__ = [
     "FORMATS",
@@ -59,3 +68,57 @@ __all__ = [
     "sniff",
     "stream_events",
 ]
+
+_HOMES = {
+    "Consumer": "agent.fleet.consumer",
+    "ConsumerOptions": "agent.fleet.consumer",
+    "ControlClient": "agent.fleet.control",
+    "ControlError": "agent.fleet.control",
+    "DeploymentRow": "agent.fleet.top",
+    "EventFilter": "agent.fleet.events",
+    "FORMATS": "agent.fleet.artifact",
+    "FleetHttpServer": "agent.fleet.web",
+    "FleetLink": "agent.fleet.link",
+    "HEAD_BYTES": "agent.fleet.artifact",
+    "HEALTH_CAMERA": "agent.fleet.top",
+    "HttpAccess": "agent.fleet.web",
+    "LISTEN_HOST": "agent.fleet.web",
+    "LocalAgentError": "agent.fleet.local",
+    "NoReplyError": "agent.fleet.control",
+    "PlanError": "agent.fleet.plan",
+    "RecordError": "agent.fleet.record",
+    "Reply": "agent.fleet.control",
+    "Rollout": "agent.fleet.rollout",
+    "RolloutError": "agent.fleet.rollout",
+    "RolloutPlan": "agent.fleet.plan",
+    "RolloutSpec": "agent.fleet.rollout",
+    "RolloutStore": "agent.fleet.record",
+    "TopModel": "agent.fleet.top",
+    "TopRows": "agent.fleet.top",
+    "check_resume": "agent.fleet.rollout",
+    "collect": "agent.fleet.status",
+    "device_rows": "agent.fleet.status",
+    "local_target": "agent.fleet.local",
+    "new_command_id": "agent.fleet.control",
+    "new_rollout_id": "agent.fleet.record",
+    "pack_connect": "agent.fleet.mqttfast",
+    "pack_publish": "agent.fleet.mqttfast",
+    "parse_duration": "agent.fleet.plan",
+    "parse_listen": "agent.fleet.web",
+    "parse_percent": "agent.fleet.plan",
+    "parse_percents": "agent.fleet.plan",
+    "plan_rollout": "agent.fleet.rollout",
+    "render_table": "agent.fleet.status",
+    "sniff": "agent.fleet.artifact",
+    "stream_events": "agent.fleet.events",
+}
+"""The module each name of the door comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -1,21 +1,30 @@
 """The MQTT transport: the session, the outbox, the embedded broker and the command authority.
 
-It knows no models or frames; the daemon gives it bytes and topics."""
+It knows no models or frames; the daemon gives it bytes and topics.
+
+This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
+Each name is imported on first use (PEP 562), so importing one module of the package does
+not import its siblings (a Jetson's capture-only venv, a fast CLI).
+"""
 
 from __future__ import annotations
 
-from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key, sign_command
-from agent.mqtt.broker import CONNECTION_FILE, PASSWORD_FILE, BrokerError, EmbeddedBroker, free_port
-from agent.mqtt.errors import MqttError
-from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxError, OutboxItem, SqliteOutbox
-from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStatus
-from agent.mqtt.settings import (
-    SessionConfigError,
-    check_certificate_identity,
-    parse_broker_url,
-    read_password,
-    tls_parameters,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key, sign_command
+    from agent.mqtt.broker import CONNECTION_FILE, PASSWORD_FILE, BrokerError, EmbeddedBroker, free_port
+    from agent.mqtt.errors import MqttError
+    from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxError, OutboxItem, SqliteOutbox
+    from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStatus
+    from agent.mqtt.settings import (
+        SessionConfigError,
+        check_certificate_identity,
+        parse_broker_url,
+        read_password,
+        tls_parameters,
+    )
 
 __all__ = [
     "CONNECTION_FILE",
@@ -43,3 +52,40 @@ __all__ = [
     "sign_command",
     "tls_parameters",
 ]
+
+_HOMES = {
+    "BrokerError": "agent.mqtt.broker",
+    "CONNECTION_FILE": "agent.mqtt.broker",
+    "CommandAuthority": "agent.mqtt.authority",
+    "EmbeddedBroker": "agent.mqtt.broker",
+    "MemoryOutbox": "agent.mqtt.outbox",
+    "MqttError": "agent.mqtt.errors",
+    "MqttSession": "agent.mqtt.session",
+    "NonceCache": "agent.mqtt.authority",
+    "Outbox": "agent.mqtt.outbox",
+    "OutboxError": "agent.mqtt.outbox",
+    "OutboxItem": "agent.mqtt.outbox",
+    "PASSWORD_FILE": "agent.mqtt.broker",
+    "SessionConfigError": "agent.mqtt.settings",
+    "SessionError": "agent.mqtt.session",
+    "SessionState": "agent.mqtt.session",
+    "SessionStatus": "agent.mqtt.session",
+    "SqliteOutbox": "agent.mqtt.outbox",
+    "check_certificate_identity": "agent.mqtt.settings",
+    "free_port": "agent.mqtt.broker",
+    "load_command_key": "agent.mqtt.authority",
+    "parse_broker_url": "agent.mqtt.settings",
+    "read_password": "agent.mqtt.settings",
+    "sign_command": "agent.mqtt.authority",
+    "tls_parameters": "agent.mqtt.settings",
+}
+"""The module each name of the door comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -1,12 +1,21 @@
-"""The runtime package."""
+"""The runtime package.
+
+This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
+Each name is imported on first use (PEP 562), so importing one module of the package does
+not import its siblings (a Jetson's capture-only venv, a fast CLI).
+"""
 
 from __future__ import annotations
 
-from agent.runtime.base import Engine, EngineError, EngineLoadError, TensorSpec
-from agent.runtime.cuda import device_memory, gpu_probe
-from agent.runtime.onnxrt import OnnxRuntimeEngine
-from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
-from agent.runtime.tensorrt import ShapeProfile, TensorRTEngine, import_tensorrt, make_logger, select_runtime
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.runtime.base import Engine, EngineError, EngineLoadError, TensorSpec
+    from agent.runtime.cuda import device_memory, gpu_probe
+    from agent.runtime.onnxrt import OnnxRuntimeEngine
+    from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
+    from agent.runtime.tensorrt import ShapeProfile, TensorRTEngine, import_tensorrt, make_logger, select_runtime
 
 __all__ = [
     "Engine",
@@ -25,3 +34,31 @@ __all__ = [
     "make_logger",
     "select_runtime",
 ]
+
+_HOMES = {
+    "Engine": "agent.runtime.base",
+    "EngineError": "agent.runtime.base",
+    "EngineLoadError": "agent.runtime.base",
+    "EngineSlot": "agent.runtime.slot",
+    "OnnxRuntimeEngine": "agent.runtime.onnxrt",
+    "Serving": "agent.runtime.slot",
+    "ShapeProfile": "agent.runtime.tensorrt",
+    "SlotEmptyError": "agent.runtime.slot",
+    "TensorRTEngine": "agent.runtime.tensorrt",
+    "TensorSpec": "agent.runtime.base",
+    "device_memory": "agent.runtime.cuda",
+    "gpu_probe": "agent.runtime.cuda",
+    "import_tensorrt": "agent.runtime.tensorrt",
+    "make_logger": "agent.runtime.tensorrt",
+    "select_runtime": "agent.runtime.tensorrt",
+}
+"""The module each name of the door comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -1,10 +1,19 @@
-"""The simulated fleet: devices that speak the MQTT contract (agent.wire) and nothing else of the agent."""
+"""The simulated fleet: devices that speak the MQTT contract (agent.wire) and nothing else of the agent.
+
+This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
+Each name is imported on first use (PEP 562), so importing one module of the package does
+not import its siblings (a Jetson's capture-only venv, a fast CLI).
+"""
 
 from __future__ import annotations
 
-from agent.sim.device import SimDevice
-from agent.sim.simulate import SimFleet, SimProcesses, auto_processes, device_ids
-from agent.sim.spec import SimError, SimSpec
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.sim.device import SimDevice
+    from agent.sim.simulate import SimFleet, SimProcesses, auto_processes, device_ids
+    from agent.sim.spec import SimError, SimSpec
 
 __all__ = [
     "SimDevice",
@@ -15,3 +24,23 @@ __all__ = [
     "auto_processes",
     "device_ids",
 ]
+
+_HOMES = {
+    "SimDevice": "agent.sim.device",
+    "SimError": "agent.sim.spec",
+    "SimFleet": "agent.sim.simulate",
+    "SimProcesses": "agent.sim.simulate",
+    "SimSpec": "agent.sim.spec",
+    "auto_processes": "agent.sim.simulate",
+    "device_ids": "agent.sim.simulate",
+}
+"""The module each name of the door comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -1,26 +1,35 @@
-"""The vision package."""
+"""The vision package.
+
+This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
+Each name is imported on first use (PEP 562), so importing one module of the package does
+not import its siblings (a Jetson's capture-only venv, a fast CLI).
+"""
 
 from __future__ import annotations
 
-from agent.vision.cameras import (
-    CAMERAS_FILE,
-    CameraError,
-    CameraSet,
-    camera_entry,
-    camera_rows,
-    described,
-    first_frame_error,
-    load_cameras,
-    overwritten,
-    save_cameras,
-)
-from agent.vision.heads import Classification, Detection, Prediction, make_head, softmax
-from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
-from agent.vision.preprocess import Geometry, Preprocessor, TransformError
-from agent.vision.scheduler import Scheduler
-from agent.vision.shadow import ShadowRunner
-from agent.vision.sources import Frame, FrameSource, redact_uri
-from agent.vision.summary import Monitors, summarize
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.vision.cameras import (
+        CAMERAS_FILE,
+        CameraError,
+        CameraSet,
+        camera_entry,
+        camera_rows,
+        described,
+        first_frame_error,
+        load_cameras,
+        overwritten,
+        save_cameras,
+    )
+    from agent.vision.heads import Classification, Detection, Prediction, make_head, softmax
+    from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
+    from agent.vision.preprocess import Geometry, Preprocessor, TransformError
+    from agent.vision.scheduler import Scheduler
+    from agent.vision.shadow import ShadowRunner
+    from agent.vision.sources import Frame, FrameSource, redact_uri
+    from agent.vision.summary import Monitors, summarize
 
 __all__ = [
     "CAMERAS_FILE",
@@ -52,3 +61,44 @@ __all__ = [
     "softmax",
     "summarize",
 ]
+
+_HOMES = {
+    "CAMERAS_FILE": "agent.vision.cameras",
+    "CameraError": "agent.vision.cameras",
+    "CameraSet": "agent.vision.cameras",
+    "Classification": "agent.vision.heads",
+    "Detection": "agent.vision.heads",
+    "Frame": "agent.vision.sources",
+    "FrameResult": "agent.vision.pipeline",
+    "FrameSource": "agent.vision.sources",
+    "Geometry": "agent.vision.preprocess",
+    "MAX_BATCH_FRAMES": "agent.vision.pipeline",
+    "Monitors": "agent.vision.summary",
+    "Pipeline": "agent.vision.pipeline",
+    "Prediction": "agent.vision.heads",
+    "Preprocessor": "agent.vision.preprocess",
+    "Scheduler": "agent.vision.scheduler",
+    "ShadowRunner": "agent.vision.shadow",
+    "TransformError": "agent.vision.preprocess",
+    "camera_entry": "agent.vision.cameras",
+    "camera_rows": "agent.vision.cameras",
+    "described": "agent.vision.cameras",
+    "first_frame_error": "agent.vision.cameras",
+    "load_cameras": "agent.vision.cameras",
+    "make_head": "agent.vision.heads",
+    "overwritten": "agent.vision.cameras",
+    "redact_uri": "agent.vision.sources",
+    "save_cameras": "agent.vision.cameras",
+    "softmax": "agent.vision.heads",
+    "summarize": "agent.vision.summary",
+}
+"""The module each name of the door comes from."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

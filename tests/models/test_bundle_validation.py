@@ -25,8 +25,8 @@ from agent.models.loader import EngineOptions, load_serving
 from agent.models.manager import DeployFailed
 from agent.models.manifest import Manifest, ManifestError, sha256_file
 from agent.models.store import ModelStore
-from agent.monitor.features import Monitors
 from agent.monitor.telemetry import Telemetry
+from agent.vision.summary import Monitors
 from agent.wire import DeploymentStep
 from agent.wire.topics import Topics
 from tests.models.test_loader_tensorrt import OPTIONS as TRT_OPTIONS
