@@ -59,6 +59,5 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+    # Not cached in this namespace: the door always gives what its module holds now.
+    return getattr(importlib.import_module(home), name)
