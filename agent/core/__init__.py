@@ -7,8 +7,9 @@ not import its siblings (a Jetson's capture-only venv, a fast CLI).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agent.core.doors import door_getattr
 
 if TYPE_CHECKING:
     from agent.core.backoff import Backoff
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         TrackerSettings,
         ZoneSettings,
     )
+    from agent.core.doors import door_getattr
     from agent.core.errors import AgentError, CodedError
     from agent.core.log import bind_context, configure_logging
     from agent.core.names import (
@@ -85,6 +87,7 @@ __all__ = [
     "check_name",
     "check_segment",
     "configure_logging",
+    "door_getattr",
     "load_config",
     "parse_broker_url",
     "parse_scalar",
@@ -131,16 +134,11 @@ _HOMES = {
     "check_name": "agent.core.names",
     "check_segment": "agent.core.names",
     "configure_logging": "agent.core.log",
+    "door_getattr": "agent.core.doors",
     "load_config": "agent.core.config.agent",
     "parse_broker_url": "agent.core.config.mqtt",
     "parse_scalar": "agent.core.config.agent",
 }
 """The module each name of the door comes from."""
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # Not cached in this namespace: the door always gives what its module holds now.
-    return getattr(importlib.import_module(home), name)
+__getattr__ = door_getattr(__name__, _HOMES)

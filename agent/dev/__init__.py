@@ -7,8 +7,9 @@ not import its siblings (a Jetson's capture-only venv, a fast CLI).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agent.core import door_getattr
 
 if TYPE_CHECKING:
     from agent.dev.base import DevError
@@ -40,10 +41,4 @@ _HOMES = {
 }
 """The module each name of the door comes from."""
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    # Not cached in this namespace: the door always gives what its module holds now.
-    return getattr(importlib.import_module(home), name)
+__getattr__ = door_getattr(__name__, _HOMES)
