@@ -1,4 +1,4 @@
-"""The ground floor: configuration, the error root, logging, backoff, names. Imports nothing of the agent.
+"""The ground floor: configuration, the error root, logging, backoff, names, choices. Imports nothing of the agent.
 
 This ``__init__`` is the package's door: other packages import only what ``__all__`` names.
 Each name is imported on first use (PEP 562), so importing one module of the package does
@@ -13,6 +13,7 @@ from agent.core.doors import door_getattr
 
 if TYPE_CHECKING:
     from agent.core.backoff import Backoff
+    from agent.core.choices import one_of
     from agent.core.config.agent import ENV_PREFIX, AgentConfig, load_config, parse_scalar
     from agent.core.config.base import ConfigError
     from agent.core.config.camera import CameraSection, SourceSection, check_camera_set
@@ -89,6 +90,7 @@ __all__ = [
     "configure_logging",
     "door_getattr",
     "load_config",
+    "one_of",
     "parse_broker_url",
     "parse_scalar",
 ]
@@ -136,6 +138,7 @@ _HOMES = {
     "configure_logging": "agent.core.log",
     "door_getattr": "agent.core.doors",
     "load_config": "agent.core.config.agent",
+    "one_of": "agent.core.choices",
     "parse_broker_url": "agent.core.config.mqtt",
     "parse_scalar": "agent.core.config.agent",
 }

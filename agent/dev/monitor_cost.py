@@ -114,8 +114,8 @@ def measure_monitor_cost(
     manifest = installed.manifest
     slot = EngineSlot()
     slot.swap(load_serving(installed, EngineOptions()))
-    # process() reads only the slot; frames come from the video reader, not from a source.
-    pipeline = Pipeline(None, slot, LatencyRecorder(16))  # type: ignore[arg-type]
+    # No source: the frames come from the video reader, handed to process() one by one.
+    pipeline = Pipeline(None, slot, LatencyRecorder(16))
     builder = ReferenceBuilder(manifest.task, manifest.head.labels)
     results = []
     try:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import onnx
 
+from agent.core import one_of
 from agent.models.errors import ModelError
 from agent.runtime import ShapeProfile
 
@@ -24,6 +25,7 @@ __all__ = [
     "PrecisionPlan",
     "model_inputs",
     "model_precision",
+    "parse_precision",
     "parse_shape",
     "plan_precision",
     "profile_text",
@@ -33,8 +35,8 @@ __all__ = [
 
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 Sparse = Literal["auto", "on", "off"]
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-SPARSE_CHOICES = ("auto", "on", "off")
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+SPARSE_CHOICES: tuple[Sparse, ...] = get_args(Sparse)
 DEFAULT_WORKSPACE_MB = 1024
 MAX_WORKSPACE_MB = 1 << 20
 DEFAULT_BUILD_TIMEOUT_S = 3600.0
@@ -72,6 +74,14 @@ class BuildSpec:
         if self.timeout_s <= 0:
             raise BuildSpecError(f"timeout_s {self.timeout_s} must be positive")
         object.__setattr__(self, "shapes", dict(self.shapes))
+
+
+def parse_precision(text: str) -> Precision:
+    """``text`` (a config value, a flag) as a build precision; BuildSpecError when it is none."""
+    precision = one_of(text, PRECISIONS)
+    if precision is None:
+        raise BuildSpecError(f"precision {text!r} is not one of {PRECISIONS}")
+    return precision
 
 
 def _is_dims(text: str) -> bool:
@@ -185,8 +195,9 @@ def resolve_profiles(inputs: Mapping[str, tuple[int | None, ...]],
             if dynamic != [0]:
                 raise BuildSpecError(f"input {name!r} has dynamic dims {dynamic} of {_text(dims)}: "
                                      f"give its range as {name}:MIN:OPT:MAX")
-            fixed = (1, *dims[1:])
-            given = ShapeProfile(fixed, fixed, fixed)  # type: ignore[arg-type]
+            # Only dim 0 is dynamic (checked above), so the rest are all fixed ints.
+            fixed = (1, *(dim for dim in dims[1:] if dim is not None))
+            given = ShapeProfile(fixed, fixed, fixed)
         _check_fits(name, dims, given)
         if dynamic:
             profiles[name] = given

@@ -24,13 +24,16 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from agent.models.errors import ModelError
 from agent.models.manifest import Manifest
 from agent.runtime import EngineLoadError, gpu_probe, import_tensorrt
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "CACHE_DIR",
@@ -65,8 +68,8 @@ class EngineKeyMismatch(ModelError, EngineLoadError):
     """A prebuilt engine was built for another platform than this device."""
 
 
-def _non_empty(owner: object) -> None:
-    for item in fields(owner):  # type: ignore[arg-type]
+def _non_empty(owner: DataclassInstance) -> None:
+    for item in fields(owner):
         value = getattr(owner, item.name)
         if not isinstance(value, str) or not value:
             raise ValueError(f"{type(owner).__name__}.{item.name} must be a non-empty string, "

@@ -54,7 +54,7 @@ def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
 def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
     """A prebuilt engine made for this device, or the ONNX model built (or found in the cache)."""
     from agent.models.build import ensure_engine
-    from agent.models.build_spec import BuildSpec, parse_shape
+    from agent.models.build_spec import BuildSpec, parse_precision, parse_shape
     from agent.models.engine_cache import EngineCache, Platform, _fsync_write, check_prebuilt
     from agent.runtime import TensorRTEngine
 
@@ -73,7 +73,7 @@ def _tensorrt(installed: InstalledModel, options: EngineOptions) -> Engine:
             # later loads would take for the cached one.
             _fsync_write(fused, fuse_preprocessing(onnx.load(str(onnx_path)), manifest.preprocess).SerializeToString())
         onnx_path = fused
-    spec = BuildSpec(precision=options.tensorrt_precision,  # type: ignore[arg-type]
+    spec = BuildSpec(precision=parse_precision(options.tensorrt_precision),
                      shapes=dict(parse_shape(s) for s in options.tensorrt_shapes),
                      workspace_mb=options.workspace_mb)
     built = ensure_engine(onnx_path, spec, cache, tensorrt_module=options.tensorrt_module,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.core import one_of
 from agent.monitor.errors import MonitorError
 from agent.monitor.features import FrameSummary
 from agent.monitor.stats import Binned, quantile_edges
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 REFERENCE_FORMAT: Literal[1] = 1
+ReferenceTask = Literal["classify", "detect", "text_detect"]
+"""The tasks a reference can describe (a recognizer's text has no distribution here)."""
+REFERENCE_TASKS: tuple[ReferenceTask, ...] = get_args(ReferenceTask)
 INPUT_METRICS = ("brightness", "contrast", "sharpness")
 MAX_BINS = 1000
 """Bins or categories per distribution: profiles use tens; a bound keeps a manifest's cost small."""
@@ -108,7 +112,7 @@ class OutputReference(_Strict):
 class Reference(_Strict):
     format: Literal[1] = REFERENCE_FORMAT
     model: ModelInfo
-    task: Literal["classify", "detect", "text_detect"]
+    task: ReferenceTask
     samples: int = Field(ge=1)
     """Frames profiled."""
     created: float = Field(ge=0)
@@ -153,9 +157,10 @@ class ReferenceBuilder:
     """Collects the per-frame values of a profiling run and bins them into a Reference."""
 
     def __init__(self, task: str, labels: Sequence[str] = (), bins: int = 10) -> None:
-        if task not in ("classify", "detect", "text_detect"):
+        known = one_of(task, REFERENCE_TASKS)
+        if known is None:
             raise ReferenceDataError(f"unknown task {task!r}")
-        self.task = task
+        self.task: ReferenceTask = known
         self.labels = tuple(labels)
         self.bins = bins
         self.frames = 0
@@ -200,7 +205,7 @@ class ReferenceBuilder:
         else:
             outputs["count"] = _distribution(self._counts, self.bins)
         return Reference(
-            model=ModelInfo(name=name, version=version, sha256=sha256), task=self.task,  # type: ignore[arg-type]
+            model=ModelInfo(name=name, version=version, sha256=sha256), task=self.task,
             samples=self.frames, created=time.time(), source=source,
             inputs=InputReference(**input_dists), outputs=OutputReference(**outputs),
         )

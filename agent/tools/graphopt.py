@@ -117,7 +117,8 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
 
 def _unpadded(conv: onnx.NodeProto) -> bool:
     auto_pad = _attr(conv, "auto_pad", b"NOTSET")
-    return not any(_attr(conv, "pads", [])) and auto_pad in (b"NOTSET", b"VALID")  # type: ignore[arg-type]
+    pads = _attr(conv, "pads", [])
+    return isinstance(pads, list) and not any(pads) and auto_pad in (b"NOTSET", b"VALID")
 
 
 def _remove(model: onnx.ModelProto, dead: set[int], rename: dict[str, str]) -> None:

@@ -25,11 +25,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 
+from agent.core import one_of
 from agent.models import (
     MANIFEST_FILE,
     STATEMENT_VALID_S,
@@ -69,7 +70,8 @@ GOLDEN_RTOL = 1e-2
 GOLDEN_ATOL = 1e-2
 """Goldens catch a wrong or broken model, not numeric noise: a reduced-precision engine
 (FP16 or INT8 on TensorRT) must pass them too."""
-HEAD_KINDS = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
+PackTask = Literal["classify", "detect", "text_detect"]
+HEAD_KINDS: dict[PackTask, str] = {"classify": "classify", "detect": "detect_yolo", "text_detect": "text_detect_db"}
 MODEL_FILE = "model.onnx"
 SIGNATURE_SUFFIX = ".sig"
 
@@ -97,15 +99,16 @@ def build_manifest(*, name: str, version: str, task: str, labels: Sequence[str],
                    head: dict[str, Any] | None = None, license: str | None = None,
                    description: str | None = None) -> Manifest:
     """A manifest from a template's preprocess/head (or defaults) with flags on top."""
-    if task not in HEAD_KINDS:
+    known = one_of(task, HEAD_KINDS)
+    if known is None:
         raise PackError(f"task {task!r}: use one of {', '.join(HEAD_KINDS)}")
     base_pre = template.preprocess.model_dump() if template else {}
     base_head = template.head.model_dump() if template and template.task == task else {}
     pre_spec = _validated(PreprocessSpec, base_pre, preprocess or {}, "preprocessing")
     head_spec = _validated(HeadSpec, base_head,
-                           {"kind": HEAD_KINDS[task], "labels": tuple(labels) or None, **(head or {})}, "head")
+                           {"kind": HEAD_KINDS[known], "labels": tuple(labels) or None, **(head or {})}, "head")
     try:
-        return Manifest(name=name, version=version, task=task, model_file=MODEL_FILE,  # type: ignore[arg-type]
+        return Manifest(name=name, version=version, task=known, model_file=MODEL_FILE,
                         preprocess=pre_spec, head=head_spec, license=license, description=description)
     except ValueError as exc:
         raise PackError(f"manifest: {exc}") from exc

@@ -138,8 +138,8 @@ def profile(
         raise ProfileError(f"cannot load {manifest.name} {manifest.version}: {exc}") from exc
     slot = EngineSlot()
     slot.swap(serving)
-    # process() reads only the slot; frames come from the iterator, not from a source.
-    pipeline = Pipeline(None, slot, LatencyRecorder(LATENCY_WINDOW))  # type: ignore[arg-type]
+    # No source: the frames come from the iterator, handed to process() one by one.
+    pipeline = Pipeline(None, slot, LatencyRecorder(LATENCY_WINDOW))
     builder = ReferenceBuilder(manifest.task, manifest.head.labels, bins)
     try:
         done = 0

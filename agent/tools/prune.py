@@ -17,20 +17,22 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from agent.core import one_of
 from agent.models import Manifest, prune_model_2to4, sparsity_report
 from agent.tools.errors import PruneError
 from agent.tools.modelref import ModelRef, check_empty, write_model_folder
 from agent.tools.onnxutil import constants_to_initializers, set_metadata, weight_uses
 
-__all__ = ["LayerSparsity", "Pattern", "PruneReport", "format_report", "prune_folder", "prune_onnx"]
+__all__ = ["LayerSparsity", "Pattern", "PruneReport", "format_report", "parse_pattern", "prune_folder", "prune_onnx"]
 
 Pattern = Literal["unstructured", "2:4"]
+PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 REPORT_FILE = "prune_report.json"
 TWO_FOUR_SPARSITY = 0.5
 
@@ -85,10 +87,17 @@ def _prune_unstructured(weight: np.ndarray, sparsity: float) -> np.ndarray:
     return result
 
 
+def parse_pattern(text: str) -> Pattern:
+    """``text`` (a flag) as a weight pruning pattern; PruneError when it is none."""
+    pattern = one_of(text, PATTERNS)
+    if pattern is None:
+        raise PruneError(f"pattern {text!r}: use unstructured or 2:4")
+    return pattern
+
+
 def prune_onnx(model: onnx.ModelProto, sparsity: float, pattern: Pattern) -> tuple[onnx.ModelProto, PruneReport]:
     """A pruned copy of ``model`` and the sparsity each weight reached."""
-    if pattern not in ("unstructured", "2:4"):
-        raise PruneError(f"pattern {pattern!r}: use unstructured or 2:4")
+    parse_pattern(pattern)  # a caller without types may pass any string
     if not 0.0 <= sparsity < 1.0:
         raise PruneError(f"sparsity {sparsity} is outside [0, 1)")
     if pattern == "2:4" and sparsity != TWO_FOUR_SPARSITY:

@@ -358,7 +358,7 @@ def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: f
     magnitude), recover it on ``training`` when ``options`` is given, and report each stage on
     ``evaluation``. Writes the model folder ``out_dir`` with ``prune_report.json``."""
     from agent.tools.channels import prune_channels
-    from agent.tools.prune import REPORT_FILE, prune_onnx
+    from agent.tools.prune import REPORT_FILE, parse_pattern, prune_onnx
     from agent.tools.quantize import calibration_feeds
 
     check_empty(out_dir)
@@ -373,7 +373,7 @@ def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: f
         pruning = {"pattern": pattern, **channel_report.to_dict()}
         keep_zeros = False
     else:
-        pruned, weight_report = prune_onnx(dense, sparsity, pattern)  # type: ignore[arg-type]
+        pruned, weight_report = prune_onnx(dense, sparsity, parse_pattern(pattern))
         pruning = weight_report.to_dict()
         keep_zeros = True
     seconds["prune"] = time.monotonic() - started

@@ -22,6 +22,7 @@ import structlog
 
 from agent.monitor import CameraRecorders, FailureCount, LatencyRecorder
 from agent.runtime import EngineSlot, Serving, SlotEmptyError
+from agent.vision.errors import VisionError
 from agent.vision.preprocess import Geometry
 from agent.vision.scheduler import Scheduler
 from agent.vision.sources import Frame, FrameSource
@@ -154,25 +155,27 @@ class _OneSource:
 class Pipeline:
     """The frame worker: batches from the scheduler through the serving engine to the observers.
 
-    Given the frames (a scheduler over the cameras, or a single source), the engine slot it
-    leases the serving model from for each batch, and the latency recorder; observers (the
-    monitors, the results publisher, the live view) are appended to ``observers``. It owns the
-    per-camera latency recorders, the frame counters (per model version too, for probation),
-    the newest result (``last_result``, which also warms a candidate model up), the
-    ``first_frame`` event and the ``last_heartbeat`` the watchdog reads, and one
-    ``frame-worker`` thread (``start``/``stop``). An observer that raises is counted and
-    logged; inference goes on.
+    Given the frames (a scheduler over the cameras, a single source, or None when the caller
+    hands each frame to ``process`` itself, as the offline tools do, with no worker to
+    ``start``), the engine slot it leases the serving model from for each batch, and the
+    latency recorder; observers (the monitors, the results publisher, the live view) are
+    appended to ``observers``. It owns the per-camera latency recorders, the frame counters
+    (per model version too, for probation), the newest result (``last_result``, which also
+    warms a candidate model up), the ``first_frame`` event and the ``last_heartbeat`` the
+    watchdog reads, and one ``frame-worker`` thread (``start``/``stop``). An observer that
+    raises is counted and logged; inference goes on.
     """
 
     def __init__(
         self,
-        source: FrameSource | Scheduler,
+        source: FrameSource | Scheduler | None,
         slot: EngineSlot,
         recorder: LatencyRecorder,
         observers: list[Observer] | None = None,
     ) -> None:
         self.source = source
-        self.frames = source if isinstance(source, Scheduler) else _OneSource(source)
+        self.frames: Scheduler | _OneSource | None = (
+            None if source is None else source if isinstance(source, Scheduler) else _OneSource(source))
         self.slot = slot
         self.recorder = recorder
         self.cameras = CameraRecorders(recorder.window)
@@ -190,7 +193,9 @@ class Pipeline:
         """Observers that raised on a frame: counted and logged, inference goes on."""
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="frame-worker", daemon=True)
+        if self.frames is None:
+            raise VisionError("a pipeline without a source has no frame loop: hand frames to process()")
+        self._thread = threading.Thread(target=self._run, args=(self.frames,), name="frame-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float) -> bool:
@@ -201,11 +206,11 @@ class Pipeline:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def _run(self) -> None:
+    def _run(self, source: Scheduler | _OneSource) -> None:
         while not self._stop.is_set():
             self.last_heartbeat = time.monotonic()
             waited = time.perf_counter()
-            frames = self.frames.next_batch(self._batch_limit(), GET_TIMEOUT_S)
+            frames = source.next_batch(self._batch_limit(), GET_TIMEOUT_S)
             if not frames:
                 continue
             wait_ms = (time.perf_counter() - waited) * 1000.0

@@ -24,6 +24,7 @@ from agent.models.build_spec import (
     BuildSpecError,
     model_inputs,
     model_precision,
+    parse_precision,
     parse_shape,
     plan_precision,
     profile_text,
@@ -141,6 +142,14 @@ def test_build_spec_validates_itself():
         BuildSpec(workspace_mb=0)
     with pytest.raises(BuildSpecError, match="dla_core -1"):
         BuildSpec(dla_core=-1)
+
+
+def test_a_configured_precision_is_parsed_into_the_spec_or_refused():
+    assert [parse_precision(p) for p in ("auto", "fp32", "fp16", "int8")] == ["auto", "fp32", "fp16", "int8"]
+    assert BuildSpec(precision=parse_precision("fp16")).precision == "fp16"
+    for bad in ("bf16", "FP16", "fp16 ", ""):
+        with pytest.raises(BuildSpecError, match=f"precision {bad!r} is not one of"):
+            parse_precision(bad)
 
 
 # ---------------------------------------------------------------- the TensorRT calls

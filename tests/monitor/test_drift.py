@@ -207,3 +207,10 @@ def test_a_malformed_reference_is_refused_with_the_field_named(text_reference):
     data["inputs"]["brightness"]["counts"] = [1, 2]
     with pytest.raises(ReferenceDataError, match=r"reference\.inputs\.brightness"):
         drift_monitor(data, window=10)
+
+
+@pytest.mark.parametrize("task", ["recognize", "Detect", "detect\n", ""])
+def test_a_reference_is_built_only_for_a_task_it_can_describe(task):
+    with pytest.raises(ReferenceDataError, match="unknown task"):
+        ReferenceBuilder(task)
+    assert ReferenceBuilder("detect").task == "detect"

@@ -174,6 +174,13 @@ def _member(bundle: Path, name: str) -> io.BytesIO:
         return io.BytesIO(archive.extractfile(name).read())
 
 
+def test_a_manifest_is_built_only_for_a_task_pack_knows():
+    for task in ("recognize", "detect_yolo", "Classify"):
+        with pytest.raises(PackError, match=f"task {task!r}: use one of classify, detect, text_detect"):
+            build_manifest(name="o", version="1", task=task, labels=["a"])
+    assert build_manifest(name="o", version="1", task="detect", labels=["a"]).head.kind == "detect_yolo"
+
+
 def test_pack_refuses_a_manifest_that_does_not_fit_the_model(tmp_path, demo_dir, capsys):
     model = demo_dir / "models" / "orientation-0.0.11" / "model.onnx"
     with pytest.raises(PackError, match="3 labels"):

@@ -20,8 +20,10 @@ from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder
 from agent.runtime.slot import EngineSlot
 from agent.vision.cameras import CameraError, CameraSet, camera_rows
+from agent.vision.errors import VisionError
 from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline, batch_limit
 from agent.vision.scheduler import Scheduler
+from agent.vision.sources import Frame
 
 FRAMES_TIMEOUT_S = 120.0
 """Generous: two shared cores run every engineer's tests."""
@@ -200,3 +202,14 @@ def test_batch_limit_follows_the_first_input_dimension(store):
             assert batch_limit(engine, "x", engine.inputs[0].shape) == limit
         finally:
             engine.close()
+
+
+def test_a_pipeline_without_a_source_processes_given_frames_but_refuses_to_start(demo_dir, store):
+    slot = _slot(store, batched=False)
+    pipeline = Pipeline(None, slot, LatencyRecorder(16))
+    image = np.zeros((480, 640, 3), dtype=np.uint8)
+    result = pipeline.process(Frame(0, image, time.monotonic(), time.time(), "given"))
+    slot.clear()
+    assert result.error is None and result.camera == "given"
+    with pytest.raises(VisionError, match="no frame loop"):
+        pipeline.start()
