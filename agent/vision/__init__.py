@@ -24,12 +24,13 @@ if TYPE_CHECKING:
         overwritten,
         save_cameras,
     )
+    from agent.vision.capture import redact_uri
     from agent.vision.heads import Classification, Detection, Prediction, make_head, softmax
     from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
     from agent.vision.preprocess import Geometry, Preprocessor, TransformError
     from agent.vision.scheduler import Scheduler
     from agent.vision.shadow import ShadowRunner
-    from agent.vision.sources import Frame, FrameSource, redact_uri
+    from agent.vision.sources import Frame, FrameSource
     from agent.vision.summary import Monitors, summarize
 
 __all__ = [
@@ -88,7 +89,7 @@ _HOMES = {
     "load_cameras": "agent.vision.cameras",
     "make_head": "agent.vision.heads",
     "overwritten": "agent.vision.cameras",
-    "redact_uri": "agent.vision.sources",
+    "redact_uri": "agent.vision.capture",
     "save_cameras": "agent.vision.cameras",
     "softmax": "agent.vision.heads",
     "summarize": "agent.vision.summary",

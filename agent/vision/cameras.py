@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from agent.core import CameraSection, CodedError, check_camera_set
 from agent.models import write_json_atomic
 from agent.monitor import CameraRecorders
-from agent.vision.errors import VisionError
-from agent.vision.sources import FrameSource, SourceError, SourceStats, redact_uri
+from agent.vision.capture import redact_uri
+from agent.vision.errors import SourceError, VisionError
+from agent.vision.sources import FrameSource, SourceStats
 from agent.wire import CameraState
 
 __all__ = [

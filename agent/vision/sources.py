@@ -1,4 +1,4 @@
-"""Frame sources: a camera, a file, a network stream or a GStreamer pipeline through OpenCV.
+"""Frame sources: a camera, a file, a network stream or a GStreamer pipeline read by its own thread.
 
 A capture thread (OpenCV releases the GIL while it grabs and decodes) keeps
 only the newest frame in a one-slot mailbox, so inference always sees the
@@ -19,60 +19,41 @@ stream and counts what it overwrites. Reads that hang are bounded by the
 backend where OpenCV allows it (FFmpeg's read timeout, V4L2's select timeout);
 a GStreamer appsink cannot be bounded from OpenCV, so a hung pipeline shows
 STALLED until it delivers again, and a stalled frame loop stops the systemd watchdog pings.
+
+What a URI names and how OpenCV opens it is :mod:`agent.vision.capture`; the
+errors a source records are :mod:`agent.vision.errors`' ``SourceError`` family.
 """
 
 from __future__ import annotations
 
 import enum
-import math
-import os
-import re
-import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar, Protocol
-from urllib.parse import unquote, urlsplit
 
 import cv2
 import numpy as np
 import structlog
 
 from agent.core import Backoff, SourceSection
-from agent.vision.errors import VisionError
+from agent.vision.capture import Capture, CaptureOpener, SourceKind, check_backend, open_capture, redact_uri
+from agent.vision.errors import (
+    EmptyFrameError,
+    SourceError,
+    SourceOpenError,
+    SourceReadError,
+    SourceStalledError,
+)
 from agent.wire import CameraState
 
-__all__ = [
-    "JETSON_CSI_PIPELINE", "Capture", "CaptureOpener", "DeviceMissingError", "EmptyFrameError", "Frame",
-    "FrameSource", "Pacer", "PipelineWithoutAppsinkError", "SourceError", "SourceKind", "SourceOpenError",
-    "SourceReadError", "SourceStalledError", "SourceStats", "SourceUnreachableError",
-    "UnsupportedSchemeError", "UnsupportedSourceError", "check_backend", "classify_uri", "has_gstreamer",
-    "open_capture", "redact_uri",
-]
+__all__ = ["DEFAULT_STOP_TIMEOUT_S", "Frame", "FrameSource", "Pacer", "SourceStats"]
 
 log = structlog.get_logger(__name__)
 
-JETSON_CSI_PIPELINE = (
-    "nvarguscamerasrc sensor-id=0 ! "
-    "video/x-raw(memory:NVMM),width=1280,height=720,framerate=30/1 ! "
-    "nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
-    "appsink drop=true max-buffers=1"
-)
-"""A Jetson CSI camera (sensor 0, 1280x720 at 30 fps) as BGR frames; needs JetPack's OpenCV.
-``drop=true max-buffers=1`` keeps appsink from queueing stale frames behind a slow reader."""
-
-NETWORK_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 STALL_SHARE = 0.8
 """A read of a live source that takes this share of read_timeout_s sat out the backend's timeout: a stall.
 One that fails sooner was cut (the server went away). Backends time out a little early or late."""
-REACH_PROBE_TIMEOUT_S = 2.0
-"""After a failed open, a TCP connect this long says whether the server is there at all (a LAN or VPN
-round trip is far shorter); the open itself already waited read_timeout_s."""
-DEFAULT_READ_TIMEOUT_S = 5.0
 DEFAULT_STOP_TIMEOUT_S = 5.0
 FALLBACK_FILE_FPS = 30.0
 """A file whose container states no usable frame rate is paced at this rate."""
@@ -82,209 +63,6 @@ FPS_WINDOW_S = 2.0
 FPS_WINDOW_FRAMES = 256
 PACE_RESYNC_PERIODS = 2.0
 """A paced file this many frame periods late starts a new schedule instead of bursting."""
-V4L_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
-"""OpenCV's V4L2 read timeout in whole seconds, read once per process at the first V4L2 read."""
-
-_GSTREAMER_LINE = re.compile(r"^\s*GStreamer:\s*(\S+)", re.MULTILINE)
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://.*", re.DOTALL)
-_APPSINK = re.compile(r"(?:^|!)\s*appsink(?:\s|!|$)")
-
-
-class SourceError(VisionError):
-    """A frame source cannot be used as asked; ``code`` names the kind of failure for telemetry."""
-
-    code: ClassVar[str] = "source_failed"
-
-
-class UnsupportedSourceError(SourceError):
-    """The URI can never be opened by this OpenCV build (empty, or a backend it lacks)."""
-
-    code = "source_unsupported"
-
-
-class UnsupportedSchemeError(UnsupportedSourceError):
-    """The URI has a scheme (``ftp://``, ``rtmp://``) that no source kind reads."""
-
-    code = "source_scheme"
-
-
-class PipelineWithoutAppsinkError(UnsupportedSourceError):
-    """A GStreamer pipeline string with no ``appsink``, the only element OpenCV takes frames from."""
-
-    code = "source_no_appsink"
-
-
-class SourceOpenError(SourceError):
-    """The source could not be opened now; it may work on a later attempt."""
-
-    code = "source_open_failed"
-
-
-class SourceUnreachableError(SourceOpenError):
-    """Nothing accepts a connection at the stream's host and port (refused, unknown host, timeout)."""
-
-    code = "source_unreachable"
-
-
-class DeviceMissingError(SourceOpenError):
-    """The V4L2 device node does not exist: no camera is plugged in at that index or path."""
-
-    code = "source_device_missing"
-
-
-class SourceReadError(SourceError):
-    """An open source stopped delivering: the server closed the stream or the decoder failed."""
-
-    code = "source_read_failed"
-
-
-class SourceStalledError(SourceReadError):
-    """An open source delivered no frame for ``read_timeout_s``; it is reopened."""
-
-    code = "source_stalled"
-
-
-class EmptyFrameError(SourceReadError):
-    """The source opened but handed over a frame with no pixels (a zero width, height or depth)."""
-
-    code = "source_empty_frame"
-
-
-class SourceKind(enum.Enum):
-    V4L2 = "v4l2"
-    GSTREAMER = "gstreamer"
-    NETWORK = "network"
-    FILE = "file"
-
-
-_BACKENDS = {
-    SourceKind.V4L2: cv2.CAP_V4L2,
-    SourceKind.GSTREAMER: cv2.CAP_GSTREAMER,
-    SourceKind.NETWORK: cv2.CAP_FFMPEG,
-}
-
-
-def classify_uri(uri: str) -> SourceKind:
-    """What kind of source a configured URI names (pure: looks at the text only).
-
-    Raises UnsupportedSchemeError for a ``scheme://`` no kind reads (``file://`` is a file).
-    """
-    text = uri.strip()
-    if not text:
-        raise UnsupportedSourceError("the source uri is empty")
-    if text.isdigit() or text.startswith("/dev/video"):
-        return SourceKind.V4L2
-    if "!" in text:
-        return SourceKind.GSTREAMER
-    scheme = _SCHEME.fullmatch(text)
-    if scheme is None or scheme.group(1).lower() == "file":
-        return SourceKind.FILE
-    if scheme.group(1).lower() in NETWORK_SCHEMES:
-        return SourceKind.NETWORK
-    raise UnsupportedSchemeError(
-        f"{redact_uri(text)!r} has the scheme {scheme.group(1)!r}, which no source reads; use "
-        f"{', '.join(s + '://' for s in sorted(NETWORK_SCHEMES))}, a file path, a V4L2 device "
-        "(0, /dev/video0) or a GStreamer pipeline ending in appsink"
-    )
-
-
-def redact_uri(uri: str) -> str:
-    """The URI with any ``user:password@`` replaced by ``***@``, fit for logs and errors."""
-    return _USERINFO.sub(r"\1***@", uri)
-
-
-def has_gstreamer(build_info: str | None = None) -> bool:
-    """Whether OpenCV was built with GStreamer (pip wheels are not; JetPack's OpenCV is)."""
-    match = _GSTREAMER_LINE.search(cv2.getBuildInformation() if build_info is None else build_info)
-    return match is not None and match.group(1).upper().startswith("YES")
-
-
-def check_backend(uri: str) -> SourceKind:
-    """Classify ``uri`` and make sure this OpenCV has the backend it needs."""
-    kind = classify_uri(uri)
-    if kind is SourceKind.GSTREAMER and _APPSINK.search(uri) is None:
-        raise PipelineWithoutAppsinkError(
-            f"the GStreamer pipeline {redact_uri(uri.strip())!r} has no appsink; OpenCV takes frames only "
-            "from an appsink: end it with '! videoconvert ! appsink'"
-        )
-    if kind is SourceKind.GSTREAMER and not has_gstreamer():
-        raise UnsupportedSourceError(
-            f"{redact_uri(uri)!r} is a GStreamer pipeline, but this OpenCV {cv2.__version__} "
-            "was built without GStreamer (cv2.getBuildInformation() says 'GStreamer: NO'); "
-            "use an OpenCV built with it, such as JetPack's on Jetson"
-        )
-    backend = _BACKENDS.get(kind)
-    if backend is not None and not cv2.videoio_registry.hasBackend(backend):
-        name = cv2.videoio_registry.getBackendName(backend)
-        raise UnsupportedSourceError(
-            f"{redact_uri(uri)!r} needs OpenCV's {name} backend; OpenCV {cv2.__version__} lacks it"
-        )
-    return kind
-
-
-def open_capture(uri: str, *, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> cv2.VideoCapture:
-    """Open ``uri`` with the backend its kind calls for; a SourceOpenError names it when it fails."""
-    kind = check_backend(uri)
-    text = uri.strip()
-    if kind is SourceKind.FILE:
-        text = unquote(urlsplit(text).path) if _SCHEME.fullmatch(text) else text
-        if not Path(text).is_file():
-            raise SourceOpenError(f"video file {text!r} does not exist or is not a file")
-    if kind is SourceKind.V4L2:
-        _check_device(text)
-        os.environ.setdefault(V4L_SELECT_TIMEOUT_ENV, str(max(1, math.ceil(read_timeout_s))))
-        capture = cv2.VideoCapture(int(text) if text.isdigit() else text, cv2.CAP_V4L2)
-    elif kind is SourceKind.GSTREAMER:
-        capture = cv2.VideoCapture(text, cv2.CAP_GSTREAMER)
-    elif cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):  # a network stream or a file
-        ms = max(1, round(read_timeout_s * 1000))
-        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-        capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG, timeouts)
-    else:
-        capture = cv2.VideoCapture(text, cv2.CAP_ANY)
-    if not capture.isOpened():
-        capture.release()
-        if kind is SourceKind.NETWORK:
-            _check_reachable(text)
-        raise SourceOpenError(f"OpenCV could not open the {kind.value} source {redact_uri(text)!r}")
-    return capture
-
-
-def _check_device(text: str) -> None:
-    device = Path(f"/dev/video{int(text)}" if text.isdigit() else text)
-    if not device.exists():
-        raise DeviceMissingError(
-            f"V4L2 camera {str(device)!r} (source {text!r}) does not exist: is the camera plugged in? "
-            "'v4l2-ctl --list-devices' lists the cameras this machine sees"
-        )
-    if not os.access(device, os.R_OK | os.W_OK):
-        raise SourceOpenError(
-            f"V4L2 camera {str(device)!r} (source {text!r}) exists but this user may not open it: "
-            "add the agent's user to the group that owns it (usually 'video')"
-        )
-
-
-def _check_reachable(text: str) -> None:
-    """Raise SourceUnreachableError when nothing accepts a TCP connection where the stream lives."""
-    parts = urlsplit(text)
-    shown = redact_uri(text)
-    try:
-        host, port = parts.hostname, parts.port or DEFAULT_PORTS[parts.scheme.lower()]
-    except ValueError as exc:
-        raise SourceUnreachableError(f"{shown!r} has no usable port: {exc}") from None
-    if not host:
-        raise SourceUnreachableError(f"{shown!r} names no host")
-    try:
-        with socket.create_connection((host, port), timeout=REACH_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise SourceUnreachableError(f"nothing answers at {host}:{port} for {shown!r}: {reason}") from None
-    raise SourceOpenError(
-        f"{host}:{port} accepts connections but OpenCV could not open the stream {shown!r}: "
-        "check the path, the credentials and the codec"
-    )
 
 
 @dataclass(frozen=True)
@@ -364,19 +142,6 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
     return image
-
-
-class Capture(Protocol):
-    """What the capture thread uses of a ``cv2.VideoCapture`` (a driver's own capture may stand in)."""
-
-    def read(self) -> tuple[bool, np.ndarray | None]: ...
-    def get(self, prop: int) -> float: ...
-    def getBackendName(self) -> str: ...  # OpenCV's name
-    def release(self) -> None: ...
-
-
-CaptureOpener = Callable[[str, float], Capture]
-"""Opens a URI with a read timeout in seconds: ``open_capture`` unless a caller brings its own driver."""
 
 
 def _open(uri: str, read_timeout_s: float) -> Capture:

@@ -18,24 +18,16 @@ import numpy as np
 import pytest
 
 from agent.core.config import SourceSection
-from agent.vision.sources import (
-    JETSON_CSI_PIPELINE,
+from agent.vision.capture import JETSON_CSI_PIPELINE, SourceKind, classify_uri, has_gstreamer, open_capture, redact_uri
+from agent.vision.errors import (
     DeviceMissingError,
-    Frame,
-    FrameSource,
-    Pacer,
     PipelineWithoutAppsinkError,
     SourceError,
-    SourceKind,
-    SourceStats,
     SourceUnreachableError,
     UnsupportedSchemeError,
     UnsupportedSourceError,
-    classify_uri,
-    has_gstreamer,
-    open_capture,
-    redact_uri,
 )
+from agent.vision.sources import Frame, FrameSource, Pacer, SourceStats
 from agent.wire import CameraState
 from tests.support.http import LoopbackServer, RangeHandler
 

@@ -31,18 +31,15 @@ from agent.dev.rtsp_bench import (
     measure_rtsp_recovery,
     rtsp_server_unavailable,
 )
-from agent.vision.sources import (
+from agent.vision.capture import SourceKind, open_capture
+from agent.vision.errors import (
     EmptyFrameError,
-    Frame,
-    FrameSource,
-    SourceKind,
     SourceOpenError,
     SourceReadError,
     SourceStalledError,
-    SourceStats,
     SourceUnreachableError,
-    open_capture,
 )
+from agent.vision.sources import Frame, FrameSource, SourceStats
 from agent.wire import CameraState
 from tests.support.mjpeg_server import MjpegServer
 from tests.support.system_venv import SystemVenvError, system_opencv_gstreamer, system_venv
@@ -347,7 +344,8 @@ GSTREAMER_SCRIPT = """
 import json, sys, time
 import cv2, numpy
 from agent.core.config import SourceSection
-from agent.vision.sources import FrameSource, has_gstreamer
+from agent.vision.capture import has_gstreamer
+from agent.vision.sources import FrameSource
 broken = FrameSource(SourceSection(uri=sys.argv[4], name="broken", reopen_min_s=0.05, reopen_max_s=0.1))
 broken.start()
 deadline = time.monotonic() + 30
