@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key, sign_command
     from agent.mqtt.broker import CONNECTION_FILE, PASSWORD_FILE, BrokerError, EmbeddedBroker, free_port
     from agent.mqtt.errors import MqttError
-    from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxError, OutboxItem, SqliteOutbox
+    from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxItem
     from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStatus
     from agent.mqtt.settings import (
         SessionConfigError,
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         read_password,
         tls_parameters,
     )
+    from agent.mqtt.sqlite_outbox import OutboxError, SqliteOutbox
 
 __all__ = [
     "CONNECTION_FILE",
@@ -64,14 +65,14 @@ _HOMES = {
     "MqttSession": "agent.mqtt.session",
     "NonceCache": "agent.mqtt.authority",
     "Outbox": "agent.mqtt.outbox",
-    "OutboxError": "agent.mqtt.outbox",
+    "OutboxError": "agent.mqtt.sqlite_outbox",
     "OutboxItem": "agent.mqtt.outbox",
     "PASSWORD_FILE": "agent.mqtt.broker",
     "SessionConfigError": "agent.mqtt.settings",
     "SessionError": "agent.mqtt.session",
     "SessionState": "agent.mqtt.session",
     "SessionStatus": "agent.mqtt.session",
-    "SqliteOutbox": "agent.mqtt.outbox",
+    "SqliteOutbox": "agent.mqtt.sqlite_outbox",
     "check_certificate_identity": "agent.mqtt.settings",
     "free_port": "agent.mqtt.broker",
     "load_command_key": "agent.mqtt.authority",

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from agent.mqtt.outbox import MemoryOutbox, SqliteOutbox
+from agent.mqtt.outbox import MemoryOutbox
+from agent.mqtt.sqlite_outbox import SqliteOutbox
 from tests.support.agentproc import REPO, AgentProcess, agent_config
 from tests.support.tmpfs import fill, small_tmpfs
 
@@ -254,7 +255,7 @@ def test_a_database_that_cannot_be_written_is_not_set_aside_and_start_up_goes_on
     script = f"""
 import json, resource, sys
 from pathlib import Path
-from agent.mqtt import outbox as module
+from agent.mqtt import sqlite_outbox as module
 module.REOPEN_INTERVAL_S = 0.0  # try the database again at the next put
 limit = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limit[1]))
