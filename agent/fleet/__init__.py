@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from agent.fleet.mqttfast import pack_connect, pack_publish
     from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
     from agent.fleet.record import RecordError, RolloutStore, new_rollout_id
-    from agent.fleet.rollout import Rollout, RolloutError, RolloutSpec, check_resume, plan_rollout
+    from agent.fleet.rollout import Rollout
+    from agent.fleet.rollout_spec import RolloutError, RolloutSpec, check_resume, plan_rollout
     from agent.fleet.status import collect, device_rows, render_table
     from agent.fleet.top import HEALTH_CAMERA, DeploymentRow, TopModel, TopRows
     from agent.fleet.web import LISTEN_HOST, FleetHttpServer, HttpAccess, parse_listen
@@ -90,13 +91,13 @@ _HOMES = {
     "RecordError": "agent.fleet.record",
     "Reply": "agent.fleet.control",
     "Rollout": "agent.fleet.rollout",
-    "RolloutError": "agent.fleet.rollout",
+    "RolloutError": "agent.fleet.rollout_spec",
     "RolloutPlan": "agent.fleet.plan",
-    "RolloutSpec": "agent.fleet.rollout",
+    "RolloutSpec": "agent.fleet.rollout_spec",
     "RolloutStore": "agent.fleet.record",
     "TopModel": "agent.fleet.top",
     "TopRows": "agent.fleet.top",
-    "check_resume": "agent.fleet.rollout",
+    "check_resume": "agent.fleet.rollout_spec",
     "collect": "agent.fleet.status",
     "device_rows": "agent.fleet.status",
     "local_target": "agent.fleet.local",
@@ -108,7 +109,7 @@ _HOMES = {
     "parse_listen": "agent.fleet.web",
     "parse_percent": "agent.fleet.plan",
     "parse_percents": "agent.fleet.plan",
-    "plan_rollout": "agent.fleet.rollout",
+    "plan_rollout": "agent.fleet.rollout_spec",
     "render_table": "agent.fleet.status",
     "sniff": "agent.fleet.artifact",
     "stream_events": "agent.fleet.events",

@@ -17,6 +17,7 @@ canary device judges the new model beside its serving one and serves it only on
 agreement; a canary device that discards it aborts the rollout before any wave. The
 record keeps each device's reported agreement.
 
+The spec and the record a rollout starts from are :mod:`agent.fleet.rollout_spec`.
 Everything is written to the rollout record as it happens; a rollout restarted
 with the same id reads the record and the retained topics, sends nothing to a
 device that already committed, and sends again (same id: the agents answer a
@@ -34,29 +35,13 @@ from typing import Any
 import structlog
 
 from agent.core import Progress
-from agent.fleet.errors import FleetError
 from agent.fleet.link import FleetLink
-from agent.fleet.plan import RolloutPlan, assign_waves, failure_share
-from agent.fleet.record import (
-    DeviceEntry,
-    PlanModel,
-    RecordError,
-    RolloutRecord,
-    RolloutState,
-    RolloutStore,
-    deployment_id_for,
-)
-from agent.fleet.view import FleetView, Message
+from agent.fleet.plan import failure_share
+from agent.fleet.record import DeviceEntry, RolloutRecord, RolloutState, RolloutStore
+from agent.fleet.view import Message
 from agent.wire import DeploymentPayload, DeploymentState, DeviceState, ReplyPayload, SignalState
 
-__all__ = [
-    "DEFAULT_DEPLOY_TIMEOUT_S",
-    "Rollout",
-    "RolloutError",
-    "RolloutResult",
-    "RolloutSpec",
-    "plan_rollout",
-]
+__all__ = ["DEFAULT_DEPLOY_TIMEOUT_S", "Rollout", "RolloutResult"]
 
 log = structlog.get_logger(__name__)
 
@@ -75,26 +60,6 @@ SEND_BATCH = 100
 STAGE_NAMES = ("canary",)
 
 
-class RolloutError(FleetError, RuntimeError):
-    """The rollout cannot start or go on; the message says why."""
-
-
-@dataclass(frozen=True)
-class RolloutSpec:
-    """What to deploy where, as the command line gives it."""
-
-    group: str
-    name: str
-    version: str
-    url: str
-    sha256: str
-    format: str
-    plan: RolloutPlan
-    statement: dict[str, Any] | None = None
-    shadow: dict[str, Any] | None = None
-    """The canary's shadow terms (a deploy's ``shadow``: ``duration_s``, ``min_agreement``, ...); None: no shadow."""
-
-
 @dataclass(frozen=True)
 class RolloutResult:
     rollout_id: str
@@ -107,39 +72,6 @@ class RolloutResult:
     @property
     def ok(self) -> bool:
         return self.outcome == "succeeded"
-
-
-def plan_rollout(rollout_id: str, spec: RolloutSpec, view: FleetView, now: float | None = None) -> RolloutRecord:
-    """A new record: the group's online devices not yet on the version, in waves."""
-    members = view.in_group(spec.group)
-    if not members:
-        raise RolloutError(f"no device reports group {spec.group!r} in its retained status")
-    online = [d for d in members if d.status == DeviceState.ONLINE]
-    already = [d.device_id for d in online if d.model == spec.name and d.version == spec.version]
-    targets = [d.device_id for d in online if d.device_id not in already]
-    skipped = [d.device_id for d in members if d.status != DeviceState.ONLINE]
-    if not targets and not already:
-        raise RolloutError(f"no device of group {spec.group!r} is online ({len(skipped)} offline or lost)")
-    waves = assign_waves(rollout_id, targets, spec.plan) if targets else []
-    devices = {
-        device: DeviceEntry(stage=stage, deployment_id=deployment_id_for(rollout_id, device))
-        for stage, wave in enumerate(waves) for device in wave
-    }
-    return RolloutRecord(
-        rollout_id=rollout_id, created=time.time() if now is None else now, group=spec.group, name=spec.name,
-        version=spec.version, url=spec.url, sha256=spec.sha256, format=spec.format, statement=spec.statement,
-        plan=PlanModel.model_validate(spec.plan.to_json()), shadow=spec.shadow, waves=waves, devices=devices,
-        already=already, skipped=skipped,
-    )
-
-
-def check_resume(record: RolloutRecord, spec: RolloutSpec) -> None:
-    """A resumed rollout must be asked for the same thing it was started with."""
-    for field in ("group", "name", "version", "url"):
-        saved, given = getattr(record, field), getattr(spec, field)
-        if saved != given:
-            raise RecordError(f"rollout {record.rollout_id} was started with --{field} {saved!r}, "
-                              f"not {given!r}; resume it with the same options or start a new one")
 
 
 def stage_name(index: int) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from agent.fleet import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves
 from agent.fleet.record import ROLLBACK_SUFFIX, RolloutStore
-from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.view import FleetView
 from agent.sim.device import fails
 from agent.wire import DeploymentPayload, ErrorInfo, ReplyPayload, StatusPayload, encode_payload

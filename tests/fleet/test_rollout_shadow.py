@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.fleet import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan
 from agent.fleet.record import RolloutRecord, RolloutStore
-from agent.fleet.rollout import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.status import device_rows, render_table
 from agent.fleet.view import FleetView
 from agent.wire import DeploymentPayload, ErrorInfo, StatusPayload, encode_payload
