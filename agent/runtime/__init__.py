@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from agent.core import door_getattr
 
 if TYPE_CHECKING:
-    from agent.runtime.base import Engine, EngineError, EngineLoadError, TensorSpec
+    from agent.runtime.base import Engine, EngineError, EngineLoadError, ShapeProfile, TensorSpec
     from agent.runtime.cuda import device_memory, gpu_probe
     from agent.runtime.onnxrt import OnnxRuntimeEngine
+    from agent.runtime.selection import select_runtime
     from agent.runtime.slot import EngineSlot, Serving, SlotEmptyError
-    from agent.runtime.tensorrt import ShapeProfile, TensorRTEngine, import_tensorrt, make_logger, select_runtime
+    from agent.runtime.tensorrt import TensorRTEngine, import_tensorrt, make_logger
 
 __all__ = [
     "Engine",
@@ -43,7 +44,7 @@ _HOMES = {
     "EngineSlot": "agent.runtime.slot",
     "OnnxRuntimeEngine": "agent.runtime.onnxrt",
     "Serving": "agent.runtime.slot",
-    "ShapeProfile": "agent.runtime.tensorrt",
+    "ShapeProfile": "agent.runtime.base",
     "SlotEmptyError": "agent.runtime.slot",
     "TensorRTEngine": "agent.runtime.tensorrt",
     "TensorSpec": "agent.runtime.base",
@@ -51,7 +52,7 @@ _HOMES = {
     "gpu_probe": "agent.runtime.cuda",
     "import_tensorrt": "agent.runtime.tensorrt",
     "make_logger": "agent.runtime.tensorrt",
-    "select_runtime": "agent.runtime.tensorrt",
+    "select_runtime": "agent.runtime.selection",
 }
 """The module each name of the door comes from."""
 

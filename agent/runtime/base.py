@@ -1,4 +1,4 @@
-"""The Engine protocol: what every runtime (ONNX Runtime, TensorRT) offers the agent."""
+"""The Engine protocol: what every runtime (ONNX Runtime, TensorRT) offers the agent, and the shapes of its tensors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from agent.core import AgentError
 
-__all__ = ["Engine", "EngineError", "EngineLoadError", "TensorSpec"]
+__all__ = ["Engine", "EngineError", "EngineLoadError", "ShapeProfile", "TensorSpec"]
 
 
 class EngineError(AgentError, RuntimeError):
@@ -33,6 +33,37 @@ class TensorSpec:
         if array.dtype != self.dtype or array.ndim != len(self.shape):
             return False
         return all(want is None or want == got for want, got in zip(self.shape, array.shape, strict=True))
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """The shapes one dynamic input accepts: TensorRT's optimization profile min/opt/max."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError(f"profile ranks differ: min {self.min}, opt {self.opt}, "
+                             f"max {self.max}")
+        for axis, (low, mid, high) in enumerate(zip(self.min, self.opt, self.max, strict=True)):
+            if not 0 <= low <= mid <= high:
+                raise ValueError(f"profile dim {axis}: need 0 <= min <= opt <= max, got "
+                                 f"{low}, {mid}, {high}")
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """Raise EngineError naming the first dimension of ``shape`` outside the profile."""
+        if len(shape) != len(self.min):
+            raise EngineError(f"input {name!r}: rank {len(shape)}, the engine wants "
+                              f"{len(self.min)}")
+        for axis, (got, low, high) in enumerate(zip(shape, self.min, self.max, strict=True)):
+            if not low <= got <= high:
+                raise EngineError(
+                    f"input {name!r} shape {shape} is outside the engine's optimization profile: "
+                    f"dim {axis} = {got}, allowed {low}..{high} "
+                    f"(min {self.min}, max {self.max}); rebuild the engine with a wider profile"
+                )
 
 
 @runtime_checkable

@@ -11,17 +11,16 @@ cameras, agent.vision.scheduler) share one allocation and differ only in the
 shape set on the context; and
 ``close`` frees everything, once, so that a swapped-out engine gives its device
 memory back. TensorRT itself is imported only when an engine is loaded, after the
-GPU has been found, so this module imports on any machine.
+GPU has been found, so this module imports on any machine. Which runtime serves is
+:mod:`agent.runtime.selection`; the optimization profile type is ``agent.runtime.base.ShapeProfile``.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,25 +28,16 @@ from typing import Any
 import numpy as np
 import structlog
 
-from agent.runtime.base import EngineError, EngineLoadError, TensorSpec
-from agent.runtime.cuda import CudaError, CudaMemory, gpu_probe, open_cuda_memory
+from agent.runtime.base import EngineError, EngineLoadError, ShapeProfile, TensorSpec
+from agent.runtime.cuda import CudaError, CudaMemory, open_cuda_memory
 
-__all__ = [
-    "RUNTIME_CHOICES",
-    "ShapeProfile",
-    "TensorRTEngine",
-    "import_tensorrt",
-    "make_logger",
-    "select_runtime",
-]
+__all__ = ["RUNTIME", "TensorRTEngine", "import_tensorrt", "make_logger"]
 
 log = structlog.get_logger(__name__)
 
 RUNTIME = "tensorrt"
-RUNTIME_CHOICES = ("auto", "onnxruntime", "tensorrt")
 TENSORRT_MODULES = ("tensorrt", "tensorrt_lean")
 """The full package first; the lean runtime only runs version-compatible plans."""
-BUILDER_MODULE = "tensorrt"
 PROFILE_INDEX = 0
 KEPT_LOG_ERRORS = 8
 """TensorRT error messages kept to explain a failed call."""
@@ -62,66 +52,6 @@ def import_tensorrt(names: tuple[str, ...] = TENSORRT_MODULES) -> ModuleType:
         except ImportError as exc:
             failures.append(f"{name}: {exc}")
     raise EngineLoadError("TensorRT Python package not importable (" + "; ".join(failures) + ")")
-
-
-def select_runtime(requested: str) -> str:
-    """Resolve the configured runtime to the one that will serve.
-
-    ``auto`` is ``tensorrt`` only where a GPU answers and the full TensorRT package
-    (with its builder) is installed, else ``onnxruntime``. An explicit ``tensorrt``
-    without a GPU or without TensorRT is an EngineLoadError that says which is missing.
-    """
-    if requested not in RUNTIME_CHOICES:
-        raise ValueError(f"runtime {requested!r} is not one of {', '.join(RUNTIME_CHOICES)}")
-    if requested == "onnxruntime":
-        return requested
-    gpu = gpu_probe()
-    has_trt = importlib.util.find_spec(BUILDER_MODULE) is not None
-    if requested == "auto":
-        chosen = RUNTIME if (not isinstance(gpu, str) and has_trt) else "onnxruntime"
-        log.info("runtime_selected", requested=requested, runtime=chosen,
-                 gpu=gpu if isinstance(gpu, str) else gpu.name, tensorrt=has_trt)
-        return chosen
-    if isinstance(gpu, str):
-        raise EngineLoadError(f"runtime 'tensorrt' needs an NVIDIA GPU with a working driver: "
-                              f"{gpu}")
-    if not has_trt:
-        raise EngineLoadError(
-            "runtime 'tensorrt' needs the TensorRT Python package; on JetPack it comes with "
-            "the system (python3-libnvinfer), seen through a venv made with --system-site-packages"
-        )
-    return RUNTIME
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """The shapes one dynamic input accepts: TensorRT's optimization profile min/opt/max."""
-
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if not len(self.min) == len(self.opt) == len(self.max):
-            raise ValueError(f"profile ranks differ: min {self.min}, opt {self.opt}, "
-                             f"max {self.max}")
-        for axis, (low, mid, high) in enumerate(zip(self.min, self.opt, self.max, strict=True)):
-            if not 0 <= low <= mid <= high:
-                raise ValueError(f"profile dim {axis}: need 0 <= min <= opt <= max, got "
-                                 f"{low}, {mid}, {high}")
-
-    def check(self, name: str, shape: tuple[int, ...]) -> None:
-        """Raise EngineError naming the first dimension of ``shape`` outside the profile."""
-        if len(shape) != len(self.min):
-            raise EngineError(f"input {name!r}: rank {len(shape)}, the engine wants "
-                              f"{len(self.min)}")
-        for axis, (got, low, high) in enumerate(zip(shape, self.min, self.max, strict=True)):
-            if not low <= got <= high:
-                raise EngineError(
-                    f"input {name!r} shape {shape} is outside the engine's optimization profile: "
-                    f"dim {axis} = {got}, allowed {low}..{high} "
-                    f"(min {self.min}, max {self.max}); rebuild the engine with a wider profile"
-                )
 
 
 def _dims(dims: Any) -> tuple[int, ...]:

@@ -33,8 +33,8 @@ from agent.models.build_spec import (
 )
 from agent.models.engine_cache import EngineCache, Platform
 from agent.models.sparsity import prune_model_2to4
+from agent.runtime import ShapeProfile, TensorRTEngine
 from agent.runtime.cuda import gpu_available
-from agent.runtime.tensorrt import ShapeProfile, TensorRTEngine
 from tests.support import trt_double
 
 MODELS = Path(__file__).resolve().parents[2] / "demo" / "models"

@@ -19,6 +19,7 @@ from agent.models.manager import DeploymentManager, DeployRequest
 from agent.models.probation import Probation
 from agent.models.store import ModelStore
 from agent.monitor.latency import LatencyRecorder
+from agent.runtime import selection as runtime_selection
 from agent.runtime import tensorrt as trt_runtime
 from agent.runtime.cuda import GpuInfo
 from agent.runtime.slot import EngineSlot
@@ -37,7 +38,7 @@ OPTIONS = EngineOptions(runtime="tensorrt", tensorrt_module="tests.support.trt_d
 def double_gpu(monkeypatch):
     memory = trt_double.FakeCudaMemory()
     trt_double.attach(memory)
-    monkeypatch.setattr(trt_runtime, "gpu_probe", lambda: GpuInfo("Orin (test double)", (8, 7), 1))
+    monkeypatch.setattr(runtime_selection, "gpu_probe", lambda: GpuInfo("Orin (test double)", (8, 7), 1))
     monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda *a, **k: trt_double)
     monkeypatch.setattr(trt_runtime, "open_cuda_memory", lambda: memory)
     monkeypatch.setattr(engine_cache.Platform, "current", classmethod(lambda cls, module="tensorrt": PLATFORM))

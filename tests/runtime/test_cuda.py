@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.runtime import TensorRTEngine, select_runtime
 from agent.runtime.base import EngineLoadError
 from agent.runtime.cuda import (
     CudaError,
@@ -24,7 +25,6 @@ from agent.runtime.cuda import (
     gpu_available,
     gpu_probe,
 )
-from agent.runtime.tensorrt import TensorRTEngine, select_runtime
 
 
 def cuda_runtime_module() -> str | None:
