@@ -58,13 +58,13 @@ class DeviceHealth:
     def fields(self) -> dict[str, Any]:
         """The health payload's fields (``status`` answers with them too)."""
         cameras = camera_rows(self.cameras, self.pipeline.cameras)
-        first = cameras[0] if cameras else {"state": "none", "reopens": 0, "last_error": None, "fps": 0.0}
+        first = cameras[0] if cameras else None
         session = self.session()
         status = session.status() if session is not None else None
         serving = self.slot.serving
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
-            "camera": {key: first[key] for key in ("state", "reopens", "last_error", "fps")},
+            "camera": {key: first[key] for key in ("state", "reopens", "last_error", "fps")} if first else None,
             "cameras": cameras,
             "broker": {"state": status.state if status else SessionState.DISCONNECTED,
                        "reconnects": status.reconnects if status else 0},
@@ -88,7 +88,7 @@ class DeviceHealth:
         fields = self.fields()
         await self.telemetry.publish(self.topics.telemetry("health"), self.telemetry.health(**fields))
         log.info("health", frames_processed=fields["frames_processed"], fps=self.pipeline.recorder.snapshot().fps,
-                 camera=fields["camera"]["state"], broker=fields["broker"]["state"],
+                 camera=fields["camera"]["state"] if fields["camera"] else None, broker=fields["broker"]["state"],
                  rss_mb=round(fields["memory_rss_bytes"] / 1e6, 1))
 
     async def publish_latency(self) -> None:

@@ -295,6 +295,8 @@ class TopModel:
         if self.health.cameras:
             return [CameraRow(c.name, c.state, c.fps, c.reopens, c.last_error) for c in self.health.cameras]
         camera = self.health.camera  # an agent from before the cameras list
+        if camera is None:
+            return []
         return [CameraRow(self.camera_name, camera.state, camera.fps, camera.reopens, camera.last_error)]
 
     def rows(self, now: float) -> TopRows:

@@ -119,7 +119,8 @@ class Telemetry:
                               frames_dropped=frames_dropped, stages=_stages(snapshot), cameras=per_camera)
 
     def health(self, **fields: Any) -> HealthPayload:
-        fields["camera"] = CameraHealth(**fields["camera"])
+        if fields.get("camera") is not None:
+            fields["camera"] = CameraHealth(**fields["camera"])
         fields["cameras"] = [CameraStatus(**row) for row in fields.get("cameras", ())]
         fields["broker"] = BrokerHealth(**fields["broker"])
         if fields.get("model") is not None:

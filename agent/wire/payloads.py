@@ -194,7 +194,9 @@ class ResultsHealth(WireModel):
 
 class HealthPayload(Envelope):
     uptime_s: float = Field(ge=0)
-    camera: CameraHealth = Field(description="the first camera (kept for readers of one camera); see cameras")
+    camera: CameraHealth | None = Field(
+        description="the first camera (kept for readers of one camera); null when no camera is configured; "
+        "see cameras")
     broker: BrokerHealth
     model: ModelBrief | None
     cpu_percent: float = Field(ge=0, description="process CPU, percent of one core")

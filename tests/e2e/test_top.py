@@ -74,6 +74,11 @@ def test_health_latency_and_model_become_the_camera_model_and_latency_rows():
     assert [(row.stage, row.stats.p95_ms) for row in rows.latency] == [("end_to_end", 60.0), ("infer", 40.0)]
 
 
+def test_health_without_a_camera_gives_no_camera_row():
+    rows = fed(("telemetry/health", {**health(), "camera": None})).rows(NOW)
+    assert rows.cameras == [] and rows.frames_processed == 900
+
+
 def test_the_model_row_comes_from_health_until_the_retained_model_arrives():
     rows = fed(("telemetry/health", health())).rows(NOW)
     assert rows.model is not None
