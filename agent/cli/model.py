@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +19,13 @@ from agent.cli.guard import guarded
 from agent.cli.progress import ProgressBoard
 from agent.cli.say import EXIT_FAILURE, EXIT_OK
 
-__all__ = ["add_tool_parsers", "progress_printer"]
+__all__ = ["add_tool_parsers"]
 
-PROGRESS_STEP = 0.1
-"""Long runs report on stderr each time another 10% is done."""
 DEFAULT_COMPARE_FRAMES = 50
 DEFAULT_CALIBRATION_FRAMES = 32
 DEFAULT_EVAL_FRAMES = 16
 """Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
 DEFAULT_REPORT_ROWS = 20
-
-def progress_printer(what: str) -> Callable[[int, int], None]:
-    """A progress callback printing ``what: 30% (15/50)`` to stderr every 10%."""
-    state = {"next": PROGRESS_STEP}
-
-    def report(done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
-        if fraction + 1e-9 >= state["next"] or done == total:
-            print(f"{what}: {fraction:.0%} ({done}/{total})", file=sys.stderr, flush=True)
-            state["next"] = (int(fraction / PROGRESS_STEP + 1e-9) + 1) * PROGRESS_STEP
-
-    return report
-
 
 def _frames(args: argparse.Namespace, count: int) -> list[Any]:
     from agent.tools import read_frames
@@ -185,8 +168,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = _pair(args)
     frames = _frames(args, args.frames)
-    result = compare_models(a, b, frames, threads=args.threads, iou=args.iou, fused=not args.float_input,
-                            progress=progress_printer("compare"))
+    with ProgressBoard() as board:
+        result = compare_models(a, b, frames, threads=args.threads, iou=args.iou, fused=not args.float_input,
+                                progress=board.reporter())
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_comparison(result))
     return EXIT_OK
 

@@ -11,12 +11,13 @@ machine noise hits both alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from agent.core import Progress
 from agent.tools.errors import CompareError
 from agent.tools.modelref import DEFAULT_THREADS, ModelRef, Runner
 from agent.vision import Detection, Prediction
@@ -39,7 +40,8 @@ WARMUP_FRAMES = 3
 P99 = 99.0
 MS_PER_S = 1000.0
 
-Progress = Callable[[int, int], None]
+COMPARE_STAGE = "compare"
+"""The stage ``progress`` is told of: frames run through both models."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def compare_models(
                 results[which] = (output, prediction)
             tally.add(*results[0], *results[1])
             if progress is not None:
-                progress(index + 1, len(frames))
+                progress(COMPARE_STAGE, index + 1, len(frames))
     finally:
         for runner in runners:
             runner.close()

@@ -52,12 +52,13 @@ def test_two_text_detectors_are_compared_box_by_box(demo_dir, frames):
     v4 = resolve_model(demo_dir / "models" / "text-det-v4")
     v6 = resolve_model(demo_dir / "models" / "text-det-v6")
     seen = []
-    result = compare_models(v4, v6, frames, progress=lambda done, total: seen.append((done, total)))
+    result = compare_models(v4, v6, frames, progress=lambda stage, done, total, note="": seen.append(
+        (stage, done, total)))
     agreement = result.agreement
     assert agreement.metric == "box_f1" and agreement.boxes_a and agreement.boxes_b
     assert 0 <= agreement.matched <= min(agreement.boxes_a, agreement.boxes_b)
     assert 0.0 <= agreement.value < 1.0, "two different detectors do not agree box for box"
-    assert seen[-1] == (len(frames), len(frames))
+    assert seen[-1] == ("compare", len(frames), len(frames))
     data = result.to_dict()
     assert data["speedup"] == pytest.approx(result.a.speed.median_ms / result.b.speed.median_ms)
 
@@ -79,7 +80,8 @@ def test_cli_takes_a_bare_onnx_manifest_from_the_other_folder_prints_json_and_pr
     data = json.loads(captured.out)
     assert data["agreement"]["value"] == 1.0 and data["frames"] == 10
     assert data["b"]["path"] == str(bare)
-    progress = [line for line in captured.err.splitlines() if line.startswith("compare:")]
-    assert progress[0] == "compare: 10% (1/10)" and progress[-1] == "compare: 100% (10/10)"
+    progress = [line for line in captured.err.splitlines() if line.startswith("compare ")]
+    assert progress[0] == "compare 1/10  10.0%" and progress[-1] == "compare 10/10 100.0%"
+    assert len(progress) == 10, progress
     assert main(["model", "compare", str(bare), str(bare), "--video", str(video)]) == 1
     assert "needs a manifest" in capsys.readouterr().err
