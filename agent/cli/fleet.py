@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli.connect import add_broker_arguments, connect_broker
 from agent.cli.control import add_shadow_arguments, artifact_format, shadow_terms, signed_fields, valid_days_argument
 from agent.cli.progress import ProgressBoard
 from agent.cli.say import run_until_signal, say
 from agent.fleet import (
     FORMATS,
-    ControlClient,
     ControlError,
     PlanError,
     RecordError,
@@ -28,11 +28,6 @@ __all__ = ["add_fleet_parsers"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "edge-agent" / "rollouts"
-
-
-def _client(args: argparse.Namespace) -> ControlClient:
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    return ControlClient(args.broker, args.prefix, username=args.username, password=password)
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -67,6 +62,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
         shadow = shadow_terms(args)
     except PlanError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    client = connect_broker(args)
     store = RolloutStore(args.state_dir)
     rollout_id = args.rollout_id or new_rollout_id()
     try:
@@ -86,7 +82,7 @@ def cmd_fleet_deploy(args: argparse.Namespace) -> int:
                        saved.shadow if saved is not None else shadow)
 
     async def main() -> int:
-        async with FleetLink(_client(args)) as link:
+        async with FleetLink(client) as link:
             if saved is not None:
                 check_resume(saved, spec)
                 print(f"resuming rollout {rollout_id} at stage {saved.stage} ({saved.outcome})", flush=True)
@@ -148,7 +144,8 @@ def cmd_fleet_simulate(args: argparse.Namespace) -> int:
 
 
 # ----- parsers --------------------------------------------------------------------------------
-def _connection(parser: argparse.ArgumentParser) -> None:
+def _simulator_broker(parser: argparse.ArgumentParser) -> None:
+    """The simulated agents' own broker (they connect as agents do, so no ``--config``)."""
     parser.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://host:port")
     parser.add_argument("--prefix", default="edge")
     parser.add_argument("--username")
@@ -157,7 +154,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
 
 def _deploy_parser(fleet: Any) -> None:
     deploy = fleet.add_parser("deploy", help="staged rollout to a group: canary, waves, abort and roll back")
-    _connection(deploy)
+    add_broker_arguments(deploy)
     deploy.add_argument("--group", required=True)
     deploy.add_argument("--name", required=True)
     deploy.add_argument("--version", required=True)
@@ -184,7 +181,7 @@ def _deploy_parser(fleet: Any) -> None:
 
 def _simulate_parser(fleet: Any) -> None:
     sim = fleet.add_parser("simulate", help="N simulated agents (real protocol, no inference) on one machine")
-    _connection(sim)
+    _simulator_broker(sim)
     sim.add_argument("-n", type=int, required=True, help="number of devices")
     sim.add_argument("--group", default="sim")
     sim.add_argument("--id-prefix", default="sim")
@@ -209,5 +206,5 @@ def add_fleet_parsers(sub: Any) -> None:
     fleet = sub.add_parser("fleet", help="fleet tools: staged rollouts, status, telemetry consumer, simulator")
     fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="FLEET_COMMAND")
     _deploy_parser(fleet_sub)
-    add_watch_parsers(fleet_sub, _connection)
+    add_watch_parsers(fleet_sub, add_broker_arguments)
     _simulate_parser(fleet_sub)

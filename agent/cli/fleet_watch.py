@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from agent.fleet import ControlClient, ControlError
+from agent.cli.connect import connect_broker
+from agent.fleet import ControlError
 
 __all__ = ["add_watch_parsers"]
 
@@ -20,18 +21,13 @@ DEFAULT_STATUS_WINDOW_S = 6.0
 DEFAULT_DASHBOARD_PORT = 8080
 
 
-def _client(args: argparse.Namespace) -> ControlClient:
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    return ControlClient(args.broker, args.prefix, username=args.username, password=password)
-
-
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     from agent.core import configure_logging
     from agent.fleet import collect, device_rows, render_table
 
     configure_logging("warning")
     try:
-        view = asyncio.run(collect(_client(args), args.window))
+        view = asyncio.run(collect(connect_broker(args), args.window))
     except ControlError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -65,7 +61,7 @@ def _serve(args: argparse.Namespace, dashboard_port: int | None, listen_sets_das
     try:
         options = ConsumerOptions(share_group=args.share_group, max_devices=args.max_devices,
                                   tensorboard=args.tensorboard, instance_id=args.instance_id or "", qos=args.qos)
-        consumer = Consumer(_client(args), options)
+        consumer = Consumer(connect_broker(args), options)
         host, metrics_port = LISTEN_HOST, args.prometheus_port
         if args.listen is not None:
             host, port = parse_listen(args.listen)
@@ -116,7 +112,7 @@ def cmd_fleet_events(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         selection = EventFilter(args.device, args.group, frozenset(args.kind or ()))
-        client = _client(args)
+        client = connect_broker(args)
     except (ValueError, ControlError) as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from agent.fleet.control import ControlClient, ControlError, NoReplyError, Reply, new_command_id
     from agent.fleet.events import EventFilter, stream_events
     from agent.fleet.link import FleetLink
-    from agent.fleet.local import LocalAgentError, local_target
+    from agent.fleet.local import LocalAgentError, LocalTarget, local_target
     from agent.fleet.mqttfast import pack_connect, pack_publish
     from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
     from agent.fleet.record import RecordError, RolloutStore, new_rollout_id
@@ -42,6 +42,7 @@ __all__ = [
     "FleetLink",
     "HttpAccess",
     "LocalAgentError",
+    "LocalTarget",
     "NoReplyError",
     "PlanError",
     "RecordError",
@@ -86,6 +87,7 @@ _HOMES = {
     "HttpAccess": "agent.fleet.web",
     "LISTEN_HOST": "agent.fleet.web",
     "LocalAgentError": "agent.fleet.local",
+    "LocalTarget": "agent.fleet.local",
     "NoReplyError": "agent.fleet.control",
     "PlanError": "agent.fleet.plan",
     "RecordError": "agent.fleet.record",

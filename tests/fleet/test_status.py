@@ -73,3 +73,20 @@ def test_escape_codes_a_device_publishes_never_reach_the_terminal(
     assert done.stdout.splitlines()[1].split()[:4] == ["evil-dev", "online", "det[2J]0;owned[31m1m",
                                                        "2.0[2J]0;owned[31m1m"]
     assert json.loads(as_json.stdout)[0]["version"] == f"2.0{ESCAPES}"
+
+
+def test_status_takes_the_broker_and_prefix_from_an_agents_config(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    now = time.time()
+    status = StatusPayload(device_id="dock-1", ts=now, seq=1, state="online", agent_version="1", started_at=now,
+                           groups=("hall",))
+    mqtt_probe(mosquitto.port, []).publish("site/dock-1/status", encode_payload(status), retain=True)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[agent]\ndevice_id = "dock-1"\n\n[mqtt]\nurl = "{mosquitto.url}"\nprefix = "site"\n')
+    done = run("fleet", "status", "--config", str(config), "--window", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [row["device"] for row in json.loads(done.stdout)] == ["dock-1"]
+    both = run("fleet", "status", "--config", str(config), "--broker", mosquitto.url)
+    neither = run("fleet", "status", "--window", "1")
+    assert both.returncode == neither.returncode == 2
+    assert "leave out --broker" in both.stderr and "--config CONFIG" in neither.stderr
