@@ -250,7 +250,7 @@ class Agent:
             event=self.event,
         )
         self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
-                                                   deploy.load_nice or None))
+                                                   deploy.load_nice or None, read=self.results.read_beside))
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
             cameras=self.cameras, cameras_changed=self.camera_book.changed, publish_cameras=self.camera_book.publish,

@@ -71,6 +71,12 @@ class DeploySection(Section):
     """A shadow run promotes its candidate when the mean per-frame agreement with the serving model
     (matched-box F1 at IoU 0.5, top-1 for classifiers) is at least this (the demo detector v4 -> v6 on
     its page scene: 0.99; a model that detects nothing: 0). Choose it on the cameras' real scenes."""
+    shadow_min_text_agreement: float = Field(default=0.8, ge=0, le=1)
+    """On a camera with a second stage (a recognizer), a shadow run also needs this mean character
+    agreement (1 - normalised edit distance) between what the serving recognizer reads in the
+    serving model's and in the candidate's matched boxes, or, for a recognizer candidate, between
+    the two recognizers on the same crops (the demo v4 -> v6 on its page scene: 0.96, exact 0.41;
+    a recognizer with a shuffled dictionary: 0.0); 0: reported, not gated."""
     shadow_min_frames: int = Field(default=30, ge=1)
     """Frames compared (all cameras) before a shadow run is decided."""
     shadow_every_nth: int = Field(default=5, ge=1)
