@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
     from agent.vision.preprocess import Geometry, Preprocessor, TransformError
     from agent.vision.scheduler import Scheduler
-    from agent.vision.shadow import ShadowRunner
+    from agent.vision.shadow import ShadowRunner, shadow_session_options
     from agent.vision.sources import Frame, FrameSource, redact_uri
     from agent.vision.summary import Monitors, summarize
 
@@ -59,6 +59,7 @@ __all__ = [
     "overwritten",
     "redact_uri",
     "save_cameras",
+    "shadow_session_options",
     "softmax",
     "summarize",
 ]
@@ -80,6 +81,7 @@ _HOMES = {
     "Preprocessor": "agent.vision.preprocess",
     "Scheduler": "agent.vision.scheduler",
     "ShadowRunner": "agent.vision.shadow",
+    "shadow_session_options": "agent.vision.shadow",
     "TransformError": "agent.vision.preprocess",
     "camera_entry": "agent.vision.cameras",
     "camera_rows": "agent.vision.cameras",

@@ -31,7 +31,7 @@ from agent.results import Reading, SecondStage
 from agent.results.stages import SecondStages, second_stage_options
 from agent.runtime.onnxrt import OnnxRuntimeEngine
 from agent.vision.heads import Detection
-from agent.vision.shadow import ShadowRunner
+from agent.vision.shadow import ShadowRunner, shadow_session_options
 from tests.results.test_recognize import MODELS, needs_rec, recognizer
 from tests.support.monitor_support import SCENE_FRAMES, TEXT_DET, model_results
 
@@ -155,3 +155,35 @@ def test_a_text_bound_outside_zero_one_is_refused():
         with pytest.raises(ShadowError) as invalid:
             ShadowSpec(min_agreement=0.9, min_frames=1, every_nth=1, min_text_agreement=bad)
         assert invalid.value.code == "invalid_shadow"
+
+
+def test_a_capped_shadow_session_compares_like_the_candidate_and_closes_when_the_run_ends(store):
+    candidate = load_serving(store.get("text-det", "v6"), OPTIONS)
+    frames = model_results(TEXT_DET, "original", PAGE[:3], source="page")
+    reports = []
+    try:
+        for capped in (None, shadow_session_options(OPTIONS, 1)):
+            gate = ShadowGate()
+            gate.start("v6", ShadowSpec(min_agreement=0.9, min_frames=3, every_nth=1), serving=candidate)
+            jobs = []
+            runner = ShadowRunner(gate, jobs.append, None, capped=capped)
+            for result in frames:
+                runner(result)
+                jobs.pop()()
+            assert runner.failures.count == 0
+            reports.append(gate.report())
+            gate.finish()
+            runner(frames[0])  # the next frame after the run: the capped session's close is queued
+            if capped is None:
+                assert jobs == [], "no session of its own: nothing to close"
+            else:
+                assert len(jobs) == 1
+                jobs.pop()()
+            assert not candidate.closed, "the candidate's own engine is never closed by the runner"
+        plain, capped_report = (r["cameras"]["page"] for r in reports)
+        assert capped_report["frames"] == plain["frames"] == 3
+        # Its preprocessing runs in numpy, not in the graph: the same boxes up to a pixel's rounding.
+        assert capped_report["agreement"] == pytest.approx(plain["agreement"], abs=0.05)
+        assert capped_report["detections_per_frame"] == pytest.approx(plain["detections_per_frame"], abs=0.5)
+    finally:
+        candidate.engine.close()

@@ -18,8 +18,8 @@ def _deploy(**fields: object) -> bytes:
 
 def test_a_shadow_deploy_carries_its_terms():
     command = parse_command("deploy", _deploy(mode="shadow", shadow={"min_agreement": 0.95, "min_frames": 20,
-                                                                     "min_text_agreement": 0.7, "budget": 3, "duration_s": 60,
-                                                                     "auto_promote": False}))
+                                                                     "min_text_agreement": 0.7, "budget": 3,
+                                                                     "duration_s": 60, "auto_promote": False}))
     assert isinstance(command, DeployCommand)
     assert command.mode == "shadow"
     assert command.shadow is not None and command.shadow.budget == 3 and command.shadow.auto_promote is False

@@ -83,6 +83,12 @@ class DeploySection(Section):
     """The shadow budget: the candidate sees every n-th frame of each camera (5: a fifth of the frames),
     on the model-loader thread at ``load_nice``, and works at most 1/n of the time (after a comparison
     that took t it rests (n - 1) t); a sample that finds it busy or resting is skipped."""
+    shadow_threads: int = Field(default=1, ge=0, le=256)
+    """Intra-op threads of the ONNX Runtime session a shadow run's candidate compares with (its own,
+    loaded beside it on the first sample and closed at the end; the candidate's engine is the one
+    promoted). With the serving engine's threads the candidate slowed the serving inference while it
+    ran (docs/benchmarks.md); 0: the candidate's engine itself (no second session, its latency ratio
+    like for like)."""
     shadow_duration_s: float = Field(default=600.0, gt=0)
     """The longest a shadow run lasts: by then it is promoted, or discarded (too few frames, no promote)."""
     shadow_auto_promote: bool = True
