@@ -116,6 +116,8 @@ def cmd_fleet_simulate(args: argparse.Namespace) -> int:
                        fail_rate=args.fail_rate, fail_mode=args.fail_mode,
                        slow_deploy_s=parse_duration(args.slow_deploy, "--slow-deploy"),
                        probation_s=parse_duration(args.probation, "--probation"),
+                       shadow_agreement=args.shadow_agreement,
+                       shadow_s=parse_duration(args.shadow_time, "--shadow-time"),
                        period_s=parse_duration(args.period, "--period"), alarm_rate=args.alarm_rate,
                        state_dir=args.state_dir)
         processes = args.processes if args.processes is not None else auto_processes(spec.devices)
@@ -188,7 +190,12 @@ def _simulate_parser(fleet: Any) -> None:
     sim.add_argument("--model-name", default="text-det")
     sim.add_argument("--model-version", default="1.0.0")
     sim.add_argument("--fail-rate", type=float, default=0.0, help="share of devices (by hash) failing a version")
-    sim.add_argument("--fail-mode", choices=("probation", "download"), default="probation")
+    sim.add_argument("--fail-mode", choices=("probation", "download", "shadow"), default="probation",
+                     help="how a failing device fails: rolled back in probation, at download, or in shadow "
+                          "(agreement 0: a shadow deploy is discarded)")
+    sim.add_argument("--shadow-agreement", type=float, default=0.98,
+                     help="agreement a shadow deploy reports on a device that does not fail it")
+    sim.add_argument("--shadow-time", default="1s", help="how long a simulated shadow run lasts before its decision")
     sim.add_argument("--slow-deploy", default="0.5s", help="time from received to active")
     sim.add_argument("--probation", default="1s", help="time from active to committed")
     sim.add_argument("--period", default="5s", help="telemetry period")

@@ -60,10 +60,10 @@ class _TimedStages(SecondStages):
         super().__init__()
         self.seconds = 0.0
 
-    def read(self, name: str, camera: str, image: Any, detections: Any) -> StageReading | None:
+    def read(self, name: str, camera: str, image: Any, detections: Any, counted: bool = True) -> StageReading | None:
         began = time.perf_counter()
         try:
-            return super().read(name, camera, image, detections)
+            return super().read(name, camera, image, detections, counted)
         finally:
             self.seconds += time.perf_counter() - began
 

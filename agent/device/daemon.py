@@ -59,7 +59,7 @@ from agent.mqtt import (
 )
 from agent.results import ResultsPublisher, SecondStages, second_stage_options
 from agent.runtime import EngineSlot, Serving
-from agent.vision import CAMERAS_FILE, CameraError, CameraSet, Pipeline, Scheduler, ShadowRunner
+from agent.vision import CAMERAS_FILE, CameraError, CameraSet, Pipeline, Scheduler, ShadowRunner, shadow_session_options
 from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload, Topics
 
 if sys.version_info >= (3, 11):
@@ -249,8 +249,10 @@ class Agent:
             report=self.publish_deployment, swapped=self._swapped, outputs=self.signals.outputs,
             event=self.event,
         )
+        capped = shadow_session_options(self.manager.load_options, deploy.shadow_threads)
         self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
-                                                   deploy.load_nice or None))
+                                                   deploy.load_nice or None, read=self.results.read_beside,
+                                                   capped=capped))
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
             cameras=self.cameras, cameras_changed=self.camera_book.changed, publish_cameras=self.camera_book.publish,

@@ -158,7 +158,8 @@ class CommandHandlers:
                 min_agreement=_given(own.min_agreement, s.shadow_min_agreement),
                 min_frames=_given(own.min_frames, s.shadow_min_frames),
                 every_nth=_given(own.budget, s.shadow_every_nth),
-                auto_promote=_given(own.auto_promote, s.shadow_auto_promote))
+                auto_promote=_given(own.auto_promote, s.shadow_auto_promote),
+                min_text_agreement=_given(own.min_text_agreement, s.shadow_min_text_agreement))
         except ShadowError as exc:
             raise CommandFailed(exc.code, exc.message) from exc
         return spec, _given(own.duration_s, s.shadow_duration_s)

@@ -53,7 +53,14 @@ if TYPE_CHECKING:
     )
     from agent.models.priority import lower_thread_priority
     from agent.models.probation import Probation
-    from agent.models.shadow import ShadowError, ShadowGate, ShadowSpec
+    from agent.models.shadow import (
+        ShadowError,
+        ShadowGate,
+        ShadowSpec,
+        TextAgreement,
+        match_boxes,
+        text_agreement,
+    )
     from agent.models.sparsity import prune_model_2to4, sparsity_report
     from agent.models.store import InstalledModel, ModelStore, StoreError
 
@@ -95,6 +102,7 @@ __all__ = [
     "SpecMismatchError",
     "Statement",
     "StoreError",
+    "TextAgreement",
     "check_fits_head",
     "check_fits_input",
     "confined",
@@ -106,6 +114,7 @@ __all__ = [
     "load_public_key",
     "load_serving",
     "lower_thread_priority",
+    "match_boxes",
     "pack_bundle",
     "parse_shape",
     "prune_model_2to4",
@@ -114,6 +123,7 @@ __all__ = [
     "sign_file",
     "sign_statement",
     "sparsity_report",
+    "text_agreement",
     "verify_statement",
     "write_json_atomic",
 ]
@@ -153,6 +163,7 @@ _HOMES = {
     "ShadowError": "agent.models.shadow",
     "ShadowGate": "agent.models.shadow",
     "ShadowSpec": "agent.models.shadow",
+    "TextAgreement": "agent.models.shadow",
     "SpecMismatchError": "agent.models.graph",
     "Statement": "agent.models.fetch",
     "StoreError": "agent.models.store",
@@ -167,6 +178,7 @@ _HOMES = {
     "load_public_key": "agent.models.fetch",
     "load_serving": "agent.models.loader",
     "lower_thread_priority": "agent.models.priority",
+    "match_boxes": "agent.models.shadow",
     "pack_bundle": "agent.models.bundle",
     "parse_shape": "agent.models.build_spec",
     "prune_model_2to4": "agent.models.sparsity",
@@ -175,6 +187,7 @@ _HOMES = {
     "sign_file": "agent.models.fetch",
     "sign_statement": "agent.models.fetch",
     "sparsity_report": "agent.models.sparsity",
+    "text_agreement": "agent.models.shadow",
     "verify_statement": "agent.models.fetch",
     "write_json_atomic": "agent.models.bootguard",
 }

@@ -26,17 +26,19 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
 from agent.core import ResultsSettings
 from agent.monitor import EgressBlocked, FailureCount, Telemetry
 from agent.results.camera import CameraResults
 from agent.results.payloads import counts_payload, event_payload, results_payload
+from agent.results.recognize import Reading
 from agent.results.snapshots import Picture
 from agent.results.stages import SecondStages, StageReading
 from agent.results.tracker import TrackedObject
@@ -161,6 +163,18 @@ class ResultsPublisher:
         live view's track ids, on the frame thread after ``observe``); empty otherwise."""
         seen = self._tracked.get(camera)
         return seen[1] if seen is not None and seen[0] == frame_id else ()
+
+    def read_beside(self, camera: str, image: np.ndarray,
+                    detections: Sequence[Detection]) -> tuple[Reading, ...] | None:
+        """The camera's second stage on ``detections`` of ``image``, off the results (a shadow run's
+        comparison, on the loader thread): not counted in the second stage's frames; None when the
+        camera has no second stage or the reading failed."""
+        settings = self.settings_of(camera)
+        stage = None if settings is None else settings.second_stage
+        if stage is None or self.second_stages is None:
+            return None
+        read = self.second_stages.read(stage, camera, image, detections, counted=False)
+        return None if read is None else read.readings
 
     def _camera(self, name: str) -> CameraResults | None:
         settings = self.settings_of(name)

@@ -87,8 +87,9 @@ class SecondStages:
         return None if current is None else ModelRef(name=current.name, version=current.version)
 
     def read(self, name: str, camera: str, image: np.ndarray,
-             detections: Sequence[Detection]) -> StageReading | None:
-        """The boxes of ``image`` read by model ``name``; None when it is not serving or the reading failed."""
+             detections: Sequence[Detection], counted: bool = True) -> StageReading | None:
+        """The boxes of ``image`` read by model ``name``; None when it is not serving or the reading failed.
+        ``counted`` False: a read beside the results (a shadow run's), not in ``frames`` and ``crops``."""
         slot = self.slots.get(name)
         if slot is None or slot.serving is None or not detections:
             return None
@@ -99,8 +100,9 @@ class SecondStages:
         except Exception as exc:  # a second stage must never stop inference
             self.failures.failed(camera, exc)
             return None
-        self.frames += 1
-        self.crops += len(readings)
+        if counted:
+            self.frames += 1
+            self.crops += len(readings)
         return StageReading(ModelRef(name=serving.name, version=serving.version), readings)
 
     def _stage(self, serving: Serving) -> SecondStage:

@@ -7,6 +7,12 @@ arrives while the first runs waits for its outcome); every payload is a model of
 except drift, bias and leak, which are JSON objects of the same shape as the agent's
 (per-metric ``state`` in ok, warn, alarm). The numbers are made up: nothing is downloaded
 or inferred here.
+
+A shadow deploy (``"mode": "shadow"``) goes as the agent's does: state ``shadow`` with a
+report, then promoted (automatically, or on a ``promote`` command) or discarded. The
+report's agreement is the spec's ``shadow_agreement``, 0 on a device that fails the version
+with ``fail_mode`` shadow; the terms a deploy leaves out are the agent's ``[deploy]``
+defaults (agent.core.DeploySection).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent import __version__
-from agent.core import CodedError
+from agent.core import CodedError, DeploySection
 from agent.wire import (
     BrokerHealth,
     CameraHealth,
@@ -47,6 +53,7 @@ from agent.wire import (
     ModelPayload,
     ModelRef,
     PingCommand,
+    PromoteCommand,
     ReplyPayload,
     RollbackCommand,
     Sequencer,
@@ -95,6 +102,14 @@ DROPPED_FRAMES_EVERY = 200
 """One frame in this many is reported overwritten."""
 QOS = 1
 """Everything a simulated agent publishes (state, telemetry, events, replies), as the agent does."""
+PROMOTE_POLL_S = 0.05
+"""How often an answered ``promote`` looks whether the candidate serves yet."""
+SIM_DETECTIONS = 6.0
+"""Detections per frame a simulated shadow report names for both models."""
+SHADOW_PROGRESS = 0.9
+"""A deployment's progress while in shadow, as the agent reports it."""
+SHADOW_DEFAULTS = DeploySection()
+"""The agent's ``[deploy] shadow_*`` defaults: the terms a shadow deploy leaves out."""
 
 
 class SimCommandFailed(CodedError):
@@ -166,7 +181,11 @@ class SimDevice:
         self._random = random.Random(device_id)
         self._latency_ms = BASE_LATENCY_MS[0] + (BASE_LATENCY_MS[1] - BASE_LATENCY_MS[0]) * fraction(device_id, "ms")
         self._handlers: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
-            "ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback}
+            "ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
+            "promote": self.promote}
+        self._promote: asyncio.Event | None = None
+        """Set by a ``promote`` command while a shadow run that waits for one is ready."""
+        self._shadow_ready = False
         self._answered: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
         self._running: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -285,7 +304,7 @@ class SimDevice:
         self._busy = True
         try:
             await self._finish_probation()
-            fields = {"deployment_id": command.id, "name": command.name, "version": command.version}
+            fields: dict[str, Any] = {"deployment_id": command.id, "name": command.name, "version": command.version}
             pause = self.spec.slow_deploy_s / len(DEPLOY_STEPS)
             failing = fails(self.device_id, command.version, self.spec.fail_rate)
             for step, progress in DEPLOY_STEPS:
@@ -298,14 +317,75 @@ class SimDevice:
                     await self._event("deployment_failed", "warning", f"deployment {command.id}: failed", fields)
                     raise SimCommandFailed(error["code"], f"downloading: {error['message']}",
                                         {"deployment_id": command.id, "step": step})
+            answer: dict[str, Any] = {"deployment_id": command.id, "name": command.name, "version": command.version,
+                                      "state": DeploymentState.ACTIVE}
+            if command.mode == "shadow":
+                report = await self._shadow(command, fields, failing and self.spec.fail_mode == "shadow")
+                fields["shadow"] = answer["shadow"] = report
             await self._swap(SimModel(command.name, command.version, command.sha256, time.time()), "deploy")
             await self._publish_deployment(**fields, state=DeploymentState.ACTIVE, step=DeploymentStep.ACTIVE,
                                            progress=1.0, error=None)
-            self._probation = asyncio.create_task(self._watch(fields, failing))
+            self._probation = asyncio.create_task(
+                self._watch(fields, failing and self.spec.fail_mode == "probation"))
         finally:
             self._busy = False
-        return {"deployment_id": command.id, "name": command.name, "version": command.version,
-                "state": DeploymentState.ACTIVE}
+        return answer
+
+    async def _shadow(self, command: DeployCommand, fields: dict[str, Any], disagrees: bool) -> dict[str, Any]:
+        """The shadow run: its report once decided, to be promoted; raises SimCommandFailed when discarded."""
+        terms = command.shadow
+        min_agreement = SHADOW_DEFAULTS.shadow_min_agreement
+        min_frames = SHADOW_DEFAULTS.shadow_min_frames
+        duration_s = SHADOW_DEFAULTS.shadow_duration_s
+        auto_promote = SHADOW_DEFAULTS.shadow_auto_promote
+        if terms is not None:
+            min_agreement = min_agreement if terms.min_agreement is None else terms.min_agreement
+            min_frames = min_frames if terms.min_frames is None else terms.min_frames
+            duration_s = duration_s if terms.duration_s is None else terms.duration_s
+            auto_promote = auto_promote if terms.auto_promote is None else terms.auto_promote
+        agreement = 0.0 if disagrees else self.spec.shadow_agreement
+        report = _shadow_report(command.version, min_frames, agreement)
+        await self._publish_deployment(**fields, state=DeploymentState.SHADOW, step=DeploymentStep.SHADOW,
+                                       progress=SHADOW_PROGRESS, error=None,
+                                       shadow=_shadow_report(command.version, 0, None))
+        started = time.monotonic()
+        await asyncio.sleep(min(self.spec.shadow_s, duration_s))
+        reason = None
+        if agreement < min_agreement:
+            reason = f"agreement {agreement:.3f} over {min_frames} frames is below the bound {min_agreement}"
+        elif not auto_promote:
+            self._promote, self._shadow_ready = asyncio.Event(), True
+            await self._publish_deployment(**fields, state=DeploymentState.SHADOW, step=DeploymentStep.SHADOW,
+                                           progress=SHADOW_PROGRESS, error=None, shadow=report)
+            try:
+                await asyncio.wait_for(self._promote.wait(), max(0.0, duration_s - (time.monotonic() - started)))
+            except TimeoutError:
+                reason = f"the bound was met but no promote command came within the shadow's {duration_s:g} s"
+            finally:
+                self._promote, self._shadow_ready = None, False
+        data = {**fields, "shadow": report}
+        if reason is None:
+            await self._event("shadow_promoted", "info", f"{command.name} {command.version} agreed in shadow: "
+                              f"promoted", data)
+            return report
+        error = {"code": "shadow_discarded", "message": reason}
+        await self._publish_deployment(**fields, state=DeploymentState.DISCARDED, step=DeploymentStep.SHADOW,
+                                       progress=SHADOW_PROGRESS, error=error, shadow=report)
+        await self._event("shadow_discarded", "warning", f"{command.name} {command.version} discarded in shadow: "
+                          f"{reason}", data)
+        raise SimCommandFailed("shadow_discarded", f"shadow: {reason}",
+                               {"deployment_id": command.id, "step": DeploymentStep.SHADOW, "shadow": report})
+
+    async def promote(self, command: PromoteCommand) -> dict[str, Any]:
+        """Serve the candidate of the shadow run waiting for a promote (its bound met)."""
+        if not self._busy or self.deployment is None or self.deployment["state"] is not DeploymentState.SHADOW:
+            raise SimCommandFailed("no_shadow", "no shadow run is in progress")
+        if self._promote is None or not self._shadow_ready:
+            raise SimCommandFailed("not_ready", "the shadow run cannot be promoted: pending")
+        self._promote.set()
+        while self._busy:  # answered once the candidate serves, as the agent does
+            await asyncio.sleep(PROMOTE_POLL_S)
+        return {"name": self.current.name, "version": self.current.version, "state": DeploymentState.ACTIVE}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         if self._busy:
@@ -439,6 +519,16 @@ class SimDevice:
         return {"samples": 60, "resources": {"rss": {"unit": "MB", "value": RSS_BYTES / 1e6,
                                                      "state": SignalState.OK,
                                                      "slope_per_hour": 0.1, "bound_per_hour": 50.0}}}
+
+
+def _shadow_report(candidate: str, frames: int, agreement: float | None) -> dict[str, Any]:
+    """A shadow report of the agent's shape (docs/mqtt.md, ``deployment.shadow``) for the one camera."""
+    camera = {"frames": frames, "agreement": agreement, "detections_per_frame": SIM_DETECTIONS,
+              "serving_detections_per_frame": SIM_DETECTIONS, "detections_difference": 0.0,
+              "score_js": None if agreement is None else round(1.0 - agreement, 4), "latency_ratio": 1.0,
+              "skipped": 0, "text": None}
+    return {"candidate": candidate, "frames": frames, "agreement": agreement, "text": None,
+            "cameras": {SIM_CAMERA: camera}}
 
 
 def _stage(p50: float) -> StageLatency:

@@ -30,11 +30,18 @@ class SimSpec:
     model_name: str = "text-det"
     model_version: str = "1.0.0"
     fail_rate: float = 0.0
-    fail_mode: Literal["probation", "download"] = "probation"
+    fail_mode: Literal["probation", "download", "shadow"] = "probation"
+    """How a failing device fails: in probation (rolled back), at download, or in shadow (a shadow deploy
+    agrees 0 and is discarded; a plain deploy of it serves and commits)."""
     slow_deploy_s: float = 0.5
     """Seconds from received to active."""
     probation_s: float = 1.0
     """Seconds from active to committed (or rolled back)."""
+    shadow_agreement: float = 0.98
+    """The agreement a shadow deploy reports on a device that does not fail it (the gate's mean per-frame
+    box F1; its text agreement too)."""
+    shadow_s: float = 1.0
+    """Seconds a shadow run lasts before it is decided (the deploy's ``duration_s`` when shorter)."""
     period_s: float = 5.0
     """Telemetry period (health, latency, drift, bias, leak)."""
     alarm_rate: float = 0.0
@@ -52,11 +59,11 @@ class SimSpec:
         Topics(self.prefix, self.group)
         if self.devices < 1:
             raise SimError(f"devices must be at least 1, got {self.devices}")
-        for name in ("fail_rate", "alarm_rate"):
+        for name in ("fail_rate", "alarm_rate", "shadow_agreement"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise SimError(f"{name.replace('_', '-')} must be within 0..1, got {value}")
-        for name in ("slow_deploy_s", "probation_s"):
+        for name in ("slow_deploy_s", "probation_s", "shadow_s"):
             if getattr(self, name) < 0:
                 raise SimError(f"{name} must not be negative")
         if self.period_s <= 0:

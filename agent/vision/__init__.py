@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
     from agent.vision.preprocess import Geometry, Preprocessor, TransformError
     from agent.vision.scheduler import Scheduler
-    from agent.vision.shadow import ShadowRunner
+    from agent.vision.shadow import ShadowRunner, shadow_session_options
     from agent.vision.sources import Frame, FrameSource
     from agent.vision.summary import Monitors, summarize
 
@@ -60,6 +60,7 @@ __all__ = [
     "overwritten",
     "redact_uri",
     "save_cameras",
+    "shadow_session_options",
     "softmax",
     "summarize",
 ]
@@ -81,6 +82,7 @@ _HOMES = {
     "Preprocessor": "agent.vision.preprocess",
     "Scheduler": "agent.vision.scheduler",
     "ShadowRunner": "agent.vision.shadow",
+    "shadow_session_options": "agent.vision.shadow",
     "TransformError": "agent.vision.preprocess",
     "camera_entry": "agent.vision.cameras",
     "camera_rows": "agent.vision.cameras",

@@ -9,6 +9,19 @@ worker only copies the image: it never waits for the candidate, and a sample tha
 finds the candidate still busy with the previous one is skipped (and counted), so
 the serving frames keep their pace and none is dropped.
 
+On a camera with a second stage (a recognizer, ``read``), the boxes both models agree on
+(``match_boxes``, IoU 0.5) are read by the serving recognizer twice, as the serving model
+and as the candidate placed them, in one batch, and the gate records how far the texts
+agree (``ShadowGate.compare_texts``): a detector whose boxes match but cut the text
+differently reads differently.
+
+With ``capped`` engine options (``[deploy] shadow_threads``, 1 by default) the candidate
+infers with an ONNX Runtime session of its own, loaded beside it with fewer intra-op
+threads on the first sample: with as many threads as the serving engine, the candidate's
+inference slowed the serving model's inference while both ran (docs/benchmarks.md, "Shadow
+runs"). The session is the same model file and preprocessing; it is closed when the run
+ends, and the candidate's own engine is the one that serves when it is promoted.
+
 The budget ``every_nth`` is also a share of time: after a comparison that took
 ``t``, the candidate rests ``(every_nth - 1) * t`` before it takes the next
 sample, so a candidate slower than the serving model still works at most
@@ -20,41 +33,65 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import structlog
 
-from agent.models import ShadowGate, lower_thread_priority
+from agent.models import EngineOptions, InstalledModel, ShadowGate, load_serving, lower_thread_priority, match_boxes
 from agent.monitor import FailureCount
 from agent.runtime import Serving
+from agent.vision.heads import Detection
 from agent.vision.pipeline import FrameResult, _Prepared, all_finite
 from agent.vision.summary import summarize
 from agent.vision.transforms import Prediction
 
-__all__ = ["ShadowRunner"]
+__all__ = ["ShadowRunner", "shadow_session_options"]
 
 log = structlog.get_logger(__name__)
 
 Submit = Callable[[Callable[[], None]], None]
+Read = Callable[[str, np.ndarray, Sequence[Detection]], Sequence[Any] | None]
+"""A camera's second stage: (camera, image, boxes) -> a reading (with a ``text``) per box, in order;
+None when the camera has none or the reading failed (the daemon's ``ResultsPublisher.read_beside``)."""
 MAX_IN_FLIGHT = 1
 """Sampled frames waiting for, or in, the candidate: one, so that a candidate slower than the budget
 allows falls behind by skipping samples, never by queueing frames (and their memory)."""
+
+
+def shadow_session_options(options: EngineOptions, threads: int) -> EngineOptions | None:
+    """The options of a shadow candidate's own session: ``threads`` intra-op threads, ONNX Runtime's
+    own preprocessing left out (no ONNX graph rewritten in Python on the loader thread, which holds
+    the interpreter lock while the serving frames wait for it); None for ``threads`` 0 (no session of
+    its own) or a TensorRT candidate (its threads are not the CPU's)."""
+    if threads == 0 or options.runtime != "onnxruntime":
+        return None
+    return replace(options, threads=threads, fuse_preprocessing=False)
 
 
 class ShadowRunner:
     """Pipeline observer that runs a shadow run's candidate beside the serving model.
 
     Given the gate (the run's terms, its candidate engine and its comparisons), ``submit``
-    (runs a job off the frame worker; the manager's loader thread) and the niceness the
-    candidate infers at. Failures of the candidate are frames with agreement 0 (the gate
-    counts them); failures of the runner itself are counted in ``failures`` and logged.
+    (runs a job off the frame worker; the manager's loader thread), the niceness the
+    candidate infers at and ``read`` (the cameras' second stages; None: no text is compared).
+    Failures of the candidate are frames with agreement 0 (the gate counts them); failures of
+    the runner itself are counted in ``failures`` and logged.
     """
 
-    def __init__(self, gate: ShadowGate, submit: Submit, nice: int | None) -> None:
+    def __init__(self, gate: ShadowGate, submit: Submit, nice: int | None, read: Read | None = None,
+                 capped: EngineOptions | None = None) -> None:
         self.gate = gate
         self.submit = submit
         self.nice = nice
+        self.read = read
+        self.capped = capped
+        """Options of the candidate's own shadow session (fewer threads); None: infer with its engine."""
+        self._own: tuple[Serving, Serving] | None = None
+        """The run's candidate and its capped session (loaded and closed on the loader thread)."""
         self.failures = FailureCount("shadow_compare_failed")
         self._in_flight = 0
         self._rest_until = 0.0
@@ -65,6 +102,11 @@ class ShadowRunner:
     def __call__(self, result: FrameResult) -> None:
         gate = self.gate
         candidate = gate.serving
+        own = self._own
+        if own is not None and own[0] is not candidate:  # the run ended: its session closes after its jobs
+            self._own = None
+            if own[1] is not own[0]:  # never the candidate's own engine: it serves, or the manager closes it
+                self.submit(own[1].engine.close)
         if candidate is None or not gate.wants(result.frame.index):
             return
         with self._lock:
@@ -94,14 +136,51 @@ class ShadowRunner:
         try:
             if self.gate.serving is not candidate:
                 return  # the run ended while the frame waited
-            ran = self._infer(candidate, served)
+            engine = self._engine_of(candidate)
+            started = time.monotonic()  # a first sample's load is not the candidate's share of time
+            ran = self._infer(engine, served)
             serving_ms = served.timings_ms.get("infer", 0.0) / max(served.batch, 1)
             self.gate.compare(summarize(served), summarize(ran), serving_ms, ran.timings_ms["infer"])
+            if self.read is not None:
+                self._compare_texts(self.read, served, ran)
         except Exception as exc:  # the comparison must never reach the loader's other work
             self.failures.failed("shadow", exc)
         finally:
             spec = self.gate.spec
             self._done((time.monotonic() - started) * (spec.every_nth - 1) if spec is not None else 0.0)
+
+    def _engine_of(self, candidate: Serving) -> Serving:
+        """The capped session of ``candidate`` (loaded on its first sample), or the candidate itself."""
+        own = self._own
+        if own is not None and own[0] is candidate:
+            return own[1]
+        if self.capped is None or candidate.runtime != "onnxruntime" or candidate.folder is None:
+            return candidate
+        try:
+            capped = load_serving(InstalledModel(candidate.manifest, Path(candidate.folder)), self.capped)
+        except Exception as exc:  # the candidate's own engine still compares
+            self.failures.failed("shadow_session", exc)
+            self._own = (candidate, candidate)
+            return candidate
+        log.info("shadow_session_loaded", model=candidate.name, version=candidate.version,
+                 threads=self.capped.threads)
+        self._own = (candidate, capped)
+        return capped
+
+    def _compare_texts(self, read: Read, served: FrameResult, ran: FrameResult) -> None:
+        """The serving recognizer on the boxes both models agree on, as each placed them (one batch)."""
+        if served.prediction is None or ran.prediction is None:
+            return
+        serving = [d for d in served.prediction.items if isinstance(d, Detection)]
+        candidate = [d for d in ran.prediction.items if isinstance(d, Detection)]
+        pairs = match_boxes(serving, candidate)
+        if not pairs:
+            return
+        readings = read(served.camera, served.frame.image,
+                        [serving[i] for i, _ in pairs] + [candidate[j] for _, j in pairs])
+        if readings is None or len(readings) != 2 * len(pairs):  # no second stage, or it failed
+            return
+        self.gate.compare_texts(served.camera, readings[:len(pairs)], readings[len(pairs):])
 
     def _at_loader_niceness(self) -> None:
         """Nice the loader thread (it loaded the candidate there, niced already) to ``nice``; never un-nice

@@ -134,11 +134,14 @@ class ProbationSpec(WireModel):
 class ShadowOptions(WireModel):
     """A shadow deploy's own terms; an absent one is the agent's ``[deploy] shadow_*``.
 
-    Refused at parse (``bad_payload``, nothing changes): a ``min_agreement`` outside [0, 1]
-    and a zero budget."""
+    Refused at parse (``bad_payload``, nothing changes): a ``min_agreement`` or
+    ``min_text_agreement`` outside [0, 1] and a zero budget."""
 
     min_agreement: float | None = Field(default=None, ge=0, le=1,
                                         description="mean per-frame agreement, 0..1, needed to promote")
+    min_text_agreement: float | None = Field(default=None, ge=0, le=1,
+                                             description="mean character agreement, 0..1, of the texts read in "
+                                                         "the matched boxes, needed to promote where text was read")
     min_frames: int | None = Field(default=None, ge=1, description="compared frames (all cameras) the decision needs")
     budget: int | None = Field(default=None, ge=1, description="the candidate sees every n-th frame of each camera")
     duration_s: float | None = Field(default=None, gt=0, description="the longest the shadow run lasts, seconds")

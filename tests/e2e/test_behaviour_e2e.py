@@ -11,22 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 
-import cv2
 import pytest
 
 from agent.fleet.control import ControlClient
-from tests.support.agentproc import AgentProcess, agent_config
-from tests.support.artifacts import ArtifactServer, bundle_of, sha256, zero_bundle
-from tests.support.monitor_support import SCENE_FRAMES, video
-from tests.support.mosquitto import Mosquitto, MqttProbe
+from tests.support.artifacts import bundle_of, sha256, zero_bundle
+from tests.support.page_scene import page_scene_agent
 
 pytestmark = pytest.mark.slow
 
 DEVICE = "dev-behaviour"
-PAGE_SCENE = 1
-"""The demo video's second scene, a printed page: v4 and v6 both find about six text boxes a frame. One
-scene, not several: consecutive frames of a scene with fewer boxes after a baseline over a richer one
-would move the ratio the test does not mean to measure (docs/deployment.md, limits)."""
+# The page scene alone (tests/support/page_scene.py), not several: consecutive frames of a scene with fewer
+# boxes after a baseline over a richer one would move the ratio the test does not mean to measure
+# (docs/deployment.md, limits).
 MIN_FRAMES = 15
 """Frames per camera behavioural probation judges on: v6 infers slowly on a shared CI core."""
 PROBATION_S = 20.0
@@ -39,33 +35,11 @@ SETTLE_S = 300.0
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, demo_dir):
-    tmp = tmp_path_factory.mktemp("behaviour")
-    clip = tmp / "text.mp4"
-    frames = video()[PAGE_SCENE * SCENE_FRAMES:(PAGE_SCENE + 1) * SCENE_FRAMES]
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    broker = Mosquitto(tmp / "mosquitto")
-    broker.start()
-    www = tmp / "www"
-    www.mkdir()
-    server = ArtifactServer(www)
-    config = agent_config(tmp, demo_dir, broker.url, device_id=DEVICE, source={"uri": str(clip), "pace": "none"},
-                          deploy={"allowed_schemes": ["http"], "probation_s": PROBATION_S,
-                                  "max_latency_ratio": 100.0, "load_nice": 5, "latency_budget_ms": 60_000.0,
-                                  "behaviour_min_frames": MIN_FRAMES})
-    probe = MqttProbe(broker.port, [f"edge/{DEVICE}/#"])
-    agent = AgentProcess(config)
-    probe.wait_for(lambda m: m.topic == f"edge/{DEVICE}/telemetry/latency"
-                   and json.loads(m.payload)["frames_processed"] >= BASELINE_FRAMES,
-                   timeout=SETTLE_S, what="the old model's baseline frames")
-    yield {"broker": broker, "server": server, "probe": probe}
-    agent.terminate()
-    probe.close()
-    server.close()
-    broker.kill()
+    deploy = {"allowed_schemes": ["http"], "probation_s": PROBATION_S, "max_latency_ratio": 100.0, "load_nice": 5,
+              "latency_budget_ms": 60_000.0, "behaviour_min_frames": MIN_FRAMES}
+    with page_scene_agent(tmp_path_factory.mktemp("behaviour"), demo_dir, DEVICE, deploy,
+                          baseline_frames=BASELINE_FRAMES, timeout_s=SETTLE_S) as rig:
+        yield rig
 
 
 def _deploy(rig, body):

@@ -13,21 +13,16 @@ import asyncio
 import json
 import threading
 
-import cv2
 import pytest
 
 from agent.fleet.control import ControlClient
-from tests.support.agentproc import AgentProcess, agent_config
-from tests.support.artifacts import ArtifactServer, bundle_of, pruned_bundle, sha256
-from tests.support.monitor_support import SCENE_FRAMES, video
-from tests.support.mosquitto import Mosquitto, MqttProbe
+from tests.support.artifacts import bundle_of, pruned_bundle, sha256
+from tests.support.page_scene import page_scene_agent
 
 pytestmark = pytest.mark.slow
 
 DEVICE = "dev-shadow"
 CAMERA = "page"
-PAGE_SCENE = 1
-"""The demo video's second scene, a printed page (test_behaviour_e2e.PAGE_SCENE)."""
 MIN_AGREEMENT = 0.9
 """Chosen on the page scene: v6 agrees with v4 0.99 there (tests/models/test_shadow.py), the 50%-pruned
 v4 0.0; over the whole video v6 agrees only 0.40, so the bound holds for this scene, not in general."""
@@ -53,34 +48,12 @@ def _config_with_camera(path):
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, demo_dir):
-    tmp = tmp_path_factory.mktemp("shadow")
-    clip = tmp / "page.mp4"
-    frames = video()[PAGE_SCENE * SCENE_FRAMES:(PAGE_SCENE + 1) * SCENE_FRAMES]
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (width, height))
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    broker = Mosquitto(tmp / "mosquitto")
-    broker.start()
-    www = tmp / "www"
-    www.mkdir()
-    server = ArtifactServer(www)
-    config = _config_with_camera(agent_config(
-        tmp, demo_dir, broker.url, device_id=DEVICE, source={"uri": str(clip), "pace": "none"},
-        deploy={"allowed_schemes": ["http"], "probation_s": 5.0, "max_latency_ratio": 100.0, "load_nice": 5,
-                "latency_budget_ms": 60_000.0, "shadow_min_agreement": MIN_AGREEMENT,
-                "shadow_min_frames": MIN_FRAMES, "shadow_every_nth": BUDGET, "shadow_duration_s": SHADOW_S}))
-    probe = MqttProbe(broker.port, [f"edge/{DEVICE}/#"])
-    agent = AgentProcess(config)
-    probe.wait_for(lambda m: m.topic == f"edge/{DEVICE}/telemetry/latency"
-                   and json.loads(m.payload)["frames_processed"] >= BASELINE_FRAMES,
-                   timeout=SETTLE_S, what="the old model's baseline frames")
-    yield {"broker": broker, "server": server, "probe": probe, "agent": agent}
-    agent.terminate()
-    probe.close()
-    server.close()
-    broker.kill()
+    deploy = {"allowed_schemes": ["http"], "probation_s": 5.0, "max_latency_ratio": 100.0, "load_nice": 5,
+              "latency_budget_ms": 60_000.0, "shadow_min_agreement": MIN_AGREEMENT,
+              "shadow_min_frames": MIN_FRAMES, "shadow_every_nth": BUDGET, "shadow_duration_s": SHADOW_S}
+    with page_scene_agent(tmp_path_factory.mktemp("shadow"), demo_dir, DEVICE, deploy,
+                          baseline_frames=BASELINE_FRAMES, timeout_s=SETTLE_S, edit=_config_with_camera) as rig:
+        yield rig
 
 
 def _send(rig, name: str, body: dict, timeout_s: float = SETTLE_S):
@@ -188,6 +161,7 @@ def test_v6_agrees_in_shadow_and_is_promoted(rig, demo_dir):
     assert report["frames"] >= MIN_FRAMES and report["agreement"] >= MIN_AGREEMENT, report
     camera = report["cameras"][CAMERA]
     assert camera["latency_ratio"] is not None and camera["score_js"] is not None, camera
+    assert camera["text"] is None and report["text"] is None, "the camera has no second stage: no text compared"
     event = _event(rig, "shadow_promoted", "shadow-v6")
     assert event["data"]["shadow"]["frames"] == report["frames"]
     states = [d["state"] for d in _deployments(rig, "shadow-v6")]

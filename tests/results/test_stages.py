@@ -7,10 +7,14 @@ from __future__ import annotations
 import cv2
 import pytest
 
+from agent.core import ResultsSettings
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.store import ModelStore
+from agent.monitor.telemetry import Telemetry
+from agent.results.publisher import ResultsPublisher
 from agent.results.stages import SecondStages, second_stage_options
 from agent.vision.transforms import Detection, TransformError
+from agent.wire import Topics
 from tests.results.test_recognize import DEMO, MODELS, PAGE_WORDS, Detector, needs_rec
 
 pytestmark = needs_rec
@@ -74,4 +78,20 @@ def test_a_model_missing_or_no_recognizer_is_skipped_and_a_failing_read_is_count
     stages.load(store, ["text-rec"], OPTIONS)
     assert stages.read("text-rec", "front", frame[:0], boxes) is None, "an empty frame fails: counted"
     assert stages.failures.count == 1
+    stages.close()
+
+
+def test_a_shadow_read_beside_the_results_uses_the_cameras_second_stage_and_is_not_counted(store, page):
+    stages = SecondStages()
+    stages.load(store, ["text-rec"], OPTIONS)
+    cameras = {"front": ResultsSettings(second_stage="text-rec"), "side": ResultsSettings()}
+    publisher = ResultsPublisher(Telemetry(Topics("edge", "dev1"), "dev1", "test"), Topics("edge", "dev1"),
+                                 cameras.get, store.root, second_stages=stages)
+    frame, boxes = page
+    readings = publisher.read_beside("front", frame, boxes)
+    assert readings is not None and len(readings) == len(boxes)
+    assert "markers" in " ".join(r.text for r in readings)
+    assert publisher.read_beside("side", frame, boxes) is None, "a camera without a second stage"
+    assert publisher.read_beside("gone", frame, boxes) is None, "a camera that is gone"
+    assert stages.health()["frames"] == 0, "a shadow read is not a results read"
     stages.close()

@@ -18,11 +18,12 @@ def _deploy(**fields: object) -> bytes:
 
 def test_a_shadow_deploy_carries_its_terms():
     command = parse_command("deploy", _deploy(mode="shadow", shadow={"min_agreement": 0.95, "min_frames": 20,
-                                                                     "budget": 3, "duration_s": 60,
-                                                                     "auto_promote": False}))
+                                                                     "min_text_agreement": 0.7, "budget": 3,
+                                                                     "duration_s": 60, "auto_promote": False}))
     assert isinstance(command, DeployCommand)
     assert command.mode == "shadow"
     assert command.shadow is not None and command.shadow.budget == 3 and command.shadow.auto_promote is False
+    assert command.shadow.min_text_agreement == 0.7
 
 
 def test_a_deploy_without_a_mode_swaps():
@@ -30,11 +31,12 @@ def test_a_deploy_without_a_mode_swaps():
     assert isinstance(command, DeployCommand) and command.mode == "swap" and command.shadow is None
 
 
+@pytest.mark.parametrize("field", ["min_agreement", "min_text_agreement"])
 @pytest.mark.parametrize("agreement", [-0.1, 1.5])
-def test_a_min_agreement_outside_zero_one_is_refused(agreement):
+def test_a_min_agreement_outside_zero_one_is_refused(agreement, field):
     with pytest.raises(CommandError) as caught:
-        parse_command("deploy", _deploy(mode="shadow", shadow={"min_agreement": agreement}))
-    assert caught.value.code == "bad_payload" and "min_agreement" in caught.value.message
+        parse_command("deploy", _deploy(mode="shadow", shadow={field: agreement}))
+    assert caught.value.code == "bad_payload" and field in caught.value.message
     assert caught.value.command_id == "d1"
 
 

@@ -71,12 +71,24 @@ class DeploySection(Section):
     """A shadow run promotes its candidate when the mean per-frame agreement with the serving model
     (matched-box F1 at IoU 0.5, top-1 for classifiers) is at least this (the demo detector v4 -> v6 on
     its page scene: 0.99; a model that detects nothing: 0). Choose it on the cameras' real scenes."""
+    shadow_min_text_agreement: float = Field(default=0.8, ge=0, le=1)
+    """On a camera with a second stage (a recognizer), a shadow run also needs this mean character
+    agreement (1 - normalised edit distance) between what the serving recognizer reads in the
+    serving model's and in the candidate's matched boxes, or, for a recognizer candidate, between
+    the two recognizers on the same crops (the demo v4 -> v6 on its page scene: 0.96, exact 0.41;
+    a recognizer with a shuffled dictionary: 0.0); 0: reported, not gated."""
     shadow_min_frames: int = Field(default=30, ge=1)
     """Frames compared (all cameras) before a shadow run is decided."""
     shadow_every_nth: int = Field(default=5, ge=1)
     """The shadow budget: the candidate sees every n-th frame of each camera (5: a fifth of the frames),
     on the model-loader thread at ``load_nice``, and works at most 1/n of the time (after a comparison
     that took t it rests (n - 1) t); a sample that finds it busy or resting is skipped."""
+    shadow_threads: int = Field(default=1, ge=0, le=256)
+    """Intra-op threads of the ONNX Runtime session a shadow run's candidate compares with (its own,
+    loaded beside it on the first sample and closed at the end; the candidate's engine is the one
+    promoted). With the serving engine's threads the candidate slowed the serving inference while it
+    ran (docs/benchmarks.md); 0: the candidate's engine itself (no second session, its latency ratio
+    like for like)."""
     shadow_duration_s: float = Field(default=600.0, gt=0)
     """The longest a shadow run lasts: by then it is promoted, or discarded (too few frames, no promote)."""
     shadow_auto_promote: bool = True
