@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from agent.models.shadow import ShadowError, ShadowGate, ShadowSpec
     from agent.models.sparsity import prune_model_2to4, sparsity_report
     from agent.models.store import InstalledModel, ModelStore, StoreError
+    from agent.models.target import DeployTarget, Swapped
 
 __all__ = [
     "BOOT_RECORD_FILE",
@@ -74,6 +75,7 @@ __all__ = [
     "CrashLoop",
     "DeployFailed",
     "DeployRequest",
+    "DeployTarget",
     "DeploymentManager",
     "DeploymentStatus",
     "EngineCache",
@@ -95,6 +97,7 @@ __all__ = [
     "SpecMismatchError",
     "Statement",
     "StoreError",
+    "Swapped",
     "check_fits_head",
     "check_fits_input",
     "confined",
@@ -133,6 +136,7 @@ _HOMES = {
     "DEFAULT_WORKSPACE_MB": "agent.models.build_spec",
     "DeployFailed": "agent.models.manager",
     "DeployRequest": "agent.models.manager",
+    "DeployTarget": "agent.models.target",
     "DeploymentManager": "agent.models.manager",
     "DeploymentStatus": "agent.models.manager",
     "EngineCache": "agent.models.engine_cache",
@@ -156,6 +160,7 @@ _HOMES = {
     "SpecMismatchError": "agent.models.graph",
     "Statement": "agent.models.fetch",
     "StoreError": "agent.models.store",
+    "Swapped": "agent.models.target",
     "check_fits_head": "agent.models.graph",
     "check_fits_input": "agent.models.graph",
     "confined": "agent.models.manifest",

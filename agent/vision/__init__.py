@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         save_cameras,
     )
     from agent.vision.heads import Classification, Detection, Prediction, make_head, softmax
-    from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
+    from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline, PipelineCounters
     from agent.vision.preprocess import Geometry, Preprocessor, TransformError
     from agent.vision.scheduler import Scheduler
     from agent.vision.shadow import ShadowRunner
@@ -45,6 +45,7 @@ __all__ = [
     "Geometry",
     "Monitors",
     "Pipeline",
+    "PipelineCounters",
     "Prediction",
     "Preprocessor",
     "Scheduler",
@@ -76,6 +77,7 @@ _HOMES = {
     "MAX_BATCH_FRAMES": "agent.vision.pipeline",
     "Monitors": "agent.vision.summary",
     "Pipeline": "agent.vision.pipeline",
+    "PipelineCounters": "agent.vision.pipeline",
     "Prediction": "agent.vision.heads",
     "Preprocessor": "agent.vision.preprocess",
     "Scheduler": "agent.vision.scheduler",
