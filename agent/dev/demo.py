@@ -26,7 +26,7 @@ from pathlib import Path
 from agent.dev.base import DevError, Report
 from agent.models import HeadSpec, Manifest, ModelStore, PreprocessSpec
 
-__all__ = ["DEMO_MODELS", "PHOTOS", "SECOND_STAGE_NEXT", "DemoModel", "download", "extract_model", "make_video",
+__all__ = ["DEMO_MODELS", "PHOTOS", "DemoModel", "download", "extract_model", "make_video",
            "setup"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -139,8 +139,6 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
 
 SERVING = ("text-det", "v4")
 SECOND_STAGE = ("text-rec", "v4")
-SECOND_STAGE_NEXT = ("text-rec", "v6")
-"""The recognizer a demo deploys over ``SECOND_STAGE`` (``make demo-deploy-rec``)."""
 
 
 def download(requirement: str, wheels: Path, report: Report) -> Path:

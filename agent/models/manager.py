@@ -491,7 +491,7 @@ class DeploymentManager:
         serving = self.slot.serving
         if serving is None:
             raise BundleError("a bare model needs a serving model's manifest to inherit; deploy a bundle")
-        stage_bare_model(artifact, folder, serving.manifest, req.name, req.version)
+        stage_bare_model(artifact, folder, serving.manifest, req.name, req.version, serving.folder)
         return folder
 
     async def _validate(self, req: DeployRequest, new: Serving) -> None:

@@ -32,7 +32,7 @@ from agent.vision.transforms import Detection
 from agent.wire import DeploymentState
 from tests.results.test_recognize import DEMO, MODELS, Detector, needs_rec
 from tests.support.artifacts import sha256
-from tests.support.rec_bundles import golden_rec_bundle, nan_rec_bundle, rec_bundle, slow_rec_bundle
+from tests.support.rec_bundles import golden_rec_bundle, nan_rec_bundle, rec_bundle, rec_folder, slow_rec_bundle
 
 pytestmark = needs_rec
 OPTIONS = second_stage_options(EngineOptions(threads=2))
@@ -65,8 +65,8 @@ class StageRig:
         self.named = named
         self.swaps: list[tuple[str, str | None, str, str]] = []
         self.reports: list[Any] = []
-        defaults = {"allowed_schemes": ("file",), "file_roots": (tmp,), "latency_budget_ms": 60_000.0,
-                    "load_nice": 0, "warmup_runs": 2}
+        defaults = {"allowed_schemes": ("file",), "file_roots": (tmp, DEMO.resolve()),
+                    "latency_budget_ms": 60_000.0, "load_nice": 0, "warmup_runs": 2}
         self.manager = DeploymentManager(
             store=self.store, slot=self.first, options=EngineOptions(threads=1),
             settings=DeploySection.model_validate({**defaults, **settings}), public_key=None,
@@ -277,3 +277,27 @@ def test_probation_swaps_a_slower_recognizer_back_by_itself(tmp_path, page):
     assert rig.swaps == [("text-rec", "v4", "v8", "deploy"),
                          ("text-rec", "v8", "v4", f"probation: {last.error['message']}")]
     assert rig.store.current_version("text-rec") == "v4"
+
+
+def test_a_bare_recognizer_takes_the_serving_ones_manifest_and_dictionary(tmp_path, page):
+    """A bare v4 ONNX as v5 reads as v4 did, with v4's dictionary; a bare v6 (another alphabet) does not
+    fit that dictionary and is refused before it serves."""
+    rig = StageRig(tmp_path)
+    v6 = rec_folder(DEMO, "v6", tmp_path / "extracted") / "model.onnx"
+
+    async def scenario() -> tuple[str, DeployFailed]:
+        await rig.manager.deploy(request(MODELS / "text-rec-v4" / "model.onnx", "v5", format="onnx"))
+        version, text = rig.read(page)
+        assert all(word in text for word in PAGE_WORDS), text
+        with pytest.raises(DeployFailed) as caught:
+            await rig.manager.deploy(request(v6, "v6", format="onnx"))
+        return version, caught.value
+
+    try:
+        version, failure = asyncio.run(scenario())
+        after, _ = rig.read(page)
+    finally:
+        rig.close()
+    assert version == "v5" and after == "v5"
+    assert failure.code == "does_not_fit_head" and "classes" in failure.message, failure.message
+    assert rig.store.versions("text-rec") == ["v4", "v5"]
