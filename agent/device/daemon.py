@@ -28,6 +28,7 @@ from agent.device.health import DeviceHealth
 from agent.device.liveness import Liveness
 from agent.device.liveview import LiveView, LiveViewError
 from agent.device.monitors import Signals
+from agent.device.stages import StageBook
 from agent.device.startup import (
     StartupError,
     camera_configs,
@@ -43,10 +44,8 @@ from agent.models import (
     CRASH_TEST_ENV,
     BootGuard,
     CrashLoop,
-    DeployFailed,
     DeploymentManager,
     DeploymentStatus,
-    DeployTarget,
     ModelStore,
     load_public_key,
 )
@@ -62,7 +61,7 @@ from agent.mqtt import (
 from agent.results import ResultsPublisher, SecondStages, second_stage_options
 from agent.runtime import EngineSlot, Serving
 from agent.vision import CAMERAS_FILE, CameraError, CameraSet, Pipeline, Scheduler, ShadowRunner
-from agent.wire import CommandError, DeploymentState, DeviceState, ModelRef, Severity, StageModel, StatusPayload, Topics
+from agent.wire import CommandError, DeploymentState, DeviceState, Severity, StatusPayload, Topics
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -146,11 +145,9 @@ class Agent:
             self.pipeline.observers.append(self.live_view.observe)
         self.started_at = time.time()
         self.engine_options = engine_options(config.model)
-        self.second_stage_options = second_stage_options(self.engine_options)
         self.previous_model: dict[str, str] | None = None
-        self.second_stage_previous: dict[str, ModelRef] = {}
-        """Per second stage, the version it served before its last swap."""
-        self._stage_loads: set[asyncio.Task[bool]] = set()
+        self.stage_book = StageBook(self.second_stages, self.cameras, second_stage_options(self.engine_options),
+                                    self.publish_model, self.event, self.guarded)
         self.fallback_reason: str | None = None
         self.deployment: DeploymentStatus | None = None
         self._stop = asyncio.Event()
@@ -207,16 +204,7 @@ class Agent:
         serving = self.slot.serving
         if serving is not None:
             await self.telemetry.publish_state(self.topics.model, self.telemetry.model(
-                serving, self.previous_model, self._second_stage_models()))
-
-    def _second_stage_models(self) -> list[StageModel]:
-        models = []
-        for name in sorted(self.second_stages.slots):
-            serving = self.second_stages.slot(name).serving
-            if serving is not None:
-                models.append(StageModel(name=name, version=serving.version, sha256=serving.sha256,
-                                         since=serving.since, previous=self.second_stage_previous.get(name)))
-        return models
+                serving, self.previous_model, self.stage_book.models()))
 
     async def publish_deployment(self, status: DeploymentStatus) -> None:
         self.deployment = status
@@ -248,41 +236,11 @@ class Agent:
                          {"model": new.name, "stage": "first", "from_version": old.version if old else None,
                           "to_version": new.version, "reason": reason})
 
-    async def _second_stage_swapped(self, new: Serving, old: Serving | None, reason: str) -> None:
-        if old is not None:
-            self.second_stage_previous[new.name] = ModelRef(name=old.name, version=old.version)
-        await self.publish_model()
-        await self.event("engine_swapped", "info", f"second stage now {new.name} {new.version} ({reason})",
-                         {"model": new.name, "stage": "second", "from_version": old.version if old else None,
-                          "to_version": new.version, "reason": reason})
-
-    def _second_stage_targets(self) -> dict[str, DeployTarget]:
-        """The second stages the cameras name now, as deployment targets."""
-        return {name: self.second_stages.target(name, self.second_stage_options, self._second_stage_swapped)
-                for name in self._named_second_stages()}
-
-    def _named_second_stages(self) -> set[str]:
-        return {c.results.second_stage for c in self.cameras.configs() if c.results.second_stage is not None}
-
     def _cameras_changed(self) -> None:
-        """Keep the camera set; a second stage a camera now names and none served is loaded (a task)."""
+        """Keep the camera set; a second stage a camera now names and no slot serves is loaded."""
         self.camera_book.changed()
-        missing = [n for n in sorted(self._named_second_stages()) if self.second_stages.serving(n) is None]
-        if missing:
-            task = asyncio.get_running_loop().create_task(
-                self.guarded("second_stage_load", lambda: self._load_second_stages(missing)))
-            self._stage_loads.add(task)
-            task.add_done_callback(self._stage_loads.discard)
-
-    async def _load_second_stages(self, names: list[str]) -> None:
         assert self.manager is not None
-        for name in names:
-            try:
-                await self.manager.serve_current(name)
-            except DeployFailed as exc:
-                log.warning("second_stage_unavailable", model=name, code=exc.code, error=exc.message)
-                await self.event("second_stage_unavailable", "warning", f"second stage {name}: {exc.message}",
-                                 {"model": name, "code": exc.code})
+        self.stage_book.load_missing(self.manager)
 
     async def _reply(self, command_id: str | None, outcome: Outcome) -> None:
         payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
@@ -299,7 +257,7 @@ class Agent:
             store=self.store, slot=self.slot, options=self.engine_options, settings=deploy,
             public_key=public_key, feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
             report=self.publish_deployment, swapped=self._swapped, outputs=self.signals.outputs,
-            event=self.event, second_stages=self._second_stage_targets,
+            event=self.event, second_stages=self.stage_book.targets,
         )
         self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
                                                    deploy.load_nice or None))
@@ -324,7 +282,7 @@ class Agent:
             os.abort()
         crash_loop = crash_loop_status(self.crash_loop, serving, self.started_at)
         self.slot.swap(serving)
-        self.second_stages.load(self.store, self._named_second_stages(), self.second_stage_options)
+        self.second_stages.load(self.store, self.stage_book.named(), self.stage_book.options)
         self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
@@ -430,8 +388,7 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         bound = self.config.agent.stop_timeout_s
-        for load in list(self._stage_loads):
-            load.cancel()
+        self.stage_book.cancel()
         if self.manager is not None:
             self.manager.close()
         if self.router is not None:
