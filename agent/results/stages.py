@@ -104,21 +104,29 @@ class SecondStages:
         return self._counters.setdefault(name, PipelineCounters()).stats
 
     def load(self, store: ModelStore, names: Iterable[str], options: EngineOptions) -> None:
-        """Load the current version of each named model not serving yet; one that cannot be loaded is
-        logged and skipped."""
+        """Load the current version of each named model not serving yet, its previous one when the
+        current does not load or is no recognizer (a deployed version that fails after a restart);
+        one with neither is logged and skipped."""
         for name in sorted(set(names)):
             if self.serving(name) is not None:
                 continue
-            try:
-                serving = load_serving(store.current(name), options)
-            except (AgentError, OSError) as exc:  # not installed, quarantined, unloadable
-                log.warning("second_stage_unavailable", model=name, error=str(exc))
-                continue
-            try:
-                self.swap(serving)
-            except AgentError as exc:  # a model that is no recognizer
-                serving.engine.close()
-                log.warning("second_stage_unavailable", model=name, error=str(exc))
+            for which in ("current", "previous"):
+                if self._load(store, name, which, options):
+                    break
+
+    def _load(self, store: ModelStore, name: str, which: str, options: EngineOptions) -> bool:
+        try:
+            serving = load_serving(store.current(name) if which == "current" else store.previous(name), options)
+        except (AgentError, OSError) as exc:  # not installed, quarantined, unloadable
+            log.warning("second_stage_unavailable", model=name, which=which, error=str(exc))
+            return False
+        try:
+            self.swap(serving)
+        except AgentError as exc:  # a model that is no recognizer
+            serving.engine.close()
+            log.warning("second_stage_unavailable", model=name, which=which, error=str(exc))
+            return False
+        return True
 
     def swap(self, serving: Serving) -> Serving | None:
         """Serve ``serving`` as its name's second stage from the next frame on; the old one is returned

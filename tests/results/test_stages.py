@@ -4,10 +4,13 @@ reads (the old engine closed once its lease ends), and the failures it must surv
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import pytest
 
 from agent.models.loader import EngineOptions, load_serving
+from agent.models.manifest import Manifest
 from agent.models.store import ModelStore
 from agent.results.stages import SecondStages, second_stage_options
 from agent.vision.transforms import Detection, TransformError
@@ -75,3 +78,19 @@ def test_a_model_missing_or_no_recognizer_is_skipped_and_a_failing_read_is_count
     assert stages.read("text-rec", "front", frame[:0], boxes) is None, "an empty frame fails: counted"
     assert stages.failures.count == 1
     stages.close()
+
+
+def test_a_current_version_that_does_not_load_falls_back_to_the_previous(store, page, tmp_path):
+    junk = tmp_path / "text-rec-v5"
+    shutil.copytree(MODELS / "text-rec-v4", junk)
+    (junk / "model.onnx").write_bytes(b"\x00not onnx" * 64)
+    manifest = Manifest.read(junk / "manifest.json")
+    manifest.model_copy(update={"version": "v5", "files": {}}).with_hashes(junk).write(junk / "manifest.json")
+    store.install(junk)
+    assert store.current_version("text-rec") == "v5"
+    stages = SecondStages()
+    stages.load(store, ["text-rec"], OPTIONS)
+    frame, boxes = page
+    read = stages.read("text-rec", "front", frame, boxes)
+    stages.close()
+    assert read is not None and read.model.version == "v4"
