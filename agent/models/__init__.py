@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     )
     from agent.models.sparsity import prune_model_2to4, sparsity_report
     from agent.models.store import InstalledModel, ModelStore, StoreError
+    from agent.models.target import DeployTarget, Swapped
 
 __all__ = [
     "BOOT_RECORD_FILE",
@@ -81,6 +82,7 @@ __all__ = [
     "CrashLoop",
     "DeployFailed",
     "DeployRequest",
+    "DeployTarget",
     "DeploymentManager",
     "DeploymentStatus",
     "EngineCache",
@@ -102,6 +104,7 @@ __all__ = [
     "SpecMismatchError",
     "Statement",
     "StoreError",
+    "Swapped",
     "TextAgreement",
     "check_fits_head",
     "check_fits_input",
@@ -143,6 +146,7 @@ _HOMES = {
     "DEFAULT_WORKSPACE_MB": "agent.models.build_spec",
     "DeployFailed": "agent.models.manager",
     "DeployRequest": "agent.models.manager",
+    "DeployTarget": "agent.models.target",
     "DeploymentManager": "agent.models.manager",
     "DeploymentStatus": "agent.models.manager",
     "EngineCache": "agent.models.engine_cache",
@@ -167,6 +171,7 @@ _HOMES = {
     "SpecMismatchError": "agent.models.graph",
     "Statement": "agent.models.fetch",
     "StoreError": "agent.models.store",
+    "Swapped": "agent.models.target",
     "check_fits_head": "agent.models.graph",
     "check_fits_input": "agent.models.graph",
     "confined": "agent.models.manifest",

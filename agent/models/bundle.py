@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 from agent.models.errors import ModelError
-from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_relative
+from agent.models.manifest import MANIFEST_FILE, Manifest, ManifestError, check_relative, confined
 
 __all__ = ["BundleError", "pack_bundle", "stage_bare_model", "unpack_bundle", "unpack_limit"]
 
@@ -135,11 +135,17 @@ def unpack_bundle(path: Path, dest: Path) -> Manifest:
     return manifest
 
 
-def stage_bare_model(model: Path, dest: Path, template: Manifest, name: str, version: str) -> Manifest:
-    """A bare model file becomes a store folder with the serving model's manifest, renamed."""
+def stage_bare_model(model: Path, dest: Path, template: Manifest, name: str, version: str,
+                     template_folder: Path | None = None) -> Manifest:
+    """A bare model file becomes a store folder with the serving model's manifest, renamed, and the
+    files its head reads (a recognizer's dictionary) copied from the serving model's ``template_folder``."""
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / template.model_file
     shutil.move(str(model), target)
+    if template_folder is not None and template.head.dictionary is not None:
+        kept = dest / template.head.dictionary
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(confined(template_folder, template.head.dictionary, "head.dictionary"), kept)
     manifest = template.model_copy(
         update={"name": name, "version": version, "files": {}, "golden": (), "reference": None,
                 "source": "deployed as a bare model", "engine_key": None}

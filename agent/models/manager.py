@@ -14,6 +14,11 @@ warmed candidate beside the serving model instead of swapping: the frame worker'
 observer (agent.vision.shadow) has it infer sampled frames on the loader thread
 (``run_beside``), the gate (agent.models.shadow) compares, and the run ends promoted (the
 swap and probation as above) or discarded, with its report.
+
+Each deployment, probation and rollback acts on one target (agent.models.target): the first
+stage's slot, or the slot of a second stage a camera names (``second_stages``), chosen by the
+model name the command carries. One runs at a time, whichever the target: a deploy of one
+stage commits the other's probation early.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from agent.core import CodedError
+from agent.core import AgentError, CodedError
 from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputWindow
 from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
 from agent.models.errors import ModelError
@@ -53,10 +58,11 @@ from agent.models.priority import lowered_priority, restore_thread_priority
 from agent.models.probation import Probation, ProbationVerdict, judge
 from agent.models.shadow import ShadowDecision, ShadowGate, ShadowSpec
 from agent.models.store import ModelStore, StoreError
+from agent.models.target import DeployTarget, FeedsFor, Stats, Swapped
 from agent.runtime import EngineError, EngineSlot, Serving
 from agent.wire import DeploymentState, DeploymentStep, Severity
 
-__all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus"]
+__all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStatus", "SecondStageTargets"]
 
 log = structlog.get_logger(__name__)
 
@@ -115,9 +121,9 @@ class DeploymentStatus:
 
 
 Report = Callable[[DeploymentStatus], Awaitable[None]]
-Swapped = Callable[[Serving, Serving | None, str], Awaitable[None]]
-FeedsFor = Callable[[Serving], dict[str, np.ndarray]]
 Event = Callable[[str, Severity, str, dict[str, Any]], Awaitable[None]]
+SecondStageTargets = Callable[[], Mapping[str, DeployTarget]]
+"""The second stages the cameras name now, by model name (agent.results.stages builds each)."""
 
 
 class DeploymentManager:
@@ -133,6 +139,10 @@ class DeploymentManager:
     probation task watches the new model and swaps back by itself past its bounds; ``close``
     cancels it, aborts the download and stops the loader. It owns the shadow gate (``shadow``)
     the frame worker's shadow observer reads, and ``event`` (optional) tells how a shadow run ended.
+
+    The slot and callables given are the first stage's target (``first``); ``second_stages``
+    (optional) gives the second stages' by model name. ``target`` is the deployment's in progress
+    (or the last one's): ``slot``, ``options``, ``load_options`` and ``feeds_for`` are its.
     """
 
     def __init__(
@@ -144,23 +154,23 @@ class DeploymentManager:
         settings: Any,
         public_key: Any,
         feeds_for: FeedsFor,
-        stats: Callable[[str], dict[str, Any]],
+        stats: Stats,
         report: Report,
         swapped: Swapped,
         outputs: OutputWindow | None = None,
         event: Event | None = None,
+        second_stages: SecondStageTargets | None = None,
     ) -> None:
         self.store = store
-        self.slot = slot
-        self.options = options
+        self.first = DeployTarget(name=None, role="first stage", slot=slot, options=options, feeds_for=feeds_for,
+                                  stats=stats, swapped=swapped, outputs=outputs, shadow=True)
+        """The first stage; ``outputs`` are the frames' outputs behavioural probation reads (None: not judged)."""
+        self.second_stages = second_stages
+        self.target = self.first
+        """The target of the deployment in progress, or of the last one."""
         self.settings = settings
         self.public_key = public_key
-        self.feeds_for = feeds_for
-        self.stats = stats
         self.report = report
-        self.swapped = swapped
-        self.outputs = outputs
-        """The frames' outputs behavioural probation reads; None: it is not judged."""
         self.event = event
         self.shadow = ShadowGate()
         """The shadow run in progress, if any (agent.vision.shadow reads it on the frame worker)."""
@@ -173,7 +183,50 @@ class DeploymentManager:
         self._probation: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._download: DownloadAbort | None = None
-        self.load_options = replace(options, load_nice=settings.load_nice)
+
+    @property
+    def slot(self) -> EngineSlot:
+        """The slot of the deployment in progress (``target``)."""
+        return self.target.slot
+
+    @property
+    def options(self) -> EngineOptions:
+        return self.target.options
+
+    @property
+    def load_options(self) -> EngineOptions:
+        """``options`` at ``[deploy] load_nice``: how the loader thread loads a new engine."""
+        return self._load_options(self.target)
+
+    def _load_options(self, target: DeployTarget) -> EngineOptions:
+        return replace(target.options, load_nice=self.settings.load_nice)
+
+    def feeds_for(self, new: Serving) -> dict[str, np.ndarray]:
+        """Inputs from live data to warm ``new`` up, once it fits its target (``target``)."""
+        return self._feeds(self.target, new)
+
+    def _feeds(self, target: DeployTarget, new: Serving) -> dict[str, np.ndarray]:
+        if target.fits is not None:
+            try:
+                target.fits(new)
+            except (AgentError, ValueError) as exc:
+                raise DeployFailed(DeploymentStep.VALIDATING, "does_not_fit_head",
+                                   f"{new.name} {new.version} cannot serve as a {target.role}: {exc}") from exc
+        return target.feeds_for(new)
+
+    def target_of(self, name: str | None) -> DeployTarget:
+        """The target a command for model ``name`` acts on (None: the first stage); ``wrong_model``
+        when it is neither the first stage nor a second stage a camera names."""
+        first = self.first.model_name()
+        if name is None or name == first:
+            return self.first
+        seconds = self.second_stages() if self.second_stages is not None else {}
+        if name in seconds:
+            return seconds[name]
+        named = f"; second stages the cameras name: {', '.join(sorted(seconds))}" if seconds else \
+            "; no camera names a second stage"
+        raise DeployFailed(DeploymentStep.RECEIVED, "wrong_model",
+                           f"this agent's first stage is {first!r}{named}; {name!r} is none of them")
 
     @property
     def busy(self) -> bool:
@@ -205,16 +258,26 @@ class DeploymentManager:
 
     # ----- deploy ---------------------------------------------------------------------------
     async def deploy(self, req: DeployRequest) -> Serving:
-        """Run one deployment to ``active``; raises DeployFailed (old model still serving)."""
+        """Run one deployment to ``active``; raises DeployFailed (old model still serving).
+
+        The target is the stage model ``req.name`` serves; a name no stage serves is refused
+        (``wrong_model``), and so is a shadow deploy of a second stage (``unsupported``), before
+        anything is published."""
+        target = self.target_of(req.name)
+        if req.shadow is not None and not target.shadow:
+            raise DeployFailed(DeploymentStep.RECEIVED, "unsupported",
+                               f"a shadow deploy of a {target.role} ({req.name}) is not supported; deploy it "
+                               "with mode swap (validated, then watched in probation)")
         if self._lock.locked():
             raise DeployFailed(DeploymentStep.RECEIVED, "busy",
                                "another deployment or rollback is in progress; retry when it ends")
         async with self._lock:
             await self._cancel_probation(commit=True)
+            self.target = target
             await self._step(req, DeploymentStep.RECEIVED, 0.0, url=redact_url(req.url))
-            serving = self.slot.serving
+            serving = target.slot.serving
             # The old model's figures before anything else loads beside it: the baseline.
-            baseline = self.stats(serving.version) if serving is not None else None
+            baseline = target.stats(serving.version) if serving is not None else None
             work = Path(tempfile.mkdtemp(prefix=".deploy-", dir=self.store.work_dir()))
             installed_here = req.version not in self.store.versions(req.name)
             try:
@@ -231,15 +294,15 @@ class DeploymentManager:
             if req.shadow is not None:
                 await self._shadow_or_discard(req, req.shadow, new, installed_here)
             try:
-                old = await self._swap_in(new, req.name)
+                old = await self._swap_in(new, req.name, target)
             except BaseException as exc:
                 self._settle_promote(exc)
                 raise
             self._settle_promote(new)
             await self._step(req, DeploymentStep.ACTIVE, 1.0)
             probation = req.probation or self.default_probation()
-            probe = self._behaviour_probe(probation, new, old)
-            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation, probe))
+            probe = self._behaviour_probe(probation, new, old, target)
+            self._probation = asyncio.create_task(self._watch(req, new, baseline, probation, probe, target))
             return new
 
     # ----- shadow ---------------------------------------------------------------------------
@@ -428,7 +491,7 @@ class DeploymentManager:
         serving = self.slot.serving
         if serving is None:
             raise BundleError("a bare model needs a serving model's manifest to inherit; deploy a bundle")
-        stage_bare_model(artifact, folder, serving.manifest, req.name, req.version)
+        stage_bare_model(artifact, folder, serving.manifest, req.name, req.version, serving.folder)
         return folder
 
     async def _validate(self, req: DeployRequest, new: Serving) -> None:
@@ -496,34 +559,36 @@ class DeploymentManager:
                 raise DeployFailed(DeploymentStep.VALIDATING, "golden_mismatch",
                                    f"output for {golden.input_file} differs from {golden.output_file}")
 
-    async def _swap_in(self, new: Serving, name: str) -> Serving | None:
-        old = self.slot.swap(new)
+    async def _swap_in(self, new: Serving, name: str, target: DeployTarget) -> Serving | None:
+        old = target.slot.swap(new)
         await self._in_loader(restore_thread_priority)
         self.store.activate(name, new.version, explicit=True)  # a deploy lifts a quarantine
-        await self.swapped(new, old, "deploy")
-        log.info("engine_swapped", model=name, from_version=old.version if old else None, to_version=new.version)
+        await target.swapped(new, old, "deploy")
+        log.info("engine_swapped", model=name, stage=target.role, from_version=old.version if old else None,
+                 to_version=new.version)
         return old
 
     # ----- probation and rollback -----------------------------------------------------------
-    def _behaviour_probe(self, probation: Probation, new: Serving, old: Serving | None) -> BehaviourProbe | None:
+    def _behaviour_probe(self, probation: Probation, new: Serving, old: Serving | None,
+                         target: DeployTarget) -> BehaviourProbe | None:
         """The old model's outputs just before the swap, to judge the new one's against (with its reference)."""
-        if self.outputs is None or probation.behaviour is None:
+        if target.outputs is None or probation.behaviour is None:
             return None
         try:
             reference = new.manifest.monitor_data().reference
         except ManifestError:  # validated before the swap; a model without data is judged on the old one only
             reference = None
-        return BehaviourProbe(self.outputs, probation.behaviour, new.version, old.version if old else None,
+        return BehaviourProbe(target.outputs, probation.behaviour, new.version, old.version if old else None,
                               reference)
 
     async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
-                     probation: Probation, probe: BehaviourProbe | None = None) -> None:
+                     probation: Probation, probe: BehaviourProbe | None, target: DeployTarget) -> None:
         started = time.monotonic()
         verdict = ProbationVerdict(ok=True, reason="")
         while True:
             await asyncio.sleep(PROBATION_POLL_S)
             elapsed = time.monotonic() - started
-            verdict = judge(probation, self.stats(new.version), baseline, final=elapsed >= probation.window_s)
+            verdict = judge(probation, target.stats(new.version), baseline, final=elapsed >= probation.window_s)
             if probe is not None and verdict.ok:
                 verdict = _with_behaviour(verdict, probe)
             if not verdict.ok or (elapsed >= probation.window_s and verdict.final):
@@ -532,14 +597,14 @@ class DeploymentManager:
                 verdict = ProbationVerdict(ok=True, reason="", detail={"note": "too few frames to judge"})
                 break
         if verdict.ok:
-            verdict.detail.setdefault("frames", self.stats(new.version)["frames"])
+            verdict.detail.setdefault("frames", target.stats(new.version)["frames"])
             await self._step(req, DeploymentStep.COMMITTED, 1.0, **verdict.detail)
             log.info("deployment_committed", deployment=req.deployment_id, version=new.version)
             return
         async with self._lock:
             log.warning("probation_failed", deployment=req.deployment_id, reason=verdict.reason)
             try:
-                await self._rollback_to_previous(req.name, f"probation: {verdict.reason}")
+                await self._rollback_to_previous(target, req.name, f"probation: {verdict.reason}")
             except DeployFailed as exc:
                 log.error("rollback_failed", error=exc.message)
             self.current = DeploymentStatus(req.deployment_id, req.name, req.version,
@@ -558,44 +623,69 @@ class DeploymentManager:
                                        detail={"note": "committed early by a newer command"})
                 await self.report(self.current)
 
-    async def rollback(self, reason: str) -> Serving:
-        """Swap back to the store's ``previous`` version (by command)."""
+    async def rollback(self, reason: str, name: str | None = None) -> Serving:
+        """Swap model ``name`` (None: the first stage) back to the store's ``previous`` version (by command).
+
+        The probation of that model's deployment ends rolled back; one of the other stage is committed early."""
+        target = self.target_of(name)
         if self._lock.locked():
             raise DeployFailed(DeploymentStep.RECEIVED, "busy",
                                "a deployment or rollback is in progress; retry when it ends")
         async with self._lock:
-            await self._cancel_probation(commit=False)
-            serving = await self._rollback_to_previous(self._serving_name(), reason)
-            if self.current is not None and self.current.state == DeploymentState.ACTIVE:
+            model = target.model_name()
+            if model is None:
+                raise DeployFailed(DeploymentStep.RECEIVED, "no_model", "nothing is serving")
+            same = self.current is not None and self.current.name == model
+            await self._cancel_probation(commit=not same)
+            serving = await self._rollback_to_previous(target, model, reason)
+            if same and self.current is not None and self.current.state == DeploymentState.ACTIVE:
                 self.current = replace(self.current, state=DeploymentState.ROLLED_BACK,
                                        error={"code": "rolled_back_by_command", "message": reason})
                 await self.report(self.current)
             return serving
 
-    def _serving_name(self) -> str:
-        serving = self.slot.serving
-        if serving is None:
-            raise DeployFailed(DeploymentStep.RECEIVED, "no_model", "nothing is serving")
-        return serving.name
-
-    async def _rollback_to_previous(self, name: str, reason: str) -> Serving:
+    async def _rollback_to_previous(self, target: DeployTarget, name: str, reason: str) -> Serving:
         try:
             previous = self.store.previous(name)
         except StoreError as exc:
             raise DeployFailed(DeploymentStep.LOADING, "no_previous", str(exc)) from exc
         try:
-            restored = await self._in_loader(load_serving, previous, self.load_options)
-            feeds = self.feeds_for(restored)
+            restored = await self._in_loader(load_serving, previous, self._load_options(target))
+            feeds = self._feeds(target, restored)
             await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(DeploymentStep.LOADING, "rollback_load_failed", str(exc)) from exc
-        old = self.slot.swap(restored)
+        old = target.slot.swap(restored)
         await self._in_loader(restore_thread_priority)
         self.store.activate(name, restored.version)
-        await self.swapped(restored, old, reason)
-        log.warning("rolled_back", model=name, from_version=old.version if old else None,
+        await target.swapped(restored, old, reason)
+        log.warning("rolled_back", model=name, stage=target.role, from_version=old.version if old else None,
                     to_version=restored.version, reason=reason)
         return restored
+
+    async def serve_current(self, name: str) -> Serving | None:
+        """Load second stage ``name``'s current version into its empty slot (a camera added at run time
+        names it); None when it serves already. ``load_failed`` when it cannot be loaded (not installed,
+        quarantined, unloadable); ``does_not_fit_head`` when it is no recognizer."""
+        target = self.target_of(name)
+        async with self._lock:
+            if target.role != "second stage" or target.slot.serving is not None:
+                return None
+            try:
+                installed = self.store.current(name)
+                new = await self._in_loader(load_serving, installed, self._load_options(target))
+            except (StoreError, EngineError, ValueError, OSError) as exc:
+                raise DeployFailed(DeploymentStep.LOADING, "load_failed", str(exc)) from exc
+            try:
+                feeds = self._feeds(target, new)
+                await self._in_loader(self._warm, new, feeds, 1, self.settings.load_nice)
+            except BaseException:
+                new.engine.close()
+                raise
+            old = target.slot.swap(new)
+            await self._in_loader(restore_thread_priority)
+            await target.swapped(new, old, "a camera names it")
+            return new
 
     def close(self) -> None:
         if self._probation is not None:

@@ -7,7 +7,7 @@ construction, so nothing leaves the device that is not in the schema.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -35,6 +35,7 @@ from agent.wire import (
     Sequencer,
     Severity,
     StageLatency,
+    StageModel,
     StatusPayload,
     Topics,
     clip_text,
@@ -98,11 +99,12 @@ class Telemetry:
         return StatusPayload(**self.envelope("status"), state=state, agent_version=self.agent_version,
                              started_at=started_at, groups=tuple(groups))
 
-    def model(self, serving: Any, previous: dict[str, str] | None) -> ModelPayload:
+    def model(self, serving: Any, previous: dict[str, str] | None,
+              second_stages: Sequence[StageModel] = ()) -> ModelPayload:
         return ModelPayload(
             **self.envelope("model"), name=serving.name, version=serving.version, sha256=serving.sha256,
             runtime=serving.runtime, since=serving.since,
-            previous=ModelRef(**previous) if previous else None,
+            previous=ModelRef(**previous) if previous else None, second_stages=list(second_stages),
         )
 
     def latency(self, snapshot: LatencySnapshot, frames_processed: int, frames_dropped: int,

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_CROP_ASPECT",
     "TALL_CROP_RATIO",
     "CtcDecoder",
+    "NonFiniteReading",
     "Reading",
     "SecondStage",
     "batch_crops",
@@ -41,6 +42,11 @@ MAX_CROP_ASPECT = 40.0
 """Widest crop accepted, in heights: a line of text across a 4K frame; bounds the batch width."""
 MIN_CROP_SIDE = 1
 Point = tuple[float, float]
+Quad = tuple[Point, ...]
+
+
+class NonFiniteReading(TransformError):
+    """The recognizer's output holds NaN or infinity: nothing it read can be trusted (counted in probation)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,10 @@ class CtcDecoder:
             raise TransformError(
                 f"ctc needs an output [N, steps, {len(self.classes)}] for this dictionary, got {probs.shape}"
             )
+        score = probs.max(axis=2)  # NaN propagates through max: one check per step, not per class
+        if not np.isfinite(score).all():
+            raise NonFiniteReading(f"the recognizer's output {probs.shape} holds NaN or infinity")
         best = probs.argmax(axis=2)
-        score = probs.max(axis=2)
         keep = best != BLANK
         keep[:, 1:] &= best[:, 1:] != best[:, :-1]
         out = []
@@ -166,6 +174,17 @@ class SecondStage:
         self._input = manifest.preprocess.input_name or spec.name
         self._batched = spec.dtype == np.float32
         self._output = manifest.head.output_name
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        """The dictionary fits the output: as many classes as its characters, the blank and the space."""
+        outputs = [o for o in self.engine.outputs if self._output is None or o.name == self._output][:1]
+        classes = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+        if classes is not None and classes != len(self.decoder.classes):
+            raise TransformError(
+                f"{self.manifest.name} {self.manifest.version}: the dictionary's {len(self.decoder.classes) - 2} "
+                f"characters (with the blank and the space, {len(self.decoder.classes)} classes) do not fit the "
+                f"output's {classes} classes")
 
     def _probs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         if self._output is None:
@@ -174,8 +193,14 @@ class SecondStage:
             raise TransformError(f"output {self._output!r} not in the outputs {list(outputs)}")
         return np.asarray(outputs[self._output])
 
+    def feeds(self, crops: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The engine's input for ``crops`` as one inference takes them: the batch, or the first crop
+        of an engine that takes them one by one (to warm a new version up on real crops)."""
+        spec = self.manifest.preprocess
+        return {self._input: batch_crops(crops, spec) if self._batched else _padded_frames(crops[:1], spec)[0]}
+
     def read_crops(self, crops: Sequence[np.ndarray]) -> list[tuple[str, float]]:
-        """(text, confidence) for each BGR crop."""
+        """(text, confidence) for each BGR crop; NonFiniteReading when the output holds NaN or infinity."""
         if not crops:
             return []
         spec = self.manifest.preprocess
@@ -186,16 +211,25 @@ class SecondStage:
             out += self.decoder.decode(self._probs(self.engine.infer({self._input: frame})))
         return out
 
-    def __call__(self, frame: np.ndarray, detections: Sequence[Detection]) -> tuple[Reading, ...]:
-        """A reading per detection, in order; a box without a polygon is read as its rectangle."""
+    @staticmethod
+    def crops(frame: np.ndarray, detections: Sequence[Detection]) -> tuple[list[Quad], list[np.ndarray]]:
+        """Each detection's quad and its crop cut upright out of ``frame``, in order."""
         quads = [_quad(d) for d in detections]
-        results = self.read_crops([crop_quad(frame, np.asarray(q, dtype=np.float32)) for q in quads])
+        return quads, [crop_quad(frame, np.asarray(q, dtype=np.float32)) for q in quads]
+
+    def read(self, quads: Sequence[Quad], crops: Sequence[np.ndarray]) -> tuple[Reading, ...]:
+        """A reading per crop, with the quad it was cut from."""
+        results = self.read_crops(crops)
         return tuple(
             Reading(text, confidence, quad) for (text, confidence), quad in zip(results, quads, strict=True)
         )
 
+    def __call__(self, frame: np.ndarray, detections: Sequence[Detection]) -> tuple[Reading, ...]:
+        """A reading per detection, in order; a box without a polygon is read as its rectangle."""
+        return self.read(*self.crops(frame, detections))
 
-def _quad(detection: Detection) -> tuple[Point, ...]:
+
+def _quad(detection: Detection) -> Quad:
     if detection.polygon is not None and len(detection.polygon) == 4:
         return detection.polygon
     x1, y1, x2, y2 = detection.box

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     )
     from agent.vision.capture import redact_uri
     from agent.vision.heads import Classification, Detection, Prediction, make_head, softmax
-    from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline
+    from agent.vision.pipeline import MAX_BATCH_FRAMES, FrameResult, Pipeline, PipelineCounters
     from agent.vision.preprocess import Geometry, Preprocessor, TransformError
     from agent.vision.scheduler import Scheduler
     from agent.vision.shadow import ShadowRunner, shadow_session_options
@@ -46,6 +46,7 @@ __all__ = [
     "Geometry",
     "Monitors",
     "Pipeline",
+    "PipelineCounters",
     "Prediction",
     "Preprocessor",
     "Scheduler",
@@ -78,6 +79,7 @@ _HOMES = {
     "MAX_BATCH_FRAMES": "agent.vision.pipeline",
     "Monitors": "agent.vision.summary",
     "Pipeline": "agent.vision.pipeline",
+    "PipelineCounters": "agent.vision.pipeline",
     "Prediction": "agent.vision.heads",
     "Preprocessor": "agent.vision.preprocess",
     "Scheduler": "agent.vision.scheduler",

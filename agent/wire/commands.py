@@ -227,8 +227,12 @@ class DeployCommand(CommandBase):
 
 
 class RollbackCommand(CommandBase):
+    """``cmd/rollback``: model ``name`` (default: the first stage) back to its previous version."""
+
     command_name: ClassVar[str] = "rollback"
     reason: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    name: ModelName | None = Field(default=None, description="the model to roll back: the first stage's "
+                                                             "(default) or a second stage a camera names")
 
 
 class PromoteCommand(CommandBase):

@@ -47,6 +47,7 @@ __all__ = [
     "Sequencer",
     "Severity",
     "StageLatency",
+    "StageModel",
     "StatusPayload",
     "decode_payload",
     "encode_payload",
@@ -86,6 +87,16 @@ class StatusPayload(Envelope):
     groups: tuple[str, ...] = ()
 
 
+class StageModel(WireModel):
+    """A second stage's serving model (a recognizer a camera names)."""
+
+    name: str
+    version: str
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    since: float = Field(ge=0, description="unix time this version started serving, seconds")
+    previous: ModelRef | None = None
+
+
 class ModelPayload(Envelope):
     name: str
     version: str
@@ -93,6 +104,8 @@ class ModelPayload(Envelope):
     runtime: str = Field(description="onnxruntime or tensorrt, with the execution provider")
     since: float = Field(ge=0, description="unix time this model started serving, seconds")
     previous: ModelRef | None = None
+    second_stages: list[StageModel] = Field(default_factory=list, description="the second stages serving, "
+                                                                              "by model name")
 
 
 class DeploymentPayload(Envelope):

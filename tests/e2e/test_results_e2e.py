@@ -59,9 +59,10 @@ def body(message: Any) -> dict[str, Any]:
     return json.loads(message.payload)  # type: ignore[no-any-return]
 
 
-def camera_config(tmp: Path, demo: Path, url: str, results: str = "") -> Path:
-    """The test agent's config with one ``[[camera]]`` (the demo video) and its results table."""
-    path = agent_config(tmp, demo, url)
+def camera_config(tmp: Path, demo: Path, url: str, results: str = "", **overrides: dict[str, Any]) -> Path:
+    """The test agent's config with one ``[[camera]]`` (the demo video) and its results table;
+    ``overrides`` as agent_config takes them."""
+    path = agent_config(tmp, demo, url, **overrides)
     head, _, rest = path.read_text().partition("[source]\n")
     rest = rest.partition("\n\n")[2]
     camera = f'[[camera]]\nname = "{CAMERA}"\nuri = "{demo / "video.mp4"}"\n\n[camera.results.tracker]\n' \

@@ -4,11 +4,14 @@ reads (the old engine closed once its lease ends), and the failures it must surv
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import pytest
 
 from agent.core import ResultsSettings
 from agent.models.loader import EngineOptions, load_serving
+from agent.models.manifest import Manifest
 from agent.models.store import ModelStore
 from agent.monitor.telemetry import Telemetry
 from agent.results.publisher import ResultsPublisher
@@ -95,3 +98,19 @@ def test_a_shadow_read_beside_the_results_uses_the_cameras_second_stage_and_is_n
     assert publisher.read_beside("gone", frame, boxes) is None, "a camera that is gone"
     assert stages.health()["frames"] == 0, "a shadow read is not a results read"
     stages.close()
+
+
+def test_a_current_version_that_does_not_load_falls_back_to_the_previous(store, page, tmp_path):
+    junk = tmp_path / "text-rec-v5"
+    shutil.copytree(MODELS / "text-rec-v4", junk)
+    (junk / "model.onnx").write_bytes(b"\x00not onnx" * 64)
+    manifest = Manifest.read(junk / "manifest.json")
+    manifest.model_copy(update={"version": "v5", "files": {}}).with_hashes(junk).write(junk / "manifest.json")
+    store.install(junk)
+    assert store.current_version("text-rec") == "v5"
+    stages = SecondStages()
+    stages.load(store, ["text-rec"], OPTIONS)
+    frame, boxes = page
+    read = stages.read("text-rec", "front", frame, boxes)
+    stages.close()
+    assert read is not None and read.model.version == "v4"

@@ -183,8 +183,9 @@ class ResultsSettings(_Settings):
     second_stage: str | None = None
     """A model of the store run on each box's crop of the frames whose results go out (the rate's),
     e.g. ``"text-rec"``: a recognizer (``task: recognize``, ``ctc`` head) whose text the results
-    carry (``text``, ``text_confidence``, ``second_stage``). Loaded at start from its current
-    version in the store; not installed: logged, and the results go out without text. None: none."""
+    carry (``text``, ``text_confidence``, ``second_stage``). Loaded at start (or when ``cmd/cameras``
+    names it) from its current version in the store; not installed: logged, and the results go out
+    without text. Deployed and rolled back by its name (``deploy --name text-rec``). None: none."""
 
     @field_validator("second_stage")
     @classmethod
