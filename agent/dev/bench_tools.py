@@ -173,12 +173,18 @@ def _report_table(rows: list[Row], metric: str, report: Report) -> None:
                f"{r.speed_ratio / rewritten:>8.2f} {r.size_mb:>6.2f}")
 
 
+def _spread(frames: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """``count`` of ``frames`` spread evenly over them (the first ``count`` would be the start of the video
+    only: the search once measured on the text pages and the report on the photos after them)."""
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, min(count, len(frames)))]
+
+
 def _frame_sets(demo: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """(calibration, search, agreement) frames, disjoint: agreement and search from the odd frames,
-    calibration chosen to cover the scene from the even ones."""
+    """(calibration, search, agreement) frames, disjoint, each spread over the whole video: agreement and
+    search from the odd frames, calibration chosen to cover the scene from the even ones."""
     frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
     calibration = covering_frames(frames[0::2], CALIBRATION_FRAMES)
-    return calibration, frames[3::4][:SEARCH_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
+    return calibration, _spread(frames[3::4], SEARCH_FRAMES), _spread(frames[1::4], AGREEMENT_FRAMES)
 
 
 def _bench_model(demo: Path, folder: str, variants: dict[str, QuantizeOptions], metric: str, goal: float,
@@ -202,7 +208,7 @@ def _bench_pruning(demo: Path, report: Report) -> None:
     from agent.tools import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
 
     frames = read_video_frames(demo / "video.mp4", VIDEO_FRAMES)
-    training, held_out = frames[0::4][:RECOVERY_FRAMES], frames[1::4][:AGREEMENT_FRAMES]
+    training, held_out = _spread(frames[0::2], RECOVERY_FRAMES), _spread(frames[1::4], AGREEMENT_FRAMES)
     source = resolve_model(demo / "models" / "text-det-v4")
     options = RecoverOptions(steps=RECOVERY_STEPS, threads=THREADS)
     report(f"\n== pruning and recovery: {source.manifest.name} {source.manifest.version}, "
