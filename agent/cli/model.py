@@ -95,8 +95,10 @@ def cmd_simplify(args: argparse.Namespace) -> int:
 
 
 def _held_out(frames: list[Any], count: int) -> tuple[list[Any], list[Any]]:
-    """(training, held-out): every other frame is held out until ``count`` are."""
-    held = set(range(1, len(frames), 2)[:count])
+    """(training, held-out): ``count`` frames spread evenly over the video are held out (the first
+    ``count`` odd frames would hold out only the start of the video, a different scene from the rest)."""
+    step = max(1, len(frames) // count) if count else 0
+    held = set(range(step // 2, len(frames), step)[:count]) if count else set()
     return ([frame for i, frame in enumerate(frames) if i not in held],
             [frames[i] for i in sorted(held)])
 

@@ -67,6 +67,11 @@ log = structlog.get_logger(__name__)
 
 PROBABILITY_EPS = 1e-6
 """Probabilities are clamped away from 0 and 1 before a logarithm."""
+DICE_WEIGHT = 1.0
+"""Weight of the dice term beside binary cross-entropy in a probability map's loss (DB's own training and
+PP-OCR's distillation pair the two)."""
+DICE_SMOOTH = 1.0
+"""Added to both sides of the dice ratio: a crop with no text gives no division by zero."""
 REFIT_FRAMES = 8
 """Frames whose activations rank channels and refit the consumers (2048 positions each), chosen to cover the
 scene: refit on frames without text, the detector's text channels look useless (bench: F1 0.17 after pruning
@@ -238,9 +243,19 @@ def _loss(kind: str, ending: str | None, logits: bool) -> Callable[[Any, Any], A
     functional = torch.nn.functional
 
     def probability_map(out: Any, target: Any) -> Any:
+        target = target.clamp(0, 1)
         if ending == "Sigmoid":
-            return functional.binary_cross_entropy_with_logits(out, target.clamp(0, 1))
-        return functional.binary_cross_entropy(out.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS), target.clamp(0, 1))
+            bce = functional.binary_cross_entropy_with_logits(out, target)
+            probability = torch.sigmoid(out)
+        else:
+            probability = out.clamp(PROBABILITY_EPS, 1 - PROBABILITY_EPS)
+            bce = functional.binary_cross_entropy(probability, target)
+        # Dice on the teacher's map: every text region weighs alike, however little of the crop it covers
+        # (BCE alone is ruled by the background, which is most of every crop).
+        overlap = (probability * target).sum(dim=(1, 2, 3))
+        mass = (probability * probability).sum(dim=(1, 2, 3)) + (target * target).sum(dim=(1, 2, 3))
+        dice = 1.0 - (2.0 * overlap + DICE_SMOOTH) / (mass + DICE_SMOOTH)
+        return bce + DICE_WEIGHT * dice.mean()
 
     def classify(out: Any, target: Any) -> Any:
         if logits or ending == "Softmax":

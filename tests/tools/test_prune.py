@@ -97,3 +97,13 @@ def test_prune_cli_prints_the_table_and_json(tmp_path, demo_dir, capsys):
     assert Manifest.read(tmp_path / "b" / "manifest.json").version == "0.0.11-sparse24"
     assert main(["model", "prune", str(folder), "--sparsity", "0.5", "-o", str(tmp_path / "b")]) == 1
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_held_out_frames_are_spread_over_the_whole_video_not_taken_from_its_start():
+    from agent.cli.model import _held_out
+
+    frames = list(range(64))
+    training, held = _held_out(frames, 16)
+    assert len(held) == 16 and not set(held) & set(training) and len(training) == 48
+    assert min(held) < 8 and max(held) > 56, f"held-out frames {held} must reach both ends of the video"
+    assert _held_out(frames, 0) == (frames, [])

@@ -149,6 +149,24 @@ def test_write_back_puts_the_modules_parameters_into_the_same_graph(torch, demo_
     assert not np.allclose(changed, engine.infer({"x": x})[name], atol=1e-3)
 
 
+def test_the_probability_map_loss_adds_dice_so_a_missed_small_text_region_costs_as_much_as_a_large_one(torch):
+    from agent.tools.recover import _loss
+
+    loss = _loss("text_detect_db", "Sigmoid", logits=False)
+    target = torch.zeros(2, 1, 32, 32)
+    target[0, :, 4:6, 4:8] = 1.0  # a small word
+    target[1, :, 4:20, 4:28] = 1.0  # a large one
+    background = torch.full_like(target, -6.0)  # logits of a student that sees no text anywhere
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    missed = [float(loss(background[i:i + 1], target[i:i + 1]) - bce(background[i:i + 1], target[i:i + 1]))
+              for i in range(2)]
+    assert all(0.8 < dice <= 1.0 for dice in missed), f"missing a word costs about 1 whatever its size: {missed}"
+    assert float(bce(background[:1], target[:1])) < 0.2 * float(bce(background[1:], target[1:])), \
+        "binary cross-entropy alone barely sees the small word"
+    perfect = torch.where(target > 0.5, 12.0, -12.0)
+    assert float(loss(perfect, target)) < 0.01
+
+
 def test_channel_pruning_with_recovery_reports_accuracy_speed_and_size_of_each_stage(torch, tmp_path, demo_dir,
                                                                                      frames, capsys):
     from agent.cli.main import main
