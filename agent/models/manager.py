@@ -173,7 +173,8 @@ class DeploymentManager:
         self._probation: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._download: DownloadAbort | None = None
-        self.load_options = replace(options, load_nice=settings.load_nice)
+        self.load_options = replace(options, load_nice=settings.load_nice, load_idle=settings.load_idle,
+                                    prepare_graph=settings.prepare_graph and options.runtime == "onnxruntime")
 
     @property
     def busy(self) -> bool:
@@ -444,7 +445,8 @@ class DeploymentManager:
         await self._step(req, DeploymentStep.WARMING, 0.7)
         try:
             feeds = self.feeds_for(new)
-            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice)
+            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice,
+                                            self.settings.load_idle)
         except DeployFailed:
             raise
         except Exception as exc:  # the new engine failed on a real frame
@@ -463,11 +465,12 @@ class DeploymentManager:
             raise DeployFailed(DeploymentStep.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None) -> list[float]:
+    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None,
+              idle: bool = False) -> list[float]:
         timings = []
         for _ in range(runs):
             start = time.perf_counter()
-            with lowered_priority(nice):
+            with lowered_priority(nice, idle):
                 outputs = new.engine.infer(feeds)
             timings.append((time.perf_counter() - start) * 1000.0)
             for name, value in outputs.items():
@@ -586,7 +589,7 @@ class DeploymentManager:
         try:
             restored = await self._in_loader(load_serving, previous, self.load_options)
             feeds = self.feeds_for(restored)
-            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
+            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice, self.settings.load_idle)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(DeploymentStep.LOADING, "rollback_load_failed", str(exc)) from exc
         old = self.slot.swap(restored)
