@@ -48,8 +48,9 @@ __all__ = ["NO_PROBATION", "SWAPS", "WARMUP_SWAPS", "SwapFigures", "demo_bundles
 SWAPS = 1000
 WARMUP_SWAPS = 20
 """Swaps before the figures count: ONNX Runtime's arenas, glibc's heaps and the store settle."""
-SERVE_FPS = 4.0
-"""The camera's rate while swapping: frames keep leasing the engine, the CPU goes to the swaps."""
+SERVE_FPS = 1.0
+"""The camera's rate while swapping: frames keep leasing the engine, the CPU goes to the swaps
+(at a rate v6 can keep up with on a busy 2-core machine; beside a saturated serving loop the loader starves)."""
 THREADS = 2
 REPORT_EVERY = 50
 NO_PROBATION = Probation(3600.0, 1.0, 0, 100.0)
