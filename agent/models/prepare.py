@@ -8,7 +8,7 @@ thread that starts it: the loader's) does all of it with one intra-op thread and
 saves ONNX Runtime's optimised graph (``optimized_model_filepath``) in the store's
 ``.ort-cache``; the agent then opens that file with the graph passes off. The file
 is made for this machine (it may hold CPU-specific layouts): its name keys the
-model's sha256, the fusion, the ONNX Runtime version, the providers and the CPU. A
+model's sha256, the fusion and its preprocessing spec, the ONNX Runtime version, the providers and the CPU. A
 file is written whole (temporary name, fsync, rename) or not at all.
 """
 
@@ -66,7 +66,8 @@ def serving_graph_path(installed: InstalledModel, fuse: bool, providers: tuple[s
 
     manifest = installed.manifest
     model_sha = manifest.files.get(manifest.model_file) or f"{manifest.name}-{manifest.version}"
-    key = "\n".join([model_sha, f"fuse={fuse}", ort.__version__, ",".join(providers), platform.machine(), _cpu()])
+    fused = manifest.preprocess.model_dump_json() if fuse else "unfused"  # the fusion bakes the spec in
+    key = "\n".join([model_sha, fused, ort.__version__, ",".join(providers), platform.machine(), _cpu()])
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return installed.path.parent.parent / CACHE_DIR / f"{digest}.onnx"
 

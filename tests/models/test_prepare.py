@@ -54,6 +54,15 @@ def test_unfused_and_fused_graphs_are_kept_apart(installed):
     serving.engine.close()
 
 
+def test_the_same_model_with_another_preprocessing_spec_gets_its_own_fused_graph(installed):
+    other = installed.manifest.model_copy(update={"preprocess": installed.manifest.preprocess.model_copy(
+        update={"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})})
+    elsewhere = type(installed)(other, installed.path)
+    providers = ("CPUExecutionProvider",)
+    assert serving_graph_path(elsewhere, True, providers) != serving_graph_path(installed, True, providers)
+    assert serving_graph_path(elsewhere, False, providers) == serving_graph_path(installed, False, providers)
+
+
 def test_a_model_that_is_not_onnx_is_refused_with_the_workers_reason(tmp_path, demo_dir):
     folder = tmp_path / "bad"
     shutil.copytree(demo_dir / "models" / "text-det-v4", folder)
