@@ -34,8 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("bench-swaps", exc)
     if args.json:
         print(json.dumps({"rss": figures.rss, "fds": figures.fds, "threads": figures.threads,
-                          "growth_mb": figures.growth_mb, "slope_kb": figures.slope_kb,
-                          "noise_kb": figures.noise_kb, "seconds": figures.seconds}))
+                          "growth_mb": figures.growth_mb, "within_noise": figures.slope_within_noise,
+                          "seconds": figures.seconds}))
     return EXIT_OK
 
 

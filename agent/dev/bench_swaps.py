@@ -5,10 +5,11 @@ download, verify, unpack, install, load, warm, validate, swap) while the real pi
 serves one camera of the demo video at ``SERVE_FPS``. After each swap the old engine's
 close is waited for (the slot drained) and the process's RSS, open file descriptors and
 threads (``/proc/self/task``: ONNX Runtime's pools too) are sampled. The figures, after
-the first ``WARMUP_SWAPS`` (arenas, caches and the store's two versions settle): RSS
-growth, its Theil-Sen slope against its noise (1.4826 x the median absolute deviation of
+the first ``WARMUP_SWAPS`` (arenas, caches and the store's two versions settle), for each
+serving model apart (RSS with v6 serving and with v4 serving differ by their arenas): RSS
+growth, its Theil-Sen trend against its noise (1.4826 x the median absolute deviation of
 the residuals around that line), and the range of fds and threads (goal: growth < 5 MB,
-slope x swaps within the noise, fds and threads flat).
+trend within the noise, fds and threads flat).
 
 The swaps use ``prepare_graph`` (the optimised graph is made once per version) and one
 warm-up run, so a thousand of them take minutes, not hours; what they exercise is the
@@ -82,33 +83,35 @@ class SwapFigures:
     seconds: float
 
     def counted(self) -> slice:
-        return slice(min(WARMUP_SWAPS, max(len(self.rss) - 2, 0)), None)
+        return slice(min(WARMUP_SWAPS, max(len(self.rss) - 4, 0)), None)
+
+    def serving(self) -> dict[str, list[float]]:
+        """RSS (MB) of the counted swaps by the model serving after them: v6 after even swaps, v4 after
+        odd ones. The two differ by the size of their arenas, so each is judged against itself."""
+        start = self.counted().start or 0
+        return {version: [r / 1e6 for i, r in enumerate(self.rss) if i >= start and i % 2 == parity]
+                for version, parity in (("v6", 0), ("v4", 1))}
+
+    @staticmethod
+    def trend(series: list[float]) -> tuple[float, float, float]:
+        """Growth (last - first), Theil-Sen trend over the series and the noise around it, in MB."""
+        if len(series) < 3:
+            return 0.0, 0.0, 0.0
+        slope = theil_sen(series)
+        residuals = [r - slope * i for i, r in enumerate(series)]
+        centre = statistics.median(residuals)
+        noise = 1.4826 * statistics.median(abs(r - centre) for r in residuals)
+        return series[-1] - series[0], slope * len(series), noise
 
     @property
     def growth_mb(self) -> float:
-        rss = self.rss[self.counted()]
-        return (rss[-1] - rss[0]) / 1e6 if rss else 0.0
-
-    @property
-    def slope_kb(self) -> float:
-        return theil_sen([r / 1e3 for r in self.rss[self.counted()]])
-
-    @property
-    def noise_kb(self) -> float:
-        """1.4826 x the median absolute deviation of RSS around its Theil-Sen line (kB)."""
-        rss = [r / 1e3 for r in self.rss[self.counted()]]
-        if len(rss) < 3:
-            return 0.0
-        slope = self.slope_kb
-        residuals = [r - slope * i for i, r in enumerate(rss)]
-        centre = statistics.median(residuals)
-        return 1.4826 * statistics.median(abs(r - centre) for r in residuals)
+        """The larger growth of the two serving models' RSS over the counted swaps."""
+        return max((self.trend(s)[0] for s in self.serving().values()), key=abs, default=0.0)
 
     @property
     def slope_within_noise(self) -> bool:
-        """The trend over the counted swaps is no larger than the noise around it."""
-        counted = len(self.rss[self.counted()])
-        return abs(self.slope_kb) * counted <= max(self.noise_kb, 1.0) * 2
+        """Each serving model's Theil-Sen trend over the counted swaps is within 2x its noise (1 MB at least)."""
+        return all(abs(trend) <= 2 * max(noise, 1.0) for _, trend, noise in map(self.trend, self.serving().values()))
 
     def span(self, values: list[int]) -> tuple[int, int]:
         counted = values[self.counted()]
@@ -118,15 +121,17 @@ class SwapFigures:
         fd_lo, fd_hi = self.span(self.fds)
         th_lo, th_hi = self.span(self.threads)
         counted = len(self.rss[self.counted()])
-        return [
-            f"swaps {len(self.rss)} in {self.seconds:.0f} s; counted after the first {len(self.rss) - counted}",
-            f"RSS {self.rss[0] / 1e6:.1f} MB after the first swap, {self.rss[-1] / 1e6:.1f} MB after the last; "
-            f"growth over the counted swaps {self.growth_mb:+.1f} MB (goal < 5 MB)",
-            f"Theil-Sen slope {self.slope_kb:+.2f} kB/swap ({self.slope_kb * counted / 1e3:+.2f} MB over "
-            f"{counted} swaps) against noise {self.noise_kb / 1e3:.2f} MB: "
-            f"{'within' if self.slope_within_noise else 'beyond'} the noise",
-            f"open fds {fd_lo}..{fd_hi}, threads {th_lo}..{th_hi} over the counted swaps (goal: flat)",
-        ]
+        lines = [f"swaps {len(self.rss)} in {self.seconds:.0f} s; counted after the first {len(self.rss) - counted}"]
+        for version, series in self.serving().items():
+            growth, trend, noise = self.trend(series)
+            if series:
+                lines.append(
+                    f"RSS with {version} serving: {series[0]:.1f} -> {series[-1]:.1f} MB over {len(series)} swaps, "
+                    f"growth {growth:+.1f} MB (goal < 5 MB); Theil-Sen trend {trend:+.2f} MB "
+                    f"({trend * 1000 / max(len(series), 1) / 2:+.2f} kB/swap) against noise {noise:.2f} MB: "
+                    f"{'within' if abs(trend) <= 2 * max(noise, 1.0) else 'beyond'} the noise")
+        lines.append(f"open fds {fd_lo}..{fd_hi}, threads {th_lo}..{th_hi} over the counted swaps (goal: flat)")
+        return lines
 
 
 def open_fds() -> int:
