@@ -11,7 +11,7 @@ DEMO   := demo
 TORCH      ?= torch==2.13.0
 TORCH_DEPS := filelock fsspec jinja2 markupsafe mpmath networkx sympy 'typing-extensions>=4.10'
 
-.PHONY: setup run demo-deploy demo-rollback test bench bench-fleet soak lint clean
+.PHONY: setup run demo-deploy demo-rollback test bench bench-swaps bench-fleet soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: setup
 SOAK_MINUTES ?= 10
 soak: setup
 	$(PY) -m agent.cli.soak --minutes $(SOAK_MINUTES) --demo $(DEMO)
+
+# Not in CI: BENCH_SWAPS alternating hot swaps v4 <-> v6 through the deployment manager; RSS growth,
+# its Theil-Sen slope against the noise, fds and threads (docs/benchmarks.md). CI runs 50 (tests/dev).
+BENCH_SWAPS ?= 1000
+bench-swaps: setup
+	$(PY) -m agent.cli.bench_swaps --demo $(DEMO) --swaps $(BENCH_SWAPS)
 
 bench-fleet: setup
 	ulimit -n $$(ulimit -Hn) && $(PY) -m agent.cli.bench_fleet --devices 10000 --rollout-devices 1000

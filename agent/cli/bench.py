@@ -28,12 +28,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shadow-rounds", type=int, default=SHADOW_ROUNDS,
                         help="shadow on rounds (each after an off one)")
     parser.add_argument("--shadow-seconds", type=float, default=SHADOW_S, help="length of a shadow round")
+    parser.add_argument("--deploys", type=int, default=dev_bench.DEPLOY_GAP_DEPLOYS,
+                        help="deployments per means and condition in the deploy-gap run")
+    parser.add_argument("--means", default=",".join(dev_bench.MEANS),
+                        help=f"the deploy-gap run's means, comma separated, of {', '.join(dev_bench.MEANS)}")
     args = parser.parse_args(argv)
+    means = tuple(m for m in args.means.split(",") if m)
+    unknown = [m for m in means if m not in dev_bench.MEANS]
+    if unknown:
+        parser.error(f"unknown means {', '.join(unknown)}; known: {', '.join(dev_bench.MEANS)}")
     try:
         dev_bench.run_bench(args.demo, say, frames=args.frames, rounds=args.rounds, swaps=args.swaps,
                             only=args.only, camera_frames=args.camera_frames,
                             cameras=tuple(int(n) for n in args.cameras.split(",")),
-                            shadow_rounds=args.shadow_rounds, shadow_s=args.shadow_seconds)
+                            shadow_rounds=args.shadow_rounds, shadow_s=args.shadow_seconds,
+                            deploys=args.deploys, means=means)
     except DevError as exc:
         return fail("bench", exc)
     return EXIT_OK

@@ -21,7 +21,10 @@
    text boxes with the recognizer (text-rec) against without, and its ms per crop (see ``bench_stages``).
 7. liveview: frames/s of the pipeline with the live view serving one MJPEG client against
    off, alternating rounds, and its costs per frame and per JPEG (see ``bench_liveview``).
-8. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
+8. deploy-gap: per camera, the largest frame gap over whole deployments (download to the old
+   engine's close) against the steady median, each means of preparing the model quiet and
+   beside a CPU hog, and a control window without a deployment (see ``agent.dev.bench_deploy``).
+9. tools: INT8 Q/DQ variants and the exact graph rewrites against FP32 on the
    CPU (frames/s ratio and agreement), and magnitude pruning against the dense
    model (see ``agent.dev.bench_tools``).
 
@@ -42,6 +45,7 @@ import numpy as np
 from agent.core import DeploySection, SourceSection
 from agent.dev.base import Report
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
+from agent.dev.bench_deploy import DEPLOY_GAP_DEPLOYS, MEANS, bench_deploy_gap
 from agent.dev.bench_liveview import bench_liveview
 from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S, bench_shadow
 from agent.dev.bench_stages import bench_second_stage
@@ -60,7 +64,7 @@ from agent.monitor import LatencyRecorder, rss_bytes
 from agent.runtime import EngineSlot, OnnxRuntimeEngine
 from agent.vision import FrameResult, FrameSource, Pipeline, Preprocessor
 
-__all__ = ["BENCHES", "bench_pipeline", "bench_results", "bench_swaps", "run_bench"]
+__all__ = ["BENCHES", "DEPLOY_GAP_DEPLOYS", "MEANS", "bench_pipeline", "bench_results", "bench_swaps", "run_bench"]
 
 THREADS = 2
 WARMUP_FRAMES = 10
@@ -371,13 +375,14 @@ def bench_swaps(demo: Path, swaps: int, report: Report) -> None:
                f"{_theil_sen([r / 1e6 for r in rss[len(rss) // 2:]]) * 1000:.1f} kB/swap")
 
 
-BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "stages", "liveview", "tools")
+BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "stages", "liveview", "deploy-gap", "tools")
 """The parts of ``make bench``, in the order they run (``only`` picks one)."""
 
 
 def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: int, only: str | None = None,
               camera_frames: int, cameras: tuple[int, ...] = CAMERA_COUNTS, shadow_rounds: int = SHADOW_ROUNDS,
-              shadow_s: float = SHADOW_S) -> None:
+              shadow_s: float = SHADOW_S, deploys: int = DEPLOY_GAP_DEPLOYS,
+              means: tuple[str, ...] = tuple(MEANS)) -> None:
     """Run every bench (or only ``only``) on the demo folder; each line of figures goes to ``report``."""
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
@@ -400,5 +405,7 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
         bench_swaps(demo, swaps, report)
     if only in (None, "shadow"):
         bench_shadow(demo, report, rounds=shadow_rounds, seconds=shadow_s)
+    if only in (None, "deploy-gap"):
+        bench_deploy_gap(demo, report, deploys=deploys, means=means)
     if only in (None, "tools"):
         bench_tools(demo, report)

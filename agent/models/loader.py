@@ -9,6 +9,7 @@ import structlog
 
 from agent.models.graph import fuse_preprocessing
 from agent.models.manifest import Manifest
+from agent.models.prepare import optimized_graph
 from agent.models.priority import lowered_priority
 from agent.models.store import InstalledModel
 from agent.runtime import Engine, EngineLoadError, OnnxRuntimeEngine, Serving
@@ -27,6 +28,10 @@ class EngineOptions:
     fuse_preprocessing: bool = True
     load_nice: int | None = None
     """Niceness while the session is created (GIL-free work); None keeps the caller's."""
+    load_idle: bool = False
+    """``SCHED_IDLE`` too while the session is created (agent.models.priority)."""
+    prepare_graph: bool = False
+    """Make the optimised serving graph in a worker process and load that (agent.models.prepare)."""
     tensorrt_shapes: tuple[str, ...] = ()
     """Optimization profiles of dynamic inputs for TensorRT builds (``name:MIN:OPT:MAX``)."""
     tensorrt_precision: str = "auto"
@@ -39,15 +44,19 @@ def _onnxruntime(installed: InstalledModel, options: EngineOptions) -> Engine:
     manifest: Manifest = installed.manifest
     if manifest.format != "onnx":
         raise EngineLoadError(f"{manifest.name} {manifest.version}: a {manifest.format} file needs TensorRT")
+    if options.prepare_graph:
+        with lowered_priority(options.load_nice, options.load_idle):
+            graph = optimized_graph(installed, options.fuse_preprocessing, options.providers)
+            return OnnxRuntimeEngine.load(graph, threads=options.threads, providers=options.providers, optimize=False)
     if not options.fuse_preprocessing:
-        with lowered_priority(options.load_nice):
+        with lowered_priority(options.load_nice, options.load_idle):
             return OnnxRuntimeEngine.load(installed.model_path, threads=options.threads, providers=options.providers)
     try:
         model = onnx.load(str(installed.model_path))
     except Exception as exc:  # onnx raises DecodeError and friends for files that are not ONNX
         raise EngineLoadError(f"{installed.model_path}: not an ONNX model: {exc}") from exc
     fused = fuse_preprocessing(model, manifest.preprocess).SerializeToString()
-    with lowered_priority(options.load_nice):
+    with lowered_priority(options.load_nice, options.load_idle):
         return OnnxRuntimeEngine.load(fused, threads=options.threads, providers=options.providers)
 
 

@@ -199,7 +199,9 @@ class DeploymentManager:
         return self._load_options(self.target)
 
     def _load_options(self, target: DeployTarget) -> EngineOptions:
-        return replace(target.options, load_nice=self.settings.load_nice)
+        return replace(target.options, load_nice=self.settings.load_nice, load_idle=self.settings.load_idle,
+                       prepare_graph=self.settings.prepare_graph and target is self.first
+                       and target.options.runtime == "onnxruntime")
 
     def feeds_for(self, new: Serving) -> dict[str, np.ndarray]:
         """Inputs from live data to warm ``new`` up, once it fits its target (``target``)."""
@@ -507,7 +509,8 @@ class DeploymentManager:
         await self._step(req, DeploymentStep.WARMING, 0.7)
         try:
             feeds = self.feeds_for(new)
-            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice)
+            timings = await self._in_loader(self._warm, new, feeds, self.settings.warmup_runs, self.settings.load_nice,
+                                            self.settings.load_idle)
         except DeployFailed:
             raise
         except Exception as exc:  # the new engine failed on a real frame
@@ -526,11 +529,12 @@ class DeploymentManager:
             raise DeployFailed(DeploymentStep.VALIDATING, "golden_failed", f"{type(exc).__name__}: {exc}") from exc
 
     @staticmethod
-    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None) -> list[float]:
+    def _warm(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | None,
+              idle: bool = False) -> list[float]:
         timings = []
         for _ in range(runs):
             start = time.perf_counter()
-            with lowered_priority(nice):
+            with lowered_priority(nice, idle):
                 outputs = new.engine.infer(feeds)
             timings.append((time.perf_counter() - start) * 1000.0)
             for name, value in outputs.items():
@@ -652,7 +656,7 @@ class DeploymentManager:
         try:
             restored = await self._in_loader(load_serving, previous, self._load_options(target))
             feeds = self._feeds(target, restored)
-            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice)
+            await self._in_loader(self._warm, restored, feeds, 1, self.settings.load_nice, self.settings.load_idle)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(DeploymentStep.LOADING, "rollback_load_failed", str(exc)) from exc
         old = target.slot.swap(restored)
@@ -678,7 +682,7 @@ class DeploymentManager:
                 raise DeployFailed(DeploymentStep.LOADING, "load_failed", str(exc)) from exc
             try:
                 feeds = self._feeds(target, new)
-                await self._in_loader(self._warm, new, feeds, 1, self.settings.load_nice)
+                await self._in_loader(self._warm, new, feeds, 1, self.settings.load_nice, self.settings.load_idle)
             except BaseException:
                 new.engine.close()
                 raise

@@ -9,6 +9,12 @@ the niceness, so on a busy device the serving engine wins the CPU while the new
 one loads and warms; after the swap they are put back to the process's
 niceness. Lowering niceness again needs CAP_SYS_NICE or an RLIMIT_NICE
 allowance: the systemd unit sets ``LimitNICE=+0``.
+
+With ``idle`` the thread also runs under ``SCHED_IDLE`` for the block: the kernel
+then preempts it at once for any normal thread that wakes (a nice thread under
+EEVDF keeps its slice, so each of the serving engine's intra-op wake-ups can wait
+behind it). Threads it creates inherit the policy; ``restore_thread_priority``
+puts them back to ``SCHED_OTHER``.
 """
 
 from __future__ import annotations
@@ -33,18 +39,33 @@ def lower_thread_priority(nice: int) -> None:
         log.warning("thread_priority_unchanged", nice=nice, error=str(exc))
 
 
+def _set_policy(tid: int, policy: int) -> bool:
+    try:
+        os.sched_setscheduler(tid, policy, os.sched_param(0))
+    except OSError as exc:
+        log.warning("thread_policy_unchanged", tid=tid, policy=policy, error=str(exc))
+        return False
+    return True
+
+
 @contextmanager
-def lowered_priority(nice: int | None) -> Iterator[None]:
-    """Run the block with the calling thread at niceness ``nice`` (None: unchanged), then restore it."""
-    if not nice:
+def lowered_priority(nice: int | None, idle: bool = False) -> Iterator[None]:
+    """Run the block with the calling thread at niceness ``nice`` (None: unchanged) and, with
+    ``idle``, under ``SCHED_IDLE``; then restore both."""
+    if not nice and not idle:
         yield
         return
     tid = threading.get_native_id()
     before = os.getpriority(os.PRIO_PROCESS, tid)
-    lower_thread_priority(max(before, nice))
+    policy = os.sched_getscheduler(tid)
+    if nice:
+        lower_thread_priority(max(before, nice))
+    idled = idle and policy != os.SCHED_IDLE and _set_policy(tid, os.SCHED_IDLE)
     try:
         yield
     finally:
+        if idled:
+            _set_policy(tid, policy)
         try:
             os.setpriority(os.PRIO_PROCESS, tid, before)
         except OSError as exc:
@@ -52,8 +73,11 @@ def lowered_priority(nice: int | None) -> Iterator[None]:
 
 
 def restore_thread_priority() -> int:
-    """Renice every other thread that is nicer than the process back to the process's niceness."""
-    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    """Put every other thread that is nicer than the process, or under ``SCHED_IDLE``, back to
+    the process's niceness and policy."""
+    pid = os.getpid()
+    base = os.getpriority(os.PRIO_PROCESS, pid)
+    base_policy = os.sched_getscheduler(pid)
     me = threading.get_native_id()
     restored = 0
     try:
@@ -64,6 +88,9 @@ def restore_thread_priority() -> int:
         if tid == me:
             continue
         try:
+            if os.sched_getscheduler(tid) == os.SCHED_IDLE != base_policy:
+                os.sched_setscheduler(tid, base_policy, os.sched_param(0))
+                restored += 1
             if os.getpriority(os.PRIO_PROCESS, tid) > base:
                 os.setpriority(os.PRIO_PROCESS, tid, base)
                 restored += 1

@@ -87,7 +87,11 @@ class OnnxRuntimeEngine:
         threads: int = 2,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         spinning: bool = False,
+        optimize: bool = True,
+        save_optimized: Path | None = None,
     ) -> OnnxRuntimeEngine:
+        """A session on ``model``; ``optimize=False`` takes a graph ONNX Runtime optimised before
+        as it is (no graph passes: a cheap load), ``save_optimized`` writes the optimised graph there."""
         import onnxruntime as ort
 
         known = available_providers()
@@ -100,7 +104,10 @@ class OnnxRuntimeEngine:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        if save_optimized is not None:
+            options.optimized_model_filepath = str(save_optimized)
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         source = str(model) if isinstance(model, Path) else model

@@ -61,6 +61,8 @@ class EngineSlot:
         self._lock = threading.Lock()
         self._serving: Serving | None = None
         self._closers: list[threading.Thread] = []
+        self._closers_lock = threading.Lock()
+        """Closes start from the frame worker and the deploying thread alike; ``drain`` reads the list."""
         self.swaps = 0
 
     @property
@@ -110,14 +112,17 @@ class EngineSlot:
 
     def _close(self, serving: Serving) -> None:
         thread = threading.Thread(target=self._close_now, args=(serving,), name="engine-close", daemon=True)
-        self._closers = [t for t in self._closers if t.is_alive()] + [thread]
-        thread.start()
+        with self._closers_lock:  # started before it is listed: drain never joins an unstarted thread
+            thread.start()
+            self._closers = [t for t in self._closers if t.is_alive()] + [thread]
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait for engines being closed; True when all closes finished."""
-        for thread in list(self._closers):
+        with self._closers_lock:
+            closers = list(self._closers)
+        for thread in closers:
             thread.join(timeout)
-        return not any(t.is_alive() for t in self._closers)
+        return not any(t.is_alive() for t in closers)
 
     @staticmethod
     def _close_now(serving: Serving) -> None:

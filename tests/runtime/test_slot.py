@@ -78,3 +78,34 @@ def test_clear_closes_the_last_engine():
     slot.clear()
     assert slot.drain()
     assert a.engine.closed == 1 and slot.serving is None
+
+
+def test_drain_racing_a_close_that_is_starting_waits_for_it_instead_of_failing(monkeypatch):
+    """A close starts on the frame worker (its last lease) while the deploying thread drains: drain
+    must never see a closer thread that is listed but not yet started (found by make bench-swaps)."""
+    import agent.runtime.slot as slot_module
+
+    real_thread = threading.Thread
+    starting = threading.Event()
+
+    class SlowStart(real_thread):
+        def start(self):
+            starting.set()
+            threading.Event().wait(0.3)  # the closer is slow to start
+            super().start()
+
+    monkeypatch.setattr(slot_module.threading, "Thread", SlowStart)
+    slot = EngineSlot()
+    a = _serving("a")
+    slot.swap(a)
+    swapper = real_thread(target=lambda: slot.swap(_serving("b")))
+    swapper.start()
+    assert starting.wait(5.0)
+    errors = []
+    try:
+        assert slot.drain(5.0)
+    except RuntimeError as exc:  # "cannot join thread before it is started"
+        errors.append(exc)
+    swapper.join(5.0)
+    assert errors == []
+    assert a.engine.closed == 1

@@ -31,6 +31,11 @@ class DeploySection(Section):
     serving model at the loader's niceness, so it is an upper bound of the model's own latency."""
     load_nice: int = Field(default=10, ge=0, le=19)
     """Niceness while a new model's session is created and warmed beside the serving one (0: off)."""
+    load_idle: bool = False
+    """Also run that work under ``SCHED_IDLE``: preempted at once by any serving thread that wakes."""
+    prepare_graph: bool = False
+    """Fuse and optimise a new model's graph in a worker process (saved in the store's ``.ort-cache``)
+    and load the saved graph: the agent's GIL stays with the frame worker while a model loads."""
     probation_s: float = Field(default=30.0, ge=0)
     """How long a new model is watched after the swap (a deploy may set its own)."""
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
