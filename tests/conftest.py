@@ -11,6 +11,23 @@ from tests.support.mosquitto import MOSQUITTO, Mosquitto, MqttProbe
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
+LONG_FIRST = ("tests/e2e/", "tests/dev/", "tests/models/test_fuzz_bundle.py", "tests/models/test_loader_tensorrt.py",
+              "tests/models/test_build.py", "tests/fleet/test_rollout.py", "tests/fleet/test_status.py",
+              "tests/device/test_liveview.py", "tests/tools/test_quantize.py", "tests/models/test_behaviour.py",
+              "tests/models/test_manager.py", "tests/monitor/test_drift.py")
+"""Where the tests take many seconds each (the agent, brokers and the CLI as subprocesses, fuzzing, model
+builds): the slowest of a run's ``--durations``. A test marked ``slow`` counts too."""
+
+
+def _runs_long(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None or item.nodeid.startswith(LONG_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first, each group in its collected order: under ``-n`` (pytest-xdist) the workers
+    start on them and fill in with the short ones, instead of one worker finishing a long test alone at
+    the end. The order is the same in every worker (xdist checks it)."""
+    items.sort(key=lambda item: not _runs_long(item))
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.cli.build import add_build_parser
-from agent.cli.cameras import add_camera_parsers
-from agent.cli.control import add_control_parsers, add_key_parsers
-from agent.cli.fleet import add_fleet_parsers
-from agent.cli.model import add_tool_parsers
-from agent.cli.profile import add_profile_parser
-from agent.cli.top import add_top_parser
 from agent.core import AgentConfig, ConfigError, load_config
 
 __all__ = ["main"]
@@ -23,6 +16,10 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+OWN_COMMANDS = frozenset({"run", "check-config", "schema"})
+"""Commands this module defines itself: for them the other commands' parsers (and the model tools,
+fleet and terminal code they import) are not loaded, so that ``run`` (systemd, every restart) and
+``check-config`` start in about half the time. Anything else, ``--help`` included, gets every parser."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,10 +33,10 @@ def _config_or_exit(path: Path) -> AgentConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    config = _config_or_exit(args.config)  # before the device stack is imported: a bad config is told at once
     from agent.core import bind_context, configure_logging
     from agent.device import StartupError, run_agent
 
-    config = _config_or_exit(args.config)
     configure_logging(config.agent.log_level)
     bind_context(device_id=config.agent.device_id, model_version=None)
     from agent.cli.summary import print_summary
@@ -77,7 +74,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(own_only: bool = False) -> argparse.ArgumentParser:
+    """The ``edge-agent`` parser; ``own_only``: only ``OWN_COMMANDS`` (nothing else is imported)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("config", type=Path)
     check.set_defaults(handler=cmd_check_config)
+
+    if not own_only:
+        _add_other_parsers(sub)
+    schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
+    schema.add_argument("name", nargs="?", help="one payload's schema")
+    schema.set_defaults(handler=cmd_schema)
+    return parser
+
+
+def _add_other_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from agent.cli.build import add_build_parser
+    from agent.cli.cameras import add_camera_parsers
+    from agent.cli.control import add_control_parsers, add_key_parsers
+    from agent.cli.fleet import add_fleet_parsers
+    from agent.cli.model import add_tool_parsers
+    from agent.cli.profile import add_profile_parser
+    from agent.cli.top import add_top_parser
 
     add_control_parsers(sub)
     add_top_parser(sub)
@@ -102,14 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_parser(model_sub)
     add_tool_parsers(model_sub)
 
-    schema = sub.add_parser("schema", help="print the JSON Schemas of the MQTT payloads")
-    schema.add_argument("name", nargs="?", help="one payload's schema")
-    schema.set_defaults(handler=cmd_schema)
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(own_only=bool(words) and words[0] in OWN_COMMANDS)
+    args = parser.parse_args(words)
     handler: Handler = getattr(args, "handler", None) or args.func
     return handler(args)

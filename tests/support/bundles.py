@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -21,6 +22,12 @@ def demo_manifest(demo: Path, version: str = "v9", **overrides: Any) -> dict[str
 
 
 def demo_files(demo: Path) -> dict[str, bytes]:
+    """The demo model's files but its manifest, by name (a fresh dict; the files are read once a process)."""
+    return dict(_demo_files(demo))
+
+
+@functools.cache
+def _demo_files(demo: Path) -> dict[str, bytes]:
     folder = demo / "models" / DEMO_SOURCE
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
 
