@@ -40,6 +40,7 @@ def _copy(source: Path, out_dir: Path, version: str, tag: str) -> Path:
 def _pack(folder: Path, out_dir: Path, version: str, **update: object) -> Path:
     manifest = Manifest.read(folder / "manifest.json")
     manifest.model_copy(update={"version": version, "files": {}, **update}).write(folder / "manifest.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"text-rec-{version}.tar"
     pack_bundle(folder, out)
     return out
@@ -48,6 +49,7 @@ def _pack(folder: Path, out_dir: Path, version: str, **update: object) -> Path:
 def rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     """A bundle of the real recognizer ``version`` (v4 or v6)."""
     source = rec_folder(demo, version, out_dir / "extracted")
+    out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"text-rec-{version}.tar"
     pack_bundle(source, out)
     return out
