@@ -18,7 +18,7 @@ from rich.console import Console
 from agent.cli.top import render
 from agent.fleet.top import MAX_EVENTS, CountRow, TopModel
 from tests.e2e.test_cli_local import edge_agent
-from tests.support.agentproc import REPO, AgentProcess, agent_config
+from tests.support.agentproc import REPO, SLOW_MACHINE, AgentProcess, agent_config
 from tests.support.mosquitto import WAIT_S, poll
 from tests.support.tmux import Tmux
 
@@ -145,7 +145,7 @@ def test_the_drawing_shows_every_section_and_results_counts_when_there_are_some(
 # ----- in a real terminal ----------------------------------------------------------------------
 def test_top_in_a_terminal_shows_the_agent_and_the_swap_and_quits_on_q(tmp_path, demo_dir, mosquitto):
     config = agent_config(tmp_path, demo_dir, mosquitto.url, telemetry={"health_period_s": 1.0},
-                          deploy={"file_roots": [str(demo_dir / "models")]})
+                          deploy={"file_roots": [str(demo_dir / "models")], **SLOW_MACHINE})
     agent = AgentProcess(config)
     terminal = Tmux(width=150, height=50)
     rc = tmp_path / "top.rc"
