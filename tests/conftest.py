@@ -14,7 +14,9 @@ DEMO = REPO / "demo"
 LONG_FIRST = ("tests/e2e/", "tests/dev/", "tests/models/test_fuzz_bundle.py", "tests/models/test_loader_tensorrt.py",
               "tests/models/test_build.py", "tests/fleet/test_rollout.py", "tests/fleet/test_status.py",
               "tests/device/test_liveview.py", "tests/tools/test_quantize.py", "tests/models/test_behaviour.py",
-              "tests/models/test_manager.py", "tests/monitor/test_drift.py")
+              "tests/models/test_manager.py", "tests/monitor/test_drift.py",
+              "tests/results/test_stage_deploy.py", "tests/models/test_shadow_text.py", "tests/tools/test_pack.py",
+              "tests/tools/test_recover.py")
 """Where the tests take many seconds each (the agent, brokers and the CLI as subprocesses, fuzzing, model
 builds): the slowest of a run's ``--durations``. A test marked ``slow`` counts too."""
 
