@@ -43,28 +43,22 @@ from typing import Any
 import numpy as np
 
 from agent.core import DeploySection, SourceSection
-from agent.dev.base import Report
+from agent.dev.base import FpsOf, Report, TimedObserver
 from agent.dev.bench_cameras import CAMERA_COUNTS, bench_cameras, bench_rtsp_recovery
 from agent.dev.bench_deploy import DEPLOY_GAP_DEPLOYS, MEANS, bench_deploy_gap
 from agent.dev.bench_liveview import bench_liveview
+from agent.dev.bench_rig import NO_PROBATION, demo_rig
 from agent.dev.bench_shadow import SHADOW_ROUNDS, SHADOW_S, bench_shadow
 from agent.dev.bench_stages import bench_second_stage
 from agent.dev.bench_tools import bench_tools
-from agent.models import (
-    DeploymentManager,
-    DeployRequest,
-    EngineOptions,
-    ModelStore,
-    Probation,
-    load_serving,
-    pack_bundle,
-    sha256_file,
-)
+from agent.models import DeployRequest, EngineOptions, ModelStore, load_serving
 from agent.monitor import LatencyRecorder, rss_bytes
 from agent.runtime import EngineSlot, OnnxRuntimeEngine
 from agent.vision import FrameResult, FrameSource, Pipeline, Preprocessor
 
-__all__ = ["BENCHES", "DEPLOY_GAP_DEPLOYS", "MEANS", "bench_pipeline", "bench_results", "bench_swaps", "run_bench"]
+__all__ = [
+    "BENCHES", "DEPLOY_GAP_DEPLOYS", "MEANS", "bench_pipeline", "bench_results", "bench_swaps", "demo_fps", "run_bench",
+]
 
 THREADS = 2
 WARMUP_FRAMES = 10
@@ -129,6 +123,12 @@ def pipeline_fps(store: ModelStore, video: Path, frames: int, threads: int,
     return (pipeline.counters.frames_processed - done + frames) / elapsed, recorder
 
 
+def demo_fps(store: ModelStore, demo: Path, frames: int) -> FpsOf:
+    """``fps_of(observers)`` of the second-stage and live-view benches: ``pipeline_fps`` of the store's
+    text-det on the demo video, preprocessing fused, over ``frames`` frames."""
+    return lambda extra: pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True, extra=extra)[0]
+
+
 def bench_pipeline(demo: Path, store: ModelStore, frames: int, rounds: int, report: Report) -> None:
     import cv2
 
@@ -177,21 +177,6 @@ class _TakingSession:
 
     async def publish_now(self, topic: str, data: bytes, qos: int = 0) -> bool:
         return True
-
-
-class TimedObserver:
-    """Wraps the results observer: its wall time per frame on the frame thread."""
-
-    def __init__(self, observe: Any) -> None:
-        self.observe = observe
-        self.seconds = 0.0
-        self.calls = 0
-
-    def __call__(self, result: FrameResult) -> None:
-        began = time.perf_counter()
-        self.observe(result)
-        self.seconds += time.perf_counter() - began
-        self.calls += 1
 
 
 def _results_settings(width: int, height: int) -> Any:
@@ -284,33 +269,14 @@ class GapRecorder:
         self.indices.append(result.frame.index)
 
 
-def _bundle(demo: Path, version: str, out_dir: Path) -> tuple[Path, str]:
-    folder = demo / "models" / f"text-det-{version}"
-    out = out_dir / f"text-det-{version}.tar"
-    pack_bundle(folder, out)
-    return out, sha256_file(out)
-
-
 async def _swaps(demo: Path, root: Path, swaps: int, report: Report) -> dict[str, Any]:
-    store = ModelStore(root / "engines", keep=3)
-    store.install(demo / "models" / "text-det-v4")
-    bundles = {v: _bundle(demo, v, root) for v in ("v4", "v6")}
-    slot = EngineSlot()
-    options = EngineOptions(threads=THREADS)
-    slot.swap(load_serving(store.current("text-det"), options))
+    rig = demo_rig(demo, root, THREADS)
     source = _source(demo / "video.mp4")
     gaps = GapRecorder()
-    pipeline = Pipeline(source, slot, LatencyRecorder(600), observers=[gaps])
+    pipeline = Pipeline(source, rig.slot, LatencyRecorder(600), observers=[gaps])
     settings = DeploySection(allowed_schemes=("file",), file_roots=(root,), latency_budget_ms=5000.0)
     swap_spans: list[tuple[float, float]] = []
-
-    async def nothing(*_: Any) -> None:
-        return None
-
-    manager = DeploymentManager(
-        store=store, slot=slot, options=options, settings=settings, public_key=None,
-        feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats, report=nothing, swapped=nothing,
-    )
+    manager = rig.manager(pipeline, settings)
     source.start()
     pipeline.start()
     while not pipeline.first_frame.is_set():
@@ -319,11 +285,11 @@ async def _swaps(demo: Path, root: Path, swaps: int, report: Report) -> dict[str
     rss: list[int] = []
     for i in range(swaps):
         version = "v6" if i % 2 == 0 else "v4"
-        path, digest = bundles[version]
+        path, digest = rig.bundles[version]
         began = time.perf_counter()
         await manager.deploy(DeployRequest(
             name="text-det", version=version, url=path.as_uri(), sha256=digest, format="bundle",
-            probation=Probation(3600.0, 1.0, 0, 100.0), deployment_id=f"bench-{i}"))
+            probation=NO_PROBATION, deployment_id=f"bench-{i}"))
         swap_spans.append((began, time.perf_counter()))
         await asyncio.sleep(0.3)
         rss.append(rss_bytes())
@@ -333,7 +299,7 @@ async def _swaps(demo: Path, root: Path, swaps: int, report: Report) -> dict[str
     pipeline.stop(10.0)
     source.stop()
     manager.close()
-    slot.clear()
+    rig.slot.clear()
     return {"gaps": gaps, "spans": swap_spans, "rss": rss, "dropped": source.stats().frames_dropped}
 
 
@@ -391,9 +357,7 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
             bench_pipeline(demo, store, frames, rounds, report)
         if only in (None, "results"):
             bench_results(demo, store, frames, rounds, report)
-        def fps_of(extra: list[Any]) -> float:
-            return pipeline_fps(store, demo / "video.mp4", frames, THREADS, fuse=True, extra=extra)[0]
-
+        fps_of = demo_fps(store, demo, frames)
         if only in (None, "stages"):
             bench_second_stage(store, demo, frames, rounds, fps_of, Path(tmp) / "state", report)
         if only in (None, "liveview"):

@@ -36,10 +36,9 @@ from typing import Any
 
 from agent.core import CameraSection, DeploySection
 from agent.dev.base import Report
-from agent.dev.bench_swaps import NO_PROBATION, demo_bundles, nothing
-from agent.models import DeploymentManager, DeploymentStatus, DeployRequest, EngineOptions, ModelStore, load_serving
+from agent.dev.bench_rig import NO_PROBATION, demo_rig
+from agent.models import DeploymentStatus, DeployRequest
 from agent.monitor import LatencyRecorder
-from agent.runtime import EngineSlot
 from agent.vision import CameraSet, FrameResult, Pipeline, Scheduler
 
 __all__ = ["DEPLOY_CAMERAS", "DEPLOY_GAP_DEPLOYS", "MEANS", "bench_deploy_gap"]
@@ -162,20 +161,13 @@ def cpu_hog(on: bool) -> Iterator[None]:
 
 async def _run(demo: Path, root: Path, settings: DeploySection, deploys: int, cameras: int,
                control: bool) -> Timeline:
-    store = ModelStore(root / "engines", keep=3)
-    store.install(demo / "models" / "text-det-v4")
-    bundles = demo_bundles(demo, root)
-    slot = EngineSlot()
-    options = EngineOptions(threads=THREADS)
-    slot.swap(load_serving(store.current("text-det"), options))
+    rig = demo_rig(demo, root, THREADS)
     video = demo / "video.mp4"
     camera_set = CameraSet([CameraSection(name=f"cam{i}", uri=str(video), pace="none", loop=True)
                             for i in range(cameras)], "text-det")
     timeline = Timeline()
-    pipeline = Pipeline(Scheduler(camera_set), slot, LatencyRecorder(600), observers=[timeline.seen])
-    manager = DeploymentManager(store=store, slot=slot, options=options, settings=settings, public_key=None,
-                                feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats,
-                                report=timeline.step, swapped=nothing)
+    pipeline = Pipeline(Scheduler(camera_set), rig.slot, LatencyRecorder(600), observers=[timeline.seen])
+    manager = rig.manager(pipeline, settings, report=timeline.step)
     camera_set.start()
     pipeline.start()
     try:
@@ -184,7 +176,7 @@ async def _run(demo: Path, root: Path, settings: DeploySection, deploys: int, ca
         await _steady(timeline, cameras)
         for i in range(deploys):
             version = "v6" if i % 2 == 0 else "v4"
-            path, digest = bundles[version]
+            path, digest = rig.bundles[version]
             began = time.perf_counter()
             if control:
                 await asyncio.sleep(CONTROL_S)
@@ -197,16 +189,12 @@ async def _run(demo: Path, root: Path, settings: DeploySection, deploys: int, ca
                     timeline.unfinished += 1
                     timeline.windows.append((began, time.perf_counter()))
                     break
-                await asyncio.to_thread(slot.drain)
+                await asyncio.to_thread(rig.slot.drain)
                 await asyncio.sleep(SETTLE_S)
             timeline.windows.append((began, time.perf_counter()))
             await _steady(timeline, cameras)
     finally:
-        pipeline.stop(10.0)
-        camera_set.stop()
-        manager.close()
-        slot.clear()
-        slot.drain()
+        rig.stop(pipeline, camera_set, manager)
     return timeline
 
 

@@ -17,14 +17,12 @@ import statistics
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import cv2
 
 from agent.core import LiveViewSection, SourceSection
-from agent.dev.base import DevError, Report
+from agent.dev.base import DevError, FpsOf, Report, TimedObserver
 from agent.device import BOUNDARY, LiveView, annotate
 from agent.models import EngineOptions, ModelStore, load_serving
 from agent.monitor import LatencyRecorder
@@ -44,25 +42,6 @@ ENCODE_REPEATS = 30
 READ_BYTES = 65536
 ENCODE_THREADS = 2
 """ORT threads of the model that finds the boxes drawn in the per-JPEG measurement (as the bench's pipeline)."""
-
-FpsOf = Callable[[list[Any]], float]
-"""``fps_of(observers)``: pipeline frames/s on the demo video with these extra frame observers."""
-
-
-class _Timed:
-    """The live view's observer, timed on the frame thread."""
-
-    def __init__(self, observe: Callable[[FrameResult], None]) -> None:
-        self.observe = observe
-        self.seconds = 0.0
-        self.calls = 0
-
-    def __call__(self, result: FrameResult) -> None:
-        began = time.perf_counter()
-        self.observe(result)
-        self.seconds += time.perf_counter() - began
-        self.calls += 1
-
 
 class _StreamClient:
     """One viewer: reads the camera's MJPEG stream in a thread and counts the JPEGs it got."""
@@ -109,7 +88,7 @@ class _StreamClient:
 def _watched(fps_of: FpsOf, settings: LiveViewSection) -> dict[str, float]:
     """Pipeline frames/s with the live view observing and one client streaming the camera."""
     view = LiveView(settings, lambda: [CAMERA], lambda camera: None)
-    timed = _Timed(view.observe)
+    timed = TimedObserver(view.observe)
     url = view.start()
     client = _StreamClient(f"{url}cameras/{CAMERA}/stream.mjpg")
     started = threading.Event()

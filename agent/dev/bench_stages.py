@@ -19,12 +19,11 @@ import asyncio
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agent.core import RateSettings, ResultsSettings
-from agent.dev.base import DevError, Report
+from agent.dev.base import DevError, FpsOf, Report
 from agent.models import EngineOptions, ModelStore
 from agent.monitor import Telemetry
 from agent.results import ResultsPublisher, SecondStages, StageReading, second_stage_options
@@ -38,9 +37,6 @@ THREADS = 2
 """ORT threads of the recognizer, as the bench's detector."""
 CLOSE_TIMEOUT_S = 60.0
 """Bound on the publisher's flush after a round."""
-
-FpsOf = Callable[[list[Any]], float]
-"""``fps_of(observers)``: pipeline frames/s on the demo video with these extra frame observers."""
 
 
 class _TakingSession:

@@ -26,25 +26,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.core import CameraSection, DeploySection
 from agent.dev.base import DevError, Report
+from agent.dev.bench_rig import NO_PROBATION, demo_rig
 from agent.models import (
-    DeploymentManager,
     DeployRequest,
-    EngineOptions,
-    ModelStore,
-    Probation,
-    load_serving,
-    pack_bundle,
-    sha256_file,
 )
 from agent.monitor import LatencyRecorder, rss_bytes
-from agent.runtime import EngineSlot
 from agent.vision import CameraSet, Pipeline, Scheduler
 
-__all__ = ["NO_PROBATION", "SWAPS", "WARMUP_SWAPS", "SwapFigures", "demo_bundles", "nothing", "run_swaps", "theil_sen"]
+__all__ = ["SWAPS", "WARMUP_SWAPS", "SwapFigures", "run_swaps", "theil_sen"]
 
 SWAPS = 1000
 WARMUP_SWAPS = 20
@@ -54,8 +46,6 @@ SERVE_FPS = 1.0
 (at a rate v6 can keep up with on a busy 2-core machine; beside a saturated serving loop the loader starves)."""
 THREADS = 2
 REPORT_EVERY = 50
-NO_PROBATION = Probation(3600.0, 1.0, 0, 100.0)
-"""Probation that never fails a swap (the next deployment commits it early)."""
 FIRST_FRAME_S = 60.0
 """The longest the camera's first frame may take (a cold, busy machine)."""
 
@@ -143,36 +133,14 @@ def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-async def nothing(*_: Any) -> None:
-    """The manager's ``report`` and ``swapped`` callables in a bench: nobody listens."""
-    return None
-
-
-def demo_bundles(demo: Path, root: Path) -> dict[str, tuple[Path, str]]:
-    """text-det v4 and v6 of the demo as bundles under ``root``, with their sha256."""
-    out = {}
-    for version in ("v4", "v6"):
-        path = root / f"text-det-{version}.tar"
-        pack_bundle(demo / "models" / f"text-det-{version}", path)
-        out[version] = (path, sha256_file(path))
-    return out
-
-
 async def _swaps(demo: Path, root: Path, swaps: int, progress: Callable[[int, SwapFigures], None]) -> SwapFigures:
-    store = ModelStore(root / "engines", keep=3)
-    store.install(demo / "models" / "text-det-v4")
-    bundles = demo_bundles(demo, root)
-    slot = EngineSlot()
-    options = EngineOptions(threads=THREADS)
-    slot.swap(load_serving(store.current("text-det"), options))
+    rig = demo_rig(demo, root, THREADS)
     cameras = CameraSet([CameraSection(name="cam0", uri=str(demo / "video.mp4"), loop=True, fps=SERVE_FPS)],
                         "text-det")
-    pipeline = Pipeline(Scheduler(cameras), slot, LatencyRecorder(600))
+    pipeline = Pipeline(Scheduler(cameras), rig.slot, LatencyRecorder(600))
     settings = DeploySection(allowed_schemes=("file",), file_roots=(root,), latency_budget_ms=3_600_000.0,
                              warmup_runs=1, prepare_graph=True)
-    manager = DeploymentManager(store=store, slot=slot, options=options, settings=settings, public_key=None,
-                                feeds_for=pipeline.feeds_for, stats=pipeline.counters.stats,
-                                report=nothing, swapped=nothing)
+    manager = rig.manager(pipeline, settings)
     rss: list[int] = []
     fds: list[int] = []
     threads: list[int] = []
@@ -184,21 +152,17 @@ async def _swaps(demo: Path, root: Path, swaps: int, progress: Callable[[int, Sw
             raise DevError(f"no frame of {demo / 'video.mp4'} within {FIRST_FRAME_S:.0f} s")
         for i in range(swaps):
             version = "v6" if i % 2 == 0 else "v4"
-            path, digest = bundles[version]
+            path, digest = rig.bundles[version]
             await manager.deploy(DeployRequest(name="text-det", version=version, url=path.as_uri(), sha256=digest,
                                                format="bundle", probation=NO_PROBATION, deployment_id=f"swap-{i}"))
-            await asyncio.to_thread(slot.drain)
+            await asyncio.to_thread(rig.slot.drain)
             rss.append(rss_bytes())
             fds.append(open_fds())
             threads.append(thread_count())
             if (i + 1) % REPORT_EVERY == 0:
                 progress(i + 1, SwapFigures(rss, fds, threads, time.monotonic() - began))
     finally:
-        pipeline.stop(10.0)
-        cameras.stop()
-        manager.close()
-        slot.clear()
-        slot.drain()
+        rig.stop(pipeline, cameras, manager)
     return SwapFigures(rss, fds, threads, time.monotonic() - began)
 
 

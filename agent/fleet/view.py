@@ -28,6 +28,7 @@ from agent.fleet.results import (
     read_snapshot,
 )
 from agent.wire import (
+    PAYLOADS,
     DeploymentPayload,
     DeviceState,
     EventPayload,
@@ -35,7 +36,6 @@ from agent.wire import (
     LatencyPayload,
     ModelPayload,
     PayloadError,
-    ReplyPayload,
     SignalState,
     StatusPayload,
     decode_payload,
@@ -222,15 +222,9 @@ def summarise(document: dict[str, Any]) -> Summary:
 _SCORES = frozenset(("psi", "max_difference"))
 
 
-STRICT: dict[str, type[Any]] = {
-    "status": StatusPayload,
-    "model": ModelPayload,
-    "deployment": DeploymentPayload,
-    "reply": ReplyPayload,
-    "events": EventPayload,
-    "telemetry/health": HealthPayload,
-    "telemetry/latency": LatencyPayload,
-}
+STRICT: dict[str, type[Any]] = {suffix: PAYLOADS[suffix] for suffix in (
+    "status", "model", "deployment", "reply", "events", "telemetry/health", "telemetry/latency")}
+"""The topics a view validates against their model in agent.wire (the retained ``cameras`` is not read here)."""
 
 
 CONTRACT_SUFFIXES = frozenset(STRICT) | {f"telemetry/{kind}" for kind in TELEMETRY_KINDS}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from agent.core import AgentError
 
@@ -26,60 +26,50 @@ class VisionError(AgentError):
 
 
 class SourceError(VisionError):
-    """A frame source cannot be used as asked; ``code`` names the kind of failure for telemetry."""
+    """A frame source cannot be used as asked; ``code`` names the kind of failure for telemetry.
+
+    Each kind of failure is a subclass that names its code in its class line
+    (``class SourceStalledError(SourceReadError, code="source_stalled")``).
+    """
 
     code: ClassVar[str] = "source_failed"
 
+    def __init_subclass__(cls, *, code: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code
 
-class UnsupportedSourceError(SourceError):
+
+class UnsupportedSourceError(SourceError, code="source_unsupported"):
     """The URI can never be opened by this OpenCV build (empty, or a backend it lacks)."""
 
-    code = "source_unsupported"
 
-
-class UnsupportedSchemeError(UnsupportedSourceError):
+class UnsupportedSchemeError(UnsupportedSourceError, code="source_scheme"):
     """The URI has a scheme (``ftp://``, ``rtmp://``) that no source kind reads."""
 
-    code = "source_scheme"
 
-
-class PipelineWithoutAppsinkError(UnsupportedSourceError):
+class PipelineWithoutAppsinkError(UnsupportedSourceError, code="source_no_appsink"):
     """A GStreamer pipeline string with no ``appsink``, the only element OpenCV takes frames from."""
 
-    code = "source_no_appsink"
 
-
-class SourceOpenError(SourceError):
+class SourceOpenError(SourceError, code="source_open_failed"):
     """The source could not be opened now; it may work on a later attempt."""
 
-    code = "source_open_failed"
 
-
-class SourceUnreachableError(SourceOpenError):
+class SourceUnreachableError(SourceOpenError, code="source_unreachable"):
     """Nothing accepts a connection at the stream's host and port (refused, unknown host, timeout)."""
 
-    code = "source_unreachable"
 
-
-class DeviceMissingError(SourceOpenError):
+class DeviceMissingError(SourceOpenError, code="source_device_missing"):
     """The V4L2 device node does not exist: no camera is plugged in at that index or path."""
 
-    code = "source_device_missing"
 
-
-class SourceReadError(SourceError):
+class SourceReadError(SourceError, code="source_read_failed"):
     """An open source stopped delivering: the server closed the stream or the decoder failed."""
 
-    code = "source_read_failed"
 
-
-class SourceStalledError(SourceReadError):
+class SourceStalledError(SourceReadError, code="source_stalled"):
     """An open source delivered no frame for ``read_timeout_s``; it is reopened."""
 
-    code = "source_stalled"
 
-
-class EmptyFrameError(SourceReadError):
+class EmptyFrameError(SourceReadError, code="source_empty_frame"):
     """The source opened but handed over a frame with no pixels (a zero width, height or depth)."""
-
-    code = "source_empty_frame"

@@ -5,12 +5,10 @@ pipeline with the live view serving a real MJPEG client against off, and the cli
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from agent.dev.bench import THREADS, pipeline_fps
+from agent.dev.bench import demo_fps
 from agent.dev.bench_liveview import bench_liveview
 from agent.models.store import ModelStore
 
@@ -20,13 +18,11 @@ FRAMES = 40
 """Enough for the client to connect and get a few JPEGs (the stream gives at most 5 a second)."""
 
 
-def test_the_live_view_bench_reports_the_ratio_and_a_client_that_got_jpegs(demo_dir):
+def test_the_live_view_bench_reports_the_ratio_and_a_client_that_got_jpegs(demo_dir, tmp_path):
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = ModelStore(Path(tmp) / "engines")
-        store.install(demo_dir / "models" / "text-det-v4")
-        bench_liveview(demo_dir, store, FRAMES, 1, lambda extra: pipeline_fps(
-            store, demo_dir / "video.mp4", FRAMES, THREADS, fuse=True, extra=extra)[0], lines.append)
+    store = ModelStore(tmp_path / "engines")
+    store.install(demo_dir / "models" / "text-det-v4")
+    bench_liveview(demo_dir, store, FRAMES, 1, demo_fps(store, demo_dir, FRAMES), lines.append)
     text = "\n".join(lines)
     assert re.search(r"live view watched +\d+\.\d+ fps  ratio \d\.\d{3}", text), text
     round_line = next(line for line in lines if line.startswith("round 1:"))

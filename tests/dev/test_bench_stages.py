@@ -5,12 +5,10 @@ per crop. (Numbers only: nothing here asserts a timing.)"""
 from __future__ import annotations
 
 import re
-import tempfile
-from pathlib import Path
 
 import pytest
 
-from agent.dev.bench import THREADS, pipeline_fps
+from agent.dev.bench import demo_fps
 from agent.dev.bench_stages import bench_second_stage
 from agent.models.store import ModelStore
 from tests.results.test_recognize import needs_rec
@@ -21,14 +19,12 @@ FRAMES = 20
 """Enough for the rate to let a few frames out on the handwriting at the video's start."""
 
 
-def test_the_second_stage_bench_reports_the_ratio_and_its_cost_per_crop(demo_dir):
+def test_the_second_stage_bench_reports_the_ratio_and_its_cost_per_crop(demo_dir, tmp_path):
     lines: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = ModelStore(Path(tmp) / "engines")
-        store.install(demo_dir / "models" / "text-det-v4")
-        bench_second_stage(store, demo_dir, FRAMES, 1, lambda extra: pipeline_fps(
-            store, demo_dir / "video.mp4", FRAMES, THREADS, fuse=True, extra=extra)[0], Path(tmp) / "state",
-            lines.append)
+    store = ModelStore(tmp_path / "engines")
+    store.install(demo_dir / "models" / "text-det-v4")
+    bench_second_stage(store, demo_dir, FRAMES, 1, demo_fps(store, demo_dir, FRAMES), tmp_path / "state",
+                       lines.append)
     text = "\n".join(lines)
     assert re.search(r"results with text-rec +\d+\.\d+ fps  ratio \d\.\d{3}", text), text
     shown = re.search(r"read (\d+) frames, (\d+) crops, [\d.]+ ms/crop, \d+ ms/frame, failures 0", text)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,10 +17,11 @@ from agent.fleet import Rollout, RolloutSpec, plan_rollout
 from agent.fleet.control import ControlClient
 from agent.fleet.link import FleetLink
 from agent.fleet.plan import RolloutPlan, assign_waves
-from agent.fleet.record import ROLLBACK_SUFFIX, RolloutStore
+from agent.fleet.record import ROLLBACK_SUFFIX, RolloutRecord, RolloutStore
 from agent.fleet.view import FleetView
 from agent.sim.device import fails
 from agent.wire import DeploymentPayload, ErrorInfo, ReplyPayload, StatusPayload, encode_payload
+from tests.support.fake_artifact import fake_artifact
 from tests.support.fleetproc import payloads, retained, run, simulated_fleet, start, stop
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, poll
 
@@ -33,13 +33,7 @@ PLAN = ("--canary", "5%", "--waves", "25%,50%,100%", "--abort-failures", "10%", 
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    """A tar (the simulated devices do not open it; ``fleet deploy`` reads its format from its content)."""
-    path = tmp_path / "model.tar"
-    inner = tmp_path / "manifest.json"
-    inner.write_text("a model bundle, as the devices would download it")
-    with tarfile.open(path, "w") as bundle:
-        bundle.add(inner, arcname="manifest.json")
-    return path
+    return fake_artifact(tmp_path)
 
 
 def deploy_args(mosquitto: Mosquitto, artifact: Path, state_dir: Path, rollout_id: str, *plan: str) -> list[str]:
@@ -145,22 +139,26 @@ def test_a_killed_rollout_resumes_without_redeploying_committed_devices(
     assert all(after["devices"][d]["sends"] == before["devices"][d]["sends"] for d in committed_before)
 
 
-def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sent_again(
-        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
-    """The previous run sent the command and died before writing it down: the retained topic tells."""
-    probe = mqtt_probe(mosquitto.port, [])
+def committed_behind(probe: MqttProbe, rollout_id: str) -> RolloutRecord:
+    """A rollout of NEW planned for cam-1 (online in lab), whose retained deployment already says committed."""
     status = StatusPayload(device_id="cam-1", ts=1.0, seq=1, state="online", agent_version="x", started_at=1.0,
                            groups=("lab",))
     view = FleetView()
     view.apply("edge/cam-1/status", encode_payload(status))
     spec = RolloutSpec("lab", "text-det", NEW, "file:///m.tar", "0" * 64, "bundle", RolloutPlan(5, (100,), 0, 0))
-    record = plan_rollout("ro-race", spec, view)
-    entry = record.devices["cam-1"]
-    deployment = DeploymentPayload(device_id="cam-1", ts=2.0, seq=9, deployment_id=entry.deployment_id,
-                                   name="text-det", version=NEW, state="committed", step="committed",
-                                   progress=1.0, updated=2.0)
+    record = plan_rollout(rollout_id, spec, view)
+    deployment = DeploymentPayload(device_id="cam-1", ts=2.0, seq=9, name="text-det", version=NEW,
+                                   deployment_id=record.devices["cam-1"].deployment_id, state="committed",
+                                   step="committed", progress=1.0, updated=2.0)
     probe.publish("edge/cam-1/status", encode_payload(status), retain=True)
     probe.publish("edge/cam-1/deployment", encode_payload(deployment), retain=True)
+    return record
+
+
+def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sent_again(
+        mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
+    """The previous run sent the command and died before writing it down: the retained topic tells."""
+    record = committed_behind(mqtt_probe(mosquitto.port, []), "ro-race")
 
     async def resume() -> str:
         async with FleetLink(ControlClient(mosquitto.url)) as link:
@@ -176,20 +174,9 @@ def test_a_device_recorded_pending_whose_deployment_already_committed_is_not_sen
 def test_a_state_change_the_broker_dropped_is_read_again_from_the_retained_topic(
         mosquitto: Mosquitto, mqtt_probe: Callable[..., MqttProbe], tmp_path: Path) -> None:
     """A broker drops what overflows its queue for a client; a stalled rollout reads the retained state again."""
-    probe = mqtt_probe(mosquitto.port, [])
-    status = StatusPayload(device_id="cam-1", ts=1.0, seq=1, state="online", agent_version="x", started_at=1.0,
-                           groups=("lab",))
-    view = FleetView()
-    view.apply("edge/cam-1/status", encode_payload(status))
-    spec = RolloutSpec("lab", "text-det", NEW, "file:///m.tar", "0" * 64, "bundle", RolloutPlan(5, (100,), 0, 0))
-    record = plan_rollout("ro-dropped", spec, view)
+    record = committed_behind(mqtt_probe(mosquitto.port, []), "ro-dropped")
     entry = record.devices["cam-1"]
     entry.state, entry.sent_at, entry.last_sent_at, entry.sends = "loading", 1.0, 1.0, 1
-    deployment = DeploymentPayload(device_id="cam-1", ts=2.0, seq=9, deployment_id=entry.deployment_id,
-                                   name="text-det", version=NEW, state="committed", step="committed",
-                                   progress=1.0, updated=2.0)
-    probe.publish("edge/cam-1/status", encode_payload(status), retain=True)
-    probe.publish("edge/cam-1/deployment", encode_payload(deployment), retain=True)
 
     async def stalled() -> str:
         async with FleetLink(ControlClient(mosquitto.url)) as link:

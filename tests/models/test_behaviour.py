@@ -6,7 +6,6 @@ probability map multiplied by zero (as fast and as finite as v4, sees nothing) m
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import pytest
 
 from agent.core.config import DeploySection
 from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputRow, OutputWindow, judge_behaviour, rows_of
-from agent.models.manifest import Manifest
 from agent.monitor.reference import Reference, ReferenceBuilder
 from agent.vision.summary import summarize
-from tests.support.artifacts import zero_model
+from tests.support.artifacts import variant_folder, zero_model
 from tests.support.monitor_support import DEMO, SCENE_FRAMES, TEXT_DET, model_results
 
 V6 = DEMO / "models" / "text-det-v6"
@@ -32,12 +30,7 @@ DEFAULTS = BehaviourBounds.from_settings(DeploySection())
 
 @pytest.fixture(scope="module")
 def zero_det(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("zero") / "text-det-zero"
-    shutil.copytree(TEXT_DET, folder)
-    zero_model(folder / "model.onnx", folder / "model.onnx")
-    manifest = Manifest.read(folder / "manifest.json")
-    manifest.model_copy(update={"version": "zero", "files": {}}).write(folder / "manifest.json")
-    return folder
+    return variant_folder(TEXT_DET, tmp_path_factory.mktemp("zero") / "text-det-zero", "zero", zero_model)
 
 
 def _rows(model: Path, frames: range, version: str, camera: str = "camera0") -> list[OutputRow]:

@@ -6,17 +6,15 @@ v4 serves; v6 (a normal update) agrees with it; v4 with an all-zero probability 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from agent.models.manifest import Manifest
 from agent.models.shadow import ShadowDecision, ShadowError, ShadowGate, ShadowSpec, agreement, box_f1
 from agent.monitor.features import FrameSummary
 from agent.vision.heads import Detection
 from agent.vision.summary import summarize
-from tests.support.artifacts import zero_model
+from tests.support.artifacts import variant_folder, zero_model
 from tests.support.monitor_support import DEMO, SCENE_FRAMES, TEXT_DET, model_results
 
 V6 = DEMO / "models" / "text-det-v6"
@@ -28,12 +26,7 @@ PAGE = range(SCENE_FRAMES, 2 * SCENE_FRAMES, 5)
 
 @pytest.fixture(scope="module")
 def zero_det(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("zero") / "text-det-zero"
-    shutil.copytree(TEXT_DET, folder)
-    zero_model(folder / "model.onnx", folder / "model.onnx")
-    manifest = Manifest.read(folder / "manifest.json")
-    manifest.model_copy(update={"version": "zero", "files": {}}).write(folder / "manifest.json")
-    return folder
+    return variant_folder(TEXT_DET, tmp_path_factory.mktemp("zero") / "text-det-zero", "zero", zero_model)
 
 
 def _summaries(model: Path, frames: range, version: str) -> list[FrameSummary]:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.core.config import ConfigError, MqttSection, parse_config
+from agent.core.config import ConfigError, parse_config
 from agent.monitor.egress import EgressBlocked, EgressGuard
-from agent.monitor.telemetry import Telemetry
 from agent.mqtt.outbox import MemoryOutbox
 from agent.mqtt.session import MqttSession, SessionState
 from agent.results import RateSettings, ResultsPublisher, ResultsSettings, ZoneSettings, results_payload
@@ -23,16 +22,14 @@ from agent.vision.pipeline import FrameResult
 from agent.vision.sources import Frame
 from agent.vision.transforms import Detection, Prediction
 from agent.wire import PAYLOADS, ModelRef, encode_payload, json_schemas
-from agent.wire.topics import Topics
 from tests.support.mosquitto import Mosquitto, poll
+from tests.support.results_rig import TOPICS, WAIT_S, publishing, results_publisher, session
 
-TOPICS = Topics("edge", "dev1")
 IMAGE = np.zeros((480, 640, 3), np.uint8)
 SETTINGS = ResultsSettings(
     zones=(ZoneSettings(name="left", polygon=((0, 0), (320, 0), (320, 480), (0, 480))),),
     rate=RateSettings(mode="every_frame"),
 )
-WAIT_S = 30.0
 
 
 def frame_result(index: int, boxes: int) -> FrameResult:
@@ -42,21 +39,9 @@ def frame_result(index: int, boxes: int) -> FrameResult:
     return FrameResult(frame, "text-det", "v4", {}, Prediction("text_detect", detections), True)
 
 
-def session(url: str, outbox: MemoryOutbox | None = None) -> MqttSession:
-    return MqttSession(MqttSection(url=url, reconnect_min_s=0.05, reconnect_max_s=0.5), client_id="dev1",
-                       will=(TOPICS.status, b"lost"), subscriptions=[], on_message=_ignore, outbox=outbox)
-
-
-async def _ignore(topic: str, payload: bytes) -> None:
-    return None
-
-
 def publisher(link: MqttSession, queue_size: int = 512) -> ResultsPublisher:
-    telemetry = Telemetry(TOPICS, "dev1", "test")
-    telemetry.attach(link)
-    telemetry.egress = EgressGuard(PAYLOADS)
-    return ResultsPublisher(telemetry, TOPICS, lambda name: SETTINGS if name == "front" else None, Path("/nonexistent"),
-                            queue_size=queue_size)
+    return results_publisher(link, lambda name: SETTINGS if name == "front" else None, Path("/nonexistent"),
+                             queue_size)
 
 
 def test_the_frame_thread_hands_over_at_most_its_queue_and_counts_the_rest_then_events_keep_their_order():
@@ -103,20 +88,14 @@ def test_live_results_reach_a_subscriber_and_are_dropped_and_counted_while_the_b
     results = publisher(link)
 
     async def scenario() -> None:
-        running = asyncio.create_task(link.run())
-        task = asyncio.create_task(results.run())
-        await asyncio.to_thread(poll, lambda: link.state is SessionState.CONNECTED, WAIT_S, "the connection")
-        results.observe(frame_result(0, 2))
-        await asyncio.to_thread(poll, lambda: results.published == 1 and probe.snapshot(TOPICS.counts("front"))
-                                and probe.snapshot(TOPICS.results("front")), WAIT_S, "the first results, counts")
-        broker.kill()
-        await asyncio.to_thread(poll, lambda: link.state is not SessionState.CONNECTED, WAIT_S, "the loss")
-        results.observe(frame_result(1, 2))
-        await asyncio.to_thread(poll, lambda: results.dropped_offline == 1, WAIT_S, "the drop")
-        await results.close()
-        await task
-        await link.stop()
-        await running
+        async with publishing(link, results):
+            results.observe(frame_result(0, 2))
+            await asyncio.to_thread(poll, lambda: results.published == 1 and probe.snapshot(TOPICS.counts("front"))
+                                    and probe.snapshot(TOPICS.results("front")), WAIT_S, "the first results, counts")
+            broker.kill()
+            await asyncio.to_thread(poll, lambda: link.state is not SessionState.CONNECTED, WAIT_S, "the loss")
+            results.observe(frame_result(1, 2))
+            await asyncio.to_thread(poll, lambda: results.dropped_offline == 1, WAIT_S, "the drop")
 
     try:
         asyncio.run(scenario())

@@ -12,21 +12,15 @@ import time
 import cv2
 import numpy as np
 
-from agent.core.config import MqttSection
-from agent.monitor.egress import EgressGuard
 from agent.monitor.telemetry import Telemetry
-from agent.mqtt.session import MqttSession, SessionState
 from agent.results import RateSettings, ResultsPublisher, ResultsSettings, SnapshotSettings
 from agent.vision.pipeline import FrameResult
 from agent.vision.sources import Frame
 from agent.vision.transforms import Detection, Prediction
-from agent.wire import PAYLOADS
-from agent.wire.topics import Topics
 from tests.support.monitor_support import video
 from tests.support.mosquitto import Mosquitto, poll
+from tests.support.results_rig import TOPICS, WAIT_S, publishing, results_publisher, session
 
-TOPICS = Topics("edge", "dev1")
-WAIT_S = 30.0
 SNAPSHOTS = SnapshotSettings(enabled=True, sink="mqtt", events=("object_entered",), max_side=320)
 CAMERAS = {
     "front": ResultsSettings(rate=RateSettings(mode="every_frame"), snapshots=SNAPSHOTS),
@@ -43,35 +37,22 @@ def frame_result(camera: str, index: int, image: np.ndarray) -> FrameResult:
     return FrameResult(frame, "text-det", "v4", {}, Prediction("text_detect", boxes), True)
 
 
-async def _ignore(topic: str, payload: bytes) -> None:
-    return None
-
-
 def test_a_snapshot_goes_on_the_camera_s_topic_as_a_jpeg_only_when_enabled(tmp_path, mqtt_probe):
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     probe = mqtt_probe(broker.port, [f"{TOPICS.base}/snapshots/+", TOPICS.events])
-    link = MqttSession(MqttSection(url=broker.url, reconnect_min_s=0.05, reconnect_max_s=0.5), client_id="dev1",
-                       will=(TOPICS.status, b"lost"), subscriptions=[], on_message=_ignore)
-    telemetry = Telemetry(TOPICS, "dev1", "test")
-    telemetry.attach(link)
-    guard = telemetry.egress = EgressGuard(PAYLOADS)
-    results = ResultsPublisher(telemetry, TOPICS, CAMERAS.get, tmp_path / "state")
+    link = session(broker.url)
+    results = results_publisher(link, CAMERAS.get, tmp_path / "state")
+    guard = results.telemetry.egress
     image = cv2.resize(video()[60], (640, 480))
 
     async def scenario() -> None:
-        running = asyncio.create_task(link.run())
-        task = asyncio.create_task(results.run())
-        await asyncio.to_thread(poll, lambda: link.state is SessionState.CONNECTED, WAIT_S, "the connection")
-        for index in range(3):  # seen on frame 0, an object (with an id) from frame 1
-            for camera in CAMERAS:
-                results.observe(frame_result(camera, index, image))
-        await asyncio.to_thread(poll, lambda: len(probe.snapshot(TOPICS.snapshots("front"))) == 2
-                                and len(probe.snapshot(TOPICS.events)) == 4, WAIT_S, "two pictures, four events")
-        await results.close()
-        await task
-        await link.stop()
-        await running
+        async with publishing(link, results):
+            for index in range(3):  # seen on frame 0, an object (with an id) from frame 1
+                for camera in CAMERAS:
+                    results.observe(frame_result(camera, index, image))
+            await asyncio.to_thread(poll, lambda: len(probe.snapshot(TOPICS.snapshots("front"))) == 2
+                                    and len(probe.snapshot(TOPICS.events)) == 4, WAIT_S, "two pictures, four events")
 
     try:
         asyncio.run(scenario())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tarfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from agent.fleet.control import ControlClient
+from tests.support.fake_artifact import fake_artifact
 from tests.support.fleetproc import latest, payloads, retained, run, simulated_fleet
 from tests.support.mosquitto import Mosquitto, MqttProbe, poll
 
@@ -34,12 +34,7 @@ AGREEMENT = 0.97
 
 @pytest.fixture
 def artifact(tmp_path: Path) -> Path:
-    path = tmp_path / "model.tar"
-    inner = tmp_path / "manifest.json"
-    inner.write_text("a model bundle, as the devices would download it")
-    with tarfile.open(path, "w") as bundle:
-        bundle.add(inner, arcname="manifest.json")
-    return path
+    return fake_artifact(tmp_path)
 
 
 def _fleet_deploy(mosquitto: Mosquitto, artifact: Path, state_dir: Path, rollout_id: str):

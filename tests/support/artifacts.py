@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _reversion(folder: Path, version: str) -> None:
+    """The model folder's manifest says ``version``; its file hashes go (packing writes them again)."""
+    manifest = Manifest.read(folder / "manifest.json")
+    manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
+
+
 def bundle_of(demo: Path, name: str, out_dir: Path, version: str | None = None) -> Path:
     """A bundle tar of demo/models/<name>, optionally re-versioned."""
     source = demo / "models" / name
@@ -67,12 +74,24 @@ def bundle_of(demo: Path, name: str, out_dir: Path, version: str | None = None) 
     if not folder.exists():
         shutil.copytree(source, folder)
         if version is not None:
-            manifest = Manifest.read(folder / "manifest.json")
-            manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
+            _reversion(folder, version)
     manifest = Manifest.read(folder / "manifest.json")
     out = out_dir / f"{manifest.name}-{manifest.version}.tar"
     pack_bundle(folder, out)
     return out
+
+
+def _detached(source: Path, tag: str) -> tuple[onnx.ModelProto, str, str]:
+    """The model at ``source`` with its first output renamed ``<output>_before_<tag>`` where it is made:
+    (the model, the output, the new name). The caller adds the nodes that make the output from it."""
+    model = onnx.load(str(source))
+    original = model.graph.output[0].name
+    inner = f"{original}_before_{tag}"
+    for node in model.graph.node:
+        for i, name in enumerate(node.output):
+            if name == original:
+                node.output[i] = inner
+    return model, original, inner
 
 
 SLOW_SIDE = 1024
@@ -85,18 +104,12 @@ so the slow model stays past a 1.3x bound however the machine's load moves eithe
 def slow_model(source: Path, out: Path) -> Path:
     """The real text detector with the same outputs, made several times slower by a chain of MatMuls
     that depends on the input (nothing can fold it away) and is added to the output times zero."""
-    model = onnx.load(str(source))
+    model, original, inner = _detached(source, "slow")
     graph = model.graph
-    original = graph.output[0].name
     rng = np.random.default_rng(0)
     weights = (rng.standard_normal((SLOW_SIDE, SLOW_SIDE)) / np.sqrt(SLOW_SIDE)).astype(np.float32)
     graph.initializer.extend([numpy_helper.from_array(weights, "slow_w"),
                               numpy_helper.from_array(np.zeros((), dtype=np.float32), "slow_zero")])
-    inner = original + "_before_slow"
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == original:
-                node.output[i] = inner
     nodes = [helper.make_node("ReduceMean", [graph.input[0].name], ["slow_s"], keepdims=0),
              helper.make_node("Mul", ["slow_w", "slow_s"], ["slow_m0"])]
     for k in range(SLOW_MATMULS):
@@ -110,61 +123,52 @@ def slow_model(source: Path, out: Path) -> Path:
     return out
 
 
-def slow_bundle(demo: Path, out_dir: Path, version: str) -> Path:
-    """A bundle of the demo v4 detector as ``version``, its model replaced by ``slow_model``."""
-    folder = out_dir / f"text-det-slow-{version}"
-    shutil.copytree(demo / "models" / "text-det-v4", folder)
-    slow_model(folder / "model.onnx", folder / "model.onnx")
-    manifest = Manifest.read(folder / "manifest.json")
-    manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
-    out = out_dir / f"text-det-{version}.tar"
-    pack_bundle(folder, out)
+def _scaled_model(source: Path, out: Path, tag: str, factor: float) -> Path:
+    """The model at ``source`` with its first output multiplied by ``factor``."""
+    model, original, inner = _detached(source, tag)
+    const = f"{tag}_const"
+    model.graph.initializer.append(numpy_helper.from_array(np.array([factor], dtype=np.float32), const))
+    model.graph.node.append(helper.make_node("Mul", [inner, const], [original]))
+    onnx.save(model, str(out))
     return out
 
 
 def nan_model(source: Path, out: Path) -> Path:
     """The real text detector with its output multiplied by NaN: loads fine, outputs garbage."""
-    model = onnx.load(str(source))
-    graph = model.graph
-    original = graph.output[0].name
-    graph.initializer.append(numpy_helper.from_array(np.array([np.nan], dtype=np.float32), "nan_const"))
-    inner = original + "_before_nan"
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == original:
-                node.output[i] = inner
-    graph.node.append(helper.make_node("Mul", [inner, "nan_const"], [original]))
-    onnx.save(model, str(out))
-    return out
+    return _scaled_model(source, out, "nan", np.nan)
 
 
 def zero_model(source: Path, out: Path) -> Path:
     """The real text detector with its probability map multiplied by zero: loads, infers as fast and as
     finite as the original (it passes the NaN and latency checks) and sees nothing."""
-    model = onnx.load(str(source))
-    graph = model.graph
-    original = graph.output[0].name
-    graph.initializer.append(numpy_helper.from_array(np.array([0.0], dtype=np.float32), "zero_const"))
-    inner = original + "_before_zero"
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == original:
-                node.output[i] = inner
-    graph.node.append(helper.make_node("Mul", [inner, "zero_const"], [original]))
-    onnx.save(model, str(out))
+    return _scaled_model(source, out, "zero", 0.0)
+
+
+def variant_folder(source: Path, folder: Path, version: str, change: Callable[[Path, Path], Path]) -> Path:
+    """A copy of the model folder ``source`` at ``folder`` as ``version``, its model.onnx rewritten by
+    ``change(model, model)`` (``slow_model``, ``nan_model``, ``zero_model``)."""
+    shutil.copytree(source, folder)
+    change(folder / "model.onnx", folder / "model.onnx")
+    _reversion(folder, version)
+    return folder
+
+
+def _variant_bundle(demo: Path, out_dir: Path, version: str, tag: str, change: Callable[[Path, Path], Path]) -> Path:
+    """A bundle of the demo v4 detector as ``version``, its model rewritten by ``change``."""
+    folder = variant_folder(demo / "models" / "text-det-v4", out_dir / f"text-det-{tag}-{version}", version, change)
+    out = out_dir / f"text-det-{version}.tar"
+    pack_bundle(folder, out)
     return out
+
+
+def slow_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """A bundle of the demo v4 detector as ``version``, its model replaced by ``slow_model``."""
+    return _variant_bundle(demo, out_dir, version, "slow", slow_model)
 
 
 def zero_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     """A bundle of the demo v4 detector as ``version``, its model replaced by ``zero_model``."""
-    folder = out_dir / f"text-det-zero-{version}"
-    shutil.copytree(demo / "models" / "text-det-v4", folder)
-    zero_model(folder / "model.onnx", folder / "model.onnx")
-    manifest = Manifest.read(folder / "manifest.json")
-    manifest.model_copy(update={"version": version, "files": {}}).write(folder / "manifest.json")
-    out = out_dir / f"text-det-{version}.tar"
-    pack_bundle(folder, out)
-    return out
+    return _variant_bundle(demo, out_dir, version, "zero", zero_model)
 
 
 def pruned_bundle(demo: Path, out_dir: Path, sparsity: float = 0.5) -> Path:
