@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.dev.bench_swaps import WARMUP_SWAPS, theil_sen
+from agent.dev.bench_swaps import WARMUP_SWAPS, SwapFigures, theil_sen
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +50,11 @@ def test_theil_sen_is_the_median_pairwise_slope_and_ignores_an_outlier():
     assert theil_sen([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.0)
     assert theil_sen([5.0, 5.0, 50.0, 5.0, 5.0]) == pytest.approx(0.0)
     assert theil_sen([float(i) * 0.5 for i in range(1000)]) == pytest.approx(0.5)
+
+
+def test_growth_compares_the_first_and_last_tenths_so_a_lone_sample_holding_an_arena_does_not_count():
+    flat = [290.0] * 99 + [400.0]  # the last sample taken while the old arena was still held
+    assert SwapFigures.growth(flat) == pytest.approx(0.0)
+    leaking = [290.0 + 0.1 * i for i in range(100)]  # 0.1 MB a swap
+    assert SwapFigures.growth(leaking) == pytest.approx(9.0)
+    assert SwapFigures.trend(leaking)[1] == pytest.approx(10.0)
