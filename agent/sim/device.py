@@ -380,6 +380,7 @@ class SimDevice:
             await asyncio.sleep(self.spec.period_s)
 
     async def publish_telemetry(self) -> None:
+        """One period's telemetry (agent.sim.telemetry builds it), and the alarm event once if in alarm."""
         uptime = time.time() - self.started_at
         fps = BASE_FPS * (0.95 + 0.05 * self._random.random())
         frames = int(BASE_FPS * uptime)
