@@ -50,6 +50,8 @@ class DeployFailed(ModelError, CodedError):
 
 @dataclass(frozen=True)
 class DeployRequest:
+    """One deploy as the manager runs it: what to fetch, how to check it, its probation and shadow terms."""
+
     name: str
     version: str
     url: str
@@ -68,6 +70,8 @@ class DeployRequest:
 
 @dataclass(frozen=True)
 class DeploymentStatus:
+    """Where a deployment stands, as the manager publishes it at each step (the ``deployment`` topic)."""
+
     deployment_id: str
     name: str
     version: str
