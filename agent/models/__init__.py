@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from agent.models.build import BuildProgress, copy_engine, ensure_engine
     from agent.models.build_spec import DEFAULT_WORKSPACE_MB, BuildSpec, BuildSpecError, parse_shape
     from agent.models.bundle import BundleError, pack_bundle
+    from agent.models.deployment import DeployFailed, DeploymentStatus, DeployRequest
     from agent.models.engine_cache import EngineCache
     from agent.models.fetch import (
         STATEMENT_VALID_S,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     )
     from agent.models.graph import BOX_COORDS, SpecMismatchError, check_fits_head, check_fits_input, fuse_preprocessing
     from agent.models.loader import EngineOptions, load_serving
-    from agent.models.manager import DeployFailed, DeploymentManager, DeploymentStatus, DeployRequest
+    from agent.models.manager import DeploymentManager
     from agent.models.manifest import (
         MANIFEST_FILE,
         Golden,
@@ -144,11 +145,11 @@ _HOMES = {
     "CRASH_TEST_ENV": "agent.models.bootguard",
     "CrashLoop": "agent.models.bootguard",
     "DEFAULT_WORKSPACE_MB": "agent.models.build_spec",
-    "DeployFailed": "agent.models.manager",
-    "DeployRequest": "agent.models.manager",
+    "DeployFailed": "agent.models.deployment",
+    "DeployRequest": "agent.models.deployment",
     "DeployTarget": "agent.models.target",
     "DeploymentManager": "agent.models.manager",
-    "DeploymentStatus": "agent.models.manager",
+    "DeploymentStatus": "agent.models.deployment",
     "EngineCache": "agent.models.engine_cache",
     "EngineOptions": "agent.models.loader",
     "FetchError": "agent.models.fetch",

@@ -9,10 +9,9 @@ except drift, bias and leak, which are JSON objects of the same shape as the age
 or inferred here.
 
 A shadow deploy (``"mode": "shadow"``) goes as the agent's does: state ``shadow`` with a
-report, then promoted (automatically, or on a ``promote`` command) or discarded. The
-report's agreement is the spec's ``shadow_agreement``, 0 on a device that fails the version
-with ``fail_mode`` shadow; the terms a deploy leaves out are the agent's ``[deploy]``
-defaults (agent.core.DeploySection).
+report, then promoted (automatically, or on a ``promote`` command) or discarded; its run is
+agent.sim.shadow's. The telemetry's payloads are built in agent.sim.telemetry; the device
+publishes them every period.
 """
 
 from __future__ import annotations
@@ -31,13 +30,20 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from agent import __version__
-from agent.core import CodedError, DeploySection
+from agent.sim.errors import SimCommandFailed
+from agent.sim.shadow import SimShadow
+from agent.sim.telemetry import (
+    BASE_FPS,
+    BASE_LATENCY_MS,
+    alarm_raised,
+    bias,
+    drift,
+    health_payload,
+    latency_payload,
+    leak,
+    stages,
+)
 from agent.wire import (
-    BrokerHealth,
-    CameraHealth,
-    CameraLatency,
-    CameraState,
-    CameraStatus,
     CommandBase,
     CommandError,
     DeployCommand,
@@ -47,8 +53,6 @@ from agent.wire import (
     DeviceState,
     ErrorInfo,
     EventPayload,
-    HealthPayload,
-    LatencyPayload,
     ModelBrief,
     ModelPayload,
     ModelRef,
@@ -57,10 +61,7 @@ from agent.wire import (
     ReplyPayload,
     RollbackCommand,
     Sequencer,
-    SessionState,
     Severity,
-    SignalState,
-    StageLatency,
     StatusCommand,
     StatusPayload,
     Topics,
@@ -72,53 +73,23 @@ from agent.wire import (
 if TYPE_CHECKING:
     from agent.sim.spec import SimSpec
 
-__all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimCommandFailed", "SimDevice", "SimModel", "fails", "fraction"]
+__all__ = ["DEPLOY_STEPS", "SIM_RUNTIME", "SimDevice", "SimModel", "fails", "fraction"]
 
 log = structlog.get_logger(__name__)
 
 
 SIM_RUNTIME = "simulated"
-SIM_CAMERA = "camera0"
-"""The one camera a simulated device reports in its health."""
 DEPLOY_STEPS = (
     (DeploymentStep.RECEIVED, 0.0), (DeploymentStep.DOWNLOADING, 0.2), (DeploymentStep.VERIFYING, 0.45),
     (DeploymentStep.LOADING, 0.6), (DeploymentStep.WARMING, 0.75), (DeploymentStep.VALIDATING, 0.9),
 )
 """The agent's deployment steps up to ``active``, with the progress each reports."""
-BASE_FPS = 15.0
-BASE_LATENCY_MS = (18.0, 60.0)
-"""End-to-end p50 of a simulated device lies in this range (by hash of its id)."""
-STAGE_SHARES = {"capture_wait": 0.1, "preprocess": 0.15, "infer": 0.6, "postprocess": 0.15}
-WINDOW_FRAMES = 300
-DRIFT_ALARM_PSI = 0.42
-DRIFT_ALARM_BOUND = 0.25
-DRIFT_OK_PSI = 0.03
-RSS_BYTES = 180_000_000
-MEMORY_AVAILABLE_BYTES = 4_000_000_000
-DISK_FREE_BYTES = 20_000_000_000
 REPLIES_KEPT = 100
 """Command outcomes a simulated agent remembers (by command name and id), to answer a repeat."""
-DROPPED_FRAMES_EVERY = 200
-"""One frame in this many is reported overwritten."""
 QOS = 1
 """Everything a simulated agent publishes (state, telemetry, events, replies), as the agent does."""
 PROMOTE_POLL_S = 0.05
 """How often an answered ``promote`` looks whether the candidate serves yet."""
-SIM_DETECTIONS = 6.0
-"""Detections per frame a simulated shadow report names for both models."""
-SHADOW_PROGRESS = 0.9
-"""A deployment's progress while in shadow, as the agent reports it."""
-SHADOW_DEFAULTS = DeploySection()
-"""The agent's ``[deploy] shadow_*`` defaults: the terms a shadow deploy leaves out."""
-
-
-class SimCommandFailed(CodedError):
-    """A simulated handler could not do what the command asked; ``code``, ``message`` and ``result`` go
-    in the reply."""
-
-    def __init__(self, code: str, message: str, result: dict[str, Any] | None = None) -> None:
-        super().__init__(code, message)
-        self.result = result
 
 
 @dataclass(frozen=True)
@@ -183,9 +154,7 @@ class SimDevice:
         self._handlers: dict[str, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             "ping": self.ping, "status": self.status, "deploy": self.deploy, "rollback": self.rollback,
             "promote": self.promote}
-        self._promote: asyncio.Event | None = None
-        """Set by a ``promote`` command while a shadow run that waits for one is ready."""
-        self._shadow_ready = False
+        self._shadow = SimShadow(spec, self._publish_deployment, self._event)
         self._answered: OrderedDict[tuple[str, str], _Outcome] = OrderedDict()
         self._running: dict[tuple[str, str], asyncio.Future[_Outcome]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -320,7 +289,7 @@ class SimDevice:
             answer: dict[str, Any] = {"deployment_id": command.id, "name": command.name, "version": command.version,
                                       "state": DeploymentState.ACTIVE}
             if command.mode == "shadow":
-                report = await self._shadow(command, fields, failing and self.spec.fail_mode == "shadow")
+                report = await self._shadow.run(command, fields, failing and self.spec.fail_mode == "shadow")
                 fields["shadow"] = answer["shadow"] = report
             await self._swap(SimModel(command.name, command.version, command.sha256, time.time()), "deploy")
             await self._publish_deployment(**fields, state=DeploymentState.ACTIVE, step=DeploymentStep.ACTIVE,
@@ -331,58 +300,11 @@ class SimDevice:
             self._busy = False
         return answer
 
-    async def _shadow(self, command: DeployCommand, fields: dict[str, Any], disagrees: bool) -> dict[str, Any]:
-        """The shadow run: its report once decided, to be promoted; raises SimCommandFailed when discarded."""
-        terms = command.shadow
-        min_agreement = SHADOW_DEFAULTS.shadow_min_agreement
-        min_frames = SHADOW_DEFAULTS.shadow_min_frames
-        duration_s = SHADOW_DEFAULTS.shadow_duration_s
-        auto_promote = SHADOW_DEFAULTS.shadow_auto_promote
-        if terms is not None:
-            min_agreement = min_agreement if terms.min_agreement is None else terms.min_agreement
-            min_frames = min_frames if terms.min_frames is None else terms.min_frames
-            duration_s = duration_s if terms.duration_s is None else terms.duration_s
-            auto_promote = auto_promote if terms.auto_promote is None else terms.auto_promote
-        agreement = 0.0 if disagrees else self.spec.shadow_agreement
-        report = _shadow_report(command.version, min_frames, agreement)
-        await self._publish_deployment(**fields, state=DeploymentState.SHADOW, step=DeploymentStep.SHADOW,
-                                       progress=SHADOW_PROGRESS, error=None,
-                                       shadow=_shadow_report(command.version, 0, None))
-        started = time.monotonic()
-        await asyncio.sleep(min(self.spec.shadow_s, duration_s))
-        reason = None
-        if agreement < min_agreement:
-            reason = f"agreement {agreement:.3f} over {min_frames} frames is below the bound {min_agreement}"
-        elif not auto_promote:
-            self._promote, self._shadow_ready = asyncio.Event(), True
-            await self._publish_deployment(**fields, state=DeploymentState.SHADOW, step=DeploymentStep.SHADOW,
-                                           progress=SHADOW_PROGRESS, error=None, shadow=report)
-            try:
-                await asyncio.wait_for(self._promote.wait(), max(0.0, duration_s - (time.monotonic() - started)))
-            except TimeoutError:
-                reason = f"the bound was met but no promote command came within the shadow's {duration_s:g} s"
-            finally:
-                self._promote, self._shadow_ready = None, False
-        data = {**fields, "shadow": report}
-        if reason is None:
-            await self._event("shadow_promoted", "info", f"{command.name} {command.version} agreed in shadow: "
-                              f"promoted", data)
-            return report
-        error = {"code": "shadow_discarded", "message": reason}
-        await self._publish_deployment(**fields, state=DeploymentState.DISCARDED, step=DeploymentStep.SHADOW,
-                                       progress=SHADOW_PROGRESS, error=error, shadow=report)
-        await self._event("shadow_discarded", "warning", f"{command.name} {command.version} discarded in shadow: "
-                          f"{reason}", data)
-        raise SimCommandFailed("shadow_discarded", f"shadow: {reason}",
-                               {"deployment_id": command.id, "step": DeploymentStep.SHADOW, "shadow": report})
-
     async def promote(self, command: PromoteCommand) -> dict[str, Any]:
         """Serve the candidate of the shadow run waiting for a promote (its bound met)."""
         if not self._busy or self.deployment is None or self.deployment["state"] is not DeploymentState.SHADOW:
             raise SimCommandFailed("no_shadow", "no shadow run is in progress")
-        if self._promote is None or not self._shadow_ready:
-            raise SimCommandFailed("not_ready", "the shadow run cannot be promoted: pending")
-        self._promote.set()
+        self._shadow.promote()
         while self._busy:  # answered once the candidate serves, as the agent does
             await asyncio.sleep(PROMOTE_POLL_S)
         return {"name": self.current.name, "version": self.current.version, "state": DeploymentState.ACTIVE}
@@ -458,79 +380,23 @@ class SimDevice:
             await asyncio.sleep(self.spec.period_s)
 
     async def publish_telemetry(self) -> None:
+        """One period's telemetry (agent.sim.telemetry builds it), and the alarm event once if in alarm."""
         uptime = time.time() - self.started_at
         fps = BASE_FPS * (0.95 + 0.05 * self._random.random())
         frames = int(BASE_FPS * uptime)
-        dropped = frames // DROPPED_FRAMES_EVERY
-        stages = self._stages()
-        latency = LatencyPayload(
-            **self._envelope("telemetry/latency"), window_frames=WINDOW_FRAMES, fps=round(fps, 2),
-            frames_processed=frames, frames_dropped=dropped, stages=stages,
-            cameras=[CameraLatency(name=SIM_CAMERA, window_frames=WINDOW_FRAMES, fps=round(fps, 2),
-                                   frames_processed=0, frames_dropped=dropped, stages=stages)])
+        by_stage = stages(self._latency_ms, self._random)
+        latency = latency_payload(self._envelope("telemetry/latency"), fps, frames, by_stage)
         await self._publish(self.topics.telemetry("latency"), encode_payload(latency))
-        health = HealthPayload(
-            **self._envelope("telemetry/health"), uptime_s=round(uptime, 1),
-            camera=CameraHealth(state=CameraState.OPEN, reopens=0, last_error=None, fps=fps),
-            broker=BrokerHealth(state=SessionState.CONNECTED, reconnects=0),
-            model=ModelBrief(name=self.current.name, version=self.current.version, runtime=SIM_RUNTIME),
-            cpu_percent=round(40 + 20 * self._random.random(), 1), memory_rss_bytes=RSS_BYTES,
-            memory_available_bytes=MEMORY_AVAILABLE_BYTES, temperatures_c={}, gpu_load=None,
-            disk_free_bytes=DISK_FREE_BYTES, outbox_depth=0, frames_processed=frames,
-            cameras=[CameraStatus(name=SIM_CAMERA, state=CameraState.OPEN, reopens=0, last_error=None, fps=fps,
-                                  inferred_fps=fps, frames_captured=frames, frames_overwritten=0,
-                                  frames_inferred=frames, errors=0)])
+        model = ModelBrief(name=self.current.name, version=self.current.version, runtime=SIM_RUNTIME)
+        health = health_payload(self._envelope("telemetry/health"), uptime, fps, frames, model, self._random)
         await self._publish(self.topics.telemetry("health"), encode_payload(health))
-        for kind, document in (("drift", self._drift()), ("bias", self._bias()), ("leak", self._leak())):
+        documents = (("drift", drift(self.current.name, self.current.version, self.alarmed, self._random)),
+                     ("bias", bias()), ("leak", leak()))
+        for kind, document in documents:
             envelope = self._envelope(f"telemetry/{kind}")
             await self._session.publish(self.topics.telemetry(kind),
                                         json.dumps({**envelope, **document}).encode(), qos=QOS)
         if self.alarmed and not self._alarm_sent:
             self._alarm_sent = True
-            message = f"drift brightness: ok -> alarm (psi {DRIFT_ALARM_PSI}, bound {DRIFT_ALARM_BOUND})"
-            await self._event("alarm_raised", "alarm", message,
-                              {"signal": "drift", "metric": "brightness", "measure": "psi",
-                               "previous": SignalState.OK, "state": SignalState.ALARM,
-                               "value": DRIFT_ALARM_PSI, "threshold": DRIFT_ALARM_BOUND})
+            await self._event(*alarm_raised())
 
-    def _stages(self) -> dict[str, StageLatency]:
-        p50 = self._latency_ms * (1.0 + 0.1 * self._random.random())
-        stages = {"end_to_end": _stage(p50)}
-        stages.update({name: _stage(p50 * share) for name, share in STAGE_SHARES.items()})
-        return stages
-
-    def _drift(self) -> dict[str, Any]:
-        psi = DRIFT_ALARM_PSI if self.alarmed else DRIFT_OK_PSI * (1 + self._random.random())
-        state = SignalState.ALARM if self.alarmed else SignalState.OK
-        return {"version": self.current.version,
-                "reference": {"model": self.current.name, "version": self.current.version, "samples": 500},
-                "window": WINDOW_FRAMES, "samples": WINDOW_FRAMES,
-                "metrics": {"brightness": {"state": state, "samples": WINDOW_FRAMES, "psi": round(psi, 4),
-                                           "js": round(psi / 3, 4), "mean": 121.0, "reference_mean": 118.5},
-                            "confidence": {"state": SignalState.OK, "samples": WINDOW_FRAMES, "psi": 0.02, "js": 0.01,
-                                           "mean": 0.81, "reference_mean": 0.8}}}
-
-    def _bias(self) -> dict[str, Any]:
-        return {"window": WINDOW_FRAMES, "samples": WINDOW_FRAMES,
-                "slicings": {"brightness_band": {"state": SignalState.OK,
-                                                 "selection_rate": {"max_difference": 0.04, "min_ratio": 0.93}}}}
-
-    def _leak(self) -> dict[str, Any]:
-        return {"samples": 60, "resources": {"rss": {"unit": "MB", "value": RSS_BYTES / 1e6,
-                                                     "state": SignalState.OK,
-                                                     "slope_per_hour": 0.1, "bound_per_hour": 50.0}}}
-
-
-def _shadow_report(candidate: str, frames: int, agreement: float | None) -> dict[str, Any]:
-    """A shadow report of the agent's shape (docs/mqtt.md, ``deployment.shadow``) for the one camera."""
-    camera = {"frames": frames, "agreement": agreement, "detections_per_frame": SIM_DETECTIONS,
-              "serving_detections_per_frame": SIM_DETECTIONS, "detections_difference": 0.0,
-              "score_js": None if agreement is None else round(1.0 - agreement, 4), "latency_ratio": 1.0,
-              "skipped": 0, "text": None}
-    return {"candidate": candidate, "frames": frames, "agreement": agreement, "text": None,
-            "cameras": {SIM_CAMERA: camera}}
-
-
-def _stage(p50: float) -> StageLatency:
-    return StageLatency(p50_ms=round(p50, 3), p95_ms=round(p50 * 1.4, 3), p99_ms=round(p50 * 1.8, 3),
-                        max_ms=round(p50 * 2.5, 3), count=WINDOW_FRAMES)

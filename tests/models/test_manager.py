@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.models import DeployFailed, DeployRequest
 from agent.models.fetch import (
     Statement,
     generate_keypair,
@@ -21,20 +22,10 @@ from agent.models.fetch import (
     sign_file,
     sign_statement,
 )
-from agent.models.manager import DeployFailed, DeployRequest
 from agent.models.probation import Probation
 from agent.wire import DeploymentState, DeploymentStep
-from tests.support.artifacts import ArtifactServer, bundle_of, nan_model, sha256, slow_bundle
+from tests.support.artifacts import bundle_of, nan_model, sha256, slow_bundle
 from tests.support.deploy_rig import LONG_PROBATION, Rig, deploy_request, refused
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = ArtifactServer(root)
-    yield srv
-    srv.close()
 
 
 def run(coro):

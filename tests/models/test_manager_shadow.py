@@ -10,25 +10,16 @@ import asyncio
 
 import pytest
 
-from agent.models.manager import DeployFailed, DeployRequest
+from agent.models import DeployFailed, DeployRequest
 from agent.models.shadow import ShadowDecision, ShadowSpec
 from agent.vision.shadow import ShadowRunner
 from agent.wire import DeploymentState, DeploymentStep
-from tests.models.test_manager import LONG_PROBATION, Rig
-from tests.support.artifacts import ArtifactServer, bundle_of, sha256
+from tests.support.artifacts import bundle_of, sha256
+from tests.support.deploy_rig import LONG_PROBATION, Rig
 
 MIN_FRAMES = 3
 WAIT_S = 180.0
 """Bound on waiting for the candidate to load and compare its frames on a loaded machine."""
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    srv = ArtifactServer(root)
-    yield srv
-    srv.close()
 
 
 def _rig(tmp_path, demo_dir) -> Rig:
