@@ -168,7 +168,7 @@ def wait_http(port: int) -> None:
 
 def flood_templates(devices: int) -> list[tuple[str, bytes, bytes]]:
     """``(topic, head, tail)`` per device and telemetry kind: ``head + str(seq) + tail`` is the payload a
-    simulated device sends (agent.sim.device: the real builders, 200 to 600 bytes)."""
+    simulated device sends (agent.sim.telemetry: the real builders, 200 to 600 bytes)."""
     spec = SimSpec(url="mqtt://127.0.0.1:1883", devices=devices, id_prefix="flood", alarm_rate=0.05)
     recorder = _Recorder()
     with tempfile.TemporaryDirectory() as tmp:
