@@ -28,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-consumers", action="store_true", help="only the simulated fleet and the rollout")
     parser.add_argument("--profile", type=int, metavar="MESSAGES",
                         help="only print a cProfile of the consumer's handling of this many messages")
+    parser.add_argument("--sim-transport", choices=("session", "fast"), default=dev_bench_fleet.SIM_TRANSPORT,
+                        help="the simulated devices' connection (fleet simulate --transport; default fast)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.profile:
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(json.dumps(result["consumers"], indent=1))
         if not args.skip_fleet:
             say(f"--- {args.devices} simulated devices, rollout over {args.rollout_devices}")
-            result["fleet"] = dev_bench_fleet.bench_fleet(args.devices, args.rollout_devices)
+            result["fleet"] = dev_bench_fleet.bench_fleet(args.devices, args.rollout_devices, args.sim_transport)
             say(json.dumps(result["fleet"], indent=1))
     except DevError as exc:
         return fail("bench_fleet", exc)

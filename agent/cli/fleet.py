@@ -119,7 +119,7 @@ def cmd_fleet_simulate(args: argparse.Namespace) -> int:
                        shadow_agreement=args.shadow_agreement,
                        shadow_s=parse_duration(args.shadow_time, "--shadow-time"),
                        period_s=parse_duration(args.period, "--period"), alarm_rate=args.alarm_rate,
-                       state_dir=args.state_dir)
+                       state_dir=args.state_dir, transport=args.transport)
         processes = args.processes if args.processes is not None else auto_processes(spec.devices)
         shards = SimProcesses(spec, processes) if processes > 1 else None
     except (SimError, PlanError, ValueError) as exc:
@@ -198,6 +198,10 @@ def _simulate_parser(fleet: Any) -> None:
     sim.add_argument("--shadow-time", default="1s", help="how long a simulated shadow run lasts before its decision")
     sim.add_argument("--slow-deploy", default="0.5s", help="time from received to active")
     sim.add_argument("--probation", default="1s", help="time from active to committed")
+    sim.add_argument("--transport", choices=("session", "fast"), default="session",
+                     help="each device's connection: the agent's own MQTT session (default), or fast: the same "
+                          "wire on a batching client at a fraction of the CPU per message, no outbox (10k devices "
+                          "on a small machine)")
     sim.add_argument("--period", default="5s", help="telemetry period")
     sim.add_argument("--alarm-rate", type=float, default=0.0, help="share of devices whose drift is in alarm")
     sim.add_argument("--state-dir", type=Path, help="command journals (default: a temporary folder)")

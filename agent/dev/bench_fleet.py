@@ -3,7 +3,8 @@
     python -m agent.cli.bench_fleet --devices 500 [--devices 1000 ...] [--json results.json]
 
 For each fleet size it starts its own mosquitto on a free port, the simulator
-(``edge-agent fleet simulate``, one process, one MQTT connection per device),
+(``edge-agent fleet simulate --transport fast``, one process per 1000 devices, one MQTT
+connection per device),
 then measures:
 - connect: time until every device's retained status says online;
 - rollout: ``edge-agent fleet deploy`` (canary 5 %, waves 25/50/100 %, no health
@@ -43,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.dev.base import DevError
-from agent.fleet import Consumer, ConsumerOptions, ControlClient, FleetLink, pack_connect, pack_publish
-from agent.mqtt import EmbeddedBroker, free_port, parse_broker_url
+from agent.fleet import Consumer, ConsumerOptions, ControlClient, FleetLink
+from agent.mqtt import EmbeddedBroker, free_port, pack_connect, pack_publish, parse_broker_url
 from agent.sim import SimDevice, SimSpec, device_ids
 from agent.wire import DeploymentState, DeviceState
 
@@ -61,6 +62,9 @@ CONSUMER_WARMUP_S = 5.0
 POLL_S = 0.5
 SIM_STOP_TIMEOUT_S = 60.0
 """A clean stop publishes offline for every simulated device; past this the simulator is killed."""
+SIM_TRANSPORT = "fast"
+"""The simulated devices' connection: agent.sim.fastsession, about a third of the agent's own session's CPU
+per telemetry message (docs/fleet.md), so that 10k devices at the default period fit beside the broker."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLOOD_DEVICES = 200
 """Devices the flood publisher speaks for (5 telemetry kinds each, every one with its own seq)."""
@@ -125,12 +129,12 @@ async def committed_at(url: str, rollout_id: str) -> dict[str, float]:
 
 def run_rollout(url: str, devices: int, work: Path, broker_pid: int) -> dict[str, Any]:
     artifact = work / "model.bin"
-    artifact.write_bytes(b"benchmark artifact")
+    artifact.write_bytes(b"benchmark artifact")  # simulated devices download nothing: sent as a bundle by --format
     rollout_id = f"bench-{devices}"
     phase = Phase(broker_pid)
     done = subprocess.run(cli("fleet", "deploy", "--broker", url, "--group", "bench", "--name", "text-det",
-                              "--version", "2.0.0", "--url", artifact.as_uri(), "--canary", "5%", "--waves",
-                              "25%,50%,100%", "--wait-healthy", "0s", "--rollout-id", rollout_id,
+                              "--version", "2.0.0", "--url", artifact.as_uri(), "--format", "bundle", "--canary", "5%",
+                              "--waves", "25%,50%,100%", "--wait-healthy", "0s", "--rollout-id", rollout_id,
                               "--state-dir", str(work / "rollouts")),
                           capture_output=True, text=True, timeout=ROLLOUT_TIMEOUT_S)
     result: dict[str, Any] = phase.end()
@@ -314,10 +318,11 @@ def bench_consumers(flood_rate: float) -> dict[str, Any]:
     return {"flooded": runs, "two_over_one": round(two / one, 2) if one else None}
 
 
-def start_simulator(url: str, devices: int, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+def start_simulator(url: str, devices: int, prefix: str, log: Path, transport: str = SIM_TRANSPORT,
+                    ) -> subprocess.Popen[bytes]:
     """Device ids begin with ``prefix`` too: two simulators must not share MQTT client ids."""
     return subprocess.Popen(cli("fleet", "simulate", "--broker", url, "--prefix", prefix, "-n", str(devices),
-                                "--group", "bench", "--id-prefix", prefix,
+                                "--group", "bench", "--id-prefix", prefix, "--transport", transport,
                                 "--period", f"{TELEMETRY_PERIOD_S}s",
                                 "--slow-deploy", f"{SIM_DEPLOY_S}s", "--probation", f"{SIM_PROBATION_S}s"),
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -332,19 +337,20 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def bench_fleet(devices: int, rollout_devices: int) -> dict[str, Any]:
-    """``devices`` simulated devices on one mosquitto, ``rollout_devices`` of them in the group rolled out to."""
-    result: dict[str, Any] = {"devices": devices, "rollout_devices": rollout_devices}
+def bench_fleet(devices: int, rollout_devices: int, transport: str = SIM_TRANSPORT) -> dict[str, Any]:
+    """``devices`` simulated devices on one mosquitto, ``rollout_devices`` of them in the group rolled out to,
+    each simulated device on ``transport`` (``fleet simulate --transport``)."""
+    result: dict[str, Any] = {"devices": devices, "rollout_devices": rollout_devices, "sim_transport": transport}
     raise_open_files(devices + FD_HEADROOM)
     with EmbeddedBroker(Path("/usr/sbin/mosquitto")) as broker, tempfile.TemporaryDirectory() as tmp:
         pid, work = broker.pid, Path(tmp)
         phase = Phase(pid)
         rest = devices - rollout_devices
-        sims = [start_simulator(broker.url, rollout_devices, "edge", work / "sim-rollout.log")]
+        sims = [start_simulator(broker.url, rollout_devices, "edge", work / "sim-rollout.log", transport)]
         try:
             asyncio.run(wait_online(broker.url, rollout_devices))
             if rest:
-                sims.append(start_simulator(broker.url, rest, REST_PREFIX, work / "sim-rest.log"))
+                sims.append(start_simulator(broker.url, rest, REST_PREFIX, work / "sim-rest.log", transport))
                 asyncio.run(wait_online(broker.url, rest, REST_PREFIX))
             result["connect"] = phase.end()
             phase = Phase(pid)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from agent.fleet.events import EventFilter, stream_events
     from agent.fleet.link import FleetLink
     from agent.fleet.local import LocalAgentError, LocalTarget, local_target
-    from agent.fleet.mqttfast import pack_connect, pack_publish
     from agent.fleet.plan import PlanError, RolloutPlan, parse_duration, parse_percent, parse_percents
     from agent.fleet.record import RecordError, RolloutStore, new_rollout_id
     from agent.fleet.rollout import Rollout
@@ -60,8 +59,6 @@ __all__ = [
     "local_target",
     "new_command_id",
     "new_rollout_id",
-    "pack_connect",
-    "pack_publish",
     "parse_duration",
     "parse_listen",
     "parse_percent",
@@ -105,8 +102,6 @@ _HOMES = {
     "local_target": "agent.fleet.local",
     "new_command_id": "agent.fleet.control",
     "new_rollout_id": "agent.fleet.record",
-    "pack_connect": "agent.fleet.mqttfast",
-    "pack_publish": "agent.fleet.mqttfast",
     "parse_duration": "agent.fleet.plan",
     "parse_listen": "agent.fleet.web",
     "parse_percent": "agent.fleet.plan",

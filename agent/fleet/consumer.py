@@ -39,10 +39,10 @@ import structlog
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.link import RETAINED_SUFFIXES, SUBSCRIBE_QOS
 from agent.fleet.metrics import DEFAULT_MAX_DEVICES
-from agent.fleet.mqttfast import Batch, FastSubscriber, MqttFastError, tls_context
 from agent.fleet.seqtrack import Digest, Membership, SeqTracker
 from agent.fleet.sinks import FleetMetrics, History, TensorBoardSink
 from agent.fleet.view import FleetView, Message, in_contract, split_topic
+from agent.mqtt import Batch, FastSubscriber, MqttFastError, tls_context
 from agent.wire import SignalState, check_segment
 
 __all__ = ["CONSUMERS_SEGMENT", "DIGEST_PERIOD_S", "Consumer", "ConsumerOptions"]

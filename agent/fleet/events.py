@@ -20,8 +20,8 @@ import structlog
 from agent.fleet.consumer import fast_subscriber, run_until_first
 from agent.fleet.control import ControlClient, ControlError
 from agent.fleet.link import SUBSCRIBE_QOS
-from agent.fleet.mqttfast import Batch, MqttFastError
 from agent.fleet.view import FleetView, split_topic
+from agent.mqtt import Batch, MqttFastError
 from agent.wire import EventPayload, check_segment
 
 __all__ = ["EventFilter", "EventStream", "stream_events"]

@@ -1,4 +1,5 @@
-"""The MQTT transport: the session, the outbox, the embedded broker and the command authority.
+"""The MQTT transport: the session, the outbox, the embedded broker, the command authority and a
+small batching client (``fast``: the fleet consumer's and the simulated devices').
 
 It knows no models or frames; the daemon gives it bytes and topics.
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from agent.mqtt.authority import CommandAuthority, NonceCache, load_command_key, sign_command
     from agent.mqtt.broker import CONNECTION_FILE, PASSWORD_FILE, BrokerError, EmbeddedBroker, free_port
     from agent.mqtt.errors import MqttError
+    from agent.mqtt.fast import Batch, FastSubscriber, MqttFastError, Will, pack_connect, pack_publish, tls_context
     from agent.mqtt.outbox import MemoryOutbox, Outbox, OutboxItem
     from agent.mqtt.session import MqttSession, SessionError, SessionState, SessionStatus
     from agent.mqtt.settings import (
@@ -31,11 +33,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CONNECTION_FILE",
     "PASSWORD_FILE",
+    "Batch",
     "BrokerError",
     "CommandAuthority",
     "EmbeddedBroker",
+    "FastSubscriber",
     "MemoryOutbox",
     "MqttError",
+    "MqttFastError",
     "MqttSession",
     "NonceCache",
     "Outbox",
@@ -46,16 +51,27 @@ __all__ = [
     "SessionState",
     "SessionStatus",
     "SqliteOutbox",
+    "Will",
     "check_certificate_identity",
     "free_port",
     "load_command_key",
+    "pack_connect",
+    "pack_publish",
     "parse_broker_url",
     "read_password",
     "sign_command",
+    "tls_context",
     "tls_parameters",
 ]
 
 _HOMES = {
+    "Batch": "agent.mqtt.fast",
+    "FastSubscriber": "agent.mqtt.fast",
+    "MqttFastError": "agent.mqtt.fast",
+    "Will": "agent.mqtt.fast",
+    "pack_connect": "agent.mqtt.fast",
+    "pack_publish": "agent.mqtt.fast",
+    "tls_context": "agent.mqtt.fast",
     "BrokerError": "agent.mqtt.broker",
     "CONNECTION_FILE": "agent.mqtt.broker",
     "CommandAuthority": "agent.mqtt.authority",

@@ -35,6 +35,7 @@ import structlog
 from agent.core import MqttSection
 from agent.mqtt import MemoryOutbox, MqttSession, SessionState
 from agent.sim.device import SimDevice, fails
+from agent.sim.fastsession import FastSession
 from agent.sim.spec import SimError, SimSpec
 from agent.wire import DeviceState
 
@@ -96,19 +97,28 @@ def raise_fd_limit(agents: int) -> int:
 
 
 class SimAgent:
-    """One simulated device: a real session around a ``SimDevice``."""
+    """One simulated device: a real session (or, with ``transport`` fast, a ``FastSession``) around a
+    ``SimDevice``."""
 
     def __init__(self, spec: SimSpec, device_id: str, state_dir: Path) -> None:
         self.device = SimDevice(spec, device_id, state_dir)
-        settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5", keepalive_s=KEEPALIVE_S,
-                               reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
-        self.session = MqttSession(
-            settings, client_id=f"edge-sim-{device_id}",
-            will=(self.device.topics.status, self.device.status_bytes(DeviceState.LOST)),
-            subscriptions=self.device.topics.command_filters((spec.group,)),
-            on_message=self.device.on_message, on_connect=self.device.on_connect,
-            outbox=MemoryOutbox(OUTBOX_CAPACITY),
-        )
+        client_id = f"edge-sim-{device_id}"
+        will = (self.device.topics.status, self.device.status_bytes(DeviceState.LOST))
+        subscriptions = self.device.topics.command_filters((spec.group,))
+        self.session: MqttSession | FastSession
+        if spec.transport == "fast":
+            self.session = FastSession(spec.url, client_id, will=will, subscriptions=subscriptions,
+                                       on_message=self.device.on_message, on_connect=self.device.on_connect,
+                                       keepalive_s=KEEPALIVE_S, reconnect_min_s=RECONNECT_MIN_S,
+                                       reconnect_max_s=RECONNECT_MAX_S)
+        else:
+            settings = MqttSection(url=spec.url, prefix=spec.prefix, protocol="5", keepalive_s=KEEPALIVE_S,
+                                   reconnect_min_s=RECONNECT_MIN_S, reconnect_max_s=RECONNECT_MAX_S)
+            self.session = MqttSession(
+                settings, client_id=client_id, will=will, subscriptions=subscriptions,
+                on_message=self.device.on_message, on_connect=self.device.on_connect,
+                outbox=MemoryOutbox(OUTBOX_CAPACITY),
+            )
         self.device.attach(self.session)
 
     @property

@@ -46,6 +46,9 @@ class SimSpec:
     """Telemetry period (health, latency, drift, bias, leak)."""
     alarm_rate: float = 0.0
     """Share of devices (by hash) whose drift is in alarm."""
+    transport: Literal["session", "fast"] = "session"
+    """Each device's MQTT connection: the agent's own ``MqttSession`` (aiomqtt on paho, with its outbox),
+    or ``fast`` (agent.sim.fastsession: the same wire at a fraction of the CPU per message, no outbox)."""
     state_dir: Path | None = None
     """Journals live under it; a temporary folder (removed at the end) when None."""
     shard: int = 0
@@ -66,6 +69,8 @@ class SimSpec:
         for name in ("slow_deploy_s", "probation_s", "shadow_s"):
             if getattr(self, name) < 0:
                 raise SimError(f"{name} must not be negative")
+        if self.transport not in ("session", "fast"):
+            raise SimError(f"transport must be session or fast, got {self.transport!r}")
         if self.period_s <= 0:
             raise SimError(f"period must be above 0 s, got {self.period_s}")
         if not 0 <= self.shard < self.shards:

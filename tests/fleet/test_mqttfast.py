@@ -9,8 +9,8 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.fleet.mqttfast import Batch, FastSubscriber, MqttFastError
 from agent.fleet.view import largest, summarise, worst_state
+from agent.mqtt import Batch, FastSubscriber, MqttFastError
 from tests.support.mosquitto import WAIT_S, Mosquitto, poll_async
 
 SIZES = (0, 1, 127, 128, 16383, 16384, 300_000)

@@ -1,4 +1,4 @@
-"""A small MQTT 5 subscriber for the fleet consumer, reading the wire in batches.
+"""A small MQTT 5 client that reads the wire in batches: the fleet consumer's, and the simulated devices'.
 
 The consumer's bulk is QoS 1 PUBLISH packets of a few hundred bytes; through
 aiomqtt each one costs a paho packet object, a callback, an asyncio queue put
@@ -18,7 +18,8 @@ broker sends none), no reconnect (the consumer's caller restarts it, as with
 aiomqtt). TLS through ``ssl.SSLContext``. Anything else the broker sends that
 breaks those assumptions ends the connection with ``MqttFastError``.
 
-``pack_publish`` is also the flood publisher's encoder in agent.dev.bench_fleet.
+``pack_publish`` is also the flood publisher's encoder in agent.dev.bench_fleet. agent.sim.fastsession
+puts a reconnect loop around it for simulated devices (CONNECT then carries their will).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from agent.fleet.errors import FleetError
+from agent.mqtt.errors import MqttError
 
-__all__ = ["Batch", "FastSubscriber", "MqttFastError", "pack_connect", "pack_publish", "tls_context", "varint"]
+__all__ = ["Batch", "FastSubscriber", "MqttFastError", "Will", "pack_connect", "pack_publish", "tls_context", "varint"]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 1, 2, 3, 4, 8, 9
 PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
@@ -47,11 +48,13 @@ CONNECT_TIMEOUT_S = 10.0
 FAILURE = 0x80
 """Reason codes from here up are failures (MQTT 5, 2.4)."""
 
+Will = tuple[str, bytes]
+"""A last will: (topic, payload), sent at QoS 1 and retained."""
 Batch = list[tuple[str, bytes]]
 """(topic, payload) of the PUBLISH packets of one read."""
 
 
-class MqttFastError(FleetError, ConnectionError):
+class MqttFastError(MqttError, ConnectionError):
     """The connection failed, was refused, or the broker sent what this client does not speak."""
 
 
@@ -75,14 +78,19 @@ def _packet(kind: int, flags: int, body: bytes) -> bytes:
 
 def pack_connect(client_id: str, *, username: str | None = None, password: str | None = None,
                  keepalive_s: int = KEEPALIVE_S, receive_maximum: int | None = RECEIVE_MAXIMUM,
-                 version: int = 5) -> bytes:
-    """CONNECT with a clean start; ``version`` 4 is MQTT 3.1.1 (no properties)."""
+                 version: int = 5, will: Will | None = None) -> bytes:
+    """CONNECT with a clean start; ``version`` 4 is MQTT 3.1.1 (no properties); ``will`` the last will
+    (topic, payload, QoS 1, retained), which the broker publishes when the connection dies unannounced."""
     flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    if will is not None:
+        flags |= 0x04 | 1 << 3 | 0x20  # will flag, will QoS 1, will retain
     body = _string("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive_s)
     if version == 5:
         props = struct.pack("!BH", PROP_RECEIVE_MAXIMUM, receive_maximum) if receive_maximum else b""
         body += varint(len(props)) + props
     body += _string(client_id)
+    if will is not None:
+        body += (b"\x00" if version == 5 else b"") + _string(will[0]) + _string(will[1])
     if username is not None:
         body += _string(username)
     if password is not None:
@@ -90,9 +98,10 @@ def pack_connect(client_id: str, *, username: str | None = None, password: str |
     return _packet(CONNECT, 0, body)
 
 
-def pack_publish(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0, version: int = 5) -> bytes:
+def pack_publish(topic: str | bytes, payload: bytes, qos: int = 0, packet_id: int = 0, version: int = 5,
+                 retain: bool = False) -> bytes:
     body = _string(topic) + (struct.pack("!H", packet_id) if qos else b"") + (b"\x00" if version == 5 else b"")
-    return _packet(PUBLISH, qos << 1, body + payload)
+    return _packet(PUBLISH, qos << 1 | int(retain), body + payload)
 
 
 def _pack_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
@@ -136,12 +145,13 @@ class FastSubscriber:
     def __init__(self, host: str, port: int, client_id: str, on_batch: Callable[[Batch], None], *,
                  username: str | None = None, password: str | None = None,
                  tls: ssl.SSLContext | None = None, keepalive_s: int = KEEPALIVE_S,
-                 receive_maximum: int = RECEIVE_MAXIMUM) -> None:
+                 receive_maximum: int = RECEIVE_MAXIMUM, will: Will | None = None) -> None:
         self.host, self.port, self.client_id = host, port, client_id
         self.on_batch = on_batch
         self.username, self.password, self.tls = username, password, tls
         self.keepalive_s = keepalive_s
         self.receive_maximum = receive_maximum
+        self.will = will
         self.received = 0
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -161,7 +171,8 @@ class FastSubscriber:
             raise MqttFastError(f"cannot connect: {exc or type(exc).__name__}") from exc
         connack = self._expect(CONNACK, 0)
         self._write(pack_connect(self.client_id, username=self.username, password=self.password,
-                                 keepalive_s=self.keepalive_s, receive_maximum=self.receive_maximum))
+                                 keepalive_s=self.keepalive_s, receive_maximum=self.receive_maximum,
+                                 will=self.will))
         body = await self._wait(connack)
         if len(body) < 2 or body[1] >= FAILURE:
             self.close()
@@ -179,9 +190,14 @@ class FastSubscriber:
         if len(codes) != len(filters) or refused:
             raise MqttFastError(f"subscription refused: {refused or filters}")
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing() and self._closed is not None \
+            and not self._closed.done()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         """Queue a PUBLISH on the socket (QoS 1: the broker's PUBACK is read and dropped)."""
-        self._write(pack_publish(topic, payload, qos, self._packet_id() if qos else 0))
+        self._write(pack_publish(topic, payload, qos, self._packet_id() if qos else 0, retain=retain))
 
     async def run(self) -> None:
         """Ping on the keep-alive until the connection ends; raises MqttFastError when it ends badly."""
