@@ -126,17 +126,24 @@ class FleetLink:
         """The reply to command ``command_id`` that came on ``device``'s own reply topic, if any."""
         return self.replies.get((device, command_id))
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> bool:
         """Have the broker send the retained state again (subscribing anew to a filter replaces the
         subscription and sends its retained messages), then a round trip: a safety net for a state
-        change lost on the way."""
+        change lost on the way.
+
+        False when the broker did not answer in time while the connection stayed up (a broker busy
+        with a big fleet, or this link behind on what it reads): being a safety net, it is logged and
+        tried again later, and what the link has read stands. A broken connection raises LinkError."""
         assert self._client is not None
         try:
             for topic_filter in self._retained_filters:
                 await self._client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
-        except aiomqtt.MqttError as exc:
-            raise LinkError(f"broker {self.control.address.url}: {exc}") from exc
-        await self.sync()
+            await self.sync()
+        except (aiomqtt.MqttError, LinkError) as exc:
+            self.check()
+            log.warning("control_refresh_late", broker=self.control.address.url, error=str(exc))
+            return False
+        return True
 
     def check(self) -> None:
         """Raise LinkError when the connection has broken."""

@@ -192,6 +192,16 @@ class Mosquitto:
             self._process.wait(STOP_S)
         self._process = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its sockets open and answers nothing (a broker too busy to answer)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
