@@ -149,8 +149,12 @@ def run_rollout(url: str, devices: int, work: Path, broker_pid: int) -> dict[str
     return result
 
 
+SCRAPE_TIMEOUT_S = 60.0
+"""A consumer busy with 9000 devices' telemetry on a loaded machine answered /metrics in over 10 s."""
+
+
 def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=SCRAPE_TIMEOUT_S) as response:
         text = response.read().decode()
     messages = sum(float(m) for m in re.findall(r'^edge_fleet_messages_total\{kind="telemetry/[^"]+"\} (\S+)$',
                                                    text, re.M))
