@@ -38,8 +38,7 @@ class DeployTarget:
     ``fits`` (optional) raises ``ValueError`` or an ``AgentError`` when a loaded model cannot serve
     here (a second stage: no recognizer, or a dictionary that does not fit its output); the deploy
     is then refused at validation (``does_not_fit_head``). ``outputs`` feeds behavioural probation
-    (None: not judged). ``shadow``: a shadow deploy is possible (the shadow observer compares the
-    first stage's outputs only)."""
+    (None: not judged)."""
 
     name: str | None
     """The model name; None: whatever the slot serves (the first stage)."""
@@ -51,7 +50,6 @@ class DeployTarget:
     swapped: Swapped
     outputs: OutputWindow | None = None
     fits: Callable[[Serving], None] | None = None
-    shadow: bool = False
 
     def model_name(self) -> str | None:
         """The name deploys to this target must carry (None: nothing serves the first stage yet)."""

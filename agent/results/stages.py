@@ -14,6 +14,10 @@ inference.
 (agent.models.target): its slot, a new version's fit check (a recognizer whose dictionary fits
 its output), warm-up inputs made of the last crops it read (``feeds_for``) and its counters
 per version for probation (frames read, failed, with non-finite outputs; latency per crop).
+
+In a shadow run of a recognizer (agent.vision.shadow) ``read_pair`` cuts the crops of a frame
+once and reads them with the serving version and with the candidate, on the loader thread; the
+reads are counted nowhere (probation and health see the results' reads only).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from agent.runtime import EngineSlot, Serving
 from agent.vision import Detection, PipelineCounters
 from agent.wire import ModelRef
 
-__all__ = ["WARM_CROPS", "SecondStages", "StageReading", "second_stage_options"]
+__all__ = ["WARM_CROPS", "ReadPair", "SecondStages", "StageReading", "second_stage_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +65,18 @@ class StageReading:
     readings: tuple[Reading, ...]
 
 
+@dataclass(frozen=True)
+class ReadPair:
+    """The same crops read by a second stage's serving version and by a shadow candidate, box by box."""
+
+    serving: tuple[Reading, ...]
+    candidate: tuple[Reading, ...]
+    """What the candidate read; a frame it failed on (NaN, an error) reads as nothing in every box."""
+    serving_ms: float
+    candidate_ms: float
+    """Milliseconds per crop of each."""
+
+
 class SecondStages:
     """The recognizers the cameras name, each in its own slot; ``read`` is called on the frame thread."""
 
@@ -71,7 +87,11 @@ class SecondStages:
         self._counters: dict[str, PipelineCounters] = {}
         """Per model name, its versions' frames, errors, non-finite outputs and ms per crop."""
         self._warm_crops: dict[str, list[np.ndarray]] = {}
+        self._candidate: tuple[Serving, SecondStage] | None = None
+        """The stage built on the shadow run's candidate (``read_pair``, on the loader thread)."""
         self.failures = FailureCount("second_stage_failed")
+        self.candidate_failures = FailureCount("shadow_read_failed")
+        """Frames a shadow run's candidate failed to read (``read_pair``): not the serving stage's health."""
         self.frames = 0
         self.crops = 0
 
@@ -162,6 +182,34 @@ class SecondStages:
             self.crops += len(readings)
         return StageReading(ModelRef(name=serving.name, version=serving.version), readings)
 
+    def read_pair(self, candidate: Serving, camera: str, image: np.ndarray,
+                  detections: Sequence[Detection]) -> ReadPair | None:
+        """``detections`` of ``image`` read by the serving version of ``candidate.name`` and by
+        ``candidate`` on the same crops (a shadow run's); None when nothing serves that name. A
+        failure of the serving version raises; one of the candidate's is what it read: nothing."""
+        slot = self.slots.get(candidate.name)
+        if slot is None or slot.serving is None or not detections:
+            return None
+        with slot.lease() as serving:
+            quads, crops = SecondStage.crops(image, detections)
+            start = time.perf_counter()
+            served = self._stage(serving).read(quads, crops)
+            serving_ms = (time.perf_counter() - start) * 1000.0 / len(crops)
+        start = time.perf_counter()
+        try:
+            read = self._candidate_stage(candidate).read(quads, crops)
+        except Exception as exc:  # the candidate read nothing here: its texts disagree, the run goes on
+            self.candidate_failures.failed(f"{candidate.name} {candidate.version}", exc)
+            read = tuple(Reading("", 0.0, quad) for quad in quads)
+        candidate_ms = (time.perf_counter() - start) * 1000.0 / len(crops)
+        return ReadPair(served, read, serving_ms, candidate_ms)
+
+    def _candidate_stage(self, candidate: Serving) -> SecondStage:
+        cached = self._candidate
+        if cached is None or cached[0] is not candidate:
+            cached = self._candidate = (candidate, SecondStage(candidate.engine, candidate.manifest, candidate.folder))
+        return cached[1]
+
     def _read(self, serving: Serving, camera: str, image: np.ndarray,
               detections: Sequence[Detection], counted: bool = True) -> tuple[Reading, ...] | None:
         """The readings, counted for ``serving``'s version (None: failed, counted and logged). A read
@@ -195,6 +243,7 @@ class SecondStages:
         return stage
 
     def close(self) -> None:
+        self._candidate = None
         for slot in self.slots.values():
             slot.clear()
 
