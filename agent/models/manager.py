@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputWindow
+from agent.models.behaviour import BehaviourBounds, OutputWindow
 from agent.models.candidate import Preparer, check_goldens, fitting_feeds, warm_up
 from agent.models.deployment import (
     DeployFailed,
@@ -58,7 +58,7 @@ from agent.models.fetch import redact_url
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.priority import restore_thread_priority
 from agent.models.probation import Probation
-from agent.models.probation_watch import behaviour_probe, watch
+from agent.models.probation_watch import Probe, behaviour_probe, watch
 from agent.models.shadow import ShadowSpec
 from agent.models.shadow_run import ShadowRun
 from agent.models.store import ModelStore, StoreError
@@ -293,7 +293,7 @@ class DeploymentManager:
 
     # ----- probation and rollback -----------------------------------------------------------
     async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
-                     probation: Probation, probe: BehaviourProbe | None, target: DeployTarget) -> None:
+                     probation: Probation, probe: Probe | None, target: DeployTarget) -> None:
         """Probation (agent.models.probation_watch): commit on a pass; on a failure, swap back."""
         verdict = await watch(probation, target, new, baseline, probe)
         if verdict.ok:

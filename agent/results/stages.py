@@ -13,7 +13,9 @@ inference.
 ``target(name)`` is what the deployment manager deploys a second stage into
 (agent.models.target): its slot, a new version's fit check (a recognizer whose dictionary fits
 its output), warm-up inputs made of the last crops it read (``feeds_for``) and its counters
-per version for probation (frames read, failed, with non-finite outputs; latency per crop).
+per version for probation (frames read, failed, with non-finite outputs; latency per crop), and
+what each version read per camera (``reads_of``: boxes, boxes read empty, summed confidence)
+for behavioural probation (agent.models.probation_watch ``ReadProbe``).
 
 In a shadow run of a recognizer (agent.vision.shadow) ``read_pair`` cuts the crops of a frame
 once and reads them with the serving version and with the candidate, on the loader thread; the
@@ -31,7 +33,7 @@ import numpy as np
 import structlog
 
 from agent.core import AgentError
-from agent.models import DeployTarget, EngineOptions, ModelStore, Swapped, load_serving
+from agent.models import DeployTarget, EngineOptions, ModelStore, ReadTally, Swapped, load_serving
 from agent.monitor import FailureCount
 from agent.results.recognize import NonFiniteReading, Reading, SecondStage
 from agent.runtime import EngineSlot, Serving
@@ -87,6 +89,8 @@ class SecondStages:
         self._counters: dict[str, PipelineCounters] = {}
         """Per model name, its versions' frames, errors, non-finite outputs and ms per crop."""
         self._warm_crops: dict[str, list[np.ndarray]] = {}
+        self._reads: dict[str, dict[str, dict[str, ReadTally]]] = {}
+        """Per model name, per version, per camera: what the results' reads read."""
         self._candidate: tuple[Serving, SecondStage] | None = None
         """The stage built on the shadow run's candidate (``read_pair``, on the loader thread)."""
         self.failures = FailureCount("second_stage_failed")
@@ -102,7 +106,8 @@ class SecondStages:
     def target(self, name: str, options: EngineOptions, swapped: Swapped) -> DeployTarget:
         """What the deployment manager deploys model ``name`` into: its slot, checks, warm-up and counters."""
         return DeployTarget(name=name, role="second stage", slot=self.slot(name), options=options,
-                            feeds_for=self.feeds_for, stats=self.stats_of(name), swapped=swapped, fits=self.check)
+                            feeds_for=self.feeds_for, stats=self.stats_of(name), swapped=swapped, fits=self.check,
+                            reads=self.reads_of(name))
 
     @staticmethod
     def check(serving: Serving) -> None:
@@ -122,6 +127,12 @@ class SecondStages:
     def stats_of(self, name: str) -> Callable[[str], dict[str, Any]]:
         """Model ``name``'s counters of one version: frames, errors, non-finite outputs, p95 ms per crop."""
         return self._counters.setdefault(name, PipelineCounters()).stats
+
+    def reads_of(self, name: str) -> Callable[[str], dict[str, ReadTally]]:
+        """Model ``name``'s reads of one version, per camera (a copy: it goes on counting)."""
+        def reads(version: str) -> dict[str, ReadTally]:
+            return dict(self._reads.get(name, {}).get(version, {}))
+        return reads
 
     def load(self, store: ModelStore, names: Iterable[str], options: EngineOptions) -> None:
         """Load the current version of each named model not serving yet, its previous one when the
@@ -232,6 +243,9 @@ class SecondStages:
             return None
         counters.record_infer(version, (time.perf_counter() - start) * 1000.0 / len(crops))
         self._warm_crops[serving.name] = crops[:WARM_CROPS]
+        if counted:
+            cameras = self._reads.setdefault(serving.name, {}).setdefault(version, {})
+            cameras[camera] = cameras.get(camera, ReadTally()).add(readings)
         return readings
 
     def _stage(self, serving: Serving) -> SecondStage:

@@ -40,6 +40,7 @@ from tests.results.test_recognize import DEMO, MODELS, Detector, needs_rec
 from tests.support.artifacts import sha256
 from tests.support.monitor_support import result_of
 from tests.support.rec_bundles import (
+    blank_rec_bundle,
     golden_rec_bundle,
     nan_rec_bundle,
     rec_bundle,
@@ -280,38 +281,42 @@ def test_a_second_stage_no_camera_named_at_start_is_loaded_when_one_names_it(tmp
     assert rig.reports == [], "the shadow deploys were refused before anything was published"
 
 
-def test_probation_swaps_a_slower_recognizer_back_by_itself(tmp_path, page):
-    """The slow v8 reads the same text at many times v4's milliseconds per crop: past the 1.5x bound
-    probation rolls it back to v4 (the ratio, not any wall-clock figure, is what is judged)."""
-    rig = StageRig(tmp_path, probation_s=5.0, min_probation_frames=2, max_latency_ratio=1.5)
-    bundle = slow_rec_bundle(DEMO, tmp_path / "www", "v8")
+def _deploy_while_reading(rig: StageRig, page: tuple[Any, tuple[Detection, ...]], req: DeployRequest,
+                          boxes: int | None = None) -> tuple[list[str], str]:
+    """Deploy ``req`` while a thread reads the page (the results' reads probation watches) until the
+    deployment ends: the versions read meanwhile, and the one that reads after."""
     stop = threading.Event()
     seen: list[str] = []
 
     def reading() -> None:
         while not stop.is_set():
-            seen.append(rig.read(page, boxes=1)[0])
+            seen.append(rig.read(page, boxes)[0])
 
     async def scenario() -> str:
-        for _ in range(4):  # the baseline: v4's figures before the deploy
-            rig.read(page, boxes=1)
+        for _ in range(5):  # the baseline: the old version's figures before the deploy
+            rig.read(page, boxes)
         reader = threading.Thread(target=reading, daemon=True)
         reader.start()
         try:
-            await rig.manager.deploy(request(bundle, "v8", probation=None))
-            for _ in range(600):
-                if rig.reports[-1].state in DeploymentState.FINAL:
-                    break
-                await asyncio.sleep(0.5)
+            await rig.manager.deploy(req)
+            await _until(lambda: rig.reports[-1].state in DeploymentState.FINAL, "the deployment ends")
         finally:
             stop.set()
             reader.join()
-        return rig.read(page, boxes=1)[0]
+        return rig.read(page, boxes)[0]
 
     try:
-        after = asyncio.run(scenario())
+        return seen, asyncio.run(scenario())
     finally:
         rig.close()
+
+
+def test_probation_swaps_a_slower_recognizer_back_by_itself(tmp_path, page):
+    """The slow v8 reads the same text at many times v4's milliseconds per crop: past the 1.5x bound
+    probation rolls it back to v4 (the ratio, not any wall-clock figure, is what is judged)."""
+    rig = StageRig(tmp_path, probation_s=5.0, min_probation_frames=2, max_latency_ratio=1.5)
+    bundle = slow_rec_bundle(DEMO, tmp_path / "www", "v8")
+    seen, after = _deploy_while_reading(rig, page, request(bundle, "v8", probation=None), boxes=1)
     last = rig.reports[-1]
     assert last.state == DeploymentState.ROLLED_BACK and last.error["code"] == "probation_failed", last
     assert "latency" in last.error["message"]
@@ -319,6 +324,21 @@ def test_probation_swaps_a_slower_recognizer_back_by_itself(tmp_path, page):
     assert rig.swaps == [("text-rec", "v4", "v8", "deploy"),
                          ("text-rec", "v8", "v4", f"probation: {last.error['message']}")]
     assert rig.store.current_version("text-rec") == "v4"
+
+
+def test_probation_rolls_back_a_recognizer_that_reads_every_box_empty(tmp_path, page):
+    """v10 (v4 times zero) is as fast and as finite as v4, and reads nothing: behavioural probation
+    compares its reads on the camera with v4's there and rolls it back."""
+    rig = StageRig(tmp_path, probation_s=60.0, min_probation_frames=2, max_latency_ratio=100.0)
+    bundle = blank_rec_bundle(DEMO, tmp_path / "www", "v10")
+    seen, after = _deploy_while_reading(rig, page, request(bundle, "v10", probation=None))
+    last = rig.reports[-1]
+    assert last.state == DeploymentState.ROLLED_BACK and last.error["code"] == "probation_failed", last
+    assert "read empty" in last.error["message"], last.error
+    reads = last.detail["behaviour"]["reads"]["front"]
+    assert reads["empty"] == 1.0 and reads["old_empty"] < 0.5 and reads["confidence"] == 0.0, reads
+    assert "v10" in seen and after == "v4" and rig.store.current_version("text-rec") == "v4"
+    assert [s[:3] for s in rig.swaps] == [("text-rec", "v4", "v10"), ("text-rec", "v10", "v4")]
 
 
 def test_a_bare_recognizer_takes_the_serving_ones_manifest_and_dictionary(tmp_path, page):

@@ -1,6 +1,6 @@
 """Text recognizer bundles for second-stage deploys: PP-OCRv4 rec from demo/, PP-OCRv6 rec_small from the
 rapidocr 3.10.0 wheel the demo fetched, and broken ones made from v4 (NaN outputs, goldens it misses, a
-shuffled dictionary)."""
+shuffled dictionary, outputs that read nothing)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import Golden, Manifest
 from agent.models.store import ModelStore
 from agent.results.recognize import batch_crops
-from tests.support.artifacts import nan_model, slow_model
+from tests.support.artifacts import nan_model, slow_model, zero_model
 
 __all__ = [
+    "blank_rec_bundle",
     "golden_rec_bundle",
     "nan_rec_bundle",
     "rec_bundle",
@@ -69,6 +70,14 @@ def nan_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     """PP-OCRv4 rec as ``version`` with its output multiplied by NaN: loads, and reads nothing but NaN."""
     folder = _copy(demo / "models" / "text-rec-v4", out_dir, version, "nan")
     nan_model(folder / "model.onnx", folder / "model.onnx")
+    return _pack(folder, out_dir, version)
+
+
+def blank_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """PP-OCRv4 rec as ``version`` with its output multiplied by zero: as fast and as finite as v4, and
+    every step is the blank (class 0), so it reads every box empty at confidence 0."""
+    folder = _copy(demo / "models" / "text-rec-v4", out_dir, version, "blank")
+    zero_model(folder / "model.onnx", folder / "model.onnx")
     return _pack(folder, out_dir, version)
 
 
