@@ -293,7 +293,7 @@ def _deploy_while_reading(rig: StageRig, page: tuple[Any, tuple[Detection, ...]]
             seen.append(rig.read(page, boxes)[0])
 
     async def scenario() -> str:
-        for _ in range(5):  # the baseline: the old version's figures before the deploy
+        for _ in range(12):  # the baseline: the old version's figures (and READ_MIN_BOXES) before the deploy
             rig.read(page, boxes)
         reader = threading.Thread(target=reading, daemon=True)
         reader.start()
