@@ -262,7 +262,7 @@ class Agent:
         capped = shadow_session_options(self.manager.load_options, deploy.shadow_threads)
         self.pipeline.observers.append(ShadowRunner(self.manager.shadow, self.manager.run_beside,
                                                    deploy.load_nice or None, read=self.results.read_beside,
-                                                   capped=capped))
+                                                   capped=capped, second=self.stage_book))
         handlers = CommandHandlers(
             model_name=self.config.model.name, slot=self.slot, store=self.store, manager=self.manager,
             second_stages=self.second_stages,

@@ -204,7 +204,8 @@ class CommandHandlers:
             serving = await self.manager.promote()
         except DeployFailed as exc:
             raise CommandFailed(exc.code, exc.message) from exc
-        return {"name": serving.name, "version": serving.version, "state": DeploymentState.ACTIVE}
+        return {"name": serving.name, "version": serving.version, "state": DeploymentState.ACTIVE,
+                "stage": self.manager.target.role}
 
     async def rollback(self, command: RollbackCommand) -> dict[str, Any]:
         manager = self.manager

@@ -5,21 +5,24 @@ The cameras' ``results.second_stage`` say which recognizers run (agent/results/s
 their slots). For the deployment manager each is a target by name (``targets``); a swap of one
 republishes the retained ``model`` (its ``second_stages``) and sends an ``engine_swapped`` event
 with ``"stage": "second"``. A camera added or changed by command that names one no slot serves
-has the manager load its current version (``load_missing``), in a task beside the command.
+has the manager load its current version (``load_missing``), in a task beside the command. In a
+shadow run of a recognizer the shadow observer asks which stage a camera names (``stage_of``) and
+has the serving version and the candidate read the same crops (``read_pair``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import numpy as np
 import structlog
 
 from agent.models import DeployFailed, DeploymentManager, DeployTarget, EngineOptions
-from agent.results import SecondStages
+from agent.results import ReadPair, SecondStages
 from agent.runtime import Serving
-from agent.vision import CameraSet
+from agent.vision import CameraSet, Detection
 from agent.wire import ModelRef, Severity, StageModel
 
 __all__ = ["StageBook"]
@@ -51,6 +54,19 @@ class StageBook:
     def named(self) -> set[str]:
         """The second stages the cameras name now."""
         return {c.results.second_stage for c in self.cameras.configs() if c.results.second_stage is not None}
+
+    def stage_of(self, camera: str) -> str | None:
+        """The second stage ``camera`` names now (None: none, or no such camera)."""
+        config = self.cameras.config(camera)
+        return None if config is None else config.results.second_stage
+
+    def read_pair(self, camera: str, candidate: Serving, image: np.ndarray,
+                  detections: Sequence[Detection]) -> ReadPair | None:
+        """A shadow candidate of a second stage beside its serving version, on the same crops of a frame
+        of ``camera`` (None: the camera names another stage, or nothing serves it)."""
+        if self.stage_of(camera) != candidate.name:
+            return None
+        return self.stages.read_pair(candidate, camera, image, detections)
 
     def targets(self) -> dict[str, DeployTarget]:
         """The second stages the cameras name, as deployment targets (the manager's ``second_stages``)."""

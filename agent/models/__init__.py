@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     )
     from agent.models.sparsity import prune_model_2to4, sparsity_report
     from agent.models.store import InstalledModel, ModelStore, StoreError
-    from agent.models.target import DeployTarget, Swapped
+    from agent.models.target import DeployTarget, ReadTally, Swapped
 
 __all__ = [
     "BOOT_RECORD_FILE",
@@ -99,6 +99,7 @@ __all__ = [
     "OutputWindow",
     "PreprocessSpec",
     "Probation",
+    "ReadTally",
     "ShadowError",
     "ShadowGate",
     "ShadowSpec",
@@ -164,6 +165,7 @@ _HOMES = {
     "OutputWindow": "agent.models.behaviour",
     "PreprocessSpec": "agent.models.manifest",
     "Probation": "agent.models.probation",
+    "ReadTally": "agent.models.target",
     "STATEMENT_VALID_S": "agent.models.fetch",
     "ShadowError": "agent.models.shadow",
     "ShadowGate": "agent.models.shadow",

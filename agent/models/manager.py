@@ -13,7 +13,9 @@ past the bounds it swaps back by itself. A shadow deploy (``DeployRequest.shadow
 warmed candidate beside the serving model instead of swapping: the frame worker's shadow
 observer (agent.vision.shadow) has it infer sampled frames on the loader thread
 (``run_beside``), the gate (agent.models.shadow) compares, and the run ends promoted (the
-swap and probation as above) or discarded, with its report.
+swap and probation as above) or discarded, with its report. A shadow deploy of a second stage
+(a recognizer) reads the serving detector's boxes beside the serving recognizer on the same
+crops, and is judged on how far the texts agree.
 
 Each deployment, probation and rollback acts on one target (agent.models.target): the first
 stage's slot, or the slot of a second stage a camera names (``second_stages``), chosen by the
@@ -42,7 +44,7 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputWindow
+from agent.models.behaviour import BehaviourBounds, OutputWindow
 from agent.models.candidate import Preparer, check_goldens, fitting_feeds, warm_up
 from agent.models.deployment import (
     DeployFailed,
@@ -56,7 +58,8 @@ from agent.models.fetch import redact_url
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.priority import restore_thread_priority
 from agent.models.probation import Probation
-from agent.models.probation_watch import behaviour_probe, watch
+from agent.models.probation_watch import Probe, behaviour_probe, watch
+from agent.models.shadow import ShadowSpec
 from agent.models.shadow_run import ShadowRun
 from agent.models.store import ModelStore, StoreError
 from agent.models.target import DeployTarget, FeedsFor, Stats, Swapped
@@ -68,6 +71,20 @@ __all__ = ["DeployFailed", "DeployRequest", "DeploymentManager", "DeploymentStat
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+def _check_second_shadow(spec: ShadowSpec, target: DeployTarget) -> None:
+    """A shadow deploy of second stage ``target`` can be judged: a version of it serves (the candidate
+    reads beside it; ``no_model``), and its text bound gates (a recognizer's run is judged on what it
+    reads alone: at 0 it would promote whatever it read; ``invalid_shadow``)."""
+    if target.slot.serving is None:
+        raise DeployFailed(DeploymentStep.RECEIVED, "no_model",
+                           f"nothing serves the second stage {target.name} for a candidate to be compared with; "
+                           "deploy it with mode swap")
+    if spec.min_text_agreement <= 0.0:
+        raise DeployFailed(DeploymentStep.RECEIVED, "invalid_shadow",
+                           f"a shadow run of a {target.role} ({target.name}) is judged on its text agreement "
+                           "alone: min_text_agreement must be more than 0")
 
 
 class DeploymentManager:
@@ -108,7 +125,7 @@ class DeploymentManager:
     ) -> None:
         self.store = store
         self.first = DeployTarget(name=None, role="first stage", slot=slot, options=options, feeds_for=feeds_for,
-                                  stats=stats, swapped=swapped, outputs=outputs, shadow=True)
+                                  stats=stats, swapped=swapped, outputs=outputs)
         """The first stage; ``outputs`` are the frames' outputs behavioural probation reads (None: not judged)."""
         self.second_stages = second_stages
         self.target = self.first
@@ -204,13 +221,11 @@ class DeploymentManager:
         """Run one deployment to ``active``; raises DeployFailed (old model still serving).
 
         The target is the stage model ``req.name`` serves; a name no stage serves is refused
-        (``wrong_model``), and so is a shadow deploy of a second stage (``unsupported``), before
-        anything is published."""
+        (``wrong_model``), and so is a shadow deploy of a second stage that cannot be judged
+        (``_check_second_shadow``), before anything is published."""
         target = self.target_of(req.name)
-        if req.shadow is not None and not target.shadow:
-            raise DeployFailed(DeploymentStep.RECEIVED, "unsupported",
-                               f"a shadow deploy of a {target.role} ({req.name}) is not supported; deploy it "
-                               "with mode swap (validated, then watched in probation)")
+        if req.shadow is not None and target is not self.first:
+            _check_second_shadow(req.shadow, target)
         if self._lock.locked():
             raise DeployFailed(DeploymentStep.RECEIVED, "busy",
                                "another deployment or rollback is in progress; retry when it ends")
@@ -235,7 +250,8 @@ class DeploymentManager:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             if req.shadow is not None:
-                await self._shadow_run.run(req, req.shadow, new, installed_here)
+                await self._shadow_run.run(req, req.shadow, new, installed_here,
+                                           stage=None if target is self.first else target.name)
             try:
                 old = await self._swap_in(new, req.name, target)
             except BaseException as exc:
@@ -277,7 +293,7 @@ class DeploymentManager:
 
     # ----- probation and rollback -----------------------------------------------------------
     async def _watch(self, req: DeployRequest, new: Serving, baseline: dict[str, Any] | None,
-                     probation: Probation, probe: BehaviourProbe | None, target: DeployTarget) -> None:
+                     probation: Probation, probe: Probe | None, target: DeployTarget) -> None:
         """Probation (agent.models.probation_watch): commit on a pass; on a failure, swap back."""
         verdict = await watch(probation, target, new, baseline, probe)
         if verdict.ok:

@@ -248,9 +248,10 @@ class _Camera:
             js = round(js_distance(bin_counts(self.serving_scores, edges) + PSEUDO_COUNT,
                                    bin_counts(self.candidate_scores, edges) + PSEUDO_COUNT), DIGITS)
         frames = max(self.frames, 1)
+        read_only = not self.frames and self.text_frames > 0  # a recognizer candidate's: no boxes of its own
         return {
-            "frames": self.frames,
-            "agreement": round(self.agreement / frames, DIGITS),
+            "frames": self.text_frames if read_only else self.frames,
+            "agreement": None if read_only else round(self.agreement / frames, DIGITS),
             "detections_per_frame": round(self.candidate_detections / frames, DIGITS),
             "serving_detections_per_frame": round(self.serving_detections / frames, DIGITS),
             "detections_difference": round((self.candidate_detections - self.serving_detections) / frames, DIGITS),
@@ -273,17 +274,23 @@ class ShadowGate:
         self.candidate: str | None = None
         self.serving: Serving | None = None
         """The candidate's loaded engine, when the run is live (the shadow observer infers with it)."""
+        self.stage: str | None = None
+        """The second stage the candidate is a version of (a recognizer: it reads the serving detector's
+        boxes beside the serving recognizer); None: the candidate is a first stage (a detector)."""
         self._cameras: dict[str, _Camera] = {}
 
     @property
     def running(self) -> bool:
         return self.spec is not None
 
-    def start(self, candidate: str, spec: ShadowSpec, serving: Serving | None = None) -> None:
+    def start(self, candidate: str, spec: ShadowSpec, serving: Serving | None = None,
+              stage: str | None = None) -> None:
+        """Start a run of ``candidate`` (its engine ``serving``; ``stage``: the second stage it is a
+        version of, None for a first stage)."""
         with self._lock:
             if self.spec is not None:
                 raise ShadowError("busy", f"a shadow run of {self.candidate} is in progress; retry when it ends")
-            self.spec, self.candidate, self.serving, self._cameras = spec, candidate, serving, {}
+            self.spec, self.candidate, self.serving, self.stage, self._cameras = spec, candidate, serving, stage, {}
 
     def skip(self, camera: str) -> None:
         """A sampled frame of ``camera`` the candidate could not take (busy): counted in the report."""
@@ -314,11 +321,13 @@ class ShadowGate:
             camera.candidate_ms += candidate_ms
         return score
 
-    def compare_texts(self, camera: str, serving: Readings, candidate: Readings) -> TextAgreement:
+    def compare_texts(self, camera: str, serving: Readings, candidate: Readings, serving_ms: float = 0.0,
+                      candidate_ms: float = 0.0) -> TextAgreement:
         """Record what was read in one frame's matched boxes (``text_agreement``); returns the frame's figures.
 
         Called beside ``compare`` for a detector candidate on a camera with a second stage, or alone
-        for a recognizer candidate (the serving and the candidate recognizer on the same crops)."""
+        for a recognizer candidate (the serving and the candidate recognizer on the same crops, with
+        each one's milliseconds per crop: the report's latency ratio)."""
         texts = text_agreement(serving, candidate)
         with self._lock:
             if self.spec is None or not texts.pairs:
@@ -328,20 +337,25 @@ class ShadowGate:
             entry.text_pairs += texts.pairs
             entry.text_exact += texts.exact * texts.pairs
             entry.text_character += texts.character * texts.pairs
+            entry.serving_ms += serving_ms
+            entry.candidate_ms += candidate_ms
         return texts
 
     def report(self) -> dict[str, Any]:
-        """The shadow report: frames compared, agreement, text agreement, per camera and over all."""
+        """The shadow report: frames compared, agreement, text agreement, per camera and over all. A
+        recognizer candidate's frames are those whose readings were compared, with no box agreement
+        (it reads the serving detector's boxes: ``agreement`` None)."""
         with self._lock:
             cameras = {name: c.report() for name, c in sorted(self._cameras.items())}
             frames = sum(c.frames for c in self._cameras.values())
+            read = sum(c.text_frames for c in self._cameras.values())
             total = sum(c.agreement for c in self._cameras.values())
             pairs = sum(c.text_pairs for c in self._cameras.values())
             text = None if not pairs else {
                 "frames": sum(c.text_frames for c in self._cameras.values()), "pairs": pairs,
                 "exact": round(sum(c.text_exact for c in self._cameras.values()) / pairs, DIGITS),
                 "character": round(sum(c.text_character for c in self._cameras.values()) / pairs, DIGITS)}
-        return {"candidate": self.candidate, "frames": frames,
+        return {"candidate": self.candidate, "frames": frames or read,
                 "agreement": round(total / frames, DIGITS) if frames else None, "text": text, "cameras": cameras}
 
     def decide(self, ended: bool = False) -> tuple[ShadowDecision, str]:
@@ -351,9 +365,7 @@ class ShadowGate:
             raise ShadowError("no_shadow", "no shadow run is in progress")
         report = self.report()
         text = report["text"]
-        # A recognizer candidate has no boxes of its own: its run is judged on the frames whose readings
-        # were compared.
-        frames = report["frames"] or (text["frames"] if text else 0)
+        frames = report["frames"]  # a recognizer candidate's: the frames whose readings were compared
         if frames < spec.min_frames:
             if ended:
                 return ShadowDecision.DISCARD, f"only {frames} frames compared, {spec.min_frames} needed"
@@ -384,5 +396,5 @@ class ShadowGate:
             raise ShadowError("no_shadow", "no shadow run is in progress")
         report = self.report()
         with self._lock:
-            self.spec, self.candidate, self.serving, self._cameras = None, None, None, {}
+            self.spec, self.candidate, self.serving, self.stage, self._cameras = None, None, None, None, {}
         return report

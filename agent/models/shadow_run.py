@@ -67,15 +67,19 @@ class ShadowRun:
         kept = self._kept
         return kept[1] if kept is not None and kept[0] == deployment_id else None
 
-    async def run(self, req: DeployRequest, spec: ShadowSpec, new: Serving, installed_here: bool) -> None:
+    async def run(self, req: DeployRequest, spec: ShadowSpec, new: Serving, installed_here: bool,
+                  stage: str | None = None) -> None:
         """Run the candidate in shadow until it is promoted (returns) or discarded (raises DeployFailed:
-        the candidate is closed, never served, and the deployment ends ``discarded``)."""
+        the candidate is closed, never served, and the deployment ends ``discarded``). ``stage``: the
+        second stage the candidate is a version of (None: the first stage)."""
         loop = asyncio.get_running_loop()
         self._promote, self._promoted = asyncio.Event(), loop.create_future()
-        self.gate.start(new.version, spec, new)
+        self.gate.start(new.version, spec, new, stage=stage)
         self._running = req.deployment_id
-        log.info("shadow_started", deployment=req.deployment_id, version=new.version, every_nth=spec.every_nth,
-                 min_agreement=spec.min_agreement, min_frames=spec.min_frames)
+        log.info("shadow_started", deployment=req.deployment_id, model=req.name, version=new.version,
+                 stage="first" if stage is None else "second", every_nth=spec.every_nth,
+                 min_agreement=spec.min_agreement, min_text_agreement=spec.min_text_agreement,
+                 min_frames=spec.min_frames)
         try:
             reason = await self._decide(req)
         except BaseException:
@@ -91,7 +95,7 @@ class ShadowRun:
             log.info("shadow_promoted", deployment=req.deployment_id, version=new.version,
                      agreement=report["agreement"], frames=report["frames"])
             await self._tell("shadow_promoted", "info", f"{req.name} {req.version} agreed in shadow: "
-                             f"promoted", req, report)
+                             f"promoted", req, report, stage)
             return
         self.settle(DeployFailed(DeploymentStep.SHADOW, "shadow_discarded", reason))
         await self._in_loader(new.engine.close)
@@ -99,7 +103,7 @@ class ShadowRun:
             self.store.remove(req.name, req.version)
         log.warning("shadow_discarded", deployment=req.deployment_id, version=new.version, reason=reason)
         await self._tell("shadow_discarded", "warning", f"{req.name} {req.version} discarded in shadow: "
-                         f"{reason}", req, report)
+                         f"{reason}", req, report, stage)
         await self._publish(DeploymentStatus(req.deployment_id, req.name, req.version, DeploymentState.DISCARDED,
                                              DeploymentStep.SHADOW, SHADOW_PROGRESS,
                                              {"code": "shadow_discarded", "message": reason}, shadow=report))
@@ -124,10 +128,12 @@ class ShadowRun:
                 await asyncio.wait_for(self._promote.wait(), SHADOW_POLL_S)
 
     async def _tell(self, kind: str, severity: Severity, message: str, req: DeployRequest,
-                    report: dict[str, Any]) -> None:
+                    report: dict[str, Any], stage: str | None) -> None:
+        """The event of how the run ended, with its model and stage (as ``engine_swapped`` names them)."""
         if self._event is not None:
-            await self._event(kind, severity, message, {"deployment_id": req.deployment_id, "version": req.version,
-                                                        "shadow": report})
+            await self._event(kind, severity, message, {
+                "deployment_id": req.deployment_id, "model": req.name, "version": req.version,
+                "stage": "first" if stage is None else "second", "shadow": report})
 
     def settle(self, outcome: Serving | BaseException) -> None:
         """The promote in waiting, if any, learns how the run ended: the candidate serves, or the error."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from agent.results.rate import RateLimiter
     from agent.results.recognize import CtcDecoder, Reading, SecondStage, batch_crops, crop_quad
     from agent.results.snapshots import FolderSink, Snapshots, encode_jpeg, render
-    from agent.results.stages import SecondStages, StageReading, second_stage_options
+    from agent.results.stages import ReadPair, SecondStages, StageReading, second_stage_options
     from agent.results.tracker import TrackedObject, Tracker
     from agent.results.zones import EVENT_KINDS, EventKind, ResultEvent, Scene, crossing_side, inside
 
@@ -36,6 +36,7 @@ __all__ = [
     "Outcome",
     "RateLimiter",
     "RateSettings",
+    "ReadPair",
     "Reading",
     "ResultEvent",
     "ResultsPublisher",
@@ -80,6 +81,7 @@ _HOMES = {
     "ResultsSettings": "agent.core",
     "Scene": "agent.results.zones",
     "SecondStage": "agent.results.recognize",
+    "ReadPair": "agent.results.stages",
     "SecondStages": "agent.results.stages",
     "SnapshotSettings": "agent.core",
     "Snapshots": "agent.results.snapshots",

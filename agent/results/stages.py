@@ -13,7 +13,13 @@ inference.
 ``target(name)`` is what the deployment manager deploys a second stage into
 (agent.models.target): its slot, a new version's fit check (a recognizer whose dictionary fits
 its output), warm-up inputs made of the last crops it read (``feeds_for``) and its counters
-per version for probation (frames read, failed, with non-finite outputs; latency per crop).
+per version for probation (frames read, failed, with non-finite outputs; latency per crop), and
+what each version read per camera (``reads_of``: boxes, boxes read empty, summed confidence)
+for behavioural probation (agent.models.probation_watch ``ReadProbe``).
+
+In a shadow run of a recognizer (agent.vision.shadow) ``read_pair`` cuts the crops of a frame
+once and reads them with the serving version and with the candidate, on the loader thread; the
+reads are counted nowhere (probation and health see the results' reads only).
 """
 
 from __future__ import annotations
@@ -27,14 +33,14 @@ import numpy as np
 import structlog
 
 from agent.core import AgentError
-from agent.models import DeployTarget, EngineOptions, ModelStore, Swapped, load_serving
+from agent.models import DeployTarget, EngineOptions, ModelStore, ReadTally, Swapped, load_serving
 from agent.monitor import FailureCount
 from agent.results.recognize import NonFiniteReading, Reading, SecondStage
 from agent.runtime import EngineSlot, Serving
 from agent.vision import Detection, PipelineCounters
 from agent.wire import ModelRef
 
-__all__ = ["WARM_CROPS", "SecondStages", "StageReading", "second_stage_options"]
+__all__ = ["WARM_CROPS", "ReadPair", "SecondStages", "StageReading", "second_stage_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +67,18 @@ class StageReading:
     readings: tuple[Reading, ...]
 
 
+@dataclass(frozen=True)
+class ReadPair:
+    """The same crops read by a second stage's serving version and by a shadow candidate, box by box."""
+
+    serving: tuple[Reading, ...]
+    candidate: tuple[Reading, ...]
+    """What the candidate read; a frame it failed on (NaN, an error) reads as nothing in every box."""
+    serving_ms: float
+    candidate_ms: float
+    """Milliseconds per crop of each."""
+
+
 class SecondStages:
     """The recognizers the cameras name, each in its own slot; ``read`` is called on the frame thread."""
 
@@ -71,7 +89,13 @@ class SecondStages:
         self._counters: dict[str, PipelineCounters] = {}
         """Per model name, its versions' frames, errors, non-finite outputs and ms per crop."""
         self._warm_crops: dict[str, list[np.ndarray]] = {}
+        self._reads: dict[str, dict[str, dict[str, ReadTally]]] = {}
+        """Per model name, per version, per camera: what the results' reads read."""
+        self._candidate: tuple[Serving, SecondStage] | None = None
+        """The stage built on the shadow run's candidate (``read_pair``, on the loader thread)."""
         self.failures = FailureCount("second_stage_failed")
+        self.candidate_failures = FailureCount("shadow_read_failed")
+        """Frames a shadow run's candidate failed to read (``read_pair``): not the serving stage's health."""
         self.frames = 0
         self.crops = 0
 
@@ -82,7 +106,8 @@ class SecondStages:
     def target(self, name: str, options: EngineOptions, swapped: Swapped) -> DeployTarget:
         """What the deployment manager deploys model ``name`` into: its slot, checks, warm-up and counters."""
         return DeployTarget(name=name, role="second stage", slot=self.slot(name), options=options,
-                            feeds_for=self.feeds_for, stats=self.stats_of(name), swapped=swapped, fits=self.check)
+                            feeds_for=self.feeds_for, stats=self.stats_of(name), swapped=swapped, fits=self.check,
+                            reads=self.reads_of(name))
 
     @staticmethod
     def check(serving: Serving) -> None:
@@ -102,6 +127,12 @@ class SecondStages:
     def stats_of(self, name: str) -> Callable[[str], dict[str, Any]]:
         """Model ``name``'s counters of one version: frames, errors, non-finite outputs, p95 ms per crop."""
         return self._counters.setdefault(name, PipelineCounters()).stats
+
+    def reads_of(self, name: str) -> Callable[[str], dict[str, ReadTally]]:
+        """Model ``name``'s reads of one version, per camera (a copy: it goes on counting)."""
+        def reads(version: str) -> dict[str, ReadTally]:
+            return dict(self._reads.get(name, {}).get(version, {}))
+        return reads
 
     def load(self, store: ModelStore, names: Iterable[str], options: EngineOptions) -> None:
         """Load the current version of each named model not serving yet, its previous one when the
@@ -162,6 +193,34 @@ class SecondStages:
             self.crops += len(readings)
         return StageReading(ModelRef(name=serving.name, version=serving.version), readings)
 
+    def read_pair(self, candidate: Serving, camera: str, image: np.ndarray,
+                  detections: Sequence[Detection]) -> ReadPair | None:
+        """``detections`` of ``image`` read by the serving version of ``candidate.name`` and by
+        ``candidate`` on the same crops (a shadow run's); None when nothing serves that name. A
+        failure of the serving version raises; one of the candidate's is what it read: nothing."""
+        slot = self.slots.get(candidate.name)
+        if slot is None or slot.serving is None or not detections:
+            return None
+        with slot.lease() as serving:
+            quads, crops = SecondStage.crops(image, detections)
+            start = time.perf_counter()
+            served = self._stage(serving).read(quads, crops)
+            serving_ms = (time.perf_counter() - start) * 1000.0 / len(crops)
+        start = time.perf_counter()
+        try:
+            read = self._candidate_stage(candidate).read(quads, crops)
+        except Exception as exc:  # the candidate read nothing here: its texts disagree, the run goes on
+            self.candidate_failures.failed(f"{candidate.name} {candidate.version}", exc)
+            read = tuple(Reading("", 0.0, quad) for quad in quads)
+        candidate_ms = (time.perf_counter() - start) * 1000.0 / len(crops)
+        return ReadPair(served, read, serving_ms, candidate_ms)
+
+    def _candidate_stage(self, candidate: Serving) -> SecondStage:
+        cached = self._candidate
+        if cached is None or cached[0] is not candidate:
+            cached = self._candidate = (candidate, SecondStage(candidate.engine, candidate.manifest, candidate.folder))
+        return cached[1]
+
     def _read(self, serving: Serving, camera: str, image: np.ndarray,
               detections: Sequence[Detection], counted: bool = True) -> tuple[Reading, ...] | None:
         """The readings, counted for ``serving``'s version (None: failed, counted and logged). A read
@@ -184,6 +243,9 @@ class SecondStages:
             return None
         counters.record_infer(version, (time.perf_counter() - start) * 1000.0 / len(crops))
         self._warm_crops[serving.name] = crops[:WARM_CROPS]
+        if counted:
+            cameras = self._reads.setdefault(serving.name, {}).setdefault(version, {})
+            cameras[camera] = cameras.get(camera, ReadTally()).add(readings)
         return readings
 
     def _stage(self, serving: Serving) -> SecondStage:
@@ -195,6 +257,7 @@ class SecondStages:
         return stage
 
     def close(self) -> None:
+        self._candidate = None
         for slot in self.slots.values():
             slot.clear()
 

@@ -15,6 +15,12 @@ and as the candidate placed them, in one batch, and the gate records how far the
 agree (``ShadowGate.compare_texts``): a detector whose boxes match but cut the text
 differently reads differently.
 
+A recognizer candidate (``ShadowGate.stage``: the second stage it is a version of) has no
+frames of its own to infer: on the sampled frames of the cameras whose second stage is that
+name (``second``, the daemon's ``StageBook``) the serving detector's boxes are cut out once and
+read by the serving recognizer and by the candidate, on the loader thread as above, and the
+gate records how far the texts agree, with each one's milliseconds per crop.
+
 With ``capped`` engine options (``[deploy] shadow_threads``, 1 by default) the candidate
 infers with an ONNX Runtime session of its own, loaded beside it with fewer intra-op
 threads on the first sample: with as many threads as the serving engine, the candidate's
@@ -36,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -49,7 +55,7 @@ from agent.vision.pipeline import FrameResult, _Prepared, all_finite
 from agent.vision.summary import summarize
 from agent.vision.transforms import Prediction
 
-__all__ = ["ShadowRunner", "shadow_session_options"]
+__all__ = ["PairedReading", "SecondReads", "ShadowRunner", "shadow_session_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +63,34 @@ Submit = Callable[[Callable[[], None]], None]
 Read = Callable[[str, np.ndarray, Sequence[Detection]], Sequence[Any] | None]
 """A camera's second stage: (camera, image, boxes) -> a reading (with a ``text``) per box, in order;
 None when the camera has none or the reading failed (the daemon's ``ResultsPublisher.read_beside``)."""
+
+
+class PairedReading(Protocol):
+    """The same crops read by the serving recognizer and by a candidate, box by box, with each one's
+    milliseconds per crop (agent.results.stages)."""
+
+    @property
+    def serving(self) -> Sequence[Any]: ...
+    @property
+    def candidate(self) -> Sequence[Any]: ...
+    @property
+    def serving_ms(self) -> float: ...
+    @property
+    def candidate_ms(self) -> float: ...
+
+
+class SecondReads(Protocol):
+    """The cameras' second stages, as a recognizer candidate's run reads them (the daemon's StageBook)."""
+
+    def stage_of(self, camera: str) -> str | None:
+        """The second stage ``camera`` names (None: none)."""
+
+    def read_pair(self, camera: str, candidate: Serving, image: np.ndarray,
+                  detections: Sequence[Detection]) -> PairedReading | None:
+        """``detections`` of ``image`` read by the serving second stage ``candidate.name`` and by
+        ``candidate`` on the same crops; None when ``camera`` names another, or nothing serves it."""
+
+
 MAX_IN_FLIGHT = 1
 """Sampled frames waiting for, or in, the candidate: one, so that a candidate slower than the budget
 allows falls behind by skipping samples, never by queueing frames (and their memory)."""
@@ -77,17 +111,19 @@ class ShadowRunner:
 
     Given the gate (the run's terms, its candidate engine and its comparisons), ``submit``
     (runs a job off the frame worker; the manager's loader thread), the niceness the
-    candidate infers at and ``read`` (the cameras' second stages; None: no text is compared).
+    candidate infers at, ``read`` (the cameras' second stages; None: no text is compared) and
+    ``second`` (what a recognizer candidate reads beside; None: a recognizer run compares nothing).
     Failures of the candidate are frames with agreement 0 (the gate counts them); failures of
     the runner itself are counted in ``failures`` and logged.
     """
 
     def __init__(self, gate: ShadowGate, submit: Submit, nice: int | None, read: Read | None = None,
-                 capped: EngineOptions | None = None) -> None:
+                 capped: EngineOptions | None = None, second: SecondReads | None = None) -> None:
         self.gate = gate
         self.submit = submit
         self.nice = nice
         self.read = read
+        self.second = second
         self.capped = capped
         """Options of the candidate's own shadow session (fewer threads); None: infer with its engine."""
         self._own: tuple[Serving, Serving] | None = None
@@ -109,6 +145,10 @@ class ShadowRunner:
                 self.submit(own[1].engine.close)
         if candidate is None or not gate.wants(result.frame.index):
             return
+        stage = gate.stage
+        if stage is not None and not self._read_here(stage, result):
+            return
+        compare = self._compare if stage is None else self._compare_reads
         with self._lock:
             if self._in_flight >= MAX_IN_FLIGHT or time.monotonic() < self._rest_until:
                 busy = True
@@ -120,7 +160,7 @@ class ShadowRunner:
             return
         copy = replace(result, frame=replace(result.frame, image=result.frame.image.copy()))
         try:
-            self.submit(lambda: self._compare(candidate, copy))
+            self.submit(lambda: self._run(compare, candidate, copy))
         except Exception:
             self._done()
             raise
@@ -130,24 +170,49 @@ class ShadowRunner:
             self._in_flight -= 1
             self._rest_until = time.monotonic() + rest_s
 
-    def _compare(self, candidate: Serving, served: FrameResult) -> None:
-        """On the loader thread: the candidate on the same frame, then the gate records both."""
+    def _read_here(self, stage: str, result: FrameResult) -> bool:
+        """Whether a recognizer candidate of ``stage`` reads this frame: its camera names that second
+        stage, and the serving detector found boxes on it."""
+        if self.second is None or result.prediction is None or self.second.stage_of(result.camera) != stage:
+            return False
+        return any(isinstance(d, Detection) for d in result.prediction.items)
+
+    def _run(self, compare: Callable[[Serving, FrameResult], float], candidate: Serving,
+             served: FrameResult) -> None:
+        """On the loader thread: one comparison (``compare`` returns when the candidate's share of time
+        began), then the rest its budget asks for."""
         started = time.monotonic()
         try:
             if self.gate.serving is not candidate:
                 return  # the run ended while the frame waited
-            engine = self._engine_of(candidate)
-            started = time.monotonic()  # a first sample's load is not the candidate's share of time
-            ran = self._infer(engine, served)
-            serving_ms = served.timings_ms.get("infer", 0.0) / max(served.batch, 1)
-            self.gate.compare(summarize(served), summarize(ran), serving_ms, ran.timings_ms["infer"])
-            if self.read is not None:
-                self._compare_texts(self.read, served, ran)
+            started = compare(candidate, served)
         except Exception as exc:  # the comparison must never reach the loader's other work
             self.failures.failed("shadow", exc)
         finally:
             spec = self.gate.spec
             self._done((time.monotonic() - started) * (spec.every_nth - 1) if spec is not None else 0.0)
+
+    def _compare(self, candidate: Serving, served: FrameResult) -> float:
+        """A detector candidate on the same frame, then the gate records both."""
+        engine = self._engine_of(candidate)
+        started = time.monotonic()  # a first sample's load is not the candidate's share of time
+        ran = self._infer(engine, served)
+        serving_ms = served.timings_ms.get("infer", 0.0) / max(served.batch, 1)
+        self.gate.compare(summarize(served), summarize(ran), serving_ms, ran.timings_ms["infer"])
+        if self.read is not None:
+            self._compare_texts(self.read, served, ran)
+        return started
+
+    def _compare_reads(self, candidate: Serving, served: FrameResult) -> float:
+        """A recognizer candidate on the serving detector's boxes, beside the serving recognizer."""
+        started = time.monotonic()
+        assert self.second is not None and served.prediction is not None  # as _read_here checked
+        self._at_loader_niceness()
+        boxes = [d for d in served.prediction.items if isinstance(d, Detection)]
+        pair = self.second.read_pair(served.camera, candidate, served.frame.image, boxes)
+        if pair is not None:
+            self.gate.compare_texts(served.camera, pair.serving, pair.candidate, pair.serving_ms, pair.candidate_ms)
+        return started
 
     def _engine_of(self, candidate: Serving) -> Serving:
         """The capped session of ``candidate`` (loaded on its first sample), or the candidate itself."""

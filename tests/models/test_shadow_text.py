@@ -10,7 +10,6 @@ agrees near 0 and is discarded on the text bound.
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from agent.vision.heads import Detection
 from agent.vision.shadow import ShadowRunner, shadow_session_options
 from tests.results.test_recognize import MODELS, needs_rec, recognizer
 from tests.support.monitor_support import SCENE_FRAMES, TEXT_DET, model_results
+from tests.support.rec_bundles import shuffle_dictionary
 
 pytestmark = needs_rec
 PAGE = range(SCENE_FRAMES + 2, 2 * SCENE_FRAMES, 10)
@@ -115,11 +115,7 @@ def _shuffled_recognizer(tmp: Path) -> Path:
     """text-rec-v4 whose dictionary lines are shuffled: the same network, a mislabelled class map."""
     folder = tmp / "text-rec-shuffled"
     shutil.copytree(MODELS / "text-rec-v4", folder)
-    manifest = Manifest.read(folder / "manifest.json")
-    dictionary = folder / (manifest.head.dictionary or "dictionary.txt")
-    lines = dictionary.read_text(encoding="utf-8").removesuffix("\n").split("\n")
-    random.Random(15).shuffle(lines)
-    dictionary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shuffle_dictionary(folder)
     return folder
 
 

@@ -1,8 +1,10 @@
 """Text recognizer bundles for second-stage deploys: PP-OCRv4 rec from demo/, PP-OCRv6 rec_small from the
-rapidocr 3.10.0 wheel the demo fetched, and broken ones made from v4 (NaN outputs, goldens it misses)."""
+rapidocr 3.10.0 wheel the demo fetched, and broken ones made from v4 (NaN outputs, goldens it misses, a
+shuffled dictionary, outputs that read nothing)."""
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -15,9 +17,18 @@ from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import Golden, Manifest
 from agent.models.store import ModelStore
 from agent.results.recognize import batch_crops
-from tests.support.artifacts import nan_model, slow_model
+from tests.support.artifacts import nan_model, slow_model, zero_model
 
-__all__ = ["golden_rec_bundle", "nan_rec_bundle", "rec_bundle", "rec_folder", "slow_rec_bundle"]
+__all__ = [
+    "blank_rec_bundle",
+    "golden_rec_bundle",
+    "nan_rec_bundle",
+    "rec_bundle",
+    "rec_folder",
+    "shuffle_dictionary",
+    "shuffled_rec_bundle",
+    "slow_rec_bundle",
+]
 
 
 def rec_folder(demo: Path, version: str, out_dir: Path) -> Path:
@@ -62,10 +73,35 @@ def nan_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     return _pack(folder, out_dir, version)
 
 
+def blank_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """PP-OCRv4 rec as ``version`` with its output multiplied by zero: as fast and as finite as v4, and
+    every step is the blank (class 0), so it reads every box empty at confidence 0."""
+    folder = _copy(demo / "models" / "text-rec-v4", out_dir, version, "blank")
+    zero_model(folder / "model.onnx", folder / "model.onnx")
+    return _pack(folder, out_dir, version)
+
+
 def slow_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
     """PP-OCRv4 rec as ``version`` with the same outputs, made many times slower per crop (``slow_model``)."""
     folder = _copy(demo / "models" / "text-rec-v4", out_dir, version, "slow")
     slow_model(folder / "model.onnx", folder / "model.onnx")
+    return _pack(folder, out_dir, version)
+
+
+def shuffle_dictionary(folder: Path, seed: int = 15) -> None:
+    """Shuffle the lines of the recognizer's dictionary in ``folder``: the same network, a mislabelled
+    class map (it loads, fits, runs clean and reads garbage)."""
+    manifest = Manifest.read(folder / "manifest.json")
+    dictionary = folder / (manifest.head.dictionary or "dictionary.txt")
+    lines = dictionary.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+    random.Random(seed).shuffle(lines)
+    dictionary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def shuffled_rec_bundle(demo: Path, out_dir: Path, version: str) -> Path:
+    """PP-OCRv4 rec as ``version`` with its dictionary shuffled (``shuffle_dictionary``)."""
+    folder = _copy(demo / "models" / "text-rec-v4", out_dir, version, "shuffled")
+    shuffle_dictionary(folder)
     return _pack(folder, out_dir, version)
 
 
