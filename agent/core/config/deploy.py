@@ -81,7 +81,8 @@ class DeploySection(Section):
     agreement (1 - normalised edit distance) between what the serving recognizer reads in the
     serving model's and in the candidate's matched boxes, or, for a recognizer candidate, between
     the two recognizers on the same crops (the demo v4 -> v6 on its page scene: 0.96, exact 0.41;
-    a recognizer with a shuffled dictionary: 0.0); 0: reported, not gated."""
+    a recognizer with a shuffled dictionary: 0.0); 0: reported, not gated, for a detector candidate
+    (a recognizer's shadow run, judged on this bound alone, refuses 0 with ``invalid_shadow``)."""
     shadow_min_frames: int = Field(default=30, ge=1)
     """Frames compared (all cameras) before a shadow run is decided."""
     shadow_every_nth: int = Field(default=5, ge=1)
