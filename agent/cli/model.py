@@ -26,6 +26,8 @@ DEFAULT_CALIBRATION_FRAMES = 32
 DEFAULT_EVAL_FRAMES = 16
 """Held-out frames for --target-agreement: a box F1 over 16 frames moves by about 0.02 between frame sets."""
 DEFAULT_REPORT_ROWS = 20
+DEFAULT_VALIDATION_FRAMES = 16
+"""Frames the better of the pruned and the recovered model is chosen on (held out from training and the report)."""
 
 def _frames(args: argparse.Namespace, count: int) -> list[Any]:
     from agent.tools import read_frames
@@ -94,15 +96,6 @@ def cmd_simplify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _held_out(frames: list[Any], count: int) -> tuple[list[Any], list[Any]]:
-    """(training, held-out): ``count`` frames spread evenly over the video are held out (the first
-    ``count`` odd frames would hold out only the start of the video, a different scene from the rest)."""
-    step = max(1, len(frames) // count) if count else 0
-    held = set(range(step // 2, len(frames), step)[:count]) if count else set()
-    return ([frame for i, frame in enumerate(frames) if i not in held],
-            [frames[i] for i in sorted(held)])
-
-
 def cmd_prune(args: argparse.Namespace) -> int:
     from agent.tools import format_report, prune_folder, resolve_model
 
@@ -125,6 +118,7 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
         RecoverOptions,
         covering_frames,
         format_stages,
+        hold_out,
         prune_recover_folder,
         read_video_frames,
     )
@@ -138,11 +132,18 @@ def _prune_recover(args: argparse.Namespace, source: Any) -> int:
         if chosen.get("crop") == 0:
             chosen["crop"] = None
         options = RecoverOptions(threads=args.threads, **chosen)
-    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
+        if args.val_frames < 1:
+            raise PruneError("--recover needs --val-frames >= 1: the frames the better of the pruned and the "
+                             "recovered model is chosen on")
+    held = args.val_frames if args.recover else 0
+    rest, evaluation = hold_out(read_video_frames(args.video, args.frames + held + args.eval_frames),
+                                args.eval_frames)
+    training, validation = hold_out(rest, held)
     with ProgressBoard() as board:
         result = prune_recover_folder(source, args.output, args.pattern, args.sparsity,
                                       calibration=covering_frames(training, REFIT_FRAMES), training=training,
-                                      evaluation=evaluation, options=options, version=args.version,
+                                      evaluation=evaluation, options=options,
+                                      validation=validation if args.recover else None, version=args.version,
                                       progress=board.reporter())
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_stages(result))
     print(f"{args.output}: {result.manifest.name} {result.manifest.version} (report in prune_report.json)")
@@ -182,6 +183,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         DistillOptions,
         distill,
         format_comparison,
+        hold_out,
         load_torch_model,
         read_video_frames,
         resolve_model,
@@ -190,7 +192,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     options = DistillOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)
     teacher = resolve_model(args.teacher, args.manifest)
-    training, evaluation = _held_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
+    training, evaluation = hold_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
     with ProgressBoard() as board:
         result = distill(teacher, load_torch_model(args.student), training, args.output, options,
                          eval_frames=evaluation, progress=board.reporter())
@@ -271,6 +273,9 @@ def _add_prune(sub: Any) -> None:
     p.add_argument("--video", type=Path, help="unlabelled frames for the channel refit, recovery and the report")
     p.add_argument("--frames", type=int, default=48, help="training frames")
     p.add_argument("--eval-frames", type=int, default=16, help="held-out frames for the report")
+    p.add_argument("--val-frames", type=int, default=DEFAULT_VALIDATION_FRAMES,
+                   help="with --recover: other held-out frames on which the better of the pruned and the "
+                        "recovered model is kept")
     p.add_argument("--steps", type=int, help="recovery steps (default 200)")
     p.add_argument("--batch-size", type=int, help="default 4")
     p.add_argument("--lr", type=float, help="Adam's learning rate, cosine-annealed (default 3e-4)")

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from agent.tools.distill import DistillOptions
     from agent.tools.errors import PackError, PruneError, ToolError
     from agent.tools.export import export_onnx, load_torch_model, parse_shape
-    from agent.tools.frames import COVER_POOL, covering_frames, read_frames, read_video_frames
+    from agent.tools.frames import COVER_POOL, covering_frames, hold_out, read_frames, read_video_frames
     from agent.tools.inspection import format_inspection, inspect_bundle
     from agent.tools.modelref import ModelRef, find_manifest, resolve_model
     from agent.tools.pack import build_manifest, pack_model
@@ -36,8 +36,9 @@ if TYPE_CHECKING:
         write_reference,
     )
     from agent.tools.prune import Pattern, format_report, prune_folder
+    from agent.tools.prune_recover import REFIT_FRAMES, format_stages, prune_recover_folder
     from agent.tools.quantize import QuantizeOptions, calibration_feeds, quantize_model, simplify_model
-    from agent.tools.recover import REFIT_FRAMES, RecoverOptions, format_stages, prune_recover_folder
+    from agent.tools.recover import RecoverOptions
     from agent.tools.sensitivity import format_sensitivity
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "format_report",
     "format_sensitivity",
     "format_stages",
+    "hold_out",
     "image_frames",
     "inspect_bundle",
     "load_torch_model",
@@ -95,7 +97,7 @@ _HOMES = {
     "ProfileError": "agent.tools.profile",
     "PruneError": "agent.tools.errors",
     "QuantizeOptions": "agent.tools.quantize",
-    "REFIT_FRAMES": "agent.tools.recover",
+    "REFIT_FRAMES": "agent.tools.prune_recover",
     "RecoverOptions": "agent.tools.recover",
     "ToolError": "agent.tools.errors",
     "build_manifest": "agent.tools.pack",
@@ -108,7 +110,8 @@ _HOMES = {
     "format_inspection": "agent.tools.inspection",
     "format_report": "agent.tools.prune",
     "format_sensitivity": "agent.tools.sensitivity",
-    "format_stages": "agent.tools.recover",
+    "format_stages": "agent.tools.prune_recover",
+    "hold_out": "agent.tools.frames",
     "image_frames": "agent.tools.profile",
     "inspect_bundle": "agent.tools.inspection",
     "load_torch_model": "agent.tools.export",
@@ -116,7 +119,7 @@ _HOMES = {
     "pack_model": "agent.tools.pack",
     "parse_shape": "agent.tools.export",
     "prune_folder": "agent.tools.prune",
-    "prune_recover_folder": "agent.tools.recover",
+    "prune_recover_folder": "agent.tools.prune_recover",
     "quantize_model": "agent.tools.quantize",
     "read_frames": "agent.tools.frames",
     "read_video_frames": "agent.tools.frames",

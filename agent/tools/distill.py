@@ -36,7 +36,7 @@ from agent.tools.export import export_onnx, require_torch
 from agent.tools.modelref import ModelRef, Runner
 from agent.vision import softmax
 
-__all__ = ["DistillOptions", "DistillResult", "distill", "teacher_targets"]
+__all__ = ["DistillOptions", "DistillResult", "check_schedule", "distill", "teacher_targets"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,25 +46,38 @@ PROGRESS_STAGE = "train"
 """The stage the epochs are reported under: ``progress("train", epoch, epochs, note="loss ...")``."""
 
 
+def check_schedule(unit: str, count: int, batch_size: int, learning_rate: float) -> None:
+    """Refuse a training schedule that cannot run; ``unit`` names what ``count`` counts (epochs, steps)."""
+    if count < 1 or batch_size < 1:
+        raise DistillError(f"{unit} ({count}) and batch size ({batch_size}) must be >= 1")
+    if not learning_rate > 0:
+        raise DistillError("the learning rate must be > 0")
+
+
 @dataclass(frozen=True)
 class DistillOptions:
+    """How a student is trained: whole passes over the frame views, Adam at a fixed learning rate."""
+
     epochs: int = 10
     batch_size: int = 16
     learning_rate: float = 1e-3
     temperature: float = 1.0
+    """Softens the teacher's class distribution (and the student's) before the cross-entropy."""
     rotate: bool = True
+    """Also show each frame turned by 90, 180 and 270 degrees."""
     seed: int = 0
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DistillError(f"epochs ({self.epochs}) and batch size ({self.batch_size}) must be >= 1")
-        if not (self.learning_rate > 0 and self.temperature > 0):
-            raise DistillError("learning rate and temperature must be > 0")
+        check_schedule("epochs", self.epochs, self.batch_size, self.learning_rate)
+        if not self.temperature > 0:
+            raise DistillError("the temperature must be > 0")
 
 
 @dataclass(frozen=True)
 class DistillResult:
+    """The exported student, its training losses and, with evaluation frames, its comparison with the teacher."""
+
     path: Path
     losses: tuple[float, ...]
     """Mean training loss per epoch."""

@@ -96,6 +96,8 @@ def load_torch_model(ref: str) -> Any:
 
 @dataclass(frozen=True)
 class ExportResult:
+    """The written ONNX file and how closely ONNX Runtime reproduces PyTorch on it."""
+
     path: Path
     opset: int
     input_shape: tuple[int, ...]

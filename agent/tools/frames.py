@@ -5,15 +5,19 @@ Frames come out as the camera gives them to the agent: uint8 BGR, HxWx3.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 
 from agent.tools.errors import FramesError
 
-__all__ = ["COVER_POOL", "IMAGE_SUFFIXES", "covering_frames", "read_frames", "read_image_frames",
+__all__ = ["COVER_POOL", "IMAGE_SUFFIXES", "covering_frames", "hold_out", "read_frames", "read_image_frames",
            "read_video_frames"]
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 THUMBNAIL = (32, 24)
@@ -25,6 +29,15 @@ COVER_POOL = 4
 def _check_count(count: int) -> None:
     if count < 1:
         raise FramesError(f"asked for {count} frames; need at least 1")
+
+
+def hold_out(frames: Sequence[T], count: int) -> tuple[list[T], list[T]]:
+    """(rest, held-out): ``count`` of ``frames`` spread evenly over them are held out (the first ``count``
+    frames would hold out only the start of a video, a different scene from the rest)."""
+    step = max(1, len(frames) // count) if count else 0
+    held = set(range(step // 2, len(frames), step)[:count]) if count else set()
+    return ([frame for i, frame in enumerate(frames) if i not in held],
+            [frames[i] for i in sorted(held)])
 
 
 def read_video_frames(path: Path, count: int) -> list[np.ndarray]:

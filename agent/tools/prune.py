@@ -39,8 +39,11 @@ TWO_FOUR_SPARSITY = 0.5
 
 @dataclass(frozen=True)
 class LayerSparsity:
+    """One weight's zeros before and after pruning."""
+
     name: str
     op_type: str
+    """The operator reading the weight: Conv, ConvTranspose, Gemm or MatMul."""
     shape: tuple[int, ...]
     elements: int
     zeros_before: int
@@ -53,6 +56,8 @@ class LayerSparsity:
 
 @dataclass(frozen=True)
 class PruneReport:
+    """The sparsity every weight reached, and the totals (``prune_report.json``)."""
+
     pattern: Pattern
     target: float
     layers: tuple[LayerSparsity, ...]

@@ -17,19 +17,17 @@ Batch norms stay in inference mode (their statistics are the dense model's;
 small batches would only add noise). Losses: binary cross-entropy on a
 probability map, cross-entropy against the teacher's distribution for a
 classifier, mean squared error otherwise. Needs torch and onnx2torch.
+``agent.tools.prune_recover`` prunes, recovers and keeps the better of the two.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
-import tempfile
 import time
 import types
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,26 +36,16 @@ import structlog
 from onnx import numpy_helper
 
 from agent.core import Progress
-from agent.models import Manifest
-from agent.tools.compare import compare_models
-from agent.tools.distill import teacher_targets
+from agent.tools.distill import check_schedule, teacher_targets
 from agent.tools.errors import DistillError
 from agent.tools.export import require_torch
-from agent.tools.graphopt import HARDSWISH_OPSET, optimize_graph
-from agent.tools.modelref import DEFAULT_THREADS, ModelRef, Runner, check_empty, write_model_folder
-from agent.tools.onnxutil import constants_to_initializers, load_onnx, name_nodes, set_metadata, upgrade_opset
+from agent.tools.modelref import ModelRef, Runner
 
 __all__ = [
-    "REFIT_FRAMES",
-    "PruneRecoverResult",
     "RecoverOptions",
     "RecoverResult",
-    "Stage",
-    "dense_graph",
-    "format_stages",
     "load_onnx2torch",
     "logits_graph",
-    "prune_recover_folder",
     "recover",
     "to_torch",
     "write_back",
@@ -72,10 +60,6 @@ DICE_WEIGHT = 1.0
 PP-OCR's distillation pair the two)."""
 DICE_SMOOTH = 1.0
 """Added to both sides of the dice ratio: a crop with no text gives no division by zero."""
-REFIT_FRAMES = 8
-"""Frames whose activations rank channels and refit the consumers (2048 positions each), chosen to cover the
-scene: refit on frames without text, the detector's text channels look useless (bench: F1 0.17 after pruning
-with the first 8 training frames, 0.82 with frames that showed text)."""
 CROPS_PER_FRAME = 4
 """Crops taken from each training frame of a dense model (each labelled by the teacher on its own)."""
 CROP_CANDIDATES = 12
@@ -89,6 +73,8 @@ PROGRESS_STAGE = "recover"
 
 @dataclass(frozen=True)
 class RecoverOptions:
+    """How a pruned model is fine-tuned: ``steps`` batches, Adam with a cosine-annealed learning rate."""
+
     steps: int = 200
     batch_size: int = 4
     learning_rate: float = 3e-4
@@ -100,16 +86,15 @@ class RecoverOptions:
     threads: int = 2
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise DistillError(f"steps ({self.steps}) and batch size ({self.batch_size}) must be >= 1")
-        if not self.learning_rate > 0:
-            raise DistillError("the learning rate must be > 0")
+        check_schedule("steps", self.steps, self.batch_size, self.learning_rate)
         if self.crop is not None and (self.crop < 32 or self.crop % 32):
             raise DistillError(f"crop {self.crop} must be a multiple of 32")
 
 
 @dataclass(frozen=True)
 class RecoverResult:
+    """The fine-tuned graph, the loss of every step, the training pairs it saw and how long it took."""
+
     model: onnx.ModelProto
     losses: tuple[float, ...]
     samples: int
@@ -323,112 +308,3 @@ def recover(teacher: ModelRef, student: onnx.ModelProto, frames: Sequence[np.nda
     log.info("recovered", steps=options.steps, samples=len(pairs), first_loss=round(losses[0], 5),
              last_loss=round(losses[-1], 5), seconds=round(seconds, 1))
     return RecoverResult(write_back(student, module), tuple(losses), len(pairs), seconds)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One model of the pruning report against the dense original on held-out frames."""
-
-    label: str
-    metric: str
-    agreement: float
-    rel_error: float | None
-    speedup: float
-    """Median inference time of the original over this model's (same frames, interleaved)."""
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class PruneRecoverResult:
-    manifest: Manifest
-    stages: tuple[Stage, ...]
-    pruning: dict[str, Any]
-    losses: tuple[float, ...]
-    seconds: dict[str, float]
-    """How long each step took: prune, recover, evaluate."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pruning": self.pruning, "stages": [asdict(stage) for stage in self.stages],
-                "losses": list(self.losses), "seconds": self.seconds}
-
-
-def _stage(label: str, source: ModelRef, candidate: ModelRef, frames: Sequence[np.ndarray], threads: int) -> Stage:
-    comparison = compare_models(source, candidate, frames, threads=threads)
-    a = comparison.agreement
-    return Stage(label, a.metric, a.value, a.rel_error, comparison.speedup, candidate.size_bytes)
-
-
-def dense_graph(src: ModelRef) -> onnx.ModelProto:
-    """The source with weights as initializers, the exact rewrites of ``graphopt`` and every node named."""
-    model = upgrade_opset(constants_to_initializers(load_onnx(src.path)), HARDSWISH_OPSET)
-    optimized, _ = optimize_graph(model)
-    return name_nodes(optimized)
-
-
-def prune_recover_folder(src: ModelRef, out_dir: Path, pattern: str, sparsity: float, *,
-                         calibration: Sequence[np.ndarray], training: Sequence[np.ndarray],
-                         evaluation: Sequence[np.ndarray], options: RecoverOptions | None,
-                         version: str | None = None, progress: Progress | None = None) -> PruneRecoverResult:
-    """Prune ``src`` (``channels``: structured, refit on ``calibration``; ``unstructured`` or ``2:4``:
-    magnitude), recover it on ``training`` when ``options`` is given, and report each stage on
-    ``evaluation``. Writes the model folder ``out_dir`` with ``prune_report.json``."""
-    from agent.tools.channels import prune_channels
-    from agent.tools.prune import REPORT_FILE, parse_pattern, prune_onnx
-    from agent.tools.quantize import calibration_feeds
-
-    check_empty(out_dir)
-    if not evaluation:
-        raise DistillError("the pruning report needs held-out frames")
-    seconds: dict[str, float] = {}
-    started = time.monotonic()
-    dense = dense_graph(src)
-    if pattern == "channels":
-        feeds = calibration_feeds(dense, src.manifest, calibration) if calibration else []
-        pruned, channel_report = prune_channels(dense, sparsity, feeds)
-        pruning = {"pattern": pattern, **channel_report.to_dict()}
-        keep_zeros = False
-    else:
-        pruned, weight_report = prune_onnx(dense, sparsity, parse_pattern(pattern))
-        pruning = weight_report.to_dict()
-        keep_zeros = True
-    seconds["prune"] = time.monotonic() - started
-    stages: list[Stage] = []
-    with tempfile.TemporaryDirectory(prefix="edge-agent-prune-") as tmp:
-        candidates = [("dense (exact rewrites)", dense), ("pruned", pruned)]
-        losses: tuple[float, ...] = ()
-        final = pruned
-        if options is not None:
-            result = recover(src, pruned, training, options, progress=progress, keep_zeros=keep_zeros)
-            final, losses = result.model, result.losses
-            seconds["recover"] = result.seconds
-            candidates.append(("pruned + recovered", final))
-        started = time.monotonic()
-        for label, model in candidates:
-            path = Path(tmp) / f"{len(stages)}.onnx"
-            onnx.save(model, str(path))
-            stages.append(_stage(label, src, ModelRef(path, src.manifest), evaluation, options.threads
-                                 if options is not None else DEFAULT_THREADS))
-        seconds["evaluate"] = time.monotonic() - started
-    suffix = {"channels": f"-channels{round(sparsity * 100)}", "2:4": "-sparse24"}.get(
-        pattern, f"-pruned{round(sparsity * 100)}")
-    suffix += "-recovered" if options is not None else ""
-    set_metadata(final, pruning={"pattern": pattern, "target": sparsity, "recovered": options is not None})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = write_model_folder(src, final, out_dir, version or src.manifest.version + suffix,
-                                  f"{pattern} pruning ({sparsity:.0%}){' with recovery' if options else ''} of "
-                                  f"{src.manifest.name} {src.manifest.version}")
-    outcome = PruneRecoverResult(manifest, tuple(stages), pruning, losses, seconds)
-    (out_dir / REPORT_FILE).write_text(json.dumps(outcome.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return outcome
-
-
-def format_stages(result: PruneRecoverResult) -> str:
-    """Accuracy, speed and size of each stage, then how long each step took."""
-    lines = [f"{'stage':<24} {'agreement':>9} {'rel.err':>8} {'x orig.':>8} {'MB':>6}"]
-    for stage in result.stages:
-        rel = "-" if stage.rel_error is None else f"{stage.rel_error:.3f}"
-        name = "top-1" if stage.metric == "top1" else "F1"
-        lines.append(f"{stage.label:<24} {name + f' {stage.agreement:.3f}':>9} {rel:>8} {stage.speedup:>8.2f} "
-                     f"{stage.size_bytes / 1e6:>6.2f}")
-    lines.append("time: " + ", ".join(f"{step} {value:.0f} s" for step, value in result.seconds.items()))
-    return "\n".join(lines)

@@ -100,10 +100,10 @@ def test_prune_cli_prints_the_table_and_json(tmp_path, demo_dir, capsys):
 
 
 def test_held_out_frames_are_spread_over_the_whole_video_not_taken_from_its_start():
-    from agent.cli.model import _held_out
+    from agent.tools.frames import hold_out
 
     frames = list(range(64))
-    training, held = _held_out(frames, 16)
+    training, held = hold_out(frames, 16)
     assert len(held) == 16 and not set(held) & set(training) and len(training) == 48
     assert min(held) < 8 and max(held) > 56, f"held-out frames {held} must reach both ends of the video"
-    assert _held_out(frames, 0) == (frames, [])
+    assert hold_out(frames, 0) == (frames, [])

@@ -93,7 +93,7 @@ def frames(demo_dir):
 
 
 def test_least_squares_refit_on_frames_brings_the_pruned_model_closer_to_the_dense_one(demo_dir, frames):
-    from agent.tools.recover import dense_graph
+    from agent.tools.prune_recover import dense_graph
 
     source = resolve_model(demo_dir / "models" / "text-det-v4")
     dense = dense_graph(source)
@@ -130,7 +130,8 @@ def torch():
 
 
 def test_write_back_puts_the_modules_parameters_into_the_same_graph(torch, demo_dir):
-    from agent.tools.recover import dense_graph, to_torch, write_back
+    from agent.tools.prune_recover import dense_graph
+    from agent.tools.recover import to_torch, write_back
 
     dense = dense_graph(resolve_model(demo_dir / "models" / ORIENTATION))
     module = to_torch(dense)
@@ -174,7 +175,7 @@ def test_channel_pruning_with_recovery_reports_accuracy_speed_and_size_of_each_s
     out = tmp_path / "pruned"
     assert main(["model", "prune", str(demo_dir / "models" / ORIENTATION), "--pattern", "channels",
                  "--sparsity", "0.5", "--recover", "--video", str(demo_dir / "video.mp4"), "--frames", "6",
-                 "--eval-frames", "4", "--steps", "3", "--batch-size", "2", "-o", str(out)]) == 0
+                 "--eval-frames", "4", "--val-frames", "4", "--steps", "3", "--batch-size", "2", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "prune_report.json").read_text())
     stages = {stage["label"]: stage for stage in report["stages"]}
@@ -183,19 +184,77 @@ def test_channel_pruning_with_recovery_reports_accuracy_speed_and_size_of_each_s
     assert stages["pruned"]["size_bytes"] < 0.85 * stages["dense (exact rewrites)"]["size_bytes"]
     assert stages["pruned + recovered"]["size_bytes"] == stages["pruned"]["size_bytes"]
     assert len(report["losses"]) == 3 and all(math.isfinite(loss) for loss in report["losses"])
-    assert set(report["seconds"]) == {"prune", "recover", "evaluate"}
+    assert set(report["seconds"]) == {"prune", "recover", "validate", "evaluate"}
     assert report["pruning"]["channels_after"] < report["pruning"]["channels_before"]
+    choice = report["choice"]
+    assert choice["frames"] == 4 and report["kept"] == choice["kept"]
+    recovered_wins = (choice["recovered"]["agreement"], -choice["recovered"]["rel_error"]) > \
+        (choice["pruned"]["agreement"], -choice["pruned"]["rel_error"])
+    assert choice["kept"] == ("pruned + recovered" if recovered_wins else "pruned")
     assert "pruned + recovered" in printed and "time: prune" in printed
-    assert resolve_model(out).manifest.version == "0.0.11-channels50-recovered"
+    assert f"kept: {choice['kept']} (" in printed
+    assert resolve_model(out).manifest.version == ("0.0.11-channels50-recovered" if recovered_wins
+                                                   else "0.0.11-channels50")
+
+
+@pytest.mark.parametrize("recovery", ["breaks", "restores"])
+def test_recovery_keeps_the_better_of_pruned_and_recovered_on_validation_frames(recovery, tmp_path, demo_dir, frames,
+                                                                                 monkeypatch):
+    """A stand-in recovery returns a known-worse model (90% magnitude-pruned) or a known-better one (the dense
+    graph): the choice follows the validation numbers, which are those of the written model."""
+    from agent.tools import prune_recover
+    from agent.tools.compare import compare_models
+    from agent.tools.errors import DistillError
+    from agent.tools.prune import prune_onnx
+    from agent.tools.recover import RecoverOptions, RecoverResult
+
+    source = resolve_model(demo_dir / "models" / ORIENTATION)
+
+    def stand_in(teacher, student, training, options, **_):
+        model = prune_onnx(student, 0.9, "unstructured")[0] if recovery == "breaks" else \
+            prune_recover.dense_graph(teacher)
+        return RecoverResult(model, (1.0,), len(training), 0.0)
+
+    monkeypatch.setattr(prune_recover, "recover", stand_in)
+    validation, evaluation = frames[4:8], frames[8:12]
+    out = tmp_path / recovery
+    result = prune_recover.prune_recover_folder(source, out, "unstructured", 0.1, calibration=(),
+                                                training=frames[:2], evaluation=evaluation, validation=validation,
+                                                options=RecoverOptions(steps=1, crop=None))
+    choice = result.choice
+    assert choice is not None and choice.frames == len(validation)
+    if recovery == "breaks":
+        assert choice.recovered.agreement < choice.pruned.agreement
+        assert choice.kept == "pruned" and "did not improve" in choice.reason
+        assert result.manifest.version == "0.0.11-pruned10"
+    else:
+        assert choice.recovered.rel_error is not None and choice.pruned.rel_error is not None
+        assert choice.recovered.rel_error < choice.pruned.rel_error
+        assert choice.kept == "pruned + recovered" and "raised validation" in choice.reason
+        assert result.manifest.version == "0.0.11-pruned10-recovered"
+    written = compare_models(source, resolve_model(out), validation).agreement
+    kept = choice.pruned if choice.kept == "pruned" else choice.recovered
+    assert (written.value, written.rel_error) == pytest.approx((kept.agreement, kept.rel_error), rel=1e-4)
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["kept"] == choice.kept and report["choice"]["reason"] == choice.reason
+    assert report["choice"]["pruned"]["agreement"] == choice.pruned.agreement
+    assert result.kept.label == choice.kept
+    with pytest.raises(DistillError, match="needs validation frames"):
+        prune_recover.prune_recover_folder(source, tmp_path / "none", "unstructured", 0.1, calibration=(),
+                                           training=frames[:2], evaluation=evaluation, validation=(),
+                                           options=RecoverOptions(steps=1, crop=None))
 
 
 def test_recovery_after_two_four_pruning_keeps_the_pattern_tensorrt_needs(torch, tmp_path, demo_dir, frames):
-    from agent.tools.recover import RecoverOptions, prune_recover_folder
+    from agent.tools.prune_recover import prune_recover_folder
+    from agent.tools.recover import RecoverOptions
 
     source = resolve_model(demo_dir / "models" / ORIENTATION)
-    result = prune_recover_folder(source, tmp_path / "sparse", "2:4", 0.5, calibration=(), training=frames[:2],
-                                  evaluation=frames[2:4], options=RecoverOptions(steps=2, batch_size=2, crop=None))
+    result = prune_recover_folder(source, tmp_path / "sparse", "2:4", 0.5, calibration=(), training=frames[:3],
+                                  evaluation=frames[3:5], options=RecoverOptions(steps=2, batch_size=2, crop=None))
     assert len(result.losses) == 2
+    assert result.choice is not None and result.choice.frames == 1, "without validation frames, a quarter of " \
+        "the training frames is held out for the choice"
     assert sparsity_report(onnx.load(str(tmp_path / "sparse" / "model.onnx"))).fraction == 1.0
 
 
@@ -208,10 +267,12 @@ def test_quantized_and_recovered_models_pack_into_bundles_whose_goldens_pass_dep
         quantize_model(source, frames[:4], folder, QuantizeOptions(target="cpu", per_channel=True))
     else:
         request.getfixturevalue("torch")
-        from agent.tools.recover import RecoverOptions, prune_recover_folder
+        from agent.tools.prune_recover import prune_recover_folder
+        from agent.tools.recover import RecoverOptions
 
         prune_recover_folder(source, folder, "channels", 0.5, calibration=frames[:2], training=frames[:2],
-                             evaluation=frames[2:4], options=RecoverOptions(steps=1, batch_size=1, crop=None))
+                             evaluation=frames[2:4], validation=frames[4:6],
+                             options=RecoverOptions(steps=1, batch_size=1, crop=None))
     derived = resolve_model(folder)
     manifest = build_manifest(name="orientation", version=derived.manifest.version, task="classify",
                               labels=list(source.manifest.head.labels), template=derived.manifest,
