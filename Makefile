@@ -38,8 +38,9 @@ demo-rollback: $(STAMP)
 	$(VENV)/bin/edge-agent rollback --config config.toml --reason "make demo-rollback"
 
 # The suite in parallel (pytest-xdist): most tests wait on subprocesses, brokers and video, so more
-# workers than cores still pays; TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 3
+# workers than cores still pays (a quiet 2-core run with 3 kept the CPUs 58% busy); TEST_WORKERS=0 runs
+# it in one process.
+TEST_WORKERS ?= 4
 test: setup
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 

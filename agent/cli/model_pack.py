@@ -10,7 +10,6 @@ from typing import Any
 from agent.cli.guard import guarded
 from agent.cli.say import EXIT_FAILURE, EXIT_OK
 from agent.models import STATEMENT_VALID_S
-from agent.tools import PackError
 
 __all__ = ["add_pack_parsers"]
 
@@ -40,6 +39,8 @@ def _labels(args: argparse.Namespace) -> list[str]:
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from agent.tools import PackError
+
     values = {key: getattr(args, key) for key in PREPROCESS_FLAGS}
     if args.size is not None:
         values["height"], values["width"] = args.size
@@ -52,7 +53,7 @@ def _preprocess_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from agent.tools import build_manifest, find_manifest, pack_model
+    from agent.tools import PackError, build_manifest, find_manifest, pack_model
 
     template = None
     if args.preprocess_from is not None:

@@ -32,7 +32,7 @@ from tests.support.tmux import Tmux
 pytestmark = pytest.mark.slow
 
 CAMERA = "camera0"
-"""The camera of the test config's ``[source]``."""
+"""The test config's camera (agentproc's ``CAMERA``)."""
 CHROMIUM = Path("/usr/bin/chromium")
 WAIT_S = 60.0
 """Generous for a shared machine; one loop of the video is 18 s."""

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.support.agentproc import REPO, AgentProcess, NotifyListener, agent_config, write_config
+from tests.support.agentproc import REPO, WAIT_S, AgentProcess, NotifyListener, agent_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -71,8 +71,11 @@ def test_killed_agent_leaves_lost_as_last_will(tmp_path, demo_dir, mosquitto, mq
                           mqtt={"keepalive_s": 5})
     probe = mqtt_probe(mosquitto.port, ["edge/dev2/status"])
     agent = AgentProcess(config)
-    probe.wait_for(lambda m: _json(m)["state"] == "online", what="online")
-    agent.kill()
+    try:
+        # A start's bound, not the probe's 30 s: a loaded parallel run took longer than that to come online.
+        probe.wait_for(lambda m: _json(m)["state"] == "online", timeout=WAIT_S, what="online")
+    finally:
+        agent.kill()
     probe.wait_for(lambda m: _json(m)["state"] == "lost", timeout=60, what="the lost will")
 
 

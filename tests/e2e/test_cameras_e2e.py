@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agentproc import AgentProcess, NotifyListener, agent_config
+from tests.support.agentproc import TEST_FPS, AgentProcess, NotifyListener, agent_config
 from tests.support.fleetproc import run
 
 pytestmark = pytest.mark.slow
@@ -25,14 +25,13 @@ def _json(message):
 
 
 def _config(tmp: Path, demo: Path, url: str, names: list[str]) -> Path:
-    """The test agent's config with ``[[camera]]`` entries (copies of the demo video) for ``[source]``."""
+    """The test agent's config with ``[[camera]]`` entries (copies of the demo video, at ``TEST_FPS``) for its
+    one camera (written last)."""
     path = agent_config(tmp, demo, url)
-    text = path.read_text()
-    head, _, rest = text.partition("[source]\n")
-    rest = rest.partition("\n\n")[2]
-    cameras = "".join(f'[[camera]]\nname = "{n}"\nuri = "{shutil.copy(demo / "video.mp4", tmp / f"{n}.mp4")}"\n\n'
-                      for n in names)
-    path.write_text(head + rest + "\n" + cameras)
+    head = path.read_text().partition("[[camera]]\n")[0]
+    cameras = "".join(f'[[camera]]\nname = "{n}"\nuri = "{shutil.copy(demo / "video.mp4", tmp / f"{n}.mp4")}"\n'
+                      f"fps = {TEST_FPS}\n\n" for n in names)
+    path.write_text(head + cameras)
     return path
 
 

@@ -371,6 +371,8 @@ def test_broker_killed_outright_gets_back_subscriptions_and_retained_state(tmp_p
                                             f"edge/{DEVICE}/reply"])
         fresh.wait_for(lambda m: m.topic.endswith("/model"), timeout=WAIT_S,
                        what="the model, published again after the reconnect")
+        fresh.wait_for(lambda m: m.topic.endswith("/status"), timeout=WAIT_S,
+                       what="the status, published again after the reconnect (after the model)")
         # The broker holds them retained again: a subscriber that comes later gets them.
         late = mqtt_probe(mosquitto.port, [f"edge/{DEVICE}/status", f"edge/{DEVICE}/model"])
         status = late.wait_for(lambda m: m.topic.endswith("/status") and m.retain, timeout=WAIT_S,

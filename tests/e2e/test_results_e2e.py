@@ -63,11 +63,10 @@ def camera_config(tmp: Path, demo: Path, url: str, results: str = "", **override
     """The test agent's config with one ``[[camera]]`` (the demo video) and its results table;
     ``overrides`` as agent_config takes them."""
     path = agent_config(tmp, demo, url, **overrides)
-    head, _, rest = path.read_text().partition("[source]\n")
-    rest = rest.partition("\n\n")[2]
+    head = path.read_text().partition("[[camera]]\n")[0]
     camera = f'[[camera]]\nname = "{CAMERA}"\nuri = "{demo / "video.mp4"}"\n\n[camera.results.tracker]\n' \
              f'max_missed_frames = 3\n{results}\n'
-    path.write_text(head + rest + "\n" + camera)
+    path.write_text(head + camera)
     return path
 
 

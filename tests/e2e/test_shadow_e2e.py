@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from agent.fleet.control import ControlClient
+from tests.support import agentproc
 from tests.support.artifacts import bundle_of, pruned_bundle, sha256
 from tests.support.page_scene import page_scene_agent
 
@@ -39,9 +40,9 @@ SETTLE_S = 400.0
 
 
 def _config_with_camera(path):
-    """agent_config's [source] as one named [[camera]] whose every frame's result is published."""
+    """agent_config's camera, named ``CAMERA``, with every frame's result published."""
     text = path.read_text(encoding="utf-8")
-    text = text.replace("[source]\n", f'[[camera]]\nname = "{CAMERA}"\n', 1)
+    text = text.replace(f'[[camera]]\nname = "{agentproc.CAMERA}"\n', f'[[camera]]\nname = "{CAMERA}"\n', 1)
     path.write_text(text + '\n[camera.results.rate]\nmode = "every_frame"\n', encoding="utf-8")
     return path
 

@@ -19,6 +19,12 @@ WAIT_S = 90.0
 ANY_PORT = "127.0.0.1:0"
 """The live view's listen address for test agents: a free port each, never the default 8090 that parallel
 tests (and a ``make run`` beside them) would share."""
+TEST_FPS = 5.0
+"""Frames a second a test agent infers (its camera's ``fps``; the demo video delivers 15): every inferred
+frame still goes through every stage, at a third of the CPU that a parallel run on two cores is short of.
+A test that needs its frames sooner asks for them (``camera={"fps": None}``: every frame the video gives)."""
+CAMERA = "camera0"
+"""The test agent's one camera (the name a ``[source]`` section's camera has)."""
 SLOW_MACHINE = {"latency_budget_ms": 120_000.0}
 """``[deploy]`` for a shared test machine: a deployment must not fail for being slow here (a loaded
 parallel run measured 3.6 s for a warm inference the default 2 s budget refuses)."""
@@ -34,34 +40,42 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+def write_config(path: Path, sections: dict[str, dict[str, Any] | list[dict[str, Any]]]) -> Path:
+    """``sections`` as TOML: a dict is a ``[table]``, a list of dicts an array of ``[[tables]]``; a None value
+    is left out (the key's default)."""
     lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
-        lines.append("")
+    for section, tables in sections.items():
+        header = f"[[{section}]]" if isinstance(tables, list) else f"[{section}]"
+        for values in tables if isinstance(tables, list) else [tables]:
+            lines.append(header)
+            lines += [f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None]
+            lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
 def agent_config(tmp: Path, demo: Path, mqtt_url: str, device_id: str = "dev1",
                  **overrides: dict[str, Any]) -> Path:
-    """A config for a test agent: its own store (text-det v4 installed), state dir, the demo video."""
+    """A config for a test agent: its own store (text-det v4 installed), state dir, one ``[[camera]]`` on the
+    demo video at ``TEST_FPS``. ``overrides`` update the sections by name; ``camera`` (or ``source``) the camera."""
     store_root = tmp / "engines"
     if not store_root.exists():
         ModelStore(store_root).install(demo / "models" / "text-det-v4")
+    camera: dict[str, Any] = {"name": CAMERA, "uri": str(demo / "video.mp4"), "pace": "native", "loop": True,
+                              "fps": TEST_FPS}
+    camera.update(overrides.pop("source", {}))
+    camera.update(overrides.pop("camera", {}))
     sections: dict[str, dict[str, Any]] = {
         "agent": {"device_id": device_id, "state_dir": str(tmp / "state"), "groups": ["lab"],
                   "stop_timeout_s": 10.0},
         "mqtt": {"url": mqtt_url, "reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
-        "source": {"uri": str(demo / "video.mp4"), "pace": "native", "loop": True},
         "model": {"name": "text-det", "store": str(store_root), "threads": 1},
         "telemetry": {"health_period_s": 1.0, "latency_period_s": 0.5},
         "live_view": {"listen": ANY_PORT},
     }
     for section, values in overrides.items():
         sections.setdefault(section, {}).update(values)
-    return write_config(tmp / "config.toml", sections)
+    return write_config(tmp / "config.toml", {**sections, "camera": [camera]})
 
 
 class NotifyListener:

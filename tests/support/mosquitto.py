@@ -45,6 +45,9 @@ MOSQUITTO = Path("/usr/sbin/mosquitto")
 WAIT_S = 30.0
 """Upper bound for anything the tests wait for; never an expectation of speed."""
 POLL_S = 0.02
+RESCAN_S = 0.2
+"""Longest a probe's wait goes without a new message before it asks its predicate again (a predicate may
+read more than the messages: a log, a clock); a new message wakes it at once."""
 STOP_S = 10.0
 
 
@@ -235,6 +238,7 @@ class MqttProbe:
         self.filters = list(filters)
         self.messages: list[ProbeMessage] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._connected = threading.Event()
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -265,10 +269,11 @@ class MqttProbe:
         self._connected.clear()
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
-        with self._lock:
+        with self._arrived:
             self.messages.append(
                 ProbeMessage(message.topic, bytes(message.payload), message.retain, message.qos)
             )
+            self._arrived.notify_all()
 
     def wait_connected(self, timeout: float = WAIT_S) -> None:
         poll(self._connected.is_set, timeout, "the probe to connect")
@@ -285,18 +290,22 @@ class MqttProbe:
         timeout: float = WAIT_S,
         what: str = "a matching message",
     ) -> ProbeMessage:
-        found: list[ProbeMessage] = []
-
-        def matched() -> bool:
-            found[:] = [m for m in self.snapshot() if predicate(m)]
-            return bool(found)
-
-        try:
-            poll(matched, timeout, what)
-        except AssertionError:
-            seen = [(m.topic, m.payload[:80]) for m in self.snapshot()]
-            raise AssertionError(f"timed out waiting for {what}; saw {seen}") from None
-        return found[0]
+        """The first message received that matches ``predicate``, waiting up to ``timeout`` seconds for one.
+        The predicate is asked again when a message arrives (or after ``RESCAN_S`` without one), not on a timer."""
+        deadline = time.monotonic() + timeout
+        asked = -1
+        while True:
+            with self._arrived:
+                if len(self.messages) == asked:
+                    self._arrived.wait(min(RESCAN_S, max(0.0, deadline - time.monotonic())))
+                messages = list(self.messages)
+            asked = len(messages)
+            for message in messages:
+                if predicate(message):
+                    return message
+            if time.monotonic() > deadline:
+                seen = [(m.topic, m.payload[:80]) for m in messages]
+                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; saw {seen}")
 
     async def wait_for_async(
         self,

@@ -51,8 +51,8 @@ def page_scene_agent(tmp: Path, demo: Path, device: str, deploy: dict[str, Any],
     server = ArtifactServer(www)
     probe = agent = None
     try:
-        config = agent_config(tmp, demo, broker.url, device_id=device, source={"uri": str(clip), "pace": "none"},
-                              deploy=deploy)
+        config = agent_config(tmp, demo, broker.url, device_id=device, deploy=deploy,
+                              camera={"uri": str(clip), "pace": "none", "fps": None})
         if edit is not None:
             config = edit(config)
         probe = MqttProbe(broker.port, [f"edge/{device}/#"])
