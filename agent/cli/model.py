@@ -205,6 +205,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         pruning = result.pruning
         print(f"student: the teacher with {pruning.channels_before} -> {pruning.channels_after} channels in "
               f"{len(pruning.groups)} groups, {pruning.params_before} -> {pruning.params_after} parameters")
+    if result.start is not None:
+        start = result.start
+        print(f"before distillation (pruned and refit): top-1 agreement {start.agreement.value * 100:.1f}%, "
+              f"speed B/A x{start.speedup:.2f} (median)")
     print(f"{result.path}: student trained on {result.samples} frame views for {len(result.losses)} epochs")
     if result.comparison is not None:
         print(format_comparison(result.comparison))

@@ -74,6 +74,9 @@ class DistillResult:
     """The student against the teacher on the held-out frame views (turned too, when rotating)."""
     pruning: ChannelReport | None = None
     """For a student made from the teacher's own graph: the channels it kept."""
+    start: Comparison | None = None
+    """For a student made from the teacher's own graph: that graph pruned and refit, before distillation,
+    on the same views."""
 
 
 def views(frame: np.ndarray, rotate: bool) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def distill_channels(teacher: ModelRef, share: float, train_frames: Sequence[np.
 
     An epoch is as many steps of ``options.batch_size`` views as one pass over the training views
     (views drawn at random). With ``eval_frames``, the student is compared with the teacher on their
-    views (``compare_student``).
+    views (``compare_student``), and so is the pruned graph before distillation (``DistillResult.start``).
     """
     if not train_frames:
         raise DistillError("no frames to train on")
@@ -78,6 +79,11 @@ def distill_channels(teacher: ModelRef, share: float, train_frames: Sequence[np.
     log.info("student_pruned", share=share, channels_before=report.channels_before,
              channels_after=report.channels_after, params_before=report.params_before,
              params_after=report.params_after)
+    start = None
+    if eval_frames:
+        with tempfile.TemporaryDirectory(prefix="edge-agent-student-") as tmp:
+            onnx.save(pruned, str(Path(tmp) / "pruned.onnx"))
+            start = compare_student(teacher, Path(tmp) / "pruned.onnx", eval_frames, options)
     samples = len(train_frames) * len(views(train_frames[0], options.rotate))
     steps_per_epoch = math.ceil(samples / options.batch_size)
     recovered = recover(teacher, pruned, train_frames,
@@ -92,4 +98,4 @@ def distill_channels(teacher: ModelRef, share: float, train_frames: Sequence[np.
     onnx.save(model, str(out))
     comparison = compare_student(teacher, out, eval_frames, options) if eval_frames else None
     return DistillResult(out, _epoch_means(recovered.losses, steps_per_epoch), recovered.samples, comparison,
-                         pruning=report)
+                         pruning=report, start=start)

@@ -67,7 +67,7 @@ def test_a_channel_student_of_the_classifier_packs_with_the_teachers_manifest_an
     assert out.stat().st_size < 0.9 * teacher.size_bytes
 
     # The printed agreement is the student's on the held-out frames and their turns, measured again here.
-    printed_top1 = re.search(r"top-1 agreement ([\d.]+)%", printed)
+    printed_top1 = re.search(r"^  top-1 agreement ([\d.]+)%", printed, re.MULTILINE)
     printed_speed = re.search(r"speed B/A: x([\d.]+) \(median\)", printed)
     assert printed_top1 is not None and printed_speed is not None, printed
     assert f"classify: {EVAL_FRAMES * 4} frames" in printed
@@ -77,6 +77,8 @@ def test_a_channel_student_of_the_classifier_packs_with_the_teachers_manifest_an
     again = compare_models(teacher, student, [view for frame in held for view in views(frame, True)], threads=2)
     assert float(printed_top1[1]) == pytest.approx(again.agreement.value * 100, abs=0.05)
     assert math.isfinite(float(printed_speed[1])) and float(printed_speed[1]) > 0
+    before = re.search(r"before distillation \(pruned and refit\): top-1 agreement ([\d.]+)%", printed)
+    assert before is not None and 0.0 <= float(before[1]) <= 100.0, printed
 
     manifest = build_manifest(name="orientation", version="0.0.11-student", task="classify",
                               labels=list(teacher.manifest.head.labels), template=teacher.manifest,
