@@ -181,7 +181,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_distill(args: argparse.Namespace) -> int:
     from agent.tools import (
         DistillOptions,
+        channel_share,
         distill,
+        distill_channels,
         format_comparison,
         hold_out,
         load_torch_model,
@@ -192,10 +194,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
     options = DistillOptions(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              temperature=args.temperature, rotate=not args.no_rotate, threads=args.threads)
     teacher = resolve_model(args.teacher, args.manifest)
+    share = channel_share(args.student)
     training, evaluation = hold_out(read_video_frames(args.video, args.frames + args.eval_frames), args.eval_frames)
     with ProgressBoard() as board:
-        result = distill(teacher, load_torch_model(args.student), training, args.output, options,
-                         eval_frames=evaluation, progress=board.reporter())
+        if share is None:
+            result = distill(teacher, load_torch_model(args.student), training, args.output, options,
+                             eval_frames=evaluation, progress=board.reporter())
+        else:
+            result = distill_channels(teacher, share, training, args.output, options, eval_frames=evaluation,
+                                      progress=board.reporter())
+    if result.pruning is not None:
+        pruning = result.pruning
+        print(f"student: the teacher with {pruning.channels_before} -> {pruning.channels_after} channels in "
+              f"{len(pruning.groups)} groups, {pruning.params_before} -> {pruning.params_after} parameters")
+    if result.start is not None:
+        start = result.start
+        print(f"before distillation (pruned and refit): top-1 agreement {start.agreement.value * 100:.1f}%, "
+              f"speed B/A x{start.speedup:.2f} (median)")
     print(f"{result.path}: student trained on {result.samples} frame views for {len(result.losses)} epochs")
     if result.comparison is not None:
         print(format_comparison(result.comparison))
@@ -307,14 +322,18 @@ def _add_distill(sub: Any) -> None:
     p = sub.add_parser("distill", help="train a small student on a teacher's outputs (needs the torch extra)")
     p.add_argument("--teacher", type=Path, required=True, help="teacher model folder or .onnx (with --manifest)")
     p.add_argument("--manifest", type=Path)
-    p.add_argument("--student", required=True, help="package.module:factory returning an untrained module")
+    p.add_argument("--student", required=True,
+                   help="package.module:factory returning an untrained module, or channels:SHARE: the teacher's "
+                        "own graph with SHARE of each prunable group's channels removed, refit and distilled "
+                        "(needs onnx2torch)")
     p.add_argument("--video", type=Path, required=True, help="unlabelled frames")
     p.add_argument("--frames", type=int, default=64, help="training frames (each also turned 90/180/270)")
-    p.add_argument("--eval-frames", type=int, default=32, help="held-out frames for the comparison")
+    p.add_argument("--eval-frames", type=int, default=32,
+                   help="held-out frames for the comparison (each also turned 90/180/270)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0, help="softens the teacher (package.module:factory)")
     p.add_argument("--no-rotate", action="store_true", help="do not add turned copies of the frames")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("-o", "--output", type=Path, required=True, help="the student .onnx to write")

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agent.tools.quantize import QuantizeOptions, calibration_feeds, quantize_model, simplify_model
     from agent.tools.recover import RecoverOptions
     from agent.tools.sensitivity import format_sensitivity
+    from agent.tools.student import channel_share, distill_channels
 
 __all__ = [
     "COVER_POOL",
@@ -57,9 +58,11 @@ __all__ = [
     "ToolError",
     "build_manifest",
     "calibration_feeds",
+    "channel_share",
     "compare_models",
     "covering_frames",
     "distill",
+    "distill_channels",
     "export_onnx",
     "find_manifest",
     "format_comparison",
@@ -102,8 +105,10 @@ _HOMES = {
     "ToolError": "agent.tools.errors",
     "build_manifest": "agent.tools.pack",
     "calibration_feeds": "agent.tools.quantize",
+    "channel_share": "agent.tools.student",
     "compare_models": "agent.tools.compare",
     "covering_frames": "agent.tools.frames",
+    "distill_channels": "agent.tools.student",
     "export_onnx": "agent.tools.export",
     "find_manifest": "agent.tools.modelref",
     "format_comparison": "agent.tools.compare",

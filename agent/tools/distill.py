@@ -30,13 +30,15 @@ import numpy as np
 import structlog
 
 from agent.core import Progress
+from agent.tools.channels import ChannelReport
 from agent.tools.compare import Comparison, compare_models
 from agent.tools.errors import DistillError
 from agent.tools.export import export_onnx, require_torch
 from agent.tools.modelref import ModelRef, Runner
 from agent.vision import softmax
 
-__all__ = ["DistillOptions", "DistillResult", "check_schedule", "distill", "teacher_targets"]
+__all__ = ["DistillOptions", "DistillResult", "check_schedule", "compare_student", "distill", "teacher_targets",
+           "views"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,9 +85,16 @@ class DistillResult:
     """Mean training loss per epoch."""
     samples: int
     comparison: Comparison | None
+    """The student against the teacher on the held-out frame views (turned too, when rotating)."""
+    pruning: ChannelReport | None = None
+    """For a student made from the teacher's own graph: the channels it kept."""
+    start: Comparison | None = None
+    """For a student made from the teacher's own graph: that graph pruned and refit, before distillation,
+    on the same views."""
 
 
-def _views(frame: np.ndarray, rotate: bool) -> list[np.ndarray]:
+def views(frame: np.ndarray, rotate: bool) -> list[np.ndarray]:
+    """``frame``, and with ``rotate`` also turned by 90, 180 and 270 degrees."""
     if not rotate:
         return [frame]
     return [frame if code is None else cv2.rotate(frame, code) for code in ROTATIONS]
@@ -99,7 +108,7 @@ def teacher_targets(teacher: ModelRef, frames: Sequence[np.ndarray], rotate: boo
     pairs = []
     try:
         for frame in frames:
-            for view in _views(frame, rotate):
+            for view in views(frame, rotate):
                 feeds, _ = runner.prep(view)
                 outputs, _ = runner.infer(feeds)
                 target = outputs[runner.output_name]
@@ -185,12 +194,23 @@ def _exportable(student: Any, teacher: ModelRef) -> Any:
     return student
 
 
+def compare_student(teacher: ModelRef, student: Path, eval_frames: Sequence[np.ndarray],
+                    options: DistillOptions) -> Comparison:
+    """The student (an ONNX file taking the teacher's manifest) against the teacher on the views of
+    ``eval_frames`` (each also turned, when ``options.rotate``: for an orientation classifier, upright
+    frames alone show one class)."""
+    manifest = teacher.manifest.model_copy(update={"version": f"{teacher.manifest.version}-student"})
+    return compare_models(teacher, ModelRef(student, manifest),
+                          [view for frame in eval_frames for view in views(frame, options.rotate)],
+                          threads=options.threads)
+
+
 def distill(teacher: ModelRef, student: Any, train_frames: Sequence[np.ndarray], out: Path,
             options: DistillOptions, *, eval_frames: Sequence[np.ndarray] = (),
             progress: Progress | None = None) -> DistillResult:
     """Train ``student`` on ``teacher``'s outputs over ``train_frames``, export it to ``out``.
 
-    With ``eval_frames``, the exported student is compared with the teacher on them.
+    With ``eval_frames``, the exported student is compared with the teacher on their views (``compare_student``).
     """
     if not train_frames:
         raise DistillError("no frames to train on")
@@ -200,8 +220,5 @@ def distill(teacher: ModelRef, student: Any, train_frames: Sequence[np.ndarray],
     dense = teacher.manifest.preprocess.resize == "multiple" and teacher.manifest.preprocess.height is None
     export_onnx(_exportable(student, teacher), shape, out, dynamic_batch=True, dynamic_spatial=dense,
                 source=f"distilled from {teacher.manifest.name} {teacher.manifest.version}")
-    comparison = None
-    if eval_frames:
-        manifest = teacher.manifest.model_copy(update={"version": f"{teacher.manifest.version}-student"})
-        comparison = compare_models(teacher, ModelRef(out, manifest), eval_frames, threads=options.threads)
+    comparison = compare_student(teacher, out, eval_frames, options) if eval_frames else None
     return DistillResult(out, tuple(losses), len(pairs), comparison)
