@@ -76,6 +76,8 @@ ingests is its ceiling, and bounded, so that the publisher leaves the consumers 
 FD_HEADROOM = 256
 """Open files of mosquitto beyond one socket per device (consumers, the rollout, its own)."""
 PROFILE_LINES = 20
+LOG_TAIL_CHARS = 2000
+"""What the results keep of the log of a consumer that ingested nothing."""
 REST_PREFIX = "rest"
 """Topic prefix of the devices outside the rollout group: ``fleet deploy`` reads every device's drift,
 bias and leak telemetry under its prefix (agent.fleet.link), which for 9000 more devices would be
@@ -261,32 +263,41 @@ def run_consumers(url: str, instances: int, broker_pid: int, offered: float,
                   flood_rate: float | None = None, prefix: str = "edge") -> dict[str, Any]:
     """``instances`` of ``fleet watch`` in one share group: what each ingested over ``CONSUMER_WINDOW_S``;
     ``flood_rate``: a flood publisher offers that many messages/s beside whatever else publishes."""
-    ports = [free_port() for _ in range(instances)]
-    processes = [subprocess.Popen(cli("fleet", "watch", "--broker", url, "--prefix", prefix, "--share-group", "bench",
-                                      "--prometheus-port", str(port), "--log-level", "warning"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
-    publisher = Flood(url, flood_rate) if flood_rate else None
-    try:
-        for port in ports:
-            wait_http(port)
-        if publisher is not None:
-            publisher.start()
-        time.sleep(CONSUMER_WARMUP_S)
-        before = [scrape(port) for port in ports]
-        sent_before = publisher.sent if publisher else 0
-        phase = Phase(broker_pid)
-        time.sleep(CONSUMER_WINDOW_S)
-        after = [scrape(port) for port in ports]
-        timing = phase.end()
-        sent = (publisher.sent - sent_before) if publisher else 0
-    finally:
-        if publisher is not None:
-            publisher.stop()
-        for process in processes:
-            process.terminate()
-            process.wait()
-    wall = timing["wall_s"]
-    rates = [(a["messages"] - b["messages"]) / wall for a, b in zip(after, before, strict=True)]
+    with contextlib.ExitStack() as stack:
+        ports = [free_port() for _ in range(instances)]
+        logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in ports]
+        processes = [subprocess.Popen(cli("fleet", "watch", "--broker", url, "--prefix", prefix,
+                                          "--share-group", "bench", "--prometheus-port", str(port),
+                                          "--log-level", "info"),
+                                      stdout=log, stderr=subprocess.STDOUT)
+                     for port, log in zip(ports, logs, strict=True)]
+        publisher = Flood(url, flood_rate) if flood_rate else None
+        try:
+            for port in ports:
+                wait_http(port)
+            if publisher is not None:
+                publisher.start()
+            time.sleep(CONSUMER_WARMUP_S)
+            before = [scrape(port) for port in ports]
+            sent_before = publisher.sent if publisher else 0
+            phase = Phase(broker_pid)
+            time.sleep(CONSUMER_WINDOW_S)
+            after = [scrape(port) for port in ports]
+            timing = phase.end()
+            sent = (publisher.sent - sent_before) if publisher else 0
+        finally:
+            if publisher is not None:
+                publisher.stop()
+            for process in processes:
+                process.terminate()
+                process.wait()
+        wall = timing["wall_s"]
+        rates = [(a["messages"] - b["messages"]) / wall for a, b in zip(after, before, strict=True)]
+        tails = []
+        for log, rate in zip(logs, rates, strict=True):
+            if rate == 0:  # say why, rather than a silent 0
+                log.seek(0)
+                tails.append(log.read().decode(errors="replace")[-LOG_TAIL_CHARS:])
     cpu = [(a["cpu_s"] - b["cpu_s"]) for a, b in zip(after, before, strict=True)]
     per_thousand = [1000 * c / max(r * wall, 1) for c, r in zip(cpu, rates, strict=True)]
     return {"instances": instances, "flood": bool(flood_rate),
@@ -295,7 +306,8 @@ def run_consumers(url: str, instances: int, broker_pid: int, offered: float,
             "ingested_per_s_total": round(sum(rates), 1),
             "consumer_cpu_percent": [round(100 * c / wall, 1) for c in cpu],
             "cpu_s_per_1000_messages": [round(p, 3) for p in per_thousand],
-            "mosquitto_cpu_percent": timing["mosquitto_cpu_percent"]}
+            "mosquitto_cpu_percent": timing["mosquitto_cpu_percent"],
+            **({"idle_consumer_log": tails} if tails else {})}
 
 
 def raise_open_files(need: int) -> None:
