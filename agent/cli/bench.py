@@ -32,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="deployments per means and condition in the deploy-gap run")
     parser.add_argument("--means", default=",".join(dev_bench.MEANS),
                         help=f"the deploy-gap run's means, comma separated, of {', '.join(dev_bench.MEANS)}")
+    parser.add_argument("--camera-fps", type=float,
+                        help="the deploy-gap run's cameras at this rate (a real camera's) instead of unpaced")
     args = parser.parse_args(argv)
+    if args.camera_fps is not None and args.camera_fps <= 0:
+        parser.error(f"--camera-fps must be above 0, got {args.camera_fps:g}")
     means = tuple(m for m in args.means.split(",") if m)
     unknown = [m for m in means if m not in dev_bench.MEANS]
     if unknown:
@@ -42,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             only=args.only, camera_frames=args.camera_frames,
                             cameras=tuple(int(n) for n in args.cameras.split(",")),
                             shadow_rounds=args.shadow_rounds, shadow_s=args.shadow_seconds,
-                            deploys=args.deploys, means=means)
+                            deploys=args.deploys, means=means, camera_fps=args.camera_fps)
     except DevError as exc:
         return fail("bench", exc)
     return EXIT_OK

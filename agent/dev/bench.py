@@ -348,7 +348,7 @@ BENCHES = ("pipeline", "swap", "cameras", "results", "shadow", "stages", "livevi
 def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: int, only: str | None = None,
               camera_frames: int, cameras: tuple[int, ...] = CAMERA_COUNTS, shadow_rounds: int = SHADOW_ROUNDS,
               shadow_s: float = SHADOW_S, deploys: int = DEPLOY_GAP_DEPLOYS,
-              means: tuple[str, ...] = tuple(MEANS)) -> None:
+              means: tuple[str, ...] = tuple(MEANS), camera_fps: float | None = None) -> None:
     """Run every bench (or only ``only``) on the demo folder; each line of figures goes to ``report``."""
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "engines")
@@ -370,6 +370,6 @@ def run_bench(demo: Path, report: Report, *, frames: int, rounds: int, swaps: in
     if only in (None, "shadow"):
         bench_shadow(demo, report, rounds=shadow_rounds, seconds=shadow_s)
     if only in (None, "deploy-gap"):
-        bench_deploy_gap(demo, report, deploys=deploys, means=means)
+        bench_deploy_gap(demo, report, deploys=deploys, means=means, camera_fps=camera_fps)
     if only in (None, "tools"):
         bench_tools(demo, report)

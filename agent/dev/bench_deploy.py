@@ -160,10 +160,11 @@ def cpu_hog(on: bool) -> Iterator[None]:
 
 
 async def _run(demo: Path, root: Path, settings: DeploySection, deploys: int, cameras: int,
-               control: bool) -> Timeline:
+               control: bool, camera_fps: float | None = None) -> Timeline:
     rig = demo_rig(demo, root, THREADS)
     video = demo / "video.mp4"
-    camera_set = CameraSet([CameraSection(name=f"cam{i}", uri=str(video), pace="none", loop=True)
+    paced: dict[str, Any] = {"pace": "none"} if camera_fps is None else {"fps": camera_fps}
+    camera_set = CameraSet([CameraSection(name=f"cam{i}", uri=str(video), loop=True, **paced)
                             for i in range(cameras)], "text-det")
     timeline = Timeline()
     pipeline = Pipeline(Scheduler(camera_set), rig.slot, LatencyRecorder(600), observers=[timeline.seen])
@@ -210,22 +211,27 @@ async def _steady(timeline: Timeline, cameras: int) -> None:
         await asyncio.sleep(POLL_S)
 
 
-def deploy_gaps(demo: Path, means: dict[str, Any] | None, hog: bool, deploys: int, cameras: int) -> Gaps:
-    """One condition: ``deploys`` deployments with ``means``' settings, beside the hog or not."""
+def deploy_gaps(demo: Path, means: dict[str, Any] | None, hog: bool, deploys: int, cameras: int,
+                camera_fps: float | None = None) -> Gaps:
+    """One condition: ``deploys`` deployments with ``means``' settings, beside the hog or not; each camera
+    unpaced (``camera_fps`` None: every frame as fast as the CPU allows) or at ``camera_fps``."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         settings = DeploySection(allowed_schemes=("file",), file_roots=(root,), latency_budget_ms=NO_BUDGET_MS,
                                  **(means or {}))
         with cpu_hog(hog):
-            timeline = asyncio.run(_run(demo, root, settings, deploys, cameras, means is None))
+            timeline = asyncio.run(_run(demo, root, settings, deploys, cameras, means is None, camera_fps))
     return measure(timeline)
 
 
 def bench_deploy_gap(demo: Path, report: Report, *, deploys: int = DEPLOY_GAP_DEPLOYS, rounds: int = 1,
-                     cameras: int = DEPLOY_CAMERAS, means: tuple[str, ...] = tuple(MEANS)) -> dict[str, list[Gaps]]:
-    """Every means quiet and beside the hog, ``rounds`` times; per camera worst gap ratios to ``report``."""
+                     cameras: int = DEPLOY_CAMERAS, means: tuple[str, ...] = tuple(MEANS),
+                     camera_fps: float | None = None) -> dict[str, list[Gaps]]:
+    """Every means quiet and beside the hog, ``rounds`` times; per camera worst gap ratios to ``report``.
+    ``camera_fps``: cameras at that rate (a real camera's case) instead of unpaced (the CPU saturated)."""
     load = os.getloadavg()[0]
-    report(f"\n== deploy gap: {cameras} cameras on text-det, {deploys} deployments (v4 <-> v6) per condition, "
+    rate = "unpaced" if camera_fps is None else f"at {camera_fps:g} fps"
+    report(f"\n== deploy gap: {cameras} cameras {rate} on text-det, {deploys} deployments (v4 <-> v6) per condition, "
            f"{rounds} round(s), load average at start {load:.1f} on {os.cpu_count()} cores ==")
     report("largest gap over a whole deployment / steady median gap of its model, per camera "
            "(goal <= 1.5 quiet, <= 2 with the hog)")
@@ -233,7 +239,7 @@ def bench_deploy_gap(demo: Path, report: Report, *, deploys: int = DEPLOY_GAP_DE
     for r in range(rounds):
         for name in means:
             for hog in (False, True):
-                gaps = deploy_gaps(demo, MEANS[name], hog, deploys, cameras)
+                gaps = deploy_gaps(demo, MEANS[name], hog, deploys, cameras, camera_fps)
                 key = f"{name} {'hog' if hog else 'quiet'}"
                 results[key].append(gaps)
                 cams = "  ".join(f"{c} {gaps.worst[c]:.2f} ({gaps.worst_step[c]})" for c in sorted(gaps.worst))

@@ -37,3 +37,12 @@ def test_at_the_swap_a_gap_is_measured_against_the_slower_model():
     assert gaps.medians["cam0"] == {"v4": pytest.approx(0.1), "v6": pytest.approx(0.4)}
     assert gaps.worst["cam0"] == pytest.approx(1.25)  # 1.9 -> 2.4: 0.5 s against v6's 0.4, not v4's 0.1
     assert gaps.worst_step["cam0"] == "swap/close"
+
+
+def test_a_camera_rate_that_is_not_above_zero_is_refused_by_name(capsys):
+    from agent.cli.bench import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--only", "deploy-gap", "--camera-fps", "0"])
+    assert refused.value.code == 2
+    assert "--camera-fps must be above 0, got 0" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from agent.fleet.control import ControlClient
-from tests.support.agentproc import REPO, AgentProcess, agent_config
+from tests.support.agentproc import BEHAVIOUR_UNJUDGED, REPO, AgentProcess, agent_config
 from tests.support.artifacts import ArtifactServer, bundle_of, sha256
 from tests.support.mosquitto import Mosquitto, MqttProbe
 
@@ -33,7 +33,7 @@ def rig(tmp_path_factory, demo_dir):
     config = agent_config(tmp, demo_dir, broker.url, device_id=DEVICE,
                           source={"pace": "none"},
                           deploy={"allowed_schemes": ["http"], "probation_s": 2.0, "max_latency_ratio": 100.0,
-                                  "load_nice": 5, "latency_budget_ms": 60_000.0})
+                                  "load_nice": 5, "latency_budget_ms": 60_000.0, **BEHAVIOUR_UNJUDGED})
     probe = MqttProbe(broker.port, [f"edge/{DEVICE}/#"])
     agent = AgentProcess(config)
     probe.wait_for(lambda m: m.topic == f"edge/{DEVICE}/status" and json.loads(m.payload)["state"] == "online",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from agent.models.store import ModelStore
-from tests.support.agentproc import SLOW_MACHINE, AgentProcess, agent_config
+from tests.support.agentproc import BEHAVIOUR_UNJUDGED, SLOW_MACHINE, AgentProcess, agent_config
 from tests.support.faultkit import ArtifactServer, OutboxView, bundle, log_events, payloads_by_seq, short_clip
 from tests.support.mosquitto import Mosquitto, MqttProbe, poll
 from tests.support.tmpfs import small_tmpfs
@@ -228,7 +228,7 @@ def test_agent_killed_during_a_deployment_restarts_serving_a_valid_model(
     _, sha256 = bundle(demo_dir / "models" / "text-det-v6", artifacts / "v6.tar")
     server = ArtifactServer(artifacts, chunk_delay_s=0.05 if when == "downloading" else 0.0)
     probe = mqtt_probe(mosquitto.port, [f"edge/{DEVICE}/#"])
-    config = agent_config(tmp_path, demo_dir, mosquitto.url, deploy=SLOW_MACHINE)
+    config = agent_config(tmp_path, demo_dir, mosquitto.url, deploy={**SLOW_MACHINE, **BEHAVIOUR_UNJUDGED})
     store_root = tmp_path / "engines"
     first = start_agent(config, 1)
     try:
@@ -322,7 +322,7 @@ def test_disk_full_during_a_download_is_reported_and_the_old_model_serves(tmp_pa
     probe = mqtt_probe(mosquitto.port, [f"edge/{DEVICE}/#"])
     with small_tmpfs(tmp_path / "engines", 8) as store_root:
         ModelStore(store_root).install(demo_dir / "models" / "text-det-v4")  # 4.6 MB of the 8
-        config = agent_config(tmp_path, demo_dir, mosquitto.url, deploy=SLOW_MACHINE)
+        config = agent_config(tmp_path, demo_dir, mosquitto.url, deploy={**SLOW_MACHINE, **BEHAVIOUR_UNJUDGED})
         free_before = shutil.disk_usage(store_root).free
         assert free_before < (artifacts / "v6.tar").stat().st_size
         agent = start_agent(config, 1)
