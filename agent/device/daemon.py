@@ -414,8 +414,7 @@ class Agent:
             await asyncio.wait_for(self.session.stop(), timeout=bound / 4)
         except asyncio.TimeoutError:
             log.warning("broker_flush_timed_out", timeout_s=bound / 4)
-        self.slot.clear()
-        self.slot.drain(bound / 4)
+        self.slot.clear(bound / 4)
 
 
 def run_agent(config: AgentConfig, on_ready: Callable[[Agent], None] | None = None) -> int:

@@ -27,6 +27,10 @@ __all__ = ["EngineSlot", "Serving", "SlotEmptyError"]
 log = structlog.get_logger(__name__)
 
 
+CLEAR_TIMEOUT_S = 30.0
+"""How long ``clear`` waits for the engines being closed (an ONNX Runtime session closes in tens of ms)."""
+
+
 class SlotEmptyError(EngineError):
     """No engine has been put in the slot yet."""
 
@@ -91,9 +95,13 @@ class EngineSlot:
         """Serve ``new`` from the next frame on; the old entry closes after its last frame."""
         return self._replace(new)
 
-    def clear(self) -> None:
-        """Retire the serving entry (at stop); it closes after its last frame."""
+    def clear(self, timeout: float = CLEAR_TIMEOUT_S) -> bool:
+        """Retire the serving entry (at stop) and wait up to ``timeout`` for the closes under way: the
+        caller's process may exit next, and an engine still closing on its thread while the interpreter
+        shuts down crashed it (``model profile`` exited by SIGSEGV). An entry with a frame still in
+        flight closes after that frame. True when every close started has finished."""
         self._replace(None)
+        return self.drain(timeout)
 
     def _replace(self, new: Serving | None) -> Serving | None:
         with self._lock:

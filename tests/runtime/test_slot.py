@@ -75,9 +75,28 @@ def test_clear_closes_the_last_engine():
     slot = EngineSlot()
     a = _serving("a")
     slot.swap(a)
-    slot.clear()
-    assert slot.drain()
+    assert slot.clear()
     assert a.engine.closed == 1 and slot.serving is None
+
+
+class SlowClose(CountingEngine):
+    """Its close takes a while, as a big session's does; it says when the close has finished."""
+
+    def __init__(self):
+        super().__init__()
+        self.finished = threading.Event()
+
+    def close(self):
+        self.finished.wait(0.3)  # nobody sets it early: a close that takes 0.3 s
+        super().close()
+
+
+def test_clear_returns_once_the_engines_close_has_finished_so_a_process_may_exit():
+    slot = EngineSlot()
+    slow = Serving(engine=SlowClose(), name="m", version="slow", sha256="", manifest=None)
+    slot.swap(slow)
+    assert slot.clear()
+    assert slow.engine.closed == 1, "clear returned while the close was still running on its thread"
 
 
 def test_drain_racing_a_close_that_is_starting_waits_for_it_instead_of_failing(monkeypatch):
