@@ -18,7 +18,6 @@ retry (the broker's PUBACK is read and dropped, as the consumer does), MQTT 5 on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 
@@ -103,8 +102,9 @@ class FastSession:
             client.close()
         for task in list(self._tasks):
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.dropped:
+            log.info("sim_messages_dropped", device=self.client_id, dropped=self.dropped)
 
     def _batch(self, batch: Batch) -> None:
         for topic, payload in batch:
