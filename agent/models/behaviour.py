@@ -3,9 +3,11 @@
 After a swap, probation also judges the new model's outputs from the FrameSummary
 stream, two ways:
 
-* against the old model on the same cameras just before the swap, per camera:
-  detections per frame (the ratio of the means), the score distribution and the
-  label mix (Jensen-Shannon distances);
+* against the old model on the same cameras just before the swap, per camera, on
+  the frames whose input looked alike (agent.models.behaviour_match: a scene change
+  at the swap is not a regression; a camera with too few look-alike frames waits,
+  ``input_moved``): detections per frame (the ratio of the means), the score
+  distribution and the label mix (Jensen-Shannon distances);
 * against the bundle's reference output statistics (``count`` and ``confidence``,
   or ``classes`` and ``confidence``), pooled over the cameras, with the drift
   monitor's arithmetic (PSI and the JS distance on the reference's bins).
@@ -28,7 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import structlog
 
+from agent.models.behaviour_match import match_inputs
 from agent.monitor import (
     PSI_EPSILON,
     Categories,
@@ -42,6 +46,7 @@ from agent.monitor import (
 )
 
 __all__ = [
+    "INPUT_MOVED",
     "BehaviourBounds",
     "BehaviourProbe",
     "BehaviourVerdict",
@@ -51,6 +56,8 @@ __all__ = [
     "rows_of",
 ]
 
+log = structlog.get_logger(__name__)
+
 SCORE_BINS = 10
 """Equal-width score bins over [0, 1], as the reference's confidence histograms use."""
 PSEUDO_COUNT = 0.5
@@ -59,6 +66,8 @@ a short window happens to miss counts as unlikely rather than impossible."""
 DIGITS = 4
 OTHER_LABEL = "\x00other"
 """The label bin for what the reference's class list does not name."""
+INPUT_MOVED = "input_moved"
+"""A camera's state while too few of the new model's frames look like the old model's baseline frames."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,12 @@ class BehaviourBounds:
     """PSI of an output metric against the bundle's reference."""
     max_reference_js: float
     """JS distance of an output metric against the bundle's reference."""
+    match_brightness: float
+    """Mean luma levels two frames may differ by and still show the same scene (agent.models.behaviour_match)."""
+    match_contrast: float
+    """Luma standard deviation levels two frames may differ by and still show the same scene."""
+    match_sharpness: float
+    """The ratio two frames' sharpness may differ by and still show the same scene."""
 
     @classmethod
     def from_settings(cls, section: Any, **overrides: float | None) -> BehaviourBounds:
@@ -100,10 +115,13 @@ class BehaviourBounds:
         if self.min_frames < 1 or self.baseline_frames < self.min_frames:
             raise ValueError(f"min_frames must be >= 1 and baseline_frames >= min_frames, got "
                              f"{self.min_frames}, {self.baseline_frames}")
-        for name in ("min_baseline_count", "min_count_ratio", "max_count_ratio", "max_reference_psi"):
+        for name in ("min_baseline_count", "min_count_ratio", "max_count_ratio", "max_reference_psi",
+                     "match_brightness", "match_contrast"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if not (math.isfinite(self.match_sharpness) and self.match_sharpness > 1):
+            raise ValueError(f"match_sharpness must be a ratio > 1, got {self.match_sharpness}")
         if self.min_count_ratio >= self.max_count_ratio:
             raise ValueError(f"min_count_ratio {self.min_count_ratio} must be below "
                              f"max_count_ratio {self.max_count_ratio}")
@@ -124,6 +142,8 @@ class OutputRow(NamedTuple):
     detections: int
     scores: tuple[float, ...]
     labels: tuple[str, ...]
+    inputs: tuple[float, float, float]
+    """The frame's input statistics (brightness, contrast, sharpness: agent.monitor's ``InputStats``)."""
 
 
 def rows_of(summaries: Iterable[FrameSummary], start: int = 0) -> list[OutputRow]:
@@ -137,7 +157,8 @@ def _row(seq: int, summary: FrameSummary) -> OutputRow:
         scores, labels = summary.scores[:1], (summary.top_label,) if summary.top_label is not None else ()
     else:
         scores, labels = summary.scores, summary.labels
-    return OutputRow(seq, summary.source, summary.version, summary.task, summary.count, scores, labels)
+    return OutputRow(seq, summary.source, summary.version, summary.task, summary.count, scores, labels,
+                     summary.inputs)
 
 
 class OutputWindow:
@@ -190,17 +211,21 @@ def _round(value: float) -> float:
     return round(float(value), DIGITS)
 
 
-def _score_hist(rows: Sequence[OutputRow]) -> np.ndarray:
+def _score_hist(rows: Sequence[OutputRow], weights: Sequence[float]) -> np.ndarray:
     edges = np.linspace(0.0, 1.0, SCORE_BINS + 1)[1:-1]
-    return bin_counts([s for r in rows for s in r.scores], tuple(edges)).astype(np.float64)
+    counts = np.zeros(SCORE_BINS, dtype=np.float64)
+    for row, weight in zip(rows, weights, strict=True):
+        if row.scores:
+            counts += weight * bin_counts(row.scores, tuple(edges))
+    return counts
 
 
-def _label_hist(rows: Sequence[OutputRow], labels: Sequence[str]) -> np.ndarray:
+def _label_hist(rows: Sequence[OutputRow], weights: Sequence[float], labels: Sequence[str]) -> np.ndarray:
     position = {label: i for i, label in enumerate(labels)}
     counts = np.zeros(len(labels), dtype=np.float64)
-    for row in rows:
+    for row, weight in zip(rows, weights, strict=True):
         for label in row.labels:
-            counts[position[label]] += 1
+            counts[position[label]] += weight
     return counts
 
 
@@ -208,13 +233,15 @@ def _js(a: np.ndarray, b: np.ndarray) -> float:
     return js_distance(a + PSEUDO_COUNT, b + PSEUDO_COUNT)
 
 
-def _camera(bounds: BehaviourBounds, camera: str, new: list[OutputRow],
-            old: list[OutputRow]) -> tuple[dict[str, Any], str | None]:
-    """The comparison on one camera, and the reason it fails (None: within every bound)."""
+def _camera(bounds: BehaviourBounds, camera: str, new: list[OutputRow], old: list[OutputRow],
+            weights: Sequence[float]) -> tuple[dict[str, Any], str | None]:
+    """The comparison on one camera of the new model's frames with the old model's look-alikes (each old
+    frame ``weights`` times), and the reason it fails (None: within every bound)."""
+    ones = [1.0] * len(new)
     new_mean = sum(r.detections for r in new) / len(new)
-    old_mean = sum(r.detections for r in old) / len(old)
+    old_mean = sum(w * r.detections for r, w in zip(old, weights, strict=True)) / sum(weights)
     ratio = new_mean / max(old_mean, bounds.min_baseline_count)
-    entry: dict[str, Any] = {"frames": len(new), "old_frames": len(old),
+    entry: dict[str, Any] = {"frames": len(new), "old_frames": int(np.count_nonzero(weights)),
                              "detections_per_frame": _round(new_mean),
                              "old_detections_per_frame": _round(old_mean), "count_ratio": _round(ratio),
                              "score_js": None, "label_js": None}
@@ -223,15 +250,16 @@ def _camera(bounds: BehaviourBounds, camera: str, new: list[OutputRow],
         return entry, f"{where} (ratio {ratio:.3f}, bound >= {bounds.min_count_ratio})"
     if ratio > bounds.max_count_ratio:
         return entry, f"{where} (ratio {ratio:.3f}, bound <= {bounds.max_count_ratio})"
-    new_scores, old_scores = sum(len(r.scores) for r in new), sum(len(r.scores) for r in old)
+    new_scores = sum(len(r.scores) for r in new)
+    old_scores = sum(w * len(r.scores) for r, w in zip(old, weights, strict=True))
     if new_scores >= bounds.min_frames and old_scores >= bounds.min_frames:
-        js = entry["score_js"] = _round(_js(_score_hist(new), _score_hist(old)))
+        js = entry["score_js"] = _round(_js(_score_hist(new, ones), _score_hist(old, weights)))
         if js > bounds.max_score_js:
             return entry, (f"camera {camera!r}: score distribution JS distance {js:.3f} from the old model's "
                            f"(bound {bounds.max_score_js})")
     labels = sorted({label for r in (*new, *old) for label in r.labels})
     if labels and new_scores and old_scores:
-        js = entry["label_js"] = _round(_js(_label_hist(new, labels), _label_hist(old, labels)))
+        js = entry["label_js"] = _round(_js(_label_hist(new, ones, labels), _label_hist(old, weights, labels)))
         if js > bounds.max_label_js:
             return entry, (f"camera {camera!r}: label mix JS distance {js:.3f} from the old model's "
                            f"(bound {bounds.max_label_js})")
@@ -280,7 +308,10 @@ def judge_behaviour(bounds: BehaviourBounds, new: Sequence[OutputRow], old: Sequ
 
     ``final`` is false while no camera has enough frames from both models (or,
     with no baseline, while the new model has fewer than ``min_frames`` in all).
-    A failed frame (``task`` None) counts as a frame with no detection.
+    On a camera, only the new frames with look-alike old ones count, against
+    those (``match_inputs``); one with fewer than ``min_frames`` of either is
+    ``input_moved`` and waits. A failed frame (``task`` None) counts as a frame
+    with no detection.
     """
     by_camera_new = _last_per_camera(new, len(new) or 1)
     by_camera_old = _last_per_camera(old, bounds.baseline_frames)
@@ -291,8 +322,14 @@ def judge_behaviour(bounds: BehaviourBounds, new: Sequence[OutputRow], old: Sequ
         if len(rows) < bounds.min_frames or len(baseline) < bounds.min_frames:
             cameras[camera] = {"frames": len(rows), "old_frames": len(baseline), "state": "insufficient_frames"}
             continue
+        matched = match_inputs(bounds, rows, baseline)
+        if len(matched.new) < bounds.min_frames or matched.old_frames < bounds.min_frames:
+            cameras[camera] = {"frames": len(rows), "old_frames": len(baseline), "matched_frames": len(matched.new),
+                               "matched_old_frames": matched.old_frames, "state": INPUT_MOVED}
+            continue
         judged += 1
-        entry, reason = _camera(bounds, camera, rows, baseline)
+        entry, reason = _camera(bounds, camera, [rows[i] for i in matched.new], baseline, matched.weights.tolist())
+        entry["unmatched_frames"] = len(rows) - len(matched.new)
         cameras[camera] = entry
         if reason is not None:
             return BehaviourVerdict(False, reason, True, {"cameras": cameras})
@@ -320,6 +357,18 @@ class BehaviourProbe:
         self.baseline = window.rows(old_version) if old_version is not None else []
         self.after = window.last_seq()
 
+        self._moved: set[str] = set()
+
     def judge(self) -> BehaviourVerdict:
-        return judge_behaviour(self.bounds, self.window.rows(self.new_version, self.after), self.baseline,
-                               self.reference)
+        """The verdict so far; logs ``behaviour_input_moved`` once for each camera that waits for frames like
+        the old model's."""
+        verdict = judge_behaviour(self.bounds, self.window.rows(self.new_version, self.after), self.baseline,
+                                  self.reference)
+        for camera, entry in verdict.detail.get("cameras", {}).items():
+            if entry.get("state") == INPUT_MOVED and camera not in self._moved:
+                self._moved.add(camera)
+                log.info("behaviour_input_moved", version=self.new_version, camera=camera,
+                         frames=entry["frames"], matched_frames=entry["matched_frames"],
+                         reason="the camera's frames since the swap do not look like the old model's baseline "
+                                "frames: judged once enough of them do")
+        return verdict

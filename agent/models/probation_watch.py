@@ -7,7 +7,8 @@ joined to a passing health verdict (``with_behaviour``); a second stage (a recog
 judged on what it reads instead (``ReadProbe``: boxes read empty, mean confidence, per camera,
 against the old version's on the same camera). It returns the verdict that ends
 probation: a failure at once, a pass once the window has passed and the verdict is final, or a
-pass with a note when too few frames came in PROBATION_GIVE_UP windows. The deployment manager
+pass with a note when too few frames came in PROBATION_GIVE_UP windows (its detail says what was
+missing: a camera ``input_moved`` saw too few frames like the old model's baseline). The deployment manager
 (agent.models.manager) commits on a pass and swaps back on a failure.
 """
 
@@ -125,7 +126,7 @@ async def watch(probation: Probation, target: DeployTarget, new: Serving, baseli
         if not verdict.ok or (elapsed >= probation.window_s and verdict.final):
             return verdict
         if elapsed >= PROBATION_GIVE_UP * max(probation.window_s, PROBATION_POLL_S):
-            return ProbationVerdict(ok=True, reason="", detail={"note": "too few frames to judge"})
+            return ProbationVerdict(ok=True, reason="", detail={**verdict.detail, "note": "too few frames to judge"})
 
 
 def with_behaviour(verdict: ProbationVerdict, probe: Probe) -> ProbationVerdict:

@@ -1,7 +1,9 @@
 """Behavioural probation's judgement on real model outputs: the demo detectors on the demo video.
 
 v4 is the old model; v6 (a normal update) must pass the default bounds; v4 with its
-probability map multiplied by zero (as fast and as finite as v4, sees nothing) must fail.
+probability map multiplied by zero (as fast and as finite as v4, sees nothing) must fail,
+also when the deploy comes as the video changes scene (the new model's first frames are of
+other photos than the old model's baseline).
 """
 
 from __future__ import annotations
@@ -10,9 +12,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.core.config import DeploySection
-from agent.models.behaviour import BehaviourBounds, BehaviourProbe, OutputRow, OutputWindow, judge_behaviour, rows_of
+from agent.models.behaviour import (
+    INPUT_MOVED,
+    BehaviourBounds,
+    BehaviourProbe,
+    BehaviourVerdict,
+    OutputRow,
+    OutputWindow,
+    judge_behaviour,
+    rows_of,
+)
 from agent.monitor.reference import Reference, ReferenceBuilder
 from agent.vision.summary import summarize
 from tests.support.artifacts import variant_folder, zero_model
@@ -26,6 +38,14 @@ OLD_FRAMES = range(0, LOOP, 3)
 NEW_FRAMES = range(1, LOOP, 9)
 """The new model's probation frames: every 9th frame of a loop (30, the default minimum)."""
 DEFAULTS = BehaviourBounds.from_settings(DeploySection())
+STEP = 3
+"""A test agent infers 5 frames a second of the 15 the demo video gives: every 3rd frame."""
+SCENE_CHANGE = SCENE_FRAMES
+"""The frame where the video turns from its first photo (a sign) to the second (a page)."""
+BEFORE_SWAP = 60
+"""v4 frames before the swap (12 s at 5 fps): the last three photos of the loop before, and the first photo."""
+AFTER_SWAP = 2 * LOOP // STEP
+"""The most frames a deploy at the scene change is watched for in these tests: two loops of the video."""
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +53,30 @@ def zero_det(tmp_path_factory) -> Path:
     return variant_folder(TEXT_DET, tmp_path_factory.mktemp("zero") / "text-det-zero", "zero", zero_model)
 
 
-def _rows(model: Path, frames: range, version: str, camera: str = "camera0") -> list[OutputRow]:
+def _rows(model: Path, frames: range | list[int], version: str, camera: str = "camera0") -> list[OutputRow]:
     return rows_of(summarize(r) for r in model_results(model, "original", frames, version=version, source=camera))
+
+
+def _at_5_fps(start: int, count: int) -> list[int]:
+    """``count`` frames a 5 fps agent infers from video frame ``start`` on (a negative start: the loop before)."""
+    return [(start + STEP * k) % LOOP for k in range(count)]
+
+
+def _deployed_at_the_scene_change(new_model: Path, version: str) -> tuple[BehaviourVerdict, list[BehaviourVerdict]]:
+    """v4 serves BEFORE_SWAP frames up to SCENE_CHANGE, then ``new_model`` from there on, judged after every
+    frame as probation polls it: the verdict that ends it (a failure, or the first final one) and those before."""
+    window = OutputWindow(1000)
+    for result in model_results(TEXT_DET, "original", _at_5_fps(SCENE_CHANGE - STEP * BEFORE_SWAP, BEFORE_SWAP)):
+        window.observe(summarize(result))
+    probe = BehaviourProbe(window, DEFAULTS, version, "v4", None)
+    seen = []
+    for result in model_results(new_model, "original", _at_5_fps(SCENE_CHANGE, AFTER_SWAP), version=version):
+        window.observe(summarize(result))
+        verdict = probe.judge()
+        if not verdict.ok or verdict.final:
+            return verdict, seen
+        seen.append(verdict)
+    raise AssertionError(f"undecided after {AFTER_SWAP} frames: {seen[-1]}")
 
 
 def _reference(model: Path, frames: range) -> Reference:
@@ -123,6 +165,30 @@ def test_a_probe_reads_the_old_model_before_the_swap_and_the_new_one_after_it(ol
     assert verdict.detail["cameras"]["camera0"]["frames"] == len(NEW_FRAMES)
 
 
+def test_v4_to_v6_deployed_as_the_scene_changes_waits_for_the_old_models_scenes_and_is_kept():
+    first = _rows(V6, _at_5_fps(SCENE_CHANGE, DEFAULTS.min_frames), "v6")
+    baseline = _rows(TEXT_DET, _at_5_fps(SCENE_CHANGE - STEP * BEFORE_SWAP, BEFORE_SWAP), "v4")
+    early = judge_behaviour(DEFAULTS, first, baseline, None)  # the page and the astronaut against the other four
+    assert early.ok and not early.final, early  # compared as they were, the score JS distance was 0.69 (bound 0.6)
+    assert early.detail["cameras"]["camera0"]["state"] == INPUT_MOVED
+    with capture_logs() as logs:
+        verdict, before = _deployed_at_the_scene_change(V6, "v6")
+    assert verdict.ok and verdict.final, verdict
+    camera = verdict.detail["cameras"]["camera0"]
+    assert camera["score_js"] < DEFAULTS.max_score_js and 0.5 < camera["count_ratio"] < 2.0, camera
+    assert camera["frames"] >= DEFAULTS.min_frames and camera["unmatched_frames"] > 0, camera
+    assert any(v.detail["cameras"]["camera0"].get("state") == INPUT_MOVED for v in before)
+    moved = [entry for entry in logs if entry["event"] == "behaviour_input_moved"]
+    assert len(moved) == 1 and moved[0]["camera"] == "camera0", logs
+
+
+def test_a_model_that_detects_nothing_deployed_as_the_scene_changes_still_fails(zero_det):
+    verdict, before = _deployed_at_the_scene_change(zero_det, "zero")
+    assert not verdict.ok and verdict.final
+    assert "detections per frame 0.00" in verdict.reason and f"bound >= {DEFAULTS.min_count_ratio}" in verdict.reason
+    assert before and before[-1].detail["cameras"]["camera0"]["state"] == INPUT_MOVED
+
+
 def test_bounds_take_a_deploys_own_values_over_the_config_and_refuse_bad_ones():
     section = DeploySection()
     assert BehaviourBounds.from_settings(section, min_count_ratio=0.3, max_score_js=None).min_count_ratio == 0.3
@@ -133,3 +199,7 @@ def test_bounds_take_a_deploys_own_values_over_the_config_and_refuse_bad_ones():
         replace(DEFAULTS, max_label_js=1.5)
     with pytest.raises(ValueError, match="baseline_frames"):
         replace(DEFAULTS, baseline_frames=DEFAULTS.min_frames - 1)
+    with pytest.raises(ValueError, match="ratio > 1"):
+        replace(DEFAULTS, match_sharpness=1.0)
+    with pytest.raises(ValueError, match="match_contrast must be > 0"):
+        replace(DEFAULTS, match_contrast=0.0)

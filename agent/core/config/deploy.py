@@ -72,6 +72,18 @@ class DeploySection(Section):
     behaviour_max_reference_js: float = Field(default=0.5, gt=0, le=1)
     """Probation fails past this JS distance of an output metric against the bundle's reference
     (v6 against v4's reference: 0.29, a model that detects nothing: 0.57)."""
+    behaviour_match_brightness: float = Field(default=10.0, gt=0)
+    """The new model is compared with the old one on a camera only on frames that look alike: a frame
+    after the swap matches a baseline frame when their mean luma (0..255) differs by at most this, and
+    their contrast and sharpness too (below). A camera with fewer than ``behaviour_min_frames`` matched
+    frames waits (``input_moved``), so a scene change at the swap is not taken for a regression.
+    The demo video's six photos differ by 10 to 60 levels between neighbours, frames of one photo by 4."""
+    behaviour_match_contrast: float = Field(default=5.0, gt=0)
+    """The most two look-alike frames' contrast (standard deviation of luma) may differ by; the demo
+    video's photos that are as bright as each other differ by 6 to 40."""
+    behaviour_match_sharpness: float = Field(default=1.4, gt=1)
+    """The largest ratio between two look-alike frames' sharpness (variance of the Laplacian); the demo
+    video's first and fifth photos, alike in brightness and contrast, differ 1.4 to 1.9 times."""
     shadow_min_agreement: float = Field(default=0.9, ge=0, le=1)
     """A shadow run promotes its candidate when the mean per-frame agreement with the serving model
     (matched-box F1 at IoU 0.5, top-1 for classifiers) is at least this (the demo detector v4 -> v6 on
