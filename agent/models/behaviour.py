@@ -310,8 +310,9 @@ def judge_behaviour(bounds: BehaviourBounds, new: Sequence[OutputRow], old: Sequ
     with no baseline, while the new model has fewer than ``min_frames`` in all).
     On a camera, only the new frames with look-alike old ones count, against
     those (``match_inputs``); one with fewer than ``min_frames`` of either is
-    ``input_moved`` and waits. A failed frame (``task`` None) counts as a frame
-    with no detection.
+    ``input_moved`` and waits. The reference is judged once the new model has
+    ``min_frames``, whether or not a camera could be compared yet. A failed frame
+    (``task`` None) counts as a frame with no detection.
     """
     by_camera_new = _last_per_camera(new, len(new) or 1)
     by_camera_old = _last_per_camera(old, bounds.baseline_frames)
@@ -336,13 +337,13 @@ def judge_behaviour(bounds: BehaviourBounds, new: Sequence[OutputRow], old: Sequ
     comparable = any(len(b) >= bounds.min_frames for b in by_camera_old.values())
     enough = judged > 0 if comparable else len(new) >= bounds.min_frames
     detail: dict[str, Any] = {"cameras": cameras, "reference": None}
-    if not enough:
-        return BehaviourVerdict(True, "", False, detail)
-    if reference is not None and new:
+    # The reference does not depend on the old model's scenes: it is judged once the new model has
+    # min_frames, also while its cameras wait for frames like the old model's (input_moved).
+    if reference is not None and len(new) >= bounds.min_frames:
         detail["reference"], reason = _against_reference(bounds, reference, new)
         if reason is not None:
             return BehaviourVerdict(False, reason, True, detail)
-    return BehaviourVerdict(True, "", True, detail)
+    return BehaviourVerdict(True, "", enough, detail)
 
 
 class BehaviourProbe:
@@ -356,7 +357,6 @@ class BehaviourProbe:
         self.reference = reference
         self.baseline = window.rows(old_version) if old_version is not None else []
         self.after = window.last_seq()
-
         self._moved: set[str] = set()
 
     def judge(self) -> BehaviourVerdict:

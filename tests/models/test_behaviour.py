@@ -189,6 +189,17 @@ def test_a_model_that_detects_nothing_deployed_as_the_scene_changes_still_fails(
     assert before and before[-1].detail["cameras"]["camera0"]["state"] == INPUT_MOVED
 
 
+def test_while_a_camera_waits_for_the_old_models_scenes_a_blind_model_fails_on_its_reference(zero_det):
+    first = _rows(zero_det, _at_5_fps(SCENE_CHANGE, DEFAULTS.min_frames), "zero")
+    baseline = _rows(TEXT_DET, _at_5_fps(SCENE_CHANGE - STEP * BEFORE_SWAP, BEFORE_SWAP), "v4")
+    unjudged = judge_behaviour(DEFAULTS, first, baseline, None)
+    assert unjudged.ok and unjudged.detail["cameras"]["camera0"]["state"] == INPUT_MOVED
+    verdict = judge_behaviour(DEFAULTS, first, baseline, _reference(TEXT_DET, OLD_FRAMES))
+    assert not verdict.ok and verdict.final
+    assert "against the bundle's reference" in verdict.reason, verdict.reason
+    assert verdict.detail["cameras"]["camera0"]["state"] == INPUT_MOVED
+
+
 def test_bounds_take_a_deploys_own_values_over_the_config_and_refuse_bad_ones():
     section = DeploySection()
     assert BehaviourBounds.from_settings(section, min_count_ratio=0.3, max_score_js=None).min_count_ratio == 0.3
