@@ -126,9 +126,15 @@ def test_a_batch_predicts_what_each_frame_alone_predicts(tmp_path, demo_dir, sto
         np.testing.assert_allclose(*boxes, atol=1.0)
 
 
+CAP_FPS = 0.5
+"""The capped camera's rate: far below what the engine gives the free one even on a loaded machine (in a parallel
+run on a slow host the engine gave each camera about 2 frames a second, so a cap of 2 held nothing back and
+the free camera ended one frame behind the capped one)."""
+
+
 def test_an_fps_cap_holds_a_camera_back_without_slowing_the_others(tmp_path, demo_dir, store):
     videos = _videos(tmp_path, demo_dir, 2)
-    cameras = CameraSet([CameraSection(name="capped", uri=str(videos[0]), pace="none", fps=2.0),
+    cameras = CameraSet([CameraSection(name="capped", uri=str(videos[0]), pace="none", fps=CAP_FPS),
                          CameraSection(name="free", uri=str(videos[1]), pace="none")], "text-det")
     with Run(cameras, _slot(store, batched=False)) as run:
         started = time.monotonic()
@@ -136,8 +142,8 @@ def test_an_fps_cap_holds_a_camera_back_without_slowing_the_others(tmp_path, dem
         run.wait(20, camera="free")
         elapsed = time.monotonic() - started
     frames = run.per_camera()
-    assert len(frames["capped"]) <= 2.0 * elapsed + 2, (len(frames["capped"]), elapsed)
-    assert len(frames["free"]) > len(frames["capped"])
+    assert len(frames["capped"]) <= CAP_FPS * elapsed + 2, (len(frames["capped"]), elapsed)
+    assert len(frames["free"]) > len(frames["capped"]), (frames, elapsed)
 
 
 def test_the_region_of_interest_is_what_the_model_sees(tmp_path, demo_dir, store):
