@@ -65,13 +65,17 @@ NO_BUDGET_MS = 3_600_000.0
 
 MEANS: dict[str, dict[str, Any] | None] = {
     "none": None,
-    "thread-nice10": {"load_nice": 10},
-    "thread-idle": {"load_nice": 10, "load_idle": True},
-    "worker-nice10": {"load_nice": 10, "prepare_graph": True},
-    "worker-idle": {"load_nice": 10, "load_idle": True, "prepare_graph": True},
+    "thread-nice10": {"load_nice": 10, "warmup_runs": 3, "warmup_scale": 1.0},
+    "thread-idle": {"load_nice": 10, "load_idle": True, "warmup_runs": 3, "warmup_scale": 1.0},
+    "worker-nice10": {"load_nice": 10, "prepare_graph": True, "warmup_runs": 3, "warmup_scale": 1.0},
+    "worker-idle": {"load_nice": 10, "load_idle": True, "prepare_graph": True, "warmup_runs": 3, "warmup_scale": 1.0},
+    "warm-once": {"load_nice": 10, "warmup_runs": 1, "warmup_scale": 1.0},
+    "warm-small": {"load_nice": 10, "warmup_runs": 3, "warmup_scale": 0.5},
+    "warm-small-once": {"load_nice": 10, "warmup_runs": 1, "warmup_scale": 0.5},
 }
 """Ways of preparing a new model beside the serving one, as ``[deploy]`` settings (``none``: no deployment
-in the window, the control)."""
+in the window, the control). Each names its warm-up in full, so a change of the defaults leaves it as it was:
+``thread-nice10`` is the agent before the warm-up on a crop (three full-frame runs)."""
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -40,9 +39,10 @@ def release_freed_memory() -> None:
     """Hand memory freed by a closed session back to the OS (glibc keeps it in its heaps otherwise).
 
     Without this, every swap's freed arena stays in the process as free heap pages
-    and RSS climbs with each swap although nothing leaks.
+    and RSS climbs with each swap although nothing leaks. No ``gc.collect()`` here: the session is
+    freed by its last reference, and a full collection held the GIL for 15-40 ms (up to 300 ms beside
+    a load) on the closer thread while the serving model waited for it (docs/benchmarks.md).
     """
-    gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 

@@ -24,8 +24,14 @@ class DeploySection(Section):
     """Folders a ``file://`` deploy may read (symlinks resolved first); empty: ``file://`` is refused."""
     download_timeout_s: float = Field(default=900.0, gt=0)
     """Whole-download deadline (connect to last byte); past it the deployment fails (``download_timeout``)."""
-    warmup_runs: int = Field(default=3, ge=1, le=100)
-    """Inferences on a real frame before a new model may serve."""
+    warmup_runs: int = Field(default=1, ge=1, le=100)
+    """Inferences on a real frame before a new model may serve. With more than one, the latency budget
+    is checked on the median of all but the first (cold) run; with one, on that cold run (an upper bound)."""
+    warmup_scale: float = Field(default=0.5, gt=0, le=1)
+    """The warm-up runs on a centre crop of the frame, this share of each side, when the model takes any
+    frame size (``resize = "multiple"``): the session is warmed for a quarter of a frame's work beside the
+    serving model (1: the whole frame). The latency budget is then checked on the crop's time scaled to
+    the full frame's pixels. A model of fixed input size is always warmed on its whole input."""
     latency_budget_ms: float = Field(default=2000.0, gt=0)
     """A model whose warm inference takes longer than this is refused. It is measured beside the
     serving model at the loader's niceness, so it is an upper bound of the model's own latency."""
