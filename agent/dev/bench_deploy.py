@@ -72,6 +72,7 @@ MEANS: dict[str, dict[str, Any] | None] = {
     "warm-once": {"load_nice": 10, "warmup_runs": 1, "warmup_scale": 1.0},
     "warm-small": {"load_nice": 10, "warmup_runs": 3, "warmup_scale": 0.5},
     "warm-small-once": {"load_nice": 10, "warmup_runs": 1, "warmup_scale": 0.5},
+    "worker-small-once": {"load_nice": 10, "prepare_graph": True, "warmup_runs": 1, "warmup_scale": 0.5},
 }
 """Ways of preparing a new model beside the serving one, as ``[deploy]`` settings (``none``: no deployment
 in the window, the control). Each names its warm-up in full, so a change of the defaults leaves it as it was:

@@ -3,7 +3,7 @@
 The real deployment manager deploys text-det v6, v4, v6, ... (bundles from ``file://``:
 download, verify, unpack, install, load, warm, validate, swap) while the real pipeline
 serves one camera of the demo video at ``SERVE_FPS``. After each swap the old engine's
-close is waited for (the slot drained) and the process's RSS, open file descriptors and
+close is waited for (the slot drained), the new model serves a frame, and the process's RSS, open file descriptors and
 threads (``/proc/self/task``: ONNX Runtime's pools too) are sampled. The figures, after
 the first ``WARMUP_SWAPS`` (arenas, caches and the store's two versions settle), for each
 serving model apart (RSS with v6 serving and with v4 serving differ by their arenas): RSS
@@ -42,7 +42,7 @@ __all__ = ["SWAPS", "WARMUP_SWAPS", "SwapFigures", "run_swaps", "theil_sen"]
 SWAPS = 1000
 WARMUP_SWAPS = 20
 """Swaps before the figures count: ONNX Runtime's arenas, glibc's heaps and the store settle."""
-SERVE_FPS = 1.0
+SERVE_FPS = 2.0
 """The camera's rate while swapping: frames keep leasing the engine, the CPU goes to the swaps
 (at a rate v6 can keep up with on a busy 2-core machine; beside a saturated serving loop the loader starves)."""
 THREADS = 2
@@ -51,6 +51,9 @@ GROWTH_SHARE = 0.1
 """Growth compares the medians of the first and the last tenth of the counted swaps of one serving model."""
 FIRST_FRAME_S = 60.0
 """The longest the camera's first frame may take (a cold, busy machine)."""
+SERVED_S = 60.0
+"""The longest a new model may take to serve its first frame after its swap (a busy machine)."""
+POLL_S = 0.02
 
 
 def theil_sen(values: list[float]) -> float:
@@ -167,6 +170,7 @@ async def _swaps(demo: Path, root: Path, swaps: int, progress: Callable[[int, Sw
             await manager.deploy(DeployRequest(name="text-det", version=version, url=path.as_uri(), sha256=digest,
                                                format="bundle", probation=NO_PROBATION, deployment_id=f"swap-{i}"))
             await asyncio.to_thread(rig.slot.drain)
+            await _served_by(pipeline, version, i)
             rss.append(rss_bytes())
             fds.append(open_fds())
             threads.append(thread_count())
@@ -175,6 +179,16 @@ async def _swaps(demo: Path, root: Path, swaps: int, progress: Callable[[int, Sw
     finally:
         rig.stop(pipeline, cameras, manager)
     return SwapFigures(rss, fds, threads, time.monotonic() - began)
+
+
+async def _served_by(pipeline: Pipeline, version: str, swap: int) -> None:
+    """Wait until ``version`` has served a frame: its arenas then hold a whole frame's tensors (the
+    warm-up ran on a crop), as on a device, before the sample."""
+    deadline = time.monotonic() + SERVED_S
+    while (last := pipeline.last_result) is None or last.version != version:
+        if time.monotonic() > deadline:
+            raise DevError(f"swap {swap}: {version} served no frame within {SERVED_S:g} s of its swap")
+        await asyncio.sleep(POLL_S)
 
 
 def run_swaps(demo: Path, swaps: int, report: Report) -> SwapFigures:
