@@ -225,7 +225,8 @@ def warmup_crop(feeds: dict[str, np.ndarray], new: Serving, scale: float) -> tup
     """``feeds`` centre-cropped to ``scale`` of each side for the warm-up, and the share of pixels kept.
 
     Only a model that takes any frame size is warmed on a crop: preprocessing ``resize = "multiple"``
-    and the input's height or width dynamic; each cropped side stays a multiple of ``multiple``. Its
+    and the input's height or width dynamic; each cropped side stays a multiple of ``multiple`` and
+    within a TensorRT engine's optimization profile (a fixed profile: no crop). Its
     session is then warm (kernels chosen, arenas made) for a fraction of a full frame's work beside the
     serving model, the warm-up's stall of the serving frames (docs/benchmarks.md). Anything else, or
     ``scale`` 1, is returned as it is with share 1.0."""
@@ -239,13 +240,16 @@ def warmup_crop(feeds: dict[str, np.ndarray], new: Serving, scale: float) -> tup
         return feeds, 1.0
     # A fused graph takes the uint8 frame (N, H, W, 3); an unfused one the tensor in the manifest's layout.
     axes = (1, 2) if tensor.dtype == np.uint8 or spec.layout == "NHWC" else (2, 3)
+    # A TensorRT engine takes only the shapes of its optimization profile: the crop stays inside it.
+    profile = getattr(new.engine, "profiles", {}).get(name)
     index: list[slice] = [slice(None)] * 4
     share = 1.0
     for axis in axes:
         size = tensor.shape[axis]
         if shape[axis] is not None:
             continue  # a fixed side is served at its size only
-        kept = min(size, max(spec.multiple, int(size * scale) // spec.multiple * spec.multiple))
+        least = max(spec.multiple, profile.min[axis] if profile is not None else 0)
+        kept = min(size, max(least, int(size * scale) // spec.multiple * spec.multiple))
         start = (size - kept) // 2
         index[axis] = slice(start, start + kept)
         share *= kept / size

@@ -6,6 +6,7 @@ budget is checked on the crop's time scaled to the full frame."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -15,6 +16,7 @@ from agent.models.candidate import warm_up, warmup_crop
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.store import ModelStore
 from agent.runtime import Serving
+from agent.runtime.base import ShapeProfile
 from agent.vision.pipeline import _Prepared
 from agent.wire import DeploymentStep
 from tests.support.artifacts import bundle_of, sha256
@@ -108,3 +110,29 @@ def test_the_latency_budget_on_a_crop_names_the_crop_and_the_full_frame_estimate
                                                    version="v6"), latency_budget_ms=0.01, warmup_scale=0.5)
     assert (failure.step, failure.code) == (DeploymentStep.VALIDATING, "over_latency_budget")
     assert "from a 23% crop" in failure.message and "the budget is 0.0 ms" in failure.message
+
+
+class _Profiled:
+    """The real ONNX Runtime engine with a TensorRT optimization profile beside it (the profile is all
+    warmup_crop reads of a TensorRT engine; the real build is tests/models/test_loader_tensorrt.py)."""
+
+    def __init__(self, engine, profile: ShapeProfile) -> None:
+        self.engine = engine
+        self.inputs = engine.inputs
+        self.profiles = {engine.inputs[0].name: profile}
+
+
+@pytest.mark.parametrize(("least", "kept"), [((1, 480, 640, 3), (480, 640)), ((1, 256, 384, 3), (256, 384)),
+                                             ((1, 32, 32, 3), (224, 320))],
+                         ids=["fixed-profile", "profile-above-the-crop", "profile-below-the-crop"])
+def test_the_crop_stays_inside_a_tensorrt_optimization_profile(tmp_path, demo_dir, frame, least, kept):
+    new = serving(tmp_path, demo_dir, "text-det-v6", fused=True)
+    try:
+        feeds = feeds_of(new, frame)
+        profile = ShapeProfile(min=least, opt=(1, 480, 640, 3), max=(1, 480, 640, 3))
+        cropped, share = warmup_crop(feeds, replace(new, engine=_Profiled(new.engine, profile)), 0.5)
+        (tensor,) = cropped.values()
+        assert tensor.shape[1:3] == kept
+        assert share == pytest.approx(kept[0] * kept[1] / (480 * 640))
+    finally:
+        new.engine.close()
