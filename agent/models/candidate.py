@@ -12,7 +12,7 @@ its goldens. What ``prepare`` returns may serve; a failure is ``DeployFailed`` a
 engine closed and the version installed here removed. Staging, loading, warming and the goldens
 run on the manager's loader thread (``InLoader``); the download in its own thread.
 
-``warm_up``, ``warmup_crop`` and ``fitting_feeds`` also serve the manager's rollbacks and second-stage loads.
+``warm_up`` and ``warmup_feeds`` also serve the manager's rollbacks and second-stage loads.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from agent.core import AgentError
 from agent.models.bundle import BundleError, stage_bare_model, unpack_bundle
 from agent.models.deployment import DeployFailed, DeployRequest, InLoader, StepReport
 from agent.models.fetch import DownloadAbort, Fetched, FetchError, download, verify_artifact, verify_statement
-from agent.models.graph import check_fits_head, check_fits_input
+from agent.models.graph import check_fits_head, check_fits_input, image_axes
 from agent.models.loader import EngineOptions, load_serving
 from agent.models.manifest import ManifestError
 from agent.models.priority import lowered_priority
@@ -38,7 +38,7 @@ from agent.models.target import DeployTarget
 from agent.runtime import EngineError, EngineSlot, Serving
 from agent.wire import DeploymentStep
 
-__all__ = ["Preparer", "check_goldens", "fitting_feeds", "stage", "warm_up", "warmup_crop"]
+__all__ = ["Preparer", "check_goldens", "fitting_feeds", "stage", "warm_up", "warmup_crop", "warmup_feeds"]
 
 
 class Preparer:
@@ -152,7 +152,7 @@ class Preparer:
             raise DeployFailed(DeploymentStep.VALIDATING, "does_not_fit_head", str(exc)) from exc
         await self._step(req, DeploymentStep.WARMING, 0.7)
         try:
-            feeds, share = warmup_crop(fitting_feeds(target, new), new, self.settings.warmup_scale)
+            feeds, share = warmup_feeds(target, new, self.settings.warmup_scale)
             timings = await self._in_loader(warm_up, new, feeds, self.settings.warmup_runs, self.settings.load_nice,
                                             self.settings.load_idle)
         except DeployFailed:
@@ -221,33 +221,34 @@ def warm_up(new: Serving, feeds: dict[str, np.ndarray], runs: int, nice: int | N
     return timings
 
 
+def warmup_feeds(target: DeployTarget, new: Serving, scale: float) -> tuple[dict[str, np.ndarray], float]:
+    """The warm-up's inputs for ``new`` (``fitting_feeds``, cropped by ``warmup_crop``) and the pixel share."""
+    return warmup_crop(fitting_feeds(target, new), new, scale)
+
+
 def warmup_crop(feeds: dict[str, np.ndarray], new: Serving, scale: float) -> tuple[dict[str, np.ndarray], float]:
     """``feeds`` centre-cropped to ``scale`` of each side for the warm-up, and the share of pixels kept.
 
     Only a model that takes any frame size is warmed on a crop: preprocessing ``resize = "multiple"``
-    and the input's height or width dynamic; each cropped side stays a multiple of ``multiple`` and
-    within a TensorRT engine's optimization profile (a fixed profile: no crop). Its
-    session is then warm (kernels chosen, arenas made) for a fraction of a full frame's work beside the
-    serving model, the warm-up's stall of the serving frames (docs/benchmarks.md). Anything else, or
-    ``scale`` 1, is returned as it is with share 1.0."""
+    with no fixed ``height``/``width``, and the input's height or width dynamic. Each cropped side stays
+    a multiple of ``multiple`` and within a TensorRT engine's optimization profile (a fixed profile: no
+    crop). The session is then warm (kernels chosen, arenas made) for a fraction of a full frame's work
+    beside the serving model, the warm-up's stall of the serving frames (docs/benchmarks.md). Anything
+    else, or ``scale`` 1, is returned as it is with share 1.0."""
     spec = new.manifest.preprocess
     if scale >= 1.0 or spec.resize != "multiple":
         return feeds, 1.0
-    name = spec.input_name or new.engine.inputs[0].name
-    tensor = feeds.get(name)
-    shape = next((i.shape for i in new.engine.inputs if i.name == name), ())
-    if tensor is None or tensor.ndim != 4 or len(shape) != 4:
+    image = check_fits_input(spec, new.engine.inputs)
+    tensor = feeds.get(image.name)
+    if tensor is None or tensor.ndim != len(image.shape):
         return feeds, 1.0
-    # A fused graph takes the uint8 frame (N, H, W, 3); an unfused one the tensor in the manifest's layout.
-    axes = (1, 2) if tensor.dtype == np.uint8 or spec.layout == "NHWC" else (2, 3)
-    # A TensorRT engine takes only the shapes of its optimization profile: the crop stays inside it.
-    profile = getattr(new.engine, "profiles", {}).get(name)
-    index: list[slice] = [slice(None)] * 4
+    profile = getattr(new.engine, "profiles", {}).get(image.name)
+    index: list[slice] = [slice(None)] * tensor.ndim
     share = 1.0
-    for axis in axes:
+    for axis, fixed in zip(image_axes(spec, image), (spec.height, spec.width), strict=True):
+        if image.shape[axis] is not None or fixed is not None:
+            continue  # a side of fixed size is served at that size only
         size = tensor.shape[axis]
-        if shape[axis] is not None:
-            continue  # a fixed side is served at its size only
         least = max(spec.multiple, profile.min[axis] if profile is not None else 0)
         kept = min(size, max(least, int(size * scale) // spec.multiple * spec.multiple))
         start = (size - kept) // 2
@@ -255,7 +256,7 @@ def warmup_crop(feeds: dict[str, np.ndarray], new: Serving, scale: float) -> tup
         share *= kept / size
     if share == 1.0:
         return feeds, 1.0
-    return {**feeds, name: np.ascontiguousarray(tensor[tuple(index)])}, share
+    return {**feeds, image.name: np.ascontiguousarray(tensor[tuple(index)])}, share
 
 
 def check_goldens(new: Serving) -> None:

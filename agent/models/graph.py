@@ -99,7 +99,7 @@ def check_fits_input(spec: PreprocessSpec, inputs: Sequence[TensorSpec]) -> Tens
     if channels not in (None, CHANNELS):
         hint = " (a uint8 input is a fused graph and must be NHWC)" if fused else ""
         raise SpecMismatchError(f"{where}: {layout} channels {channels}, needs 3{hint}")
-    height, width = (rest[1], rest[2]) if layout == "NCHW" else (rest[0], rest[1])
+    height, width = (tensor.shape[axis] for axis in image_axes(spec, tensor))
     for key, want, got in (("height", spec.height, height), ("width", spec.width, width)):
         if want is not None and got is not None and want != got:
             raise SpecMismatchError(
@@ -112,6 +112,13 @@ def check_fits_input(spec: PreprocessSpec, inputs: Sequence[TensorSpec]) -> Tens
             "preprocess.height and preprocess.width"
         )
     return tensor
+
+
+def image_axes(spec: PreprocessSpec, tensor: TensorSpec) -> tuple[int, int]:
+    """The (height, width) axes of an image input: a uint8 input is a fused graph, fed NHWC frames;
+    a float32 one takes the tensor in ``spec.layout``."""
+    layout = "NHWC" if tensor.dtype == np.uint8 else spec.layout
+    return (2, 3) if layout == "NCHW" else (1, 2)
 
 
 def check_fits_head(outputs: Sequence[TensorSpec], head: HeadSpec) -> TensorSpec:

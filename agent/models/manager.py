@@ -45,7 +45,7 @@ import numpy as np
 import structlog
 
 from agent.models.behaviour import BehaviourBounds, OutputWindow
-from agent.models.candidate import Preparer, check_goldens, fitting_feeds, warm_up, warmup_crop
+from agent.models.candidate import Preparer, check_goldens, fitting_feeds, warm_up, warmup_feeds
 from agent.models.deployment import (
     DeployFailed,
     DeploymentStatus,
@@ -350,7 +350,7 @@ class DeploymentManager:
             raise DeployFailed(DeploymentStep.LOADING, "no_previous", str(exc)) from exc
         try:
             restored = await self._in_loader(load_serving, previous, self._load_options(target))
-            feeds, _ = warmup_crop(fitting_feeds(target, restored), restored, self.settings.warmup_scale)
+            feeds, _ = warmup_feeds(target, restored, self.settings.warmup_scale)
             await self._in_loader(warm_up, restored, feeds, 1, self.settings.load_nice, self.settings.load_idle)
         except (EngineError, DeployFailed, ValueError) as exc:
             raise DeployFailed(DeploymentStep.LOADING, "rollback_load_failed", str(exc)) from exc
@@ -376,7 +376,7 @@ class DeploymentManager:
             except (StoreError, EngineError, ValueError, OSError) as exc:
                 raise DeployFailed(DeploymentStep.LOADING, "load_failed", str(exc)) from exc
             try:
-                feeds, _ = warmup_crop(fitting_feeds(target, new), new, self.settings.warmup_scale)
+                feeds, _ = warmup_feeds(target, new, self.settings.warmup_scale)
                 await self._in_loader(warm_up, new, feeds, 1, self.settings.load_nice, self.settings.load_idle)
             except BaseException:
                 new.engine.close()

@@ -136,3 +136,15 @@ def test_the_crop_stays_inside_a_tensorrt_optimization_profile(tmp_path, demo_di
         assert share == pytest.approx(kept[0] * kept[1] / (480 * 640))
     finally:
         new.engine.close()
+
+
+def test_a_manifest_that_fixes_the_size_is_warmed_at_that_size(tmp_path, demo_dir, frame):
+    new = serving(tmp_path, demo_dir, "text-det-v6", fused=True)
+    try:
+        feeds = feeds_of(new, frame)
+        preprocess = new.manifest.preprocess.model_copy(update={"height": 480, "width": 640})
+        fixed = replace(new, manifest=new.manifest.model_copy(update={"preprocess": preprocess}))
+        cropped, share = warmup_crop(feeds, fixed, 0.5)
+        assert share == 1.0 and cropped is feeds, "serving feeds 480x640 only: a crop would warm another shape"
+    finally:
+        new.engine.close()
