@@ -82,6 +82,15 @@ def _deployments(rig, deployment_id: str) -> list[dict]:
     return [p for p in payloads if p["deployment_id"] == deployment_id]
 
 
+def _wait_state(rig, deployment_id: str, states: tuple[str, ...], what: str) -> dict:
+    """The first deployment status of ``deployment_id`` in one of ``states``, waited for: the command's
+    reply comes to the sender's own client, so the probe may see the status after it."""
+    message = rig["probe"].wait_for(lambda m: m.topic == f"edge/{DEVICE}/deployment"
+                                    and json.loads(m.payload)["deployment_id"] == deployment_id
+                                    and json.loads(m.payload)["state"] in states, timeout=SETTLE_S, what=what)
+    return json.loads(message.payload)
+
+
 def _event(rig, kind: str, deployment_id: str) -> dict:
     message = rig["probe"].wait_for(
         lambda m: m.topic == f"edge/{DEVICE}/events" and json.loads(m.payload)["kind"] == kind
@@ -120,10 +129,7 @@ def test_a_pruned_model_is_discarded_in_shadow_and_never_serves_a_frame(rig, dem
     thread = threading.Thread(target=lambda: outcome.update(reply=_send(rig, "deploy", _shadow_deploy(
         rig, "shadow-pruned", pruned))))
     thread.start()
-    rig["probe"].wait_for(lambda m: m.topic == f"edge/{DEVICE}/deployment"
-                          and json.loads(m.payload)["deployment_id"] == "shadow-pruned"
-                          and json.loads(m.payload)["state"] == "shadow", timeout=SETTLE_S,
-                          what="the pruned model in shadow")
+    _wait_state(rig, "shadow-pruned", ("shadow",), "the pruned model in shadow")
     first_in_shadow = len(_results(rig))
     v6 = bundle_of(demo_dir, "text-det-v6", rig["server"].root)
     busy = _send(rig, "deploy", _shadow_deploy(rig, "shadow-while-busy", v6), timeout_s=30)
@@ -137,7 +143,7 @@ def test_a_pruned_model_is_discarded_in_shadow_and_never_serves_a_frame(rig, dem
     report = reply.result["shadow"]
     assert report["frames"] >= MIN_FRAMES and report["agreement"] < MIN_AGREEMENT, report
     assert report["cameras"][CAMERA]["serving_detections_per_frame"] > 1, report  # v4 saw text
-    final = _deployments(rig, "shadow-pruned")[-1]
+    final = _wait_state(rig, "shadow-pruned", ("discarded",), "the pruned model discarded")
     assert final["state"] == "discarded" and final["error"]["code"] == "shadow_discarded", final
     assert final["shadow"]["cameras"][CAMERA]["frames"] == report["cameras"][CAMERA]["frames"]
     event = _event(rig, "shadow_discarded", "shadow-pruned")
@@ -167,11 +173,7 @@ def test_v6_agrees_in_shadow_and_is_promoted(rig, demo_dir):
     assert event["data"]["shadow"]["frames"] == report["frames"]
     states = [d["state"] for d in _deployments(rig, "shadow-v6")]
     assert "shadow" in states and states.index("shadow") < states.index("active"), states
-    rig["probe"].wait_for(lambda m: m.topic == f"edge/{DEVICE}/deployment"
-                          and json.loads(m.payload)["deployment_id"] == "shadow-v6"
-                          and json.loads(m.payload)["state"] in ("committed", "rolled_back"),
-                          timeout=SETTLE_S, what="v6 committed or rolled back")
-    final = _deployments(rig, "shadow-v6")[-1]
+    final = _wait_state(rig, "shadow-v6", ("committed", "rolled_back"), "v6 committed or rolled back")
     assert final["state"] == "committed", final
     assert final["shadow"]["agreement"] == report["agreement"]
     results = _results(rig)[before:]
