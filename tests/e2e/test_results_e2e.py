@@ -185,11 +185,10 @@ def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(
     outbox = OutboxView(tmp_path / "state" / "outbox.sqlite3")
 
     def object_events() -> list[dict[str, Any]]:
-        # One per seq: across the broker restart a QoS 1 event can arrive twice, and a copy counted
-        # as a third object_left let the wait end while only two tracks had left.
-        events = {json.loads(copies[0])["seq"]: json.loads(copies[0])
-                  for copies in payloads_by_seq(probe.snapshot(EVENTS)).values()}
-        return [e for e in events.values() if e["kind"] in OBJECT_EVENTS]
+        """In seq order, one per seq: across the broker restart a QoS 1 event can arrive twice, and a copy
+        counted as a third object_left let the wait end while only two tracks had left."""
+        ordered = [json.loads(copies[0]) for _, copies in sorted(payloads_by_seq(probe.snapshot(EVENTS)).items())]
+        return [e for e in ordered if e["kind"] in OBJECT_EVENTS]
 
     try:
         poll(lambda: len(object_events()) >= 5, WAIT_S, "the first object events")
@@ -221,8 +220,7 @@ def test_object_events_arrive_in_order_none_lost_across_a_broker_restart(
     poll(lambda: set(payloads_by_seq(probe.snapshot(EVENTS))) == set(range(1, last + 1)), WAIT_S,
          f"every event 1..{last} to arrive")
     assert outbox.dropped() == 0
-    ordered = [json.loads(copies[0]) for _, copies in sorted(payloads_by_seq(probe.snapshot(EVENTS)).items())]
-    seen = [e for e in ordered if e["kind"] in OBJECT_EVENTS]
+    seen = object_events()
     assert any(e["ts"] < down for e in seen) and any(e["ts"] > down for e in seen)
     frames = [e["data"]["frame_id"] for e in seen]
     assert frames == sorted(frames), "events in the order the frames were seen"
