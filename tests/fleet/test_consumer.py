@@ -17,7 +17,7 @@ from agent.fleet.seqtrack import MAX_MEMBERS, Membership
 from agent.fleet.view import Message
 from agent.wire import LatencyPayload, StageLatency, encode_payload
 from tests.fleet.test_tensorboard import read_scalars
-from tests.support.fleetproc import start, stop
+from tests.support.fleetproc import start, stop, wait_started
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll, poll_async
 
 MESSAGES_PER_STREAM = 8
@@ -137,7 +137,7 @@ def watching(mosquitto: Mosquitto, log: Path, *options: str) -> Iterator[int]:
     port = free_port()
     watch = start("fleet", "watch", "--broker", mosquitto.url, "--prometheus-port", str(port), *options, log=log)
     try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the consumer to subscribe")
+        wait_started(watch, log)
         yield port
     finally:
         stop(watch)

@@ -15,7 +15,7 @@ from agent.results.payloads import counts_payload, event_payload
 from agent.results.zones import ResultEvent
 from agent.sim.device import fraction
 from agent.wire import encode_payload
-from tests.support.fleetproc import simulated_fleet, start, stop
+from tests.support.fleetproc import simulated_fleet, start, stop, wait_started
 from tests.support.mosquitto import WAIT_S, Mosquitto, MqttProbe, free_port, poll
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -56,7 +56,7 @@ def test_dashboard_shows_devices_versions_and_alarms(mosquitto: Mosquitto, tmp_p
     dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--port", str(port), log=log)
     url = f"http://127.0.0.1:{port}/"
     try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        wait_started(dashboard, log)
         with simulated_fleet(mosquitto.port, DEVICES, tmp_path / "sim.log", "--period", "0.5s",
                              "--alarm-rate", str(ALARM_RATE)):
             poll(lambda: '"alarm_raised"' in api(port), what="an alarm event at the consumer")
@@ -87,7 +87,7 @@ def test_dashboard_shows_each_devices_zone_counts_and_last_object_events(mosquit
     url = f"http://127.0.0.1:{port}/"
     probe = MqttProbe(mosquitto.port)
     try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        wait_started(dashboard, log)
         now = time.time()
         for device, zones in (("cam-1", {"door": {"person": 2, "car": 1}}), ("cam-2", {"yard": {"dog": 1}})):
             counts = counts_payload(device_id=device, seq=0, ts=now, camera="front", frame_id=5, capture_ts=now,
@@ -133,7 +133,7 @@ def test_dashboard_shows_each_cameras_latest_snapshot_picture_sent_over_mqtt(
     cv2.putText(image, "#3", (10, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
     try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the dashboard's consumer")
+        wait_started(dashboard, log)
         probe.publish("edge/cam-1/snapshots/front", old)
         probe.publish("edge/cam-1/snapshots/front", jpeg)
         probe.publish("edge/cam-1/snapshots/back", b"\x89PNG not a jpeg")

@@ -4,12 +4,13 @@ processes, real HTTP requests."""
 from __future__ import annotations
 
 import re
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.support.fleetproc import run, start, stop
-from tests.support.mosquitto import Mosquitto, free_port, poll
+from tests.support.fleetproc import run, start, stop, wait_started
+from tests.support.mosquitto import Mosquitto, free_port
 
 OTHER_LOOPBACK = "127.0.0.2"
 """A loopback address that is not 127.0.0.1: reachable only when the server binds more than 127.0.0.1."""
@@ -24,9 +25,9 @@ def get(url: str, token: str | None = None) -> int:
         return int(exc.code)
 
 
-def listening(log: Path) -> list[str]:
-    poll(lambda: "consumer_started" in log.read_text(), what="the consumer to start")
-    return re.findall(r"^listening on (\S+)$", log.read_text(), re.M)
+def listening(process: subprocess.Popen[bytes], log: Path) -> list[str]:
+    text = wait_started(process, log)
+    return re.findall(r"^listening on (\S+)$", text, re.M)
 
 
 def test_by_default_metrics_and_dashboard_bind_loopback_only_and_say_so(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -35,7 +36,7 @@ def test_by_default_metrics_and_dashboard_bind_loopback_only_and_say_so(mosquitt
     watch = start("fleet", "watch", "--broker", mosquitto.url, "--prometheus-port", str(metrics_port),
                   "--dashboard-port", str(page_port), log=log)
     try:
-        urls = listening(log)
+        urls = listening(watch, log)
         assert sorted(urls) == sorted(f"http://127.0.0.1:{p}/" for p in (metrics_port, page_port))
         assert get(f"http://127.0.0.1:{metrics_port}/metrics") == 200
         assert get(f"http://127.0.0.1:{page_port}/api/fleet") == 200
@@ -55,7 +56,7 @@ def test_off_loopback_a_generated_bearer_token_is_required_for_the_data(mosquitt
     log = tmp_path / "dashboard.log"
     dashboard = start("fleet", "dashboard", "--broker", mosquitto.url, "--listen", f"0.0.0.0:{port}", log=log)
     try:
-        assert listening(log) == [f"http://0.0.0.0:{port}/"]
+        assert listening(dashboard, log) == [f"http://0.0.0.0:{port}/"]
         found = re.search(r"^bearer token \(required for /metrics and /api/fleet on 0\.0\.0\.0\): (\S+)$",
                           log.read_text(), re.M)
         assert found is not None, log.read_text()
@@ -78,7 +79,7 @@ def test_a_token_file_gives_the_token_on_any_address(mosquitto: Mosquitto, tmp_p
     watch = start("fleet", "watch", "--broker", mosquitto.url, "--listen", f"0.0.0.0:{port}",
                   "--token-file", str(token_file), log=log)
     try:
-        assert listening(log) == [f"http://0.0.0.0:{port}/"]
+        assert listening(watch, log) == [f"http://0.0.0.0:{port}/"]
         assert get(f"http://{OTHER_LOOPBACK}:{port}/metrics") == 401
         assert get(f"http://{OTHER_LOOPBACK}:{port}/metrics", "a-token-the-operator-chose") == 200
         assert get(f"http://{OTHER_LOOPBACK}:{port}/api/fleet", "a-token-the-operator-chose") == 404

@@ -20,7 +20,7 @@ from agent.results.payloads import counts_payload, event_payload
 from agent.results.zones import EVENT_KINDS, ResultEvent
 from agent.wire import EventPayload, ModelRef, encode_payload
 from agent.wire.results import BoxItem, ClassifyResult, ClassItem, CountsPayload, DetectResult, ResultsPayload
-from tests.support.fleetproc import start, stop
+from tests.support.fleetproc import start, stop, wait_started
 from tests.support.mosquitto import Mosquitto, MqttProbe, free_port, poll
 
 MODEL = ModelRef(name="yolo", version="1.0.0")
@@ -71,7 +71,7 @@ def test_watch_serves_results_events_and_counts_as_series_per_device_camera_zone
                   "--dashboard-port", str(page_port), log=log)
     probe = MqttProbe(mosquitto.port)
     try:
-        poll(lambda: "consumer_started" in log.read_text(), what="the consumer to start")
+        wait_started(watch, log)
         for seq in (0, 4, 9):  # results' seq gaps are drops by design: never counted as gaps
             probe.publish("edge/cam-1/results/front", encode_payload(_results("cam-1", "front", seq,
                                                                                 ["person", "person", "car"])), qos=0)

@@ -178,6 +178,8 @@ def test_clean_stop_flushes_and_leaves_offline_not_lost(mosquitto: Mosquitto, mq
         assert session.status().outbox_depth == 0
 
     asyncio.run(scenario())
+    # The broker acknowledged all 30 before the stop returned; its copy to the probe may still be in flight.
+    probe.wait_for(lambda m: m.topic == TOPICS.telemetry("health") and m.payload == b"30", what="seq 30")
     assert telemetry(probe) == list(range(1, 31))
     late = mqtt_probe(mosquitto.port, [TOPICS.status])
     stored = late.wait_for(lambda m: m.retain, what="the retained status")

@@ -7,16 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support.mosquitto import WAIT_S, MqttProbe, poll
+from tests.support.mosquitto import POLL_S, WAIT_S, MqttProbe, poll
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 240.0
 """Upper bound for one fleet command in the tests; never an expectation of speed."""
+START_S = 90.0
+"""Upper bound for a fleet process to start (imports, broker connection) on a loaded machine; the same bound
+the agent's processes get. Never an expectation of speed: a process that exits fails the wait at once."""
 
 
 def cli(*args: str) -> list[str]:
@@ -39,6 +43,22 @@ def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(cli(*args), cwd=REPO, env=env(), stdin=subprocess.DEVNULL, stdout=handle,
                                 stderr=subprocess.STDOUT)
+
+
+def wait_started(process: subprocess.Popen[bytes], log: Path, line: str = "consumer_started",
+                 timeout: float = START_S) -> str:
+    """Wait until ``line`` is in the process's ``log`` and return the log; fail at once, with the log, if the
+    process exits first, and with the log after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text()
+        if line in text:
+            return text
+        if process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before logging {line}:\n{text}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {line}; the log:\n{text}")
+        time.sleep(POLL_S)
 
 
 def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> int:
