@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from norfair.tracker import Detection as NorfairDetection
-from norfair.tracker import Tracker as NorfairTracker
 
 from agent.core import TrackerSettings
 from agent.vision import Detection
@@ -51,7 +49,13 @@ class Tracker:
     one frame worker calls it, frame after frame."""
 
     def __init__(self, settings: TrackerSettings) -> None:
+        # norfair is imported here, not with the module: it brings scipy.stats (about 0.4 s of CPU on a
+        # quiet core), which an agent whose cameras track nothing should not pay at every start.
+        from norfair.tracker import Detection as NorfairDetection
+        from norfair.tracker import Tracker as NorfairTracker
+
         self.settings = settings
+        self._detection = NorfairDetection
         self._tracker = NorfairTracker(
             distance_function="iou",
             distance_threshold=1.0 - settings.min_iou,
@@ -62,7 +66,7 @@ class Tracker:
     def update(self, detections: Sequence[Detection]) -> tuple[TrackedObject, ...]:
         """This frame's tracked objects, by track id."""
         given = [
-            NorfairDetection(
+            self._detection(
                 points=np.array([d.box[:2], d.box[2:]], dtype=np.float64),
                 scores=np.array([d.score, d.score], dtype=np.float64),
                 label=d.label,

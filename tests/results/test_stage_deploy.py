@@ -61,6 +61,9 @@ WAIT_S = 180.0
 """Bound on waiting for a shadow run to read its frames on a loaded machine."""
 FRAME_GAP_S = 0.02
 """Between two frames the feeder hands the shadow observer: a camera's pace, not a bound."""
+READ_GAP_S = 0.2
+"""Between two reads of the page while a deploy runs: a 5 fps camera's pace, not a bound (back to back,
+the reads took the CPU from the load and the probation they wait on)."""
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +294,7 @@ def _deploy_while_reading(rig: StageRig, page: tuple[Any, tuple[Detection, ...]]
     def reading() -> None:
         while not stop.is_set():
             seen.append(rig.read(page, boxes)[0])
+            stop.wait(READ_GAP_S)
 
     async def scenario() -> str:
         for _ in range(12):  # the baseline: the old version's figures (and READ_MIN_BOXES) before the deploy

@@ -161,11 +161,13 @@ def test_pack_cli_for_the_text_detector_with_preprocessing_from_its_manifest(tmp
     out = tmp_path / "td.tar"
     assert main(["model", "pack", str(folder / "model.onnx"), "--task", "text_detect", "--preprocess-from",
                  str(folder), "--version", "v4-packed", "--golden-frames", "1", "--profile-video",
-                 str(demo_dir / "video.mp4"), "--sign", str(keys[0]), "-o", str(out)]) == 0
+                 str(demo_dir / "video.mp4"), "--profile-frames", "30", "--sign", str(keys[0]), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "text-det v4-packed" in printed and "td.tar.sig" in printed and "reference yes" in printed
     manifest = inspect_bundle(out, public_key=keys[1]).manifest
     assert manifest is not None and manifest.preprocess == Manifest.read(folder / "manifest.json").preprocess
+    # --profile-frames: 30 frames spread over the 270 of the video (test_drift checks what a reference says).
+    assert manifest.reference is not None and manifest.reference["samples"] == 30
     assert np.load(_member(out, "golden_0_frame.npy")).shape == (1, 480, 640, 3)
 
 
