@@ -103,6 +103,8 @@ class ResultsPublisher:
         self._tracked: dict[str, tuple[int, tuple[TrackedObject, ...]]] = {}
         self._queue: deque[Outcome] = deque()
         self._picture_bytes = 0
+        self._pending = 0
+        """Outcomes handed over and not yet published (queued, or in the batch the loop works on)."""
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -208,6 +210,7 @@ class ResultsPublisher:
                 return
             was_empty = not self._queue
             self._queue.append(outcome)
+            self._pending += 1
             self._picture_bytes += size
             loop = self._loop
         if was_empty and loop is not None:
@@ -236,6 +239,9 @@ class ResultsPublisher:
                         await self.publish(outcome)
                     except Exception as exc:  # one bad outcome must not stop the others
                         self.failures.failed(outcome.camera, exc)
+                    finally:
+                        with self._lock:
+                            self._pending -= 1
         finally:
             self._done.set()
 
@@ -290,7 +296,10 @@ class ResultsPublisher:
 
     def health(self) -> dict[str, Any]:
         """``telemetry/health``'s ``results``."""
+        with self._lock:
+            pending = self._pending
         return {"published": self.published, "dropped_offline": self.dropped_offline, "held": self.held,
+                "pending": pending,
                 "events": self.events, "counts": self.counts, "handoff_dropped": self.handoff_dropped,
                 "failures": self.failures.count, "snapshots_sent": self.snapshots_sent,
                 "snapshots_dropped_offline": self.snapshots_dropped_offline,

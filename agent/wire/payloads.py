@@ -187,6 +187,8 @@ class ResultsHealth(WireModel):
     published: int = Field(ge=0, description="results messages sent")
     dropped_offline: int = Field(ge=0, description="results not sent: the broker was away (QoS 0, never queued)")
     held: int = Field(ge=0, description="frames the rate kept back (by design, not a loss)")
+    pending: int = Field(default=0, ge=0, description="frames' outcomes handed to the publisher and not yet "
+                         "published (a backlog that stays high: the broker link or the loop is behind)")
     events: int = Field(ge=0, description="object, zone and line events handed to the outbox")
     counts: int = Field(ge=0, description="retained counts published (on a change)")
     handoff_dropped: int = Field(ge=0, description="frames' outcomes the frame thread could not hand to the "

@@ -60,9 +60,11 @@ def test_cameras_are_added_refused_removed_at_run_time_and_kept_across_a_restart
     agent = AgentProcess(config, notify=notify.path)
     try:
         notify.wait_for("READY=1")
-        rows = _health(probe, "both cameras inferred",
-                       lambda r: set(r) == {"door", "yard"} and all(c["frames_inferred"] > 0 for c in r.values()))
-        assert all(c["state"] == "open" for c in rows.values())
+        # Both open in one report: on a starved machine a report can show a camera ``blocked`` (its frame
+        # untaken for read_timeout_s while the agent is behind), a true state that passes.
+        _health(probe, "both cameras inferred and open",
+                lambda r: set(r) == {"door", "yard"}
+                and all(c["frames_inferred"] > 0 and c["state"] == "open" for c in r.values()))
         latency = _json(probe.wait_for(
             lambda m: m.topic == "edge/dev1/telemetry/latency"
             and {c["name"] for c in _json(m)["cameras"]} == {"door", "yard"}, what="latency per camera"))
@@ -92,10 +94,10 @@ def test_cameras_are_added_refused_removed_at_run_time_and_kept_across_a_restart
         before = _health(probe, "late inferring", lambda r: r.get("late", {}).get("frames_inferred", 0) > 0)
         code, reply = _cameras(mosquitto.url, "remove", "yard")
         assert code == 0 and reply["result"]["cameras"] == ["door", "late"], reply
-        after = _health(probe, "yard gone and door still inferring",
-                        lambda r: set(r) == {"door", "late"}
+        after = _health(probe, "yard gone and door still inferring, open",
+                        lambda r: set(r) == {"door", "late"} and r["door"]["state"] == "open"
                         and r["door"]["frames_inferred"] > before["door"]["frames_inferred"] + 5)
-        assert after["door"]["state"] == "open" and after["door"]["errors"] == 0
+        assert after["door"]["errors"] == 0
 
         code, listed = _cameras(mosquitto.url, "list")
         assert code == 0 and [c["name"] for c in listed["result"]["cameras"]] == ["door", "late"]

@@ -37,6 +37,9 @@ SNAPSHOTS = f"edge/{DEVICE}/snapshots/{CAMERA}"
 HEALTH = f"edge/{DEVICE}/telemetry/health"
 WAIT_S = 45.0
 """Generous for a shared machine; one loop of the video is 18 s."""
+LOOPS_S = 180.0
+"""For what may take several loops of the video on a starved machine (an agent inferring a frame a second
+sees the page photo two or three times a loop); never an expectation of speed."""
 VIDEO_FRAMES = 270
 """The demo video's frames: index % 270 is the frame of the slideshow (the source numbers every
 frame it decodes, looping included)."""
@@ -74,9 +77,21 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
         tmp_path, demo_dir, mosquitto, mqtt_probe):
     probe = mqtt_probe(mosquitto.port, [RESULTS, HEALTH, f"edge/{DEVICE}/snapshots/+"])
     agent = AgentProcess(camera_config(tmp_path, demo_dir, mosquitto.url))
+    def tracked_on_page() -> bool:
+        return any(item["track_id"] is not None for m in probe.snapshot(RESULTS)
+                   if body(m)["frame_id"] % VIDEO_FRAMES in PAGE for item in body(m)["prediction"]["texts"])
+
+    def a_whole_loop() -> bool:
+        """A loop of the video since the first result: every photo seen while connected (what came before
+        the connection was dropped, and a starved agent connects seconds into the first loop)."""
+        frames = [body(m)["frame_id"] for m in probe.snapshot(RESULTS)]
+        return bool(frames) and frames[-1] - frames[0] >= VIDEO_FRAMES
+
     try:
-        poll(lambda: any(body(m)["frame_id"] >= VIDEO_FRAMES for m in probe.snapshot(RESULTS)), WAIT_S,
-             "results of a whole loop of the video")
+        poll(a_whole_loop, LOOPS_S, "results of a whole loop of the video")
+        # A track's id comes on the second frame that sees its box (confirm_frames = 1): a starved agent may
+        # infer the page once in a loop, so the tracked boxes on it are waited for over further loops.
+        poll(tracked_on_page, LOOPS_S, "tracked boxes on the page photo carrying their id")
         health = body(probe.wait_for(lambda m: m.topic == HEALTH and body(m)["results"]["published"] > 0,
                                      what="health counting the results"))
     finally:
@@ -98,9 +113,13 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
     span_s = results[-1]["capture_ts"] - results[0]["capture_ts"]
     assert len(results) <= 5 * span_s + 2
     # The limiter held frames back, unless the engine itself ran under the rate (a loaded machine):
-    # then every frame inferred was published or dropped offline, and there was nothing to hold.
-    counted = health["results"]["published"] + health["results"]["dropped_offline"]
-    assert health["results"]["held"] > 0 or health["frames_processed"] <= counted
+    # then every frame inferred was published, dropped offline or is still pending at the publisher, and
+    # there was nothing to hold; the one frame of the camera's worker that may be between inference and
+    # the results as the report is taken is the only other difference (seen on a starved machine: 3
+    # inferred, 2 published, 0 held).
+    figures = health["results"]
+    counted = figures["published"] + figures["dropped_offline"] + figures["pending"]
+    assert figures["held"] > 0 or health["frames_processed"] <= counted + 1, health
 
     texts = {r["frame_id"]: r["prediction"]["texts"] for r in results}
     on_writing = [t for f, t in texts.items() if f % VIDEO_FRAMES in HANDWRITING]
@@ -113,7 +132,6 @@ def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_p
     box = on_page[0][0]
     assert all(0.0 <= v <= 1.0 for point in box["polygon_norm"] for v in point)
     assert all(0.0 <= x <= 640 and 0.0 <= y <= 480 for x, y in box["polygon"])
-    assert any(item["track_id"] is not None for t in on_page for item in t), "tracked boxes carry their id"
     assert all(r["second_stage"] is None for r in results) and all(
         item["text"] is None for t in texts.values() for item in t), "no second stage named: no text"
     assert not [m for m in probe.snapshot() if "/snapshots/" in m.topic], "snapshots off (the default): none"
@@ -165,7 +183,7 @@ def test_the_second_stage_reads_the_words_of_the_page_photo_into_the_results(
 
     agent = AgentProcess(config)
     try:
-        poll(lambda: all(any(word in t for t in read()) for word in PAGE_WORDS), WAIT_S * 2,
+        poll(lambda: all(any(word in t for t in read()) for word in PAGE_WORDS), LOOPS_S,
              "the page's words in the results")
     finally:
         code = agent.terminate()

@@ -52,6 +52,7 @@ def test_the_frame_thread_hands_over_at_most_its_queue_and_counts_the_rest_then_
         results.observe(frame_result(index, boxes))
     assert time.perf_counter() - started < 5.0  # never waits on anything (generous: a shared CPU)
     assert results.handoff_dropped == 5 and results.failures.count == 0
+    assert results.health()["pending"] == 3, "handed over, not yet published"
 
     async def drain() -> None:
         task = asyncio.create_task(results.run())
@@ -60,6 +61,7 @@ def test_the_frame_thread_hands_over_at_most_its_queue_and_counts_the_rest_then_
 
     asyncio.run(drain())
     assert results.dropped_offline == 3 and results.published == 0, "results are never queued"
+    assert results.health()["pending"] == 0
     events = [json.loads(item.payload) for item in outbox.peek_batch(100)]
     assert {item.topic for item in outbox.peek_batch(100)} == {TOPICS.events}
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -108,7 +110,8 @@ def test_live_results_reach_a_subscriber_and_are_dropped_and_counted_while_the_b
     assert counts["zones"] == {"left": {}}
     # Frame 1 (broker away): its results dropped; its two objects' events and new counts kept
     # (the outbox and the retained state), for the next connection.
-    assert results.health() == {"published": 1, "dropped_offline": 1, "held": 0, "events": 4, "counts": 2,
+    assert results.health() == {"published": 1, "dropped_offline": 1, "held": 0, "pending": 0, "events": 4,
+                                "counts": 2,
                                 "handoff_dropped": 0, "failures": 0, "snapshots_sent": 0,
                                 "snapshots_dropped_offline": 0, "snapshots_blocked": 0, "snapshots_dropped_queue": 0}
     assert link.status().outbox_depth == 4
