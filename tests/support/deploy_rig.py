@@ -63,7 +63,10 @@ class Rig:
         self.pipeline = Pipeline(frames, self.slot, LatencyRecorder(200), observers=[self._seen])
         self.reports: list[object] = []
         self.swaps: list[tuple[str, str | None, str]] = []
-        defaults = {"allowed_schemes": ("http", "file"), "latency_budget_ms": 30_000.0, "load_nice": 0}
+        # The budget only keeps a hung warm-up from passing: the 3.5x slow test model's warm-up beside the
+        # unpaced serving loop was estimated at 35.6 s in a loaded full run here. Refusals over the budget
+        # are tested with their own budget (test_a_model_over_the_latency_budget_is_refused).
+        defaults = {"allowed_schemes": ("http", "file"), "latency_budget_ms": 120_000.0, "load_nice": 0}
         self.settings = DeploySection.model_validate({**defaults, **settings})
         public = self.settings.public_key_file
         self.manager = DeploymentManager(

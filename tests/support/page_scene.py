@@ -26,9 +26,10 @@ PAGE_SCENE = 1
 CLIP_FPS = 15.0
 
 
-def page_clip(path: Path) -> Path:
-    """The page scene of the demo video, written to ``path`` (mp4)."""
-    frames = video()[PAGE_SCENE * SCENE_FRAMES:(PAGE_SCENE + 1) * SCENE_FRAMES]
+def page_clip(path: Path, indices: range | None = None) -> Path:
+    """The page scene of the demo video (or its frames ``indices`` of the video), written to ``path`` (mp4)."""
+    whole = range(PAGE_SCENE * SCENE_FRAMES, (PAGE_SCENE + 1) * SCENE_FRAMES)
+    frames = [video()[i] for i in (whole if indices is None else indices)]
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (width, height))
     for frame in frames:
