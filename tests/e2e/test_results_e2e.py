@@ -77,22 +77,23 @@ def camera_config(tmp: Path, demo: Path, url: str, results: str = "", **override
 def test_results_arrive_per_camera_with_rising_frame_ids_and_boxes_on_the_text_photos(
         tmp_path, demo_dir, mosquitto, mqtt_probe):
     probe = mqtt_probe(mosquitto.port, [RESULTS, HEALTH, f"edge/{DEVICE}/snapshots/+"])
+
+    def tracked_on_page(message: Any) -> bool:
+        result = body(message)
+        return result["frame_id"] % VIDEO_FRAMES in PAGE and any(
+            item["track_id"] is not None for item in result["prediction"]["texts"])
+
     agent = AgentProcess(camera_config(tmp_path, demo_dir, mosquitto.url))
-    def tracked_on_page() -> bool:
-        return any(item["track_id"] is not None for m in probe.snapshot(RESULTS)
-                   if body(m)["frame_id"] % VIDEO_FRAMES in PAGE for item in body(m)["prediction"]["texts"])
-
-    def a_whole_loop() -> bool:
-        """A loop of the video since the first result: every photo seen while connected (what came before
-        the connection was dropped, and a starved agent connects seconds into the first loop)."""
-        frames = [body(m)["frame_id"] for m in probe.snapshot(RESULTS)]
-        return bool(frames) and frames[-1] - frames[0] >= VIDEO_FRAMES
-
     try:
-        poll(a_whole_loop, LOOPS_S, "results of a whole loop of the video")
+        # A loop of the video from the first result: every photo seen while connected (what came before the
+        # connection was dropped, and a starved agent connects seconds into the first loop).
+        first = body(probe.wait_for(lambda m: m.topic == RESULTS, timeout=LOOPS_S, what="a result"))["frame_id"]
+        probe.wait_for(lambda m: m.topic == RESULTS and body(m)["frame_id"] - first >= VIDEO_FRAMES,
+                       timeout=LOOPS_S, what="results of a whole loop of the video")
         # A track's id comes on the second frame that sees its box (confirm_frames = 1): a starved agent may
         # infer the page once in a loop, so the tracked boxes on it are waited for over further loops.
-        poll(tracked_on_page, LOOPS_S, "tracked boxes on the page photo carrying their id")
+        probe.wait_for(lambda m: m.topic == RESULTS and tracked_on_page(m), timeout=LOOPS_S,
+                       what="tracked boxes on the page photo carrying their id")
         health = body(probe.wait_for(lambda m: m.topic == HEALTH and body(m)["results"]["published"] > 0,
                                      what="health counting the results"))
     finally:

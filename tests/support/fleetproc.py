@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support.mosquitto import POLL_S, WAIT_S, MqttProbe, poll
+from tests.support.mosquitto import WAIT_S, MqttProbe, poll
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND_TIMEOUT_S = 240.0
@@ -47,18 +46,16 @@ def start(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 def wait_started(process: subprocess.Popen[bytes], log: Path, line: str = "consumer_started",
                  timeout: float = START_S) -> str:
-    """Wait until ``line`` is in the process's ``log`` and return the log; fail at once, with the log, if the
-    process exits first, and with the log after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = log.read_text()
-        if line in text:
-            return text
-        if process.poll() is not None:
-            raise AssertionError(f"the process exited ({process.returncode}) before logging {line}:\n{text}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {line}; the log:\n{text}")
-        time.sleep(POLL_S)
+    """Wait until ``line`` is in the process's ``log`` and return the log; fail at once if the process exits
+    first, and after ``timeout`` seconds, with the log either way."""
+    try:
+        poll(lambda: line in log.read_text() or process.poll() is not None, timeout, line)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the log:\n{log.read_text()}") from None
+    text = log.read_text()
+    if line not in text:
+        raise AssertionError(f"the process exited ({process.returncode}) before logging {line}:\n{text}")
+    return text
 
 
 def stop(process: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> int:

@@ -30,7 +30,6 @@ from tests.support.certificates import TlsFiles
 
 __all__ = [
     "MOSQUITTO",
-    "POLL_S",
     "WAIT_S",
     "Mosquitto",
     "MqttProbe",
