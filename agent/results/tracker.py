@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from norfair.tracker import Detection as NorfairDetection
+from norfair.tracker import Tracker as NorfairTracker
 
 from agent.core import TrackerSettings
 from agent.vision import Detection
@@ -49,13 +51,7 @@ class Tracker:
     one frame worker calls it, frame after frame."""
 
     def __init__(self, settings: TrackerSettings) -> None:
-        # norfair is imported here, not with the module: with scipy.stats it costs about 1.4 s of CPU (the
-        # daemon's import: 1.40 s without it, 2.75 s with), which an agent that tracks nothing should not pay.
-        from norfair.tracker import Detection as NorfairDetection
-        from norfair.tracker import Tracker as NorfairTracker
-
         self.settings = settings
-        self._detection = NorfairDetection
         self._tracker = NorfairTracker(
             distance_function="iou",
             distance_threshold=1.0 - settings.min_iou,
@@ -66,7 +62,7 @@ class Tracker:
     def update(self, detections: Sequence[Detection]) -> tuple[TrackedObject, ...]:
         """This frame's tracked objects, by track id."""
         given = [
-            self._detection(
+            NorfairDetection(
                 points=np.array([d.box[:2], d.box[2:]], dtype=np.float64),
                 scores=np.array([d.score, d.score], dtype=np.float64),
                 label=d.label,
